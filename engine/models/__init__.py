@@ -1,0 +1,1 @@
+"""Pure PyTorch modules, one file per model: no I/O, no globals."""

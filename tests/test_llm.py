@@ -1,0 +1,222 @@
+"""Stage-1 language model: layout, sampling rules, cache, determinism, checkpoint keys, loading errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from engine.checkpoints import CheckpointError
+from engine.model_loading import load_semantic_lm
+from engine.models.llm import LLMConfig, SemanticLM
+from engine.models.llm_sampler import (
+    SamplingCancelled,
+    SamplingParams,
+    codes_per_video,
+    nucleus,
+    sample_codes,
+    token_layout,
+)
+
+from .refkeys import refkeys_or_skip
+
+TINY = LLMConfig(
+    hidden_dim=32,
+    num_heads=4,
+    mlp_dim=64,
+    num_blocks=2,
+    codebook_size=16,
+    iframe_tokens=4,
+    pframe_tokens=2,
+    frames_per_segment=3,
+    micro_frequency_dim=16,
+    micro_hidden_dim=16,
+    text_dim=8,
+    max_text_tokens=16,
+    rope_max_len=512,
+)
+
+
+def random_lm(config: LLMConfig = TINY, seed: int = 0) -> SemanticLM:
+    torch.manual_seed(seed)
+    model = SemanticLM(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.5)
+    return model.eval()
+
+
+def text_states(length: int = 5, seed: int = 1) -> torch.Tensor:
+    return torch.randn(1, length, TINY.text_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def params(**overrides) -> SamplingParams:
+    return replace(SamplingParams(num_frames=TINY.frames_per_segment, cfg=3.0, seed=7), **overrides)
+
+
+def test_release_layout_counts_match_the_reference():
+    config = LLMConfig()
+    steps = token_layout(config, 13)
+    assert len(steps) == 1244
+    assert codes_per_video(config, 13) == 1218
+    vocab = config.vocab
+    assert steps[330].forced == vocab.end_of_iframe
+    assert steps[331].forced == vocab.start_of_pframe and steps[331].allowed == (vocab.start_of_pframe,)
+    assert steps[406].forced == vocab.end_of_pframe
+    assert steps[-1].forced == vocab.eos and steps[-1].allowed is None
+    two = token_layout(config, 26)
+    assert len(two) == 2 * 1244  # the second segment opens with a forced START_OF_IFrame
+    assert two[1243].allowed == (vocab.start_of_iframe,) and two[1243].forced == vocab.start_of_iframe
+    assert two[-1].allowed == (vocab.eos,)
+    assert codes_per_video(config, 26) == 2 * 1218
+
+
+def test_cached_sampling_equals_uncached_recomputation():
+    model, states = random_lm(), text_states()
+    cached_logits, plain_logits = [], []
+    cached = sample_codes(model, states, params(), on_logits=lambda i, raw: cached_logits.append(raw))
+    plain = sample_codes(model, states, params(), use_cache=False, on_logits=lambda i, raw: plain_logits.append(raw))
+    assert torch.equal(cached, plain)
+    for a, b in zip(cached_logits, plain_logits):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_same_seed_same_tokens_and_other_seed_differs():
+    model, states = random_lm(), text_states()
+    first = sample_codes(model, states, params(seed=11))
+    assert torch.equal(first, sample_codes(model, states, params(seed=11)))
+    others = [sample_codes(model, states, params(seed=s)) for s in (12, 13, 14)]
+    assert any(not torch.equal(first, other) for other in others)
+    assert first.shape == (codes_per_video(TINY, TINY.frames_per_segment),)
+    assert int(first.min()) >= 0 and int(first.max()) < TINY.codebook_size
+
+
+def test_more_frames_means_more_segments():
+    model, states = random_lm(), text_states()
+    codes = sample_codes(model, states, params(num_frames=2 * TINY.frames_per_segment))
+    assert codes.shape == (2 * codes_per_video(TINY, TINY.frames_per_segment),)
+
+
+def test_guidance_off_runs_a_single_branch():
+    model, states = random_lm(), text_states()
+    batches = []
+    sample_codes(model, states, params(cfg=1.0), on_logits=lambda i, raw: batches.append(raw.shape[0]))
+    assert set(batches) == {1}
+    sample_codes(model, states, params(cfg=2.0), on_logits=lambda i, raw: batches.append(raw.shape[0]))
+    assert batches[-1] == 2
+
+
+def test_top_k_one_is_greedy_on_guided_logits():
+    model, states = random_lm(), text_states()
+    guided = []
+
+    def keep(i, raw):
+        cond, uncond = raw.chunk(2)
+        guided.append(uncond + 3.0 * (cond - uncond))
+
+    codes = sample_codes(model, states, params(top_k=1), on_logits=keep)
+    steps = token_layout(TINY, TINY.frames_per_segment)
+    argmaxes = [int(g.argmax()) for g, step in zip(guided, steps) if step.is_code]
+    assert codes.tolist() == [min(a, TINY.codebook_size - 1) for a in argmaxes]
+
+
+def test_nucleus_keeps_the_token_that_crosses_top_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = nucleus(probs, 0.7)
+    torch.testing.assert_close(kept, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    torch.testing.assert_close(nucleus(probs, 1.0), probs)
+
+
+def test_progress_and_cancellation():
+    model, states = random_lm(), text_states()
+    seen = []
+    sample_codes(model, states, params(), on_token=lambda done, total: seen.append((done, total)))
+    total = len(token_layout(TINY, TINY.frames_per_segment))
+    assert seen[0] == (1, total) and seen[-1] == (total, total) and len(seen) == total
+    calls = iter(range(100))
+    with pytest.raises(SamplingCancelled):
+        sample_codes(model, states, params(), should_stop=lambda: next(calls) >= 3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"cfg": -0.5}, "cfg"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": 0}, "top_k"),
+        ({"num_frames": 4}, "num_frames"),
+        ({"num_frames": 0}, "num_frames"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_bad_parameters_name_the_parameter_and_range(overrides, named):
+    with pytest.raises(ValueError, match=named) as error:
+        params(**overrides).validate(TINY)
+    assert any(word in str(error.value) for word in (">", "(", "multiple"))
+
+
+def test_full_size_keys_and_shapes_match_the_release_listing():
+    expected = refkeys_or_skip("llm_model.safetensors.txt")
+    with torch.device("meta"):
+        model = SemanticLM(LLMConfig())
+    ours = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert ours == expected
+
+
+def write_llm_file(path: Path, model: SemanticLM, drop: str | None = None, extra: str | None = None, reshape=None):
+    tensors = {key: value.contiguous() for key, value in model.state_dict().items()}
+    if drop:
+        del tensors[drop]
+    if extra:
+        tensors[extra] = torch.zeros(2)
+    if reshape:
+        tensors[reshape] = torch.zeros(3, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+def test_loader_round_trip_keeps_norms_and_head_in_float32(tmp_path):
+    model = random_lm()
+    path = write_llm_file(tmp_path / "llm" / "model.safetensors", model)
+    loaded = load_semantic_lm(path, TINY, device="cpu", dtype=torch.bfloat16)
+    assert loaded.transformer.blocks[0].wqkv.weight.dtype == torch.bfloat16
+    assert loaded.transformer.blocks[0].norm0.weight.dtype == torch.float32
+    assert loaded.transformer.head.weight.dtype == torch.float32
+    assert not any(p.is_meta for p in loaded.parameters())
+    full = load_semantic_lm(path, TINY, device="cpu", dtype=torch.float32)
+    states = text_states()
+    assert torch.equal(sample_codes(full, states, params()), sample_codes(model, states, params()))
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"drop": "transformer.head.weight"}, ["missing", "transformer.head.weight"]),
+        ({"extra": "transformer.surprise"}, ["unexpected", "transformer.surprise"]),
+        ({"reshape": "transformer.layer_norm.weight"}, ["shape", "transformer.layer_norm.weight"]),
+    ],
+)
+def test_loader_errors_name_the_file_the_key_and_the_fix(tmp_path, change, words):
+    path = write_llm_file(tmp_path / "llm" / "model.safetensors", random_lm(), **change)
+    with pytest.raises(CheckpointError) as error:
+        load_semantic_lm(path, TINY, device="cpu", dtype=torch.float32)
+    message = str(error.value)
+    for word in [str(path), "Re-download", *words]:
+        assert word in message
+
+
+def test_loader_reports_a_missing_or_corrupt_file(tmp_path):
+    path = tmp_path / "llm" / "model.safetensors"
+    with pytest.raises(CheckpointError, match="not found"):
+        load_semantic_lm(path, TINY, device="cpu", dtype=torch.float32)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_semantic_lm(path, TINY, device="cpu", dtype=torch.float32)
