@@ -67,7 +67,9 @@ def check_state_dict(
         raise CheckpointError(f"{source} does not fit the model: " + ". ".join(problems) + f". {fix}")
 
 
-def safetensors_shapes(path: Path, keep: Callable[[str], bool] = lambda key: True, *, fix: str) -> dict[str, tuple]:
+def safetensors_shapes(
+    path: Path, keep: Callable[[str], bool] = lambda key: True, *, fix: str
+) -> dict[str, tuple]:
     """Keys and shapes from a .safetensors header, without reading any tensor data."""
     try:
         with safe_open(str(path), framework="pt") as handle:

@@ -33,7 +33,9 @@ def is_used_tokenizer_key(key: str) -> bool:
     return key not in TOKENIZER_UNUSED_KEYS and not key.startswith(TOKENIZER_UNUSED_PREFIXES)
 
 
-def load_semantic_lm(path: Path, config: LLMConfig, *, device: torch.device | str, dtype: torch.dtype) -> SemanticLM:
+def load_semantic_lm(
+    path: Path, config: LLMConfig, *, device: torch.device | str, dtype: torch.dtype
+) -> SemanticLM:
     """`llm/model.safetensors` -> SemanticLM with matmul weights in `dtype`, norms and head in float32."""
     with torch.device("meta"):
         model = SemanticLM(config)

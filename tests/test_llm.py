@@ -78,9 +78,11 @@ def test_cached_sampling_equals_uncached_recomputation():
     model, states = random_lm(), text_states()
     cached_logits, plain_logits = [], []
     cached = sample_codes(model, states, params(), on_logits=lambda i, raw: cached_logits.append(raw))
-    plain = sample_codes(model, states, params(), use_cache=False, on_logits=lambda i, raw: plain_logits.append(raw))
+    plain = sample_codes(
+        model, states, params(), use_cache=False, on_logits=lambda i, raw: plain_logits.append(raw)
+    )
     assert torch.equal(cached, plain)
-    for a, b in zip(cached_logits, plain_logits):
+    for a, b in zip(cached_logits, plain_logits, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -119,7 +121,7 @@ def test_top_k_one_is_greedy_on_guided_logits():
 
     codes = sample_codes(model, states, params(top_k=1), on_logits=keep)
     steps = token_layout(TINY, TINY.frames_per_segment)
-    argmaxes = [int(g.argmax()) for g, step in zip(guided, steps) if step.is_code]
+    argmaxes = [int(g.argmax()) for g, step in zip(guided, steps, strict=True) if step.is_code]
     assert codes.tolist() == [min(a, TINY.codebook_size - 1) for a in argmaxes]
 
 
@@ -169,7 +171,9 @@ def test_full_size_keys_and_shapes_match_the_release_listing():
     assert ours == expected
 
 
-def write_llm_file(path: Path, model: SemanticLM, drop: str | None = None, extra: str | None = None, reshape=None):
+def write_llm_file(
+    path: Path, model: SemanticLM, drop: str | None = None, extra: str | None = None, reshape=None
+):
     tensors = {key: value.contiguous() for key, value in model.state_dict().items()}
     if drop:
         del tensors[drop]

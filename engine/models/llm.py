@@ -116,7 +116,9 @@ class GatedMLP(nn.Module):
 class KVCache:
     """Post-RoPE keys and values of every block, preallocated for the whole sequence."""
 
-    def __init__(self, num_blocks: int, batch: int, heads: int, max_len: int, head_dim: int, *, like: torch.Tensor):
+    def __init__(
+        self, num_blocks: int, batch: int, heads: int, max_len: int, head_dim: int, *, like: torch.Tensor
+    ):
         shape = (num_blocks, 2, batch, heads, max_len, head_dim)
         self.tensors = torch.empty(shape, dtype=like.dtype, device=like.device)
         self.length = 0
@@ -173,7 +175,9 @@ class GPT(nn.Module):
         c = self.config
         return KVCache(c.num_blocks, batch, c.num_heads, max_len, c.head_dim, like=like)
 
-    def forward(self, features: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """Logits [B, vocab] (float32) for the token after the last input position.
 
         features: [B, n, hidden]; positions: [n] absolute positions of these inputs. With a
@@ -287,7 +291,10 @@ class SemanticLM(nn.Module):
     def prefix_features(
         self, text_states: torch.Tensor, micro_conditions: dict[str, float], guidance: bool
     ) -> torch.Tensor:
-        """[B, L+4, hidden] = [BOS, frames, motion, text x L, START_OF_IFrame]; B = 2 ([cond, uncond]) with guidance."""
+        """[B, L+4, hidden] = [BOS, frames, motion, text x L, START_OF_IFrame].
+
+        B = 2 ([cond, uncond]) with guidance, else 1.
+        """
         vocab = self.config.vocab
         device = self.visual_embedding_model.tok_emb_code.weight.device
         special = self.visual_embedding_model(torch.tensor([vocab.bos, vocab.start_of_iframe], device=device))
@@ -297,7 +304,9 @@ class SemanticLM(nn.Module):
         if guidance:
             texts.append(self.cond_model.unconditional(length))
         dtype = self.transformer.blocks[0].wqkv.weight.dtype
-        rows = [torch.cat([special[:1], micro.to(special.dtype), t.to(special.dtype), special[1:]]) for t in texts]
+        rows = [
+            torch.cat([special[:1], micro.to(special.dtype), t.to(special.dtype), special[1:]]) for t in texts
+        ]
         return torch.stack(rows).to(dtype)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,137 @@
+"""Stage-1 benchmark: semantic-token sampling and semantic decoding, on random weights.
+
+    python bench/llm.py                 # tiny model on CPU (always), full size too when a GPU is present
+    python bench/llm.py --full          # full size only (needs a GPU with ~12 GB free)
+    python bench/llm.py --frames 26     # two segments
+
+Prints one table: stage, time, tokens/s (or steps/s), peak memory. Not a test; absolute times only mean
+something on a GPU. Ratios (with vs without CFG, cache vs none) are measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.models.llm import LLMConfig, SemanticLM  # noqa: E402
+from engine.models.llm_sampler import SamplingParams, sample_codes, token_layout  # noqa: E402
+from engine.models.semantic_decoder import SemanticDecoder  # noqa: E402
+from engine.specs import get_spec  # noqa: E402
+
+
+@dataclass
+class Row:
+    stage: str
+    seconds: float
+    rate: str
+    peak: str
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (GPU)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (RSS)"
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def timed(device: torch.device, work):
+    reset_peak(device)
+    start = time.perf_counter()
+    result = work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def random_semantic_lm(config: LLMConfig, device: torch.device, dtype: torch.dtype) -> SemanticLM:
+    with torch.device(device):
+        model = SemanticLM(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.02)
+    return model.cast_for_inference(dtype).eval()
+
+
+def bench_sampling(label: str, model: SemanticLM, device: torch.device, frames: int, rows: list[Row]) -> None:
+    config = model.config
+    text = torch.randn(1, 24, config.text_dim, device=device)
+    steps = len(token_layout(config, frames))
+    for cfg, cache in ((7.5, True), (1.0, True), (7.5, False)):
+        if not cache and steps > 400:
+            continue  # uncached recomputation is quadratic: only worth showing on the tiny model
+        params = SamplingParams(cfg=cfg, num_frames=frames, seed=1)
+        _, seconds = timed(device, lambda p=params, c=cache: sample_codes(model, text, p, use_cache=c))
+        mode = ("CFG" if params.guidance else "no CFG") + ("" if cache else ", no KV cache")
+        rows.append(
+            Row(f"{label} LLM sample ({mode})", seconds, f"{steps / seconds:,.1f} tok/s", peak_memory(device))
+        )
+
+
+def bench_decoder(
+    label: str, spec_name: str, device: torch.device, dtype: torch.dtype, rows: list[Row]
+) -> None:
+    config = get_spec(spec_name).decoder
+    with torch.device(device):
+        decoder = SemanticDecoder(config)
+    with torch.no_grad():
+        for param in decoder.parameters():
+            param.normal_(0, 0.02)
+    decoder = decoder.to(dtype).eval()
+    count = config.iframe_tokens + (config.frames_per_segment - 1) * config.pframe_tokens
+    codes = torch.randint(0, config.codebook_size, (1, count), device=device)
+    with torch.no_grad():
+        _, seconds = timed(device, lambda: decoder(codes, config.frames_per_segment))
+    rows.append(
+        Row(f"{label} semantic decode", seconds, f"{count / seconds:,.0f} tok/s", peak_memory(device))
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--full", action="store_true", help="full size only")
+    parser.add_argument(
+        "--frames", type=int, default=None, help="semantic frames (a multiple of the segment)"
+    )
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows: list[Row] = []
+    gpu = torch.device("cuda") if torch.cuda.is_available() else None
+    if not args.full:
+        cpu = torch.device("cpu")
+        tiny = get_spec("tiny")
+        model = random_semantic_lm(tiny.llm, cpu, torch.float32)
+        bench_sampling("tiny fp32 CPU", model, cpu, args.frames or tiny.llm.frames_per_segment, rows)
+        bench_decoder("tiny fp32 CPU", "tiny", cpu, torch.float32, rows)
+    if gpu is not None:
+        full = get_spec("landiff")
+        model = random_semantic_lm(full.llm, gpu, torch.bfloat16)
+        bench_sampling("full bf16 GPU", model, gpu, args.frames or full.llm.frames_per_segment, rows)
+        del model
+        torch.cuda.empty_cache()
+        bench_decoder("full bf16 GPU", "landiff", gpu, torch.bfloat16, rows)
+    elif args.full:
+        parser.error("--full needs a CUDA GPU")
+    device_name = torch.cuda.get_device_name(gpu) if gpu is not None else "CPU only"
+    print(f"torch {torch.__version__}, {device_name}, {torch.get_num_threads()} CPU threads")
+    print(f"{'stage':<44} {'time':>9} {'rate':>16}  peak memory")
+    for row in rows:
+        print(f"{row.stage:<44} {row.seconds:>8.3f}s {row.rate:>16}  {row.peak}")
+
+
+if __name__ == "__main__":
+    main()

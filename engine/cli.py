@@ -1,0 +1,179 @@
+"""`landiff-engine`: the engine's command line.
+
+User mistakes (bad parameters, missing or broken weights) print one clear message and
+exit with status 2; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="landiff-engine", description="LanDiff text-to-video engine.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tokens = commands.add_parser(
+        "tokens",
+        help="stage 1: write the semantic tokens (and optionally features) of a prompt",
+        description="Run LanDiff stage 1: prompt -> semantic tokens (.npy), optionally -> semantic features.",
+    )
+    tokens.add_argument("prompt", help="what the video shows")
+    tokens.add_argument(
+        "--model", default="landiff", help="model spec: landiff (the release) or tiny (default: landiff)"
+    )
+    tokens.add_argument(
+        "--cfg", type=float, default=7.5, help="LLM guidance scale, 0 or 1 = off (default 7.5)"
+    )
+    tokens.add_argument(
+        "--motion-score", type=float, default=0.1, help="motion micro-condition (default 0.1)"
+    )
+    tokens.add_argument(
+        "--frames", type=int, default=None, help="semantic frames, a multiple of the segment (13)"
+    )
+    tokens.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    tokens.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    tokens.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes (default: off)")
+    tokens.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default: off)"
+    )
+    tokens.add_argument(
+        "--out", type=Path, default=None, help="tokens .npy path (default: results/<prompt>-s<seed>.npy)"
+    )
+    tokens.add_argument(
+        "--features", type=Path, default=None, help="also decode and save semantic features (.npy)"
+    )
+    tokens.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+
+    tiny = commands.add_parser("tiny", help="write the random-weight tiny model in the release layout")
+    tiny.add_argument("--force", action="store_true", help="rewrite even if the files exist")
+    return parser
+
+
+def slug(text: str, limit: int = 40) -> str:
+    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return words[:limit].rstrip("-") or "video"
+
+
+def save_npy_atomically(array, path: Path) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as handle:
+        np.save(handle, array)
+    os.replace(partial, path)
+
+
+def parse_device(name: str | None):
+    import torch
+
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r} is not a torch device (try cuda or cpu): {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+    return device
+
+
+def run_tiny(args: argparse.Namespace) -> int:
+    from .specs import get_spec
+    from .tiny import ensure_tiny_release, write_tiny_release
+    from .weights import layout_for
+
+    layout = layout_for("tiny")
+    if args.force:
+        write_tiny_release(layout, get_spec("tiny"))
+    elif not ensure_tiny_release(layout, get_spec("tiny")):
+        print(f"tiny weights already in {layout.root} (use --force to rewrite)")
+        return 0
+    print(f"wrote tiny weights to {layout.root}")
+    return 0
+
+
+def run_tokens(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .models.llm_sampler import SamplingParams
+    from .specs import get_spec
+    from .stage1 import SemanticStage
+    from .tiny import ensure_tiny_release
+    from .weights import layout_for
+
+    console = Console(stderr=True)
+    spec = get_spec(args.model)
+    frames = args.frames if args.frames is not None else spec.llm.frames_per_segment
+    params = SamplingParams(
+        cfg=args.cfg,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        motion_score=args.motion_score,
+        num_frames=frames,
+        seed=args.seed,
+    )
+    params.validate(spec.llm)
+    if not args.prompt.strip():
+        raise ValueError("prompt must not be empty: describe the video to generate")
+    layout = layout_for(spec.name)
+    if spec.name == "tiny" and ensure_tiny_release(layout, spec):
+        console.print(f"wrote tiny random weights to {layout.root}")
+    device = parse_device(args.device)
+    started = time.perf_counter()
+    with console.status(f"loading {spec.name} stage-1 models"):
+        stage = SemanticStage.load(spec, layout, device=device)
+    console.print(f"loaded {spec.name} on {stage.device} in {time.perf_counter() - started:.1f}s")
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.speed}"),
+    )
+    with Progress(*columns, TimeRemainingColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("semantic tokens", total=None)
+
+        def on_token(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        started = time.perf_counter()
+        codes = stage.codes(args.prompt, params, on_token=on_token)
+        seconds = time.perf_counter() - started
+    out = args.out or Path("results") / f"{slug(args.prompt)}-s{args.seed}.npy"
+    save_npy_atomically(codes.numpy(), out)
+    console.print(f"{codes.numel()} semantic tokens in {seconds:.1f}s -> {out}")
+    if args.features is not None:
+        features = stage.features(codes, frames)
+        save_npy_atomically(features.numpy(), args.features)
+        console.print(f"semantic features {list(features.shape)} -> {args.features}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoints import CheckpointError
+
+    handlers = {"tokens": run_tokens, "tiny": run_tiny}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, CheckpointError) as error:
+        print(f"landiff-engine {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"landiff-engine {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

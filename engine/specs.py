@@ -1,0 +1,79 @@
+"""Model specs: one object per size, `landiff` (the release) and `tiny` (toy sizes, same architecture)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .models.llm import LLMConfig
+from .models.semantic_decoder import SemanticDecoderConfig
+
+
+@dataclass(frozen=True)
+class T5Sizes:
+    """Geometry of a T5 encoder; tiny folders are written from it."""
+
+    d_model: int
+    d_ff: int
+    num_layers: int
+    num_heads: int
+    d_kv: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    llm: LLMConfig
+    decoder: SemanticDecoderConfig
+    flan_t5: T5Sizes
+
+
+LANDIFF = ModelSpec(
+    name="landiff",
+    llm=LLMConfig(),
+    decoder=SemanticDecoderConfig(),
+    flan_t5=T5Sizes(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64, vocab_size=32128),
+)
+
+TINY = ModelSpec(
+    name="tiny",
+    llm=LLMConfig(
+        hidden_dim=64,
+        num_heads=4,
+        mlp_dim=128,
+        num_blocks=2,
+        rope_max_len=4096,
+        codebook_size=64,
+        iframe_tokens=5,
+        pframe_tokens=3,
+        frames_per_segment=3,
+        micro_frequency_dim=32,
+        micro_hidden_dim=32,
+        text_dim=32,
+        max_text_tokens=64,
+    ),
+    decoder=SemanticDecoderConfig(
+        grid_height=4,
+        grid_width=6,
+        feature_channels=16,
+        width=32,
+        num_layers=2,
+        num_heads=2,
+        token_size=16,
+        frames_per_segment=3,
+        iframe_tokens=5,
+        pframe_tokens=3,
+        codebook_size=64,
+        codebook_dim=8,
+    ),
+    flan_t5=T5Sizes(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8, vocab_size=128),
+)
+
+SPECS = {spec.name: spec for spec in (LANDIFF, TINY)}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(SPECS)}") from None

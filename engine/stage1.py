@@ -1,0 +1,80 @@
+"""Stage 1, kept warm: prompt -> flan-T5 -> semantic tokens -> semantic features."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .model_loading import load_semantic_decoder, load_semantic_lm
+from .models.llm_sampler import SamplingParams, codes_per_video, sample_codes
+from .specs import ModelSpec
+from .text_encoder import FlanT5PromptEncoder
+from .weights import ReleaseLayout
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The reference runs in bf16 on a GPU; on a CPU float32 is both faster and exact."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class SemanticStage:
+    """The three stage-1 models of one spec, loaded once and reused across prompts."""
+
+    spec: ModelSpec
+    prompt_encoder: FlanT5PromptEncoder
+    lm: torch.nn.Module
+    decoder: torch.nn.Module
+    device: torch.device
+
+    @classmethod
+    def load(
+        cls,
+        spec: ModelSpec,
+        layout: ReleaseLayout,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> SemanticStage:
+        device = device or default_device()
+        dtype = dtype or default_dtype(device)
+        encoder = FlanT5PromptEncoder.load(
+            layout.flan_t5_dir, dtype=dtype, device=device, max_length=spec.llm.max_text_tokens
+        )
+        lm = load_semantic_lm(layout.llm_file, spec.llm, device=device, dtype=dtype)
+        decoder = load_semantic_decoder(layout.tokenizer_file, spec.decoder, device=device, dtype=dtype)
+        return cls(spec, encoder, lm, decoder, device)
+
+    def codes(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        *,
+        on_token: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> torch.Tensor:
+        """Semantic codes int64 [codes_per_video] for the prompt."""
+        params.validate(self.spec.llm)
+        with torch.no_grad():
+            states = self.prompt_encoder.encode(prompt)
+        return sample_codes(self.lm, states, params, on_token=on_token, should_stop=should_stop)
+
+    def features(self, codes: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Semantic features [num_frames, C, H, W] (float32 on the CPU), decoded one segment at a time."""
+        per_segment = self.spec.llm.frames_per_segment
+        count = codes_per_video(self.spec.llm, per_segment)
+        if codes.numel() != count * (num_frames // per_segment) or num_frames % per_segment:
+            raise ValueError(
+                f"{codes.numel()} codes do not make {num_frames} semantic frames "
+                f"({count} codes per {per_segment} frames)"
+            )
+        segments = []
+        with torch.no_grad():
+            for chunk in codes.to(self.device).reshape(-1, count):
+                segments.append(self.decoder(chunk[None], per_segment)[0].float().cpu())
+        return torch.cat(segments)

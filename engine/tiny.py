@@ -1,0 +1,123 @@
+"""Random `tiny` weights written in the release's own file layout.
+
+Tests and the no-GPU demo load these through the same loaders as the real release, so
+the files carry everything the release files carry: the tokenizer file includes the
+semantic encoder, quantizer training state and feature statistics that inference skips.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .models.llm import SemanticLM
+from .models.semantic_decoder import SemanticDecoder
+from .specs import ModelSpec
+from .tiny_text import write_tiny_t5
+from .weights import ReleaseLayout
+
+
+def randomise(module: nn.Module, generator: torch.Generator, std: float = 0.02) -> nn.Module:
+    """Matrices ~ N(0, std); norm weights near 1, biases near 0; nothing left at zero."""
+    with torch.no_grad():
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            if not tensor.is_floating_point():
+                continue
+            noise = torch.randn(tensor.shape, generator=generator)
+            if tensor.ndim == 1 and name.endswith("weight"):
+                tensor.copy_(1.0 + 0.1 * noise)
+            elif tensor.ndim == 1:
+                tensor.copy_(0.1 * noise)
+            else:
+                tensor.copy_(std * noise)
+    return module
+
+
+def save_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(partial))
+    os.replace(partial, path)
+
+
+def tokenizer_training_parts(spec: ModelSpec, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The parts of tokenizer/model.safetensors that text-to-video inference does not use."""
+    d = spec.decoder
+    width, tokens, channels = d.width, d.token_size, d.feature_channels
+
+    def rand(*shape: int) -> torch.Tensor:
+        return 0.02 * torch.randn(shape, generator=generator)
+
+    parts = {
+        "mean": rand(channels),
+        "std": 1.0 + rand(channels).abs(),
+        "encoder.IFrame_latent_tokens": rand(d.iframe_tokens, width),
+        "encoder.PFrame_latent_tokens": rand(d.pframe_tokens, width),
+        "encoder.patch_embed.weight": rand(width, channels, 1, 1),
+        "encoder.patch_embed.bias": rand(width),
+        "encoder.proj_out.weight": rand(tokens, width),
+        "encoder.proj_out.bias": rand(tokens),
+        "quantizer.project_in.weight": rand(d.codebook_dim, tokens),
+        "quantizer.project_in.bias": rand(d.codebook_dim),
+        "quantizer._codebook.initted": torch.ones(1),
+        "quantizer._codebook.cluster_size": torch.ones(1, d.codebook_size),
+        "quantizer._codebook.embed_avg": rand(1, d.codebook_size, d.codebook_dim),
+    }
+    for norm in ("ln_pre", "ln_post"):
+        parts[f"encoder.{norm}.weight"] = torch.ones(width)
+        parts[f"encoder.{norm}.bias"] = torch.zeros(width)
+    for layer in range(d.num_layers):
+        prefix = f"encoder.transformer.{layer}."
+        for norm in ("ln_1", "ln_2"):
+            parts[prefix + f"{norm}.weight"] = torch.ones(width)
+            parts[prefix + f"{norm}.bias"] = torch.zeros(width)
+        for proj in ("wq", "wk", "wv", "wo"):
+            parts[prefix + f"attn.{proj}.weight"] = rand(width, width)
+        parts[prefix + "mlp.c_fc.weight"] = rand(4 * width, width)
+        parts[prefix + "mlp.c_fc.bias"] = rand(4 * width)
+        parts[prefix + "mlp.c_proj.weight"] = rand(width, 4 * width)
+        parts[prefix + "mlp.c_proj.bias"] = rand(width)
+    return parts
+
+
+def write_tiny_release(layout: ReleaseLayout, spec: ModelSpec, seed: int = 0) -> None:
+    """Write every stage-1 file of `spec` with random weights under `layout`."""
+    generator = torch.Generator().manual_seed(seed)
+    lm = randomise(SemanticLM(spec.llm), generator)
+    save_atomically(lm.state_dict(), layout.llm_file)
+    decoder = randomise(SemanticDecoder(spec.decoder), generator, std=0.2)
+    save_atomically(
+        {**decoder.state_dict(), **tokenizer_training_parts(spec, generator)}, layout.tokenizer_file
+    )
+    t5 = spec.flan_t5
+    write_tiny_t5(
+        layout.flan_t5_dir,
+        d_model=t5.d_model,
+        d_ff=t5.d_ff,
+        num_layers=t5.num_layers,
+        num_heads=t5.num_heads,
+        d_kv=t5.d_kv,
+        vocab_size=t5.vocab_size,
+        seed=seed,
+    )
+
+
+def stage1_files(layout: ReleaseLayout) -> list[Path]:
+    return [
+        layout.llm_file,
+        layout.tokenizer_file,
+        layout.flan_t5_dir / "config.json",
+        layout.flan_t5_dir / "spiece.model",
+    ]
+
+
+def ensure_tiny_release(layout: ReleaseLayout, spec: ModelSpec) -> bool:
+    """Write the tiny weights unless all of them are there; True when something was written."""
+    if all(path.is_file() for path in stage1_files(layout)):
+        return False
+    write_tiny_release(layout, spec)
+    return True

@@ -1,0 +1,22 @@
+"""Entry point of `landiff-tui`.
+
+The Textual interface is not built yet; until it is, this command says so and points
+to the engine's command line, which runs the same models headless.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    print(
+        "landiff-tui: the terminal interface is not available in this version yet.\n"
+        'Run stage 1 headless instead:  landiff-engine tokens "your prompt" --model tiny',
+        file=sys.stderr,
+    )
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
