@@ -13,8 +13,18 @@ import sys
 import time
 from pathlib import Path
 
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+class RateColumn(ProgressColumn):
+    """Tokens per second, once rich has enough samples to estimate it."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} tok/s" if task.speed else "", style="progress.data.speed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,7 +149,7 @@ def run_tokens(args: argparse.Namespace) -> int:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.speed}"),
+        RateColumn(),
     )
     with Progress(*columns, TimeRemainingColumn(), console=console, transient=False) as progress:
         task = progress.add_task("semantic tokens", total=None)
