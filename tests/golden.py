@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from _pytest.mark.structures import ParameterSet
 
 DEFAULT_GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 
@@ -19,7 +23,7 @@ def golden_dirs() -> list[Path]:
     return [DEFAULT_GOLDEN]
 
 
-def golden_cases(prefix: str) -> list:
+def golden_cases(prefix: str) -> list[ParameterSet]:
     """One pytest param per case folder whose name starts with `prefix`, named after the folder."""
     cases = [
         case
@@ -85,22 +89,7 @@ def decoder_config(knobs: dict):
     """Our SemanticDecoderConfig from a case's tokenizer knobs."""
     from engine.models.semantic_decoder import SemanticDecoderConfig
 
-    result = SemanticDecoderConfig(
-        grid_height=knobs["image_size"][0],
-        grid_width=knobs["image_size"][1],
-        feature_channels=knobs["image_channels"],
-        width=knobs["width"],
-        num_layers=knobs["num_layers"],
-        num_heads=knobs["num_heads"],
-        token_size=knobs["token_size"],
-        frames_per_segment=knobs["temporal_size"],
-        iframe_tokens=knobs["Iframe_tokens"],
-        pframe_tokens=knobs["PFrame_tokens"],
-        codebook_size=knobs["codebook_size"],
-        codebook_dim=knobs["codebook_dim"],
-    )
-    assert result.head_dim == knobs["rope_dim"], "the reference's RoPE spans one attention head"
-    return result
+    return SemanticDecoderConfig.from_reference_knobs(knobs)
 
 
 def t5_sizes(description: str) -> dict[str, int]:

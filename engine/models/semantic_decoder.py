@@ -1,19 +1,30 @@
 """LanDiff's semantic tokenizer, decoding half: code ids -> semantic features per frame.
 
-Codes are looked up in the 16-d VQ codebook and projected to the token size; a TiTok-style
-transformer then fills a grid of mask tokens (frames x height x width) by attending to
-those latent tokens under a group-causal mask: frame t sees frames <= t, the I-frame
-tokens belong to frame 0 and the P-frame tokens of frame k to frame k. Positions are
-3-D RoPE; latent token j sits at (j, j, j). Parameter names match
-`tokenizer/model.safetensors` of the release (its encoder half is not needed here).
+Code ids are looked up in the VQ codebook and projected to the token size (`quantizer.*`).
+A TiTok-style transformer (`decoder.*`) then fills a grid of identical mask tokens
+(frames x height x width) by attending to those latent tokens. Every token belongs to a
+temporal group: grid tokens of frame t to group t, the I-frame latent tokens to group 0 and
+the P-frame latent tokens of frame k to group k. A query may attend a key iff the key's group
+is not later than its own. Positions are 3-D RoPE only (no learned position embeddings):
+grid token (t, h, w) at (t, h, w), latent token j at (j, j, j).
 
-Full size: 30x45 grid, 768 channels out, width 768, 12 layers, 12 heads, token size 768,
-13 frames per segment, 330 I-frame and 74 P-frame tokens, codebook 2048 x 16.
+Parameter names are those of the release's `tokenizer/model.safetensors`; its encoder half,
+the quantizer's input projection and training state, and the `mean`/`std` buffers are not
+part of this module (the reference never applies mean/std when decoding).
+
+Released sizes (the defaults of `SemanticDecoderConfig`): a 30 x 45 feature grid with 768
+channels out, width 768, 12 layers, 12 heads (head dim 64), token size 768, 13 frames per
+segment, 330 I-frame and 74 P-frame tokens (1,218 per segment), codebook 2048 x 16, RoPE theta
+10000. A full segment is 13 * 1350 = 17,550 grid tokens plus 1,218 latent tokens.
 """
 
 from __future__ import annotations
 
+import operator
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +35,7 @@ from .rope import apply_rope, rope_angles_to_cis, rotation_frequencies
 
 @dataclass(frozen=True)
 class SemanticDecoderConfig:
-    """Sizes of the semantic decoder. Defaults are the released model."""
+    """Sizes of the semantic decoder. The defaults are the released model."""
 
     grid_height: int = 30
     grid_width: int = 45
@@ -40,39 +51,131 @@ class SemanticDecoderConfig:
     codebook_dim: int = 16
     rope_theta: float = 10000.0
 
+    def __post_init__(self) -> None:
+        sizes = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "rope_theta"}
+        not_positive = [name for name, value in sizes.items() if value < 1]
+        if not_positive:
+            raise ValueError(f"sizes must be positive: {', '.join(not_positive)}")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 16:
+            raise ValueError(
+                f"head dim {self.head_dim} must be a multiple of 16 for the 3-D RoPE split "
+                "(1/4 of it for time, 3/8 each for height and width)"
+            )
+
+    @classmethod
+    def from_reference_knobs(cls, knobs: Mapping[str, Any]) -> SemanticDecoderConfig:
+        """Sizes named as the reference's `build_tokenizer` names them.
+
+        `mean_std_dim` only sizes buffers the reference never applies and is ignored;
+        `rope_dim`, when given, must be the head dim (the reference rotates whole heads).
+        """
+        image_size = knobs["image_size"]
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        patch = int(knobs.get("patch_size", 1))
+        frames = int(knobs["temporal_size"])
+        pframe_tokens = int(knobs["PFrame_tokens"])
+        if "Iframe_tokens" in knobs:
+            iframe_tokens = int(knobs["Iframe_tokens"])
+        else:
+            iframe_tokens = int(knobs["num_latent_tokens"]) - (frames - 1) * pframe_tokens
+        config = cls(
+            grid_height=int(height) // patch,
+            grid_width=int(width) // patch,
+            feature_channels=int(knobs["image_channels"]),
+            width=int(knobs["width"]),
+            num_layers=int(knobs["num_layers"]),
+            num_heads=int(knobs["num_heads"]),
+            token_size=int(knobs["token_size"]),
+            frames_per_segment=frames,
+            iframe_tokens=iframe_tokens,
+            pframe_tokens=pframe_tokens,
+            codebook_size=int(knobs["codebook_size"]),
+            codebook_dim=int(knobs["codebook_dim"]),
+            rope_theta=float(knobs.get("rope_theta", 10000.0)),
+        )
+        rope_dim = knobs.get("rope_dim")
+        if rope_dim is not None and int(rope_dim) != config.head_dim:
+            raise ValueError(f"rope_dim {rope_dim} != head dim {config.head_dim} (width / num_heads)")
+        return config
+
     @property
     def head_dim(self) -> int:
         return self.width // self.num_heads
 
-    def latent_tokens(self, frames: int) -> int:
-        return self.iframe_tokens + (frames - 1) * self.pframe_tokens
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid_height * self.grid_width
+
+    def latent_tokens(self, num_frames: int) -> int:
+        """Codes per video of `num_frames` frames: the I-frame group, then one P-frame group per frame."""
+        return self.iframe_tokens + (num_frames - 1) * self.pframe_tokens
+
+    def sequence_length(self, num_frames: int) -> int:
+        return num_frames * self.tokens_per_frame + self.latent_tokens(num_frames)
 
 
-def rope_3d(coords: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
-    """cis for (t, h, w) coordinates [n, 3].
+def rope_3d(coords: torch.Tensor, head_dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """Rotations [n, head_dim // 2] (complex64) for (t, h, w) coordinates [n, 3].
 
-    head_dim/8 time pairs, then 3*head_dim/16 pairs each for height and width.
+    Pairs 0 .. head_dim/8 - 1 turn with t at theta^(-2k / (head_dim/4)); the next head_dim*3/16
+    pairs with h and the last head_dim*3/16 with w, both at theta^(-2k / (head_dim*3/8)).
     """
+    if head_dim % 16:
+        raise ValueError(f"head dim {head_dim} is not a multiple of 16")
     time_pairs, space_pairs = head_dim // 8, head_dim // 16 * 3
-    time = coords[:, :1].float() * rotation_frequencies(time_pairs, theta).to(coords.device)
-    height = coords[:, 1:2].float() * rotation_frequencies(space_pairs, theta).to(coords.device)
-    width = coords[:, 2:3].float() * rotation_frequencies(space_pairs, theta).to(coords.device)
-    return rope_angles_to_cis(torch.cat([time, height, width], dim=-1))
+    coords = coords.float()
+    angles = [
+        coords[:, axis, None] * rotation_frequencies(pairs, theta).to(coords.device)
+        for axis, pairs in enumerate((time_pairs, space_pairs, space_pairs))
+    ]
+    return rope_angles_to_cis(torch.cat(angles, dim=-1))
 
 
-class LayerNorm32(nn.LayerNorm):
-    """LayerNorm computed in float32 (as autocast does in the reference), returned in the input dtype."""
+def token_groups(config: SemanticDecoderConfig, num_frames: int, device: torch.device) -> torch.Tensor:
+    """Temporal group of every sequence position [grid tokens | I-frame tokens | P-frame tokens]."""
+    grid = torch.arange(num_frames, device=device).repeat_interleave(config.tokens_per_frame)
+    iframe = torch.zeros(config.iframe_tokens, dtype=torch.long, device=device)
+    pframes = torch.arange(1, num_frames, device=device).repeat_interleave(config.pframe_tokens)
+    return torch.cat([grid, iframe, pframes])
+
+
+def group_causal_mask(groups: torch.Tensor) -> torch.Tensor:
+    """Boolean [n, n], True where query (row) may attend key (column): group(key) <= group(query)."""
+    return groups[None, :] <= groups[:, None]
+
+
+def token_positions(config: SemanticDecoderConfig, num_frames: int, device: torch.device) -> torch.Tensor:
+    """RoPE coordinates [n, 3]: (t, h, w) for grid tokens (t-major), (j, j, j) for latent token j."""
+    t, h, w = torch.meshgrid(
+        torch.arange(num_frames, device=device),
+        torch.arange(config.grid_height, device=device),
+        torch.arange(config.grid_width, device=device),
+        indexing="ij",
+    )
+    grid = torch.stack([t, h, w], dim=-1).reshape(-1, 3)
+    latent = torch.arange(config.latent_tokens(num_frames), device=device)[:, None].expand(-1, 3)
+    return torch.cat([grid, latent])
+
+
+class Float32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in, and returned as, float32.
+
+    The reference decodes under bf16 autocast, where layer norms run in float32 and their
+    float32 output keeps the residual stream in float32; the linear layers then see bf16.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.float() if self.weight is not None else None
-        bias = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
 
 
-class Attention(nn.Module):
-    def __init__(self, width: int, heads: int):
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, num_heads: int):
         super().__init__()
-        self.heads = heads
+        self.num_heads = num_heads
         self.wq = nn.Linear(width, width, bias=False)
         self.wk = nn.Linear(width, width, bias=False)
         self.wv = nn.Linear(width, width, bias=False)
@@ -81,88 +184,72 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
 
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, length, self.heads, -1)
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, length, self.num_heads, -1)
 
-        q = apply_rope(heads(self.wq(x)), cis).transpose(1, 2)
-        k = apply_rope(heads(self.wk(x)), cis).transpose(1, 2)
-        v = heads(self.wv(x)).transpose(1, 2)
+        q = apply_rope(split(self.wq(x)), cis).transpose(1, 2)
+        k = apply_rope(split(self.wk(x)), cis).transpose(1, 2)
+        v = split(self.wv(x)).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(out.transpose(1, 2).reshape(batch, length, -1))
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, width: int, heads: int):
+    """Pre-norm block: x + attn(ln_1(x)), then + mlp(ln_2(x)); exact (erf) GELU."""
+
+    def __init__(self, width: int, num_heads: int):
         super().__init__()
-        self.ln_1 = LayerNorm32(width)
-        self.attn = Attention(width, heads)
-        self.ln_2 = LayerNorm32(width)
-        self.mlp = nn.Sequential()
-        self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
-        self.mlp.add_module("gelu", nn.GELU())
-        self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
+        self.ln_1 = Float32LayerNorm(width)
+        self.attn = SelfAttention(width, num_heads)
+        self.ln_2 = Float32LayerNorm(width)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                c_fc=nn.Linear(width, 4 * width),
+                gelu=nn.GELU(),
+                c_proj=nn.Linear(4 * width, width),
+            )
+        )
 
     def forward(self, x: torch.Tensor, cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cis, mask)
-        return x + self.mlp(self.ln_2(x))
+        dtype = self.attn.wq.weight.dtype
+        x = x + self.attn(self.ln_1(x).to(dtype), cis, mask)
+        return x + self.mlp(self.ln_2(x).to(dtype))
 
 
-class TiTokVideoDecoder(nn.Module):
+class FeatureDecoder(nn.Module):
+    """The `decoder.*` part: latent vectors [B, N, token_size] -> features [B, T, C, H, W]."""
+
     def __init__(self, config: SemanticDecoderConfig):
         super().__init__()
         self.config = config
         width = config.width
         self.decoder_embed = nn.Linear(config.token_size, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.ln_pre = LayerNorm32(width)
+        self.ln_pre = Float32LayerNorm(width)
         self.transformer = nn.ModuleList(
             DecoderBlock(width, config.num_heads) for _ in range(config.num_layers)
         )
-        self.ln_post = LayerNorm32(width)
+        self.ln_post = Float32LayerNorm(width)
         self.ffn = nn.Sequential(
             nn.Linear(width, 2 * width), nn.Tanh(), nn.Linear(2 * width, config.feature_channels)
         )
 
-    def groups(self, frames: int, device: torch.device) -> torch.Tensor:
-        """Temporal group of each position: grid tokens by frame, I-frame tokens 0, P-frame tokens k."""
-        c = self.config
-        grid = torch.arange(frames, device=device).repeat_interleave(c.grid_height * c.grid_width)
-        iframe = torch.zeros(c.iframe_tokens, dtype=torch.long, device=device)
-        pframes = torch.arange(1, frames, device=device).repeat_interleave(c.pframe_tokens)
-        return torch.cat([grid, iframe, pframes])
-
-    def attention_mask(self, frames: int, device: torch.device) -> torch.Tensor:
-        """Boolean [n, n], True = may attend: a query sees every key of its own or an earlier group."""
-        group = self.groups(frames, device)
-        return group[None, :] <= group[:, None]
-
-    def positions(self, frames: int, device: torch.device) -> torch.Tensor:
-        c = self.config
-        t, h, w = torch.meshgrid(
-            torch.arange(frames, device=device),
-            torch.arange(c.grid_height, device=device),
-            torch.arange(c.grid_width, device=device),
-            indexing="ij",
-        )
-        grid = torch.stack([t, h, w], dim=-1).reshape(-1, 3)
-        latent = torch.arange(c.latent_tokens(frames), device=device)[:, None].expand(-1, 3)
-        return torch.cat([grid, latent])
-
-    def forward(self, latents: torch.Tensor, frames: int) -> torch.Tensor:
-        """latents [B, N, token_size] -> features [B, frames, C, H, W]."""
+    def forward(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
         c = self.config
         batch = latents.shape[0]
-        grid_len = frames * c.grid_height * c.grid_width
-        x = self.decoder_embed(latents)
-        x = torch.cat([self.mask_token.to(x.dtype).expand(batch, grid_len, -1), x], dim=1)
-        x = self.ln_pre(x)
-        cis = rope_3d(self.positions(frames, x.device), c.head_dim, c.rope_theta)
-        mask = self.attention_mask(frames, x.device)
+        dtype = self.decoder_embed.weight.dtype
+        grid_len = num_frames * c.tokens_per_frame
+        tokens = self.decoder_embed(latents.to(dtype))
+        queries = self.mask_token.to(dtype).expand(batch, grid_len, -1)
+        x = self.ln_pre(torch.cat([queries, tokens], dim=1))
+        cis = rope_3d(token_positions(c, num_frames, x.device), c.head_dim, c.rope_theta)
+        # One boolean [n, n] mask per call, broadcast over batch and heads (0.35 GB at full size).
+        mask = group_causal_mask(token_groups(c, num_frames, x.device))
         for block in self.transformer:
             x = block(x, cis, mask)
-        x = self.ffn(self.ln_post(x[:, :grid_len]))
-        x = x.view(batch, frames, c.grid_height, c.grid_width, c.feature_channels)
-        return x.permute(0, 1, 4, 2, 3)
+        features = self.ffn(self.ln_post(x[:, :grid_len]).to(dtype))
+        features = features.view(batch, num_frames, c.grid_height, c.grid_width, c.feature_channels)
+        return features.permute(0, 1, 4, 2, 3).contiguous()
 
 
 class Codebook(nn.Module):
@@ -171,8 +258,8 @@ class Codebook(nn.Module):
         self.embed = nn.Parameter(torch.zeros(1, config.codebook_size, config.codebook_dim))
 
 
-class Quantizer(nn.Module):
-    """The lookup half of the VQ: code id -> project_out(codebook[id])."""
+class CodebookLookup(nn.Module):
+    """The `quantizer.*` part used for decoding: code id -> project_out(codebook[id])."""
 
     def __init__(self, config: SemanticDecoderConfig):
         super().__init__()
@@ -184,31 +271,41 @@ class Quantizer(nn.Module):
 
 
 class SemanticDecoder(nn.Module):
-    """Codes of whole segments -> semantic features."""
+    """Semantic code ids -> semantic features per frame.
+
+    Any frame count T >= 1 works: the grid, mask and positions are built for T, and the
+    group-causal mask makes the first k frames of a T-frame decode equal a k-frame decode
+    of the first I + (k - 1) * P codes. The model was trained on `frames_per_segment`.
+    """
 
     def __init__(self, config: SemanticDecoderConfig):
         super().__init__()
         self.config = config
-        self.quantizer = Quantizer(config)
-        self.decoder = TiTokVideoDecoder(config)
+        self.quantizer = CodebookLookup(config)
+        self.decoder = FeatureDecoder(config)
 
     def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
-        """[B, N] code ids -> [B, N, token_size]."""
-        if (
-            codes.dtype.is_floating_point
-            or int(codes.min()) < 0
-            or int(codes.max()) >= self.config.codebook_size
-        ):
-            raise ValueError(f"codes must be integers in [0, {self.config.codebook_size})")
-        return self.quantizer(codes)
+        """Code ids [B, N] -> latent vectors [B, N, token_size] in the weights' dtype."""
+        size = self.config.codebook_size
+        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+            raise ValueError(f"codes must be integer ids in [0, {size}), got dtype {codes.dtype}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= size):
+            raise ValueError(
+                f"codes must be integer ids in [0, {size}), got [{int(codes.min())}, {int(codes.max())}]"
+            )
+        return self.quantizer(codes.long())
 
-    def forward(self, codes: torch.Tensor, frames: int) -> torch.Tensor:
-        """codes [B, N] with N = I + (frames - 1) * P -> features [B, frames, C, H, W]."""
-        expected = self.config.latent_tokens(frames) if frames >= 1 else None
+    def forward(self, codes: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Codes [B, N], N = I + (num_frames - 1) * P, in LLM order -> features [B, T, C, H, W]."""
+        num_frames = operator.index(num_frames)
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        c = self.config
+        expected = c.latent_tokens(num_frames)
         if codes.ndim != 2 or codes.shape[1] != expected:
             raise ValueError(
-                f"{frames} frames take {expected} codes per video "
-                f"({self.config.iframe_tokens} + ({frames} - 1) x {self.config.pframe_tokens}), "
+                f"{num_frames} frames take {expected} codes per video "
+                f"({c.iframe_tokens} + ({num_frames} - 1) x {c.pframe_tokens}), "
                 f"got codes of shape {list(codes.shape)}"
             )
-        return self.decoder(self.codes_to_latents(codes), frames)
+        return self.decoder(self.codes_to_latents(codes), num_frames)
