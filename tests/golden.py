@@ -99,3 +99,23 @@ def t5_sizes(description: str) -> dict[str, int]:
     named = {key: int(value) for key, value in re.findall(r"(d_model|d_ff|d_kv|vocab)\s+(\d+)", description)}
     counted = {key: int(value) for value, key in re.findall(r"(\d+)\s+(layers|heads)", description)}
     return {**named, **counted}
+
+
+def dit_config(config: dict):
+    """Our DiTConfig from a diffusion_* case's knobs."""
+    from engine.models.control_dit import DiTConfig
+
+    knobs, tokenizer = config["knobs"], config["tokenizer_knobs"]
+    return DiTConfig(
+        hidden_size=knobs["hidden_size"],
+        num_heads=knobs["num_attention_heads"],
+        num_layers=knobs["num_layers_main"],
+        control_layers=knobs["num_layers_control"],
+        time_embed_dim=knobs["time_embed_dim"],
+        text_dim=knobs["text_hidden_size"],
+        latent_channels=knobs["in_channels"],
+        semantic_channels=tokenizer["image_channels"],
+        upsampler_channels=knobs["upsample_ch"],
+        upsampler_res_blocks=knobs["upsample_res_blocks"],
+        upsampler_out_channels=knobs["semantic_out_dim"],
+    )

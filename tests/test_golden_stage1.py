@@ -151,4 +151,7 @@ def test_tokenizer_decode_case(case: Path, tmp_path: Path):
         latents = decoder.codes_to_latents(codes)
         features = decoder(codes, int(inputs["forward_T"]))
     assert_close_relative(latents.transpose(1, 2)[:, :, None], outputs["latent"], rel, "codebook latents")
-    assert_close_relative(features, outputs["features"], rel, "semantic features")
+    expected = outputs["features"]
+    if expected.ndim == 4:  # the reference drops the frame axis when it decodes a single frame
+        expected = expected[:, None]
+    assert_close_relative(features, expected, rel, "semantic features")

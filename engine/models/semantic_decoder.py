@@ -142,7 +142,10 @@ def token_groups(config: SemanticDecoderConfig, num_frames: int, device: torch.d
 
 
 def group_causal_mask(groups: torch.Tensor) -> torch.Tensor:
-    """Boolean [n, n], True where query (row) may attend key (column): group(key) <= group(query)."""
+    """Boolean [n, n], True where query (row) may attend key (column): group(key) <= group(query).
+
+    The reference's rule, kept as the specification; SelfAttention computes it by grouping.
+    """
     return groups[None, :] <= groups[:, None]
 
 
@@ -181,7 +184,13 @@ class SelfAttention(nn.Module):
         self.wv = nn.Linear(width, width, bias=False)
         self.wo = nn.Linear(width, width, bias=False)
 
-    def forward(self, x: torch.Tensor, cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cis: torch.Tensor, group_ends: list[int]) -> torch.Tensor:
+        """x is ordered by temporal group; group g spans [group_ends[g-1], group_ends[g]).
+
+        A query of group g may attend every key of groups <= g, which in this order is a
+        prefix of the sequence: one unmasked attention call per group (flash-attention
+        friendly, no n x n mask) computes exactly the reference's group-causal attention.
+        """
         batch, length, _ = x.shape
 
         def split(t: torch.Tensor) -> torch.Tensor:
@@ -190,7 +199,14 @@ class SelfAttention(nn.Module):
         q = apply_rope(split(self.wq(x)), cis).transpose(1, 2)
         k = apply_rope(split(self.wk(x)), cis).transpose(1, 2)
         v = split(self.wv(x)).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        starts = [0, *group_ends[:-1]]
+        out = torch.cat(
+            [
+                F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end])
+                for start, end in zip(starts, group_ends, strict=True)
+            ],
+            dim=2,
+        )
         return self.wo(out.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -210,9 +226,9 @@ class DecoderBlock(nn.Module):
             )
         )
 
-    def forward(self, x: torch.Tensor, cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cis: torch.Tensor, group_ends: list[int]) -> torch.Tensor:
         dtype = self.attn.wq.weight.dtype
-        x = x + self.attn(self.ln_1(x).to(dtype), cis, mask)
+        x = x + self.attn(self.ln_1(x).to(dtype), cis, group_ends)
         return x + self.mlp(self.ln_2(x).to(dtype))
 
 
@@ -242,11 +258,15 @@ class FeatureDecoder(nn.Module):
         tokens = self.decoder_embed(latents.to(dtype))
         queries = self.mask_token.to(dtype).expand(batch, grid_len, -1)
         x = self.ln_pre(torch.cat([queries, tokens], dim=1))
-        cis = rope_3d(token_positions(c, num_frames, x.device), c.head_dim, c.rope_theta)
-        # One boolean [n, n] mask per call, broadcast over batch and heads (0.35 GB at full size).
-        mask = group_causal_mask(token_groups(c, num_frames, x.device))
+        # Attention runs on the sequence sorted by temporal group (see SelfAttention).
+        groups = token_groups(c, num_frames, x.device)
+        order = torch.argsort(groups, stable=True)
+        group_ends = torch.bincount(groups, minlength=num_frames).cumsum(0).tolist()
+        cis = rope_3d(token_positions(c, num_frames, x.device)[order], c.head_dim, c.rope_theta)
+        x = x[:, order]
         for block in self.transformer:
-            x = block(x, cis, mask)
+            x = block(x, cis, group_ends)
+        x = x[:, torch.argsort(order)]
         features = self.ffn(self.ln_post(x[:, :grid_len]).to(dtype))
         features = features.view(batch, num_frames, c.grid_height, c.grid_width, c.feature_channels)
         return features.permute(0, 1, 4, 2, 3).contiguous()

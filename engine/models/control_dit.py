@@ -1,0 +1,256 @@
+"""LanDiff stage 2 network: CogVideoX-2b's transformer with LanDiff's control branch.
+
+The main transformer and the control branch are built from diffusers' CogVideoX pieces
+(patch embedding, timestep embedding, `CogVideoXBlock`, the adaptive output norm). What
+is LanDiff's own lives here: the semantic conditioner (a VQGAN-style 2x pixel-shuffle
+upsampler and a 3x3 conv from semantic features to a latent-shaped condition), and the
+control branch's chaining: the branch sees `x + semantic`, every control block's output
+goes through its zero-linear, feeds the next control block, and is added to the main
+stream after main blocks 0..n-1, text tokens included.
+
+Layouts: latents are [B, T, C, H, W]; text states [B, L, text_dim]; timesteps [B] are the
+DDPM timesteps (999 ... 0) as floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import (
+    CogVideoXPatchEmbed,
+    TimestepEmbedding,
+    Timesteps,
+    get_3d_sincos_pos_embed,
+)
+from diffusers.models.normalization import AdaLayerNorm
+from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Sizes of the stage-2 network. Defaults are CogVideoX-2b with LanDiff's 15-layer control branch."""
+
+    hidden_size: int = 1920
+    num_heads: int = 30
+    num_layers: int = 30
+    control_layers: int = 15
+    time_embed_dim: int = 512
+    text_dim: int = 4096
+    latent_channels: int = 16
+    patch_size: int = 2
+    spatial_interpolation: float = 1.875
+    temporal_interpolation: float = 1.0
+    # semantic conditioner
+    semantic_channels: int = 768
+    upsampler_channels: int = 512
+    upsampler_res_blocks: int = 4
+    upsampler_out_channels: int = 64
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+        return shortcut + h
+
+
+class PixelShuffleUpsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels // 4, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pixel_shuffle(x, 2))
+
+
+class UpsamplerLevel(nn.Module):
+    def __init__(self, blocks: list[ResnetBlock], upsample: bool, channels: int):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        if upsample:
+            self.upsample = PixelShuffleUpsample(channels)
+
+
+class Middle(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels)
+        self.block_2 = ResnetBlock(channels, channels)
+
+
+class SemanticUpsampler(nn.Module):
+    """Two resolution levels (channel multipliers 1/4 and 1): features [N, C, h, w] -> [N, out, 2h, 2w]."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        wide, narrow = config.upsampler_channels, config.upsampler_channels // 4
+        blocks = config.upsampler_res_blocks + 1
+        self.conv_in = nn.Conv2d(config.semantic_channels, wide, 3, padding=1)
+        self.mid = Middle(wide)
+        high = UpsamplerLevel([ResnetBlock(wide, wide) for _ in range(blocks)], upsample=True, channels=wide)
+        low_blocks = [ResnetBlock(wide, narrow)] + [ResnetBlock(narrow, narrow) for _ in range(blocks - 1)]
+        low = UpsamplerLevel(low_blocks, upsample=False, channels=narrow)
+        self.up = nn.ModuleList([low, high])  # index = resolution level; run from high to low
+        self.norm_out = group_norm(narrow)
+        self.conv_out = nn.Conv2d(narrow, config.upsampler_out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mid.block_2(self.mid.block_1(self.conv_in(x)))
+        for level in reversed(self.up):
+            for block in level.block:
+                h = block(h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class SemanticConditioner(nn.Module):
+    """Semantic features [B, T, C, h, w] -> a latent-shaped condition [B, T, latent_channels, 2h, 2w]."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.upsample_model = SemanticUpsampler(config)
+        self.conv_out = nn.Conv2d(config.upsampler_out_channels, config.latent_channels, 3, padding=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch, frames = features.shape[:2]
+        x = self.conv_out(self.upsample_model(features.flatten(0, 1)))
+        return x.unflatten(0, (batch, frames))
+
+
+class Backbone(nn.Module):
+    """Embeddings and a stack of CogVideoX blocks, shared by the main transformer and the control branch."""
+
+    def __init__(self, config: DiTConfig, num_layers: int):
+        super().__init__()
+        self.config = config
+        self.patch_embed = CogVideoXPatchEmbed(
+            patch_size=config.patch_size,
+            in_channels=config.latent_channels,
+            embed_dim=config.hidden_size,
+            text_embed_dim=config.text_dim,
+            use_positional_embeddings=False,
+            use_learned_positional_embeddings=False,
+        )
+        self.time_proj = Timesteps(config.hidden_size, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(config.hidden_size, config.time_embed_dim, "silu")
+        self.transformer_blocks = nn.ModuleList(
+            CogVideoXBlock(
+                dim=config.hidden_size,
+                num_attention_heads=config.num_heads,
+                attention_head_dim=config.head_dim,
+                time_embed_dim=config.time_embed_dim,
+                attention_bias=True,
+                norm_eps=1e-5,
+            )
+            for _ in range(num_layers)
+        )
+        self._positions: dict[tuple, torch.Tensor] = {}
+
+    def positions(self, frames: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        """Fixed 3-D sin-cos embedding of the video tokens, [1, frames*h*w, hidden], cached per shape."""
+        key = (frames, height, width, like.device, like.dtype)
+        if key not in self._positions:
+            c = self.config
+            table = get_3d_sincos_pos_embed(
+                c.hidden_size,
+                (width, height),
+                frames,
+                spatial_interpolation_scale=c.spatial_interpolation,
+                temporal_interpolation_scale=c.temporal_interpolation,
+                device=like.device,
+                output_type="pt",
+            )
+            self._positions = {key: table.reshape(1, -1, c.hidden_size).to(like.dtype)}
+        return self._positions[key]
+
+    def embed(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (video tokens [B, T*h*w, D], text tokens [B, L, D], time embedding [B, time_embed_dim])."""
+        dtype = self.patch_embed.proj.weight.dtype
+        temb = self.time_embedding(self.time_proj(timesteps).to(dtype))
+        tokens = self.patch_embed(text.to(dtype), latents.to(dtype))
+        length = text.shape[1]
+        frames, _, height, width = latents.shape[1:]
+        p = self.config.patch_size
+        video = tokens[:, length:] + self.positions(frames, height // p, width // p, tokens)
+        return video, tokens[:, :length], temb
+
+
+class ControlDiT(nn.Module):
+    """v-prediction of the main CogVideoX transformer steered by the control branch."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        self.main = Backbone(config, config.num_layers)
+        self.norm_final = nn.LayerNorm(config.hidden_size, eps=1e-5)
+        self.norm_out = AdaLayerNorm(
+            config.time_embed_dim,
+            output_dim=2 * config.hidden_size,
+            norm_elementwise_affine=True,
+            chunk_dim=1,
+        )
+        self.norm_out.norm.eps = 1e-6  # SAT's final norm; diffusers builds it with the block eps
+        patch_area = config.patch_size**2
+        self.proj_out = nn.Linear(config.hidden_size, patch_area * config.latent_channels)
+        self.control = Backbone(config, config.control_layers)
+        self.zero_linears = nn.ModuleList(
+            nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+            for _ in range(config.control_layers)
+        )
+        self.semantic_conditioner = SemanticConditioner(config)
+
+    def control_outputs(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Per control layer, the projected full sequence [B, L + T*h*w, D] ([text | video])."""
+        video, words, temb = self.control.embed(latents + semantic.to(latents.dtype), text, timesteps)
+        length = words.shape[1]
+        outputs = []
+        for block, zero_linear in zip(self.control.transformer_blocks, self.zero_linears, strict=True):
+            video, words = block(hidden_states=video, encoder_hidden_states=words, temb=temb)
+            projected = zero_linear(torch.cat([words, video], dim=1))
+            outputs.append(projected)
+            words, video = projected[:, :length], projected[:, length:]
+        return outputs
+
+    def forward(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
+    ) -> torch.Tensor:
+        """latents [B, T, C, H, W], text [B, L, text_dim], timesteps [B], semantic [1 or B, T, C, H, W]."""
+        controls = self.control_outputs(latents, text, timesteps, semantic)
+        video, words, temb = self.main.embed(latents, text, timesteps)
+        length = words.shape[1]
+        for index, block in enumerate(self.main.transformer_blocks):
+            video, words = block(hidden_states=video, encoder_hidden_states=words, temb=temb)
+            if index < len(controls):
+                words = words + controls[index][:, :length]
+                video = video + controls[index][:, length:]
+        video = self.proj_out(self.norm_out(self.norm_final(video), temb=temb))
+        batch, frames, _, height, width = latents.shape
+        p = self.config.patch_size
+        out = video.reshape(batch, frames, height // p, width // p, -1, p, p)
+        return out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)

@@ -1,0 +1,87 @@
+"""SwissArmyTransformer checkpoint keys -> our ControlDiT keys.
+
+The release stores the CogVideoX-2b transformer and LanDiff's control branch in SAT
+layout (fused qkv, one 12-way adaLN projection per layer, mixins). This maps each SAT
+tensor of one `DiffusionTransformer` (keys relative to `diffusion_model.`) to the
+diffusers-based modules of `engine.models.control_dit`, splitting fused tensors.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+# SAT's 12 adaLN chunks per layer, in order: shift/scale/gate for video attention, video MLP,
+# text attention, text MLP. diffusers' norm1 takes the attention ones, norm2 the MLP ones.
+NORM1_CHUNKS = (0, 1, 2, 6, 7, 8)
+NORM2_CHUNKS = (3, 4, 5, 9, 10, 11)
+
+# Stored by SAT but recomputed or unused here: the fixed sin-cos table, the control
+# branch's own final norm (computed and discarded by the reference) and its VQ copy.
+IGNORED = (
+    re.compile(r"mixins\.pos_embed\.pos_embedding$"),
+    re.compile(r"semantic_conditioner\.semantic_model\."),
+)
+CONTROL_IGNORED = (re.compile(r"transformer\.final_layernorm\."),)
+
+RENAMES = (
+    (r"time_embed\.0\.", "time_embedding.linear_1."),
+    (r"time_embed\.2\.", "time_embedding.linear_2."),
+    (r"mixins\.patch_embed\.", "patch_embed."),
+    (r"mixins\.adaln_layer\.query_layernorm_list\.(\d+)\.", r"transformer_blocks.\1.attn1.norm_q."),
+    (r"mixins\.adaln_layer\.key_layernorm_list\.(\d+)\.", r"transformer_blocks.\1.attn1.norm_k."),
+    (r"transformer\.layers\.(\d+)\.input_layernorm\.", r"transformer_blocks.\1.norm1.norm."),
+    (r"transformer\.layers\.(\d+)\.post_attention_layernorm\.", r"transformer_blocks.\1.norm2.norm."),
+    (r"transformer\.layers\.(\d+)\.attention\.dense\.", r"transformer_blocks.\1.attn1.to_out.0."),
+    (r"transformer\.layers\.(\d+)\.mlp\.dense_h_to_4h\.", r"transformer_blocks.\1.ff.net.0.proj."),
+    (r"transformer\.layers\.(\d+)\.mlp\.dense_4h_to_h\.", r"transformer_blocks.\1.ff.net.2."),
+)
+MAIN_HEAD = (
+    (r"transformer\.final_layernorm\.", "norm_final."),
+    (r"mixins\.final_layer\.norm_final\.", "norm_out.norm."),
+    (r"mixins\.final_layer\.linear\.", "proj_out."),
+    (r"mixins\.final_layer\.adaLN_modulation\.1\.", "norm_out.linear."),
+)
+CONTROL_OWN = (
+    (r"mixins\.adaln_layer\.zero_linears\.", "zero_linears."),
+    (r"semantic_conditioner\.", "semantic_conditioner."),
+)
+QKV = re.compile(r"transformer\.layers\.(\d+)\.attention\.query_key_value\.(weight|bias)$")
+ADALN = re.compile(r"mixins\.adaln_layer\.adaLN_modulations\.(\d+)\.1\.(weight|bias)$")
+
+
+def convert_dit(tensors: dict[str, torch.Tensor], branch: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """SAT keys of one transformer (`branch` = "main" or "control") -> (our keys, SAT keys not understood)."""
+    assert branch in ("main", "control")
+    converted: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    ignored = IGNORED + (CONTROL_IGNORED if branch == "control" else ())
+    own = MAIN_HEAD if branch == "main" else CONTROL_OWN
+    for key, value in tensors.items():
+        if any(pattern.match(key) for pattern in ignored):
+            continue
+        if match := QKV.match(key):
+            layer, kind = match.groups()
+            for name, part in zip(("to_q", "to_k", "to_v"), value.chunk(3, dim=0), strict=True):
+                converted[f"{branch}.transformer_blocks.{layer}.attn1.{name}.{kind}"] = part
+            continue
+        if match := ADALN.match(key):
+            layer, kind = match.groups()
+            chunks = value.chunk(12, dim=0)
+            for norm, picks in (("norm1", NORM1_CHUNKS), ("norm2", NORM2_CHUNKS)):
+                part = torch.cat([chunks[i] for i in picks], dim=0)
+                converted[f"{branch}.transformer_blocks.{layer}.{norm}.linear.{kind}"] = part
+            continue
+        for pattern, replacement in own:
+            if re.match(pattern, key):
+                converted[re.sub(pattern, replacement, key, count=1)] = value
+                break
+        else:
+            for pattern, replacement in RENAMES:
+                if re.match(pattern, key):
+                    converted[f"{branch}." + re.sub(pattern, replacement, key, count=1)] = value
+                    break
+            else:
+                unknown.append(key)
+    return converted, unknown

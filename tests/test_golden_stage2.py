@@ -1,0 +1,61 @@
+"""Stage-2 parity with the reference's diffusion golden cases: the control-branch network call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.models.control_dit import ControlDiT
+from engine.models.semantic_decoder import SemanticDecoder
+from engine.sat_keys import convert_dit
+
+from .golden import assert_close_relative, decoder_config, dit_config, golden_cases, load_pt, read_config
+
+pytestmark = pytest.mark.golden
+
+MAIN = "model.main_model.diffusion_model."
+CONTROL = "model.control_model.diffusion_model."
+VQ_COPY = CONTROL + "semantic_conditioner.semantic_model.model."
+
+
+def strip(tensors: dict, prefix: str) -> dict:
+    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+
+
+def build_case(case: Path) -> tuple[ControlDiT, SemanticDecoder, dict]:
+    config = read_config(case)
+    tensors = load_file(str(case / "model.safetensors"))
+    main, unknown_main = convert_dit(strip(tensors, MAIN), "main")
+    control, unknown_control = convert_dit(strip(tensors, CONTROL), "control")
+    assert unknown_main == [] and unknown_control == []
+    network = ControlDiT(dit_config(config)).eval()
+    network.load_state_dict({**main, **control}, strict=True)
+    decoder = SemanticDecoder(decoder_config(config["tokenizer_knobs"])).eval()
+    wanted = decoder.state_dict().keys()
+    decoder.load_state_dict({k: v for k, v in strip(tensors, VQ_COPY).items() if k in wanted}, strict=True)
+    return network, decoder, config
+
+
+@pytest.mark.parametrize("case", golden_cases("diffusion_"))
+def test_network_call_with_control_outputs(case: Path):
+    if not (case / "dit_call.pt").is_file():
+        pytest.skip(f"{case.name} has no dit_call.pt")
+    network, decoder, config = build_case(case)
+    inputs, call = load_pt(case, "input.pt"), load_pt(case, "dit_call.pt")
+    latents, _, context = call["args"]
+    timesteps = call["kwargs"]["idx"]
+    with torch.no_grad():
+        features = decoder(
+            inputs["semantic_token"].reshape(1, -1), config["tokenizer_knobs"]["temporal_size"]
+        )
+        semantic = network.semantic_conditioner(features)
+        assert_close_relative(semantic, call["semantic_feature"], 1e-5, "semantic condition")
+        controls = network.control_outputs(latents, context["crossattn"], timesteps, semantic)
+        assert len(controls) == len(call["control_layers_output"])
+        for index, (ours, theirs) in enumerate(zip(controls, call["control_layers_output"], strict=True)):
+            assert_close_relative(ours, theirs["hidden_states"], 1e-5, f"control layer {index}")
+        output = network(latents, context["crossattn"], timesteps, semantic)
+    assert_close_relative(output, call["output"], 1e-5, "network output (v)")
