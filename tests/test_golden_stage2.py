@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.models.control_dit import ControlDiT
+from engine.models.dpm_sampler import DpmSolverSampler
 from engine.models.semantic_decoder import SemanticDecoder
 from engine.sat_keys import convert_dit
 
@@ -59,3 +60,34 @@ def test_network_call_with_control_outputs(case: Path):
             assert_close_relative(ours, theirs["hidden_states"], 1e-5, f"control layer {index}")
         output = network(latents, context["crossattn"], timesteps, semantic)
     assert_close_relative(output, call["output"], 1e-5, "network output (v)")
+
+
+@pytest.mark.parametrize("case", golden_cases("diffusion_"))
+def test_sampler_replays_the_recorded_noise(case: Path):
+    if not (case / "sampler.pt").is_file():
+        pytest.skip(f"{case.name} has no sampler.pt")
+    network, decoder, config = build_case(case)
+    inputs, recorded = load_pt(case, "input.pt"), load_pt(case, "sampler.pt")
+    steps = config["knobs"]["sampler_steps"]
+    draws = iter(recorded["randn_like_draws"])
+    seen = []
+    with torch.no_grad():
+        features = decoder(
+            inputs["semantic_token"].reshape(1, -1), config["tokenizer_knobs"]["temporal_size"]
+        )
+        semantic = network.semantic_conditioner(features)
+        text = torch.cat([inputs["uc"]["crossattn"], inputs["c"]["crossattn"]])  # [uncond, cond]
+
+        def run_network(latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+            call = recorded["calls"][len(seen)]
+            assert_close_relative(latents, call["args"][0], 1e-5, f"network input {len(seen)}")
+            assert timesteps.tolist() == call["kwargs"]["idx"].tolist()
+            seen.append(timesteps)
+            return network(latents, text, timesteps, semantic)
+
+        samples = DpmSolverSampler().sample(
+            run_network, recorded["init_noise"][0], steps, draw_noise=lambda like: next(draws)
+        )
+    assert len(seen) == len(recorded["calls"]) == steps
+    assert next(draws, None) is None, "every recorded noise draw is used, in order"
+    assert_close_relative(samples, recorded["samples_z"], 1e-5, "final latents")
