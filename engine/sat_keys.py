@@ -85,3 +85,34 @@ def convert_dit(tensors: dict[str, torch.Tensor], branch: str) -> tuple[dict[str
             else:
                 unknown.append(key)
     return converted, unknown
+
+
+VAE_RENAMES = (
+    (r"decoder\.mid\.block_(\d)\.", lambda m: f"decoder.mid_block.resnets.{int(m.group(1)) - 1}."),
+    (r"\.nin_shortcut\.", lambda m: ".conv_shortcut."),
+    (r"\.upsample\.", lambda m: ".upsamplers.0."),
+)
+VAE_UP = re.compile(r"decoder\.up\.(\d+)\.block\.(\d+)\.|decoder\.up\.(\d+)\.")
+
+
+def convert_vae_decoder(tensors: dict[str, torch.Tensor], levels: int) -> dict[str, torch.Tensor]:
+    """SAT 3D-VAE decoder keys (`decoder.*`) -> diffusers AutoencoderKLCogVideoX decoder keys.
+
+    SAT numbers its up levels from the highest resolution (`up.0`, run last); diffusers
+    numbers them in the order they run (`up_blocks.0` = SAT `up.{levels-1}`).
+    """
+    converted = {}
+    for key, value in tensors.items():
+        if not key.startswith("decoder."):
+            continue
+
+        def up_level(match: re.Match) -> str:
+            if match.group(1) is not None:
+                return f"decoder.up_blocks.{levels - 1 - int(match.group(1))}.resnets.{match.group(2)}."
+            return f"decoder.up_blocks.{levels - 1 - int(match.group(3))}."
+
+        new = VAE_UP.sub(up_level, key, count=1)
+        for pattern, replacement in VAE_RENAMES:
+            new = re.sub(pattern, replacement, new, count=1)
+        converted[new] = value
+    return converted

@@ -119,3 +119,11 @@ def dit_config(config: dict):
         upsampler_res_blocks=knobs["upsample_res_blocks"],
         upsampler_out_channels=knobs["semantic_out_dim"],
     )
+
+
+def vae_config(config: dict):
+    """Our VAEConfig from a diffusion_* case's knobs (the release's channel multipliers)."""
+    from engine.models.video_vae import VAEConfig
+
+    knobs = config["knobs"]
+    return VAEConfig(base_channels=knobs["vae_ch"], res_blocks=knobs["vae_res_blocks"])

@@ -11,9 +11,18 @@ from safetensors.torch import load_file
 from engine.models.control_dit import ControlDiT
 from engine.models.dpm_sampler import DpmSolverSampler
 from engine.models.semantic_decoder import SemanticDecoder
-from engine.sat_keys import convert_dit
+from engine.models.video_vae import build_vae, decode_latents
+from engine.sat_keys import convert_dit, convert_vae_decoder
 
-from .golden import assert_close_relative, decoder_config, dit_config, golden_cases, load_pt, read_config
+from .golden import (
+    assert_close_relative,
+    decoder_config,
+    dit_config,
+    golden_cases,
+    load_pt,
+    read_config,
+    vae_config,
+)
 
 pytestmark = pytest.mark.golden
 
@@ -91,3 +100,23 @@ def test_sampler_replays_the_recorded_noise(case: Path):
     assert len(seen) == len(recorded["calls"]) == steps
     assert next(draws, None) is None, "every recorded noise draw is used, in order"
     assert_close_relative(samples, recorded["samples_z"], 1e-5, "final latents")
+
+
+@pytest.mark.parametrize("case", golden_cases("diffusion_"))
+def test_vae_decode(case: Path):
+    if not (case / "vae_decode.pt").is_file():
+        pytest.skip(
+            f"{case.name} has no vae_decode.pt (the reference's chunked decode is undefined for its sizes)"
+        )
+    config = read_config(case)
+    vae = build_vae(vae_config(config)).eval()
+    tensors = strip(load_file(str(case / "model.safetensors")), "first_stage_model.")
+    vae.load_state_dict(convert_vae_decoder(tensors, vae_config(config).levels), strict=True)
+    recorded = load_pt(case, "vae_decode.pt")
+    latents = recorded["latent_in"].permute(0, 2, 1, 3, 4)  # recorded as [B, C, T, H, W], unscaled
+    with torch.no_grad():
+        video = decode_latents(vae, latents)
+        assert_close_relative(video, recorded["recon"], 1e-5, "decoded video")
+        assert_close_relative(((video + 1) / 2).clamp(0, 1), recorded["video"], 1e-5, "video in [0, 1]")
+        random = decode_latents(vae, recorded["rand_latent"].permute(0, 2, 1, 3, 4))
+    assert_close_relative(random, recorded["rand_recon"], 1e-5, "decoded random latent")
