@@ -6,14 +6,25 @@ file in the target dtype and device, so no full-precision copy is ever made on t
 
 from __future__ import annotations
 
+import argparse
+import pickle
 from pathlib import Path
 
 import torch
 
-from .checkpoints import stream_safetensors_into
+from .checkpoints import (
+    CheckpointError,
+    check_state_dict,
+    expected_shapes,
+    require_file,
+    stream_safetensors_into,
+)
+from .models.control_dit import ControlDiT, DiTConfig
 from .models.llm import LLMConfig, SemanticLM
 from .models.semantic_decoder import SemanticDecoder, SemanticDecoderConfig
-from .weights import redownload_hint
+from .models.video_vae import VAEConfig, build_vae
+from .sat_keys import convert_dit, convert_vae_decoder
+from .weights import ReleaseLayout, redownload_hint
 
 # Parts of tokenizer/model.safetensors that text-to-video never uses: the semantic
 # encoder, the quantizer's training state and input projection, and the feature statistics
@@ -64,3 +75,84 @@ def load_semantic_decoder(
         device=device,
     )
     return model.eval().requires_grad_(False)
+
+
+def read_sat_checkpoint(path: Path, entry: str, *, fix: str) -> dict[str, torch.Tensor]:
+    """The `entry` dict ("module" or "state_dict") of a SAT/DeepSpeed .pt file, memory-mapped.
+
+    Only tensors and plain containers are unpickled (weights_only=True); DeepSpeed's
+    argparse.Namespace of training arguments is the one class allowed besides.
+    """
+    require_file(path, "Checkpoint", fix)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path} holds objects that are not safe to load ({error}). {fix}") from error
+    except (OSError, RuntimeError, EOFError, ValueError) as error:
+        raise CheckpointError(f"{path} could not be read as a torch checkpoint ({error}). {fix}") from error
+    if not isinstance(content, dict) or not isinstance(content.get(entry), dict):
+        raise CheckpointError(f"{path} has no '{entry}' dictionary of tensors. {fix}")
+    return content[entry]
+
+
+def checkpoint_step_file(folder: Path, fix: str) -> Path:
+    """`<folder>/<step>/mp_rank_00_model_states.pt`, the step named by `<folder>/latest`."""
+    latest = require_file(folder / "latest", "Checkpoint pointer", fix)
+    step = latest.read_text().strip()
+    if not step or "/" in step or step.startswith("."):
+        raise CheckpointError(f"{latest} should name a step folder, found {step!r}. {fix}")
+    return folder / step / "mp_rank_00_model_states.pt"
+
+
+def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+
+
+def is_main_dit_key(key: str) -> bool:
+    """Whether a ControlDiT tensor comes from the CogVideoX-2b file (else from LanDiff's diffusion file)."""
+    return key.startswith(("main.", "norm_final.", "norm_out.", "proj_out."))
+
+
+def load_control_dit(layout: ReleaseLayout, config: DiTConfig, *, device, dtype: torch.dtype) -> ControlDiT:
+    """Main CogVideoX-2b transformer from transformer/<latest>, control branch from diffusion/<latest>."""
+    main_fix = redownload_hint(layout.dit_file.parents[1])
+    control_fix = redownload_hint(layout.control_file.parents[1])
+    main_file = checkpoint_step_file(layout.dit_file.parents[1], main_fix)
+    control_file = checkpoint_step_file(layout.control_file.parents[1], control_fix)
+    main_sat = strip_prefix(read_sat_checkpoint(main_file, "module", fix=main_fix), "model.diffusion_model.")
+    control_module = read_sat_checkpoint(control_file, "module", fix=control_fix)
+    # diffusion/1 may also carry copies of the main DiT, T5, VAE: only the control branch is read from it.
+    control_sat = strip_prefix(control_module, "model.control_model.diffusion_model.")
+    main, unknown_main = convert_dit(main_sat, "main")
+    control, unknown_control = convert_dit(control_sat, "control")
+    with torch.device("meta"):
+        model = ControlDiT(config)
+    expected = expected_shapes(model)
+    for source, part, unknown, fix, from_main_file in (
+        (main_file, main, unknown_main, main_fix, True),
+        (control_file, control, unknown_control, control_fix, False),
+    ):
+        wanted = {key: shape for key, shape in expected.items() if is_main_dit_key(key) == from_main_file}
+        found = {
+            **part,
+            **{key: torch.empty(0) for key in unknown},
+        }  # unknown SAT keys are reported as unexpected
+        check_state_dict(wanted, found, source=source, fix=fix)
+    tensors = {key: value.to(device=device, dtype=dtype) for key, value in {**main, **control}.items()}
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def load_vae(layout: ReleaseLayout, config: VAEConfig, *, device, dtype: torch.dtype):
+    """The 3D VAE decoder from `vae/3d-vae.pt` (its `state_dict`; encoder and loss weights are skipped)."""
+    fix = redownload_hint(layout.vae_file)
+    sat = read_sat_checkpoint(layout.vae_file, "state_dict", fix=fix)
+    tensors = convert_vae_decoder(sat, config.levels)
+    with torch.device("meta"):
+        vae = build_vae(config)
+    check_state_dict(expected_shapes(vae), tensors, source=layout.vae_file, fix=fix)
+    vae.load_state_dict(
+        {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}, strict=True, assign=True
+    )
+    return vae.eval().requires_grad_(False)

@@ -116,3 +116,86 @@ def convert_vae_decoder(tensors: dict[str, torch.Tensor], levels: int) -> dict[s
             new = re.sub(pattern, replacement, new, count=1)
         converted[new] = value
     return converted
+
+
+def sat_dit_from_ours(state: dict[str, torch.Tensor], branch: str) -> dict[str, torch.Tensor]:
+    """The inverse of `convert_dit` for one branch: our ControlDiT tensors -> SAT keys.
+
+    Used to write random weights in the release's layout (the `tiny` model); the sin-cos
+    table and other tensors the loader ignores are not produced here.
+    """
+    inverse_renames = [(replacement, pattern) for pattern, replacement in RENAMES]
+    own = MAIN_HEAD if branch == "main" else CONTROL_OWN
+    sat: dict[str, torch.Tensor] = {}
+    fused: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
+    prefix = f"{branch}."
+    for key, value in state.items():
+        if match := re.match(
+            r"(?:main\.|control\.)?transformer_blocks\.(\d+)\.(attn1\.to_[qkv]|norm[12]\.linear)\.(\w+)$", key
+        ):
+            if not key.startswith(prefix):
+                continue
+            layer, part, kind = match.groups()
+            group = "qkv" if part.startswith("attn1") else "adaln"
+            fused.setdefault((group, layer, kind), {})[part] = value
+            continue
+        if key.startswith(prefix):
+            body = key[len(prefix) :]
+            for ours, sat_pattern in inverse_renames:
+                our_regex = "^" + re.escape(ours).replace(re.escape("\\1"), r"(\d+)")
+                if m := re.match(our_regex, body):
+                    sat_key = _fill(sat_pattern, m.groups()) + body[m.end() :]
+                    sat[sat_key] = value
+                    break
+            else:
+                raise KeyError(f"no SAT name for {key}")
+        elif not key.startswith(("main.", "control.")):
+            for sat_pattern, ours in own:
+                if key.startswith(ours):
+                    sat[_fill(sat_pattern, ()) + key[len(ours) :]] = value
+                    break
+    for (group, layer, kind), parts in fused.items():
+        if group == "qkv":
+            sat[f"transformer.layers.{layer}.attention.query_key_value.{kind}"] = torch.cat(
+                [parts["attn1.to_q"], parts["attn1.to_k"], parts["attn1.to_v"]]
+            )
+        else:
+            chunks: list[torch.Tensor | None] = [None] * 12
+            for norm, picks in (("norm1.linear", NORM1_CHUNKS), ("norm2.linear", NORM2_CHUNKS)):
+                for pick, chunk in zip(picks, parts[norm].chunk(6), strict=True):
+                    chunks[pick] = chunk
+            sat[f"mixins.adaln_layer.adaLN_modulations.{layer}.1.{kind}"] = torch.cat(chunks)
+    return sat
+
+
+def _fill(pattern: str, groups: tuple) -> str:
+    """A SAT regex prefix such as r"transformer\\.layers\\.(\\d+)\\.mlp\\." with its groups filled in."""
+    text = pattern
+    for group in groups:
+        text = text.replace(r"(\d+)", group, 1)
+    return text.replace("\\", "")
+
+
+def sat_vae_decoder_from_ours(state: dict[str, torch.Tensor], levels: int) -> dict[str, torch.Tensor]:
+    """The inverse of `convert_vae_decoder`: diffusers decoder tensors -> SAT `decoder.*` keys."""
+    sat = {}
+    for key, value in state.items():
+        if not key.startswith("decoder."):
+            continue
+        new = re.sub(
+            r"^decoder\.mid_block\.resnets\.(\d)\.",
+            lambda m: f"decoder.mid.block_{int(m.group(1)) + 1}.",
+            key,
+        )
+        new = re.sub(
+            r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
+            lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.block.{m.group(2)}.",
+            new,
+        )
+        new = re.sub(
+            r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+            lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.upsample.",
+            new,
+        )
+        sat[new.replace(".conv_shortcut.", ".nin_shortcut.")] = value
+    return sat

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .models.control_dit import DiTConfig
 from .models.llm import LLMConfig
 from .models.semantic_decoder import SemanticDecoderConfig
+from .models.video_vae import VAEConfig
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,21 @@ class ModelSpec:
     llm: LLMConfig
     decoder: SemanticDecoderConfig
     flan_t5: T5Sizes
+    dit: DiTConfig
+    vae: VAEConfig
+    t5: T5Sizes  # the diffusion side's T5 v1.1 encoder
+    text_tokens: int = 226  # the diffusion side's fixed prompt length
+    fps: int = 8
+
+    def latent_shape(self, semantic_frames: int) -> tuple[int, int, int, int]:
+        """[T, C, H, W] of one video's latents: one latent frame per semantic frame, twice its grid."""
+        d = self.decoder
+        return (semantic_frames, self.dit.latent_channels, 2 * d.grid_height, 2 * d.grid_width)
+
+    def video_frames(self, semantic_frames: int) -> int:
+        """RGB frames the VAE makes of `semantic_frames` latent frames: 1 + 4 (T - 1) per segment."""
+        per_segment = self.llm.frames_per_segment
+        return (semantic_frames // per_segment) * (1 + 4 * (per_segment - 1))
 
 
 LANDIFF = ModelSpec(
@@ -33,6 +50,9 @@ LANDIFF = ModelSpec(
     llm=LLMConfig(),
     decoder=SemanticDecoderConfig(),
     flan_t5=T5Sizes(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64, vocab_size=32128),
+    dit=DiTConfig(),
+    vae=VAEConfig(),
+    t5=T5Sizes(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64, vocab_size=32128),
 )
 
 TINY = ModelSpec(
@@ -67,6 +87,21 @@ TINY = ModelSpec(
         codebook_dim=8,
     ),
     flan_t5=T5Sizes(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8, vocab_size=128),
+    dit=DiTConfig(
+        hidden_size=64,
+        num_heads=4,
+        num_layers=2,
+        control_layers=1,
+        time_embed_dim=32,
+        text_dim=32,
+        semantic_channels=16,
+        upsampler_channels=128,
+        upsampler_res_blocks=1,
+        upsampler_out_channels=8,
+    ),
+    vae=VAEConfig(base_channels=32, res_blocks=1),
+    t5=T5Sizes(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8, vocab_size=128),
+    text_tokens=16,
 )
 
 SPECS = {spec.name: spec for spec in (LANDIFF, TINY)}

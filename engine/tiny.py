@@ -11,11 +11,15 @@ import os
 from pathlib import Path
 
 import torch
+from diffusers.models.embeddings import get_3d_sincos_pos_embed
 from safetensors.torch import save_file
 from torch import nn
 
+from .models.control_dit import ControlDiT
 from .models.llm import SemanticLM
 from .models.semantic_decoder import SemanticDecoder
+from .models.video_vae import build_vae
+from .sat_keys import sat_dit_from_ours, sat_vae_decoder_from_ours
 from .specs import ModelSpec
 from .tiny_text import write_tiny_t5
 from .weights import ReleaseLayout
@@ -104,20 +108,78 @@ def write_tiny_release(layout: ReleaseLayout, spec: ModelSpec, seed: int = 0) ->
         vocab_size=t5.vocab_size,
         seed=seed,
     )
+    write_tiny_stage2(layout, spec, generator, seed)
 
 
-def stage1_files(layout: ReleaseLayout) -> list[Path]:
+def save_torch_atomically(content: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(content, partial)
+    os.replace(partial, path)
+
+
+def sincos_table(spec: ModelSpec) -> torch.Tensor:
+    """SAT's stored `pos_embedding`: zeros for the text rows, the 3-D sin-cos table for the video rows."""
+    frames, _, height, width = spec.latent_shape(spec.llm.frames_per_segment)
+    p, dim = spec.dit.patch_size, spec.dit.hidden_size
+    video = get_3d_sincos_pos_embed(dim, (width // p, height // p), frames, spec.dit.spatial_interpolation)
+    return torch.cat([torch.zeros(spec.text_tokens, dim), video.reshape(-1, dim).float()])[None]
+
+
+def write_tiny_stage2(layout: ReleaseLayout, spec: ModelSpec, generator: torch.Generator, seed: int) -> None:
+    """The diffusion side in SAT layout: main DiT, control branch (+ the VQ copy it carries), VAE, T5 v1.1."""
+    network = randomise(ControlDiT(spec.dit), generator).state_dict()
+    table = sincos_table(spec)
+    main = {**sat_dit_from_ours(network, "main"), "mixins.pos_embed.pos_embedding": table}
+    save_torch_atomically(
+        {"module": {f"model.diffusion_model.{k}": v for k, v in main.items()}}, layout.dit_file
+    )
+    (layout.dit_file.parents[1] / "latest").write_text(f"{layout.dit_file.parent.name}\n")
+    decoder_copy = randomise(SemanticDecoder(spec.decoder), generator, std=0.2).state_dict()
+    control = {
+        **sat_dit_from_ours(network, "control"),
+        "mixins.pos_embed.pos_embedding": table,
+        "transformer.final_layernorm.weight": torch.ones(spec.dit.hidden_size),
+        "transformer.final_layernorm.bias": torch.zeros(spec.dit.hidden_size),
+        **{f"semantic_conditioner.semantic_model.model.{k}": v for k, v in decoder_copy.items()},
+    }
+    module = {f"model.control_model.diffusion_model.{k}": v for k, v in control.items()}
+    save_torch_atomically({"module": module}, layout.control_file)
+    (layout.control_file.parents[1] / "latest").write_text(layout.control_file.parent.name)
+    vae = randomise(build_vae(spec.vae), generator, std=0.05).state_dict()
+    decoder = sat_vae_decoder_from_ours(vae, spec.vae.levels)
+    encoder_part = {"encoder.conv_in.conv.weight": torch.zeros(spec.vae.base_channels, 3, 3, 3, 3)}
+    save_torch_atomically({"state_dict": {**decoder, **encoder_part}}, layout.vae_file)
+    t5 = spec.t5
+    write_tiny_t5(
+        layout.t5_dir,
+        d_model=t5.d_model,
+        d_ff=t5.d_ff,
+        num_layers=t5.num_layers,
+        num_heads=t5.num_heads,
+        d_kv=t5.d_kv,
+        vocab_size=t5.vocab_size,
+        seed=seed + 1,
+        sharded=True,
+    )
+
+
+def release_files(layout: ReleaseLayout) -> list[Path]:
+    """One file per model whose presence means that model's tiny weights were written completely."""
     return [
         layout.llm_file,
         layout.tokenizer_file,
         layout.flan_t5_dir / "config.json",
-        layout.flan_t5_dir / "spiece.model",
+        layout.dit_file,
+        layout.control_file,
+        layout.vae_file,
+        layout.t5_dir / "config.json",
     ]
 
 
 def ensure_tiny_release(layout: ReleaseLayout, spec: ModelSpec) -> bool:
     """Write the tiny weights unless all of them are there; True when something was written."""
-    if all(path.is_file() for path in stage1_files(layout)):
+    if all(path.is_file() for path in release_files(layout)):
         return False
     write_tiny_release(layout, spec)
     return True
