@@ -24,7 +24,8 @@ class RateColumn(ProgressColumn):
     """Tokens per second, once rich has enough samples to estimate it."""
 
     def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:,.0f} tok/s" if task.speed else "", style="progress.data.speed")
+        unit = task.fields.get("unit", "tok")
+        return Text(f"{task.speed:,.1f} {unit}/s" if task.speed else "", style="progress.data.speed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--features", type=Path, default=None, help="also decode and save semantic features (.npy)"
     )
     tokens.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+
+    generate = commands.add_parser(
+        "generate",
+        help="prompt -> video: both stages, written as an mp4 with its tokens and a JSON record",
+        description="Run LanDiff end to end in this process and write an mp4, its semantic tokens (.npy) "
+        "and a JSON sidecar with every parameter, the weights' checksums, timings and peak memory.",
+    )
+    generate.add_argument("prompt", help="what the video shows")
+    generate.add_argument(
+        "--out", type=Path, default=None, help="mp4 path (default: results/<prompt>-s<seed>.mp4)"
+    )
+    generate.add_argument(
+        "--model", default="landiff", help="landiff (the release) or tiny (default: landiff)"
+    )
+    generate.add_argument(
+        "--ckpts", type=Path, default=None, help="weights root (default: $LANDIFF_HOME or ckpts/)"
+    )
+    generate.add_argument("--seed", type=int, default=42, help="random seed for both stages (default 42)")
+    generate.add_argument(
+        "--cfg", type=float, default=7.5, help="LLM guidance scale, 0 or 1 = off (default 7.5)"
+    )
+    generate.add_argument(
+        "--motion-score", type=float, default=0.1, help="motion micro-condition (default 0.1)"
+    )
+    generate.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    generate.add_argument(
+        "--tokens", type=Path, default=None, help="reuse saved semantic tokens (.npy): stage 2 only"
+    )
+    generate.add_argument(
+        "--device", default=None, help="torch device (default: cuda when present, else cpu)"
+    )
 
     tiny = commands.add_parser("tiny", help="write the random-weight tiny model in the release layout")
     tiny.add_argument("--force", action="store_true", help="rewrite even if the files exist")
@@ -170,11 +202,66 @@ def run_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+STAGE_NAMES = {
+    "tokens": "semantic tokens",
+    "denoise": "denoising",
+    "decode": "VAE decode",
+    "write": "writing mp4",
+}
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .pipeline import JobSpec, Pipeline
+    from .specs import get_spec
+    from .tiny import ensure_tiny_release
+    from .weights import layout_for
+
+    console = Console(stderr=True)
+    spec = get_spec(args.model)
+    job = JobSpec(
+        prompt=args.prompt,
+        out=args.out or Path("results") / f"{slug(args.prompt)}-s{args.seed}.mp4",
+        seed=args.seed,
+        cfg=args.cfg,
+        motion_score=args.motion_score,
+        steps=args.steps,
+        tokens=args.tokens,
+    )
+    job.validate(spec)
+    layout = layout_for(spec.name, args.ckpts)
+    if spec.name == "tiny" and ensure_tiny_release(layout, spec):
+        console.print(f"wrote tiny random weights to {layout.root}")
+    pipeline = Pipeline(spec, layout, device=parse_device(args.device))
+    columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), RateColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_progress(event) -> None:
+            if event.stage not in tasks:
+                tasks[event.stage] = progress.add_task(
+                    STAGE_NAMES.get(event.stage, event.stage), total=event.total
+                )
+            progress.update(tasks[event.stage], completed=event.step, total=event.total)
+
+        with console.status(f"loading the {spec.name} models on {pipeline.device}"):
+            if job.tokens is None:
+                pipeline.stage1()
+            pipeline.stage2()
+        result = pipeline.run(job, on_progress=on_progress)
+    timings = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in result.timings_s.items())
+    console.print(f"{result.video} ({timings}; peak memory {result.peak_memory_bytes / 2**30:.2f} GiB)")
+    console.print(f"tokens {result.tokens}, record {result.sidecar}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoints import CheckpointError
 
-    handlers = {"tokens": run_tokens, "tiny": run_tiny}
+    handlers = {"tokens": run_tokens, "generate": run_generate, "tiny": run_tiny}
     try:
         return handlers[args.command](args)
     except (ValueError, CheckpointError) as error:
