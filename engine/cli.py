@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--device", default=None, help="torch device (default: cuda when present, else cpu)"
     )
+    generate.add_argument(
+        "--memory",
+        default="auto",
+        choices=("auto", "resident", "offload"),
+        help="both stages stay on the GPU (resident) or only the running one (offload); auto: by GPU size",
+    )
 
     tiny = commands.add_parser("tiny", help="write the random-weight tiny model in the release layout")
     tiny.add_argument("--force", action="store_true", help="rewrite even if the files exist")
@@ -234,7 +240,7 @@ def run_generate(args: argparse.Namespace) -> int:
     layout = layout_for(spec.name, args.ckpts)
     if spec.name == "tiny" and ensure_tiny_release(layout, spec):
         console.print(f"wrote tiny random weights to {layout.root}")
-    pipeline = Pipeline(spec, layout, device=parse_device(args.device))
+    pipeline = Pipeline(spec, layout, device=parse_device(args.device), memory=args.memory)
     columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), RateColumn())
     with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
         tasks: dict[str, int] = {}

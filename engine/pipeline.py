@@ -135,6 +135,22 @@ def load_tokens(path: Path) -> torch.Tensor:
     return torch.from_numpy(codes.astype(np.int64))
 
 
+MEMORY_PROFILES = ("auto", "resident", "offload")
+RESIDENT_MIN_GPU_BYTES = 48 * 2**30  # both stages of the release in bf16 take about 30 GiB
+
+
+def resolve_memory_profile(profile: str, device: torch.device) -> str:
+    """`resident` keeps every model on the device; `offload` keeps only the running stage there."""
+    if profile not in MEMORY_PROFILES:
+        raise ValueError(f"memory profile must be one of {', '.join(MEMORY_PROFILES)}, got {profile!r}")
+    if device.type != "cuda":
+        return "resident"
+    if profile == "auto":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return "resident" if total >= RESIDENT_MIN_GPU_BYTES else "offload"
+    return profile
+
+
 class Pipeline:
     def __init__(
         self,
@@ -142,23 +158,35 @@ class Pipeline:
         layout: ReleaseLayout,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
+        memory: str = "auto",
     ):
         self.spec, self.layout = spec, layout
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
+        self.memory = resolve_memory_profile(memory, self.device)
+        self.parking = self.device if self.memory == "resident" else torch.device("cpu")
         self._stage1: SemanticStage | None = None
         self._stage2: VideoStage | None = None
 
     def stage1(self) -> SemanticStage:
         if self._stage1 is None:
-            self._stage1 = SemanticStage.load(self.spec, self.layout, self.device, self.dtype)
+            self._stage1 = SemanticStage.load(self.spec, self.layout, self.parking, self.dtype)
         return self._stage1
 
     def stage2(self) -> VideoStage:
         if self._stage2 is None:
             decoder = self._stage1.decoder if self._stage1 is not None else None
-            self._stage2 = VideoStage.load(self.spec, self.layout, self.device, self.dtype, decoder=decoder)
+            self._stage2 = VideoStage.load(self.spec, self.layout, self.parking, self.dtype, decoder=decoder)
         return self._stage2
+
+    def active(self, stage):
+        """Move a stage onto the device for its work (a no-op when everything is resident)."""
+        return stage.to(self.device) if self.memory == "offload" else stage
+
+    def park(self, stage) -> None:
+        if self.memory == "offload":
+            stage.to(self.parking)
+            torch.cuda.empty_cache()
 
     def run(
         self,
@@ -211,6 +239,7 @@ class Pipeline:
             self.write_sidecar(job, result, frames.shape)
         except BaseException:
             job.out.unlink(missing_ok=True)  # a video without its record would not be reproducible
+            tokens_path.unlink(missing_ok=True)
             raise
         return result
 

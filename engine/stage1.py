@@ -50,6 +50,15 @@ class SemanticStage:
         decoder = load_semantic_decoder(layout.tokenizer_file, spec.decoder, device=device, dtype=dtype)
         return cls(spec, encoder, lm, decoder, device)
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.prompt_encoder.model, self.lm, self.decoder]
+
+    def to(self, device: torch.device) -> SemanticStage:
+        for module in self.modules():
+            module.to(device)
+        self.device = device
+        return self
+
     def codes(
         self,
         prompt: str,

@@ -47,6 +47,15 @@ class VideoStage:
         vae = load_vae(layout, spec.vae, device=device, dtype=dtype)
         return cls(spec, encoder, decoder, network, vae, device)
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.prompt_encoder.model, self.decoder, self.network, self.vae]
+
+    def to(self, device: torch.device) -> VideoStage:
+        for module in self.modules():
+            module.to(device)
+        self.device = device
+        return self
+
     def check_codes(self, codes: torch.Tensor) -> None:
         count = codes_per_video(self.spec.llm, self.spec.llm.frames_per_segment)
         if codes.ndim != 1 or codes.numel() != count:

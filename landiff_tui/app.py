@@ -12,7 +12,7 @@ import sys
 def main() -> int:
     print(
         "landiff-tui: the terminal interface is not available in this version yet.\n"
-        'Run stage 1 headless instead:  landiff-engine tokens "your prompt" --model tiny',
+        'Generate headless instead:  landiff-engine generate "your prompt" --model tiny',
         file=sys.stderr,
     )
     return 1

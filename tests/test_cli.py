@@ -127,7 +127,7 @@ def test_importing_the_protocol_side_does_not_import_torch():
 
 def test_tui_entry_point_says_what_to_use_instead():
     result = subprocess.run([sys.executable, "-m", "landiff_tui.app"], capture_output=True, text=True)
-    assert result.returncode == 1 and "landiff-engine tokens" in result.stderr
+    assert result.returncode == 1 and "landiff-engine generate" in result.stderr
 
 
 def test_layout_paths_are_the_release_tree(tmp_path):

@@ -149,3 +149,11 @@ def test_broken_stage2_checkpoints_name_the_file(home, tmp_path):
     layout.vae_file.write_bytes(b"truncated")
     with pytest.raises(CheckpointError, match="could not be read"):
         load_vae(layout, TINY.vae, device="cpu", dtype=torch.float32)
+
+
+def test_memory_profiles():
+    from engine.pipeline import resolve_memory_profile
+
+    assert resolve_memory_profile("offload", torch.device("cpu")) == "resident"  # nothing to offload to
+    with pytest.raises(ValueError, match="memory profile must be one of auto, resident, offload"):
+        resolve_memory_profile("everything", torch.device("cpu"))
