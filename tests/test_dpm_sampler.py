@@ -54,3 +54,17 @@ def test_noise_draws_progress_and_cancellation():
         DpmSolverSampler().sample(network, torch.randn(1, 2, 4, 2, 2), 5, should_stop=lambda: True)
     with pytest.raises(ValueError, match="steps must be between 1 and 1000"):
         DpmSolverSampler().sample(network, torch.randn(1, 2, 4, 2, 2), 0)
+
+
+def test_bf16_network_output_is_combined_in_float32():
+    sampler, schedule = DpmSolverSampler(), ZeroSNRSchedule()
+    table = schedule.denoiser_table()
+    alphas, timesteps = schedule.sampler_alphas(50)
+    x = torch.randn(1, 2, 4, 2, 2)
+    v = torch.randn(2, 2, 4, 2, 2).to(torch.bfloat16)
+    denoised = sampler.denoise(lambda latents, t: v, x, alphas[30], timesteps[30], 50, table)
+    assert denoised.dtype == torch.float32
+    a = table[(alphas[30] - table).abs().argmin()]
+    both = v.float() * -((1 - a**2) ** 0.5) + torch.cat([x, x]) * a
+    scale = dynamic_cfg_scale(timesteps[30], 50)
+    torch.testing.assert_close(denoised, both[:1] + (both[1:] - both[:1]) * scale)

@@ -103,8 +103,9 @@ class DpmSolverSampler:
         snapped = table[(a - table).abs().argmin()]  # the denoiser's own 1000-step value
         doubled = torch.cat([x, x])
         timesteps = torch.full((doubled.shape[0],), float(timestep), device=x.device)
-        v = network(doubled, timesteps)
-        denoised = (v * -((1 - snapped**2) ** 0.5) + doubled * snapped).to(torch.float32)
+        # float32 like the reference, where per-sample scalings promote the network's bf16 output
+        v = network(doubled, timesteps).float()
+        denoised = v * -((1 - snapped**2) ** 0.5) + doubled * snapped
         uncond, cond = denoised.chunk(2)
         scale = dynamic_cfg_scale(timestep, num_steps, self.guidance_scale, self.guidance_exponent)
         return uncond + (cond - uncond) * scale
