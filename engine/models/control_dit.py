@@ -227,7 +227,8 @@ class ControlDiT(nn.Module):
         self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
     ) -> list[torch.Tensor]:
         """Per control layer, the projected full sequence [B, L + T*h*w, D] ([text | video])."""
-        video, words, temb = self.control.embed(latents + semantic.to(latents.dtype), text, timesteps)
+        dtype = self.control.patch_embed.proj.weight.dtype  # the reference adds in the model dtype
+        video, words, temb = self.control.embed(latents.to(dtype) + semantic.to(dtype), text, timesteps)
         length = words.shape[1]
         outputs = []
         for block, zero_linear in zip(self.control.transformer_blocks, self.zero_linears, strict=True):
