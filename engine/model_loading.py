@@ -156,3 +156,35 @@ def load_vae(layout: ReleaseLayout, config: VAEConfig, *, device, dtype: torch.d
         {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}, strict=True, assign=True
     )
     return vae.eval().requires_grad_(False)
+
+
+VQ_COPY_PREFIX = "model.control_model.diffusion_model.semantic_conditioner.semantic_model.model."
+
+
+def load_diffusion_semantic_decoder(
+    layout: ReleaseLayout, config: SemanticDecoderConfig, *, device, dtype: torch.dtype
+) -> SemanticDecoder:
+    """The semantic decoder that stage 2 conditions on.
+
+    The reference loads diffusion/<latest> over its whole engine after building it, so a copy
+    of the tokenizer carried in that file wins over tokenizer/model.safetensors; without one,
+    the tokenizer file is used.
+    """
+    fix = redownload_hint(layout.control_file.parents[1])
+    control_file = checkpoint_step_file(layout.control_file.parents[1], fix)
+    copy = {
+        key: value
+        for key, value in strip_prefix(
+            read_sat_checkpoint(control_file, "module", fix=fix), VQ_COPY_PREFIX
+        ).items()
+        if is_used_tokenizer_key(key)
+    }
+    if not copy:
+        return load_semantic_decoder(layout.tokenizer_file, config, device=device, dtype=dtype)
+    with torch.device("meta"):
+        decoder = SemanticDecoder(config)
+    check_state_dict(expected_shapes(decoder), copy, source=control_file, fix=fix)
+    decoder.load_state_dict(
+        {k: v.to(device=device, dtype=dtype) for k, v in copy.items()}, strict=True, assign=True
+    )
+    return decoder.eval().requires_grad_(False)

@@ -175,8 +175,7 @@ class Pipeline:
 
     def stage2(self) -> VideoStage:
         if self._stage2 is None:
-            decoder = self._stage1.decoder if self._stage1 is not None else None
-            self._stage2 = VideoStage.load(self.spec, self.layout, self.parking, self.dtype, decoder=decoder)
+            self._stage2 = VideoStage.load(self.spec, self.layout, self.parking, self.dtype)
         return self._stage2
 
     def active(self, stage):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model_loading import load_control_dit, load_semantic_decoder, load_vae
+from .model_loading import load_control_dit, load_diffusion_semantic_decoder, load_vae
 from .models.control_dit import ControlDiT
 from .models.dpm_sampler import DpmSolverSampler
 from .models.llm_sampler import codes_per_video
@@ -36,13 +36,11 @@ class VideoStage:
         layout: ReleaseLayout,
         device: torch.device,
         dtype: torch.dtype,
-        decoder: SemanticDecoder | None = None,
     ) -> VideoStage:
         encoder = T5v11PromptEncoder.load(
             layout.t5_dir, dtype=dtype, device=device, max_length=spec.text_tokens
         )
-        if decoder is None:
-            decoder = load_semantic_decoder(layout.tokenizer_file, spec.decoder, device=device, dtype=dtype)
+        decoder = load_diffusion_semantic_decoder(layout, spec.decoder, device=device, dtype=dtype)
         network = load_control_dit(layout, spec.dit, device=device, dtype=dtype)
         vae = load_vae(layout, spec.vae, device=device, dtype=dtype)
         return cls(spec, encoder, decoder, network, vae, device)

@@ -157,3 +157,25 @@ def test_memory_profiles():
     assert resolve_memory_profile("offload", torch.device("cpu")) == "resident"  # nothing to offload to
     with pytest.raises(ValueError, match="memory profile must be one of auto, resident, offload"):
         resolve_memory_profile("everything", torch.device("cpu"))
+
+
+def test_stage2_decodes_with_the_tokenizer_copy_in_the_diffusion_file(home, tmp_path):
+    from engine.model_loading import VQ_COPY_PREFIX, load_diffusion_semantic_decoder, load_semantic_decoder
+
+    layout = layout_for("tiny", home)
+    from_copy = load_diffusion_semantic_decoder(layout, TINY.decoder, device="cpu", dtype=torch.float32)
+    from_tokenizer = load_semantic_decoder(
+        layout.tokenizer_file, TINY.decoder, device="cpu", dtype=torch.float32
+    )
+    module = torch.load(layout.control_file, weights_only=True)["module"]
+    copy_embed = module[VQ_COPY_PREFIX + "quantizer._codebook.embed"]
+    assert torch.equal(from_copy.quantizer._codebook.embed, copy_embed)
+    assert not torch.equal(from_tokenizer.quantizer._codebook.embed, copy_embed)
+    other = layout_for("tiny", tmp_path)
+    ensure_tiny_release(other, TINY)
+    content = torch.load(other.control_file, weights_only=True)
+    content["module"] = {k: v for k, v in content["module"].items() if not k.startswith(VQ_COPY_PREFIX)}
+    torch.save(content, other.control_file)
+    fallback = load_diffusion_semantic_decoder(other, TINY.decoder, device="cpu", dtype=torch.float32)
+    expected = load_semantic_decoder(other.tokenizer_file, TINY.decoder, device="cpu", dtype=torch.float32)
+    assert torch.equal(fallback.quantizer._codebook.embed, expected.quantizer._codebook.embed)
