@@ -11,49 +11,19 @@ something on a GPU. Ratios (with vs without CFG, cache vs none) are measured sid
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import Row, peak_memory, timed  # noqa: E402
+
 from engine.models.llm import LLMConfig, SemanticLM  # noqa: E402
 from engine.models.llm_sampler import SamplingParams, sample_codes, token_layout  # noqa: E402
 from engine.models.semantic_decoder import SemanticDecoder  # noqa: E402
 from engine.specs import get_spec  # noqa: E402
-
-
-@dataclass
-class Row:
-    stage: str
-    seconds: float
-    rate: str
-    peak: str
-
-
-def peak_memory(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (GPU)"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (RSS)"
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def timed(device: torch.device, work):
-    reset_peak(device)
-    start = time.perf_counter()
-    result = work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result, time.perf_counter() - start
 
 
 def random_semantic_lm(config: LLMConfig, device: torch.device, dtype: torch.dtype) -> SemanticLM:

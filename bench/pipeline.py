@@ -11,16 +11,15 @@ the real `Pipeline` end to end (tiny weights written to a temporary folder). Not
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import Row, peak_memory, timed  # noqa: E402
 
 from engine.models.control_dit import ControlDiT  # noqa: E402
 from engine.models.dpm_sampler import DpmSolverSampler  # noqa: E402
@@ -32,31 +31,6 @@ from engine.tiny import ensure_tiny_release  # noqa: E402
 from engine.weights import layout_for  # noqa: E402
 
 
-@dataclass
-class Row:
-    stage: str
-    seconds: float
-    rate: str
-    peak: str
-
-
-def peak(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (GPU)"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (RSS)"
-
-
-def timed(device: torch.device, work):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    result = work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result, time.perf_counter() - start
-
-
 def bench_tiny(rows: list[Row]) -> None:
     cpu = torch.device("cpu")
     spec = get_spec("tiny")
@@ -65,7 +39,7 @@ def bench_tiny(rows: list[Row]) -> None:
         ensure_tiny_release(layout, spec)
         pipeline = Pipeline(spec, layout, device=cpu)
         (_, seconds) = timed(cpu, lambda: (pipeline.stage1(), pipeline.stage2()))
-        rows.append(Row("tiny load (both stages)", seconds, "", peak(cpu)))
+        rows.append(Row("tiny load (both stages)", seconds, "", peak_memory(cpu)))
         job = JobSpec("A snail crawling on green moss.", Path(scratch) / "out" / "v.mp4", steps=50)
         pipeline.run(job)  # warm-up
         result, seconds = timed(cpu, lambda: pipeline.run(job))
@@ -73,8 +47,8 @@ def bench_tiny(rows: list[Row]) -> None:
         for stage, stage_seconds in result.timings_s.items():
             count = steps.get(stage)
             rate = f"{count / stage_seconds:,.1f} steps/s" if count else ""
-            rows.append(Row(f"tiny {stage}", stage_seconds, rate, peak(cpu)))
-        rows.append(Row("tiny whole job", seconds, "", peak(cpu)))
+            rows.append(Row(f"tiny {stage}", stage_seconds, rate, peak_memory(cpu)))
+        rows.append(Row("tiny whole job", seconds, "", peak_memory(cpu)))
 
 
 def random_network(device: torch.device, dtype: torch.dtype) -> ControlDiT:
@@ -97,7 +71,7 @@ def bench_full_network(rows: list[Row], device: torch.device) -> torch.Tensor:
     features = torch.randn(1, frames, spec.decoder.feature_channels, 30, 45, device=device, dtype=dtype)
     with torch.no_grad():
         semantic, seconds = timed(device, lambda: network.semantic_conditioner(features))
-        rows.append(Row("full semantic conditioner", seconds, "", peak(device)))
+        rows.append(Row("full semantic conditioner", seconds, "", peak_memory(device)))
         network(latents, text, timesteps, semantic)  # warm-up
         _, seconds = timed(device, lambda: network(latents, text, timesteps, semantic))
         rows.append(
@@ -105,7 +79,7 @@ def bench_full_network(rows: list[Row], device: torch.device) -> torch.Tensor:
                 "full DiT step, CFG batch 2, with control",
                 seconds,
                 f"{1 / seconds:.2f} steps/s",
-                peak(device),
+                peak_memory(device),
             )
         )
         video, words, temb = network.main.embed(latents, text, timesteps)
@@ -118,7 +92,7 @@ def bench_full_network(rows: list[Row], device: torch.device) -> torch.Tensor:
 
         _, seconds = timed(device, main_only)
         rows.append(
-            Row("full DiT step, main blocks only", seconds, f"{1 / seconds:.2f} steps/s", peak(device))
+            Row("full DiT step, main blocks only", seconds, f"{1 / seconds:.2f} steps/s", peak_memory(device))
         )
 
         def run_network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -129,7 +103,7 @@ def bench_full_network(rows: list[Row], device: torch.device) -> torch.Tensor:
         sampled, seconds = timed(
             device, lambda: DpmSolverSampler().sample(run_network, noise, 50, generator=generator)
         )
-        rows.append(Row("full 50-step sampler", seconds, f"{50 / seconds:.2f} steps/s", peak(device)))
+        rows.append(Row("full 50-step sampler", seconds, f"{50 / seconds:.2f} steps/s", peak_memory(device)))
     return sampled
 
 
@@ -142,7 +116,7 @@ def bench_full_vae(rows: list[Row], device: torch.device, sampled: torch.Tensor)
     vae = vae.to(dtype).eval()
     with torch.no_grad():
         _, seconds = timed(device, lambda: decode_latents(vae, sampled * 0.1))
-    rows.append(Row("full VAE decode (13 latent frames)", seconds, "", peak(device)))
+    rows.append(Row("full VAE decode (13 latent frames)", seconds, "", peak_memory(device)))
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
+from .atomic import write_atomically
 from .weights import ReleaseLayout
 
 CACHE_ENV = "LANDIFF_CACHE_DIR"
@@ -51,11 +53,6 @@ def file_checksums(layout: ReleaseLayout) -> dict[str, str]:
             changed = True
         result[str(path.relative_to(layout.root))] = cache[key]
     if changed:
-        try:
-            store.parent.mkdir(parents=True, exist_ok=True)
-            partial = store.with_name(store.name + ".partial")
-            partial.write_text(json.dumps(cache, indent=1))
-            os.replace(partial, store)
-        except OSError:
-            pass  # a read-only cache only costs re-hashing next time
+        with contextlib.suppress(OSError):  # a read-only cache only costs re-hashing next time
+            write_atomically(store, lambda partial: partial.write_text(json.dumps(cache, indent=1)))
     return result

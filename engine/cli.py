@@ -7,7 +7,6 @@ exit with status 2; they never show a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -114,11 +113,9 @@ def slug(text: str, limit: int = 40) -> str:
 def save_npy_atomically(array, path: Path) -> None:
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        np.save(handle, array)
-    os.replace(partial, path)
+    from .atomic import write_atomically
+
+    write_atomically(path, lambda partial: np.save(partial, array))
 
 
 def parse_device(name: str | None):

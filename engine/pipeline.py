@@ -8,7 +8,6 @@ temporary names and renamed when complete, so no half-written file is ever left 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .atomic import write_atomically
 from .checksums import file_checksums
 from .models.dpm_sampler import DiffusionCancelled
 from .models.llm_sampler import SamplingCancelled, SamplingParams
@@ -117,10 +117,7 @@ def peak_memory(device: torch.device) -> int:
 
 
 def save_tokens(codes: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial.npy")
-    np.save(partial, codes)
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: np.save(partial, codes))
 
 
 def load_tokens(path: Path) -> torch.Tensor:
@@ -257,6 +254,6 @@ class Pipeline:
             "peak_memory_bytes": result.peak_memory_bytes,
             "weights_sha256": file_checksums(self.layout),
         }
-        partial = result.sidecar.with_name(f".{result.sidecar.name}.partial")
-        partial.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(partial, result.sidecar)
+        write_atomically(
+            result.sidecar, lambda partial: partial.write_text(json.dumps(record, indent=2) + "\n")
+        )

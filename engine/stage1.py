@@ -9,6 +9,7 @@ import torch
 
 from .model_loading import load_semantic_decoder, load_semantic_lm
 from .models.llm_sampler import SamplingParams, codes_per_video, sample_codes
+from .residency import MovableStage
 from .specs import ModelSpec
 from .text_encoder import FlanT5PromptEncoder
 from .weights import ReleaseLayout
@@ -24,7 +25,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 @dataclass
-class SemanticStage:
+class SemanticStage(MovableStage):
     """The three stage-1 models of one spec, loaded once and reused across prompts."""
 
     spec: ModelSpec
@@ -52,12 +53,6 @@ class SemanticStage:
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.prompt_encoder.model, self.lm, self.decoder]
-
-    def to(self, device: torch.device) -> SemanticStage:
-        for module in self.modules():
-            module.to(device)
-        self.device = device
-        return self
 
     def codes(
         self,

@@ -13,13 +13,14 @@ from .models.dpm_sampler import DpmSolverSampler
 from .models.llm_sampler import codes_per_video
 from .models.semantic_decoder import SemanticDecoder
 from .models.video_vae import decode_latents, to_uint8_frames
+from .residency import MovableStage
 from .specs import ModelSpec
 from .text_encoder import T5v11PromptEncoder
 from .weights import ReleaseLayout
 
 
 @dataclass
-class VideoStage:
+class VideoStage(MovableStage):
     """T5 v1.1, the semantic decoder, the control DiT and the VAE of one spec."""
 
     spec: ModelSpec
@@ -47,12 +48,6 @@ class VideoStage:
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.prompt_encoder.model, self.decoder, self.network, self.vae]
-
-    def to(self, device: torch.device) -> VideoStage:
-        for module in self.modules():
-            module.to(device)
-        self.device = device
-        return self
 
     def check_codes(self, codes: torch.Tensor) -> None:
         count = codes_per_video(self.spec.llm, self.spec.llm.frames_per_segment)

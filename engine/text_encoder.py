@@ -131,20 +131,27 @@ def require_prompt(prompt: str) -> str:
     return prompt
 
 
-class FlanT5PromptEncoder:
-    """Stage 1's text path: prompt -> flan-T5 hidden states [1, L, d_model], L <= max_length."""
+class PromptEncoder:
+    """A T5 encoder with its tokenizer; subclasses fix how a prompt becomes ids and states."""
 
-    def __init__(self, model: T5EncoderModel, tokenizer: T5PromptTokenizer, max_length: int = 512):
-        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+    SOURCE = "Hugging Face"
+    MAX_LENGTH = 512
+
+    def __init__(self, model: T5EncoderModel, tokenizer: T5PromptTokenizer, max_length: int | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length = max_length or self.MAX_LENGTH
 
     @classmethod
-    def load(cls, folder: Path, *, dtype: torch.dtype, device, max_length: int = 512) -> FlanT5PromptEncoder:
-        source = "the Hugging Face repo google/flan-t5-xxl"
-        return cls(
-            load_t5_encoder(folder, dtype=dtype, device=device, source=source),
-            T5PromptTokenizer(folder, source),
-            max_length,
-        )
+    def load(cls, folder: Path, *, dtype: torch.dtype, device, max_length: int | None = None):
+        model = load_t5_encoder(folder, dtype=dtype, device=device, source=cls.SOURCE)
+        return cls(model, T5PromptTokenizer(folder, cls.SOURCE), max_length)
+
+
+class FlanT5PromptEncoder(PromptEncoder):
+    """Stage 1's text path: prompt -> flan-T5 hidden states [1, L, d_model], L <= max_length."""
+
+    SOURCE = "the Hugging Face repo google/flan-t5-xxl"
+    MAX_LENGTH = 512
 
     def token_ids(self, prompt: str) -> torch.Tensor:
         return torch.tensor([self.tokenizer.encode(require_prompt(prompt), self.max_length)])
@@ -155,20 +162,11 @@ class FlanT5PromptEncoder:
         return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
 
 
-class T5v11PromptEncoder:
+class T5v11PromptEncoder(PromptEncoder):
     """Stage 2's text path: prompt -> T5 v1.1 states [1, max_length, d_model], right-padded, no mask."""
 
-    def __init__(self, model: T5EncoderModel, tokenizer: T5PromptTokenizer, max_length: int = 226):
-        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
-
-    @classmethod
-    def load(cls, folder: Path, *, dtype: torch.dtype, device, max_length: int = 226) -> T5v11PromptEncoder:
-        source = "the Hugging Face repo yinaoxiong/LanDiff"
-        return cls(
-            load_t5_encoder(folder, dtype=dtype, device=device, source=source),
-            T5PromptTokenizer(folder, source),
-            max_length,
-        )
+    SOURCE = "the Hugging Face repo yinaoxiong/LanDiff"
+    MAX_LENGTH = 226
 
     def token_ids(self, prompt: str) -> torch.Tensor:
         ids = self.tokenizer.encode(require_prompt(prompt), self.max_length)

@@ -7,7 +7,7 @@ semantic encoder, quantizer training state and feature statistics that inference
 
 from __future__ import annotations
 
-import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -15,12 +15,13 @@ from diffusers.models.embeddings import get_3d_sincos_pos_embed
 from safetensors.torch import save_file
 from torch import nn
 
+from .atomic import write_atomically
 from .models.control_dit import ControlDiT
 from .models.llm import SemanticLM
 from .models.semantic_decoder import SemanticDecoder
 from .models.video_vae import build_vae
 from .sat_keys import sat_dit_from_ours, sat_vae_decoder_from_ours
-from .specs import ModelSpec
+from .specs import ModelSpec, T5Sizes
 from .tiny_text import write_tiny_t5
 from .weights import ReleaseLayout
 
@@ -42,10 +43,8 @@ def randomise(module: nn.Module, generator: torch.Generator, std: float = 0.02) 
 
 
 def save_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file({key: value.contiguous() for key, value in tensors.items()}, str(partial))
-    os.replace(partial, path)
+    contiguous = {key: value.contiguous() for key, value in tensors.items()}
+    write_atomically(path, lambda partial: save_file(contiguous, str(partial)))
 
 
 def tokenizer_training_parts(spec: ModelSpec, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -88,6 +87,10 @@ def tokenizer_training_parts(spec: ModelSpec, generator: torch.Generator) -> dic
     return parts
 
 
+def write_t5_folder(folder: Path, sizes: T5Sizes, seed: int, sharded: bool = False) -> None:
+    write_tiny_t5(folder, **asdict(sizes), seed=seed, sharded=sharded)
+
+
 def write_tiny_release(layout: ReleaseLayout, spec: ModelSpec, seed: int = 0) -> None:
     """Write every stage-1 file of `spec` with random weights under `layout`."""
     generator = torch.Generator().manual_seed(seed)
@@ -97,25 +100,12 @@ def write_tiny_release(layout: ReleaseLayout, spec: ModelSpec, seed: int = 0) ->
     save_atomically(
         {**decoder.state_dict(), **tokenizer_training_parts(spec, generator)}, layout.tokenizer_file
     )
-    t5 = spec.flan_t5
-    write_tiny_t5(
-        layout.flan_t5_dir,
-        d_model=t5.d_model,
-        d_ff=t5.d_ff,
-        num_layers=t5.num_layers,
-        num_heads=t5.num_heads,
-        d_kv=t5.d_kv,
-        vocab_size=t5.vocab_size,
-        seed=seed,
-    )
+    write_t5_folder(layout.flan_t5_dir, spec.flan_t5, seed)
     write_tiny_stage2(layout, spec, generator, seed)
 
 
 def save_torch_atomically(content: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(content, partial)
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: torch.save(content, partial))
 
 
 def sincos_table(spec: ModelSpec) -> torch.Tensor:
@@ -150,18 +140,7 @@ def write_tiny_stage2(layout: ReleaseLayout, spec: ModelSpec, generator: torch.G
     decoder = sat_vae_decoder_from_ours(vae, spec.vae.levels)
     encoder_part = {"encoder.conv_in.conv.weight": torch.zeros(spec.vae.base_channels, 3, 3, 3, 3)}
     save_torch_atomically({"state_dict": {**decoder, **encoder_part}}, layout.vae_file)
-    t5 = spec.t5
-    write_tiny_t5(
-        layout.t5_dir,
-        d_model=t5.d_model,
-        d_ff=t5.d_ff,
-        num_layers=t5.num_layers,
-        num_heads=t5.num_heads,
-        d_kv=t5.d_kv,
-        vocab_size=t5.vocab_size,
-        seed=seed + 1,
-        sharded=True,
-    )
+    write_t5_folder(layout.t5_dir, spec.t5, seed + 1, sharded=True)
 
 
 def release_files(layout: ReleaseLayout) -> list[Path]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
 
-
-def partial_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial{path.suffix}")
+from .atomic import atomic_path
 
 
 def write_mp4(frames: np.ndarray, path: Path, fps: int) -> Path:
@@ -20,29 +17,24 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int) -> Path:
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {list(frames.shape)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(path)
     height, width = frames.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(
-        str(partial),
-        (width, height),
-        fps=fps,
-        codec="libx264",
-        pix_fmt_out="yuv420p",
-        quality=5,
-        macro_block_size=16,
-        ffmpeg_log_level="error",
-    )
-    try:
-        writer.send(None)
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
-        writer.close()
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        writer = imageio_ffmpeg.write_frames(
+            str(partial),
+            (width, height),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_out="yuv420p",
+            quality=5,
+            macro_block_size=16,
+            ffmpeg_log_level="error",
+        )
+        try:
+            writer.send(None)
+            for frame in frames:
+                writer.send(np.ascontiguousarray(frame))
+        finally:
+            writer.close()
     return path
 
 
