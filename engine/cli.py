@@ -27,6 +27,9 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:,.1f} {unit}/s" if task.speed else "", style="progress.data.speed")
 
 
+client_handlers: dict = {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="landiff-engine", description="LanDiff text-to-video engine.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -100,6 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="both stages stay on the GPU (resident) or only the running one (offload); auto: by GPU size",
     )
 
+    serve = commands.add_parser("serve", help="run the engine in the foreground (clients start it detached)")
+    serve.add_argument("--model", default="landiff", help="landiff (the release) or tiny (default: landiff)")
+    serve.add_argument(
+        "--ckpts", type=Path, default=None, help="weights root (default: $LANDIFF_HOME or ckpts/)"
+    )
+    serve.add_argument(
+        "--idle-release",
+        type=float,
+        default=600.0,
+        help="seconds idle before the models are released (default 600)",
+    )
+
+    from .client_commands import add_client_commands
+
+    client_handlers.update(add_client_commands(commands))
+
     tiny = commands.add_parser("tiny", help="write the random-weight tiny model in the release layout")
     tiny.add_argument("--force", action="store_true", help="rewrite even if the files exist")
     return parser
@@ -130,6 +149,19 @@ def parse_device(name: str | None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
     return device
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .server import EngineAlreadyRunning, serve
+    from .specs import get_spec
+
+    get_spec(args.model)
+    try:
+        serve(args.model, args.ckpts, args.idle_release)
+    except EngineAlreadyRunning as error:
+        print(f"landiff-engine serve: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
 
 
 def run_tiny(args: argparse.Namespace) -> int:
@@ -263,10 +295,20 @@ def run_generate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoints import CheckpointError
+    from .client import EngineError, EngineUnavailable
 
-    handlers = {"tokens": run_tokens, "generate": run_generate, "tiny": run_tiny}
+    handlers = {"tokens": run_tokens, "generate": run_generate, "tiny": run_tiny, "serve": run_serve}
+    handlers.update(client_handlers)
     try:
         return handlers[args.command](args)
+    except EngineUnavailable as error:
+        print(
+            f"landiff-engine {args.command}: {error}. Start one with `landiff-engine serve`.", file=sys.stderr
+        )
+        return EXIT_USAGE
+    except EngineError as error:
+        print(f"landiff-engine {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, CheckpointError) as error:
         print(f"landiff-engine {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE

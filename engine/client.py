@@ -1,0 +1,139 @@
+"""A blocking client of the engine's socket, and starting the engine when none answers.
+
+Imports only the protocol and the standard library, so it is cheap for command-line use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .paths import log_path, private_dir, socket_path
+from .protocol import PROTOCOL_VERSION
+
+
+class EngineUnavailable(ConnectionError):
+    """No engine answers on the socket."""
+
+
+class EngineError(Exception):
+    """The engine answered a request with an error."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class EngineClient:
+    def __init__(self, path: Path | None = None, timeout: float | None = 30.0):
+        self.path = path or socket_path()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(self.path))
+        except OSError as error:
+            self.sock.close()
+            raise EngineUnavailable(f"no engine answers on {self.path} ({error.strerror or error})") from None
+        self.reader = self.sock.makefile("rb")
+        self.ids = itertools.count(1)
+        self.pending_events: deque[dict[str, Any]] = deque()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def __enter__(self) -> EngineClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def send_raw(self, line: bytes) -> None:
+        self.sock.sendall(line)
+
+    def read_message(self) -> dict[str, Any]:
+        line = self.reader.readline()
+        if not line:
+            raise EngineUnavailable("the engine closed the connection")
+        return json.loads(line)
+
+    def request(self, kind: str, **fields: Any) -> dict[str, Any]:
+        request_id = next(self.ids)
+        message = {"v": PROTOCOL_VERSION, "id": request_id, "type": kind, **fields}
+        self.send_raw((json.dumps(message) + "\n").encode())
+        while True:
+            answer = self.read_message()
+            if "event" in answer:
+                self.pending_events.append(answer)
+                continue
+            if answer.get("id") != request_id:
+                continue
+            if not answer.get("ok"):
+                error = answer.get("error", {})
+                raise EngineError(
+                    error.get("code", "error"), error.get("message", "the engine refused the request")
+                )
+            return answer.get("result", {})
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Events of a subscribed connection, in order, forever (until the engine goes away)."""
+        while True:
+            while self.pending_events:
+                yield self.pending_events.popleft()
+            message = self.read_message()
+            if "event" in message:
+                yield message
+
+
+def connect(model: str | None = None) -> EngineClient:
+    client = EngineClient()
+    try:
+        client.request("hello", client="landiff-engine cli", model=model)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def start_engine(model: str, ckpts: Path | None, timeout: float = 120.0) -> EngineClient:
+    """Connect to the engine, starting one in the background (detached) if none answers."""
+    try:
+        return connect(model)
+    except EngineUnavailable:
+        pass
+    private_dir(log_path().parent)
+    command = [sys.executable, "-m", "engine.cli", "serve", "--model", model]
+    if ckpts is not None:
+        command += ["--ckpts", str(ckpts)]
+    with open(log_path(), "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ},
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            try:  # another client may have started one first: ours then refuses and exits
+                return connect(model)
+            except EngineUnavailable:
+                raise EngineUnavailable(
+                    f"the engine exited at start (status {process.returncode}); see {log_path()}"
+                ) from None
+        try:
+            return connect(model)
+        except EngineUnavailable:
+            time.sleep(0.2)
+    raise EngineUnavailable(f"the engine did not answer within {timeout:.0f}s; see {log_path()}")

@@ -1,0 +1,221 @@
+"""The command-line verbs that talk to a running engine: submit, jobs, show, cancel, rerun, status, stop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .client import EngineClient, EngineUnavailable, connect, start_engine
+
+JOB_OPTIONS = ("seed", "cfg", "motion_score", "temperature", "top_k", "top_p", "steps")
+EXIT_FAILED = 1
+
+
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """Options left unset (None) fall back to the preset, then to the engine's defaults."""
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default 42)")
+    parser.add_argument("--cfg", type=float, default=None, help="LLM guidance scale (default 7.5)")
+    parser.add_argument(
+        "--motion-score", type=float, default=None, help="motion micro-condition (default 0.1)"
+    )
+    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1.0)")
+    parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 50)")
+    parser.add_argument(
+        "--preset", default=None, help="start from a saved preset (see `landiff-engine presets`)"
+    )
+    parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="landiff", help="model the engine serves if one must be started")
+    parser.add_argument("--ckpts", default=None, help="weights root for an engine started here")
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in JOB_OPTIONS if getattr(args, name) is not None}
+
+
+def job_params(client: EngineClient, base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    params = dict(base)
+    if args.preset is not None:
+        presets = client.request("list_presets")["presets"]
+        if args.preset not in presets:
+            raise ValueError(f"no preset named {args.preset!r}; known: {', '.join(sorted(presets))}")
+        params.update(presets[args.preset]["params"])
+    params.update(given_options(args))
+    return params
+
+
+def engine_for(args: argparse.Namespace) -> EngineClient:
+    from pathlib import Path
+
+    return start_engine(args.model, Path(args.ckpts) if args.ckpts else None)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    with engine_for(args) as client:
+        params = job_params(client, {"prompt": args.prompt}, args)
+        return submit_and_report(client, params, args.wait)
+
+
+def run_rerun(args: argparse.Namespace) -> int:
+    with engine_for(args) as client:
+        job = client.request("get_job", job_id=args.job)["job"]
+        base = dict(job["params"])
+        if args.prompt is not None:
+            base["prompt"] = args.prompt
+        params = job_params(client, base, args)
+        return submit_and_report(client, params, args.wait)
+
+
+def submit_and_report(client: EngineClient, params: dict[str, Any], wait: bool) -> int:
+    if wait:
+        since = client.request("subscribe", since=0)["seq"]  # only what happens from now on
+        del since
+    job_id = client.request("submit", params=params)["job_id"]
+    print(job_id)
+    return follow(client, job_id) if wait else 0
+
+
+def follow(client: EngineClient, job_id: str) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    tasks: dict[str, int] = {}
+    with Progress(*columns, console=console) as progress:
+        for event in client.events():
+            if event.get("job_id") != job_id:
+                continue
+            kind = event["event"]
+            if kind == "job_progress":
+                stage = event["stage"]
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=event["total"])
+                progress.update(tasks[stage], completed=event["step"], total=event["total"])
+            elif kind == "job_finished":
+                progress.stop()
+                console.print(f"finished: {event['video']}")
+                return 0
+            elif kind in ("job_failed", "job_cancelled", "job_interrupted"):
+                progress.stop()
+                console.print(f"{kind.removeprefix('job_')}: {event.get('error', '')}".rstrip(": "))
+                return EXIT_FAILED
+    return EXIT_FAILED
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    with connect() as client:
+        result = client.request("list_jobs", status=args.status, search=args.search, limit=args.limit)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    table = Table("id", "status", "created", "steps", "seed", "prompt")
+    import time
+
+    for job in result["jobs"]:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created_at"]))
+        params = job["params"]
+        table.add_row(
+            job["id"], job["status"], created, str(params["steps"]), str(params["seed"]), job["prompt"][:60]
+        )
+    Console().print(table)
+    print(f"{len(result['jobs'])} of {result['total']} job(s)")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    with connect() as client:
+        job = client.request("get_job", job_id=args.job)["job"]
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return 0
+    for key in ("id", "status", "prompt", "model", "video_path", "tokens_path", "error"):
+        if job.get(key) is not None:
+            print(f"{key:>12}: {job[key]}")
+    print(f"{'params':>12}: {json.dumps(job['params'])}")
+    if job["timings"]:
+        print(f"{'timings':>12}: " + ", ".join(f"{k} {v:.1f}s" for k, v in job["timings"].items()))
+    return 0
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    with connect() as client:
+        result = client.request("cancel", job_id=args.job)
+    print(f"{result['job_id']}: {result['status']}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    try:
+        client = connect()
+    except EngineUnavailable as error:
+        if args.json:
+            print(json.dumps({"running": False}))
+        else:
+            print(f"no engine is running ({error})", file=sys.stderr)
+        return EXIT_FAILED
+    with client:
+        status = client.request("status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        for key, value in status.items():
+            print(f"{key:>18}: {value}")
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    with connect() as client:
+        client.request("shutdown")
+    print("engine stopping")
+    return 0
+
+
+def add_client_commands(commands) -> dict:
+    submit = commands.add_parser("submit", help="queue a job on the engine (starting it if needed)")
+    submit.add_argument("prompt", help="what the video shows")
+    add_job_options(submit)
+    add_engine_options(submit)
+
+    rerun = commands.add_parser("rerun", help="queue a past job again, optionally with changed options")
+    rerun.add_argument("job", help="job id")
+    rerun.add_argument("--prompt", default=None, help="a changed prompt")
+    add_job_options(rerun)
+    add_engine_options(rerun)
+
+    jobs = commands.add_parser("jobs", help="list jobs")
+    jobs.add_argument(
+        "--status", default=None, help="queued, running, finished, failed, cancelled, interrupted"
+    )
+    jobs.add_argument("--search", default=None, help="text the prompt contains")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--json", action="store_true")
+
+    show = commands.add_parser("show", help="one job in full")
+    show.add_argument("job")
+    show.add_argument("--json", action="store_true")
+
+    cancel = commands.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job")
+
+    status = commands.add_parser("status", help="the engine: device, memory, models loaded, queue")
+    status.add_argument("--json", action="store_true")
+
+    commands.add_parser("stop", help="stop the engine (a running job is marked interrupted)")
+    return {
+        "submit": run_submit,
+        "rerun": run_rerun,
+        "jobs": run_jobs,
+        "show": run_show,
+        "cancel": run_cancel,
+        "status": run_status,
+        "stop": run_stop,
+    }

@@ -1,0 +1,230 @@
+"""The job history: SQLite through sqlmodel, WAL mode, schema versioned with `PRAGMA user_version`.
+
+The engine is the only writer. A job row holds everything needed to reproduce it and the
+paths of its finished outputs (never of a half-written file: outputs are renamed into place
+before a row points at them).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy import text
+from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
+
+SCHEMA_VERSION = 1
+
+BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
+    "reference defaults": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 50, "seed": 42},
+    "quick draft": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 20},
+    "calm motion": {"cfg": 6.5, "motion_score": 0.05, "temperature": 1.0, "steps": 50},
+}
+
+
+class JobRow(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: str = Field(primary_key=True)
+    created_at: float = Field(index=True)
+    started_at: float | None = None
+    finished_at: float | None = None
+    status: str = Field(index=True)
+    prompt: str
+    params: str  # JSON of protocol.JobParams
+    model: str
+    engine_version: str
+    weights_sha256: str = "{}"
+    timings: str = "{}"
+    peak_memory_bytes: int | None = None
+    error: str | None = None
+    video_path: str | None = None
+    tokens_path: str | None = None
+    sidecar_path: str | None = None
+    thumbnail_path: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        data = self.model_dump()
+        for key in ("params", "weights_sha256", "timings"):
+            data[key] = json.loads(data[key])
+        return data
+
+
+class PresetRow(SQLModel, table=True):
+    __tablename__ = "presets"
+
+    name: str = Field(primary_key=True)
+    params: str
+    builtin: bool = False
+
+
+def _migrate_to_1(connection) -> None:
+    SQLModel.metadata.create_all(connection)
+
+
+# MIGRATIONS[n] takes a database at version n to version n + 1.
+MIGRATIONS: list[Callable] = [_migrate_to_1]
+
+
+class Store:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.engine = create_engine(
+            f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30}
+        )
+        sa_event.listen(self.engine, "connect", _pragmas)
+        self.lock = threading.RLock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.lock, self.engine.begin() as connection:
+            version = connection.execute(text("PRAGMA user_version")).scalar_one()
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} comes from a newer landiff-engine (schema {version} > {SCHEMA_VERSION}); "
+                    "upgrade landiff-tui or point LANDIFF_DATA_DIR elsewhere"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                MIGRATIONS[step](connection)
+            connection.execute(text(f"PRAGMA user_version = {SCHEMA_VERSION}"))
+        with Session(self.engine) as session:
+            for name, params in BUILTIN_PRESETS.items():
+                session.merge(PresetRow(name=name, params=json.dumps(params), builtin=True))
+            session.commit()
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # jobs
+
+    def add_job(self, params: dict[str, Any], model: str, engine_version: str) -> JobRow:
+        row = JobRow(
+            id=uuid.uuid4().hex[:12],
+            created_at=time.time(),
+            status="queued",
+            prompt=params["prompt"],
+            params=json.dumps(params),
+            model=model,
+            engine_version=engine_version,
+        )
+        with self.lock, self.session() as session:
+            session.add(row)
+            session.commit()
+        return row
+
+    def get(self, job_id: str) -> JobRow | None:
+        with self.session() as session:
+            return session.get(JobRow, job_id)
+
+    def update(self, job_id: str, **fields: Any) -> JobRow:
+        with self.lock, self.session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise KeyError(job_id)
+            for key, value in fields.items():
+                setattr(row, key, json.dumps(value) if key in ("timings", "weights_sha256") else value)
+            session.add(row)
+            session.commit()
+            return row
+
+    def claim_next(self) -> JobRow | None:
+        """The oldest queued job, marked running."""
+        with self.lock, self.session() as session:
+            row = session.exec(
+                select(JobRow).where(JobRow.status == "queued").order_by(col(JobRow.created_at))
+            ).first()
+            if row is None:
+                return None
+            row.status, row.started_at = "running", time.time()
+            session.add(row)
+            session.commit()
+            return row
+
+    def interrupt_running(self) -> list[str]:
+        """Jobs a dead engine left running: marked interrupted. Returns their ids."""
+        with self.lock, self.session() as session:
+            rows = session.exec(select(JobRow).where(JobRow.status == "running")).all()
+            for row in rows:
+                row.status, row.finished_at = "interrupted", time.time()
+                row.error = "the engine stopped while this job was running"
+                session.add(row)
+            session.commit()
+            return [row.id for row in rows]
+
+    def list_jobs(
+        self,
+        search: str | None = None,
+        status: str | None = None,
+        sort: str = "newest",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[JobRow], int]:
+        query = select(JobRow)
+        if search:
+            query = query.where(col(JobRow.prompt).contains(search))
+        if status:
+            query = query.where(JobRow.status == status)
+        order = col(JobRow.created_at).desc() if sort == "newest" else col(JobRow.created_at)
+        with self.session() as session:
+            total = session.exec(select(func.count()).select_from(query.subquery())).one()
+            rows = session.exec(query.order_by(order).offset(offset).limit(limit)).all()
+        return list(rows), int(total)
+
+    def queued_ids(self) -> list[str]:
+        rows, _ = self.list_jobs(status="queued", sort="oldest", limit=500)
+        return [row.id for row in rows]
+
+    def delete(self, job_id: str) -> JobRow | None:
+        with self.lock, self.session() as session:
+            row = session.get(JobRow, job_id)
+            if row is not None:
+                session.delete(row)
+                session.commit()
+            return row
+
+    # presets
+
+    def presets(self) -> dict[str, dict[str, Any]]:
+        with self.session() as session:
+            rows = session.exec(select(PresetRow).order_by(col(PresetRow.name))).all()
+        return {row.name: {"params": json.loads(row.params), "builtin": row.builtin} for row in rows}
+
+    def save_preset(self, name: str, params: dict[str, Any]) -> None:
+        with self.lock, self.session() as session:
+            existing = session.get(PresetRow, name)
+            if existing is not None and existing.builtin:
+                raise ValueError(
+                    f"preset {name!r} is built in and cannot be changed; save it under another name"
+                )
+            session.merge(PresetRow(name=name, params=json.dumps(params), builtin=False))
+            session.commit()
+
+    def delete_preset(self, name: str) -> bool:
+        with self.lock, self.session() as session:
+            row = session.get(PresetRow, name)
+            if row is None:
+                return False
+            if row.builtin:
+                raise ValueError(f"preset {name!r} is built in and cannot be deleted")
+            session.delete(row)
+            session.commit()
+            return True
+
+    def integrity(self) -> str:
+        with self.engine.connect() as connection:
+            return connection.execute(text("PRAGMA integrity_check")).scalar_one()
+
+
+def _pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

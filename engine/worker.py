@@ -1,0 +1,186 @@
+"""The GPU worker: one thread that runs queued jobs through the pipeline, one at a time."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .pipeline import JobCancelled, JobSpec, Pipeline, Progress
+from .protocol import JobParams
+from .store import Store
+
+log = logging.getLogger("landiff.engine")
+PROGRESS_INTERVAL_S = 0.1  # at most ten progress events a second per job, plus each stage's last step
+
+
+class ProgressThrottle:
+    def __init__(self, publish: Callable[[Progress], None]):
+        self.publish, self.last, self.stage = publish, 0.0, None
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if (
+            progress.stage != self.stage
+            or progress.step >= progress.total
+            or now - self.last >= PROGRESS_INTERVAL_S
+        ):
+            self.stage, self.last = progress.stage, now
+            self.publish(progress)
+
+
+class JobWorker(threading.Thread):
+    def __init__(
+        self,
+        store: Store,
+        make_pipeline: Callable[[], Pipeline],
+        publish: Callable[..., None],
+        outputs: Path,
+        idle_release_s: float,
+    ):
+        super().__init__(name="landiff-gpu-worker", daemon=True)
+        self.store, self.make_pipeline, self.publish, self.outputs = store, make_pipeline, publish, outputs
+        self.idle_release_s = idle_release_s
+        self.pipeline: Pipeline | None = None
+        self.last_used = time.monotonic()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.cancel_requested = threading.Event()
+        self.release_requested = threading.Event()
+        self.current: str | None = None
+        self.lock = threading.Lock()
+
+    # called from the asyncio side
+
+    def notify(self) -> None:
+        self.wake.set()
+
+    def cancel(self, job_id: str) -> bool:
+        with self.lock:
+            if self.current == job_id:
+                self.cancel_requested.set()
+                return True
+        return False
+
+    def request_release(self) -> None:
+        self.release_requested.set()
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def loaded_models(self) -> list[str]:
+        pipeline = self.pipeline
+        if pipeline is None:
+            return []
+        loaded = []
+        if pipeline._stage1 is not None:
+            loaded.append("stage1")
+        if pipeline._stage2 is not None:
+            loaded.append("stage2")
+        return loaded
+
+    # the worker thread
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            if self.release_requested.is_set() or (
+                self.pipeline is not None and time.monotonic() - self.last_used > self.idle_release_s
+            ):
+                self.release()
+            row = self.store.claim_next()
+            if row is None:
+                self.wake.wait(timeout=1.0)
+                self.wake.clear()
+                continue
+            with self.lock:
+                self.current = row.id
+                self.cancel_requested.clear()
+            try:
+                self.run_job(row.id, JobParams(**json.loads(row.params)))
+            finally:
+                with self.lock:
+                    self.current = None
+                self.last_used = time.monotonic()
+
+    def release(self) -> None:
+        self.release_requested.clear()
+        if self.pipeline is None:
+            return
+        self.pipeline = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover - torch is a dependency of the engine
+            pass
+        self.publish("models_released")
+        log.info("models released")
+
+    def run_job(self, job_id: str, params: JobParams) -> None:
+        self.publish("job_started", job_id=job_id)
+        folder = self.outputs / job_id
+        job = JobSpec(
+            prompt=params.prompt,
+            out=folder / "video.mp4",
+            seed=params.seed,
+            cfg=params.cfg,
+            motion_score=params.motion_score,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            steps=params.steps,
+        )
+
+        def progress(event: Progress) -> None:
+            self.publish(
+                "job_progress",
+                job_id=job_id,
+                stage=event.stage,
+                step=event.step,
+                total=event.total,
+                chunk=1,
+                chunks=1,
+                rate=round(event.rate, 3),
+                eta_s=None if event.eta_s is None else round(event.eta_s, 2),
+            )
+
+        def should_stop() -> bool:
+            return self.cancel_requested.is_set() or self.stopping.is_set()
+
+        try:
+            if self.pipeline is None:
+                self.pipeline = self.make_pipeline()
+            result = self.pipeline.run(job, on_progress=ProgressThrottle(progress), should_stop=should_stop)
+        except JobCancelled:
+            status = "interrupted" if self.stopping.is_set() else "cancelled"
+            self.store.update(job_id, status=status, finished_at=time.time())
+            self.publish(f"job_{status}", job_id=job_id)
+            return
+        except Exception as error:  # any failure is the job's, never the engine's
+            log.exception("job %s failed", job_id)
+            message = f"{type(error).__name__}: {error}" if not isinstance(error, ValueError) else str(error)
+            self.store.update(job_id, status="failed", finished_at=time.time(), error=message)
+            self.publish("job_failed", job_id=job_id, error=message)
+            return
+        record: dict[str, Any] = json.loads(result.sidecar.read_text())
+        row = self.store.update(
+            job_id,
+            status="finished",
+            finished_at=time.time(),
+            video_path=str(result.video),
+            tokens_path=str(result.tokens),
+            sidecar_path=str(result.sidecar),
+            timings=result.timings_s,
+            peak_memory_bytes=result.peak_memory_bytes,
+            weights_sha256=record.get("weights_sha256", {}),
+        )
+        self.publish("job_finished", job_id=job_id, video=row.video_path)
