@@ -1,0 +1,345 @@
+"""A real `landiff-engine serve` (tiny model) on temporary runtime and data dirs, driven via its socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.client import EngineClient, EngineError
+from engine.video import read_mp4
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "A snail crawling on green moss."
+
+
+class RunningEngine:
+    def __init__(self, base: Path, weights: Path):
+        self.base, self.weights = base, weights
+        self.env = {
+            **os.environ,
+            "LANDIFF_RUNTIME_DIR": str(base / "run"),
+            "LANDIFF_DATA_DIR": str(base / "data"),
+            "LANDIFF_HOME": str(weights),
+            "LANDIFF_CACHE_DIR": str(base / "cache"),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        self.socket = base / "run" / "engine.sock"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RunningEngine:
+        command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny"]
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        line = self.process.stdout.readline()
+        assert line.startswith("ready"), self.process.stderr.read()
+        return self
+
+    def client(self) -> EngineClient:
+        return EngineClient(self.socket, timeout=60)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "engine.cli", *args]
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    from engine.specs import get_spec
+    from engine.tiny import ensure_tiny_release
+    from engine.weights import layout_for
+
+    root = tmp_path_factory.mktemp("weights")
+    ensure_tiny_release(layout_for("tiny", root), get_spec("tiny"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, weights):
+    running = RunningEngine(tmp_path_factory.mktemp("engine"), weights).start()
+    yield running
+    running.stop()
+
+
+def wait_for(
+    client: EngineClient, job_id: str, kinds=("job_finished", "job_failed", "job_cancelled")
+) -> list[dict]:
+    seen = []
+    for event in client.events():
+        if event.get("job_id") == job_id:
+            seen.append(event)
+            if event["event"] in kinds:
+                return seen
+    return seen
+
+
+def subscribed(engine: RunningEngine, since: int | None = None) -> tuple[EngineClient, dict]:
+    client = engine.client()
+    client.request("hello", client="tests")
+    current = client.request("status")["seq"] if since is None else since
+    return client, client.request("subscribe", since=current)
+
+
+def test_submit_streams_progress_and_finishes_with_a_playable_video(engine):
+    client, _ = subscribed(engine)
+    with client:
+        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 8, "seed": 1})["job_id"]
+        events = wait_for(client, job_id)
+        job = client.request("get_job", job_id=job_id)["job"]
+    kinds = [event["event"] for event in events]
+    assert kinds[:2] == ["job_queued", "job_started"] and kinds[-1] == "job_finished"
+    stages = [event["stage"] for event in events if event["event"] == "job_progress"]
+    assert stages.index("tokens") < stages.index("denoise") < stages.index("decode")
+    assert all(b["seq"] > a["seq"] for a, b in zip(events, events[1:], strict=False))
+    assert job["status"] == "finished" and job["params"]["steps"] == 8 and job["timings"]["denoise"] > 0
+    frames, fps = read_mp4(Path(job["video_path"]))
+    assert frames.shape == (9, 64, 96, 3) and fps == 8
+    assert Path(job["tokens_path"]).is_file() and job["weights_sha256"]
+
+
+def test_queue_runs_in_order_and_cancels_queued_and_running_jobs(engine):
+    client, _ = subscribed(engine)
+    with client:
+        long = client.request("submit", params={"prompt": PROMPT, "steps": 1000})["job_id"]
+        ids = [
+            client.request("submit", params={"prompt": f"{PROMPT} {n}", "steps": 3})["job_id"]
+            for n in range(3)
+        ]
+        assert client.request("cancel", job_id=ids[1])["status"] == "cancelled"
+        for event in client.events():
+            if (
+                event.get("job_id") == long
+                and event["event"] == "job_progress"
+                and event["stage"] == "denoise"
+            ):
+                break
+        assert client.request("cancel", job_id=long)["status"] == "cancelling"
+        started = []
+        for event in client.events():
+            if event["event"] == "job_started":
+                started.append(event["job_id"])
+            if event["event"] == "job_finished" and event["job_id"] == ids[2]:
+                break
+        statuses = {
+            job_id: client.request("get_job", job_id=job_id)["job"]["status"] for job_id in [long, *ids]
+        }
+    assert started == [ids[0], ids[2]]
+    assert statuses == {long: "cancelled", ids[0]: "finished", ids[1]: "cancelled", ids[2]: "finished"}
+    assert not (engine.base / "data" / "outputs" / long / "video.mp4").exists()
+    with pytest.raises(EngineError, match="only queued or running jobs cancel"), engine.client() as again:
+        again.request("cancel", job_id=ids[0])
+
+
+def test_reconnecting_client_gets_every_missed_event_and_two_clients_agree(engine):
+    watcher, first = subscribed(engine)
+    other, _ = subscribed(engine)
+    with watcher, other:
+        job_id = other.request("submit", params={"prompt": PROMPT, "steps": 30})["job_id"]
+        seen = []
+        for event in watcher.events():
+            seen.append(event)
+            if (
+                event.get("job_id") == job_id
+                and event["event"] == "job_progress"
+                and event["stage"] == "denoise"
+            ):
+                break
+        last_seq = seen[-1]["seq"]
+        watcher.close()  # the terminal goes away mid-job
+        others = wait_for(other, job_id)
+        time.sleep(0.2)
+        with engine.client() as returning:
+            replay = returning.request("subscribe", since=last_seq)
+    assert not replay["gap"]
+    seen_job = [event["seq"] for event in seen if event.get("job_id") == job_id]
+    missed_job = [event["seq"] for event in replay["missed"] if event.get("job_id") == job_id]
+    assert replay["missed"][-1]["event"] == "job_finished" or missed_job
+    assert seen_job + missed_job == [event["seq"] for event in others]  # nothing lost, nothing twice
+    assert first["seq"] < missed_job[-1]
+
+
+def test_list_search_presets_status_and_cli(engine):
+    with engine.client() as client:
+        listing = client.request("list_jobs", search="snail", status="finished", sort="oldest", limit=2)
+        assert listing["total"] >= 2 and len(listing["jobs"]) == 2
+        assert listing["jobs"][0]["created_at"] <= listing["jobs"][1]["created_at"]
+        presets = client.request("list_presets")["presets"]
+        assert {"reference defaults", "quick draft"} <= set(presets)
+        client.request("save_preset", name="mine", params={"steps": 4, "cfg": 5.0})
+        with pytest.raises(EngineError, match="built in"):
+            client.request("delete_preset", name="quick draft")
+        with pytest.raises(EngineError, match="prompt"):
+            client.request("save_preset", name="bad", params={"prompt": "x"})
+        status = client.request("status")
+        assert status["model"] == "tiny" and "stage2" in status["models_loaded"] and status["queue"] == []
+        with pytest.raises(EngineError, match="serves the 'tiny' model, not 'landiff'"):
+            client.request("hello", model="landiff")
+    submitted = engine.cli("submit", PROMPT, "--preset", "mine", "--seed", "9", "--wait", "--model", "tiny")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[0]
+    shown = json.loads(engine.cli("show", job_id, "--json").stdout)
+    assert shown["params"]["steps"] == 4 and shown["params"]["cfg"] == 5.0 and shown["params"]["seed"] == 9
+    rerun = engine.cli("rerun", job_id, "--steps", "2", "--wait", "--model", "tiny")
+    assert rerun.returncode == 0, rerun.stderr
+    again = json.loads(engine.cli("show", rerun.stdout.strip().splitlines()[0], "--json").stdout)
+    assert again["params"] == {**shown["params"], "steps": 2}
+    listed = json.loads(engine.cli("jobs", "--json", "--search", "snail").stdout)
+    assert listed["total"] >= 3
+    wrong = engine.cli("submit", PROMPT, "--model", "landiff")
+    assert wrong.returncode == 2 and "serves the 'tiny' model" in wrong.stderr
+
+
+def test_hostile_input_gets_errors_and_the_engine_keeps_working(engine):
+    import random
+
+    rng = random.Random(0)
+    lines: list[bytes] = []
+    for n in range(1100):
+        kind = n % 11
+        if kind == 0:
+            lines.append(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 200))).replace(b"\n", b" "))
+        elif kind == 1:
+            lines.append(b"{not json")
+        elif kind == 2:
+            lines.append(json.dumps({"v": 1, "id": n, "type": "explode"}).encode())
+        elif kind == 3:
+            lines.append(
+                json.dumps(
+                    {"v": 1, "id": n, "type": "submit", "params": {"prompt": PROMPT, "steps": -5}}
+                ).encode()
+            )
+        elif kind == 4:
+            lines.append(
+                json.dumps({"v": 1, "id": n, "type": "submit", "params": {"prompt": "x" * 100_000}}).encode()
+            )
+        elif kind == 5:
+            lines.append(
+                json.dumps(
+                    {"v": 1, "id": n, "type": "submit", "params": {"prompt": PROMPT, "seed": "a"}}
+                ).encode()
+            )
+        elif kind == 6:
+            lines.append(json.dumps({"v": 1, "id": n, "type": "status", "surprise": 1}).encode())
+        elif kind == 7:
+            lines.append(json.dumps({"v": 9, "id": n, "type": "status"}).encode())
+        elif kind == 8:
+            lines.append(json.dumps([1, 2, 3]).encode())
+        elif kind == 9:
+            lines.append(
+                json.dumps(
+                    {"v": 1, "id": n, "type": "submit", "params": {"prompt": "", "steps": 10**9}}
+                ).encode()
+            )
+        else:
+            lines.append(json.dumps({"v": 1, "id": {"x": 1}, "type": "get_job", "job_id": None}).encode())
+    huge = b'{"v": 1, "id": 1, "type": "status", "pad": "' + b"a" * (2**20 + 10) + b'"}'
+    with engine.client() as client:
+        client.send_raw(b"\n".join(lines) + b"\n" + huge + b"\n")
+        answers = [client.read_message() for _ in range(len(lines) + 1)]
+        assert all(answer["ok"] is False for answer in answers)
+        codes = {answer["error"]["code"] for answer in answers}
+        assert {"bad_json", "unknown_type", "invalid", "bad_version", "line_too_long"} <= codes
+        invalid_steps = [a for a in answers if a["id"] == 3 and not a["ok"]][0]
+        assert "steps" in invalid_steps["error"]["message"]
+        client.request("hello", client="after the storm")
+        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 2})["job_id"]
+    assert engine.process.poll() is None
+    with engine.client() as client:
+        client.request("subscribe", since=0)
+        deadline = time.time() + 60
+        while client.request("get_job", job_id=job_id)["job"]["status"] in ("queued", "running"):
+            assert time.time() < deadline
+            time.sleep(0.2)
+        assert client.request("get_job", job_id=job_id)["job"]["status"] == "finished"
+
+
+def test_a_second_engine_refuses_to_start(engine):
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny"],
+        env=engine.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "already running" in result.stderr
+    assert engine.socket.exists() and oct(engine.socket.stat().st_mode & 0o777) == "0o600"
+    assert oct(engine.socket.parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_kill_9_mid_job_then_restart(tmp_path, weights):
+    first = RunningEngine(tmp_path, weights).start()
+    with first.client() as client:
+        client.request("subscribe", since=0)
+        doomed = client.request("submit", params={"prompt": PROMPT, "steps": 1000})["job_id"]
+        waiting = [
+            client.request("submit", params={"prompt": PROMPT, "steps": 2})["job_id"] for _ in range(2)
+        ]
+        for event in client.events():
+            if (
+                event.get("job_id") == doomed
+                and event["event"] == "job_progress"
+                and event["stage"] == "denoise"
+            ):
+                break
+        first.process.kill()
+        first.process.wait(timeout=30)
+    assert first.socket.exists()  # a stale socket file is left behind
+    second = RunningEngine(tmp_path, weights).start()
+    try:
+        with second.client() as client:
+            client.request("subscribe", since=0)
+            assert client.request("get_job", job_id=doomed)["job"]["status"] == "interrupted"
+            for job_id in waiting:
+                wait_for(client, job_id)
+            statuses = [client.request("get_job", job_id=job_id)["job"]["status"] for job_id in waiting]
+        assert statuses == ["finished", "finished"]
+    finally:
+        second.stop()
+    database = sqlite3.connect(tmp_path / "data" / "landiff.db")
+    assert database.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    referenced = [
+        row[0] for row in database.execute("SELECT video_path FROM jobs WHERE video_path IS NOT NULL")
+    ]
+    assert referenced and all(Path(path).is_file() for path in referenced)
+    assert not (tmp_path / "data" / "outputs" / doomed / "video.mp4").exists()
+    leftovers = [p for p in (tmp_path / "data" / "outputs").rglob("*") if ".partial" in p.name]
+    assert leftovers == []
+
+
+def test_a_connection_from_another_uid_is_refused(tmp_path):
+    import asyncio
+
+    from engine.server import Engine
+
+    async def scenario() -> dict:
+        engine = Engine("tiny", None, expected_uid=os.getuid() + 1)
+        path = tmp_path / "s.sock"
+        server = await asyncio.start_unix_server(engine.connection, path=str(path))
+        async with server:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(b'{"v": 1, "id": 1, "type": "status"}\n')
+            answer = json.loads(await reader.readline())
+            try:
+                rest = await reader.read()
+            except ConnectionResetError:
+                rest = b""
+            assert rest == b""  # and the connection is closed
+            writer.close()
+            return answer
+
+    answer = asyncio.run(scenario())
+    assert answer["ok"] is False and answer["error"]["code"] == "forbidden"
