@@ -114,7 +114,8 @@ def start_engine(model: str, ckpts: Path | None, timeout: float = 120.0) -> Engi
     command = [sys.executable, "-m", "engine.cli", "serve", "--model", model]
     if ckpts is not None:
         command += ["--ckpts", str(ckpts)]
-    with open(log_path(), "ab") as log:
+    console = log_path().with_name("engine.out")  # raw output (e.g. a crash before logging starts)
+    with open(console, "ab") as log:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -130,7 +131,7 @@ def start_engine(model: str, ckpts: Path | None, timeout: float = 120.0) -> Engi
                 return connect(model)
             except EngineUnavailable:
                 raise EngineUnavailable(
-                    f"the engine exited at start (status {process.returncode}); see {log_path()}"
+                    f"the engine exited at start (status {process.returncode}); see {console}"
                 ) from None
         try:
             return connect(model)

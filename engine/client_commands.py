@@ -13,6 +13,7 @@ from rich.table import Table
 from .client import EngineClient, EngineUnavailable, connect, start_engine
 
 JOB_OPTIONS = ("seed", "cfg", "motion_score", "temperature", "top_k", "top_p", "steps")
+FLOAT_OPTIONS = ("cfg", "motion_score", "temperature", "top_p")
 EXIT_FAILED = 1
 
 
@@ -172,6 +173,23 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_presets(args: argparse.Namespace) -> int:
+    with connect() as client:
+        if args.save:
+            client.request("save_preset", name=args.save, params=given_options(args))
+            print(f"saved preset {args.save!r}")
+            return 0
+        if args.delete:
+            client.request("delete_preset", name=args.delete)
+            print(f"deleted preset {args.delete!r}")
+            return 0
+        presets = client.request("list_presets")["presets"]
+    for name, preset in presets.items():
+        kind = "built in" if preset["builtin"] else "saved"
+        print(f"{name:<24} {kind:<9} {json.dumps(preset['params'])}")
+    return 0
+
+
 def run_stop(args: argparse.Namespace) -> int:
     with connect() as client:
         client.request("shutdown")
@@ -209,6 +227,17 @@ def add_client_commands(commands) -> dict:
     status = commands.add_parser("status", help="the engine: device, memory, models loaded, queue")
     status.add_argument("--json", action="store_true")
 
+    presets = commands.add_parser("presets", help="list presets, or save or delete one")
+    action = presets.add_mutually_exclusive_group()
+    action.add_argument(
+        "--save", metavar="NAME", default=None, help="save the job options given here as NAME"
+    )
+    action.add_argument("--delete", metavar="NAME", default=None, help="delete a saved preset")
+    for name in JOB_OPTIONS:
+        presets.add_argument(
+            f"--{name.replace('_', '-')}", type=float if name in FLOAT_OPTIONS else int, default=None
+        )
+
     commands.add_parser("stop", help="stop the engine (a running job is marked interrupted)")
     return {
         "submit": run_submit,
@@ -217,5 +246,6 @@ def add_client_commands(commands) -> dict:
         "show": run_show,
         "cancel": run_cancel,
         "status": run_status,
+        "presets": run_presets,
         "stop": run_stop,
     }

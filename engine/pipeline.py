@@ -25,7 +25,7 @@ from .models.llm_sampler import SamplingCancelled, SamplingParams
 from .specs import ModelSpec
 from .stage1 import SemanticStage, default_device, default_dtype
 from .stage2 import VideoStage
-from .video import write_mp4
+from .video import write_mp4, write_thumbnail
 from .weights import ReleaseLayout
 
 
@@ -85,6 +85,7 @@ class JobResult:
     video: Path
     tokens: Path
     sidecar: Path
+    thumbnail: Path
     timings_s: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int = 0
 
@@ -195,6 +196,7 @@ class Pipeline:
             torch.cuda.reset_peak_memory_stats(self.device)
         timings: dict[str, float] = {}
         tokens_path = job.out.with_suffix(".npy")
+        thumbnail_path = job.out.with_suffix(".png")
 
         def stop() -> bool:
             return should_stop is not None and should_stop()
@@ -226,16 +228,17 @@ class Pipeline:
         clock = StageClock("write", on_progress)
         save_tokens(codes.numpy(), tokens_path)
         write_mp4(frames.numpy(), job.out, self.spec.fps)
+        write_thumbnail(frames[frames.shape[0] // 2].numpy(), thumbnail_path)
         clock(1, 1)
         timings["write"] = clock.seconds()
-        result = JobResult(
-            job.out, tokens_path, job.out.with_suffix(".json"), timings, peak_memory(self.device)
-        )
+        sidecar = job.out.with_suffix(".json")
+        result = JobResult(job.out, tokens_path, sidecar, thumbnail_path, timings, peak_memory(self.device))
         try:
             self.write_sidecar(job, result, frames.shape)
         except BaseException:
             job.out.unlink(missing_ok=True)  # a video without its record would not be reproducible
             tokens_path.unlink(missing_ok=True)
+            thumbnail_path.unlink(missing_ok=True)
             raise
         return result
 

@@ -45,3 +45,15 @@ def read_mp4(path: Path) -> tuple[np.ndarray, float]:
     width, height = meta["size"]
     frames = [np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3) for data in reader]
     return np.stack(frames), float(meta["fps"])
+
+
+def write_thumbnail(frame: np.ndarray, path: Path, width: int = 320) -> Path:
+    """A PNG of one frame [H, W, 3] uint8, at most `width` pixels wide."""
+    from PIL import Image
+
+    image = Image.fromarray(frame)
+    if image.width > width:
+        image = image.resize((width, round(image.height * width / image.width)), Image.Resampling.BILINEAR)
+    with atomic_path(path) as partial:
+        image.save(partial, format="PNG")
+    return path

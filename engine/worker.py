@@ -179,6 +179,7 @@ class JobWorker(threading.Thread):
             video_path=str(result.video),
             tokens_path=str(result.tokens),
             sidecar_path=str(result.sidecar),
+            thumbnail_path=str(result.thumbnail),
             timings=result.timings_s,
             peak_memory_bytes=result.peak_memory_bytes,
             weights_sha256=record.get("weights_sha256", {}),

@@ -109,6 +109,7 @@ def test_submit_streams_progress_and_finishes_with_a_playable_video(engine):
     frames, fps = read_mp4(Path(job["video_path"]))
     assert frames.shape == (9, 64, 96, 3) and fps == 8
     assert Path(job["tokens_path"]).is_file() and job["weights_sha256"]
+    assert Path(job["thumbnail_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_queue_runs_in_order_and_cancels_queued_and_running_jobs(engine):
@@ -343,3 +344,22 @@ def test_a_connection_from_another_uid_is_refused(tmp_path):
 
     answer = asyncio.run(scenario())
     assert answer["ok"] is False and answer["error"]["code"] == "forbidden"
+
+
+def test_clients_start_a_detached_engine_when_none_answers(tmp_path, weights):
+    idle = RunningEngine(tmp_path, weights)  # not started: the CLI must start it
+    try:
+        submitted = idle.cli("submit", PROMPT, "--steps", "2", "--wait", "--model", "tiny")
+        assert submitted.returncode == 0, submitted.stderr
+        status = json.loads(idle.cli("status", "--json").stdout)
+        assert status["model"] == "tiny" and status["pid"] > 0
+        saved = idle.cli("presets", "--save", "tiny steps", "--steps", "3")
+        assert saved.returncode == 0 and "tiny steps" in idle.cli("presets").stdout
+        assert (tmp_path / "data" / "engine.log").read_text().count("listening on") == 1
+    finally:
+        idle.cli("stop")
+    deadline = time.time() + 30
+    while idle.socket.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not idle.socket.exists()
+    assert idle.cli("status").returncode == 1

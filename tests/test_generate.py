@@ -66,7 +66,7 @@ def test_generate_writes_a_playable_video_its_tokens_and_record(home, tmp_path):
     assert record["peak_memory_bytes"] > 0 and record["video"]["frames"] == frames.shape[0]
     assert "LanDiff/diffusion/1/mp_rank_00_model_states.pt" in record["weights_sha256"]
     assert all(len(digest) == 64 for digest in record["weights_sha256"].values())
-    assert sorted(p.name for p in out.parent.iterdir()) == ["fox.json", "fox.mp4", "fox.npy"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fox.json", "fox.mp4", "fox.npy", "fox.png"]
 
 
 def test_saved_tokens_and_seed_reproduce_the_frames(pipeline, tmp_path):
