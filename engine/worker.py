@@ -90,24 +90,31 @@ class JobWorker(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            if self.release_requested.is_set() or (
-                self.pipeline is not None and time.monotonic() - self.last_used > self.idle_release_s
-            ):
-                self.release()
-            row = self.store.claim_next()
-            if row is None:
-                self.wake.wait(timeout=1.0)
-                self.wake.clear()
-                continue
-            with self.lock:
-                self.current = row.id
-                self.cancel_requested.clear()
             try:
-                self.run_job(row.id, JobParams(**json.loads(row.params)))
-            finally:
-                with self.lock:
-                    self.current = None
-                self.last_used = time.monotonic()
+                self.step()
+            except Exception:  # the worker must outlive any surprise (a locked database, a full disk)
+                log.exception("worker error; retrying in a second")
+                time.sleep(1.0)
+
+    def step(self) -> None:
+        if self.release_requested.is_set() or (
+            self.pipeline is not None and time.monotonic() - self.last_used > self.idle_release_s
+        ):
+            self.release()
+        row = self.store.claim_next()
+        if row is None:
+            self.wake.wait(timeout=1.0)
+            self.wake.clear()
+            return
+        with self.lock:
+            self.current = row.id
+            self.cancel_requested.clear()
+        try:
+            self.run_job(row.id, JobParams(**json.loads(row.params)))
+        finally:
+            with self.lock:
+                self.current = None
+            self.last_used = time.monotonic()
 
     def release(self) -> None:
         self.release_requested.clear()

@@ -145,6 +145,25 @@ def test_queue_runs_in_order_and_cancels_queued_and_running_jobs(engine):
         again.request("cancel", job_id=ids[0])
 
 
+def test_three_queued_jobs_run_in_submission_order(engine):
+    client, _ = subscribed(engine)
+    with client:
+        ids = [
+            client.request("submit", params={"prompt": f"{PROMPT} #{n}", "steps": 2})["job_id"]
+            for n in range(3)
+        ]
+        started, finished = [], []
+        for event in client.events():
+            if event.get("job_id") in ids:
+                if event["event"] == "job_started":
+                    started.append(event["job_id"])
+                elif event["event"] == "job_finished":
+                    finished.append(event["job_id"])
+                    if len(finished) == 3:
+                        break
+    assert started == ids and finished == ids
+
+
 def test_reconnecting_client_gets_every_missed_event_and_two_clients_agree(engine):
     watcher, first = subscribed(engine)
     other, _ = subscribed(engine)
@@ -240,11 +259,8 @@ def test_hostile_input_gets_errors_and_the_engine_keeps_working(engine):
         elif kind == 8:
             lines.append(json.dumps([1, 2, 3]).encode())
         elif kind == 9:
-            lines.append(
-                json.dumps(
-                    {"v": 1, "id": n, "type": "submit", "params": {"prompt": "", "steps": 10**9}}
-                ).encode()
-            )
+            params = {"prompt": "", "steps": 10**9} if n % 2 else {"prompt": PROMPT, "frames": 10**9}
+            lines.append(json.dumps({"v": 1, "id": n, "type": "submit", "params": params}).encode())
         else:
             lines.append(json.dumps({"v": 1, "id": {"x": 1}, "type": "get_job", "job_id": None}).encode())
     huge = b'{"v": 1, "id": 1, "type": "status", "pad": "' + b"a" * (2**20 + 10) + b'"}'
