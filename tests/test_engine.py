@@ -193,6 +193,13 @@ def test_reconnecting_client_gets_every_missed_event_and_two_clients_agree(engin
 
 
 def test_list_search_presets_status_and_cli(engine):
+    client, _ = subscribed(engine)
+    with client:
+        for seed in (1, 2):
+            job_id = client.request("submit", params={"prompt": f"{PROMPT} seed {seed}", "steps": 2})[
+                "job_id"
+            ]
+            wait_for(client, job_id)
     with engine.client() as client:
         listing = client.request("list_jobs", search="snail", status="finished", sort="oldest", limit=2)
         assert listing["total"] >= 2 and len(listing["jobs"]) == 2
@@ -219,6 +226,17 @@ def test_list_search_presets_status_and_cli(engine):
     assert again["params"] == {**shown["params"], "steps": 2}
     listed = json.loads(engine.cli("jobs", "--json", "--search", "snail").stdout)
     assert listed["total"] >= 3
+    with engine.client() as client:
+        folder = Path(client.request("get_job", job_id=job_id)["job"]["video_path"]).parent
+        client.request("delete_job", job_id=job_id, delete_files=True)
+        with pytest.raises(EngineError, match="no job"):
+            client.request("get_job", job_id=job_id)
+        client.request("release_models")
+        deadline = time.time() + 10
+        while client.request("status")["models_loaded"] and time.time() < deadline:
+            time.sleep(0.1)
+        assert client.request("status")["models_loaded"] == []
+    assert not folder.exists()
     wrong = engine.cli("submit", PROMPT, "--model", "landiff")
     assert wrong.returncode == 2 and "serves the 'tiny' model" in wrong.stderr
 
