@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .client_commands import add_client_commands
 
     client_handlers.update(add_client_commands(commands))
+    from .weights_commands import add_weights_commands
+
+    client_handlers.update(add_weights_commands(commands))
 
     tiny = commands.add_parser("tiny", help="write the random-weight tiny model in the release layout")
     tiny.add_argument("--force", action="store_true", help="rewrite even if the files exist")

@@ -1,10 +1,11 @@
-"""Where the weights live on disk: the release's file layout under one root folder.
+"""Where the weights live on disk, and what the release consists of.
 
-The root is `$LANDIFF_HOME` when set, else `ckpts/` of this repository. The LanDiff
-bundle (Hugging Face repo yinaoxiong/LanDiff) sits in `<root>/LanDiff/`; the flan-T5
-encoder that stage 1 needs is not part of that bundle and sits in `<root>/flan-t5-xxl/`
-(Hugging Face layout of google/flan-t5-xxl). The `tiny` model uses the same layout
-under `<root>/tiny/`.
+The root is `$LANDIFF_HOME` when set, else `./ckpts` when it holds a `LanDiff` folder (the
+reference's own location, beside the working directory), else `weights/` in the user data
+dir. The LanDiff bundle (Hugging Face repo yinaoxiong/LanDiff) sits in `<root>/LanDiff/`;
+the flan-T5 encoder that stage 1 needs is not part of that bundle and sits in
+`<root>/flan-t5-xxl/` (Hugging Face layout of google/flan-t5-xxl). The `tiny` model uses
+the same layout under `<root>/tiny/`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,21 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 HOME_ENV = "LANDIFF_HOME"
+RELEASE_REPO = "yinaoxiong/LanDiff"
+FLAN_T5_REPO = "google/flan-t5-xxl"
 
 
 def weights_root() -> Path:
     configured = os.environ.get(HOME_ENV)
-    return Path(configured).expanduser() if configured else REPO_ROOT / "ckpts"
+    if configured:
+        return Path(configured).expanduser()
+    beside = Path.cwd() / "ckpts"
+    if (beside / "LanDiff").is_dir():
+        return beside
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("landiff")) / "weights"
 
 
 @dataclass(frozen=True)
@@ -73,3 +82,66 @@ FLAN_T5_SOURCE = "the Hugging Face repo google/flan-t5-xxl"
 
 def redownload_hint(path: Path, source: str = RELEASE_SOURCE) -> str:
     return f"Re-download {path} from {source}, or set {HOME_ENV} to a folder that holds a complete copy."
+
+
+# The release's ckpts/CHECKSUM.md5, paths relative to the LanDiff folder.
+RELEASE_MD5 = {
+    "CogVideoX-2b-sat/t5-v1_1-xxl/added_tokens.json": "abe4fe2e108e8ed9432b843545238e53",
+    "CogVideoX-2b-sat/t5-v1_1-xxl/config.json": "874a573dae8c4f440916bab515dc0606",
+    "CogVideoX-2b-sat/t5-v1_1-xxl/model-00001-of-00002.safetensors": "221271c19cda66748bba20871b37d0e9",
+    "CogVideoX-2b-sat/t5-v1_1-xxl/model-00002-of-00002.safetensors": "64fc13b5063d462a73c000b54f1be785",
+    "CogVideoX-2b-sat/t5-v1_1-xxl/model.safetensors.index.json": "ebfc181cf184f4dc9cfffebaeae24d06",
+    "CogVideoX-2b-sat/t5-v1_1-xxl/special_tokens_map.json": "9583322ae544dfbdb0001350ab4c3fd9",
+    "CogVideoX-2b-sat/t5-v1_1-xxl/spiece.model": "9d15ef55d09d5a425ceb63fa31f7cae3",
+    "CogVideoX-2b-sat/t5-v1_1-xxl/tokenizer_config.json": "ae93f8b5fb04998524bc84b3c517b05d",
+    "CogVideoX-2b-sat/transformer/1000/mp_rank_00_model_states.pt": "0c5f18a7b46ab52bae4ffec8a0195e59",
+    "CogVideoX-2b-sat/transformer/latest": "ad865d2f63b9feb2552c220385fbb7e3",
+    "CogVideoX-2b-sat/vae/3d-vae.pt": "e8be4352ababa00ebab19501d2e932bc",
+    "diffusion/1/mp_rank_00_model_states.pt": "f91f8e8eec665115061866529d1ea735",
+    "diffusion/latest": "c4ca4238a0b923820dcc509a6f75849b",
+    "llm/model.safetensors": "db87f2939b0e0a0f4bc74ac8a04ce920",
+    "tokenizer/model.safetensors": "a8b4ed9d4061759ea4314780898767e0",
+}
+# What stage 1 reads of google/flan-t5-xxl besides the weight shards that hold encoder tensors.
+FLAN_T5_FILES = ("config.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json")
+FLAN_T5_INDEX = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file of the weights: where it comes from, where it goes, what checks it, who needs it."""
+
+    repo: str
+    path: str  # path inside the repo
+    local: str  # path under the weights root
+    groups: tuple[str, ...]  # "llm" (stage 1), "diffusion" (stage 2)
+    md5: str | None = None
+
+
+def release_files(checksums: dict[str, str] | None = None) -> list[WeightFile]:
+    """The LanDiff bundle; `checksums` (path -> md5) replaces the release's list (the tiny test hub)."""
+    checksums = RELEASE_MD5 if checksums is None else checksums
+    files = []
+    for path, md5 in sorted(checksums.items()):
+        if path.startswith("llm/"):
+            groups = ("llm",)
+        elif path.startswith("tokenizer/"):
+            groups = ("llm", "diffusion")  # stage 1 decodes features; stage 2 falls back to it
+        else:
+            groups = ("diffusion",)
+        files.append(WeightFile(RELEASE_REPO, path, f"LanDiff/{path}", groups, md5))
+    return files
+
+
+def flan_t5_files(shards: list[str]) -> list[WeightFile]:
+    """The flan-T5 files stage 1 needs; `shards` come from the repo's index (see `encoder_shards`)."""
+    names = [*FLAN_T5_FILES, FLAN_T5_INDEX, *shards]
+    return [WeightFile(FLAN_T5_REPO, name, f"flan-t5-xxl/{name}", ("llm",)) for name in names]
+
+
+def encoder_shards(index: dict) -> list[str]:
+    """The safetensors shards of a Hugging Face index that hold encoder (or shared embedding) tensors."""
+    weight_map = index.get("weight_map", {})
+    return sorted(
+        {shard for key, shard in weight_map.items() if key.startswith("encoder.") or key == "shared.weight"}
+    )

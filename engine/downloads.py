@@ -1,0 +1,361 @@
+"""Fetching, resuming and verifying the weight files.
+
+Files come from the Hugging Face hub (`HF_ENDPOINT` and `HF_TOKEN` respected): huggingface_hub
+resolves each file's URL, size and redirect; we stream it into `<file>.partial` with byte ranges,
+so a cut connection, a cancel or a killed process resumes where it stopped. A file reaches its
+final name only after its MD5 matched; one that fails twice is removed and recorded, and the
+loaders refuse a file whose recorded verification failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .atomic import write_atomically
+from .checkpoints import CheckpointError
+from .weights import FLAN_T5_INDEX, FLAN_T5_REPO, WeightFile, encoder_shards, flan_t5_files, release_files
+
+CHUNK = 1 << 20
+RECORD = ".landiff-verified.json"
+
+
+class DownloadError(CheckpointError):
+    """A download that cannot go on; the message says why and what to do."""
+
+
+class DownloadCancelled(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    file: str
+    file_done: int
+    file_total: int | None
+    done: int
+    total: int
+    rate: float  # bytes per second over this run
+    eta_s: float | None
+
+
+@dataclass
+class FileState:
+    local: str
+    state: str  # present, verified, missing, partial, corrupt
+    size: int | None
+    path: str
+
+
+@dataclass
+class DownloadReport:
+    fetched: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    refetched: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def partial_of(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+class VerificationRecord:
+    """MD5 results per file, keyed by size and mtime so an edited file is checked again."""
+
+    def __init__(self, root: Path):
+        self.path = root / RECORD
+        try:
+            self.entries: dict[str, dict] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def result(self, root: Path, local: str) -> bool | None:
+        entry = self.entries.get(local)
+        target = root / local
+        if entry is None or not target.is_file():
+            return None if entry is None or entry.get("ok") else False
+        stat = target.stat()
+        if entry["size"] != stat.st_size or entry["mtime_ns"] != stat.st_mtime_ns:
+            return None
+        return entry["ok"]
+
+    def remember(self, root: Path, local: str, ok: bool, md5: str | None) -> None:
+        target = root / local
+        stat = target.stat() if target.is_file() else None
+        self.entries[local] = {
+            "ok": ok,
+            "md5": md5,
+            "size": stat.st_size if stat else None,
+            "mtime_ns": stat.st_mtime_ns if stat else None,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path, lambda partial: partial.write_text(json.dumps(self.entries, indent=1)))
+
+
+def md5_of(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+    return digest.hexdigest()
+
+
+def file_states(root: Path, files: list[WeightFile]) -> list[FileState]:
+    record = VerificationRecord(root)
+    states = []
+    for item in files:
+        target = root / item.local
+        verified = record.result(root, item.local)
+        if verified is False:
+            state = "corrupt"
+        elif target.is_file():
+            state = "verified" if verified else "present"
+        elif partial_of(target).is_file():
+            state = "partial"
+        else:
+            state = "missing"
+        size = target.stat().st_size if target.is_file() else None
+        if state == "partial":
+            size = partial_of(target).stat().st_size
+        states.append(FileState(item.local, state, size, str(target)))
+    return states
+
+
+def verify(
+    root: Path, files: list[WeightFile], on_progress: Callable[[str, int, int], None] | None = None
+) -> dict[str, bool]:
+    """MD5 of every present file that has a known sum; {local path: matched}."""
+    record = VerificationRecord(root)
+    present = [item for item in files if item.md5 and (root / item.local).is_file()]
+    total = sum((root / item.local).stat().st_size for item in present)
+    done = 0
+    results = {}
+    for item in present:
+
+        def advance(count: int, name: str = item.local) -> None:
+            nonlocal done
+            done += count
+            if on_progress is not None:
+                on_progress(name, done, total)
+
+        ok = md5_of(root / item.local, advance) == item.md5
+        record.remember(root, item.local, ok, item.md5)
+        results[item.local] = ok
+    return results
+
+
+def refuse_failed(root: Path) -> None:
+    """Refuse to load from a root where a present file failed its checksum (the stages call this)."""
+    record = VerificationRecord(root)
+    for local in record.entries:
+        if (root / local).is_file() and record.result(root, local) is False:
+            raise DownloadError(
+                f"{root / local} failed its checksum: run `landiff-engine weights download` to fetch it again"
+            )
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """A CHECKSUM.md5 file (`<md5>  <path>` lines, as md5sum writes them) -> {path: md5}."""
+    sums = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            md5, name = line.split(maxsplit=1)
+            sums[name.strip().lstrip("*").removeprefix("./")] = md5.lower()
+    return sums
+
+
+def planned_files(root: Path, only: str, checksums: dict[str, str] | None = None) -> list[WeightFile]:
+    """The release files of `only` (llm, diffusion or all), flan-T5 shards from its local index if present."""
+    groups = ("llm", "diffusion") if only == "all" else (only,)
+    files = [item for item in release_files(checksums) if set(item.groups) & set(groups)]
+    if "llm" in groups:
+        index = root / "flan-t5-xxl" / FLAN_T5_INDEX
+        shards = encoder_shards(json.loads(index.read_text())) if index.is_file() else []
+        files += flan_t5_files(shards)
+    return files
+
+
+def download_release(
+    downloader: Downloader, only: str, checksums: dict[str, str] | None = None
+) -> tuple[list[WeightFile], DownloadReport]:
+    """Fetch the flan-T5 index first (it names the encoder shards), then everything `only` needs."""
+    if only in ("llm", "all"):
+        index = WeightFile(FLAN_T5_REPO, FLAN_T5_INDEX, f"flan-t5-xxl/{FLAN_T5_INDEX}", ("llm",))
+        if not (downloader.root / index.local).is_file():
+            downloader.fetch_json(index)
+    files = planned_files(downloader.root, only, checksums)
+    return files, downloader.download(files)
+
+
+class Downloader:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        endpoint: str | None = None,
+        token: str | None = None,
+        on_progress: Callable[[DownloadProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        timeout: float = 30.0,
+    ):
+        self.root = root
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        self.token = token if token is not None else os.environ.get("HF_TOKEN")
+        self.on_progress, self.should_stop, self.timeout = on_progress, should_stop, timeout
+        self.record = VerificationRecord(root)
+
+    # hub access
+
+    def url(self, item: WeightFile) -> str:
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(item.repo, item.path, endpoint=self.endpoint)
+
+    def metadata(self, item: WeightFile):
+        from huggingface_hub import get_hf_file_metadata
+
+        try:
+            return get_hf_file_metadata(self.url(item), token=self.token or False, timeout=self.timeout)
+        except Exception as error:  # httpx/hub errors vary by version; the message is what matters
+            raise DownloadError(
+                f"could not reach {self.endpoint} for {item.repo}/{item.path} "
+                f"({type(error).__name__}: {error}). Check the network (or HF_ENDPOINT / HF_TOKEN) "
+                "and run the download again; finished files are kept."
+            ) from None
+
+    def fetch_json(self, item: WeightFile) -> dict:
+        self.fetch(item, expected=None, total_hint=0)
+        return json.loads((self.root / item.local).read_text())
+
+    # downloading
+
+    def download(self, files: list[WeightFile]) -> DownloadReport:
+        report = DownloadReport()
+        todo = []
+        for item in files:
+            target = self.root / item.local
+            if target.is_file() and self.record.result(self.root, item.local) is not False:
+                report.skipped.append(item.local)
+            else:
+                todo.append(item)
+        sizes = {item.local: self.metadata(item).size or 0 for item in todo}
+        needed = sum(max(sizes[i.local] - self.partial_size(i), 0) for i in todo)
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if needed > free:
+            raise DownloadError(
+                f"not enough disk space in {self.root}: {needed / 2**30:.2f} GiB to download, "
+                f"{free / 2**30:.2f} GiB free. Free some space or set LANDIFF_HOME to another disk."
+            )
+        self.started, self.done, self.total = time.monotonic(), 0, needed
+        for item in todo:
+            ok = self.fetch_verified(item, sizes[item.local])
+            if not ok:
+                ok = self.fetch_verified(item, sizes[item.local], again=True)
+                if ok:
+                    report.refetched.append(item.local)
+            if ok:
+                report.fetched.append(item.local)
+            else:
+                report.failed[item.local] = "checksum mismatch twice"
+        return report
+
+    def partial_size(self, item: WeightFile) -> int:
+        partial = partial_of(self.root / item.local)
+        return partial.stat().st_size if partial.is_file() else 0
+
+    def fetch_verified(self, item: WeightFile, size: int, again: bool = False) -> bool:
+        target = self.root / item.local
+        partial = partial_of(target)
+        if again:
+            partial.unlink(missing_ok=True)
+        self.fetch(item, expected=size, total_hint=size)
+        if item.md5 is not None and md5_of(partial) != item.md5:
+            partial.unlink()  # never leave a file that failed verification where a loader looks
+            target.unlink(missing_ok=True)
+            self.record.remember(self.root, item.local, False, item.md5)
+            return False
+        os.replace(partial, target)
+        if item.md5 is not None:
+            self.record.remember(self.root, item.local, True, item.md5)
+        return True
+
+    def fetch(self, item: WeightFile, expected: int | None, total_hint: int) -> None:
+        """Stream the file into `<file>.partial`, resuming from its current size; retries cut connections."""
+        target = self.root / item.local
+        partial = partial_of(target)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        attempts = 0
+        while True:
+            offset = partial.stat().st_size if partial.is_file() else 0
+            if expected is not None and offset == expected:
+                return
+            if expected is not None and offset > expected:
+                partial.unlink()
+                continue
+            try:
+                self.stream(item, partial, offset, expected)
+            except urllib.error.HTTPError as error:
+                if error.code not in (408, 429, 500, 502, 503, 504):
+                    raise DownloadError(
+                        f"{self.endpoint} refused {item.repo}/{item.path} (HTTP {error.code}); "
+                        "check HF_TOKEN and that the repo is accessible"
+                    ) from None
+                problem: object = error
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+                problem = error
+            else:
+                if expected is None:
+                    os.replace(partial, target)
+                    return
+                problem = "the server closed the connection early"
+            attempts += 1
+            if attempts > 5:
+                raise DownloadError(
+                    f"the connection to {self.endpoint} kept failing while fetching {item.path} ({problem}); "
+                    "run the download again to resume"
+                )
+            time.sleep(min(0.2 * attempts, 2.0))
+
+    def stream(self, item: WeightFile, partial: Path, offset: int, expected: int | None) -> None:
+        url = self.url(item)
+        headers = {"Accept-Encoding": "identity", "User-Agent": "landiff-tui"}
+        if self.token and urlparse(url).netloc == urlparse(self.endpoint).netloc:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            if offset and response.status != 206:
+                offset = 0  # the server ignored the range: start over
+            with open(partial, "r+b" if offset else "wb") as handle:
+                handle.seek(offset)
+                handle.truncate()
+                while chunk := response.read(CHUNK):
+                    if self.should_stop is not None and self.should_stop():
+                        raise DownloadCancelled(f"cancelled while fetching {item.path}; run again to resume")
+                    handle.write(chunk)
+                    offset += len(chunk)
+                    self.report(item.local, offset, expected, len(chunk))
+
+    def report(self, local: str, file_done: int, file_total: int | None, advanced: int) -> None:
+        self.done = getattr(self, "done", 0) + advanced
+        if self.on_progress is None:
+            return
+        elapsed = max(time.monotonic() - getattr(self, "started", time.monotonic()), 1e-6)
+        rate = self.done / elapsed
+        total = getattr(self, "total", 0)
+        eta = (total - self.done) / rate if rate > 0 and total else None
+        self.on_progress(DownloadProgress(local, file_done, file_total, self.done, total, rate, eta))

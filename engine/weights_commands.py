@@ -1,0 +1,128 @@
+"""`landiff-engine weights status | verify | download`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from .downloads import Downloader, download_release, file_states, planned_files, read_checksums, verify
+from .weights import HOME_ENV, weights_root
+
+EXIT_FAILED = 1
+
+
+def add_weights_commands(commands) -> dict:
+    weights = commands.add_parser("weights", help="see, download and verify the model weights")
+    verbs = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--ckpts", type=Path, default=None, help=f"weights root (default: ${HOME_ENV}, ./ckpts, data dir)"
+    )
+    common.add_argument(
+        "--only", choices=("llm", "diffusion", "all"), default="all", help="which stage's files"
+    )
+    common.add_argument(
+        "--checksums", type=Path, default=None, help="a CHECKSUM.md5 list replacing the release's"
+    )
+    status = verbs.add_parser(
+        "status", parents=[common], help="per file: verified, present, partial, missing, corrupt"
+    )
+    status.add_argument("--json", action="store_true")
+    verbs.add_parser("verify", parents=[common], help="re-check the MD5 of every present file (reads ~25 GB)")
+    verbs.add_parser("download", parents=[common], help="fetch what is missing, resuming partial files")
+    return {"weights": run_weights}
+
+
+def checksums_of(args: argparse.Namespace) -> dict[str, str] | None:
+    path = args.checksums or (
+        Path(os.environ["LANDIFF_CHECKSUMS"]) if os.environ.get("LANDIFF_CHECKSUMS") else None
+    )
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ValueError(f"--checksums {path} does not exist")
+    return read_checksums(path)
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    root = args.ckpts or weights_root()
+    handler = {"status": run_status, "verify": run_verify, "download": run_download}[args.weights_command]
+    return handler(args, root)
+
+
+def run_status(args: argparse.Namespace, root: Path) -> int:
+    states = file_states(root, planned_files(root, args.only, checksums_of(args)))
+    if args.json:
+        print(json.dumps({"root": str(root), "files": [vars(state) for state in states]}, indent=2))
+    else:
+        table = Table("file", "state", "size", title=f"weights in {root}")
+        for state in states:
+            size = "" if state.size is None else f"{state.size / 2**20:,.1f} MiB"
+            table.add_row(state.local, state.state, size)
+        Console().print(table)
+    complete = all(state.state in ("verified", "present") for state in states)
+    return 0 if complete else EXIT_FAILED
+
+
+def progress_bar(console: Console) -> Progress:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=console)
+
+
+def run_verify(args: argparse.Namespace, root: Path) -> int:
+    console = Console(stderr=True)
+    files = planned_files(root, args.only, checksums_of(args))
+    with progress_bar(console) as progress:
+        task = progress.add_task("verifying", total=None)
+        results = verify(
+            root, files, lambda name, done, total: progress.update(task, completed=done, total=total)
+        )
+    bad = [name for name, ok in results.items() if not ok]
+    for name in bad:
+        console.print(f"checksum mismatch: {root / name}")
+    console.print(f"{len(results) - len(bad)} of {len(results)} file(s) match their checksum")
+    return EXIT_FAILED if bad else 0
+
+
+def run_download(args: argparse.Namespace, root: Path) -> int:
+    console = Console(stderr=True)
+    with progress_bar(console) as progress:
+        total = progress.add_task("total", total=None)
+        current: dict[str, int] = {}
+
+        def on_progress(event) -> None:
+            if event.file not in current:
+                current[event.file] = progress.add_task(event.file, total=event.file_total)
+            progress.update(current[event.file], completed=event.file_done)
+            progress.update(total, completed=event.done, total=event.total or None)
+
+        downloader = Downloader(root, on_progress=on_progress)
+        files, report = download_release(downloader, args.only, checksums_of(args))
+    for name in report.refetched:
+        console.print(f"{name}: checksum mismatch on the first try, fetched again and verified")
+    for name, why in report.failed.items():
+        console.print(f"{name}: {why}; removed, run the download again")
+    console.print(
+        f"{len(report.fetched)} fetched, {len(report.skipped)} already present, {len(report.failed)} failed "
+        f"-> {root}"
+    )
+    return EXIT_FAILED if report.failed else 0
