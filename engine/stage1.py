@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .downloads import refuse_failed
 from .model_loading import load_semantic_decoder, load_semantic_lm
 from .models.llm_sampler import SamplingParams, codes_per_video, sample_codes
 from .residency import MovableStage
@@ -42,6 +43,7 @@ class SemanticStage(MovableStage):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> SemanticStage:
+        refuse_failed(layout.root)
         device = device or default_device()
         dtype = dtype or default_dtype(device)
         encoder = FlanT5PromptEncoder.load(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .downloads import refuse_failed
 from .model_loading import load_control_dit, load_diffusion_semantic_decoder, load_vae
 from .models.control_dit import ControlDiT
 from .models.dpm_sampler import DpmSolverSampler
@@ -38,6 +39,7 @@ class VideoStage(MovableStage):
         device: torch.device,
         dtype: torch.dtype,
     ) -> VideoStage:
+        refuse_failed(layout.root)
         encoder = T5v11PromptEncoder.load(
             layout.t5_dir, dtype=dtype, device=device, max_length=spec.text_tokens
         )

@@ -1,0 +1,96 @@
+"""A local stand-in for the Hugging Face hub's file endpoints, on 127.0.0.1 only.
+
+Serves `/{repo}/resolve/{revision}/{path}` for HEAD and GET with the headers huggingface_hub reads
+(X-Repo-Commit, ETag, Content-Length) and byte ranges; can cut a transfer once, or serve damaged bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub:
+    def __init__(self, repos: dict[str, dict[str, bytes]]):
+        self.repos = repos
+        self.cut_once: dict[str, int] = {}  # path -> bytes to send before dropping the connection
+        self.corrupt: dict[str, int] = {}  # path -> how many more full transfers to damage
+        self.log: list[tuple[str, str, str | None]] = []
+        self.served: dict[str, int] = {}
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def locate(self) -> tuple[str, bytes] | None:
+                parts = unquote(self.path.split("?")[0]).lstrip("/").split("/")
+                if len(parts) < 5 or parts[2] != "resolve":
+                    return None
+                repo, path = "/".join(parts[:2]), "/".join(parts[4:])
+                content = hub.repos.get(repo, {}).get(path)
+                return None if content is None else (path, content)
+
+            def headers_for(self, content: bytes, length: int) -> None:
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{hashlib.sha1(content).hexdigest()}"')
+                self.send_header("Content-Length", str(length))
+                self.send_header("Accept-Ranges", "bytes")
+
+            def do_HEAD(self) -> None:
+                found = self.locate()
+                hub.log.append(("HEAD", self.path, None))
+                if found is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.headers_for(found[1], len(found[1]))
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                found = self.locate()
+                requested = self.headers.get("Range")
+                hub.log.append(("GET", self.path, requested))
+                if found is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                path, content = found
+                start = int(requested.split("=")[1].split("-")[0]) if requested else 0
+                if start == 0 and hub.corrupt.get(path, 0) > 0:
+                    hub.corrupt[path] -= 1
+                    content = bytes([content[0] ^ 0xFF]) + content[1:]
+                body = content[start:]
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
+                self.headers_for(content, len(body))
+                self.end_headers()
+                cut = hub.cut_once.pop(path, None)
+                if cut is not None and cut < len(body):
+                    self.wfile.write(body[:cut])
+                    hub.served[path] = hub.served.get(path, 0) + cut
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+                hub.served[path] = hub.served.get(path, 0) + len(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeHub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

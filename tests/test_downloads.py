@@ -1,0 +1,156 @@
+"""The weights manager against a fake hub on 127.0.0.1: fresh, cut and resumed, corrupt, no space, offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import downloads
+from engine.downloads import Downloader, DownloadError, download_release, file_states, planned_files, verify
+from engine.pipeline import JobSpec, Pipeline
+from engine.specs import get_spec
+from engine.tiny import write_t5_folder, write_tiny_release
+from engine.video import read_mp4
+from engine.weights import FLAN_T5_REPO, RELEASE_REPO, ReleaseLayout
+
+from .fake_hub import FakeHub
+
+TINY = get_spec("tiny")
+
+
+@pytest.fixture(scope="module")
+def hub_files(tmp_path_factory) -> tuple[dict[str, dict[str, bytes]], dict[str, str]]:
+    """The tiny model as the two hub repos hold it, and the bundle's checksum list."""
+    source = tmp_path_factory.mktemp("source")
+    layout = ReleaseLayout(source)
+    write_tiny_release(layout, TINY)
+    write_t5_folder(source / "flan-sharded", TINY.flan_t5, seed=0, sharded=True)
+    bundle = {
+        str(p.relative_to(layout.bundle)): p.read_bytes() for p in layout.bundle.rglob("*") if p.is_file()
+    }
+    flan_dir = source / "flan-sharded"
+    flan = {p.name: p.read_bytes() for p in flan_dir.iterdir() if p.is_file()}
+    checksums = {path: hashlib.md5(content).hexdigest() for path, content in bundle.items()}
+    return {RELEASE_REPO: bundle, FLAN_T5_REPO: flan}, checksums
+
+
+def states(root: Path, checksums) -> dict[str, str]:
+    return {s.local: s.state for s in file_states(root, planned_files(root, "all", checksums))}
+
+
+def test_fresh_download_then_the_pipeline_runs_from_it(tmp_path, hub_files):
+    repos, checksums = hub_files
+    events = []
+    with FakeHub(repos) as hub:
+        downloader = Downloader(tmp_path, endpoint=hub.endpoint, on_progress=events.append)
+        files, report = download_release(downloader, "all", checksums)
+    assert report.failed == {} and len(report.fetched) + len(report.skipped) == len(files)
+    assert set(states(tmp_path, checksums).values()) == {"verified", "present"}  # flan-T5 has no MD5 list
+    assert all(states(tmp_path, checksums)[f"LanDiff/{path}"] == "verified" for path in checksums)
+    assert events[-1].done == events[-1].total > 0 and events[-1].eta_s == 0
+    assert not list(tmp_path.rglob("*.partial"))
+    pipeline = Pipeline(TINY, ReleaseLayout(tmp_path), device=torch.device("cpu"))
+    result = pipeline.run(JobSpec("A snail crawling on green moss.", tmp_path / "out" / "v.mp4", steps=2))
+    assert read_mp4(result.video)[0].shape[0] == TINY.video_frames(3)
+
+
+def test_a_cut_transfer_resumes_without_fetching_the_done_part_again(tmp_path, hub_files):
+    repos, checksums = hub_files
+    name = "llm/model.safetensors"
+    size = len(repos[RELEASE_REPO][name])
+    with FakeHub(repos) as hub:
+        hub.cut_once[name] = size // 3
+        downloader = Downloader(tmp_path, endpoint=hub.endpoint)
+        download_release(downloader, "llm", checksums)
+        ranges = [r for method, path, r in hub.log if method == "GET" and path.endswith(name)]
+        assert ranges == [None, f"bytes={size // 3}-"]
+        assert hub.served[name] == size  # every byte once
+    assert states(tmp_path, checksums)[f"LanDiff/{name}"] == "verified"
+
+
+def test_a_partial_file_left_by_an_earlier_run_is_resumed(tmp_path, hub_files):
+    repos, checksums = hub_files
+    name = "tokenizer/model.safetensors"
+    content = repos[RELEASE_REPO][name]
+    partial = tmp_path / "LanDiff" / (name + ".partial")
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(content[:1000])
+    assert states(tmp_path, checksums)[f"LanDiff/{name}"] == "partial"
+    with FakeHub(repos) as hub:
+        download_release(Downloader(tmp_path, endpoint=hub.endpoint), "llm", checksums)
+        assert hub.served[name] == len(content) - 1000
+    assert (tmp_path / "LanDiff" / name).read_bytes() == content
+
+
+def test_damaged_bytes_are_caught_fetched_again_and_reported(tmp_path, hub_files):
+    repos, checksums = hub_files
+    with FakeHub(repos) as hub:
+        hub.corrupt["diffusion/latest"] = 1
+        hub.corrupt["CogVideoX-2b-sat/vae/3d-vae.pt"] = 2
+        _, report = download_release(Downloader(tmp_path, endpoint=hub.endpoint), "diffusion", checksums)
+    assert report.refetched == ["LanDiff/diffusion/latest"]
+    assert list(report.failed) == ["LanDiff/CogVideoX-2b-sat/vae/3d-vae.pt"]
+    assert not (tmp_path / "LanDiff/CogVideoX-2b-sat/vae/3d-vae.pt").exists()
+    assert not list(tmp_path.rglob("*.partial"))
+    assert states(tmp_path, checksums)["LanDiff/CogVideoX-2b-sat/vae/3d-vae.pt"] == "corrupt"  # removed, recorded
+
+
+def test_not_enough_disk_space_is_said_before_anything_is_fetched(tmp_path, hub_files, monkeypatch):
+    repos, checksums = hub_files
+
+    class Tiny:
+        free = 1000
+
+    monkeypatch.setattr(downloads.shutil, "disk_usage", lambda path: Tiny)
+    with FakeHub(repos) as hub, pytest.raises(DownloadError, match="not enough disk space"):
+        download_release(Downloader(tmp_path, endpoint=hub.endpoint), "diffusion", checksums)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != downloads.RECORD]
+
+
+def test_an_unreachable_hub_is_a_clear_message_and_nothing_looks_complete(tmp_path, hub_files):
+    _, checksums = hub_files
+    with pytest.raises(DownloadError, match="could not reach http://127.0.0.1:9"):
+        download_release(
+            Downloader(tmp_path, endpoint="http://127.0.0.1:9", timeout=2), "diffusion", checksums
+        )
+    assert set(states(tmp_path, checksums).values()) == {"missing"}
+
+
+def test_verify_flags_a_damaged_file_and_the_pipeline_refuses_it(tmp_path, hub_files):
+    repos, checksums = hub_files
+    with FakeHub(repos) as hub:
+        download_release(Downloader(tmp_path, endpoint=hub.endpoint), "all", checksums)
+    damaged = tmp_path / "LanDiff" / "llm" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\0")
+    results = verify(tmp_path, planned_files(tmp_path, "all", checksums))
+    assert results["LanDiff/llm/model.safetensors"] is False and sum(results.values()) == len(results) - 1
+    assert states(tmp_path, checksums)["LanDiff/llm/model.safetensors"] == "corrupt"
+    with pytest.raises(DownloadError, match="failed its checksum"):
+        Pipeline(TINY, ReleaseLayout(tmp_path), device=torch.device("cpu")).stage1()
+    with FakeHub(repos) as hub:
+        _, report = download_release(Downloader(tmp_path, endpoint=hub.endpoint), "llm", checksums)
+    assert report.fetched == ["LanDiff/llm/model.safetensors"]
+    assert states(tmp_path, checksums)["LanDiff/llm/model.safetensors"] == "verified"
+
+
+def test_weights_commands_end_to_end(tmp_path, hub_files, monkeypatch, capsys):
+    from engine.cli import main
+
+    repos, checksums = hub_files
+    listing = tmp_path / "CHECKSUM.md5"
+    listing.write_text("".join(f"{md5}  {path}\n" for path, md5 in checksums.items()))
+    root = tmp_path / "weights"
+    common = ["--ckpts", str(root), "--checksums", str(listing)]
+    assert main(["weights", "status", *common]) == 1
+    with FakeHub(repos) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        assert main(["weights", "download", *common]) == 0
+    assert main(["weights", "verify", *common]) == 0
+    capsys.readouterr()
+    assert main(["weights", "status", "--json", *common]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["root"] == str(root) and {f["state"] for f in report["files"]} == {"verified", "present"}
