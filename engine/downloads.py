@@ -24,7 +24,15 @@ from urllib.parse import urlparse
 
 from .atomic import write_atomically
 from .checkpoints import CheckpointError
-from .weights import FLAN_T5_INDEX, FLAN_T5_REPO, WeightFile, encoder_shards, flan_t5_files, release_files
+from .weights import (
+    FLAN_T5_FILES,
+    FLAN_T5_INDEX,
+    FLAN_T5_REPO,
+    WeightFile,
+    encoder_shards,
+    flan_t5_files,
+    release_files,
+)
 
 CHUNK = 1 << 20
 RECORD = ".landiff-verified.json"
@@ -166,6 +174,16 @@ def refuse_failed(root: Path) -> None:
             )
 
 
+def offline_refusal(root: Path) -> Callable[[int], None]:
+    def refuse(missing: int) -> None:
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise DownloadError(
+                f"{missing} file(s) are missing under {root} but HF_HUB_OFFLINE is set: unset it to download"
+            )
+
+    return refuse
+
+
 def read_checksums(path: Path) -> dict[str, str]:
     """A CHECKSUM.md5 file (`<md5>  <path>` lines, as md5sum writes them) -> {path: md5}."""
     sums = {}
@@ -182,9 +200,48 @@ def planned_files(root: Path, only: str, checksums: dict[str, str] | None = None
     files = [item for item in release_files(checksums) if set(item.groups) & set(groups)]
     if "llm" in groups:
         index = root / "flan-t5-xxl" / FLAN_T5_INDEX
-        shards = encoder_shards(json.loads(index.read_text())) if index.is_file() else []
-        files += flan_t5_files(shards)
+        if is_slimmed(root):
+            files += flan_t5_files([])[: len(FLAN_T5_FILES)]
+            files.append(WeightFile(FLAN_T5_REPO, SLIM_NAME, f"flan-t5-xxl/{SLIM_NAME}", ("llm",)))
+        else:
+            shards = encoder_shards(json.loads(index.read_text())) if index.is_file() else []
+            files += flan_t5_files(shards)
     return files
+
+
+SLIM_NAME = "model.safetensors"
+
+
+def is_slimmed(root: Path) -> bool:
+    folder = root / "flan-t5-xxl"
+    return (folder / SLIM_NAME).is_file() and not (folder / FLAN_T5_INDEX).is_file()
+
+
+def slim_flan_t5(root: Path) -> int:
+    """Keep only the encoder of the downloaded flan-T5, in bf16, as one file; returns the bytes freed."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    folder = root / "flan-t5-xxl"
+    index = folder / FLAN_T5_INDEX
+    if not index.is_file():
+        raise DownloadError(
+            f"{index} is missing: download flan-T5 first (landiff-engine weights download --only llm)"
+        )
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    before = sum((folder / shard).stat().st_size for shard in shards if (folder / shard).is_file())
+    tensors = {}
+    for shard in encoder_shards(json.loads(index.read_text())):
+        with safe_open(str(folder / shard), framework="pt") as handle:
+            for key in handle.keys():
+                if key.startswith("encoder.") or key == "shared.weight":
+                    tensors[key] = handle.get_tensor(key).to(torch.bfloat16)
+    write_atomically(folder / SLIM_NAME, lambda partial: save_file(tensors, str(partial)))
+    index.unlink()
+    for shard in shards:
+        (folder / shard).unlink(missing_ok=True)
+    return before - (folder / SLIM_NAME).stat().st_size
 
 
 def download_release(
@@ -193,7 +250,9 @@ def download_release(
     """Fetch the flan-T5 index first (it names the encoder shards), then everything `only` needs."""
     if only in ("llm", "all"):
         index = WeightFile(FLAN_T5_REPO, FLAN_T5_INDEX, f"flan-t5-xxl/{FLAN_T5_INDEX}", ("llm",))
-        if not (downloader.root / index.local).is_file():
+        slimmed = (downloader.root / "flan-t5-xxl" / "model.safetensors").is_file()
+        if not slimmed and not (downloader.root / index.local).is_file():
+            offline_refusal(downloader.root)(1)
             downloader.fetch_json(index)
     files = planned_files(downloader.root, only, checksums)
     return files, downloader.download(files)
@@ -243,6 +302,7 @@ class Downloader:
 
     def download(self, files: list[WeightFile]) -> DownloadReport:
         report = DownloadReport()
+        require_online = offline_refusal(self.root)
         todo = []
         for item in files:
             target = self.root / item.local
@@ -250,6 +310,8 @@ class Downloader:
                 report.skipped.append(item.local)
             else:
                 todo.append(item)
+        if todo:
+            require_online(len(todo))
         sizes = {item.local: self.metadata(item).size or 0 for item in todo}
         needed = sum(max(sizes[i.local] - self.partial_size(i), 0) for i in todo)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -343,7 +405,7 @@ class Downloader:
             with open(partial, "r+b" if offset else "wb") as handle:
                 handle.seek(offset)
                 handle.truncate()
-                while chunk := response.read(CHUNK):
+                while chunk := response.read1(CHUNK):  # whatever has arrived: progress and cancel stay live
                     if self.should_stop is not None and self.should_stop():
                         raise DownloadCancelled(f"cancelled while fetching {item.path}; run again to resume")
                     handle.write(chunk)

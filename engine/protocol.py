@@ -109,6 +109,15 @@ class Shutdown(Request):
     type: Literal["shutdown"]
 
 
+class DownloadWeights(Request):
+    type: Literal["download_weights"]
+    only: Literal["llm", "diffusion", "all"] = "all"
+
+
+class CancelDownload(Request):
+    type: Literal["cancel_download"]
+
+
 AnyRequest = Annotated[
     Hello
     | Submit
@@ -122,11 +131,15 @@ AnyRequest = Annotated[
     | Status
     | Subscribe
     | ReleaseModels
-    | Shutdown,
+    | Shutdown
+    | DownloadWeights
+    | CancelDownload,
     Field(discriminator="type"),
 ]
 REQUEST_ADAPTER: TypeAdapter = TypeAdapter(AnyRequest)
 REQUEST_TYPES = [
+    "download_weights",
+    "cancel_download",
     "hello",
     "submit",
     "cancel",

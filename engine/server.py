@@ -21,8 +21,10 @@ from .protocol import (
     MAX_LINE_BYTES,
     PROTOCOL_VERSION,
     Cancel,
+    CancelDownload,
     DeleteJob,
     DeletePreset,
+    DownloadWeights,
     GetJob,
     Hello,
     JobParams,
@@ -103,6 +105,7 @@ class Engine:
         self.started = time.time()
         self.instance = f"{os.getpid()}-{int(self.started)}"
         self.stopped: asyncio.Event | None = None
+        self.download = None
 
     # lifecycle
 
@@ -329,6 +332,7 @@ class Engine:
             "running": self.worker.current,
             "queue": self.store.queued_ids(),
             "models_loaded": self.worker.loaded_models(),
+            "downloading": self.download is not None and self.download.is_alive(),
             "seq": self.hub.seq,
             **device_status(),
         }
@@ -346,6 +350,23 @@ class Engine:
             "gap": gap,
             "active": active,
         }
+
+    def on_download_weights(self, request: DownloadWeights) -> dict[str, Any]:
+        from .download_job import DownloadJob
+        from .weights import layout_for
+
+        if self.download is not None and self.download.is_alive():
+            raise RequestFailed("busy", "a download is already running; follow its events or cancel it")
+        root = layout_for(self.model, self.ckpts).root
+        self.download = DownloadJob(root, request.only, self.publish_threadsafe, checksums_from_env())
+        self.download.start()
+        return {"root": str(root), "only": request.only}
+
+    def on_cancel_download(self, request: CancelDownload) -> dict[str, Any]:
+        if self.download is None or not self.download.is_alive():
+            raise RequestFailed("not_running", "no download is running")
+        self.download.cancelled.set()
+        return {"cancelling": True}
 
     def on_release_models(self, request: ReleaseModels) -> dict[str, Any]:
         self.worker.request_release()
@@ -366,6 +387,14 @@ class RequestFailed(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+def checksums_from_env() -> dict[str, str] | None:
+    """A replacement checksum list (LANDIFF_CHECKSUMS, a CHECKSUM.md5 file), for mirrors and tests."""
+    from .downloads import read_checksums
+
+    path = os.environ.get("LANDIFF_CHECKSUMS")
+    return read_checksums(Path(path)) if path else None
 
 
 def device_status() -> dict[str, Any]:

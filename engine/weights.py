@@ -19,16 +19,31 @@ RELEASE_REPO = "yinaoxiong/LanDiff"
 FLAN_T5_REPO = "google/flan-t5-xxl"
 
 
-def weights_root() -> Path:
-    configured = os.environ.get(HOME_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    beside = Path.cwd() / "ckpts"
-    if (beside / "LanDiff").is_dir():
-        return beside
+@dataclass(frozen=True)
+class RootCandidate:
+    rule: str
+    path: Path | None  # None: the rule names no place (the variable is unset)
+    applies: bool
+    chosen: bool = False
+
+
+def root_candidates() -> list[RootCandidate]:
+    """Every place the weights may live, in the order they are tried; exactly one is chosen."""
     from platformdirs import user_data_dir
 
-    return Path(user_data_dir("landiff")) / "weights"
+    configured = os.environ.get(HOME_ENV)
+    beside = Path.cwd() / "ckpts"
+    places = [
+        (f"${HOME_ENV}", Path(configured).expanduser() if configured else None, bool(configured)),
+        ("./ckpts holding LanDiff/", beside, (beside / "LanDiff").is_dir()),
+        ("the user data dir", Path(user_data_dir("landiff")) / "weights", True),
+    ]
+    first = next(index for index, (_, _, applies) in enumerate(places) if applies)
+    return [RootCandidate(*place, chosen=index == first) for index, place in enumerate(places)]
+
+
+def weights_root() -> Path:
+    return next(place.path for place in root_candidates() if place.chosen)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .downloads import Downloader, download_release, file_states, planned_files, read_checksums, verify
-from .weights import HOME_ENV, weights_root
+from .client import EngineUnavailable, connect
+from .downloads import (
+    Downloader,
+    download_release,
+    file_states,
+    planned_files,
+    read_checksums,
+    slim_flan_t5,
+    verify,
+)
+from .weights import HOME_ENV, root_candidates, weights_root
 
 EXIT_FAILED = 1
 
@@ -43,6 +52,12 @@ def add_weights_commands(commands) -> dict:
     status.add_argument("--json", action="store_true")
     verbs.add_parser("verify", parents=[common], help="re-check the MD5 of every present file (reads ~25 GB)")
     verbs.add_parser("download", parents=[common], help="fetch what is missing, resuming partial files")
+    verbs.add_parser(
+        "slim-flan",
+        parents=[common],
+        help="keep only flan-T5's encoder, in bf16, and delete the rest (saves disk)",
+    )
+    verbs.add_parser("cancel", help="cancel the engine's running download (partial files stay resumable)")
     return {"weights": run_weights}
 
 
@@ -59,22 +74,56 @@ def checksums_of(args: argparse.Namespace) -> dict[str, str] | None:
 
 def run_weights(args: argparse.Namespace) -> int:
     root = args.ckpts or weights_root()
+    if args.weights_command == "cancel":
+        with connect() as client:
+            client.request("cancel_download")
+        print("download cancelling; run `landiff-engine weights download` to resume")
+        return 0
+    if args.weights_command == "slim-flan":
+        freed = slim_flan_t5(root)
+        print(
+            f"flan-T5 is now encoder-only bf16 in {root / 'flan-t5-xxl' / 'model.safetensors'}; "
+            f"freed {freed / 2**30:.2f} GiB"
+        )
+        return 0
     handler = {"status": run_status, "verify": run_verify, "download": run_download}[args.weights_command]
     return handler(args, root)
 
 
 def run_status(args: argparse.Namespace, root: Path) -> int:
     states = file_states(root, planned_files(root, args.only, checksums_of(args)))
+    looked = where_it_looked(args)
     if args.json:
-        print(json.dumps({"root": str(root), "files": [vars(state) for state in states]}, indent=2))
+        report = {"root": str(root), "looked": looked, "files": [vars(state) for state in states]}
+        print(json.dumps(report, indent=2))
     else:
+        console = Console()
         table = Table("file", "state", "size", title=f"weights in {root}")
         for state in states:
             size = "" if state.size is None else f"{state.size / 2**20:,.1f} MiB"
             table.add_row(state.local, state.state, size)
-        Console().print(table)
+        console.print(table)
+        console.print("where it looked, in order:")
+        for place in looked:
+            verdict = "used" if place["chosen"] else ("outranked" if place["applies"] else "not there")
+            where = f"{place['path']} ({verdict})" if place["path"] else "not set"
+            console.print(f"  {place['rule']}: {where}", highlight=False, soft_wrap=True)
     complete = all(state.state in ("verified", "present") for state in states)
     return 0 if complete else EXIT_FAILED
+
+
+def where_it_looked(args: argparse.Namespace) -> list[dict]:
+    if args.ckpts is not None:
+        return [{"rule": "--ckpts", "path": str(args.ckpts), "applies": True, "chosen": True}]
+    return [
+        {
+            "rule": place.rule,
+            "path": place.path and str(place.path),
+            "applies": place.applies,
+            "chosen": place.chosen,
+        }
+        for place in root_candidates()
+    ]
 
 
 def progress_bar(console: Console) -> Progress:
@@ -104,6 +153,14 @@ def run_verify(args: argparse.Namespace, root: Path) -> int:
 
 
 def run_download(args: argparse.Namespace, root: Path) -> int:
+    if args.ckpts is None and args.checksums is None:
+        try:
+            client = connect()
+        except EngineUnavailable:
+            client = None
+        if client is not None:  # the engine downloads, so the transfer outlives this terminal
+            with client:
+                return follow_engine_download(client, args.only)
     console = Console(stderr=True)
     with progress_bar(console) as progress:
         total = progress.add_task("total", total=None)
@@ -126,3 +183,31 @@ def run_download(args: argparse.Namespace, root: Path) -> int:
         f"-> {root}"
     )
     return EXIT_FAILED if report.failed else 0
+
+
+def follow_engine_download(client, only: str) -> int:
+    console = Console(stderr=True)
+    client.request("subscribe", since=client.request("status")["seq"])
+    started = client.request("download_weights", only=only)
+    console.print(f"the engine is downloading into {started['root']} (Ctrl-C detaches; the download goes on)")
+    try:
+        with progress_bar(console) as progress:
+            total = progress.add_task("total", total=None)
+            for event in client.events():
+                kind = event["event"]
+                if kind == "download_progress":
+                    progress.update(total, completed=event["done"], total=event["total"] or None)
+                elif kind == "download_finished":
+                    progress.stop()
+                    console.print(f"{len(event['fetched'])} fetched, {event['skipped']} already present")
+                    for name, why in event["failed"].items():
+                        console.print(f"{name}: {why}; removed, run the download again")
+                    return EXIT_FAILED if event["failed"] else 0
+                elif kind in ("download_failed", "download_cancelled"):
+                    progress.stop()
+                    console.print(event.get("error") or event.get("message"))
+                    return EXIT_FAILED
+    except KeyboardInterrupt:
+        console.print("detached; the engine keeps downloading (`landiff-engine weights cancel` stops it)")
+        return 0
+    return EXIT_FAILED

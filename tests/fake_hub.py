@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
@@ -19,6 +20,7 @@ class FakeHub:
         self.repos = repos
         self.cut_once: dict[str, int] = {}  # path -> bytes to send before dropping the connection
         self.corrupt: dict[str, int] = {}  # path -> how many more full transfers to damage
+        self.slow: dict[str, float] = {}  # path -> seconds to wait per 16 KiB sent
         self.log: list[tuple[str, str, str | None]] = []
         self.served: dict[str, int] = {}
         hub = self
@@ -80,8 +82,17 @@ class FakeHub:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                self.wfile.write(body)
-                hub.served[path] = hub.served.get(path, 0) + len(body)
+                pause = hub.slow.get(path)
+                pieces = [body[i : i + 16384] for i in range(0, len(body), 16384)] if pause else [body]
+                try:
+                    for piece in pieces:
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                        hub.served[path] = hub.served.get(path, 0) + len(piece)
+                        if pause:
+                            time.sleep(pause)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away (a cancelled download)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"

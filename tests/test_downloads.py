@@ -96,7 +96,9 @@ def test_damaged_bytes_are_caught_fetched_again_and_reported(tmp_path, hub_files
     assert list(report.failed) == ["LanDiff/CogVideoX-2b-sat/vae/3d-vae.pt"]
     assert not (tmp_path / "LanDiff/CogVideoX-2b-sat/vae/3d-vae.pt").exists()
     assert not list(tmp_path.rglob("*.partial"))
-    assert states(tmp_path, checksums)["LanDiff/CogVideoX-2b-sat/vae/3d-vae.pt"] == "corrupt"  # removed, recorded
+    assert (
+        states(tmp_path, checksums)["LanDiff/CogVideoX-2b-sat/vae/3d-vae.pt"] == "corrupt"
+    )  # removed, recorded
 
 
 def test_not_enough_disk_space_is_said_before_anything_is_fetched(tmp_path, hub_files, monkeypatch):
@@ -154,3 +156,118 @@ def test_weights_commands_end_to_end(tmp_path, hub_files, monkeypatch, capsys):
     assert main(["weights", "status", "--json", *common]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["root"] == str(root) and {f["state"] for f in report["files"]} == {"verified", "present"}
+
+
+def test_flan_t5_can_be_slimmed_to_its_bf16_encoder(tmp_path, hub_files):
+    from engine.downloads import slim_flan_t5
+    from engine.text_encoder import load_t5_encoder
+
+    repos, checksums = hub_files
+    with FakeHub(repos) as hub:
+        download_release(Downloader(tmp_path, endpoint=hub.endpoint), "llm", checksums)
+    folder = tmp_path / "flan-t5-xxl"
+    ids = torch.tensor([[5, 6, 1]])
+    before = load_t5_encoder(folder, dtype=torch.bfloat16, device="cpu")(input_ids=ids).last_hidden_state
+    assert slim_flan_t5(tmp_path) > 0
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "spiece.model",
+        "tokenizer_config.json",
+    ]
+    after = load_t5_encoder(folder, dtype=torch.bfloat16, device="cpu")(input_ids=ids).last_hidden_state
+    assert torch.equal(before, after)
+    assert set(states(tmp_path, checksums).values()) >= {"present"}
+    assert all(state != "missing" for local, state in states(tmp_path, checksums).items() if "flan" in local)
+    with FakeHub(repos) as hub:
+        _, report = download_release(Downloader(tmp_path, endpoint=hub.endpoint), "llm", checksums)
+    assert report.fetched == [] and not any(method == "GET" for method, _, _ in hub.log)
+
+
+def test_offline_mode_refuses_to_download_but_runs_when_complete(tmp_path, hub_files, monkeypatch):
+    repos, checksums = hub_files
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE"):
+        download_release(Downloader(tmp_path, endpoint="http://127.0.0.1:9"), "diffusion", checksums)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with FakeHub(repos) as hub:
+        download_release(Downloader(tmp_path, endpoint=hub.endpoint), "all", checksums)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, report = download_release(Downloader(tmp_path, endpoint="http://127.0.0.1:9"), "all", checksums)
+    assert report.fetched == [] and report.failed == {}
+
+
+def test_the_engine_downloads_reports_events_and_cancel_keeps_the_partial_file(tmp_path, hub_files):
+    from .test_engine import RunningEngine
+
+    repos, checksums = hub_files
+    listing = tmp_path / "CHECKSUM.md5"
+    listing.write_text("".join(f"{md5}  {path}\n" for path, md5 in checksums.items()))
+    name = "CogVideoX-2b-sat/transformer/1000/mp_rank_00_model_states.pt"
+    with FakeHub(repos) as hub:
+        hub.slow[name] = 0.05
+        engine = RunningEngine(tmp_path / "engine", tmp_path / "home")
+        engine.env.update({"HF_ENDPOINT": hub.endpoint, "LANDIFF_CHECKSUMS": str(listing)})
+        engine.env.pop("HF_HUB_OFFLINE")
+        engine.start()
+        try:
+            with engine.client() as client:
+                client.request("subscribe", since=0)
+                started = client.request("download_weights", only="diffusion")
+                root = Path(started["root"])
+                for event in client.events():
+                    assert event["event"] not in ("download_failed", "download_finished"), event
+                    if event["event"] == "download_progress" and event["file"] == f"LanDiff/{name}":
+                        break
+                client.request("cancel_download")
+                kinds = []
+                for event in client.events():
+                    kinds.append(event["event"])
+                    if event["event"] in ("download_cancelled", "download_finished", "download_failed"):
+                        break
+                assert kinds[-1] == "download_cancelled"
+                partial = root / "LanDiff" / (name + ".partial")
+                assert partial.is_file() and 0 < partial.stat().st_size < len(repos[RELEASE_REPO][name])
+                assert not (root / "LanDiff" / name).exists()
+                kept = partial.stat().st_size
+                del hub.slow[name]
+                client.request("download_weights", only="diffusion")
+                for event in client.events():
+                    if event["event"] in ("download_finished", "download_failed", "download_cancelled"):
+                        break
+                assert event["event"] == "download_finished" and event["failed"] == {}
+                ranges = [r for method, path, r in hub.log if method == "GET" and path.endswith(name)]
+                assert ranges[-1] == f"bytes={kept}-"
+        finally:
+            engine.stop()
+    wanted = file_states(root, planned_files(root, "diffusion", checksums))
+    assert wanted and all(item.state == "verified" for item in wanted)
+
+
+def test_the_root_is_landiff_home_then_ckpts_beside_then_the_user_data_dir(tmp_path, monkeypatch, capsys):
+    from engine.cli import main
+    from engine.weights import root_candidates, weights_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LANDIFF_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert weights_root() == tmp_path / "xdg" / "landiff" / "weights"
+    (tmp_path / "ckpts" / "LanDiff").mkdir(parents=True)
+    assert weights_root() == tmp_path / "ckpts"
+    monkeypatch.setenv("LANDIFF_HOME", str(tmp_path / "elsewhere"))
+    assert weights_root() == tmp_path / "elsewhere"
+    assert [place.chosen for place in root_candidates()] == [True, False, False]
+    assert [place.applies for place in root_candidates()] == [True, True, True]
+    capsys.readouterr()
+    assert main(["weights", "status", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [place["path"] for place in report["looked"]] == [
+        str(tmp_path / "elsewhere"),
+        str(tmp_path / "ckpts"),
+        str(tmp_path / "xdg" / "landiff" / "weights"),
+    ]
+    assert {f["state"] for f in report["files"]} == {"missing"}
+    assert main(["weights", "status"]) == 1
+    text = capsys.readouterr().out
+    assert f"{tmp_path / 'elsewhere'} (used)" in text and f"{tmp_path / 'ckpts'} (outranked)" in text
