@@ -1,4 +1,4 @@
-"""Weight downloads run by the engine: one at a time, in a thread of their own, reporting events."""
+"""Weight downloads and verifications run by the engine: one at a time, in a thread, reporting events."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .downloads import DownloadCancelled, Downloader, DownloadError, DownloadProgress, download_release
+from .downloads import (
+    DownloadCancelled,
+    Downloader,
+    DownloadError,
+    DownloadProgress,
+    download_release,
+    planned_files,
+    verify,
+)
 
 log = logging.getLogger("landiff.engine")
 PROGRESS_INTERVAL_S = 0.25
@@ -58,3 +66,34 @@ class DownloadJob(threading.Thread):
                 refetched=report.refetched,
                 failed=report.failed,
             )
+
+
+class VerifyJob(threading.Thread):
+    """Re-reads every present file against its MD5 (about 25 GB for the release), with progress."""
+
+    def __init__(self, root: Path, only: str, publish: Callable[..., None], checksums: dict[str, str] | None):
+        super().__init__(name="landiff-verify", daemon=True)
+        self.root, self.only, self.publish, self.checksums = root, only, publish, checksums
+        self.cancelled = threading.Event()
+        self.last = 0.0
+
+    def progress(self, name: str, done: int, total: int) -> None:
+        if self.cancelled.is_set():
+            raise DownloadCancelled("verification cancelled; nothing was changed")
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_INTERVAL_S or done >= total:
+            self.last = now
+            self.publish("verify_progress", file=name, done=done, total=total)
+
+    def run(self) -> None:
+        self.publish("verify_started", only=self.only, root=str(self.root))
+        try:
+            results = verify(self.root, planned_files(self.root, self.only, self.checksums), self.progress)
+        except DownloadCancelled as error:
+            self.publish("verify_cancelled", message=str(error))
+        except Exception as error:
+            log.exception("verification failed")
+            self.publish("verify_failed", error=f"{type(error).__name__}: {error}")
+        else:
+            bad = sorted(name for name, ok in results.items() if not ok)
+            self.publish("verify_finished", checked=len(results), mismatched=bad)

@@ -115,7 +115,24 @@ class DownloadWeights(Request):
 
 
 class CancelDownload(Request):
+    """Cancels the running download or verification."""
+
     type: Literal["cancel_download"]
+
+
+class WeightsStatus(Request):
+    type: Literal["weights_status"]
+    only: Literal["llm", "diffusion", "all"] = "all"
+
+
+class VerifyWeights(Request):
+    type: Literal["verify_weights"]
+    only: Literal["llm", "diffusion", "all"] = "all"
+
+
+class LogTail(Request):
+    type: Literal["log_tail"]
+    lines: int = Field(default=200, ge=1, le=5000)
 
 
 AnyRequest = Annotated[
@@ -133,13 +150,19 @@ AnyRequest = Annotated[
     | ReleaseModels
     | Shutdown
     | DownloadWeights
-    | CancelDownload,
+    | CancelDownload
+    | WeightsStatus
+    | VerifyWeights
+    | LogTail,
     Field(discriminator="type"),
 ]
 REQUEST_ADAPTER: TypeAdapter = TypeAdapter(AnyRequest)
 REQUEST_TYPES = [
     "download_weights",
     "cancel_download",
+    "weights_status",
+    "verify_weights",
+    "log_tail",
     "hello",
     "submit",
     "cancel",

@@ -30,6 +30,7 @@ from .protocol import (
     JobParams,
     ListJobs,
     ListPresets,
+    LogTail,
     ProtocolError,
     ReleaseModels,
     SavePreset,
@@ -37,6 +38,8 @@ from .protocol import (
     Status,
     Submit,
     Subscribe,
+    VerifyWeights,
+    WeightsStatus,
     encode,
     error_reply,
     parse_request,
@@ -353,20 +356,71 @@ class Engine:
 
     def on_download_weights(self, request: DownloadWeights) -> dict[str, Any]:
         from .download_job import DownloadJob
-        from .weights import layout_for
 
+        return self.start_weights_job(DownloadJob, request.only)
+
+    def on_verify_weights(self, request: VerifyWeights) -> dict[str, Any]:
+        from .download_job import VerifyJob
+
+        return self.start_weights_job(VerifyJob, request.only)
+
+    def start_weights_job(self, job_class, only: str) -> dict[str, Any]:
         if self.download is not None and self.download.is_alive():
-            raise RequestFailed("busy", "a download is already running; follow its events or cancel it")
-        root = layout_for(self.model, self.ckpts).root
-        self.download = DownloadJob(root, request.only, self.publish_threadsafe, checksums_from_env())
+            raise RequestFailed(
+                "busy", "a weights download or verification is running; follow its events or cancel it"
+            )
+        root = self.weights_root()
+        self.download = job_class(root, only, self.publish_threadsafe, self.checksums(root))
         self.download.start()
-        return {"root": str(root), "only": request.only}
+        return {"root": str(root), "only": only}
 
     def on_cancel_download(self, request: CancelDownload) -> dict[str, Any]:
         if self.download is None or not self.download.is_alive():
-            raise RequestFailed("not_running", "no download is running")
+            raise RequestFailed("not_running", "no download or verification is running")
         self.download.cancelled.set()
         return {"cancelling": True}
+
+    def on_weights_status(self, request: WeightsStatus) -> dict[str, Any]:
+        from .downloads import file_states, planned_files
+        from .weights import where_it_looked
+
+        root = self.weights_root()
+        states = file_states(root, planned_files(root, request.only, self.checksums(root)))
+        return {
+            "root": str(root),
+            "model": self.model,
+            "looked": where_it_looked(self.ckpts),
+            "files": [vars(state) for state in states],
+            "complete": all(state.state in ("verified", "present") for state in states),
+            "busy": self.download is not None and self.download.is_alive(),
+        }
+
+    def checksums(self, root: Path) -> dict[str, str] | None:
+        """The release's sums; LANDIFF_CHECKSUMS replaces them (mirrors, tests); tiny uses its own list."""
+        from .downloads import read_checksums
+        from .tiny import TINY_CHECKSUMS
+
+        path = os.environ.get("LANDIFF_CHECKSUMS")
+        if path:
+            return read_checksums(Path(path))
+        if self.model == "tiny" and (root / TINY_CHECKSUMS).is_file():
+            return read_checksums(root / TINY_CHECKSUMS)
+        return None
+
+    def weights_root(self) -> Path:
+        from .weights import layout_for
+
+        return layout_for(self.model, self.ckpts).root
+
+    def on_log_tail(self, request: LogTail) -> dict[str, Any]:
+        path = log_path()
+        if not path.is_file():
+            return {"path": str(path), "lines": []}
+        with open(path, "rb") as handle:  # read only the end: the log grows without bound
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - request.lines * 400, 0))
+            lines = handle.read().decode(errors="replace").splitlines()
+        return {"path": str(path), "lines": lines[-request.lines :]}
 
     def on_release_models(self, request: ReleaseModels) -> dict[str, Any]:
         self.worker.request_release()
@@ -387,14 +441,6 @@ class RequestFailed(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-
-
-def checksums_from_env() -> dict[str, str] | None:
-    """A replacement checksum list (LANDIFF_CHECKSUMS, a CHECKSUM.md5 file), for mirrors and tests."""
-    from .downloads import read_checksums
-
-    path = os.environ.get("LANDIFF_CHECKSUMS")
-    return read_checksums(Path(path)) if path else None
 
 
 def device_status() -> dict[str, Any]:

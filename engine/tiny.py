@@ -102,6 +102,22 @@ def write_tiny_release(layout: ReleaseLayout, spec: ModelSpec, seed: int = 0) ->
     )
     write_t5_folder(layout.flan_t5_dir, spec.flan_t5, seed)
     write_tiny_stage2(layout, spec, generator, seed)
+    write_checksum_list(layout)
+
+
+TINY_CHECKSUMS = "CHECKSUM.md5"
+
+
+def write_checksum_list(layout: ReleaseLayout) -> None:
+    """The tiny bundle's own `md5  path` list: `weights verify` checks these files as it does the release."""
+    from .downloads import md5_of
+
+    lines = [
+        f"{md5_of(path)}  {path.relative_to(layout.bundle).as_posix()}\n"
+        for path in sorted(layout.bundle.rglob("*"))
+        if path.is_file()
+    ]
+    write_atomically(layout.root / TINY_CHECKSUMS, lambda partial: partial.write_text("".join(lines)))
 
 
 def save_torch_atomically(content: dict, path: Path) -> None:
@@ -159,6 +175,8 @@ def release_files(layout: ReleaseLayout) -> list[Path]:
 def ensure_tiny_release(layout: ReleaseLayout, spec: ModelSpec) -> bool:
     """Write the tiny weights unless all of them are there; True when something was written."""
     if all(path.is_file() for path in release_files(layout)):
+        if not (layout.root / TINY_CHECKSUMS).is_file():  # written by a version before the list existed
+            write_checksum_list(layout)
         return False
     write_tiny_release(layout, spec)
     return True

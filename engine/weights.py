@@ -46,6 +46,16 @@ def weights_root() -> Path:
     return next(place.path for place in root_candidates() if place.chosen)
 
 
+def where_it_looked(ckpts: Path | None) -> list[dict]:
+    """The candidates as plain data (for `weights status --json` and the engine's reply)."""
+    if ckpts is not None:
+        return [{"rule": "--ckpts", "path": str(ckpts), "applies": True, "chosen": True}]
+    return [
+        {"rule": p.rule, "path": p.path and str(p.path), "applies": p.applies, "chosen": p.chosen}
+        for p in root_candidates()
+    ]
+
+
 @dataclass(frozen=True)
 class ReleaseLayout:
     """Paths of every file of one model's weights, in the release's layout."""

@@ -28,7 +28,7 @@ from .downloads import (
     slim_flan_t5,
     verify,
 )
-from .weights import HOME_ENV, root_candidates, weights_root
+from .weights import HOME_ENV, weights_root, where_it_looked
 
 EXIT_FAILED = 1
 
@@ -92,7 +92,7 @@ def run_weights(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace, root: Path) -> int:
     states = file_states(root, planned_files(root, args.only, checksums_of(args)))
-    looked = where_it_looked(args)
+    looked = where_it_looked(args.ckpts)
     if args.json:
         report = {"root": str(root), "looked": looked, "files": [vars(state) for state in states]}
         print(json.dumps(report, indent=2))
@@ -110,20 +110,6 @@ def run_status(args: argparse.Namespace, root: Path) -> int:
             console.print(f"  {place['rule']}: {where}", highlight=False, soft_wrap=True)
     complete = all(state.state in ("verified", "present") for state in states)
     return 0 if complete else EXIT_FAILED
-
-
-def where_it_looked(args: argparse.Namespace) -> list[dict]:
-    if args.ckpts is not None:
-        return [{"rule": "--ckpts", "path": str(args.ckpts), "applies": True, "chosen": True}]
-    return [
-        {
-            "rule": place.rule,
-            "path": place.path and str(place.path),
-            "applies": place.applies,
-            "chosen": place.chosen,
-        }
-        for place in root_candidates()
-    ]
 
 
 def progress_bar(console: Console) -> Progress:

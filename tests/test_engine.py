@@ -397,3 +397,28 @@ def test_clients_start_a_detached_engine_when_none_answers(tmp_path, weights):
         time.sleep(0.2)
     assert not idle.socket.exists()
     assert idle.cli("status").returncode == 1
+
+
+def test_weights_status_verification_and_log_tail_through_the_engine(engine):
+    client, _ = subscribed(engine)
+    with client:
+        status = client.request("weights_status", only="llm")
+        assert status["model"] == "tiny" and status["root"] == str(engine.weights / "tiny")
+        assert status["looked"][0]["rule"] == "$LANDIFF_HOME" and status["looked"][0]["chosen"]
+        assert status["files"] and all(f["state"] in ("present", "verified") for f in status["files"])
+        started = client.request("verify_weights", only="diffusion")
+        assert started["root"] == status["root"]
+        kinds = []
+        for event in client.events():
+            kinds.append(event["event"])
+            if event["event"] in ("verify_finished", "verify_failed", "verify_cancelled"):
+                break
+        # the tiny bundle carries its own checksum list, so every file is really compared
+        assert kinds[0] == "verify_started" and kinds[-1] == "verify_finished" and event["mismatched"] == []
+        after = client.request("weights_status", only="diffusion")["files"]
+        assert event["checked"] == len(after) > 5 and {f["state"] for f in after} == {"verified"}
+        with pytest.raises(EngineError, match="no download or verification is running"):
+            client.request("cancel_download")
+        tail = client.request("log_tail", lines=5)
+        assert 1 <= len(tail["lines"]) <= 5 and tail["path"].endswith("engine.log")
+        assert any("listening on" in line for line in client.request("log_tail", lines=5000)["lines"])
