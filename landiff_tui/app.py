@@ -1,21 +1,203 @@
-"""Entry point of `landiff-tui`.
-
-The Textual interface is not built yet; until it is, this command says so and points
-to the engine's command line, which runs the same models headless.
-"""
+"""`landiff-tui`: the Textual app. A client of the engine: everything it shows comes over the socket."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import Any
+
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.widgets import Footer, Header, TabbedContent, TabPane
+
+from .commands import LanDiffCommands
+from .confirm import Confirm
+from .link import CONNECTED, LOST, STARTING, STOPPED, EngineLink, RequestError
+from .views.engine_view import EngineView
+from .views.gallery import GalleryView
+from .views.generate import GenerateView
+from .views.queue import QueueView
+from .views.weights import WeightsView
+from .welcome import NoWeights
+
+TABS = [
+    ("generate", "Generate", "f1"),
+    ("queue", "Queue", "f2"),
+    ("gallery", "Gallery", "f3"),
+    ("weights", "Weights", "f4"),
+    ("engine", "Engine", "f5"),
+]
 
 
-def main() -> int:
-    print(
-        "landiff-tui: the terminal interface is not available in this version yet.\n"
-        'Generate headless instead:  landiff-engine generate "your prompt" --model tiny',
-        file=sys.stderr,
+class LanDiffApp(App):
+    TITLE = "LanDiff"
+    CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {LanDiffCommands}
+    BINDINGS = [
+        *(Binding(key, f"show_tab('{tab}')", label) for tab, label, key in TABS),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, model: str | None = None, link: Any = None, autostart: bool = True):
+        super().__init__()
+        self.model = model
+        self.link = link or EngineLink(self.engine_event, self.engine_state, model=model, autostart=autostart)
+        self.engine_info: dict[str, Any] = {}
+        self.offered_tiny = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(id="tabs"):
+            with TabPane("Generate", id="generate"):
+                yield GenerateView()
+            with TabPane("Queue", id="queue"):
+                yield QueueView()
+            with TabPane("Gallery", id="gallery"):
+                yield GalleryView()
+            with TabPane("Weights", id="weights"):
+                yield WeightsView()
+            with TabPane("Engine", id="engine"):
+                yield EngineView()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "connecting to the engine..."
+        self.link.start()
+
+    async def on_unmount(self) -> None:
+        await self.link.close()
+
+    @property
+    def views(self) -> list:
+        return [
+            self.query_one(kind) for kind in (GenerateView, QueueView, GalleryView, WeightsView, EngineView)
+        ]
+
+    # engine link callbacks (on the app's loop)
+
+    def engine_event(self, event: dict[str, Any]) -> None:
+        for view in self.views:
+            view.engine_event(event)
+        kind = event["event"]
+        if kind == "job_finished":
+            self.notify("a video is ready: see the Gallery (F3)", title="job finished")
+        elif kind == "job_failed":
+            self.notify(
+                event.get("error", "the job failed"), title="job failed", severity="error", timeout=10
+            )
+
+    def engine_state(self, state: str, detail: dict[str, Any]) -> None:
+        if state == CONNECTED:
+            self.engine_info = detail
+            self.sub_title = f"engine: {detail.get('model')} model, pid {detail.get('pid')}"
+            for view in self.views:
+                view.engine_connected(detail)
+            self.run_worker(self.check_weights(), exclusive=True, group="weights-check")
+        else:
+            self.sub_title = {STARTING: "starting the engine...", LOST: "engine lost: reconnecting..."}.get(
+                state, "engine stopped"
+            )
+            for view in self.views:
+                view.engine_lost(state)
+            if state == STOPPED:
+                self.notify(detail.get("message", "the engine stopped"), severity="error", timeout=15)
+            elif state == LOST:
+                self.notify(detail["message"], severity="warning")
+
+    async def check_weights(self) -> None:
+        """First run with no weights: offer to download them or to try the tiny model."""
+        if self.offered_tiny or self.engine_info.get("model") == "tiny":
+            return
+        try:
+            status = await self.link.request("weights_status")
+        except RequestError:
+            return
+        if not status["complete"]:
+            self.offered_tiny = True
+            self.push_screen(NoWeights(status["root"]), self.first_run_choice)
+
+    async def first_run_choice(self, choice: str | None) -> None:
+        if choice == "download":
+            self.action_show_tab("weights")
+            await self.query_one(WeightsView).action_download()
+        elif choice == "tiny":
+            await self.switch_model("tiny")
+
+    async def switch_model(self, model: str) -> None:
+        """Stop this engine (when idle) and start one serving `model`."""
+        try:
+            status = await self.link.request("status")
+            if status["running"] or status["queue"]:
+                self.notify(
+                    "the engine has jobs; cancel them or wait before switching model", severity="error"
+                )
+                return
+            self.link.model = model
+            await self.link.request("shutdown")
+        except RequestError as error:
+            self.notify(str(error), severity="error")
+            return
+        self.link.autostart = True
+        self.run_worker(self.restart_after_stop(model), group="engine-start")
+
+    async def restart_after_stop(self, model: str) -> None:
+        import asyncio
+
+        for _ in range(100):  # the old engine removes its socket as it exits
+            if not self.link.connected and not self.link.path.exists():
+                break
+            await asyncio.sleep(0.1)
+        await self.link.start_engine(model)
+
+    # actions
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        self.query_one(f"#{tab}", TabPane).query_one(".view").focus_default()
+
+    @on(TabbedContent.TabActivated)
+    def tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        event.pane.query_one(".view").shown()
+
+    async def action_quit(self) -> None:
+        running = [job for job in self.query_one(QueueView).jobs.values() if job["status"] == "running"]
+        if not running:
+            self.exit()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit(message="the running job continues in the engine; `landiff-tui` shows it again")
+
+        self.push_screen(
+            Confirm("A job is running. It continues in the engine after you quit. Quit?", "Quit"), answered
+        )
+
+    async def call_engine(self, kind: str, **fields: Any) -> dict[str, Any] | None:
+        """A request whose failure becomes a notification with the engine's message."""
+        try:
+            return await self.link.request(kind, **fields)
+        except RequestError as error:
+            self.notify(str(error), title=kind.replace("_", " "), severity="error", timeout=10)
+            return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="landiff-tui", description="LanDiff text-to-video in the terminal")
+    parser.add_argument(
+        "--model",
+        choices=("landiff", "tiny"),
+        default=None,
+        help="the model the engine serves (tiny: random toy weights, runs on a CPU); "
+        "default: whatever engine is running, else landiff",
     )
-    return 1
+    args = parser.parse_args(argv)
+    app = LanDiffApp(model=args.model)
+    app.run()
+    if app.return_code:
+        return app.return_code
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,157 @@
+"""One job in full (parameters, timings, outputs, a frame or the playing video) and its actions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rich.markup import escape
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from .confirm import Confirm
+from .preview import FramePreview
+
+
+@dataclass
+class JobActions:
+    app: App
+
+    async def rerun(self, job: dict[str, Any]) -> str | None:
+        reply = await self.app.call_engine("submit", params=job["params"])
+        if reply is not None:
+            self.app.notify(f"re-run queued as {reply['job_id'][:8]}")
+            return reply["job_id"]
+        return None
+
+    def edit(self, job: dict[str, Any]) -> None:
+        from .views.generate import GenerateView
+
+        while len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+        self.app.query_one(GenerateView).edit(job)
+        self.app.action_show_tab("generate")
+        self.app.notify("the job's prompt and parameters are in the form: change them and submit (ctrl+s)")
+
+    def copy(self, text: str, what: str) -> None:
+        if not text:
+            self.app.notify(f"this job has no {what}", severity="warning")
+            return
+        self.app.copy_to_clipboard(text)  # OSC 52: reaches the local clipboard over SSH too
+        self.app.notify(f"{what} copied to the clipboard")
+
+    def delete(self, job: dict[str, Any], after=None) -> None:
+        async def answered(yes: bool | None) -> None:
+            if (
+                yes
+                and await self.app.call_engine("delete_job", job_id=job["id"], delete_files=True) is not None
+            ):
+                self.app.notify(f"job {job['id'][:8]} and its files deleted")
+                if after is not None:
+                    after()
+
+        prompt = job["prompt"][:50]
+        self.app.push_screen(
+            Confirm(f"Delete job {job['id'][:8]} ({prompt!r}) and its files?", "Delete"), answered
+        )
+
+
+def job_actions(app: App) -> JobActions:
+    return JobActions(app)
+
+
+def describe(job: dict[str, Any]) -> str:
+    lines = [
+        f"[b]{job['id']}[/b]  {job['status']}  ({job['model']} model, engine {job['engine_version']})",
+        "",
+    ]
+    lines.append(escape(job["prompt"]))
+    lines.append("")
+    lines += [
+        f"{name:>13}: {escape(str(value))}" for name, value in job["params"].items() if name != "prompt"
+    ]
+    if job.get("timings"):
+        lines.append("")
+        lines += [
+            f"{name:>13}: {value:.2f} s" for name, value in job["timings"].items() if isinstance(value, float)
+        ]
+    if job.get("peak_memory_bytes"):
+        lines.append(f"{'peak memory':>13}: {job['peak_memory_bytes'] / 2**30:.2f} GiB")
+    if job.get("error"):
+        lines += ["", f"[red]{escape(job['error'])}[/red]"]
+    lines.append("")
+    for name in ("video_path", "tokens_path", "sidecar_path"):
+        if job.get(name):
+            lines.append(f"{name.removesuffix('_path'):>13}: {escape(job[name])}")
+    return "\n".join(lines)
+
+
+class JobDetail(Screen):
+    BINDINGS = [
+        Binding("escape,q", "app.pop_screen", "Back"),
+        Binding("r", "rerun", "Re-run"),
+        Binding("e", "edit", "Edit & re-run"),
+        Binding("c", "copy_prompt", "Copy prompt"),
+        Binding("y", "copy_path", "Copy path"),
+        Binding("p", "play", "Play/stop"),
+        Binding("delete,d", "delete", "Delete"),
+    ]
+
+    def __init__(self, job_id: str):
+        super().__init__()
+        self.job_id = job_id
+        self.job: dict[str, Any] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="detail"):
+            with VerticalScroll(id="detail-text"):
+                yield Static("loading...", id="detail-body", markup=True)
+            yield FramePreview(id="detail-preview", cells=(40, 14))
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        reply = await self.app.call_engine("get_job", job_id=self.job_id)
+        if reply is None:
+            self.app.pop_screen()
+            return
+        self.job = reply["job"]
+        body = self.query_one("#detail-body", Static)
+        try:
+            body.update(describe(self.job))
+        except Exception:  # a record from a newer engine: still show what it says
+            body.update(escape(json.dumps(self.job, indent=2)))
+        self.query_one(FramePreview).show_image(self.job.get("thumbnail_path"))
+
+    async def action_rerun(self) -> None:
+        if self.job:
+            await job_actions(self.app).rerun(self.job)
+
+    def action_edit(self) -> None:
+        if self.job:
+            job_actions(self.app).edit(self.job)
+
+    def action_copy_prompt(self) -> None:
+        if self.job:
+            job_actions(self.app).copy(self.job["prompt"], "prompt")
+
+    def action_copy_path(self) -> None:
+        if self.job:
+            job_actions(self.app).copy(self.job.get("video_path") or "", "video path")
+
+    def action_play(self) -> None:
+        preview = self.query_one(FramePreview)
+        if preview.playing:
+            preview.show_image(self.job.get("thumbnail_path"))
+        elif self.job and self.job.get("video_path"):
+            preview.play(self.job["video_path"])
+        else:
+            self.notify("this job has no video", severity="warning")
+
+    def action_delete(self) -> None:
+        if self.job:
+            job_actions(self.app).delete(self.job, after=self.app.pop_screen)

@@ -1,0 +1,86 @@
+"""Engine: what the engine is doing (device, models, memory, queue), its log, restart and stop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Label, Log, Static
+
+from .base import View
+
+LOG_LINES = 300
+
+
+class EngineView(View):
+    FOCUS = "#engine-log"
+    BINDINGS = [
+        Binding("R", "restart", "Restart"),
+        Binding("S", "stop", "Stop"),
+        Binding("m", "release", "Release models"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Static("not connected", id="engine-status")
+        yield Label("log", classes="section")
+        yield Log(id="engine-log", max_lines=LOG_LINES)
+
+    def on_mount(self) -> None:
+        self.set_interval(2.0, self.refresh_if_visible)
+
+    def shown(self) -> None:
+        self.run_worker(self.action_refresh(), exclusive=True, group="engine-view")
+
+    def engine_connected(self, hello: dict[str, Any]) -> None:
+        self.run_worker(self.action_refresh(), exclusive=True, group="engine-view")
+
+    def engine_lost(self, state: str) -> None:
+        self.query_one("#engine-status", Static).update(f"engine {state}")
+
+    async def refresh_if_visible(self) -> None:
+        if getattr(self.app.query_one("#tabs"), "active", None) == "engine" and self.app.link.connected:
+            await self.action_refresh()
+
+    async def action_refresh(self) -> None:
+        status = await self.call("status")
+        if status is None:
+            return
+        memory = status.get("memory_used_bytes")
+        total = status.get("memory_total_bytes")
+        lines = [
+            f"model {status['model']}   engine {status['engine_version']}   pid {status['pid']}   "
+            f"up {status['uptime_s']:.0f} s",
+            f"device {status.get('device')}   memory {memory / 2**30 if memory else 0:.2f} GiB"
+            + (f" of {total / 2**30:.1f} GiB" if total else ""),
+            f"models loaded: {', '.join(status['models_loaded']) or 'none'}",
+            f"running: {status['running'] or 'nothing'}   queued: {len(status['queue'])}"
+            + ("   downloading weights" if status.get("downloading") else ""),
+        ]
+        self.query_one("#engine-status", Static).update("\n".join(lines))
+        tail = await self.call("log_tail", lines=LOG_LINES)
+        if tail is not None:
+            log = self.query_one("#engine-log", Log)
+            log.clear()
+            log.write_lines(tail["lines"])
+
+    async def action_release(self) -> None:
+        if await self.call("release_models") is not None:
+            self.notify("models released from memory; the next job loads them again")
+
+    async def action_stop(self) -> None:
+        if await self.call("shutdown") is not None:
+            self.notify("the engine is stopping; running jobs are marked interrupted")
+
+    async def action_restart(self) -> None:
+        model = self.app.engine_info.get("model")
+        if await self.call("shutdown") is None:
+            return
+        link = self.app.link
+        for _ in range(150):
+            if not link.connected and not link.path.exists():
+                break
+            await asyncio.sleep(0.1)
+        await link.start_engine(model)

@@ -1,0 +1,183 @@
+"""Gallery: every past job, newest first, searched as you type, paged through the protocol."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Input, Label, Select
+
+from engine.protocol import JOB_STATUSES
+
+from ..job_detail import JobDetail, job_actions
+from .base import View
+
+PAGE = 200
+SEARCH_DELAY_S = 0.15
+
+
+class GalleryView(View):
+    FOCUS = "#gallery-table"
+    BINDINGS = [
+        Binding("slash", "focus_search", "Search"),
+        Binding("enter", "open", "Details", show=False),
+        Binding("r", "rerun", "Re-run"),
+        Binding("e", "edit", "Edit & re-run"),
+        Binding("c", "copy_prompt", "Copy prompt"),
+        Binding("y", "copy_path", "Copy path"),
+        Binding("delete,d", "delete", "Delete"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, Any]] = []
+        self.total = 0
+        self.generation = 0  # bumps with every new query, so late pages of an old one are dropped
+        self.search_timer = None
+        self.loading = False
+        self.dirty = True
+        self.last_query_s: float | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="gallery-filters"):
+            yield Input(placeholder="search prompts (/)", id="search")
+            yield Select([(status, status) for status in JOB_STATUSES], prompt="any status", id="status")
+        table = DataTable(id="gallery-table", cursor_type="row", zebra_stripes=True)
+        table.add_columns("status", "created", "seed", "steps", "prompt")
+        yield table
+        yield Label("", id="gallery-count")
+
+    # loading
+
+    def shown(self) -> None:
+        if self.dirty:
+            self.reload()
+
+    def engine_connected(self, hello: dict[str, Any]) -> None:
+        self.reload()
+
+    def engine_event(self, event: dict[str, Any]) -> None:
+        if event["event"] in ("job_finished", "job_failed", "job_cancelled", "job_deleted", "job_queued"):
+            self.dirty = True
+            if self.is_visible_tab():
+                self.reload()
+
+    def is_visible_tab(self) -> bool:
+        tabs = self.app.query_one("#tabs")
+        return getattr(tabs, "active", None) == "gallery"
+
+    def reload(self) -> None:
+        self.dirty = False
+        self.generation += 1
+        self.run_worker(self.load(self.generation, 0), group="gallery", exclusive=True)
+
+    def query_fields(self) -> dict[str, Any]:
+        search = self.query_one("#search", Input).value.strip()
+        status = self.query_one("#status", Select).value
+        fields: dict[str, Any] = {"limit": PAGE}
+        if search:
+            fields["search"] = search
+        if isinstance(status, str):
+            fields["status"] = status
+        return fields
+
+    async def load(self, generation: int, offset: int) -> None:
+        started = time.perf_counter()
+        self.loading = True
+        try:
+            reply = await self.call("list_jobs", offset=offset, **self.query_fields())
+        finally:
+            self.loading = False
+        if reply is None or generation != self.generation:
+            return
+        table = self.query_one("#gallery-table", DataTable)
+        if offset == 0:
+            table.clear()
+            self.rows = []
+        self.total = reply["total"]
+        for job in reply["jobs"]:
+            if any(row["id"] == job["id"] for row in self.rows[-PAGE:]):
+                continue  # a job added meanwhile shifted the pages
+            self.rows.append(job)
+            created = time.strftime("%m-%d %H:%M", time.localtime(job["created_at"]))
+            params = job["params"]
+            table.add_row(
+                job["status"],
+                created,
+                str(params.get("seed", "")),
+                str(params.get("steps", "")),
+                job["prompt"].replace("\n", " ")[:200],
+                key=job["id"],
+            )
+        shown = (
+            f"{len(self.rows)} of {self.total} job(s)"
+            if self.total > len(self.rows)
+            else f"{self.total} job(s)"
+        )
+        self.query_one("#gallery-count", Label).update(shown + "   enter: details")
+        self.last_query_s = time.perf_counter() - started
+
+    @on(Input.Changed, "#search")
+    def search_changed(self) -> None:
+        if self.search_timer is not None:
+            self.search_timer.stop()
+        self.search_timer = self.set_timer(SEARCH_DELAY_S, self.reload)
+
+    @on(Select.Changed, "#status")
+    def status_changed(self) -> None:
+        self.reload()
+
+    @on(Input.Submitted, "#search")
+    def search_submitted(self) -> None:
+        self.query_one("#gallery-table").focus()
+
+    @on(DataTable.RowHighlighted, "#gallery-table")
+    def near_the_end(self, event: DataTable.RowHighlighted) -> None:
+        if event.cursor_row >= len(self.rows) - 20 and len(self.rows) < self.total and not self.loading:
+            self.loading = True
+            self.run_worker(self.load(self.generation, len(self.rows)), group="gallery-more")
+
+    @on(DataTable.RowSelected, "#gallery-table")
+    def row_selected(self) -> None:
+        self.action_open()
+
+    # actions
+
+    def selected(self) -> dict[str, Any] | None:
+        table = self.query_one("#gallery-table", DataTable)
+        if not self.rows or table.cursor_row is None or table.cursor_row >= len(self.rows):
+            self.notify("no job selected", severity="warning")
+            return None
+        return self.rows[table.cursor_row]
+
+    def action_focus_search(self) -> None:
+        self.query_one("#search", Input).focus()
+
+    def action_open(self) -> None:
+        job = self.selected()
+        if job is not None:
+            self.app.push_screen(JobDetail(job["id"]))
+
+    async def action_rerun(self) -> None:
+        if (job := self.selected()) is not None:
+            await job_actions(self.app).rerun(job)
+
+    def action_edit(self) -> None:
+        if (job := self.selected()) is not None:
+            job_actions(self.app).edit(job)
+
+    def action_copy_prompt(self) -> None:
+        if (job := self.selected()) is not None:
+            job_actions(self.app).copy(job["prompt"], "prompt")
+
+    def action_copy_path(self) -> None:
+        if (job := self.selected()) is not None:
+            job_actions(self.app).copy(job.get("video_path") or "", "video path")
+
+    def action_delete(self) -> None:
+        if (job := self.selected()) is not None:
+            job_actions(self.app).delete(job)

@@ -1,0 +1,216 @@
+"""Generate: the prompt, its history, the parameters with inline checks, presets, submit."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal
+from textual.message import Message
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
+
+from engine.protocol import JobParams
+
+from ..confirm import AskName, Confirm
+from ..params import FIELDS, LENGTH, SUPPORTS_LENGTH, check_form, form_texts
+from .base import View
+
+DEFAULTS = JobParams(prompt="-").model_dump()
+HISTORY_LIMIT = 200
+
+
+class PromptArea(TextArea):
+    """A multi-line prompt; up on the first line and down on the last recall earlier prompts."""
+
+    class Recall(Message):
+        def __init__(self, step: int):
+            super().__init__()
+            self.step = step
+
+    def action_cursor_up(self, select: bool = False) -> None:
+        if not select and self.cursor_location[0] == 0:
+            self.post_message(self.Recall(-1))
+        else:
+            super().action_cursor_up(select)
+
+    def action_cursor_down(self, select: bool = False) -> None:
+        if not select and self.cursor_location[0] == self.document.line_count - 1:
+            self.post_message(self.Recall(+1))
+        else:
+            super().action_cursor_down(select)
+
+
+class GenerateView(View):
+    FOCUS = "#prompt"
+    BINDINGS = [
+        Binding("ctrl+s", "submit", "Submit"),
+        Binding("ctrl+r", "random_seed", "Random seed"),
+        Binding("ctrl+o", "save_preset", "Save preset"),
+        Binding("ctrl+b", "delete_preset", "Delete preset"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[str] = []
+        self.history_at = 0
+        self.draft = ""
+        self.presets: dict[str, Any] = {}
+
+    def compose(self) -> ComposeResult:
+        yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False)
+        with Grid(id="params"):
+            texts = form_texts(DEFAULTS)
+            fields = [*FIELDS, LENGTH] if SUPPORTS_LENGTH else FIELDS
+            for field in fields:
+                yield Label(field.label, classes="param-label")
+                yield Input(texts[field.name], id=f"param-{field.name}", placeholder=field.hint)
+        yield Static("", id="form-errors")
+        with Horizontal(id="preset-row"):
+            yield Select([], prompt="preset", id="preset", allow_blank=True)
+            yield Button("Submit (ctrl+s)", variant="primary", id="submit")
+
+    def on_mount(self) -> None:
+        self.query_one(PromptArea).border_title = "prompt (up/down on the first/last line: history)"
+        self.check()
+
+    # data from the engine
+
+    def engine_connected(self, hello: dict[str, Any]) -> None:
+        self.run_worker(self.load(), exclusive=True, group="generate-load")
+
+    def engine_event(self, event: dict[str, Any]) -> None:
+        if event["event"] == "job_queued" and event.get("prompt"):
+            self.remember(event["prompt"])
+
+    async def load(self) -> None:
+        listing = await self.call("list_jobs", limit=HISTORY_LIMIT)
+        if listing is not None:
+            prompts = []
+            for job in reversed(listing["jobs"]):  # oldest first, like a shell history
+                if not prompts or prompts[-1] != job["prompt"]:
+                    prompts.append(job["prompt"])
+            self.history = prompts
+            self.history_at = len(self.history)
+        await self.load_presets()
+
+    async def load_presets(self) -> None:
+        reply = await self.call("list_presets")
+        if reply is None:
+            return
+        self.presets = reply["presets"]
+        options = [
+            (f"{name}{' (built in)' if p['builtin'] else ''}", name) for name, p in self.presets.items()
+        ]
+        self.query_one("#preset", Select).set_options(options)
+
+    def remember(self, prompt: str) -> None:
+        if not self.history or self.history[-1] != prompt:
+            self.history.append(prompt)
+        self.history_at = len(self.history)
+
+    # the form
+
+    def texts(self) -> dict[str, str]:
+        return {widget.id.removeprefix("param-"): widget.value for widget in self.query("#params Input")}
+
+    def check(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        params, errors = check_form(self.query_one(PromptArea).text, self.texts())
+        for widget in self.query("#params Input"):
+            widget.set_class(widget.id.removeprefix("param-") in errors, "-invalid")
+        shown = {name: message for name, message in errors.items() if name != "prompt"}
+        self.query_one("#form-errors", Static).update("; ".join(shown.values()))
+        self.query_one("#submit", Button).disabled = bool(errors)
+        return params, errors
+
+    def fill(self, params: dict[str, Any], prompt: str | None = None) -> None:
+        texts = form_texts({**DEFAULTS, **params})
+        for widget in self.query("#params Input"):
+            name = widget.id.removeprefix("param-")
+            if name in texts:
+                widget.value = texts[name]
+        if prompt is not None:
+            self.query_one(PromptArea).load_text(prompt)
+        self.check()
+
+    @on(Input.Changed)
+    @on(TextArea.Changed)
+    def changed(self) -> None:
+        self.check()
+
+    @on(PromptArea.Recall)
+    def recall(self, message: PromptArea.Recall) -> None:
+        if not self.history:
+            return
+        area = self.query_one(PromptArea)
+        if self.history_at == len(self.history):
+            self.draft = area.text
+        self.history_at = min(max(self.history_at + message.step, 0), len(self.history))
+        text = self.draft if self.history_at == len(self.history) else self.history[self.history_at]
+        area.load_text(text)
+        area.move_cursor((0, 0) if message.step < 0 else area.document.end)
+
+    @on(Select.Changed, "#preset")
+    def preset_chosen(self, event: Select.Changed) -> None:
+        if not isinstance(event.value, str) or event.value not in self.presets:
+            return
+        self.fill(self.presets[event.value]["params"])
+        self.notify(f"preset {event.value!r} applied")
+
+    @on(Button.Pressed, "#submit")
+    async def submit_pressed(self) -> None:
+        await self.action_submit()
+
+    # actions
+
+    async def action_submit(self) -> None:
+        params, errors = self.check()
+        if params is None:
+            self.notify(next(iter(errors.values())), title="not submitted", severity="error")
+            return
+        reply = await self.call("submit", params=params)
+        if reply is not None:
+            self.remember(params["prompt"])
+            self.notify(f"job {reply['job_id']} queued", title="submitted")
+            self.app.action_show_tab("queue")
+
+    def action_random_seed(self) -> None:
+        self.query_one("#param-seed", Input).value = str(secrets.randbelow(2**31))
+
+    async def action_save_preset(self) -> None:
+        params, errors = self.check()
+        if any(name != "prompt" for name in errors):
+            self.notify("fix the parameters before saving them as a preset", severity="error")
+            return
+        params, _ = check_form("preset", self.texts())
+
+        async def save(name: str | None) -> None:
+            if name is None:
+                return
+            values = {key: value for key, value in params.items() if key != "prompt"}
+            if await self.call("save_preset", name=name, params=values) is not None:
+                self.notify(f"preset {name!r} saved")
+                await self.load_presets()
+
+        self.app.push_screen(AskName("Save these parameters as the preset named:"), save)
+
+    async def action_delete_preset(self) -> None:
+        name = self.query_one("#preset", Select).value
+        if not isinstance(name, str):
+            self.notify("choose the preset to delete first", severity="warning")
+            return
+
+        async def delete(yes: bool | None) -> None:
+            if yes and await self.call("delete_preset", name=name) is not None:
+                self.notify(f"preset {name!r} deleted")
+                self.query_one("#preset", Select).clear()
+                await self.load_presets()
+
+        self.app.push_screen(Confirm(f"Delete the preset {name!r}?", "Delete"), delete)
+
+    def edit(self, job: dict[str, Any]) -> None:
+        """Fill the form from a past job (edit and re-run)."""
+        params = dict(job["params"])
+        self.fill(params, prompt=params.pop("prompt", job.get("prompt", "")))
