@@ -33,6 +33,9 @@ class ModelSpec:
     t5: T5Sizes  # the diffusion side's T5 v1.1 encoder
     text_tokens: int = 226  # the diffusion side's fixed prompt length
     fps: int = 8
+    # latent frames a long video's chunk shares with the one before: 7 of 13 is the value the reference's
+    # config names (`fixed_frames: 7`); tiny's 3-frame window takes 1, so each chunk still adds 2
+    default_overlap: int = 7
 
     def latent_shape(self, semantic_frames: int) -> tuple[int, int, int, int]:
         """[T, C, H, W] of one video's latents: one latent frame per semantic frame, twice its grid."""
@@ -42,7 +45,8 @@ class ModelSpec:
     def video_frames(self, semantic_frames: int) -> int:
         """RGB frames the VAE makes of `semantic_frames` latent frames: 1 + 4 (T - 1) per segment."""
         per_segment = self.llm.frames_per_segment
-        return (semantic_frames // per_segment) * (1 + 4 * (per_segment - 1))
+        factor = self.vae.temporal_compression
+        return (semantic_frames // per_segment) * (1 + factor * (per_segment - 1))
 
 
 LANDIFF = ModelSpec(
@@ -102,6 +106,7 @@ TINY = ModelSpec(
     vae=VAEConfig(base_channels=32, res_blocks=1),
     t5=T5Sizes(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8, vocab_size=128),
     text_tokens=16,
+    default_overlap=1,
 )
 
 SPECS = {spec.name: spec for spec in (LANDIFF, TINY)}

@@ -10,6 +10,12 @@ Exactly the reference's arithmetic (SAT `VPSDEDPMPP2MSampler` with `DiscreteDeno
   ordered [uncond, cond] and s computed from the DDPM timestep (not the step index);
 - one noise draw at the first step, two per middle step (the first is wasted), none at the last.
 
+A clean latent `prefix` (a long video's overlap with the chunk before) is held fixed the way the
+reference's `fixed_frames` hook does by default: the first frames of x are overwritten with the clean
+prefix before every network call and once more at the end, as in its training loss (clean prefix frames
+in a noised input). The reference's optional `sdedit` variant, re-noising the prefix to each step's
+level, is not used.
+
 State and schedule math are float32; the network may run in any dtype.
 """
 
@@ -120,11 +126,13 @@ class DpmSolverSampler:
         generator: torch.Generator | None = None,
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Latents [B, T, C, H, W] (float32) from the initial noise.
 
         Fresh noise comes from draw_noise(like) when given (tests replay recorded draws),
-        else from randn with `generator`.
+        else from randn with `generator`. prefix [B, P, C, H, W]: clean latents that replace
+        the first P frames of x before every step and in the result.
         """
         if draw_noise is None:
 
@@ -135,10 +143,18 @@ class DpmSolverSampler:
         alphas = alphas.to(noise.device)
         table = self.schedule.denoiser_table().to(noise.device)
         x = noise.to(torch.float32)
+        fixed = 0
+        if prefix is not None:
+            fixed = prefix.shape[1]
+            if fixed >= x.shape[1] or prefix.shape[0] != x.shape[0] or prefix.shape[2:] != x.shape[2:]:
+                raise ValueError(f"prefix {list(prefix.shape)} does not fit latents {list(x.shape)}")
+            prefix = prefix.to(device=x.device, dtype=torch.float32)
         previous = None
         for i in range(num_steps):
             if should_stop is not None and should_stop():
                 raise DiffusionCancelled(f"stopped after {i} of {num_steps} denoising steps")
+            if fixed:
+                x = torch.cat([prefix, x[:, fixed:]], dim=1)
             a, a_next = alphas[i], alphas[i + 1]
             denoised = self.denoise(network, x, a, timesteps[i], num_steps, table)
             if i == num_steps - 1:
@@ -158,4 +174,6 @@ class DpmSolverSampler:
             previous = denoised
             if on_step is not None:
                 on_step(i + 1, num_steps)
+        if fixed:
+            x = torch.cat([prefix, x[:, fixed:]], dim=1)
         return x

@@ -95,6 +95,18 @@ def codes_per_video(config: LLMConfig, num_frames: int) -> int:
     return sum(step.is_code for step in token_layout(config, num_frames))
 
 
+def max_segments(config: LLMConfig) -> int:
+    """The most token segments one pass can write for any prompt: the prefix (BOS, two micro-conditions,
+    up to max_text_tokens text states, START_OF_IFrame) plus the generated positions fit in the RoPE table."""
+    per_segment = config.frames_per_segment
+    first = len(token_layout(config, per_segment))
+    each_more = len(token_layout(config, 2 * per_segment)) - first
+    room = config.rope_max_len - (config.max_text_tokens + 4) - first
+    if room < 0:
+        return 0
+    return 1 + room // each_more
+
+
 def next_token_probs(logits: torch.Tensor, step: Step, params: SamplingParams) -> torch.Tensor:
     """Guided float32 logits [1, V] -> the distribution the reference samples from."""
     logits = logits / params.temperature

@@ -24,6 +24,7 @@ class VAEConfig:
     res_blocks: int = 3
     latent_channels: int = 16
     scale_factor: float = SCALE_FACTOR
+    temporal_compression: int = 4  # RGB frames per latent frame after the first
 
     @property
     def levels(self) -> int:
@@ -41,6 +42,7 @@ def build_vae(config: VAEConfig) -> AutoencoderKLCogVideoX:
         latent_channels=config.latent_channels,
         norm_num_groups=32,
         scaling_factor=config.scale_factor,
+        temporal_compression_ratio=config.temporal_compression,
     )
     del vae.encoder
     vae.disable_tiling()
@@ -55,6 +57,57 @@ def decode_latents(
     dtype = vae.decoder.conv_in.conv.weight.dtype
     z = (latents.to(dtype) / scale_factor).permute(0, 2, 1, 3, 4).contiguous()
     return vae.decode(z).sample.float()
+
+
+class StreamingDecoder:
+    """Decodes a video's latents piece by piece as they are made, carrying the causal convs' state.
+
+    The first piece is split like diffusers' `_decode` (an odd first batch, then pairs); every later
+    piece must hold an even number of latent frames, decoded in pairs that continue from the cached
+    last inputs of every causal conv. Pieces that follow the reference's split give exactly the
+    frames one decode of all latents would (GroupNorm statistics are per batch of latent frames in
+    both). Only the conv caches (a few frames of activations) are kept between pieces.
+    """
+
+    def __init__(self, vae: AutoencoderKLCogVideoX, scale_factor: float = SCALE_FACTOR):
+        self.vae, self.scale_factor = vae, scale_factor
+        self.cache: dict | None = None
+        self.batch = vae.num_latent_frames_batch_size
+
+    def reset(self) -> None:
+        self.cache = None
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, T, C, H, W] latents that follow the ones decoded so far -> [B, 3, F, H', W'] (float32)."""
+        dtype = self.vae.decoder.conv_in.conv.weight.dtype
+        z = (latents.to(dtype) / self.scale_factor).permute(0, 2, 1, 3, 4)
+        frames = z.shape[2]
+        if self.cache is None:
+            first = frames % self.batch + self.batch if frames >= self.batch else frames
+        else:
+            if frames % self.batch:
+                raise ValueError(
+                    f"a continuation must hold a multiple of {self.batch} latent frames, got {frames}"
+                )
+            first = self.batch
+        bounds = [0, first, *range(first + self.batch, frames + 1, self.batch)]
+        pieces = []
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            piece = z[:, :, start:end]
+            if self.vae.post_quant_conv is not None:
+                piece = self.vae.post_quant_conv(piece)
+            out, self.cache = self.vae.decoder(piece, conv_cache=self.cache)
+            pieces.append(out.float())
+        self.cache = _drop_pointwise(self.cache)
+        return torch.cat(pieces, dim=2)
+
+
+def _drop_pointwise(cache):
+    """The spatial norms' 1x1x1 convs (conv_y, conv_b) read no earlier frames but cache their whole
+    input; dropping those copies keeps only what the next piece reads (kernel-3 convs' last 2 frames)."""
+    if isinstance(cache, dict):
+        return {k: None if k in ("conv_y", "conv_b") else _drop_pointwise(v) for k, v in cache.items()}
+    return cache
 
 
 def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
