@@ -42,7 +42,11 @@ class LanDiffApp(App):
     def __init__(self, model: str | None = None, link: Any = None, autostart: bool = True):
         super().__init__()
         self.model = model
-        self.link = link or EngineLink(self.engine_event, self.engine_state, model=model, autostart=autostart)
+        if link is None:
+            link = EngineLink(self.engine_event, self.engine_state, model=model, autostart=autostart)
+        else:  # a link made elsewhere (tests) reports to this app
+            link.on_event, link.on_state = self.engine_event, self.engine_state
+        self.link = link
         self.engine_info: dict[str, Any] = {}
         self.offered_tiny = False
 

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label
+from textual.widgets import Button, Input, Static
 
 
 class Confirm(ModalScreen[bool]):
@@ -18,7 +18,7 @@ class Confirm(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question)
+            yield Static(self.question)
             with Horizontal(classes="buttons"):
                 yield Button(f"{self.yes} (y)", variant="error", id="yes")
                 yield Button("No (n)", id="no")
@@ -42,9 +42,9 @@ class AskName(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question)
+            yield Static(self.question)
             yield Input(self.value, id="answer")
-            yield Label("enter: save   escape: cancel", classes="hint")
+            yield Static("enter: save   escape: cancel", classes="hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         name = event.value.strip()

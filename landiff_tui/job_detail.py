@@ -84,6 +84,7 @@ def describe(job: dict[str, Any]) -> str:
     if job.get("error"):
         lines += ["", f"[red]{escape(job['error'])}[/red]"]
     lines.append("")
+    lines.append(f"{'job id':>13}: {job['id']}")
     for name in ("video_path", "tokens_path", "sidecar_path"):
         if job.get(name):
             lines.append(f"{name.removesuffix('_path'):>13}: {escape(job[name])}")

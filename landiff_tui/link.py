@@ -109,7 +109,9 @@ class EngineLink:
         listener = asyncio.get_running_loop().create_task(self.listen(reader))
         try:
             self.hello = await self.request("hello", client="landiff-tui", model=self.model)
-            if self.hello.get("instance") != self.instance:  # a new engine numbers its events anew
+            if self.instance is None:  # first contact: the state comes with `active`, not old events
+                self.instance, self.last_seq = self.hello.get("instance"), self.hello.get("seq", 0)
+            elif self.hello.get("instance") != self.instance:  # a restarted engine numbers events anew
                 self.instance, self.last_seq = self.hello.get("instance"), 0
             caught_up = await self.request("subscribe", since=self.last_seq)
             for missed in caught_up["missed"]:

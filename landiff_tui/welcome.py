@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label
+from textual.widgets import Button, Static
 
 
 class NoWeights(ModalScreen[str | None]):
@@ -22,8 +22,8 @@ class NoWeights(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"The LanDiff weights are not (all) in {self.root}.", classes="title")
-            yield Label(
+            yield Static(f"The LanDiff weights are not (all) in {self.root}.", classes="title")
+            yield Static(
                 "Download them (about 25 GB, resumable; the engine keeps downloading if you quit), "
                 "or try the whole flow with the tiny model: random toy weights that run on a CPU "
                 "and make a noise video."

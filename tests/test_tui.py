@@ -1,0 +1,313 @@
+"""The TUI driven by Pilot against a real engine serving the tiny model; a few checks use a double."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.client import EngineClient, EngineError
+from landiff_tui.app import LanDiffApp
+from landiff_tui.params import check_form, check_length
+from landiff_tui.preview import UPPER_HALF, HalfBlocks, fit, video_frames
+
+from .test_engine import RunningEngine
+from .test_engine import weights as weights  # noqa: F401  (the module-scoped tiny weights fixture)
+from .tui_double import ScriptedLink, job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+ENGINE_ENV = ("LANDIFF_RUNTIME_DIR", "LANDIFF_DATA_DIR", "LANDIFF_HOME", "HF_HUB_OFFLINE")
+
+
+@pytest.fixture(scope="module")
+def shared_engine(tmp_path_factory, weights):  # noqa: F811
+    running = RunningEngine(tmp_path_factory.mktemp("tui-engine"), weights).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def engine(shared_engine, monkeypatch):
+    """The shared engine, with this process pointed at it (the TUI finds it through the same variables)."""
+    for name in ENGINE_ENV:
+        monkeypatch.setenv(name, shared_engine.env[name])
+    if shared_engine.process.poll() is not None:
+        shared_engine.start()
+    return shared_engine
+
+
+async def until(pilot, condition, timeout: float = 60.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+class Recorder:
+    """Wraps the app's event callback to keep every event the TUI received."""
+
+    def __init__(self, app: LanDiffApp):
+        self.events: list[dict] = []
+        original = app.engine_event
+
+        def record(event: dict) -> None:
+            self.events.append(event)
+            original(event)
+
+        app.link.on_event = record
+
+    def of(self, kind: str, job_id: str | None = None) -> list[dict]:
+        return [e for e in self.events if e["event"] == kind and job_id in (None, e.get("job_id"))]
+
+
+def engine_job(engine: RunningEngine, job_id: str) -> dict:
+    with engine.client() as client:
+        return client.request("get_job", job_id=job_id)["job"]
+
+
+async def type_prompt(pilot, text: str) -> None:
+    app = pilot.app
+    app.action_show_tab("generate")
+    app.query_one("#prompt").load_text(text)
+    await pilot.pause()
+
+
+async def set_field(pilot, name: str, value: str) -> None:
+    widget = pilot.app.query_one(f"#param-{name}")
+    widget.value = value
+    await pilot.pause()
+
+
+async def test_submit_watch_find_rerun_edit_and_delete(engine):
+    app = LanDiffApp(model="tiny")
+    async with app.run_test(size=(100, 32)) as pilot:
+        events = Recorder(app)
+        await until(pilot, lambda: app.link.connected, what="the engine connection")
+        await type_prompt(pilot, "A heron standing in shallow water.")
+        await set_field(pilot, "steps", "3")
+        await set_field(pilot, "seed", "7")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: events.of("job_finished"), what="the job to finish")
+        job_id = events.of("job_finished")[0]["job_id"]
+        assert app.query_one("TabbedContent").active == "queue"
+        denoise = [e for e in events.of("job_progress", job_id) if e["stage"] == "denoise"]
+        assert denoise and denoise[-1]["step"] == denoise[-1]["total"] == 3
+        assert engine_job(engine, job_id)["params"]["seed"] == 7
+
+        await pilot.press("f3")
+        gallery = app.query_one("GalleryView")
+        app.query_one("#search").value = "heron"
+        await until(pilot, lambda: [r["id"] for r in gallery.rows] == [job_id], what="the search result")
+        app.query_one("#gallery-table").focus()
+        await pilot.press("r")
+        await until(pilot, lambda: len(events.of("job_finished")) == 2, what="the re-run")
+        rerun_id = events.of("job_finished")[1]["job_id"]
+        assert engine_job(engine, rerun_id)["params"] == engine_job(engine, job_id)["params"]
+
+        await until(pilot, lambda: len(gallery.rows) == 2, what="the gallery to show the re-run")
+        app.query_one("#gallery-table").focus()
+        await pilot.press("e")
+        assert app.query_one("TabbedContent").active == "generate"
+        assert app.query_one("#prompt").text == "A heron standing in shallow water."
+        await set_field(pilot, "seed", "8")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: len(events.of("job_finished")) == 3, what="the edited re-run")
+        edited = engine_job(engine, events.of("job_finished")[2]["job_id"])["params"]
+        assert edited == {**engine_job(engine, job_id)["params"], "seed": 8}
+
+        await pilot.press("f3")
+        await until(pilot, lambda: len(gallery.rows) == 3, what="three jobs in the gallery")
+        folder = Path(engine_job(engine, job_id)["video_path"]).parent
+        app.query_one("#gallery-table").focus()
+        index = [r["id"] for r in gallery.rows].index(job_id)
+        app.query_one("#gallery-table").move_cursor(row=index)
+        await pilot.press("d")
+        await pilot.press("y")
+        await until(pilot, lambda: events.of("job_deleted"), what="the deletion")
+        with engine.client() as client, pytest.raises(EngineError, match="no job"):
+            client.request("get_job", job_id=job_id)
+        assert not folder.exists()
+        await until(pilot, lambda: job_id not in [r["id"] for r in gallery.rows], what="the gallery refresh")
+
+
+async def test_cancel_a_running_job_after_confirming(engine):
+    app = LanDiffApp(model="tiny")
+    async with app.run_test(size=(80, 24)) as pilot:
+        events = Recorder(app)
+        await until(pilot, lambda: app.link.connected, what="the engine connection")
+        await type_prompt(pilot, "A long one to cancel.")
+        await set_field(pilot, "steps", "1000")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: events.of("job_started"), what="the job to start")
+        job_id = events.of("job_started")[0]["job_id"]
+        app.query_one("#queue-table").focus()
+        await pilot.press("x")
+        await pilot.press("n")  # said no: nothing happens
+        await pilot.pause(0.2)
+        assert engine_job(engine, job_id)["status"] == "running"
+        await pilot.press("x")
+        await pilot.press("y")
+        await until(pilot, lambda: events.of("job_cancelled", job_id), what="the cancellation")
+        assert engine_job(engine, job_id)["status"] == "cancelled"
+        await until(pilot, lambda: not app.query_one("QueueView").jobs, what="the queue to empty")
+
+
+async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engine):
+    app = LanDiffApp(model="tiny")
+    async with app.run_test(size=(80, 24)) as pilot:
+        events = Recorder(app)
+        await until(pilot, lambda: app.link.connected, what="the engine connection")
+        engine.process.send_signal(signal.SIGKILL)
+        engine.process.wait(10)
+        await until(pilot, lambda: "lost" in app.sub_title, what="the TUI to show the engine is gone")
+        assert not app.link.connected
+        engine.start()
+        await until(pilot, lambda: app.link.connected, timeout=60, what="the reconnection")
+        assert "tiny model" in app.sub_title
+        with engine.client() as client:  # a job submitted from elsewhere shows up in the TUI
+            job_id = client.request("submit", params={"prompt": "From the CLI.", "steps": 2})["job_id"]
+        await until(pilot, lambda: events.of("job_finished", job_id), what="the CLI job's events")
+        await pilot.press("f3")
+        gallery = app.query_one("GalleryView")
+        await until(pilot, lambda: job_id in [r["id"] for r in gallery.rows], what="the job in the gallery")
+
+
+async def test_first_run_without_weights_offers_the_tiny_model(tmp_path, monkeypatch, weights):  # noqa: F811
+    running = RunningEngine(tmp_path / "engine", tmp_path / "no-weights")
+    for name in ENGINE_ENV:
+        monkeypatch.setenv(name, running.env[name])
+    monkeypatch.setenv("LANDIFF_HOME", str(weights))  # the tiny weights exist there; the release does not
+    running.env["LANDIFF_HOME"] = str(weights)
+    command = [sys.executable, "-m", "engine.cli", "serve", "--model", "landiff"]
+    running.process = subprocess.Popen(command, env=running.env, stdout=subprocess.PIPE, text=True)
+    assert running.process.stdout.readline().startswith("ready")
+    app = LanDiffApp()
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: type(app.screen).__name__ == "NoWeights", what="the first-run dialog")
+            await pilot.press("t")
+            await until(
+                pilot,
+                lambda: app.link.connected and app.engine_info.get("model") == "tiny",
+                timeout=90,
+                what="a tiny engine",
+            )
+    finally:
+        with EngineClient(running.socket) as client:
+            client.request("shutdown")
+        running.stop()
+
+
+async def test_invalid_values_are_shown_inline_and_nothing_is_sent():
+    link = ScriptedLink([job(2)])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await type_prompt(pilot, "A fox.")
+        await set_field(pilot, "cfg", "20")
+        await set_field(pilot, "top_p", "abc")
+        errors = str(app.query_one("#form-errors").render())
+        assert "LLM CFG must be between 1 and 15" in errors and "top-p must be a number" in errors
+        assert app.query_one("#param-cfg").has_class("-invalid")
+        assert app.query_one("#submit").disabled
+        await pilot.press("ctrl+s")
+        assert not [kind for kind, _ in link.requests if kind == "submit"]
+        await set_field(pilot, "cfg", "9")
+        await set_field(pilot, "top_p", "")
+        assert not app.query_one("#submit").disabled
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.1)
+        submitted = [fields for kind, fields in link.requests if kind == "submit"]
+        assert submitted and submitted[0]["params"]["cfg"] == 9.0 and "top_p" not in submitted[0]["params"]
+
+
+async def test_prompt_history_recalls_earlier_prompts_with_up_and_down():
+    app = LanDiffApp(link=ScriptedLink([job(0), job(1), job(2)]))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        await app.workers.wait_for_complete()
+        area = app.query_one("#prompt")
+        area.focus()
+        area.load_text("my draft")
+        await pilot.press("up")
+        assert area.text == job(0)["prompt"]  # the newest job first
+        await pilot.press("up")
+        assert area.text == job(1)["prompt"]
+        await pilot.press("down", "down")
+        assert area.text == "my draft"
+
+
+async def test_quitting_while_a_job_runs_says_it_continues():
+    app = LanDiffApp(link=ScriptedLink([job(0, "running")]))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("ctrl+q")
+        assert type(app.screen).__name__ == "Confirm"
+        assert "continues in the engine" in str(app.screen.query_one("Static").render())
+        await pilot.press("y")
+        await pilot.pause(0.1)
+    assert app.return_code == 0 and not app.is_running
+
+
+def test_the_tui_never_imports_torch():
+    code = "import sys, landiff_tui.app; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ}).returncode == 0
+
+
+def test_form_checks_and_lengths():
+    params, errors = check_form(
+        "  A cat.  ",
+        {
+            "cfg": "7.5",
+            "seed": "3",
+            "steps": "10",
+            "motion_score": "0.2",
+            "temperature": "1",
+            "top_k": "",
+            "top_p": "0.9",
+        },
+    )
+    assert errors == {} and params["prompt"] == "A cat." and params["top_p"] == 0.9 and "top_k" not in params
+    _, errors = check_form(
+        "", {"cfg": "0", "seed": "-1", "steps": "x", "motion_score": "2", "temperature": "1"}
+    )
+    assert set(errors) == {"prompt", "cfg", "seed", "steps", "motion_score"}
+    assert (
+        check_length("6s") == (48, None)
+        and check_length("97") == (97, None)
+        and check_length("") == (None, None)
+    )
+    assert check_length("-3")[1] and "seconds" in check_length("abc")[1]
+
+
+def test_half_blocks_put_the_upper_pixel_in_front_and_the_lower_behind():
+    pixels = np.array([[[255, 0, 0], [0, 0, 255]], [[0, 255, 0], [10, 20, 30]]], np.uint8)
+    segments = [s for s in HalfBlocks(pixels).__rich_console__(None, None) if s.text == UPPER_HALF]
+    assert [s.style.color.triplet for s in segments] == [(255, 0, 0), (0, 0, 255)]
+    assert [s.style.bgcolor.triplet for s in segments] == [(0, 255, 0), (10, 20, 30)]
+    assert fit(720, 480, 40, 12) == (36, 24)
+    image = HalfBlocks.of_image(Image.new("RGB", (90, 60), (1, 2, 3)), 40, 12)
+    assert image.pixels.shape == (24, 36, 3) and (image.pixels == (1, 2, 3)).all()
+
+
+def test_video_frames_are_read_small_through_ffmpeg(tmp_path):
+    import imageio_ffmpeg
+
+    path = tmp_path / "clip.mp4"
+    writer = imageio_ffmpeg.write_frames(str(path), (64, 48), fps=8, macro_block_size=16)
+    writer.send(None)
+    for value in (0, 120, 250):
+        writer.send(np.full((48, 64, 3), value, np.uint8).tobytes())
+    writer.close()
+    frames = video_frames(path, 16, 6)
+    assert len(frames) == 3 and frames[0].shape == (12, 16, 3)
+    assert abs(int(frames[2].mean()) - 250) < 8 and int(frames[0].mean()) < 8

@@ -1,0 +1,85 @@
+"""Snapshots of every screen at 80x24 and 120x40, fed fixed data by a scripted link."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from landiff_tui.app import LanDiffApp
+
+from .tui_double import ScriptedLink, job
+
+SIZES = [(80, 24), (120, 40)]
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+def make_app(**link_options) -> LanDiffApp:
+    jobs = (
+        [job(0, "running"), job(1, "queued")]
+        + [job(i) for i in range(2, 9)]
+        + [job(9, "failed", error="out of memory")]
+    )
+    return LanDiffApp(link=ScriptedLink(jobs, **link_options))
+
+
+async def settle(pilot) -> None:
+    await pilot.pause(0.3)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause(0.1)
+
+
+def show(tab: str):
+    async def run_before(pilot) -> None:
+        await settle(pilot)
+        await pilot.press(tab)
+        await settle(pilot)
+        if tab == "f2":
+            queue = pilot.app.query_one("QueueView")
+            for stage, step, total in (("text", 2, 2), ("tokens", 17, 17), ("denoise", 20, 50)):
+                queue.engine_event(
+                    {
+                        "event": "job_progress",
+                        "seq": 1,
+                        "job_id": job(0)["id"],
+                        "stage": stage,
+                        "step": step,
+                        "total": total,
+                        "chunk": 2,
+                        "chunks": 3,
+                        "rate": 4.0,
+                        "eta_s": 7.5,
+                        "job_eta_s": 95.0,
+                        "video_seconds": 6.1,
+                    }
+                )
+            await settle(pilot)
+
+    return run_before
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size[0]}x{size[1]}")
+@pytest.mark.parametrize("tab", ["f1", "f2", "f3", "f4", "f5"])
+def test_screens(snap_compare, tab, size):
+    assert snap_compare(make_app(), terminal_size=size, run_before=show(tab))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size[0]}x{size[1]}")
+def test_job_detail_and_first_run_dialog(snap_compare, size):
+    async def detail(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("f3")
+        await settle(pilot)
+        await pilot.press("down", "down", "enter")
+        await settle(pilot)
+
+    assert snap_compare(make_app(), terminal_size=size, run_before=detail)
+    assert snap_compare(make_app(weights_complete=False), terminal_size=size, run_before=settle)
