@@ -63,11 +63,14 @@ class SemanticStage(MovableStage):
         *,
         on_token: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_text: Callable[[], None] | None = None,
     ) -> torch.Tensor:
-        """Semantic codes int64 [codes_per_video] for the prompt."""
+        """Semantic codes int64 [codes_per_video] for the prompt; on_text() once flan-T5 has run."""
         params.validate(self.spec.llm)
         with torch.no_grad():
             states = self.prompt_encoder.encode(prompt)
+        if on_text is not None:
+            on_text()
         return sample_codes(self.lm, states, params, on_token=on_token, should_stop=should_stop)
 
     def features(self, codes: torch.Tensor, num_frames: int) -> torch.Tensor:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
+from .chunks import ChunkPlan
 from .downloads import refuse_failed
 from .model_loading import load_control_dit, load_diffusion_semantic_decoder, load_vae
 from .models.control_dit import ControlDiT
 from .models.dpm_sampler import DpmSolverSampler
+from .models.llm import LLMConfig
 from .models.llm_sampler import codes_per_video
 from .models.semantic_decoder import SemanticDecoder
-from .models.video_vae import decode_latents, to_uint8_frames
+from .models.video_vae import StreamingDecoder, to_uint8_frames
 from .residency import MovableStage
 from .specs import ModelSpec
 from .text_encoder import T5v11PromptEncoder
@@ -51,48 +53,98 @@ class VideoStage(MovableStage):
     def modules(self) -> list[torch.nn.Module]:
         return [self.prompt_encoder.model, self.decoder, self.network, self.vae]
 
-    def check_codes(self, codes: torch.Tensor) -> None:
+    def check_codes(self, codes: torch.Tensor, segments: int = 1) -> None:
+        """Tokens must be whole segments, at least `segments` of them (a long video needs several)."""
         count = codes_per_video(self.spec.llm, self.spec.llm.frames_per_segment)
-        if codes.ndim != 1 or codes.numel() != count:
+        if codes.ndim != 1 or codes.numel() % count or codes.numel() < count * segments:
             raise ValueError(
-                f"stage 2 renders one segment of {count} semantic tokens, "
-                f"got tokens of shape {list(codes.shape)}"
+                f"stage 2 renders whole segments of {count} semantic tokens and this video needs "
+                f"{segments} ({count * segments} tokens); got tokens of shape {list(codes.shape)}"
             )
         if int(codes.min()) < 0 or int(codes.max()) >= self.spec.llm.codebook_size:
             raise ValueError(f"semantic tokens must be codes in [0, {self.spec.llm.codebook_size})")
 
     @torch.no_grad()
-    def latents(
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """T5 v1.1 states for [uncond, cond]; the reference's uncond is zeros."""
+        cond = self.prompt_encoder.encode(prompt)
+        return torch.cat([torch.zeros_like(cond), cond])
+
+    @torch.no_grad()
+    def render_chunks(
         self,
-        prompt: str,
+        text: torch.Tensor,
         codes: torch.Tensor,
+        plan: ChunkPlan,
         *,
         seed: int,
         steps: int,
-        on_step: Callable[[int, int], None] | None = None,
+        on_step: Callable[[int, int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> torch.Tensor:
-        """Denoised latents [1, T, C, H, W] (float32) for one segment of semantic tokens."""
-        self.check_codes(codes)
-        frames = self.spec.llm.frames_per_segment
-        features = self.decoder(codes.to(self.device)[None], frames)
-        semantic = self.network.semantic_conditioner(features)  # computed once for every step
-        cond = self.prompt_encoder.encode(prompt)
-        text = torch.cat([torch.zeros_like(cond), cond])  # [uncond, cond]; the reference's uncond is zeros
+    ) -> Iterator[torch.Tensor]:
+        """Yield each chunk's denoised window of latents [1, window, C, H, W] (float32), chunk by chunk.
 
-        def network(latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-            return self.network(latents, text, timesteps, semantic)
-
+        Chunk 0 is an ordinary clip. Chunk j > 0 is sampled over latent frames [j s, j s + window)
+        (s = window - overlap), conditioned on the semantic frames of that window, with its first
+        `overlap` frames held to the last ones of chunk j - 1 at every step. One generator seeded
+        with `seed` draws every chunk's noise in turn. on_step(chunk index, step, steps).
+        """
+        self.check_codes(codes, plan.segments)
+        windows = SemanticWindows(self.decoder, codes.to(self.device), self.spec.llm)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        shape = (1, *self.spec.latent_shape(frames))
-        noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+        shape = (1, *self.spec.latent_shape(plan.window))
         sampler = DpmSolverSampler()
-        return sampler.sample(
-            network, noise, steps, generator=generator, on_step=on_step, should_stop=should_stop
-        )
+        prefix = None
+        for index in range(plan.chunks):
+            semantic = self.network.semantic_conditioner(windows.window(*plan.latent_range(index)))
+
+            def network(latents: torch.Tensor, timesteps: torch.Tensor, semantic=semantic) -> torch.Tensor:
+                return self.network(latents, text, timesteps, semantic)
+
+            def report(step: int, total: int, index=index) -> None:
+                if on_step is not None:
+                    on_step(index, step, total)
+
+            noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+            latents = sampler.sample(
+                network,
+                noise,
+                steps,
+                generator=generator,
+                on_step=report,
+                should_stop=should_stop,
+                prefix=prefix,
+            )
+            del semantic, network
+            prefix = latents[:, plan.stride :].clone() if plan.overlap else None
+            yield latents
+
+    def video_decoder(self) -> StreamingDecoder:
+        return StreamingDecoder(self.vae, self.spec.vae.scale_factor)
 
     @torch.no_grad()
-    def frames(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents [1, T, C, H, W] -> uint8 frames [F, H, W, 3] on the CPU."""
-        video = decode_latents(self.vae, latents, self.spec.vae.scale_factor)
-        return to_uint8_frames(video[0].cpu())
+    def frames(self, decoder: StreamingDecoder, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [1, T, C, H, W] that follow those `decoder` has seen -> uint8 frames [F, H, W, 3] (CPU)."""
+        return to_uint8_frames(decoder.decode(latents)[0].cpu())
+
+
+class SemanticWindows:
+    """Semantic features of a window of frames, decoding token segments only when a window reaches them
+    and forgetting those behind it: memory stays at two segments however long the video is."""
+
+    def __init__(self, decoder: SemanticDecoder, codes: torch.Tensor, config: LLMConfig):
+        self.decoder, self.per_segment = decoder, config.frames_per_segment
+        self.segments = codes.reshape(-1, codes_per_video(config, self.per_segment))
+        self.decoded: dict[int, torch.Tensor] = {}
+
+    def window(self, start: int, end: int) -> torch.Tensor:
+        """Features [1, end - start, C, h, w] of semantic frames [start, end)."""
+        first, last = start // self.per_segment, (end - 1) // self.per_segment
+        for index in [i for i in self.decoded if i < first]:
+            del self.decoded[index]
+        for index in range(first, last + 1):
+            if index not in self.decoded:
+                self.decoded[index] = self.decoder(self.segments[index][None], self.per_segment)
+        features = torch.cat([self.decoded[i] for i in range(first, last + 1)], dim=1)
+        offset = first * self.per_segment
+        return features[:, start - offset : end - offset]

@@ -62,7 +62,7 @@ def test_generate_writes_a_playable_video_its_tokens_and_record(home, tmp_path):
     assert tokens.shape == (11,) and tokens.dtype == np.int64
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["job"]["prompt"] == PROMPT and record["job"]["seed"] == 3 and record["job"]["steps"] == 6
-    assert set(record["timings_s"]) == {"tokens", "denoise", "decode", "write"}
+    assert set(record["timings_s"]) == {"text", "tokens", "denoise", "decode", "write"}
     assert record["peak_memory_bytes"] > 0 and record["video"]["frames"] == frames.shape[0]
     assert "LanDiff/diffusion/1/mp_rank_00_model_states.pt" in record["weights_sha256"]
     assert all(len(digest) == 64 for digest in record["weights_sha256"].values())
@@ -83,7 +83,8 @@ def test_progress_events_cover_every_stage(pipeline, tmp_path):
     events = []
     pipeline.run(JobSpec(PROMPT, tmp_path / "p.mp4", steps=3), on_progress=events.append)
     stages = [event.stage for event in events]
-    assert stages.index("tokens") < stages.index("denoise") < stages.index("decode") < stages.index("write")
+    assert stages.index("text") < stages.index("tokens") < stages.index("denoise") < stages.index("decode")
+    assert stages.index("decode") < stages.index("write")
     denoise = [event for event in events if event.stage == "denoise"]
     assert [(e.step, e.total) for e in denoise] == [(1, 3), (2, 3), (3, 3)]
     assert denoise[-1].eta_s == 0 and all(e.rate > 0 for e in denoise)
@@ -123,7 +124,7 @@ def test_user_mistakes_are_one_line(home, tmp_path, monkeypatch, capsys, args, m
 def test_tokens_of_the_wrong_length_are_refused(pipeline, tmp_path):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros(5, dtype=np.int64))
-    with pytest.raises(ValueError, match="one segment of 11 semantic tokens"):
+    with pytest.raises(ValueError, match="whole segments of 11 semantic tokens"):
         pipeline.run(JobSpec(PROMPT, tmp_path / "v.mp4", tokens=bad))
     assert not (tmp_path / "v.mp4").exists()
 
