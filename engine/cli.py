@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--tokens", type=Path, default=None, help="reuse saved semantic tokens (.npy): stage 2 only"
     )
+    add_length_options(generate)
     generate.add_argument(
         "--device", default=None, help="torch device (default: cuda when present, else cpu)"
     )
@@ -125,6 +126,40 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny", help="write the random-weight tiny model in the release layout")
     tiny.add_argument("--force", action="store_true", help="rewrite even if the files exist")
     return parser
+
+
+def add_length_options(parser: argparse.ArgumentParser) -> None:
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="video length in frames; longer than one clip (49) makes a long video chunk by chunk "
+        "(49 + 24 per chunk, rounded up; at most 1297 for the release)",
+    )
+    length.add_argument("--seconds", type=float, default=None, help="video length in seconds (8 fps)")
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="latent frames each chunk shares with the one before (odd, 1..11; default 7)",
+    )
+
+
+def requested_frames(args: argparse.Namespace, spec) -> int | None:
+    """--frames, or --seconds turned into frames at the model's frame rate."""
+    if getattr(args, "seconds", None) is not None:
+        from .chunks import frames_for_seconds
+
+        return frames_for_seconds(spec, args.seconds)
+    return getattr(args, "frames", None)
+
+
+def describe_length(plan) -> str:
+    chunks = "1 chunk"
+    if plan.chunks > 1:
+        chunks = f"{plan.chunks} chunks of {plan.window} latent frames, overlap {plan.overlap}"
+    return f"{plan.frames} frames ({plan.seconds:.1f} s at {plan.fps} fps) in {chunks}"
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -241,6 +276,7 @@ def run_tokens(args: argparse.Namespace) -> int:
 
 
 STAGE_NAMES = {
+    "text": "text encoders",
     "tokens": "semantic tokens",
     "denoise": "denoising",
     "decode": "VAE decode",
@@ -267,8 +303,14 @@ def run_generate(args: argparse.Namespace) -> int:
         motion_score=args.motion_score,
         steps=args.steps,
         tokens=args.tokens,
+        frames=requested_frames(args, spec),
+        overlap=args.overlap,
     )
     job.validate(spec)
+    plan = job.plan(spec)
+    if plan.rounded:
+        console.print(f"note: {plan.note()}")
+    console.print(describe_length(plan))
     layout = layout_for(spec.name, args.ckpts)
     if spec.name == "tiny" and ensure_tiny_release(layout, spec):
         console.print(f"wrote tiny random weights to {layout.root}")
@@ -278,17 +320,20 @@ def run_generate(args: argparse.Namespace) -> int:
         tasks: dict[str, int] = {}
 
         def on_progress(event) -> None:
+            name = STAGE_NAMES.get(event.stage, event.stage)
+            if event.chunks > 1 and event.stage in ("denoise", "decode", "write"):
+                name = f"{name} {event.chunk}/{event.chunks}"
             if event.stage not in tasks:
-                tasks[event.stage] = progress.add_task(
-                    STAGE_NAMES.get(event.stage, event.stage), total=event.total
-                )
-            progress.update(tasks[event.stage], completed=event.step, total=event.total)
+                tasks[event.stage] = progress.add_task(name, total=event.total)
+            progress.update(tasks[event.stage], completed=event.step, total=event.total, description=name)
 
         with console.status(f"loading the {spec.name} models on {pipeline.device}"):
             if job.tokens is None:
                 pipeline.stage1()
             pipeline.stage2()
         result = pipeline.run(job, on_progress=on_progress)
+    if plan.rounded:
+        console.print(f"note: {plan.note()}")
     timings = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in result.timings_s.items())
     console.print(f"{result.video} ({timings}; peak memory {result.peak_memory_bytes / 2**30:.2f} GiB)")
     console.print(f"tokens {result.tokens}, record {result.sidecar}")

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .client import EngineClient, EngineUnavailable, connect, start_engine
 
-JOB_OPTIONS = ("seed", "cfg", "motion_score", "temperature", "top_k", "top_p", "steps")
+JOB_OPTIONS = ("seed", "cfg", "motion_score", "temperature", "top_k", "top_p", "steps", "frames", "overlap")
 FLOAT_OPTIONS = ("cfg", "motion_score", "temperature", "top_p")
 EXIT_FAILED = 1
 
@@ -28,6 +28,9 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 50)")
+    from .cli import add_length_options
+
+    add_length_options(parser)
     parser.add_argument(
         "--preset", default=None, help="start from a saved preset (see `landiff-engine presets`)"
     )
@@ -40,7 +43,27 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in JOB_OPTIONS if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in JOB_OPTIONS if getattr(args, name, None) is not None}
+
+
+def check_length(params: dict[str, Any], args: argparse.Namespace) -> None:
+    """--seconds becomes frames; a long video's length is checked against the model and any rounding said."""
+    if (
+        getattr(args, "seconds", None) is None
+        and params.get("frames") is None
+        and params.get("overlap") is None
+    ):
+        return
+    from .cli import describe_length
+    from .lengths import frames_for_seconds, plan_length, rules_for
+
+    rules = rules_for(args.model)  # torch-free: a client stays quick
+    if getattr(args, "seconds", None) is not None:
+        params["frames"] = frames_for_seconds(rules, args.seconds)
+    plan = plan_length(rules, params.get("frames"), params.get("overlap"))
+    if plan.rounded:
+        print(f"note: {plan.note()}", file=sys.stderr)
+    print(describe_length(plan), file=sys.stderr)
 
 
 def job_params(client: EngineClient, base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -51,6 +74,7 @@ def job_params(client: EngineClient, base: dict[str, Any], args: argparse.Namesp
             raise ValueError(f"no preset named {args.preset!r}; known: {', '.join(sorted(presets))}")
         params.update(presets[args.preset]["params"])
     params.update(given_options(args))
+    check_length(params, args)
     return params
 
 

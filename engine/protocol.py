@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 2**20
 MAX_PROMPT_CHARS = 2000
-JOB_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+# cancelled_partial: cancelled during a long video; the chunks finished before the cancel are kept as a
+# shorter, playable video
+JOB_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "cancelled_partial", "interrupted")
 
 
 class Strict(BaseModel):
@@ -34,6 +36,11 @@ class JobParams(Strict):
     top_k: int | None = Field(default=None, ge=1)
     top_p: float | None = Field(default=None, gt=0, le=1)
     steps: int = Field(default=50, ge=1, le=1000)
+    # RGB frames of the video (None: one clip, 49 frames for the release); rounded up to the next chunk
+    # boundary; the engine refuses lengths beyond what its model's token budget allows
+    frames: int | None = Field(default=None, ge=1, le=100_000)
+    # latent frames each chunk of a long video shares with the one before (None: the model's default)
+    overlap: int | None = Field(default=None, ge=0, le=64)
 
 
 class Request(Strict):

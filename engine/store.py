@@ -19,12 +19,17 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
     "reference defaults": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 50, "seed": 42},
     "quick draft": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 20},
     "calm motion": {"cfg": 6.5, "motion_score": 0.05, "temperature": 1.0, "steps": 50},
+    # long videos, chunk by chunk: 241 and 481 frames are chunk boundaries of both the release (49 + 24 k)
+    # and the tiny model (9 + 8 k), so neither rounds
+    "long 30 s": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 50, "frames": 241},
+    "long 1 min": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 50, "frames": 481},
+    "long draft 30 s": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 20, "frames": 241},
 }
 
 
@@ -48,12 +53,16 @@ class JobRow(SQLModel, table=True):
     tokens_path: str | None = None
     sidecar_path: str | None = None
     thumbnail_path: str | None = None
+    chunk_timings: str = "[]"  # JSON list, one entry per finished chunk of a long video (schema 2)
 
     def summary(self) -> dict[str, Any]:
         data = self.model_dump()
-        for key in ("params", "weights_sha256", "timings"):
+        for key in ("params", "weights_sha256", "timings", "chunk_timings"):
             data[key] = json.loads(data[key])
         return data
+
+
+JSON_FIELDS = ("timings", "weights_sha256", "chunk_timings")
 
 
 class PresetRow(SQLModel, table=True):
@@ -68,8 +77,16 @@ def _migrate_to_1(connection) -> None:
     SQLModel.metadata.create_all(connection)
 
 
+def _migrate_to_2(connection) -> None:
+    """Per-chunk timings of long videos. (A database created at version 0 already has the column: the
+    first migration creates the current tables.) Status `cancelled_partial` needs no schema change."""
+    columns = {row[1] for row in connection.execute(text("PRAGMA table_info(jobs)"))}
+    if "chunk_timings" not in columns:
+        connection.execute(text("ALTER TABLE jobs ADD COLUMN chunk_timings VARCHAR NOT NULL DEFAULT '[]'"))
+
+
 # MIGRATIONS[n] takes a database at version n to version n + 1.
-MIGRATIONS: list[Callable] = [_migrate_to_1]
+MIGRATIONS: list[Callable] = [_migrate_to_1, _migrate_to_2]
 
 
 class Store:
@@ -129,7 +146,7 @@ class Store:
             if row is None:
                 raise KeyError(job_id)
             for key, value in fields.items():
-                setattr(row, key, json.dumps(value) if key in ("timings", "weights_sha256") else value)
+                setattr(row, key, json.dumps(value) if key in JSON_FIELDS else value)
             session.add(row)
             session.commit()
             return row

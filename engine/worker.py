@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .pipeline import JobCancelled, JobSpec, Pipeline, Progress
+from .pipeline import ChunkDone, JobCancelled, JobResult, JobSpec, Pipeline, Progress
 from .protocol import JobParams
 from .store import Store
+from .video import write_thumbnail
 
 log = logging.getLogger("landiff.engine")
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress events a second per job, plus each stage's last step
@@ -89,6 +90,7 @@ class JobWorker(threading.Thread):
     # the worker thread
 
     def run(self) -> None:
+        self.sweep_leftovers()
         while not self.stopping.is_set():
             try:
                 self.step()
@@ -115,6 +117,16 @@ class JobWorker(threading.Thread):
             with self.lock:
                 self.current = None
             self.last_used = time.monotonic()
+
+    def sweep_leftovers(self) -> None:
+        """Half-written outputs of an engine that died mid-job (a growing long video, its scratch chunk):
+        only this worker writes there and it has not started yet, so every one is a leftover."""
+        if not self.outputs.is_dir():
+            return
+        for path in self.outputs.glob("*/.*"):
+            if ".partial" in path.name or path.name.endswith(".chunk.mp4"):
+                log.info("removing %s, left by an engine that stopped mid-job", path)
+                path.unlink(missing_ok=True)
 
     def release(self) -> None:
         self.release_requested.clear()
@@ -145,6 +157,8 @@ class JobWorker(threading.Thread):
             top_k=params.top_k,
             top_p=params.top_p,
             steps=params.steps,
+            frames=params.frames,
+            overlap=params.overlap,
         )
 
         def progress(event: Progress) -> None:
@@ -154,10 +168,33 @@ class JobWorker(threading.Thread):
                 stage=event.stage,
                 step=event.step,
                 total=event.total,
-                chunk=1,
-                chunks=1,
+                chunk=event.chunk,
+                chunks=event.chunks,
                 rate=round(event.rate, 3),
                 eta_s=None if event.eta_s is None else round(event.eta_s, 2),
+                frames_written=event.frames_written,
+                video_seconds=round(event.video_seconds, 3),
+                job_eta_s=None if event.job_eta_s is None else round(event.job_eta_s, 2),
+            )
+
+        chunk_timings: list[dict[str, Any]] = []
+
+        def chunk_finished(done: ChunkDone) -> None:
+            preview = write_thumbnail(done.preview, folder / f"chunk-{done.index:03d}.png", width=720)
+            chunk_timings.append({"index": done.index, **done.timings_s})
+            self.store.update(job_id, chunk_timings=chunk_timings)
+            self.publish(
+                "chunk_finished",
+                job_id=job_id,
+                index=done.index,
+                chunks=done.chunks,
+                first_frame=done.first_frame,
+                last_frame=done.last_frame,
+                frames_written=done.frames_written,
+                video_seconds=round(done.video_seconds, 3),
+                preview=str(preview),
+                video_partial=str(done.partial_video),
+                timings_s=done.timings_s,
             )
 
         def should_stop() -> bool:
@@ -166,11 +203,28 @@ class JobWorker(threading.Thread):
         try:
             if self.pipeline is None:
                 self.pipeline = self.make_pipeline()
-            result = self.pipeline.run(job, on_progress=ProgressThrottle(progress), should_stop=should_stop)
-        except JobCancelled:
+            result = self.pipeline.run(
+                job, on_progress=ProgressThrottle(progress), should_stop=should_stop, on_chunk=chunk_finished
+            )
+        except JobCancelled as cancelled:
             status = "interrupted" if self.stopping.is_set() else "cancelled"
-            self.store.update(job_id, status=status, finished_at=time.time())
-            self.publish(f"job_{status}", job_id=job_id)
+            if cancelled.partial is None:
+                self.store.update(job_id, status=status, finished_at=time.time())
+                self.publish(f"job_{status}", job_id=job_id)
+                return
+            # the finished chunks are a shorter, playable video: kept, and the job says so
+            status = "interrupted" if self.stopping.is_set() else "cancelled_partial"
+            row = self.record_result(job_id, cancelled.partial, status)
+            self.publish(
+                "job_interrupted" if status == "interrupted" else "job_cancelled",
+                job_id=job_id,
+                status=status,
+                partial=True,
+                video=row.video_path,
+                frames=cancelled.partial.frames,
+                chunks_done=cancelled.partial.chunks_done,
+                chunks=cancelled.partial.chunks,
+            )
             return
         except Exception as error:  # any failure is the job's, never the engine's
             log.exception("job %s failed", job_id)
@@ -178,17 +232,21 @@ class JobWorker(threading.Thread):
             self.store.update(job_id, status="failed", finished_at=time.time(), error=message)
             self.publish("job_failed", job_id=job_id, error=message)
             return
+        row = self.record_result(job_id, result, "finished")
+        self.publish("job_finished", job_id=job_id, video=row.video_path, frames=result.frames)
+
+    def record_result(self, job_id: str, result: JobResult, status: str):
         record: dict[str, Any] = json.loads(result.sidecar.read_text())
-        row = self.store.update(
+        return self.store.update(
             job_id,
-            status="finished",
+            status=status,
             finished_at=time.time(),
             video_path=str(result.video),
             tokens_path=str(result.tokens),
             sidecar_path=str(result.sidecar),
             thumbnail_path=str(result.thumbnail),
             timings=result.timings_s,
+            chunk_timings=result.chunk_timings,
             peak_memory_bytes=result.peak_memory_bytes,
             weights_sha256=record.get("weights_sha256", {}),
         )
-        self.publish("job_finished", job_id=job_id, video=row.video_path)
