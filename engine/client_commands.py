@@ -122,15 +122,29 @@ def follow(client: EngineClient, job_id: str) -> int:
             kind = event["event"]
             if kind == "job_progress":
                 stage = event["stage"]
+                name = stage
+                if event.get("chunks", 1) > 1 and stage in ("denoise", "decode", "write"):
+                    name = f"{stage} {event['chunk']}/{event['chunks']}"
                 if stage not in tasks:
-                    tasks[stage] = progress.add_task(stage, total=event["total"])
-                progress.update(tasks[stage], completed=event["step"], total=event["total"])
+                    tasks[stage] = progress.add_task(name, total=event["total"])
+                progress.update(tasks[stage], completed=event["step"], total=event["total"], description=name)
+            elif kind == "chunk_finished":
+                seconds = event["video_seconds"]
+                console.print(
+                    f"chunk {event['index'] + 1}/{event['chunks']} written: {seconds:.1f} s of video"
+                )
             elif kind == "job_finished":
                 progress.stop()
                 console.print(f"finished: {event['video']}")
                 return 0
             elif kind in ("job_failed", "job_cancelled", "job_interrupted"):
                 progress.stop()
+                if event.get("partial"):
+                    console.print(
+                        f"{event['status']}: kept the {event['chunks_done']} finished chunk(s) of "
+                        f"{event['chunks']}, {event['frames']} frames: {event['video']}"
+                    )
+                    return EXIT_FAILED
                 console.print(f"{kind.removeprefix('job_')}: {event.get('error', '')}".rstrip(": "))
                 return EXIT_FAILED
     return EXIT_FAILED
@@ -235,7 +249,9 @@ def add_client_commands(commands) -> dict:
 
     jobs = commands.add_parser("jobs", help="list jobs")
     jobs.add_argument(
-        "--status", default=None, help="queued, running, finished, failed, cancelled, interrupted"
+        "--status",
+        default=None,
+        help="queued, running, finished, failed, cancelled, cancelled_partial, interrupted",
     )
     jobs.add_argument("--search", default=None, help="text the prompt contains")
     jobs.add_argument("--limit", type=int, default=50)

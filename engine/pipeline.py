@@ -184,6 +184,8 @@ class JobClock:
         self.plan, self.steps, self.learned = plan, steps, learned
         self.chunk, self.frames_written = 0, 0  # the chunk being made (0-based), frames on disk
         self.finished = 0  # chunks in the video file
+        self.chunk_timings: list[dict[str, Any]] = []
+        self.thumbnail: np.ndarray | None = None  # the middle frame of chunk 0
         self.denoise_s = 0.0
         self.denoise_steps = 0
         self.finish_s: list[float] = []  # decode + write of each finished chunk
@@ -268,8 +270,6 @@ class Pipeline:
         self._stage1: SemanticStage | None = None
         self._stage2: VideoStage | None = None
         self.learned: dict[str, float] = {}  # stage-2 costs of the last job, for the next one's ETA
-        self.chunk_timings: list[dict[str, Any]] = []
-        self.first_chunk_frame: np.ndarray | None = None
 
     def stage1(self) -> SemanticStage:
         if self._stage1 is None:
@@ -405,7 +405,6 @@ class Pipeline:
             step_started[0] = now
             denoise(step, total)
 
-        self.chunk_timings: list[dict[str, Any]] = []
         chunks = stage2.render_chunks(
             text, codes, plan, seed=job.seed, steps=job.steps, on_step=on_step, should_stop=stop
         )
@@ -426,7 +425,7 @@ class Pipeline:
             first = writer.frames_written
             writer.append(frames)
             if index == 0:
-                self.first_chunk_frame = frames[frames.shape[0] // 2].copy()
+                clock.thumbnail = frames[frames.shape[0] // 2].copy()
             clock.frames_written = writer.frames_written
             write(1, 1)
             written = time.perf_counter()
@@ -439,7 +438,7 @@ class Pipeline:
                 "decode_s": round(decoded - denoised, 4),
                 "write_s": round(written - decoded, 4),
             }
-            self.chunk_timings.append(entry)
+            clock.chunk_timings.append(entry)
             for stage, key in (("denoise", "denoise_s"), ("decode", "decode_s"), ("write", "write_s")):
                 timings[stage] = timings.get(stage, 0.0) + entry[key]
             self.learned["denoise_step_s"] = clock.step_seconds() or 0.0
@@ -477,9 +476,9 @@ class Pipeline:
         sidecar = job.out.with_suffix(".json")
         try:
             save_tokens(codes.numpy(), tokens_path)
-            write_thumbnail(self.first_chunk_frame, thumbnail_path)
+            write_thumbnail(clock.thumbnail, thumbnail_path)
             writer.finish()
-            done = len(self.chunk_timings)
+            done = len(clock.chunk_timings)
             result = JobResult(
                 job.out,
                 tokens_path,
@@ -490,11 +489,11 @@ class Pipeline:
                 frames=writer.frames_written,
                 chunks_done=done,
                 chunks=plan.chunks,
-                chunk_timings=list(self.chunk_timings),
+                chunk_timings=list(clock.chunk_timings),
                 length=plan.record(),
                 partial=partial,
             )
-            height, width = self.first_chunk_frame.shape[:2]
+            height, width = clock.thumbnail.shape[:2]
             self.write_sidecar(job, result, (writer.frames_written, height, width))
         except BaseException:
             writer.abort()

@@ -112,19 +112,15 @@ def test_a_length_beyond_the_token_budget_fails_naming_the_maximum(engine):
     assert events[-1]["event"] == "job_failed" and "at most 2825 frames" in events[-1]["error"]
 
 
-def test_submit_takes_seconds_and_says_it_rounds(engine):
-    result = engine.cli("submit", PROMPT, "--model", "tiny", "--seconds", "1.5", "--steps", "1")
+def test_submit_takes_seconds_says_it_rounds_and_follows_the_chunks(engine):
+    args = ("submit", PROMPT, "--model", "tiny", "--seconds", "1.5", "--steps", "1", "--wait")
+    result = engine.cli(*args)
     assert result.returncode == 0, result.stderr
     assert "12 frames rounded up to 17" in result.stderr and "2 chunks" in result.stderr
+    assert "chunk 1/2 written: 1.1 s of video" in result.stderr and "finished: " in result.stderr
     job_id = result.stdout.strip()
-    client, _ = subscribed(engine, since=0)  # replays this job's events from its start
-    with client:
-        assert client.request("get_job", job_id=job_id)["job"]["params"]["frames"] == 12
-        events = wait_for(client, job_id)
-    assert events[-1]["event"] == "job_finished" and events[-1]["frames"] == 17
+    with engine.client() as client:
+        job = client.request("get_job", job_id=job_id)["job"]
+    assert job["params"]["frames"] == 12 and read_mp4(Path(job["video_path"]))[0].shape[0] == 17
     refused = engine.cli("submit", PROMPT, "--model", "tiny", "--frames", "3000")
     assert refused.returncode == 2 and "at most 2825 frames" in refused.stderr
-    presets = engine.cli("presets")
-    assert any(
-        line.startswith("long 30 s") and '"frames": 241' in line for line in presets.stdout.splitlines()
-    )
