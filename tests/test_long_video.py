@@ -139,6 +139,9 @@ def test_three_chunks_make_the_expected_frames_in_order(pipeline, tmp_path):
     assert [c["index"] for c in record["chunks"]["timings_s"]] == [0, 1, 2]
     assert len(np.load(result.tokens)) == plan.segments * 11
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.json", "long.mp4", "long.npy", "long.png"]
+    # chunk 0 is exactly the clip a one-clip job makes from the same tokens and seed
+    clip = pipeline.run(JobSpec(PROMPT, tmp_path / "clip" / "c.mp4", steps=2, tokens=result.tokens))
+    assert np.array_equal(read_mp4(clip.video)[0], frames[:9])
 
 
 def test_overlap_latents_equal_the_previous_chunk_at_every_sampler_step(pipeline):
