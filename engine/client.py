@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .paths import log_path, private_dir, socket_path
-from .protocol import PROTOCOL_VERSION
+from .wire import PROTOCOL_VERSION
 
 
 class EngineUnavailable(ConnectionError):

@@ -13,12 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-PROTOCOL_VERSION = 1
-MAX_LINE_BYTES = 2**20
-MAX_PROMPT_CHARS = 2000
-# cancelled_partial: cancelled during a long video; the chunks finished before the cancel are kept as a
-# shorter, playable video
-JOB_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "cancelled_partial", "interrupted")
+from .wire import JOB_STATUSES, MAX_LINE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION  # noqa: F401 (re-exported)
 
 
 class Strict(BaseModel):

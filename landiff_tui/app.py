@@ -9,11 +9,13 @@ from typing import Any
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.lazy import Lazy
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from .commands import LanDiffCommands
 from .confirm import Confirm
 from .link import CONNECTED, LOST, STARTING, STOPPED, EngineLink, RequestError
+from .views.base import View
 from .views.engine_view import EngineView
 from .views.gallery import GalleryView
 from .views.generate import GenerateView
@@ -55,28 +57,27 @@ class LanDiffApp(App):
         with TabbedContent(id="tabs"):
             with TabPane("Generate", id="generate"):
                 yield GenerateView()
+            # the other tabs mount right after the first paint: styling every widget first would delay it
             with TabPane("Queue", id="queue"):
-                yield QueueView()
+                yield Lazy(QueueView())
             with TabPane("Gallery", id="gallery"):
-                yield GalleryView()
+                yield Lazy(GalleryView())
             with TabPane("Weights", id="weights"):
-                yield WeightsView()
+                yield Lazy(WeightsView())
             with TabPane("Engine", id="engine"):
-                yield EngineView()
+                yield Lazy(EngineView())
         yield Footer()
 
     def on_mount(self) -> None:
         self.sub_title = "connecting to the engine..."
-        self.link.start()
+        self.call_after_refresh(self.link.start)  # after the lazy tabs: they get the connection's state
 
     async def on_unmount(self) -> None:
         await self.link.close()
 
     @property
-    def views(self) -> list:
-        return [
-            self.query_one(kind) for kind in (GenerateView, QueueView, GalleryView, WeightsView, EngineView)
-        ]
+    def views(self) -> list[View]:
+        return list(self.query(View))
 
     # engine link callbacks (on the app's loop)
 
@@ -86,6 +87,10 @@ class LanDiffApp(App):
         kind = event["event"]
         if kind == "job_finished":
             self.notify("a video is ready: see the Gallery (F3)", title="job finished")
+        elif kind == "job_cancelled" and event.get("partial"):
+            self.notify(
+                "cancelled: the finished chunks are kept as a shorter video in the Gallery", timeout=8
+            )
         elif kind == "job_failed":
             self.notify(
                 event.get("error", "the job failed"), title="job failed", severity="error", timeout=10
@@ -196,8 +201,18 @@ def main(argv: list[str] | None = None) -> int:
         help="the model the engine serves (tiny: random toy weights, runs on a CPU); "
         "default: whatever engine is running, else landiff",
     )
+    parser.add_argument(
+        "--no-start", action="store_true", help="only connect: wait for an engine instead of starting one"
+    )
     args = parser.parse_args(argv)
-    app = LanDiffApp(model=args.model)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print(
+            "landiff-tui needs a terminal (run it in one, or over ssh -t). Without one, use the engine's "
+            "command line: landiff-engine submit/jobs/show (see landiff-engine --help).",
+            file=sys.stderr,
+        )
+        return 2
+    app = LanDiffApp(model=args.model, autostart=not args.no_start)
     app.run()
     if app.return_code:
         return app.return_code

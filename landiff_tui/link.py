@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.client import EngineUnavailable, start_engine
 from engine.paths import socket_path
-from engine.protocol import MAX_LINE_BYTES, PROTOCOL_VERSION
+from engine.wire import MAX_LINE_BYTES, PROTOCOL_VERSION
 
 RETRY_S = 1.0
 
@@ -121,8 +121,8 @@ class EngineLink:
         except RequestError as error:  # e.g. the engine serves another model
             self.on_state(STOPPED, {"message": str(error), "code": error.code})
             self.closing = error.code == "wrong_model"
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass  # ValueError: a line that is not JSON; drop the connection and make a fresh one
         finally:
             self.writer = None
             listener.cancel()
@@ -162,6 +162,12 @@ class EngineLink:
         future = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
         message = {"v": PROTOCOL_VERSION, "id": request_id, "type": kind, **fields}
-        self.writer.write((json.dumps(message) + "\n").encode())
-        await self.writer.drain()
+        try:
+            self.writer.write((json.dumps(message) + "\n").encode())
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            self.pending.pop(request_id, None)
+            raise RequestError(
+                "disconnected", "the engine went away; it reconnects when the engine is back"
+            ) from None
         return await future

@@ -7,11 +7,8 @@ demo exposes where it has them (LLM CFG 1-15, motion score 0-1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
-
-from pydantic import ValidationError
-
-from engine.protocol import JobParams
 
 FPS = 8
 
@@ -36,8 +33,15 @@ FIELDS = [
     Field("top_p", "top-p", float, 0.01, 1, optional=True, hint="empty: off"),
     Field("steps", "steps", int, 1, 1000, hint="50"),
 ]
-LENGTH = Field("length", "length", str, hint="frames or 6s")
-SUPPORTS_LENGTH = "frames" in JobParams.model_fields
+LENGTH = Field("length", "length", str, hint="e.g. 97 or 12s")
+
+
+@cache
+def defaults() -> dict[str, Any]:
+    """The engine's defaults for every parameter (pydantic loads here, after the first paint)."""
+    from engine.protocol import JobParams
+
+    return JobParams(prompt="-").model_dump()
 
 
 def check_field(field: Field, text: str) -> tuple[Any, str | None]:
@@ -74,8 +78,34 @@ def check_length(text: str) -> tuple[int | None, str | None]:
         return None, f"length must be frames (e.g. 49) or seconds (e.g. 6s), not {text!r}"
 
 
-def check_form(prompt: str, texts: dict[str, str]) -> tuple[dict[str, Any] | None, dict[str, str]]:
-    """Every field checked; (params ready to submit, {}) or (None, {field: message})."""
+def length_note(model: str | None, frames: int | None, overlap: int | None = None) -> str:
+    """What a length means for `model`: its chunks and seconds, any rounding, and the maximum."""
+    from engine.lengths import limits, plan_length, rules_for
+
+    if model is None:
+        return ""
+    rules = rules_for(model)
+    most = limits(rules, overlap)
+    span = f"max {most['max_frames']} frames ({most['max_seconds']:.0f} s)"
+    try:
+        plan = plan_length(rules, frames, overlap)
+    except ValueError as error:
+        return str(error)
+    if plan.rounded:
+        return f"{plan.note()}; {span}"
+    return (
+        f"{plan.frames} frames = {plan.seconds:.1f} s in {plan.chunks} chunk(s); one clip is "
+        f"{most['clip_frames']}, each further chunk adds {most['chunk_frames']}; {span}"
+    )
+
+
+def check_form(
+    prompt: str, texts: dict[str, str], model: str | None = None, overlap: int | None = None
+) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """Every field checked; (params ready to submit, {}) or (None, {field: message}).
+
+    With `model` known (the engine's), the length is also held to that model's maximum.
+    """
     errors: dict[str, str] = {}
     params: dict[str, Any] = {"prompt": prompt.strip()}
     if not params["prompt"]:
@@ -86,14 +116,24 @@ def check_form(prompt: str, texts: dict[str, str]) -> tuple[dict[str, Any] | Non
             errors[field.name] = error
         elif value is not None:
             params[field.name] = value
-    if SUPPORTS_LENGTH:
-        frames, error = check_length(texts.get("length", ""))
-        if error:
-            errors["length"] = error
-        elif frames is not None:
-            params["frames"] = frames
+    frames, error = check_length(texts.get("length", ""))
+    if error:
+        errors["length"] = error
+    elif frames is not None:
+        params["frames"] = frames
+        if model is not None:
+            from engine.lengths import plan_length, rules_for
+
+            try:
+                plan_length(rules_for(model), frames, overlap)
+            except ValueError as error:
+                errors["length"] = str(error)
     if errors:
         return None, errors
+    from pydantic import ValidationError
+
+    from engine.protocol import JobParams
+
     try:
         return JobParams(**params).model_dump(exclude_none=True), {}
     except ValidationError as error:  # the engine's own limits, e.g. a prompt that is too long

@@ -7,14 +7,17 @@ read at low resolution through ffmpeg (imageio-ffmpeg), never through torch.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image
 from rich.color import Color
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.style import Style
 from textual.widgets import Static
+
+if TYPE_CHECKING:  # numpy and Pillow load on the first preview, not at start-up
+    import numpy as np
+    from PIL import Image
 
 UPPER_HALF = "\u2580"
 
@@ -29,6 +32,8 @@ class HalfBlocks:
     """A rich renderable of an RGB array [H, W, 3] (H even), one text row per two pixel rows."""
 
     def __init__(self, pixels: np.ndarray):
+        import numpy as np
+
         if pixels.shape[0] % 2:
             pixels = np.concatenate([pixels, pixels[-1:]])
         self.pixels = pixels
@@ -43,6 +48,9 @@ class HalfBlocks:
 
     @classmethod
     def of_image(cls, image: Image.Image, cells_w: int, cells_h: int) -> HalfBlocks:
+        import numpy as np
+        from PIL import Image
+
         size = fit(image.width, image.height, cells_w, cells_h)
         return cls(np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR)))
 
@@ -50,6 +58,7 @@ class HalfBlocks:
 def video_frames(path: Path, cells_w: int, cells_h: int, limit: int = 240) -> list[np.ndarray]:
     """Up to `limit` frames of an mp4, scaled down by ffmpeg to fit the given cells."""
     import imageio_ffmpeg
+    import numpy as np
 
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = next(reader)
@@ -85,6 +94,8 @@ class FramePreview(Static):
         if path is None or not Path(path).is_file():
             self.update("no preview yet")
             return
+        from PIL import Image
+
         try:
             with Image.open(path) as image:
                 self.update(HalfBlocks.of_image(image, *self.cells))

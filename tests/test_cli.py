@@ -125,9 +125,14 @@ def test_importing_the_protocol_side_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
-def test_tui_entry_point_says_what_to_use_instead():
-    result = subprocess.run([sys.executable, "-m", "landiff_tui.app"], capture_output=True, text=True)
-    assert result.returncode == 1 and "landiff-engine generate" in result.stderr
+def test_tui_entry_point_needs_a_terminal_and_says_what_to_use_instead():
+    command = [sys.executable, "-m", "landiff_tui.app"]
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert (
+        result.returncode == 2 and "needs a terminal" in result.stderr and "landiff-engine" in result.stderr
+    )
+    usage = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and "--model" in usage.stdout
 
 
 def test_layout_paths_are_the_release_tree(tmp_path):

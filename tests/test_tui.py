@@ -70,6 +70,12 @@ class Recorder:
         return [e for e in self.events if e["event"] == kind and job_id in (None, e.get("job_id"))]
 
 
+def read_mp4_frames(path: str) -> list:
+    from engine.video import read_mp4
+
+    return list(read_mp4(Path(path))[0])
+
+
 def engine_job(engine: RunningEngine, job_id: str) -> dict:
     with engine.client() as client:
         return client.request("get_job", job_id=job_id)["job"]
@@ -127,6 +133,14 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
 
         await pilot.press("f3")
         await until(pilot, lambda: len(gallery.rows) == 3, what="three jobs in the gallery")
+        app.query_one("#gallery-table").focus()
+        await pilot.press("enter")  # the detail view: a frame, then the video playing
+        await until(pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, 10, "details")
+        assert app.screen.job["id"] == gallery.rows[0]["id"]
+        await pilot.press("p")
+        preview = app.screen.query_one("FramePreview")
+        assert preview.playing and len(preview.frames) == len(read_mp4_frames(app.screen.job["video_path"]))
+        await pilot.press("escape")
         folder = Path(engine_job(engine, job_id)["video_path"]).parent
         app.query_one("#gallery-table").focus()
         index = [r["id"] for r in gallery.rows].index(job_id)
@@ -181,6 +195,17 @@ async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engi
         gallery = app.query_one("GalleryView")
         await until(pilot, lambda: job_id in [r["id"] for r in gallery.rows], what="the job in the gallery")
 
+        old_pid = app.engine_info["pid"]  # restart from the Engine tab: a new, detached engine answers
+        await pilot.press("f5")
+        await pilot.press("R")
+        try:
+            await until(
+                pilot, lambda: app.link.connected and app.engine_info["pid"] != old_pid, 90, "a restart"
+            )
+        finally:
+            with engine.client() as client:
+                client.request("shutdown")
+
 
 async def test_first_run_without_weights_offers_the_tiny_model(tmp_path, monkeypatch, weights):  # noqa: F811
     running = RunningEngine(tmp_path / "engine", tmp_path / "no-weights")
@@ -221,6 +246,10 @@ async def test_invalid_values_are_shown_inline_and_nothing_is_sent():
         assert app.query_one("#submit").disabled
         await pilot.press("ctrl+s")
         assert not [kind for kind, _ in link.requests if kind == "submit"]
+        await set_field(pilot, "length", "100000")  # beyond the tiny model's token budget: says its maximum
+        assert "at most 2825 frames" in str(app.query_one("#form-errors").render())
+        await set_field(pilot, "length", "10")
+        assert "10 frames rounded up to 17" in str(app.query_one("#length-note").render())
         await set_field(pilot, "cfg", "9")
         await set_field(pilot, "top_p", "")
         assert not app.query_one("#submit").disabled
@@ -228,6 +257,7 @@ async def test_invalid_values_are_shown_inline_and_nothing_is_sent():
         await pilot.pause(0.1)
         submitted = [fields for kind, fields in link.requests if kind == "submit"]
         assert submitted and submitted[0]["params"]["cfg"] == 9.0 and "top_p" not in submitted[0]["params"]
+        assert submitted[0]["params"]["frames"] == 10  # the engine rounds it up, and records that it did
 
 
 async def test_prompt_history_recalls_earlier_prompts_with_up_and_down():
@@ -311,3 +341,26 @@ def test_video_frames_are_read_small_through_ffmpeg(tmp_path):
     frames = video_frames(path, 16, 6)
     assert len(frames) == 3 and frames[0].shape == (12, 16, 3)
     assert abs(int(frames[2].mean()) - 250) < 8 and int(frames[0].mean()) < 8
+
+
+async def test_the_command_palette_runs_view_actions_and_engine_errors_become_notifications(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    link = ScriptedLink([job(2)])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        seed = app.query_one("#param-seed").value
+        await pilot.press("ctrl+p")
+        await pilot.press(*"random seed")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.query_one("#param-seed").value != seed, timeout=5, what="a new seed")
+        await pilot.press("ctrl+p")
+        await pilot.press(*"verify the weights")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(
+            pilot, lambda: app.query_one("TabbedContent").active == "weights", timeout=5, what="Weights"
+        )
+        # the double does not script verify_weights: its refusal must arrive as a notification
+        await until(pilot, lambda: any("verify_weights" in str(n.message) for n in app._notifications), 5)

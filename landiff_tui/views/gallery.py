@@ -11,12 +11,21 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select
 
-from engine.protocol import JOB_STATUSES
+from engine.wire import JOB_STATUSES
 
 from ..job_detail import JobDetail, job_actions
 from .base import View
 
 PAGE = 200
+CHANGES_THE_LIST = {
+    "job_queued",
+    "job_finished",
+    "job_failed",
+    "job_cancelled",
+    "job_cancelled_partial",
+    "job_interrupted",
+    "job_deleted",
+}
 SEARCH_DELAY_S = 0.15
 
 
@@ -61,7 +70,7 @@ class GalleryView(View):
         self.reload()
 
     def engine_event(self, event: dict[str, Any]) -> None:
-        if event["event"] in ("job_finished", "job_failed", "job_cancelled", "job_deleted", "job_queued"):
+        if event["event"] in CHANGES_THE_LIST:
             self.dirty = True
             if self.is_visible_tab():
                 self.reload()

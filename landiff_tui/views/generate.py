@@ -12,13 +12,10 @@ from textual.containers import Grid, Horizontal
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
-from engine.protocol import JobParams
-
 from ..confirm import AskName, Confirm
-from ..params import FIELDS, LENGTH, SUPPORTS_LENGTH, check_form, form_texts
+from ..params import FIELDS, LENGTH, check_form, check_length, defaults, form_texts, length_note
 from .base import View
 
-DEFAULTS = JobParams(prompt="-").model_dump()
 HISTORY_LIMIT = 200
 
 
@@ -58,15 +55,16 @@ class GenerateView(View):
         self.history_at = 0
         self.draft = ""
         self.presets: dict[str, Any] = {}
+        self.extras: dict[str, Any] = {}  # parameters the form has no field for
+        self.model: str | None = None  # the engine's, for the length rules
 
     def compose(self) -> ComposeResult:
         yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False)
         with Grid(id="params"):
-            texts = form_texts(DEFAULTS)
-            fields = [*FIELDS, LENGTH] if SUPPORTS_LENGTH else FIELDS
-            for field in fields:
+            for field in [*FIELDS, LENGTH]:  # values arrive after the first paint (see on_mount)
                 yield Label(field.label, classes="param-label")
-                yield Input(texts[field.name], id=f"param-{field.name}", placeholder=field.hint)
+                yield Input(id=f"param-{field.name}", placeholder=field.hint)
+        yield Static("", id="length-note")
         yield Static("", id="form-errors")
         with Horizontal(id="preset-row"):
             yield Select([], prompt="preset", id="preset", allow_blank=True)
@@ -74,11 +72,13 @@ class GenerateView(View):
 
     def on_mount(self) -> None:
         self.query_one(PromptArea).border_title = "prompt (up/down on the first/last line: history)"
-        self.check()
+        self.call_after_refresh(self.fill, {})
 
     # data from the engine
 
     def engine_connected(self, hello: dict[str, Any]) -> None:
+        self.model = hello.get("model")
+        self.check()
         self.run_worker(self.load(), exclusive=True, group="generate-load")
 
     def engine_event(self, event: dict[str, Any]) -> None:
@@ -117,7 +117,11 @@ class GenerateView(View):
         return {widget.id.removeprefix("param-"): widget.value for widget in self.query("#params Input")}
 
     def check(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
-        params, errors = check_form(self.query_one(PromptArea).text, self.texts())
+        model, overlap = self.model, self.extras.get("overlap")
+        params, errors = check_form(self.query_one(PromptArea).text, self.texts(), model, overlap)
+        frames, _ = check_length(self.texts().get("length", ""))
+        if "length" not in errors:
+            self.query_one("#length-note", Static).update(length_note(model, frames, overlap))
         for widget in self.query("#params Input"):
             widget.set_class(widget.id.removeprefix("param-") in errors, "-invalid")
         shown = {name: message for name, message in errors.items() if name != "prompt"}
@@ -126,7 +130,11 @@ class GenerateView(View):
         return params, errors
 
     def fill(self, params: dict[str, Any], prompt: str | None = None) -> None:
-        texts = form_texts({**DEFAULTS, **params})
+        shown = {field.name for field in FIELDS} | {"prompt", "frames"}
+        self.extras = {
+            name: value for name, value in params.items() if name not in shown and value is not None
+        }
+        texts = form_texts({**defaults(), **params})
         for widget in self.query("#params Input"):
             name = widget.id.removeprefix("param-")
             if name in texts:
@@ -170,6 +178,7 @@ class GenerateView(View):
         if params is None:
             self.notify(next(iter(errors.values())), title="not submitted", severity="error")
             return
+        params = {**self.extras, **params}  # e.g. a long video's overlap, kept from the job being edited
         reply = await self.call("submit", params=params)
         if reply is not None:
             self.remember(params["prompt"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, ProgressBar
 
 from ..confirm import Confirm
+from ..link import RequestError
 from ..preview import FramePreview
 from .base import View
 
@@ -149,9 +151,8 @@ class QueueView(View):
             return
         self.update_info(job)
         if int(time.time()) % 3 == 0:  # memory changes slowly; asking costs the engine a call
-            status = await self.app.link.request("status") if self.app.link.connected else None
-            if status:
-                self.memory = status
+            with contextlib.suppress(RequestError):  # the engine went away meanwhile: the link says so
+                self.memory = await self.app.link.request("status")
 
     # drawing
 
