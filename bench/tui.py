@@ -149,7 +149,7 @@ async def gallery(count: int, repeat: int) -> dict[str, list[float]]:
             generation = view.generation
             started = time.perf_counter()
             await pilot.press(*word[:3])
-            while view.generation == generation or view.loading or app.workers._workers:
+            while view.generation == generation or view.fetching or app.workers._workers:
                 await pilot.pause(0.005)
             timings["keystroke -> list"].append(time.perf_counter() - started)
             timings["query"].append(view.last_query_s)

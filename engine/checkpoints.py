@@ -14,11 +14,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from .errors import CheckpointError
+
 SHOWN_KEYS = 5
-
-
-class CheckpointError(RuntimeError):
-    """A weights file is missing or does not fit the model that should load it."""
 
 
 def _first(keys: Iterable[str]) -> str:

@@ -191,15 +191,22 @@ def parse_device(name: str | None):
 
 def run_serve(args: argparse.Namespace) -> int:
     from .server import EngineAlreadyRunning, serve
-    from .specs import get_spec
 
-    get_spec(args.model)
+    check_model_name(args.model)
     try:
         serve(args.model, args.ckpts, args.idle_release)
     except EngineAlreadyRunning as error:
         print(f"landiff-engine serve: {error}", file=sys.stderr)
         return EXIT_USAGE
     return 0
+
+
+def check_model_name(name: str) -> None:
+    """Refuse an unknown model before anything starts, without loading the models' code."""
+    from .lengths import RULES
+
+    if name not in RULES:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(RULES)}")
 
 
 def run_tiny(args: argparse.Namespace) -> int:
@@ -342,8 +349,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoints import CheckpointError
     from .client import EngineError, EngineUnavailable
+    from .errors import CheckpointError
 
     handlers = {"tokens": run_tokens, "generate": run_generate, "tiny": run_tiny, "serve": run_serve}
     handlers.update(client_handlers)

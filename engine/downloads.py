@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .atomic import write_atomically
-from .checkpoints import CheckpointError
+from .errors import CheckpointError
 from .weights import (
     FLAN_T5_FILES,
     FLAN_T5_INDEX,

@@ -113,9 +113,6 @@ class Engine:
     # lifecycle
 
     async def serve(self) -> None:
-        from .specs import get_spec  # the model spec is checked before anything listens
-
-        spec = get_spec(self.model)
         path = socket_path()
         private_dir(path.parent)
         if path.exists() or path.is_symlink():
@@ -131,7 +128,7 @@ class Engine:
             log.warning("marked %d job(s) interrupted: %s", len(interrupted), ", ".join(interrupted))
         self.loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
-        self.worker = self.start_worker(spec)
+        self.worker = self.start_worker(self.model)
         previous = os.umask(0o177)
         try:
             server = await asyncio.start_unix_server(self.connection, path=str(path), limit=MAX_LINE_BYTES)
@@ -150,12 +147,15 @@ class Engine:
             path.unlink()
         log.info("engine stopped")
 
-    def start_worker(self, spec):
-        from .pipeline import Pipeline
+    def start_worker(self, model: str):
         from .weights import layout_for
         from .worker import JobWorker
 
-        def make_pipeline() -> Pipeline:
+        def make_pipeline():  # in the worker thread: torch and the models' code load there
+            from .pipeline import Pipeline
+            from .specs import get_spec
+
+            spec = get_spec(model)
             layout = layout_for(spec.name, self.ckpts)
             if spec.name == "tiny":
                 from .tiny import ensure_tiny_release
@@ -258,13 +258,26 @@ class Engine:
             "instance": self.instance,
             "pid": os.getpid(),
             "seq": self.hub.seq,
+            "limits": self.limits(),
         }
 
+    def limits(self) -> dict[str, Any]:
+        from .lengths import limits, rules_for
+
+        return limits(rules_for(self.model))
+
     def on_submit(self, request: Submit) -> dict[str, Any]:
-        row = self.store.add_job(request.params.model_dump(), self.model, __version__)
+        from .lengths import plan_length, rules_for
+
+        params = request.params
+        try:  # a length the model cannot make is refused now, not when the job starts
+            plan = plan_length(rules_for(self.model), params.frames, params.overlap)
+        except ValueError as error:
+            raise RequestFailed("invalid", str(error)) from None
+        row = self.store.add_job(params.model_dump(), self.model, __version__)
         self.hub.publish("job_queued", job_id=row.id, prompt=row.prompt)
         self.worker.notify()
-        return {"job_id": row.id}
+        return {"job_id": row.id, "length": plan.record()}
 
     def on_cancel(self, request: Cancel) -> dict[str, Any]:
         row = self.job(request.job_id)
@@ -337,7 +350,8 @@ class Engine:
             "models_loaded": self.worker.loaded_models(),
             "downloading": self.download is not None and self.download.is_alive(),
             "seq": self.hub.seq,
-            **device_status(),
+            "limits": self.limits(),
+            **device_status(self.worker.torch_ready),
         }
 
     def on_subscribe(self, request: Subscribe) -> dict[str, Any]:
@@ -398,7 +412,7 @@ class Engine:
     def checksums(self, root: Path) -> dict[str, str] | None:
         """The release's sums; LANDIFF_CHECKSUMS replaces them (mirrors, tests); tiny uses its own list."""
         from .downloads import read_checksums
-        from .tiny import TINY_CHECKSUMS
+        from .weights import TINY_CHECKSUMS
 
         path = os.environ.get("LANDIFF_CHECKSUMS")
         if path:
@@ -443,7 +457,9 @@ class RequestFailed(Exception):
         self.code = code
 
 
-def device_status() -> dict[str, Any]:
+def device_status(torch_ready: bool) -> dict[str, Any]:
+    if not torch_ready:  # importing torch here would stall every client for seconds
+        return {"device": "starting (torch is loading)", "memory_used_bytes": None}
     import torch
 
     if torch.cuda.is_available():

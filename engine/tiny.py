@@ -23,7 +23,7 @@ from .models.video_vae import build_vae
 from .sat_keys import sat_dit_from_ours, sat_vae_decoder_from_ours
 from .specs import ModelSpec, T5Sizes
 from .tiny_text import write_tiny_t5
-from .weights import ReleaseLayout
+from .weights import TINY_CHECKSUMS, ReleaseLayout
 
 
 def randomise(module: nn.Module, generator: torch.Generator, std: float = 0.02) -> nn.Module:
@@ -103,9 +103,6 @@ def write_tiny_release(layout: ReleaseLayout, spec: ModelSpec, seed: int = 0) ->
     write_t5_folder(layout.flan_t5_dir, spec.flan_t5, seed)
     write_tiny_stage2(layout, spec, generator, seed)
     write_checksum_list(layout)
-
-
-TINY_CHECKSUMS = "CHECKSUM.md5"
 
 
 def write_checksum_list(layout: ReleaseLayout) -> None:

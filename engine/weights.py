@@ -17,6 +17,7 @@ from pathlib import Path
 HOME_ENV = "LANDIFF_HOME"
 RELEASE_REPO = "yinaoxiong/LanDiff"
 FLAN_T5_REPO = "google/flan-t5-xxl"
+TINY_CHECKSUMS = "CHECKSUM.md5"  # the tiny bundle's own checksum list, beside its LanDiff/ folder
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .pipeline import ChunkDone, JobCancelled, JobResult, JobSpec, Pipeline, Progress
 from .protocol import JobParams
 from .store import Store
-from .video import write_thumbnail
+
+if TYPE_CHECKING:  # torch and the models load in the worker thread, after the socket is up
+    from .pipeline import ChunkDone, JobResult, Pipeline, Progress
 
 log = logging.getLogger("landiff.engine")
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress events a second per job, plus each stage's last step
@@ -48,6 +49,7 @@ class JobWorker(threading.Thread):
         self.store, self.make_pipeline, self.publish, self.outputs = store, make_pipeline, publish, outputs
         self.idle_release_s = idle_release_s
         self.pipeline: Pipeline | None = None
+        self.torch_ready = False  # set by the worker thread once torch is imported
         self.last_used = time.monotonic()
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -90,6 +92,9 @@ class JobWorker(threading.Thread):
     # the worker thread
 
     def run(self) -> None:
+        from . import pipeline  # noqa: F401  (warm-up: torch and diffusers load here, not on the socket's side)
+
+        self.torch_ready = True
         self.sweep_leftovers()
         while not self.stopping.is_set():
             try:
@@ -145,6 +150,9 @@ class JobWorker(threading.Thread):
         log.info("models released")
 
     def run_job(self, job_id: str, params: JobParams) -> None:
+        from .pipeline import JobCancelled, JobSpec
+        from .video import write_thumbnail
+
         self.publish("job_started", job_id=job_id)
         folder = self.outputs / job_id
         job = JobSpec(

@@ -12,16 +12,16 @@ from textual.binding import Binding
 from textual.lazy import Lazy
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
+from .client import CONNECTED, LOST, STARTING, STOPPED, EngineLink, RequestError
 from .commands import LanDiffCommands
-from .confirm import Confirm
-from .link import CONNECTED, LOST, STARTING, STOPPED, EngineLink, RequestError
+from .screens.confirm import Confirm
+from .screens.welcome import NoWeights
 from .views.base import View
 from .views.engine_view import EngineView
 from .views.gallery import GalleryView
 from .views.generate import GenerateView
 from .views.queue import QueueView
 from .views.weights import WeightsView
-from .welcome import NoWeights
 
 TABS = [
     ("generate", "Generate", "f1"),

@@ -215,6 +215,10 @@ def test_list_search_presets_status_and_cli(engine):
         assert status["model"] == "tiny" and "stage2" in status["models_loaded"] and status["queue"] == []
         with pytest.raises(EngineError, match="serves the 'tiny' model, not 'landiff'"):
             client.request("hello", model="landiff")
+        limits = client.request("hello")["limits"]
+        assert limits == status["limits"] and limits["clip_frames"] == 9 and limits["chunk_frames"] == 8
+        with pytest.raises(EngineError, match=f"at most {limits['max_frames']} frames"):
+            client.request("submit", params={"prompt": PROMPT, "frames": limits["max_frames"] + 1})
     submitted = engine.cli("submit", PROMPT, "--preset", "mine", "--seed", "9", "--wait", "--model", "tiny")
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().splitlines()[0]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.client import EngineError
 from engine.video import read_mp4
 from tests.test_engine import RunningEngine, subscribed, wait_for
 
@@ -104,12 +105,16 @@ def test_cancel_after_the_first_chunk_keeps_a_playable_shorter_video(engine):
     assert not list(folder.glob(".*partial*")) and Path(job["thumbnail_path"]).is_file()
 
 
-def test_a_length_beyond_the_token_budget_fails_naming_the_maximum(engine):
-    client, _ = subscribed(engine)
-    with client:
-        job_id = client.request("submit", params={"prompt": PROMPT, "frames": 99_999})["job_id"]
-        events = wait_for(client, job_id)
-    assert events[-1]["event"] == "job_failed" and "at most 2825 frames" in events[-1]["error"]
+def test_a_length_beyond_the_token_budget_is_refused_at_submit_naming_the_maximum(engine):
+    with engine.client() as client:
+        before = client.request("list_jobs")["total"]
+        with pytest.raises(EngineError, match="at most 2825 frames"):
+            client.request("submit", params={"prompt": PROMPT, "frames": 99_999})
+        with pytest.raises(EngineError, match="overlap"):
+            client.request("submit", params={"prompt": PROMPT, "frames": 40, "overlap": 2})
+        assert client.request("list_jobs")["total"] == before  # nothing was queued
+        accepted = client.request("submit", params={"prompt": PROMPT, "frames": 12, "steps": 1})
+        assert accepted["length"]["frames"] == 17 and "rounded up to 17" in accepted["length"]["rounded"]
 
 
 def test_submit_takes_seconds_says_it_rounds_and_follows_the_chunks(engine):

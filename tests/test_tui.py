@@ -16,7 +16,7 @@ from PIL import Image
 from engine.client import EngineClient, EngineError
 from landiff_tui.app import LanDiffApp
 from landiff_tui.params import check_form, check_length
-from landiff_tui.preview import UPPER_HALF, HalfBlocks, fit, video_frames
+from landiff_tui.widgets.preview import UPPER_HALF, HalfBlocks, fit, video_frames
 
 from .test_engine import RunningEngine
 from .test_engine import weights as weights  # noqa: F401  (the module-scoped tiny weights fixture)
@@ -364,3 +364,21 @@ async def test_the_command_palette_runs_view_actions_and_engine_errors_become_no
         )
         # the double does not script verify_weights: its refusal must arrive as a notification
         await until(pilot, lambda: any("verify_weights" in str(n.message) for n in app._notifications), 5)
+
+
+async def test_a_dropped_connection_comes_back_with_every_event_it_missed(engine):
+    app = LanDiffApp(model="tiny")
+    async with app.run_test(size=(80, 24)) as pilot:
+        events = Recorder(app)
+        await until(pilot, lambda: app.link.connected, what="the engine connection")
+        app.link.writer.transport.abort()  # the socket drops (a network hiccup, a suspended laptop)
+        with engine.client() as client:  # meanwhile a job runs to the end
+            job_id = client.request("submit", params={"prompt": "While away.", "steps": 2})["job_id"]
+            client.request("subscribe", since=client.request("status")["seq"])
+            for event in client.events():
+                if event["event"] == "job_finished" and event["job_id"] == job_id:
+                    break
+        await until(pilot, lambda: events.of("job_finished", job_id), what="the replayed events")
+        seqs = [event["seq"] for event in events.events]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing lost, nothing twice
+        assert events.of("job_queued", job_id) and events.of("job_started", job_id)

@@ -32,8 +32,17 @@ def make_app(**link_options) -> LanDiffApp:
 
 
 async def settle(pilot) -> None:
-    await pilot.pause(0.3)
-    await pilot.app.workers.wait_for_complete()
+    """Until the lazy tabs, the form's defaults and every request are done, however slow the machine."""
+    app = pilot.app
+    for _ in range(200):
+        await pilot.pause(0.05)
+        await app.workers.wait_for_complete()
+        views = len(app.query("View"))
+        if views == 5 and app.query_one("#param-cfg").value and not app.workers._workers:
+            break
+    for widget in app.query("TextArea, Input"):  # a blinking cursor would make the picture depend on timing
+        widget.cursor_blink = False
+    await pilot.wait_for_scheduled_animations()
     await pilot.pause(0.1)
 
 
@@ -44,6 +53,7 @@ def show(tab: str):
         await settle(pilot)
         if tab == "f2":
             queue = pilot.app.query_one("QueueView")
+            queue.memory = await pilot.app.link.request("status")  # what its timer asks every few seconds
             for stage, step, total in (("text", 2, 2), ("tokens", 17, 17), ("denoise", 20, 50)):
                 queue.engine_event(
                     {

@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from landiff_tui.link import CONNECTED, RequestError
+from landiff_tui.client import CONNECTED, RequestError
 
 CREATED = 1_764_115_200.0  # 2025-11-26 00:00 UTC
 

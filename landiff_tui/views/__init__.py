@@ -1,0 +1,1 @@
+"""The tabs: one view per tab, each a client of the engine link."""

@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Input, Label, Select
 
 from engine.wire import JOB_STATUSES
 
-from ..job_detail import JobDetail, job_actions
+from ..screens.job_detail import JobDetail, job_actions
 from .base import View
 
 PAGE = 200
@@ -47,7 +47,7 @@ class GalleryView(View):
         self.total = 0
         self.generation = 0  # bumps with every new query, so late pages of an old one are dropped
         self.search_timer = None
-        self.loading = False
+        self.fetching = False
         self.dirty = True
         self.last_query_s: float | None = None
 
@@ -96,11 +96,11 @@ class GalleryView(View):
 
     async def load(self, generation: int, offset: int) -> None:
         started = time.perf_counter()
-        self.loading = True
+        self.fetching = True
         try:
             reply = await self.call("list_jobs", offset=offset, **self.query_fields())
         finally:
-            self.loading = False
+            self.fetching = False
         if reply is None or generation != self.generation:
             return
         table = self.query_one("#gallery-table", DataTable)
@@ -146,8 +146,8 @@ class GalleryView(View):
 
     @on(DataTable.RowHighlighted, "#gallery-table")
     def near_the_end(self, event: DataTable.RowHighlighted) -> None:
-        if event.cursor_row >= len(self.rows) - 20 and len(self.rows) < self.total and not self.loading:
-            self.loading = True
+        if event.cursor_row >= len(self.rows) - 20 and len(self.rows) < self.total and not self.fetching:
+            self.fetching = True
             self.run_worker(self.load(self.generation, len(self.rows)), group="gallery-more")
 
     @on(DataTable.RowSelected, "#gallery-table")

@@ -12,8 +12,8 @@ from textual.containers import Grid, Horizontal
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
-from ..confirm import AskName, Confirm
 from ..params import FIELDS, LENGTH, check_form, check_length, defaults, form_texts, length_note
+from ..screens.confirm import AskName, Confirm
 from .base import View
 
 HISTORY_LIMIT = 200

@@ -11,9 +11,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, ProgressBar
 
-from ..confirm import Confirm
-from ..link import RequestError
-from ..preview import FramePreview
+from ..client import RequestError
+from ..screens.confirm import Confirm
+from ..widgets.preview import FramePreview
 from .base import View
 
 STAGES = [

@@ -13,8 +13,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from ..widgets.preview import FramePreview
 from .confirm import Confirm
-from .preview import FramePreview
 
 
 @dataclass
@@ -29,7 +29,7 @@ class JobActions:
         return None
 
     def edit(self, job: dict[str, Any]) -> None:
-        from .views.generate import GenerateView
+        from ..views.generate import GenerateView
 
         while len(self.app.screen_stack) > 1:
             self.app.pop_screen()

@@ -1,0 +1,1 @@
+"""Screens pushed over the tabs: dialogs and the job detail."""
