@@ -16,7 +16,7 @@ from engine.wire import JOB_STATUSES
 from ..screens.job_detail import JobDetail, job_actions
 from .base import View
 
-PAGE = 200
+PAGE = 100
 CHANGES_THE_LIST = {
     "job_queued",
     "job_finished",
