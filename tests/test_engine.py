@@ -58,14 +58,9 @@ class RunningEngine:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    from engine.specs import get_spec
-    from engine.tiny import ensure_tiny_release
-    from engine.weights import layout_for
-
-    root = tmp_path_factory.mktemp("weights")
-    ensure_tiny_release(layout_for("tiny", root), get_spec("tiny"))
-    return root
+def weights(home) -> Path:
+    """The tiny weights root (conftest's `home`) the engines of this module serve from."""
+    return home
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 from engine.checkpoints import CheckpointError
 from engine.cli import main
 from engine.model_loading import load_control_dit, load_vae
-from engine.pipeline import JobCancelled, JobSpec, Pipeline
+from engine.pipeline import JobCancelled, JobSpec
 from engine.specs import get_spec
 from engine.tiny import ensure_tiny_release
 from engine.video import read_mp4
@@ -23,18 +23,6 @@ from engine.weights import layout_for
 
 PROMPT = "A red fox running through a snowy forest."
 TINY = get_spec("tiny")
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("weights")
-    ensure_tiny_release(layout_for("tiny", root), TINY)
-    return root
-
-
-@pytest.fixture(scope="module")
-def pipeline(home) -> Pipeline:
-    return Pipeline(TINY, layout_for("tiny", home), device=torch.device("cpu"))
 
 
 def test_generate_writes_a_playable_video_its_tokens_and_record(home, tmp_path):

@@ -17,28 +17,14 @@ import torch
 from engine.chunks import limits, plan_length
 from engine.cli import main
 from engine.models.video_vae import StreamingDecoder, VAEConfig, build_vae, decode_latents
-from engine.pipeline import JobSpec, Pipeline
+from engine.pipeline import JobSpec
 from engine.specs import get_spec
-from engine.tiny import ensure_tiny_release
 from engine.video import StreamingMp4Writer, read_mp4
-from engine.weights import layout_for
 
 PROMPT = "A paper boat drifting down a rainy street."
 TINY = get_spec("tiny")
 LANDIFF = get_spec("landiff")
 THREE_CHUNKS = plan_length(TINY, None).clip_frames + 2 * plan_length(TINY, None).chunk_frames
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("weights")
-    ensure_tiny_release(layout_for("tiny", root), TINY)
-    return root
-
-
-@pytest.fixture(scope="module")
-def pipeline(home) -> Pipeline:
-    return Pipeline(TINY, layout_for("tiny", home), device=torch.device("cpu"))
 
 
 def test_the_plan_follows_the_spec_rounds_up_and_names_the_maximum():

@@ -18,6 +18,8 @@ from landiff_tui.app import LanDiffApp
 from landiff_tui.params import check_form, check_length
 from landiff_tui.widgets.preview import UPPER_HALF, HalfBlocks, fit, video_frames
 
+from .fake_hub import FakeHub
+from .test_downloads import hub_files as hub_files  # noqa: F401  (the tiny model as the hub holds it)
 from .test_engine import RunningEngine
 from .test_engine import weights as weights  # noqa: F401  (the module-scoped tiny weights fixture)
 from .tui_double import ScriptedLink, job
@@ -70,6 +72,13 @@ class Recorder:
         return [e for e in self.events if e["event"] == kind and job_id in (None, e.get("job_id"))]
 
 
+async def connected(pilot) -> Recorder:
+    """Records every event from now on, once the app is connected to the engine."""
+    events = Recorder(pilot.app)
+    await until(pilot, lambda: pilot.app.link.connected, what="the engine connection")
+    return events
+
+
 def read_mp4_frames(path: str) -> list:
     from engine.video import read_mp4
 
@@ -97,8 +106,7 @@ async def set_field(pilot, name: str, value: str) -> None:
 async def test_submit_watch_find_rerun_edit_and_delete(engine):
     app = LanDiffApp(model="tiny")
     async with app.run_test(size=(100, 32)) as pilot:
-        events = Recorder(app)
-        await until(pilot, lambda: app.link.connected, what="the engine connection")
+        events = await connected(pilot)
         await type_prompt(pilot, "A heron standing in shallow water.")
         await set_field(pilot, "steps", "3")
         await set_field(pilot, "seed", "7")
@@ -157,8 +165,7 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
 async def test_cancel_a_running_job_after_confirming(engine):
     app = LanDiffApp(model="tiny")
     async with app.run_test(size=(80, 24)) as pilot:
-        events = Recorder(app)
-        await until(pilot, lambda: app.link.connected, what="the engine connection")
+        events = await connected(pilot)
         await type_prompt(pilot, "A long one to cancel.")
         await set_field(pilot, "steps", "1000")
         await pilot.press("ctrl+s")
@@ -179,8 +186,7 @@ async def test_cancel_a_running_job_after_confirming(engine):
 async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engine):
     app = LanDiffApp(model="tiny")
     async with app.run_test(size=(80, 24)) as pilot:
-        events = Recorder(app)
-        await until(pilot, lambda: app.link.connected, what="the engine connection")
+        events = await connected(pilot)
         engine.process.send_signal(signal.SIGKILL)
         engine.process.wait(10)
         await until(pilot, lambda: "lost" in app.sub_title, what="the TUI to show the engine is gone")
@@ -369,8 +375,7 @@ async def test_the_command_palette_runs_view_actions_and_engine_errors_become_no
 async def test_a_dropped_connection_comes_back_with_every_event_it_missed(engine):
     app = LanDiffApp(model="tiny")
     async with app.run_test(size=(80, 24)) as pilot:
-        events = Recorder(app)
-        await until(pilot, lambda: app.link.connected, what="the engine connection")
+        events = await connected(pilot)
         app.link.writer.transport.abort()  # the socket drops (a network hiccup, a suspended laptop)
         with engine.client() as client:  # meanwhile a job runs to the end
             job_id = client.request("submit", params={"prompt": "While away.", "steps": 2})["job_id"]
@@ -382,3 +387,36 @@ async def test_a_dropped_connection_comes_back_with_every_event_it_missed(engine
         seqs = [event["seq"] for event in events.events]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing lost, nothing twice
         assert events.of("job_queued", job_id) and events.of("job_started", job_id)
+
+
+async def test_the_weights_tab_downloads_through_the_engine(tmp_path, monkeypatch, hub_files):
+    repos, checksums = hub_files
+    listing = tmp_path / "CHECKSUM.md5"
+    listing.write_text("".join(f"{md5}  {path}\n" for path, md5 in checksums.items()))
+    running = RunningEngine(tmp_path / "engine", tmp_path / "empty-home")
+    with FakeHub(repos) as hub:
+        running.env.update(HF_ENDPOINT=hub.endpoint, LANDIFF_CHECKSUMS=str(listing))
+        running.env.pop("HF_HUB_OFFLINE")
+        for name in ENGINE_ENV:
+            monkeypatch.setenv(name, running.env.get(name, ""))
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        running.start()
+        try:
+            app = LanDiffApp(model="tiny")
+            async with app.run_test(size=(100, 32)) as pilot:
+                events = await connected(pilot)
+                await pilot.press("f4")
+                table = app.query_one("#weights-table")
+
+                def states() -> set[str]:
+                    return {table.get_row_at(index)[0] for index in range(table.row_count)}
+
+                await until(pilot, lambda: states() == {"missing"}, 10, "the missing files listed")
+                await pilot.press("d")
+                await until(pilot, lambda: events.of("download_finished"), 60, "the download")
+                assert events.of("download_started") and events.of("download_progress")
+                assert events.of("download_finished")[0]["failed"] == {}
+                await until(pilot, lambda: states() <= {"verified", "present"}, 10, "the refreshed table")
+                assert "complete" in str(app.query_one("#weights-root").render())
+        finally:
+            running.stop()

@@ -1,0 +1,31 @@
+"""Fixtures shared by the modules that run the tiny pipeline in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """A weights root holding the tiny model's random weights in the release layout."""
+    from engine.specs import get_spec
+    from engine.tiny import ensure_tiny_release
+    from engine.weights import layout_for
+
+    root = tmp_path_factory.mktemp("weights")
+    ensure_tiny_release(layout_for("tiny", root), get_spec("tiny"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipeline(home):
+    """The tiny pipeline on the CPU, loaded once per module."""
+    import torch
+
+    from engine.pipeline import Pipeline
+    from engine.specs import get_spec
+    from engine.weights import layout_for
+
+    return Pipeline(get_spec("tiny"), layout_for("tiny", home), device=torch.device("cpu"))
