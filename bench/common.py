@@ -35,9 +35,9 @@ def timed(device: torch.device, work):
     return result, time.perf_counter() - start
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(rows: list[Row], heading: str = "stage", width: int = 44) -> None:
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
     print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} CPU threads")
-    print(f"{'stage':<44} {'time':>9} {'rate':>16}  peak memory")
+    print(f"{heading:<{width}} {'time':>9} {'rate':>16}  peak memory")
     for row in rows:
-        print(f"{row.stage:<44} {row.seconds:>8.3f}s {row.rate:>16}  {row.peak}")
+        print(f"{row.stage:<{width}} {row.seconds:>8.3f}s {row.rate:>16}  {row.peak}")

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Row, peak_memory, timed  # noqa: E402
+from common import Row, peak_memory, print_table, timed  # noqa: E402
 
 from engine.models.llm import LLMConfig, SemanticLM  # noqa: E402
 from engine.models.llm_sampler import SamplingParams, sample_codes, token_layout  # noqa: E402
@@ -98,11 +98,7 @@ def main() -> None:
         bench_decoder("full bf16 GPU", "landiff", gpu, torch.bfloat16, rows)
     elif args.full:
         parser.error("--full needs a CUDA GPU")
-    device_name = torch.cuda.get_device_name(gpu) if gpu is not None else "CPU only"
-    print(f"torch {torch.__version__}, {device_name}, {torch.get_num_threads()} CPU threads")
-    print(f"{'stage':<44} {'time':>9} {'rate':>16}  peak memory")
-    for row in rows:
-        print(f"{row.stage:<44} {row.seconds:>8.3f}s {row.rate:>16}  {row.peak}")
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Row, peak_memory  # noqa: E402
+from common import Row, peak_memory, print_table  # noqa: E402
 
 from engine.chunks import plan_length  # noqa: E402
 from engine.models.control_dit import ControlDiT  # noqa: E402
@@ -144,11 +144,7 @@ def main() -> None:
         bench_random(rows, args.chunks, torch.device("cuda"))
     elif args.full:
         parser.error("--full needs a CUDA GPU")
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
-    print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} CPU threads")
-    print(f"{'chunk':<64} {'time':>9} {'rate':>16}  peak memory")
-    for row in rows:
-        print(f"{row.stage:<64} {row.seconds:>8.3f}s {row.rate:>16}  {row.peak}")
+    print_table(rows, heading="chunk", width=64)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Row, peak_memory, timed  # noqa: E402
+from common import Row, peak_memory, print_table, timed  # noqa: E402
 
 from engine.models.control_dit import ControlDiT  # noqa: E402
 from engine.models.dpm_sampler import DpmSolverSampler  # noqa: E402
@@ -134,11 +134,7 @@ def main() -> None:
         bench_full_vae(rows, torch.device("cuda"), sampled)
     elif args.full:
         parser.error("--full needs a CUDA GPU")
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
-    print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} CPU threads")
-    print(f"{'stage':<44} {'time':>9} {'rate':>16}  peak memory")
-    for row in rows:
-        print(f"{row.stage:<44} {row.seconds:>8.3f}s {row.rate:>16}  {row.peak}")
+    print_table(rows)
 
 
 if __name__ == "__main__":

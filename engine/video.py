@@ -19,25 +19,31 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int) -> Path:
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {list(frames.shape)}")
-    height, width = frames.shape[1:3]
     with atomic_path(path) as partial:
-        writer = imageio_ffmpeg.write_frames(
-            str(partial),
-            (width, height),
-            fps=fps,
-            codec="libx264",
-            pix_fmt_out="yuv420p",
-            quality=5,
-            macro_block_size=16,
-            ffmpeg_log_level="error",
-        )
-        try:
-            writer.send(None)
-            for frame in frames:
-                writer.send(np.ascontiguousarray(frame))
-        finally:
-            writer.close()
+        encode_x264(frames, partial, fps)
     return path
+
+
+def encode_x264(frames: np.ndarray, path: Path, fps: int, output_params: list[str] | None = None) -> None:
+    """frames [F, H, W, 3] uint8 -> an H.264 mp4 at `path` with the one-clip settings."""
+    height, width = frames.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(
+        str(path),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        quality=5,
+        macro_block_size=16,
+        ffmpeg_log_level="error",
+        output_params=output_params,
+    )
+    try:
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+    finally:
+        writer.close()
 
 
 def read_mp4(path: Path) -> tuple[np.ndarray, float]:
@@ -148,26 +154,9 @@ class StreamingMp4Writer:
         self.next_time += len(frames) * self.ticks_per_frame
 
     def _encode(self, frames: np.ndarray) -> bytes:
-        height, width = frames.shape[1:3]
         scratch = self.partial.with_name(f".{self.path.name}.chunk.mp4")
         try:
-            writer = imageio_ffmpeg.write_frames(
-                str(scratch),
-                (width, height),
-                fps=self.fps,
-                codec="libx264",
-                pix_fmt_out="yuv420p",
-                quality=5,
-                macro_block_size=16,
-                ffmpeg_log_level="error",
-                output_params=["-movflags", FRAGMENT_FLAGS],
-            )
-            try:
-                writer.send(None)
-                for frame in frames:
-                    writer.send(np.ascontiguousarray(frame))
-            finally:
-                writer.close()
+            encode_x264(frames, scratch, self.fps, ["-movflags", FRAGMENT_FLAGS])
             return scratch.read_bytes()
         finally:
             scratch.unlink(missing_ok=True)

@@ -142,22 +142,16 @@ class LanDiffApp(App):
                     "the engine has jobs; cancel them or wait before switching model", severity="error"
                 )
                 return
-            self.link.model = model
-            await self.link.request("shutdown")
         except RequestError as error:
             self.notify(str(error), severity="error")
             return
-        self.link.autostart = True
-        self.run_worker(self.restart_after_stop(model), group="engine-start")
+        self.run_worker(self.restart_engine(model), group="engine-start")
 
-    async def restart_after_stop(self, model: str) -> None:
-        import asyncio
-
-        for _ in range(100):  # the old engine removes its socket as it exits
-            if not self.link.connected and not self.link.path.exists():
-                break
-            await asyncio.sleep(0.1)
-        await self.link.start_engine(model)
+    async def restart_engine(self, model: str) -> None:
+        try:
+            await self.link.restart(model)
+        except RequestError as error:
+            self.notify(str(error), title="restart", severity="error")
 
     # actions
 

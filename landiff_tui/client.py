@@ -104,6 +104,17 @@ class EngineLink:
         except EngineUnavailable as error:
             self.on_state(STOPPED, {"message": str(error)})
 
+    async def restart(self, model: str) -> None:
+        """Stop the engine (it finishes cleanly, marking a running job interrupted), then start one serving
+        `model`; raises RequestError when the engine refuses to stop."""
+        await self.request("shutdown")
+        for _ in range(150):  # the old engine removes its socket as it exits
+            if not self.connected and not self.path.exists():
+                break
+            await asyncio.sleep(0.1)
+        self.model = model
+        await self.start_engine(model)
+
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         listener = asyncio.get_running_loop().create_task(self.listen(reader))

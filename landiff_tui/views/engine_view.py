@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from textual.app import ComposeResult
@@ -75,12 +74,4 @@ class EngineView(View):
             self.notify("the engine is stopping; running jobs are marked interrupted")
 
     async def action_restart(self) -> None:
-        model = self.app.engine_info.get("model")
-        if await self.call("shutdown") is None:
-            return
-        link = self.app.link
-        for _ in range(150):
-            if not link.connected and not link.path.exists():
-                break
-            await asyncio.sleep(0.1)
-        await link.start_engine(model)
+        await self.app.restart_engine(self.app.engine_info.get("model") or "landiff")
