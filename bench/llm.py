@@ -20,9 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import Row, peak_memory, print_table, timed  # noqa: E402
 
-from engine.models.llm import LLMConfig, SemanticLM  # noqa: E402
-from engine.models.llm_sampler import SamplingParams, sample_codes, token_layout  # noqa: E402
+from engine.models.configs import LLMConfig  # noqa: E402
+from engine.models.llm import SemanticLM  # noqa: E402
+from engine.models.llm_sampler import SamplingParams, sample_codes  # noqa: E402
 from engine.models.semantic_decoder import SemanticDecoder  # noqa: E402
+from engine.models.token_layout import token_layout  # noqa: E402
 from engine.specs import get_spec  # noqa: E402
 
 

@@ -25,22 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import Row, peak_memory, print_table  # noqa: E402
 
-from engine.chunks import plan_length  # noqa: E402
+from engine.generation.job import JobSpec  # noqa: E402
+from engine.generation.lengths import plan_length, rules_for  # noqa: E402
+from engine.generation.pipeline import Pipeline  # noqa: E402
+from engine.generation.stage2 import VideoStage  # noqa: E402
 from engine.models.control_dit import ControlDiT  # noqa: E402
-from engine.models.llm_sampler import codes_per_video  # noqa: E402
 from engine.models.semantic_decoder import SemanticDecoder  # noqa: E402
+from engine.models.token_layout import codes_per_video  # noqa: E402
 from engine.models.video_vae import build_vae  # noqa: E402
-from engine.pipeline import JobSpec, Pipeline  # noqa: E402
 from engine.specs import get_spec  # noqa: E402
-from engine.stage2 import VideoStage  # noqa: E402
-from engine.tiny import ensure_tiny_release  # noqa: E402
-from engine.weights import layout_for  # noqa: E402
+from engine.weights.layout import layout_for  # noqa: E402
+from engine.weights.tiny import ensure_tiny_release  # noqa: E402
 
 
 def bench_tiny(rows: list[Row], chunks: int) -> None:
     cpu = torch.device("cpu")
     spec = get_spec("tiny")
-    plan = plan_length(spec, plan_length(spec).frames_after(chunks))
+    rules = rules_for(spec.name)
+    plan = plan_length(rules, plan_length(rules).frames_after(chunks))
     with tempfile.TemporaryDirectory() as scratch:
         layout = layout_for("tiny", Path(scratch))
         ensure_tiny_release(layout, spec)
@@ -88,7 +90,8 @@ def bench_random(
     spec = get_spec(model)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     stage = random_stage(spec, device, dtype)
-    plan = plan_length(spec, plan_length(spec).frames_after(chunks))
+    rules = rules_for(spec.name)
+    plan = plan_length(rules, plan_length(rules).frames_after(chunks))
     count = codes_per_video(spec.llm, spec.llm.frames_per_segment)
     codes = torch.randint(0, spec.llm.codebook_size, (plan.segments * count,))
     text = torch.randn(2, spec.text_tokens, spec.dit.text_dim, device=device, dtype=dtype)

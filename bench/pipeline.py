@@ -21,14 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import Row, peak_memory, print_table, timed  # noqa: E402
 
+from engine.generation.job import JobSpec  # noqa: E402
+from engine.generation.pipeline import Pipeline  # noqa: E402
 from engine.models.control_dit import ControlDiT  # noqa: E402
 from engine.models.dpm_sampler import DpmSolverSampler  # noqa: E402
-from engine.models.llm_sampler import token_layout  # noqa: E402
+from engine.models.token_layout import token_layout  # noqa: E402
 from engine.models.video_vae import build_vae, decode_latents  # noqa: E402
-from engine.pipeline import JobSpec, Pipeline  # noqa: E402
 from engine.specs import get_spec  # noqa: E402
-from engine.tiny import ensure_tiny_release  # noqa: E402
-from engine.weights import layout_for  # noqa: E402
+from engine.weights.layout import layout_for  # noqa: E402
+from engine.weights.tiny import ensure_tiny_release  # noqa: E402
 
 
 def bench_tiny(rows: list[Row]) -> None:

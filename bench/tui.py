@@ -87,7 +87,7 @@ def first_paint(repeat: int) -> tuple[list[float], list[float], bool]:
 def fill_store(data: Path, count: int) -> None:
     from sqlalchemy import insert
 
-    from engine.store import JobRow, Store
+    from engine.daemon.store import JobRow, Store
 
     store = Store(data / "landiff.db")
     rng = random.Random(0)

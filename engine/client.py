@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .paths import log_path, private_dir, socket_path
-from .wire import PROTOCOL_VERSION
+from engine.paths import log_path, private_dir, socket_path
+from engine.wire import PROTOCOL_VERSION
 
 
 class EngineUnavailable(ConnectionError):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .wire import JOB_STATUSES, MAX_LINE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION  # noqa: F401 (re-exported)
+from engine.wire import JOB_STATUSES, MAX_LINE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION  # noqa: F401 (re-exported)
 
 
 class Strict(BaseModel):

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .models.control_dit import DiTConfig
-from .models.llm import LLMConfig
-from .models.semantic_decoder import SemanticDecoderConfig
-from .models.video_vae import VAEConfig
+from engine.models.configs import DiTConfig, LLMConfig, SemanticDecoderConfig, VAEConfig
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def check_length(text: str) -> tuple[int | None, str | None]:
 
 def length_note(model: str | None, frames: int | None, overlap: int | None = None) -> str:
     """What a length means for `model`: its chunks and seconds, any rounding, and the maximum."""
-    from engine.lengths import limits, plan_length, rules_for
+    from engine.generation.lengths import limits, plan_length, rules_for
 
     if model is None:
         return ""
@@ -122,7 +122,7 @@ def check_form(
     elif frames is not None:
         params["frames"] = frames
         if model is not None:
-            from engine.lengths import plan_length, rules_for
+            from engine.generation.lengths import plan_length, rules_for
 
             try:
                 plan_length(rules_for(model), frames, overlap)

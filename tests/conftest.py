@@ -11,8 +11,8 @@ import pytest
 def home(tmp_path_factory) -> Path:
     """A weights root holding the tiny model's random weights in the release layout."""
     from engine.specs import get_spec
-    from engine.tiny import ensure_tiny_release
-    from engine.weights import layout_for
+    from engine.weights.layout import layout_for
+    from engine.weights.tiny import ensure_tiny_release
 
     root = tmp_path_factory.mktemp("weights")
     ensure_tiny_release(layout_for("tiny", root), get_spec("tiny"))
@@ -24,8 +24,8 @@ def pipeline(home):
     """The tiny pipeline on the CPU, loaded once per module."""
     import torch
 
-    from engine.pipeline import Pipeline
+    from engine.generation.pipeline import Pipeline
     from engine.specs import get_spec
-    from engine.weights import layout_for
+    from engine.weights.layout import layout_for
 
     return Pipeline(get_spec("tiny"), layout_for("tiny", home), device=torch.device("cpu"))

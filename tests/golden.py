@@ -63,7 +63,7 @@ def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, rel: flo
 
 def llm_config(config: dict):
     """Our LLMConfig from an llm_sample_* case's reference knobs."""
-    from engine.models.llm import LLMConfig
+    from engine.models.configs import LLMConfig
 
     knobs, tokenizer = config["knobs"], config["tokenizer_knobs"]
     result = LLMConfig(
@@ -87,7 +87,7 @@ def llm_config(config: dict):
 
 def decoder_config(knobs: dict):
     """Our SemanticDecoderConfig from a case's tokenizer knobs."""
-    from engine.models.semantic_decoder import SemanticDecoderConfig
+    from engine.models.configs import SemanticDecoderConfig
 
     return SemanticDecoderConfig.from_reference_knobs(knobs)
 
@@ -103,7 +103,7 @@ def t5_sizes(description: str) -> dict[str, int]:
 
 def dit_config(config: dict):
     """Our DiTConfig from a diffusion_* case's knobs."""
-    from engine.models.control_dit import DiTConfig
+    from engine.models.configs import DiTConfig
 
     knobs, tokenizer = config["knobs"], config["tokenizer_knobs"]
     return DiTConfig(
@@ -123,7 +123,7 @@ def dit_config(config: dict):
 
 def vae_config(config: dict):
     """Our VAEConfig from a diffusion_* case's knobs (the release's channel multipliers)."""
-    from engine.models.video_vae import VAEConfig
+    from engine.models.configs import VAEConfig
 
     knobs = config["knobs"]
     return VAEConfig(base_channels=knobs["vae_ch"], res_blocks=knobs["vae_res_blocks"])

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
+from engine.generation.stage1 import SemanticStage
 from engine.specs import get_spec
-from engine.stage1 import SemanticStage
-from engine.tiny import ensure_tiny_release
-from engine.weights import ReleaseLayout, layout_for
+from engine.weights.layout import ReleaseLayout, layout_for
+from engine.weights.tiny import ensure_tiny_release
 
 PROMPT = "A snail crawling on green moss."
 

@@ -9,13 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import downloads
-from engine.downloads import Downloader, DownloadError, download_release, file_states, planned_files, verify
-from engine.pipeline import JobSpec, Pipeline
+from engine.generation.job import JobSpec
+from engine.generation.pipeline import Pipeline
+from engine.generation.video import read_mp4
 from engine.specs import get_spec
-from engine.tiny import write_t5_folder, write_tiny_release
-from engine.video import read_mp4
-from engine.weights import FLAN_T5_REPO, RELEASE_REPO, ReleaseLayout
+from engine.weights import downloads
+from engine.weights.downloads import (
+    Downloader,
+    DownloadError,
+    download_release,
+    file_states,
+    planned_files,
+    verify,
+)
+from engine.weights.layout import FLAN_T5_REPO, RELEASE_REPO, ReleaseLayout
+from engine.weights.tiny import write_t5_folder, write_tiny_release
 
 from .fake_hub import FakeHub
 
@@ -140,7 +148,7 @@ def test_verify_flags_a_damaged_file_and_the_pipeline_refuses_it(tmp_path, hub_f
 
 
 def test_weights_commands_end_to_end(tmp_path, hub_files, monkeypatch, capsys):
-    from engine.cli import main
+    from engine.cli.main import main
 
     repos, checksums = hub_files
     listing = tmp_path / "CHECKSUM.md5"
@@ -159,8 +167,8 @@ def test_weights_commands_end_to_end(tmp_path, hub_files, monkeypatch, capsys):
 
 
 def test_flan_t5_can_be_slimmed_to_its_bf16_encoder(tmp_path, hub_files):
-    from engine.downloads import slim_flan_t5
-    from engine.text_encoder import load_t5_encoder
+    from engine.generation.text_encoder import load_t5_encoder
+    from engine.weights.downloads import slim_flan_t5
 
     repos, checksums = hub_files
     with FakeHub(repos) as hub:
@@ -246,8 +254,8 @@ def test_the_engine_downloads_reports_events_and_cancel_keeps_the_partial_file(t
 
 
 def test_the_root_is_landiff_home_then_ckpts_beside_then_the_user_data_dir(tmp_path, monkeypatch, capsys):
-    from engine.cli import main
-    from engine.weights import root_candidates, weights_root
+    from engine.cli.main import main
+    from engine.weights.layout import root_candidates, weights_root
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LANDIFF_HOME", raising=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.client import EngineClient, EngineError
-from engine.video import read_mp4
+from engine.generation.video import read_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "A snail crawling on green moss."
@@ -357,7 +357,7 @@ def test_kill_9_mid_job_then_restart(tmp_path, weights):
 def test_a_connection_from_another_uid_is_refused(tmp_path):
     import asyncio
 
-    from engine.server import Engine
+    from engine.daemon.server import Engine
 
     async def scenario() -> dict:
         engine = Engine("tiny", None, expected_uid=os.getuid() + 1)

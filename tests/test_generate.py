@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoints import CheckpointError
-from engine.cli import main
-from engine.model_loading import load_control_dit, load_vae
-from engine.pipeline import JobCancelled, JobSpec
+from engine.cli.main import main
+from engine.generation.job import JobCancelled, JobSpec
+from engine.generation.video import read_mp4
 from engine.specs import get_spec
-from engine.tiny import ensure_tiny_release
-from engine.video import read_mp4
-from engine.weights import layout_for
+from engine.weights.checkpoints import CheckpointError
+from engine.weights.layout import layout_for
+from engine.weights.loading import load_control_dit, load_vae
+from engine.weights.tiny import ensure_tiny_release
 
 PROMPT = "A red fox running through a snowy forest."
 TINY = get_spec("tiny")
@@ -141,7 +141,7 @@ def test_broken_stage2_checkpoints_name_the_file(home, tmp_path):
 
 
 def test_memory_profiles():
-    from engine.pipeline import resolve_memory_profile
+    from engine.generation.memory import resolve_memory_profile
 
     assert resolve_memory_profile("offload", torch.device("cpu")) == "resident"  # nothing to offload to
     with pytest.raises(ValueError, match="memory profile must be one of auto, resident, offload"):
@@ -149,7 +149,7 @@ def test_memory_profiles():
 
 
 def test_stage2_decodes_with_the_tokenizer_copy_in_the_diffusion_file(home, tmp_path):
-    from engine.model_loading import VQ_COPY_PREFIX, load_diffusion_semantic_decoder, load_semantic_decoder
+    from engine.weights.loading import VQ_COPY_PREFIX, load_diffusion_semantic_decoder, load_semantic_decoder
 
     layout = layout_for("tiny", home)
     from_copy = load_diffusion_semantic_decoder(layout, TINY.decoder, device="cpu", dtype=torch.float32)

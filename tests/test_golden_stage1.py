@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import T5Config
 
-from engine.model_loading import load_semantic_decoder, load_semantic_lm
+from engine.generation.text_encoder import load_t5_encoder
 from engine.models.llm_sampler import SamplingParams, sample_codes
-from engine.text_encoder import load_t5_encoder
-from engine.weights import ReleaseLayout
+from engine.weights.layout import ReleaseLayout
+from engine.weights.loading import load_semantic_decoder, load_semantic_lm
 
 from .golden import (
     assert_close_relative,

@@ -12,7 +12,7 @@ from engine.models.control_dit import ControlDiT
 from engine.models.dpm_sampler import DpmSolverSampler
 from engine.models.semantic_decoder import SemanticDecoder
 from engine.models.video_vae import build_vae, decode_latents
-from engine.sat_keys import convert_dit, convert_vae_decoder
+from engine.weights.sat_keys import convert_dit, convert_vae_decoder
 
 from .golden import (
     assert_close_relative,

@@ -9,17 +9,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.checkpoints import CheckpointError
-from engine.model_loading import load_semantic_lm
-from engine.models.llm import LLMConfig, SemanticLM
+from engine.models.configs import LLMConfig
+from engine.models.llm import SemanticLM
 from engine.models.llm_sampler import (
     SamplingCancelled,
     SamplingParams,
-    codes_per_video,
     nucleus,
     sample_codes,
-    token_layout,
 )
+from engine.models.token_layout import codes_per_video, token_layout
+from engine.weights.checkpoints import CheckpointError
+from engine.weights.loading import load_semantic_lm
 
 from .refkeys import refkeys_or_skip
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.client import EngineError
-from engine.video import read_mp4
+from engine.generation.video import read_mp4
 from tests.test_engine import RunningEngine, subscribed, wait_for
 
 PROMPT = "A hot-air balloon rising over a valley at dawn."
@@ -42,8 +42,8 @@ CHUNK_FIELDS = {
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     from engine.specs import get_spec
-    from engine.tiny import ensure_tiny_release
-    from engine.weights import layout_for
+    from engine.weights.layout import layout_for
+    from engine.weights.tiny import ensure_tiny_release
 
     weights = tmp_path_factory.mktemp("weights")
     ensure_tiny_release(layout_for("tiny", weights), get_spec("tiny"))

@@ -14,16 +14,27 @@ import numpy as np
 import pytest
 import torch
 
-from engine.chunks import limits, plan_length
-from engine.cli import main
-from engine.models.video_vae import StreamingDecoder, VAEConfig, build_vae, decode_latents
-from engine.pipeline import JobSpec
+from engine.cli.main import main
+from engine.generation import lengths
+from engine.generation.job import JobSpec
+from engine.generation.video import StreamingMp4Writer, read_mp4
+from engine.models.configs import VAEConfig
+from engine.models.video_vae import StreamingDecoder, build_vae, decode_latents
 from engine.specs import get_spec
-from engine.video import StreamingMp4Writer, read_mp4
 
 PROMPT = "A paper boat drifting down a rainy street."
 TINY = get_spec("tiny")
 LANDIFF = get_spec("landiff")
+
+
+def plan_length(spec, frames=None, overlap=None):
+    return lengths.plan_length(lengths.rules_for(spec.name), frames, overlap)
+
+
+def limits(spec, overlap=None):
+    return lengths.limits(lengths.rules_for(spec.name), overlap)
+
+
 THREE_CHUNKS = plan_length(TINY, None).clip_frames + 2 * plan_length(TINY, None).chunk_frames
 
 
@@ -47,15 +58,22 @@ def test_the_plan_follows_the_spec_rounds_up_and_names_the_maximum():
     assert plan_length(LANDIFF, 100, overlap=11).chunk_frames == 8
 
 
-def test_the_torch_free_length_rules_match_the_specs():
-    from engine.chunks import rules_from_spec
-    from engine.lengths import RULES, rules_for
+def test_the_length_rules_come_from_the_specs_without_torch():
+    from engine.models.token_layout import max_segments
     from engine.specs import SPECS
 
-    assert set(RULES) == set(SPECS)
     for name, spec in SPECS.items():
-        assert rules_for(name) == rules_from_spec(spec)
-    code = "import sys, engine.lengths, engine.client_commands; assert 'torch' not in sys.modules"
+        rules = lengths.rules_for(name)
+        assert (rules.window, rules.time_factor, rules.fps) == (
+            spec.llm.frames_per_segment,
+            spec.vae.temporal_compression,
+            spec.fps,
+        )
+        assert rules.max_segments == max_segments(spec.llm)
+    code = (
+        "import sys, engine.generation.lengths as l, engine.cli.client_commands; "
+        "l.rules_for('landiff'); assert 'torch' not in sys.modules"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
 
 
@@ -226,8 +244,8 @@ def test_memory_does_not_grow_with_the_number_of_chunks(pipeline, tmp_path):
 
 
 def test_store_migrates_to_chunk_timings_and_knows_cancelled_partial(tmp_path):
+    from engine.daemon.store import SCHEMA_VERSION, Store
     from engine.protocol import JOB_STATUSES, JobParams, parse_request
-    from engine.store import SCHEMA_VERSION, Store
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:  # a version-1 database, as the first engine release wrote it

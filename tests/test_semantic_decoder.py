@@ -6,8 +6,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.checkpoints import CheckpointError
-from engine.model_loading import is_used_tokenizer_key, load_semantic_decoder
 from engine.models.rope import apply_rope
 from engine.models.semantic_decoder import (
     SemanticDecoder,
@@ -17,6 +15,8 @@ from engine.models.semantic_decoder import (
     token_groups,
     token_positions,
 )
+from engine.weights.checkpoints import CheckpointError
+from engine.weights.loading import is_used_tokenizer_key, load_semantic_decoder
 
 from .golden import assert_close_relative
 from .refkeys import refkeys_or_skip

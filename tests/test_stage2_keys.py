@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from engine.checkpoints import expected_shapes
-from engine.model_loading import is_main_dit_key
-from engine.models.control_dit import ControlDiT, DiTConfig
-from engine.models.video_vae import VAEConfig, build_vae
-from engine.sat_keys import convert_dit, convert_vae_decoder, sat_dit_from_ours
+from engine.models.configs import DiTConfig, VAEConfig
+from engine.models.control_dit import ControlDiT
+from engine.models.video_vae import build_vae
+from engine.weights.checkpoints import expected_shapes
+from engine.weights.loading import is_main_dit_key
+from engine.weights.sat_keys import convert_dit, convert_vae_decoder, sat_dit_from_ours
 
 from .refkeys import refkeys_or_skip
 

@@ -10,9 +10,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Tokenizer
 
-from engine.checkpoints import CheckpointError, expected_shapes
-from engine.text_encoder import FlanT5PromptEncoder, T5PromptTokenizer, T5v11PromptEncoder, load_t5_encoder
-from engine.tiny_text import write_tiny_t5
+from engine.generation.text_encoder import (
+    FlanT5PromptEncoder,
+    T5PromptTokenizer,
+    T5v11PromptEncoder,
+    load_t5_encoder,
+)
+from engine.weights.checkpoints import CheckpointError, expected_shapes
+from engine.weights.tiny_text import write_tiny_t5
 
 from .refkeys import refkeys_or_skip
 

@@ -14,8 +14,6 @@ DDPM timesteps (999 ... 0) as floats.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import (
@@ -28,30 +26,7 @@ from diffusers.models.normalization import AdaLayerNorm
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
 from torch import nn
 
-
-@dataclass(frozen=True)
-class DiTConfig:
-    """Sizes of the stage-2 network. Defaults are CogVideoX-2b with LanDiff's 15-layer control branch."""
-
-    hidden_size: int = 1920
-    num_heads: int = 30
-    num_layers: int = 30
-    control_layers: int = 15
-    time_embed_dim: int = 512
-    text_dim: int = 4096
-    latent_channels: int = 16
-    patch_size: int = 2
-    spatial_interpolation: float = 1.875
-    temporal_interpolation: float = 1.0
-    # semantic conditioner
-    semantic_channels: int = 768
-    upsampler_channels: int = 512
-    upsampler_res_blocks: int = 4
-    upsampler_out_channels: int = 64
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+from engine.models.configs import DiTConfig
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -12,82 +12,13 @@ on a GPU), RMSNorm and the final LayerNorm + head run in float32.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rope import apply_rope, rope_1d
-
-MICRO_CONDITION_KEYS = ("frames", "motion_score")  # sorted: the order of the two prefix tokens
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    """Sizes of the semantic-token language model. Defaults are the released model."""
-
-    hidden_dim: int = 2048
-    num_heads: int = 16
-    mlp_dim: int = 11008
-    num_blocks: int = 24
-    rope_theta: float = 10000.0
-    rope_max_len: int = 32768
-    codebook_size: int = 2048
-    iframe_tokens: int = 330
-    pframe_tokens: int = 74
-    frames_per_segment: int = 13
-    micro_frequency_dim: int = 256
-    micro_hidden_dim: int = 512
-    text_dim: int = 4096  # d_model of the flan-T5 encoder
-    max_text_tokens: int = 512
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_dim // self.num_heads
-
-    @property
-    def vocab(self) -> Vocab:
-        return Vocab(self.codebook_size)
-
-
-@dataclass(frozen=True)
-class Vocab:
-    """Codes 0..codebook_size-1, then seven special ids in the reference's order."""
-
-    codebook_size: int
-
-    @property
-    def eos(self) -> int:
-        return self.codebook_size
-
-    @property
-    def bos(self) -> int:
-        return self.codebook_size + 1
-
-    @property
-    def start_of_iframe(self) -> int:
-        return self.codebook_size + 2
-
-    @property
-    def end_of_iframe(self) -> int:
-        return self.codebook_size + 3
-
-    @property
-    def start_of_pframe(self) -> int:
-        return self.codebook_size + 4
-
-    @property
-    def end_of_pframe(self) -> int:
-        return self.codebook_size + 5
-
-    @property
-    def pad(self) -> int:
-        return self.codebook_size + 6
-
-    @property
-    def size(self) -> int:
-        return self.codebook_size + 7
+from engine.models.configs import MICRO_CONDITION_KEYS, LLMConfig
+from engine.models.rope import apply_rope, rope_1d
 
 
 class RMSNorm(nn.Module):

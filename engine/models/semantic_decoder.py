@@ -22,98 +22,13 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rope import apply_rope, rope_angles_to_cis, rotation_frequencies
-
-
-@dataclass(frozen=True)
-class SemanticDecoderConfig:
-    """Sizes of the semantic decoder. The defaults are the released model."""
-
-    grid_height: int = 30
-    grid_width: int = 45
-    feature_channels: int = 768
-    width: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    token_size: int = 768
-    frames_per_segment: int = 13
-    iframe_tokens: int = 330
-    pframe_tokens: int = 74
-    codebook_size: int = 2048
-    codebook_dim: int = 16
-    rope_theta: float = 10000.0
-
-    def __post_init__(self) -> None:
-        sizes = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "rope_theta"}
-        not_positive = [name for name, value in sizes.items() if value < 1]
-        if not_positive:
-            raise ValueError(f"sizes must be positive: {', '.join(not_positive)}")
-        if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        if self.head_dim % 16:
-            raise ValueError(
-                f"head dim {self.head_dim} must be a multiple of 16 for the 3-D RoPE split "
-                "(1/4 of it for time, 3/8 each for height and width)"
-            )
-
-    @classmethod
-    def from_reference_knobs(cls, knobs: Mapping[str, Any]) -> SemanticDecoderConfig:
-        """Sizes named as the reference's `build_tokenizer` names them.
-
-        `mean_std_dim` only sizes buffers the reference never applies and is ignored;
-        `rope_dim`, when given, must be the head dim (the reference rotates whole heads).
-        """
-        image_size = knobs["image_size"]
-        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-        patch = int(knobs.get("patch_size", 1))
-        frames = int(knobs["temporal_size"])
-        pframe_tokens = int(knobs["PFrame_tokens"])
-        if "Iframe_tokens" in knobs:
-            iframe_tokens = int(knobs["Iframe_tokens"])
-        else:
-            iframe_tokens = int(knobs["num_latent_tokens"]) - (frames - 1) * pframe_tokens
-        config = cls(
-            grid_height=int(height) // patch,
-            grid_width=int(width) // patch,
-            feature_channels=int(knobs["image_channels"]),
-            width=int(knobs["width"]),
-            num_layers=int(knobs["num_layers"]),
-            num_heads=int(knobs["num_heads"]),
-            token_size=int(knobs["token_size"]),
-            frames_per_segment=frames,
-            iframe_tokens=iframe_tokens,
-            pframe_tokens=pframe_tokens,
-            codebook_size=int(knobs["codebook_size"]),
-            codebook_dim=int(knobs["codebook_dim"]),
-            rope_theta=float(knobs.get("rope_theta", 10000.0)),
-        )
-        rope_dim = knobs.get("rope_dim")
-        if rope_dim is not None and int(rope_dim) != config.head_dim:
-            raise ValueError(f"rope_dim {rope_dim} != head dim {config.head_dim} (width / num_heads)")
-        return config
-
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.num_heads
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return self.grid_height * self.grid_width
-
-    def latent_tokens(self, num_frames: int) -> int:
-        """Codes per video of `num_frames` frames: the I-frame group, then one P-frame group per frame."""
-        return self.iframe_tokens + (num_frames - 1) * self.pframe_tokens
-
-    def sequence_length(self, num_frames: int) -> int:
-        return num_frames * self.tokens_per_frame + self.latent_tokens(num_frames)
+from engine.models.configs import SemanticDecoderConfig
+from engine.models.rope import apply_rope, rope_angles_to_cis, rotation_frequencies
 
 
 def rope_3d(coords: torch.Tensor, head_dim: int, theta: float = 10000.0) -> torch.Tensor:

@@ -7,28 +7,10 @@ causal-conv caches carried between chunks: diffusers' own frame batching, tiling
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from diffusers import AutoencoderKLCogVideoX
 
-SCALE_FACTOR = 1.15258426
-
-
-@dataclass(frozen=True)
-class VAEConfig:
-    """Defaults are the release: channels 128 x (1, 2, 2, 4), 3 resnets per level, 16 latent channels."""
-
-    base_channels: int = 128
-    channel_multipliers: tuple[int, ...] = (1, 2, 2, 4)
-    res_blocks: int = 3
-    latent_channels: int = 16
-    scale_factor: float = SCALE_FACTOR
-    temporal_compression: int = 4  # RGB frames per latent frame after the first
-
-    @property
-    def levels(self) -> int:
-        return len(self.channel_multipliers)
+from engine.models.configs import SCALE_FACTOR, VAEConfig
 
 
 def build_vae(config: VAEConfig) -> AutoencoderKLCogVideoX:

@@ -6,7 +6,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from .protocol import event
+from engine.protocol import event
 
 BACKLOG = 20_000
 

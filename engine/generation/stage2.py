@@ -7,19 +7,19 @@ from dataclasses import dataclass
 
 import torch
 
-from .chunks import ChunkPlan
-from .downloads import refuse_failed
-from .model_loading import load_control_dit, load_diffusion_semantic_decoder, load_vae
-from .models.control_dit import ControlDiT
-from .models.dpm_sampler import DpmSolverSampler
-from .models.llm import LLMConfig
-from .models.llm_sampler import codes_per_video
-from .models.semantic_decoder import SemanticDecoder
-from .models.video_vae import StreamingDecoder, to_uint8_frames
-from .residency import MovableStage
-from .specs import ModelSpec
-from .text_encoder import T5v11PromptEncoder
-from .weights import ReleaseLayout
+from engine.generation.lengths import ChunkPlan
+from engine.generation.residency import MovableStage
+from engine.generation.text_encoder import T5v11PromptEncoder
+from engine.models.configs import LLMConfig
+from engine.models.control_dit import ControlDiT
+from engine.models.dpm_sampler import DpmSolverSampler
+from engine.models.semantic_decoder import SemanticDecoder
+from engine.models.token_layout import codes_per_video
+from engine.models.video_vae import StreamingDecoder, to_uint8_frames
+from engine.specs import ModelSpec
+from engine.weights.downloads import refuse_failed
+from engine.weights.layout import ReleaseLayout
+from engine.weights.loading import load_control_dit, load_diffusion_semantic_decoder, load_vae
 
 
 @dataclass

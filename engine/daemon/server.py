@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .events import EventHub
-from .paths import database_path, log_path, outputs_dir, private_dir, socket_path
-from .protocol import (
+from engine import __version__
+from engine.daemon.events import EventHub
+from engine.daemon.store import Store
+from engine.paths import database_path, log_path, outputs_dir, private_dir, socket_path
+from engine.protocol import (
     MAX_LINE_BYTES,
     PROTOCOL_VERSION,
     Cancel,
@@ -45,7 +46,6 @@ from .protocol import (
     parse_request,
     reply,
 )
-from .store import Store
 
 log = logging.getLogger("landiff.engine")
 READ_CHUNK = 64 * 1024
@@ -148,17 +148,17 @@ class Engine:
         log.info("engine stopped")
 
     def start_worker(self, model: str):
-        from .weights import layout_for
-        from .worker import JobWorker
+        from engine.daemon.worker import JobWorker
+        from engine.weights.layout import layout_for
 
         def make_pipeline():  # in the worker thread: torch and the models' code load there
-            from .pipeline import Pipeline
-            from .specs import get_spec
+            from engine.generation.pipeline import Pipeline
+            from engine.specs import get_spec
 
             spec = get_spec(model)
             layout = layout_for(spec.name, self.ckpts)
             if spec.name == "tiny":
-                from .tiny import ensure_tiny_release
+                from engine.weights.tiny import ensure_tiny_release
 
                 ensure_tiny_release(layout, spec)
             return Pipeline(spec, layout)
@@ -262,12 +262,12 @@ class Engine:
         }
 
     def limits(self) -> dict[str, Any]:
-        from .lengths import limits, rules_for
+        from engine.generation.lengths import limits, rules_for
 
         return limits(rules_for(self.model))
 
     def on_submit(self, request: Submit) -> dict[str, Any]:
-        from .lengths import plan_length, rules_for
+        from engine.generation.lengths import plan_length, rules_for
 
         params = request.params
         try:  # a length the model cannot make is refused now, not when the job starts
@@ -369,12 +369,12 @@ class Engine:
         }
 
     def on_download_weights(self, request: DownloadWeights) -> dict[str, Any]:
-        from .download_job import DownloadJob
+        from engine.daemon.weights_jobs import DownloadJob
 
         return self.start_weights_job(DownloadJob, request.only)
 
     def on_verify_weights(self, request: VerifyWeights) -> dict[str, Any]:
-        from .download_job import VerifyJob
+        from engine.daemon.weights_jobs import VerifyJob
 
         return self.start_weights_job(VerifyJob, request.only)
 
@@ -395,8 +395,8 @@ class Engine:
         return {"cancelling": True}
 
     def on_weights_status(self, request: WeightsStatus) -> dict[str, Any]:
-        from .downloads import file_states, planned_files
-        from .weights import where_it_looked
+        from engine.weights.downloads import file_states, planned_files
+        from engine.weights.layout import where_it_looked
 
         root = self.weights_root()
         states = file_states(root, planned_files(root, request.only, self.checksums(root)))
@@ -411,8 +411,8 @@ class Engine:
 
     def checksums(self, root: Path) -> dict[str, str] | None:
         """The release's sums; LANDIFF_CHECKSUMS replaces them (mirrors, tests); tiny uses its own list."""
-        from .downloads import read_checksums
-        from .weights import TINY_CHECKSUMS
+        from engine.weights.downloads import read_checksums
+        from engine.weights.layout import TINY_CHECKSUMS
 
         path = os.environ.get("LANDIFF_CHECKSUMS")
         if path:
@@ -422,7 +422,7 @@ class Engine:
         return None
 
     def weights_root(self) -> Path:
-        from .weights import layout_for
+        from engine.weights.layout import layout_for
 
         return layout_for(self.model, self.ckpts).root
 

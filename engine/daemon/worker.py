@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .protocol import JobParams
-from .store import Store
+from engine.daemon.store import Store
+from engine.protocol import JobParams
 
 if TYPE_CHECKING:  # torch and the models load in the worker thread, after the socket is up
-    from .pipeline import ChunkDone, JobResult, Pipeline, Progress
+    from engine.generation.job import ChunkDone, JobResult, Progress
+    from engine.generation.pipeline import Pipeline
 
 log = logging.getLogger("landiff.engine")
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress events a second per job, plus each stage's last step
@@ -92,7 +93,7 @@ class JobWorker(threading.Thread):
     # the worker thread
 
     def run(self) -> None:
-        from . import pipeline  # noqa: F401  (warm-up: torch and diffusers load here, not on the socket's side)
+        from engine.generation import pipeline  # noqa: F401  (warm-up: torch and diffusers load here, not on the socket's side)
 
         self.torch_ready = True
         self.sweep_leftovers()
@@ -150,8 +151,8 @@ class JobWorker(threading.Thread):
         log.info("models released")
 
     def run_job(self, job_id: str, params: JobParams) -> None:
-        from .pipeline import JobCancelled, JobSpec
-        from .video import write_thumbnail
+        from engine.generation.job import JobCancelled, JobSpec
+        from engine.generation.video import write_thumbnail
 
         self.publish("job_started", job_id=job_id)
         folder = self.outputs / job_id

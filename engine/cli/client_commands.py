@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .client import EngineClient, EngineUnavailable, connect, start_engine
+from engine.client import EngineClient, EngineUnavailable, connect, start_engine
 
 JOB_OPTIONS = ("seed", "cfg", "motion_score", "temperature", "top_k", "top_p", "steps", "frames", "overlap")
 FLOAT_OPTIONS = ("cfg", "motion_score", "temperature", "top_p")
@@ -28,7 +28,7 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 50)")
-    from .cli import add_length_options
+    from engine.cli.main import add_length_options
 
     add_length_options(parser)
     parser.add_argument(
@@ -54,8 +54,8 @@ def check_length(params: dict[str, Any], args: argparse.Namespace) -> None:
         and params.get("overlap") is None
     ):
         return
-    from .cli import describe_length
-    from .lengths import frames_for_seconds, plan_length, rules_for
+    from engine.cli.main import describe_length
+    from engine.generation.lengths import frames_for_seconds, plan_length, rules_for
 
     rules = rules_for(args.model)  # torch-free: a client stays quick
     if getattr(args, "seconds", None) is not None:

@@ -18,8 +18,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .client import EngineUnavailable, connect
-from .downloads import (
+from engine.client import EngineUnavailable, connect
+from engine.weights.downloads import (
     Downloader,
     download_release,
     file_states,
@@ -28,7 +28,7 @@ from .downloads import (
     slim_flan_t5,
     verify,
 )
-from .weights import HOME_ENV, weights_root, where_it_looked
+from engine.weights.layout import HOME_ENV, weights_root, where_it_looked
 
 EXIT_FAILED = 1
 

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from transformers import T5Config, T5EncoderModel
 
-from .checkpoints import CheckpointError, check_state_dict, expected_shapes, require_file
+from engine.weights.checkpoints import CheckpointError, check_state_dict, expected_shapes, require_file
 
 EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight")
 SPECIAL_TOKEN = re.compile(r"(</s>|<pad>|<unk>|<extra_id_\d+>)")

@@ -12,19 +12,20 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import (
+from engine.models.configs import DiTConfig, LLMConfig, SemanticDecoderConfig, VAEConfig
+from engine.models.control_dit import ControlDiT
+from engine.models.llm import SemanticLM
+from engine.models.semantic_decoder import SemanticDecoder
+from engine.models.video_vae import build_vae
+from engine.weights.checkpoints import (
     CheckpointError,
     check_state_dict,
     expected_shapes,
     require_file,
     stream_safetensors_into,
 )
-from .models.control_dit import ControlDiT, DiTConfig
-from .models.llm import LLMConfig, SemanticLM
-from .models.semantic_decoder import SemanticDecoder, SemanticDecoderConfig
-from .models.video_vae import VAEConfig, build_vae
-from .sat_keys import convert_dit, convert_vae_decoder
-from .weights import ReleaseLayout, redownload_hint
+from engine.weights.layout import ReleaseLayout, redownload_hint
+from engine.weights.sat_keys import convert_dit, convert_vae_decoder
 
 # Parts of tokenizer/model.safetensors that text-to-video never uses: the semantic
 # encoder, the quantizer's training state and input projection, and the feature statistics

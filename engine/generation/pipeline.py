@@ -8,249 +8,28 @@ temporary names and renamed when complete, so no half-written file is ever left 
 from __future__ import annotations
 
 import json
-import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-from . import __version__
-from .atomic import write_atomically
-from .checksums import file_checksums
-from .chunks import ChunkPlan, plan_length
-from .models.dpm_sampler import DiffusionCancelled
-from .models.llm_sampler import SamplingCancelled, SamplingParams
-from .specs import ModelSpec
-from .stage1 import SemanticStage, default_device, default_dtype
-from .stage2 import VideoStage
-from .video import StreamingMp4Writer, write_thumbnail
-from .weights import ReleaseLayout
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """Everything that defines one generation; re-running it reproduces the video on the same device."""
-
-    prompt: str
-    out: Path
-    seed: int = 42
-    cfg: float = 7.5
-    motion_score: float = 0.1
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    steps: int = 50
-    tokens: Path | None = None  # reuse saved semantic tokens: stage 2 only
-    frames: int | None = None  # RGB frames of the video; None: one clip (49 frames for the release)
-    overlap: int | None = None  # latent frames a chunk shares with the one before; None: the spec's
-
-    def plan(self, spec: ModelSpec) -> ChunkPlan:
-        return plan_length(spec, self.frames, self.overlap)
-
-    def sampling(self, spec: ModelSpec) -> SamplingParams:
-        return SamplingParams(
-            cfg=self.cfg,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            motion_score=self.motion_score,
-            num_frames=self.plan(spec).semantic_frames,
-            seed=self.seed,
-        )
-
-    def validate(self, spec: ModelSpec) -> None:
-        if not self.prompt.strip():
-            raise ValueError("prompt must not be empty: describe the video to generate")
-        self.plan(spec)
-        self.sampling(spec).validate(spec.llm)
-        if not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
-        if self.out.suffix.lower() != ".mp4":
-            raise ValueError(f"--out must name an .mp4 file, got {self.out}")
-        if self.tokens is not None and not self.tokens.is_file():
-            raise ValueError(
-                f"--tokens {self.tokens} does not exist: pass the .npy saved beside an earlier video"
-            )
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report: `stage` is text, tokens, denoise, decode or write.
-
-    step/total count inside the stage (for denoise: inside the current chunk); chunk/chunks are
-    1-based; frames_written and video_seconds say how much video is on disk; job_eta_s estimates
-    the whole job's remaining time (None until there is something to estimate it from).
-    """
-
-    stage: str
-    step: int
-    total: int
-    rate: float  # steps per second in this stage so far
-    eta_s: float | None
-    chunk: int = 1
-    chunks: int = 1
-    frames_written: int = 0
-    video_seconds: float = 0.0
-    job_eta_s: float | None = None
-
-
-@dataclass(frozen=True)
-class ChunkDone:
-    """A chunk whose frames are in the video file: index is 0-based, the frame range inclusive."""
-
-    index: int
-    chunks: int
-    first_frame: int
-    last_frame: int
-    frames_written: int
-    video_seconds: float
-    timings_s: dict[str, float]
-    preview: np.ndarray  # the chunk's last frame, uint8 [H, W, 3]
-    partial_video: Path  # the growing file (renamed to the job's `out` at the end)
-
-
-@dataclass
-class JobResult:
-    video: Path
-    tokens: Path
-    sidecar: Path
-    thumbnail: Path
-    timings_s: dict[str, float] = field(default_factory=dict)
-    peak_memory_bytes: int = 0
-    frames: int = 0
-    chunks_done: int = 0
-    chunks: int = 1
-    chunk_timings: list[dict[str, Any]] = field(default_factory=list)
-    length: dict[str, Any] = field(default_factory=dict)
-    partial: bool = False  # cancelled after some chunks: the video holds only those
-
-
-class JobCancelled(Exception):
-    """The job was cancelled between two steps. `partial` is the result holding the chunks finished
-    before the cancel (a shorter, playable video), or None when none was and nothing was written."""
-
-    def __init__(self, message: str, partial: JobResult | None = None):
-        super().__init__(message)
-        self.partial = partial
-
-
-class StageClock:
-    """Turns step callbacks into Progress events with a rate and an ETA."""
-
-    def __init__(self, stage: str, emit: Callable[[Progress], None] | None, job: JobClock | None = None):
-        self.stage, self.emit, self.job, self.started = stage, emit, job, time.perf_counter()
-
-    def __call__(self, step: int, total: int) -> None:
-        if self.emit is None:
-            return
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        rate = step / elapsed
-        eta = (total - step) / rate if rate > 0 else None
-        if self.job is None:
-            self.emit(Progress(self.stage, step, total, rate, eta))
-            return
-        job = self.job
-        self.emit(
-            Progress(
-                self.stage,
-                step,
-                total,
-                rate,
-                eta,
-                chunk=job.chunk + 1,
-                chunks=job.plan.chunks,
-                frames_written=job.frames_written,
-                video_seconds=job.frames_written / job.plan.fps,
-                job_eta_s=job.eta(self.stage, step, total, eta),
-            )
-        )
-
-    def seconds(self) -> float:
-        return time.perf_counter() - self.started
-
-
-class JobClock:
-    """Where a job stands (chunk, frames on disk) and an estimate of the time it has left.
-
-    Stage 2's costs are learned as the job runs (seconds per denoising step, per chunk's decode and
-    write); before the first measurement they come from the pipeline's previous job, if any.
-    """
-
-    def __init__(self, plan: ChunkPlan, steps: int, learned: dict[str, float]):
-        self.plan, self.steps, self.learned = plan, steps, learned
-        self.chunk, self.frames_written = 0, 0  # the chunk being made (0-based), frames on disk
-        self.finished = 0  # chunks in the video file
-        self.chunk_timings: list[dict[str, Any]] = []
-        self.thumbnail: np.ndarray | None = None  # the middle frame of chunk 0
-        self.denoise_s = 0.0
-        self.denoise_steps = 0
-        self.finish_s: list[float] = []  # decode + write of each finished chunk
-
-    def step_seconds(self) -> float | None:
-        if self.denoise_steps:
-            return self.denoise_s / self.denoise_steps
-        return self.learned.get("denoise_step_s")
-
-    def finish_seconds(self) -> float | None:
-        if self.finish_s:
-            return sum(self.finish_s) / len(self.finish_s)
-        return self.learned.get("chunk_finish_s")
-
-    def eta(self, stage: str, step: int, total: int, stage_eta: float | None) -> float | None:
-        """Seconds the whole job has left: None until a denoising step has been timed (here or before)."""
-        per_step = self.step_seconds()
-        if per_step is None:
-            return None
-        per_finish = self.finish_seconds() or 0.0  # unknown until a chunk was decoded: counted as free
-        chunk_cost = self.steps * per_step + per_finish
-        if stage in ("text", "tokens"):
-            return (stage_eta or 0.0) + self.plan.chunks * chunk_cost
-        after = self.plan.chunks - self.chunk - 1  # chunks after the current one
-        if stage == "denoise":
-            return (self.steps - step) * per_step + per_finish + after * chunk_cost
-        return (stage_eta or 0.0) + after * chunk_cost
-
-
-def peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def save_tokens(codes: np.ndarray, path: Path) -> None:
-    write_atomically(path, lambda partial: np.save(partial, codes))
-
-
-def load_tokens(path: Path) -> torch.Tensor:
-    try:
-        codes = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"--tokens {path} is not a saved token array ({error})") from None
-    if codes.ndim != 1 or not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(
-            f"--tokens {path} should hold a 1-D integer array, found {codes.dtype} {list(codes.shape)}"
-        )
-    return torch.from_numpy(codes.astype(np.int64))
-
-
-MEMORY_PROFILES = ("auto", "resident", "offload")
-RESIDENT_MIN_GPU_BYTES = 48 * 2**30  # both stages of the release in bf16 take about 30 GiB
-
-
-def resolve_memory_profile(profile: str, device: torch.device) -> str:
-    """`resident` keeps every model on the device; `offload` keeps only the running stage there."""
-    if profile not in MEMORY_PROFILES:
-        raise ValueError(f"memory profile must be one of {', '.join(MEMORY_PROFILES)}, got {profile!r}")
-    if device.type != "cuda":
-        return "resident"
-    if profile == "auto":
-        total = torch.cuda.get_device_properties(device).total_memory
-        return "resident" if total >= RESIDENT_MIN_GPU_BYTES else "offload"
-    return profile
+from engine import __version__
+from engine.atomic import write_atomically
+from engine.generation.job import ChunkDone, JobCancelled, JobResult, JobSpec, Progress
+from engine.generation.lengths import ChunkPlan
+from engine.generation.memory import resolve_memory_profile
+from engine.generation.outputs import load_tokens, peak_memory, save_tokens
+from engine.generation.progress import JobClock, StageClock
+from engine.generation.stage1 import SemanticStage, default_device, default_dtype
+from engine.generation.stage2 import VideoStage
+from engine.generation.video import StreamingMp4Writer, write_thumbnail
+from engine.models.dpm_sampler import DiffusionCancelled
+from engine.models.llm_sampler import SamplingCancelled
+from engine.specs import ModelSpec
+from engine.weights.checksums import file_checksums
+from engine.weights.layout import ReleaseLayout
 
 
 class Pipeline:

@@ -15,15 +15,15 @@ from diffusers.models.embeddings import get_3d_sincos_pos_embed
 from safetensors.torch import save_file
 from torch import nn
 
-from .atomic import write_atomically
-from .models.control_dit import ControlDiT
-from .models.llm import SemanticLM
-from .models.semantic_decoder import SemanticDecoder
-from .models.video_vae import build_vae
-from .sat_keys import sat_dit_from_ours, sat_vae_decoder_from_ours
-from .specs import ModelSpec, T5Sizes
-from .tiny_text import write_tiny_t5
-from .weights import TINY_CHECKSUMS, ReleaseLayout
+from engine.atomic import write_atomically
+from engine.models.control_dit import ControlDiT
+from engine.models.llm import SemanticLM
+from engine.models.semantic_decoder import SemanticDecoder
+from engine.models.video_vae import build_vae
+from engine.specs import ModelSpec, T5Sizes
+from engine.weights.layout import TINY_CHECKSUMS, ReleaseLayout
+from engine.weights.sat_keys import sat_dit_from_ours, sat_vae_decoder_from_ours
+from engine.weights.tiny_text import write_tiny_t5
 
 
 def randomise(module: nn.Module, generator: torch.Generator, std: float = 0.02) -> nn.Module:
@@ -107,7 +107,7 @@ def write_tiny_release(layout: ReleaseLayout, spec: ModelSpec, seed: int = 0) ->
 
 def write_checksum_list(layout: ReleaseLayout) -> None:
     """The tiny bundle's own `md5  path` list: `weights verify` checks these files as it does the release."""
-    from .downloads import md5_of
+    from engine.weights.downloads import md5_of
 
     lines = [
         f"{md5_of(path)}  {path.relative_to(layout.bundle).as_posix()}\n"

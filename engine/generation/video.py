@@ -9,7 +9,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from .atomic import atomic_path, partial_path
+from engine.atomic import atomic_path, partial_path
 
 
 def write_mp4(frames: np.ndarray, path: Path, fps: int) -> Path:

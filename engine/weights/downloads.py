@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .atomic import write_atomically
-from .errors import CheckpointError
-from .weights import (
+from engine.atomic import write_atomically
+from engine.errors import CheckpointError
+from engine.weights.layout import (
     FLAN_T5_FILES,
     FLAN_T5_INDEX,
     FLAN_T5_REPO,

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .errors import CheckpointError
+from engine.errors import CheckpointError
 
 SHOWN_KEYS = 5
 

@@ -6,16 +6,20 @@ chunk 0 is an ordinary clip (1 + f (window - 1) RGB frames, f the VAE's temporal
 chunk keeps its first `overlap` latent frames fixed to the last ones of the chunk before and adds
 `f * stride` RGB frames. Lengths between two chunk boundaries round up to the next boundary.
 
-The few numbers this needs per model are `LengthRules`, kept here so that clients (the CLI's submit, the
-TUI) can check and round a length without loading torch; `engine.chunks.rules_from_spec` derives them
-from the model spec, and a test holds the two equal.
+The few numbers this needs per model are `LengthRules`, derived from the torch-free model spec
+(`engine.specs`) and its token layout, so clients (the CLI's submit, the TUI) check and round a length
+with the same rules the engine uses, without loading torch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
+
+from engine.models.token_layout import max_segments
+from engine.specs import get_spec
 
 
 @dataclass(frozen=True)
@@ -28,17 +32,18 @@ class LengthRules:
     max_segments: int  # token segments the language model's position budget holds for any prompt
 
 
-RULES = {
-    "landiff": LengthRules("landiff", window=13, time_factor=4, fps=8, default_overlap=7, max_segments=25),
-    "tiny": LengthRules("tiny", window=3, time_factor=4, fps=8, default_overlap=1, max_segments=236),
-}
-
-
+@cache
 def rules_for(model: str) -> LengthRules:
-    try:
-        return RULES[model]
-    except KeyError:
-        raise ValueError(f"unknown model {model!r}: choose one of {', '.join(RULES)}") from None
+    """The length rules of a model spec by name; ValueError naming the known models otherwise."""
+    spec = get_spec(model)
+    return LengthRules(
+        model=spec.name,
+        window=spec.llm.frames_per_segment,
+        time_factor=spec.vae.temporal_compression,
+        fps=spec.fps,
+        default_overlap=spec.default_overlap,
+        max_segments=max_segments(spec.llm),
+    )
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
-from .atomic import write_atomically
-from .weights import ReleaseLayout
+from engine.atomic import write_atomically
+from engine.weights.layout import ReleaseLayout
 
 CACHE_ENV = "LANDIFF_CACHE_DIR"
 CHUNK = 16 * 2**20

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .downloads import (
+from engine.weights.downloads import (
     DownloadCancelled,
     Downloader,
     DownloadError,

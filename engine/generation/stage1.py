@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .downloads import refuse_failed
-from .model_loading import load_semantic_decoder, load_semantic_lm
-from .models.llm_sampler import SamplingParams, codes_per_video, sample_codes
-from .residency import MovableStage
-from .specs import ModelSpec
-from .text_encoder import FlanT5PromptEncoder
-from .weights import ReleaseLayout
+from engine.generation.residency import MovableStage
+from engine.generation.text_encoder import FlanT5PromptEncoder
+from engine.models.llm_sampler import SamplingParams, sample_codes
+from engine.models.token_layout import codes_per_video
+from engine.specs import ModelSpec
+from engine.weights.downloads import refuse_failed
+from engine.weights.layout import ReleaseLayout
+from engine.weights.loading import load_semantic_decoder, load_semantic_lm
 
 
 def default_device() -> torch.device:

@@ -116,10 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds idle before the models are released (default 600)",
     )
 
-    from .client_commands import add_client_commands
+    from engine.cli.client_commands import add_client_commands
 
     client_handlers.update(add_client_commands(commands))
-    from .weights_commands import add_weights_commands
+    from engine.cli.weights_commands import add_weights_commands
 
     client_handlers.update(add_weights_commands(commands))
 
@@ -149,9 +149,9 @@ def add_length_options(parser: argparse.ArgumentParser) -> None:
 def requested_frames(args: argparse.Namespace, spec) -> int | None:
     """--frames, or --seconds turned into frames at the model's frame rate."""
     if getattr(args, "seconds", None) is not None:
-        from .chunks import frames_for_seconds
+        from engine.generation.lengths import frames_for_seconds, rules_for
 
-        return frames_for_seconds(spec, args.seconds)
+        return frames_for_seconds(rules_for(spec.name), args.seconds)
     return getattr(args, "frames", None)
 
 
@@ -170,7 +170,7 @@ def slug(text: str, limit: int = 40) -> str:
 def save_npy_atomically(array, path: Path) -> None:
     import numpy as np
 
-    from .atomic import write_atomically
+    from engine.atomic import write_atomically
 
     write_atomically(path, lambda partial: np.save(partial, array))
 
@@ -190,7 +190,7 @@ def parse_device(name: str | None):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .server import EngineAlreadyRunning, serve
+    from engine.daemon.server import EngineAlreadyRunning, serve
 
     check_model_name(args.model)
     try:
@@ -203,16 +203,15 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def check_model_name(name: str) -> None:
     """Refuse an unknown model before anything starts, without loading the models' code."""
-    from .lengths import RULES
+    from engine.specs import get_spec
 
-    if name not in RULES:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(RULES)}")
+    get_spec(name)
 
 
 def run_tiny(args: argparse.Namespace) -> int:
-    from .specs import get_spec
-    from .tiny import ensure_tiny_release, write_tiny_release
-    from .weights import layout_for
+    from engine.specs import get_spec
+    from engine.weights.layout import layout_for
+    from engine.weights.tiny import ensure_tiny_release, write_tiny_release
 
     layout = layout_for("tiny")
     if args.force:
@@ -228,11 +227,11 @@ def run_tokens(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .models.llm_sampler import SamplingParams
-    from .specs import get_spec
-    from .stage1 import SemanticStage
-    from .tiny import ensure_tiny_release
-    from .weights import layout_for
+    from engine.generation.stage1 import SemanticStage
+    from engine.models.llm_sampler import SamplingParams
+    from engine.specs import get_spec
+    from engine.weights.layout import layout_for
+    from engine.weights.tiny import ensure_tiny_release
 
     console = Console(stderr=True)
     spec = get_spec(args.model)
@@ -295,10 +294,11 @@ def run_generate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .pipeline import JobSpec, Pipeline
-    from .specs import get_spec
-    from .tiny import ensure_tiny_release
-    from .weights import layout_for
+    from engine.generation.job import JobSpec
+    from engine.generation.pipeline import Pipeline
+    from engine.specs import get_spec
+    from engine.weights.layout import layout_for
+    from engine.weights.tiny import ensure_tiny_release
 
     console = Console(stderr=True)
     spec = get_spec(args.model)
@@ -349,8 +349,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .client import EngineError, EngineUnavailable
-    from .errors import CheckpointError
+    from engine.client import EngineError, EngineUnavailable
+    from engine.errors import CheckpointError
 
     handlers = {"tokens": run_tokens, "generate": run_generate, "tiny": run_tiny, "serve": run_serve}
     handlers.update(client_handlers)

@@ -1,0 +1,1 @@
+"""`landiff-engine`: the command line (in-process generation, the engine's client commands, weights)."""

@@ -1,0 +1,89 @@
+"""Progress clocks: step callbacks -> Progress reports with rates, and the whole job's time left."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from engine.generation.job import Progress
+from engine.generation.lengths import ChunkPlan
+
+
+class StageClock:
+    """Turns step callbacks into Progress events with a rate and an ETA."""
+
+    def __init__(self, stage: str, emit: Callable[[Progress], None] | None, job: JobClock | None = None):
+        self.stage, self.emit, self.job, self.started = stage, emit, job, time.perf_counter()
+
+    def __call__(self, step: int, total: int) -> None:
+        if self.emit is None:
+            return
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = step / elapsed
+        eta = (total - step) / rate if rate > 0 else None
+        if self.job is None:
+            self.emit(Progress(self.stage, step, total, rate, eta))
+            return
+        job = self.job
+        self.emit(
+            Progress(
+                self.stage,
+                step,
+                total,
+                rate,
+                eta,
+                chunk=job.chunk + 1,
+                chunks=job.plan.chunks,
+                frames_written=job.frames_written,
+                video_seconds=job.frames_written / job.plan.fps,
+                job_eta_s=job.eta(self.stage, step, total, eta),
+            )
+        )
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
+class JobClock:
+    """Where a job stands (chunk, frames on disk) and an estimate of the time it has left.
+
+    Stage 2's costs are learned as the job runs (seconds per denoising step, per chunk's decode and
+    write); before the first measurement they come from the pipeline's previous job, if any.
+    """
+
+    def __init__(self, plan: ChunkPlan, steps: int, learned: dict[str, float]):
+        self.plan, self.steps, self.learned = plan, steps, learned
+        self.chunk, self.frames_written = 0, 0  # the chunk being made (0-based), frames on disk
+        self.finished = 0  # chunks in the video file
+        self.chunk_timings: list[dict[str, Any]] = []
+        self.thumbnail: np.ndarray | None = None  # the middle frame of chunk 0
+        self.denoise_s = 0.0
+        self.denoise_steps = 0
+        self.finish_s: list[float] = []  # decode + write of each finished chunk
+
+    def step_seconds(self) -> float | None:
+        if self.denoise_steps:
+            return self.denoise_s / self.denoise_steps
+        return self.learned.get("denoise_step_s")
+
+    def finish_seconds(self) -> float | None:
+        if self.finish_s:
+            return sum(self.finish_s) / len(self.finish_s)
+        return self.learned.get("chunk_finish_s")
+
+    def eta(self, stage: str, step: int, total: int, stage_eta: float | None) -> float | None:
+        """Seconds the whole job has left: None until a denoising step has been timed (here or before)."""
+        per_step = self.step_seconds()
+        if per_step is None:
+            return None
+        per_finish = self.finish_seconds() or 0.0  # unknown until a chunk was decoded: counted as free
+        chunk_cost = self.steps * per_step + per_finish
+        if stage in ("text", "tokens"):
+            return (stage_eta or 0.0) + self.plan.chunks * chunk_cost
+        after = self.plan.chunks - self.chunk - 1  # chunks after the current one
+        if stage == "denoise":
+            return (self.steps - step) * per_step + per_finish + after * chunk_cost
+        return (stage_eta or 0.0) + after * chunk_cost
