@@ -41,6 +41,7 @@ LAYERS = {
     "engine.models": {"engine.models"},
     "engine.weights": {"engine.models", "engine.weights", "engine.atomic"},
     "engine.generation": {"engine.models", "engine.weights", "engine.generation", "engine.atomic"},
+    "engine.api": {"engine.models", "engine.weights", "engine.generation", "engine.api"},
     "engine.daemon": {
         "engine.models",
         "engine.weights",

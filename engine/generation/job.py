@@ -91,8 +91,13 @@ class ChunkDone:
     frames_written: int
     video_seconds: float
     timings_s: dict[str, float]
-    preview: np.ndarray  # the chunk's last frame, uint8 [H, W, 3]
+    frames: np.ndarray  # the frames this chunk added to the video, uint8 [n, H, W, 3]
     partial_video: Path  # the growing file (renamed to the job's `out` at the end)
+
+    @property
+    def preview(self) -> np.ndarray:
+        """The chunk's last frame, uint8 [H, W, 3]."""
+        return self.frames[-1]
 
 
 @dataclass

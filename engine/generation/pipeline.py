@@ -27,9 +27,10 @@ from engine.generation.stage2 import VideoStage
 from engine.generation.video import StreamingMp4Writer, write_thumbnail
 from engine.models.dpm_sampler import DiffusionCancelled
 from engine.models.llm_sampler import SamplingCancelled
-from engine.specs import ModelSpec
+from engine.specs import ModelSpec, get_spec
 from engine.weights.checksums import file_checksums
-from engine.weights.layout import ReleaseLayout
+from engine.weights.layout import ReleaseLayout, layout_for
+from engine.weights.tiny import ensure_tiny_release
 
 
 class Pipeline:
@@ -49,6 +50,19 @@ class Pipeline:
         self._stage1: SemanticStage | None = None
         self._stage2: VideoStage | None = None
         self.learned: dict[str, float] = {}  # stage-2 costs of the last job, for the next one's ETA
+
+    @classmethod
+    def for_model(
+        cls, model: str, root: Path | None = None, device: torch.device | None = None, memory: str = "auto"
+    ) -> Pipeline:
+        """The pipeline of a model spec by name, its weights found under `root` as the engine finds them
+        (None: $LANDIFF_HOME, ./ckpts, the user data dir); the tiny model's weights are written on first use.
+        Nothing loads until the first job."""
+        spec = get_spec(model)
+        layout = layout_for(spec.name, root)
+        if spec.name == "tiny":
+            ensure_tiny_release(layout, spec)
+        return cls(spec, layout, device=device, memory=memory)
 
     def stage1(self) -> SemanticStage:
         if self._stage1 is None:
@@ -233,7 +247,7 @@ class Pipeline:
                         frames_written=writer.frames_written,
                         video_seconds=writer.seconds,
                         timings_s={k: entry[k] for k in ("denoise_s", "decode_s", "write_s")},
-                        preview=frames[-1],
+                        frames=frames,
                         partial_video=writer.partial,
                     )
                 )
