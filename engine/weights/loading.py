@@ -6,8 +6,6 @@ file in the target dtype and device, so no full-precision copy is ever made on t
 
 from __future__ import annotations
 
-import argparse
-import pickle
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from engine.weights.checkpoints import (
 )
 from engine.weights.layout import ReleaseLayout, redownload_hint
 from engine.weights.sat_keys import convert_dit, convert_vae_decoder
+from engine.weights.sat_pickle import UNREADABLE, load_sat_pickle
 
 # Parts of tokenizer/model.safetensors that text-to-video never uses: the semantic
 # encoder, the quantizer's training state and input projection, and the feature statistics
@@ -81,20 +80,22 @@ def load_semantic_decoder(
 def read_sat_checkpoint(path: Path, entry: str, *, fix: str) -> dict[str, torch.Tensor]:
     """The `entry` dict ("module" or "state_dict") of a SAT/DeepSpeed .pt file, memory-mapped.
 
-    Only tensors and plain containers are unpickled (weights_only=True); DeepSpeed's
-    argparse.Namespace of training arguments is the one class allowed besides.
+    Whatever else the file carries (training arguments, optimizer state, objects of classes that are not
+    installed) is loaded inert and dropped; see `sat_pickle`.
     """
     require_file(path, "Checkpoint", fix)
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path} holds objects that are not safe to load ({error}). {fix}") from error
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
+        content = load_sat_pickle(path).content
+    except UNREADABLE as error:
         raise CheckpointError(f"{path} could not be read as a torch checkpoint ({error}). {fix}") from error
-    if not isinstance(content, dict) or not isinstance(content.get(entry), dict):
+    tensors = content.get(entry) if isinstance(content, dict) else None
+    if not isinstance(tensors, dict):
         raise CheckpointError(f"{path} has no '{entry}' dictionary of tensors. {fix}")
-    return content[entry]
+    not_tensors = sorted(str(key) for key, value in tensors.items() if not isinstance(value, torch.Tensor))
+    if not_tensors:
+        shown = ", ".join(not_tensors[:5])
+        raise CheckpointError(f"{path}: '{entry}' holds entries that are not tensors ({shown}). {fix}")
+    return tensors
 
 
 def checkpoint_step_file(folder: Path, fix: str) -> Path:
