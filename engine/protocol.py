@@ -9,10 +9,12 @@ subscribed connections. This module imports no torch: clients use it as it is.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
+from engine.params import PARAMS, Param
 from engine.wire import JOB_STATUSES, MAX_LINE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION  # noqa: F401 (re-exported)
 
 
@@ -20,22 +22,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class JobParams(Strict):
-    """Everything a job needs; the same ranges the pipeline enforces, checked at the door."""
+def job_params_model(params: Sequence[Param] | None = None) -> type[Strict]:
+    """The wire model of a job's parameters, one field per schema parameter (`engine.params`), each checked
+    and normalised by the schema's own code: the same ranges the CLI, the TUI and the pipeline apply."""
+    fields: dict[str, Any] = {}
+    for param in PARAMS if params is None else params:
+        kind = param.kind | None if param.optional else param.kind
+        checked = Annotated[kind, AfterValidator(param.check)]
+        fields[param.name] = (checked, ... if param.required else param.default)
+    return create_model("JobParams", __base__=Strict, __module__=__name__, **fields)
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    seed: int = Field(default=42, ge=0, lt=2**63)
-    cfg: float = Field(default=7.5, ge=0, le=50)
-    motion_score: float = Field(default=0.1, ge=0, le=10)
-    temperature: float = Field(default=1.0, gt=0, le=10)
-    top_k: int | None = Field(default=None, ge=1)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    steps: int = Field(default=50, ge=1, le=1000)
-    # RGB frames of the video (None: one clip, 49 frames for the release); rounded up to the next chunk
-    # boundary; the engine refuses lengths beyond what its model's token budget allows
-    frames: int | None = Field(default=None, ge=1, le=100_000)
-    # latent frames each chunk of a long video shares with the one before (None: the model's default)
-    overlap: int | None = Field(default=None, ge=0, le=64)
+
+JobParams = job_params_model()
 
 
 class Request(Strict):

@@ -1,81 +1,41 @@
 """The Generate form's fields <-> job parameters, checked before anything is sent to the engine.
 
-The ranges are the engine's own (`engine.protocol.JobParams`), with the narrower ones the reference's
-demo exposes where it has them (LLM CFG 1-15, motion score 0-1).
+The fields, labels, hints, ranges and normalisation are the job schema's (`engine.params`), checked by
+its own code, so the form accepts exactly what the engine does. A length may be typed in frames (97) or
+seconds (12s), turned into frames by the engine's own rule (`engine.generation.lengths`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
-FPS = 8
+from engine.params import PARAMS, Param
+from engine.params import defaults as schema_defaults
+
+FIELDS: list[Param] = [param for param in PARAMS if param.in_form]
+PROMPT = next(param for param in PARAMS if param.name == "prompt")
+RELEASE = "landiff"  # whose frame rate turns seconds into frames before the engine says its model
 
 
-@dataclass(frozen=True)
-class Field:
-    name: str
-    label: str
-    kind: type
-    low: float | None = None
-    high: float | None = None
-    optional: bool = False
-    hint: str = ""
-
-
-FIELDS = [
-    Field("cfg", "LLM CFG", float, 1, 15, hint="1-15"),
-    Field("motion_score", "motion", float, 0, 1, hint="0-1"),
-    Field("seed", "seed", int, 0, 2**63 - 1, hint="ctrl+r: random"),
-    Field("temperature", "temperature", float, 0.01, 10, hint=">0"),
-    Field("top_k", "top-k", int, 1, 2048, optional=True, hint="empty: off"),
-    Field("top_p", "top-p", float, 0.01, 1, optional=True, hint="empty: off"),
-    Field("steps", "steps", int, 1, 1000, hint="50"),
-]
-LENGTH = Field("length", "length", str, hint="e.g. 97 or 12s")
-
-
-@cache
 def defaults() -> dict[str, Any]:
-    """The engine's defaults for every parameter (pydantic loads here, after the first paint)."""
-    from engine.protocol import JobParams
-
-    return JobParams(prompt="-").model_dump()
+    return schema_defaults()
 
 
-def check_field(field: Field, text: str) -> tuple[Any, str | None]:
-    """(value, None) or (None, message): the message names the field and the accepted range."""
-    text = text.strip()
-    if not text:
-        return (None, None) if field.optional else (None, f"{field.label} is empty")
+def check_field(field: Param, text: str, model: str | None = None) -> tuple[Any, str | None]:
+    """(value, None) or (None, message): the message names the parameter, its range and the value."""
     try:
-        value = field.kind(text)
-    except ValueError:
-        noun = "a whole number" if field.kind is int else "a number"
-        return None, f"{field.label} must be {noun}, not {text!r}"
-    if field.low is not None and value < field.low or field.high is not None and value > field.high:
-        return None, f"{field.label} must be between {field.low:g} and {field.high:g}"
-    return value, None
+        if field.seconds:
+            from engine.generation.lengths import parse_length, rules_for
+
+            return field.check(parse_length(text, rules_for(model or RELEASE))), None
+        return field.parse(text), None
+    except ValueError as error:
+        return None, str(error)
 
 
-def check_length(text: str) -> tuple[int | None, str | None]:
-    """'' -> one clip; '97' -> frames; '12s' or '12.5 s' -> seconds at 8 fps."""
-    text = text.strip().lower()
-    if not text:
-        return None, None
-    try:
-        if text.endswith("s"):
-            seconds = float(text[:-1].strip())
-            if seconds <= 0:
-                raise ValueError
-            return max(1, round(seconds * FPS)), None
-        frames = int(text)
-        if frames <= 0:
-            raise ValueError
-        return frames, None
-    except ValueError:
-        return None, f"length must be frames (e.g. 49) or seconds (e.g. 6s), not {text!r}"
+def check_length(text: str, model: str | None = None) -> tuple[int | None, str | None]:
+    """'' -> one clip; '97' -> frames; '12s' or '12.5 s' -> seconds at the model's frame rate, rounded up."""
+    return check_field(next(field for field in FIELDS if field.seconds), text, model)
 
 
 def length_note(model: str | None, frames: int | None, overlap: int | None = None) -> str:
@@ -107,40 +67,27 @@ def check_form(
     With `model` known (the engine's), the length is also held to that model's maximum.
     """
     errors: dict[str, str] = {}
-    params: dict[str, Any] = {"prompt": prompt.strip()}
-    if not params["prompt"]:
-        errors["prompt"] = "the prompt is empty: describe the video"
+    params: dict[str, Any] = {}
+    try:
+        params["prompt"] = PROMPT.check(prompt)
+    except ValueError as error:
+        errors["prompt"] = str(error)
     for field in FIELDS:
-        value, error = check_field(field, texts.get(field.name, ""))
+        value, error = check_field(field, texts.get(field.name, ""), model)
         if error:
             errors[field.name] = error
         elif value is not None:
             params[field.name] = value
-    frames, error = check_length(texts.get("length", ""))
-    if error:
-        errors["length"] = error
-    elif frames is not None:
-        params["frames"] = frames
-        if model is not None:
-            from engine.generation.lengths import plan_length, rules_for
+    if model is not None and params.get("frames") is not None:
+        from engine.generation.lengths import plan_length, rules_for
 
-            try:
-                plan_length(rules_for(model), frames, overlap)
-            except ValueError as error:
-                errors["length"] = str(error)
+        try:
+            plan_length(rules_for(model), params["frames"], overlap)
+        except ValueError as error:
+            errors["frames"] = str(error)
     if errors:
         return None, errors
-    from pydantic import ValidationError
-
-    from engine.protocol import JobParams
-
-    try:
-        return JobParams(**params).model_dump(exclude_none=True), {}
-    except ValidationError as error:  # the engine's own limits, e.g. a prompt that is too long
-        for problem in error.errors():
-            name = str(problem["loc"][0]) if problem["loc"] else "prompt"
-            errors[name if name in texts or name == "prompt" else "length"] = f"{name}: {problem['msg']}"
-        return None, errors
+    return params, {}
 
 
 def form_texts(params: dict[str, Any]) -> dict[str, str]:
@@ -149,6 +96,4 @@ def form_texts(params: dict[str, Any]) -> dict[str, str]:
     for field in FIELDS:
         value = params.get(field.name)
         texts[field.name] = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-    frames = params.get("frames")
-    texts["length"] = "" if frames is None else str(frames)
     return texts

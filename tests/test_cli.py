@@ -70,7 +70,7 @@ def run_in_process(args: list[str], home: Path, cwd: Path, monkeypatch, capsys) 
 
 
 def test_default_output_name_and_two_segments(tiny_home, tmp_path, monkeypatch, capsys):
-    args = ["tokens", PROMPT, "--model", "tiny", "--frames", "6"]
+    args = ["tokens", PROMPT, "--model", "tiny", "--frames", "17"]  # two chunks: two token segments
     status, err = run_in_process(args, tiny_home, tmp_path, monkeypatch, capsys)
     assert status == 0, err
     assert np.load(tmp_path / "results" / "a-snail-crawling-on-green-moss-s42.npy").shape == (22,)
@@ -79,11 +79,13 @@ def test_default_output_name_and_two_segments(tiny_home, tmp_path, monkeypatch, 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--cfg", "-1"], "cfg must be >= 0"),
-        (["--temperature", "0"], "temperature must be > 0"),
-        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-        (["--top-k", "0"], "top_k must be an integer >= 1"),
-        (["--frames", "4"], "num_frames must be a positive multiple of 3"),
+        (["--cfg", "-1"], "cfg must be between 0 and 50, got -1"),
+        (["--temperature", "0"], "temperature must be > 0 and <= 10, got 0"),
+        (["--top-p", "1.5"], "top_p must be > 0 and <= 1, got 1.5"),
+        (["--top-k", "0"], "top_k must be >= 1, got 0"),
+        (["--top-k", "2.5"], "top_k must be a whole number, not '2.5'"),
+        (["--frames", "100000"], "longer than the tiny model can make"),
+        (["--overlap", "2"], "overlap must leave an even number"),
         (["--model", "huge"], "unknown model 'huge'"),
         (["--device", "cuda:7"], "--device"),
     ],

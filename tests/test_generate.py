@@ -98,7 +98,8 @@ def test_a_cancelled_job_leaves_nothing_behind(pipeline, tmp_path, stage):
         (["--steps", "0"], "steps must be between 1 and 1000"),
         (["--out", "video.avi"], "--out must name an .mp4 file"),
         (["--tokens", "missing.npy"], "--tokens missing.npy does not exist"),
-        (["--cfg", "-2"], "cfg must be >= 0"),
+        (["--cfg", "-2"], "cfg must be between 0 and 50, got -2"),
+        (["--temperature", "0"], "temperature must be > 0 and <= 10, got 0"),
     ],
 )
 def test_user_mistakes_are_one_line(home, tmp_path, monkeypatch, capsys, args, message):

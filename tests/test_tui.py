@@ -246,17 +246,17 @@ async def test_invalid_values_are_shown_inline_and_nothing_is_sent():
     app = LanDiffApp(link=link)
     async with app.run_test(size=(80, 24)) as pilot:
         await type_prompt(pilot, "A fox.")
-        await set_field(pilot, "cfg", "20")
+        await set_field(pilot, "cfg", "60")
         await set_field(pilot, "top_p", "abc")
         errors = str(app.query_one("#form-errors").render())
-        assert "LLM CFG must be between 1 and 15" in errors and "top-p must be a number" in errors
+        assert "cfg must be between 0 and 50, got 60" in errors and "top_p must be a number" in errors
         assert app.query_one("#param-cfg").has_class("-invalid")
         assert app.query_one("#submit").disabled
         await pilot.press("ctrl+s")
         assert not [kind for kind, _ in link.requests if kind == "submit"]
-        await set_field(pilot, "length", "100000")  # beyond the tiny model's token budget: says its maximum
+        await set_field(pilot, "frames", "100000")  # beyond the tiny model's token budget: says its maximum
         assert "at most 2825 frames" in str(app.query_one("#form-errors").render())
-        await set_field(pilot, "length", "10")
+        await set_field(pilot, "frames", "10")
         assert "10 frames rounded up to 17" in str(app.query_one("#length-note").render())
         await set_field(pilot, "cfg", "9")
         await set_field(pilot, "top_p", "")
@@ -316,7 +316,7 @@ def test_form_checks_and_lengths():
     )
     assert errors == {} and params["prompt"] == "A cat." and params["top_p"] == 0.9 and "top_k" not in params
     _, errors = check_form(
-        "", {"cfg": "0", "seed": "-1", "steps": "x", "motion_score": "2", "temperature": "1"}
+        " ", {"cfg": "-1", "seed": "-1", "steps": "x", "motion_score": "11", "temperature": "1"}
     )
     assert set(errors) == {"prompt", "cfg", "seed", "steps", "motion_score"}
     assert (

@@ -10,27 +10,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from engine.cli.param_options import add_param_options, add_prompt_argument, given_params
 from engine.client import EngineClient, EngineUnavailable, connect, start_engine
+from engine.params import check_params
 
-JOB_OPTIONS = ("seed", "cfg", "motion_score", "temperature", "top_k", "top_p", "steps", "frames", "overlap")
-FLOAT_OPTIONS = ("cfg", "motion_score", "temperature", "top_p")
 EXIT_FAILED = 1
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
-    """Options left unset (None) fall back to the preset, then to the engine's defaults."""
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default 42)")
-    parser.add_argument("--cfg", type=float, default=None, help="LLM guidance scale (default 7.5)")
-    parser.add_argument(
-        "--motion-score", type=float, default=None, help="motion micro-condition (default 0.1)"
-    )
-    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1.0)")
-    parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 50)")
-    from engine.cli.main import add_length_options
-
-    add_length_options(parser)
+    """Options left unset fall back to the preset, then to the engine's defaults."""
+    add_param_options(parser)
     parser.add_argument(
         "--preset", default=None, help="start from a saved preset (see `landiff-engine presets`)"
     )
@@ -42,38 +31,30 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpts", default=None, help="weights root for an engine started here")
 
 
-def given_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in JOB_OPTIONS if getattr(args, name, None) is not None}
-
-
 def check_length(params: dict[str, Any], args: argparse.Namespace) -> None:
-    """--seconds becomes frames; a long video's length is checked against the model and any rounding said."""
-    if (
-        getattr(args, "seconds", None) is None
-        and params.get("frames") is None
-        and params.get("overlap") is None
-    ):
+    """A long video's length is checked against the model and any rounding said."""
+    if params.get("frames") is None and params.get("overlap") is None:
         return
     from engine.cli.main import describe_length
-    from engine.generation.lengths import frames_for_seconds, plan_length, rules_for
+    from engine.generation.lengths import plan_length, rules_for
 
-    rules = rules_for(args.model)  # torch-free: a client stays quick
-    if getattr(args, "seconds", None) is not None:
-        params["frames"] = frames_for_seconds(rules, args.seconds)
-    plan = plan_length(rules, params.get("frames"), params.get("overlap"))
+    plan = plan_length(rules_for(args.model), params.get("frames"), params.get("overlap"))  # torch-free
     if plan.rounded:
         print(f"note: {plan.note()}", file=sys.stderr)
     print(describe_length(plan), file=sys.stderr)
 
 
-def job_params(client: EngineClient, base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def job_params(
+    client: EngineClient, base: dict[str, Any], given: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The earlier job's (or just the prompt), then the preset's, then the given parameters, checked."""
     params = dict(base)
     if args.preset is not None:
         presets = client.request("list_presets")["presets"]
         if args.preset not in presets:
             raise ValueError(f"no preset named {args.preset!r}; known: {', '.join(sorted(presets))}")
         params.update(presets[args.preset]["params"])
-    params.update(given_options(args))
+    params = check_params({**params, **given}, complete=False)
     check_length(params, args)
     return params
 
@@ -85,18 +66,20 @@ def engine_for(args: argparse.Namespace) -> EngineClient:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    with engine_for(args) as client:
-        params = job_params(client, {"prompt": args.prompt}, args)
+    given = check_params({"prompt": args.prompt, **given_params(args, args.model)}, complete=False)
+    with engine_for(args) as client:  # started only for parameters that pass
+        params = job_params(client, {}, given, args)
         return submit_and_report(client, params, args.wait)
 
 
 def run_rerun(args: argparse.Namespace) -> int:
+    given = given_params(args, args.model)
+    if args.prompt is not None:
+        given["prompt"] = args.prompt
+    given = check_params(given, complete=False)
     with engine_for(args) as client:
         job = client.request("get_job", job_id=args.job)["job"]
-        base = dict(job["params"])
-        if args.prompt is not None:
-            base["prompt"] = args.prompt
-        params = job_params(client, base, args)
+        params = job_params(client, dict(job["params"]), given, args)
         return submit_and_report(client, params, args.wait)
 
 
@@ -214,7 +197,7 @@ def run_status(args: argparse.Namespace) -> int:
 def run_presets(args: argparse.Namespace) -> int:
     with connect() as client:
         if args.save:
-            client.request("save_preset", name=args.save, params=given_options(args))
+            client.request("save_preset", name=args.save, params=given_params(args))
             print(f"saved preset {args.save!r}")
             return 0
         if args.delete:
@@ -237,13 +220,13 @@ def run_stop(args: argparse.Namespace) -> int:
 
 def add_client_commands(commands) -> dict:
     submit = commands.add_parser("submit", help="queue a job on the engine (starting it if needed)")
-    submit.add_argument("prompt", help="what the video shows")
+    add_prompt_argument(submit)
     add_job_options(submit)
     add_engine_options(submit)
 
     rerun = commands.add_parser("rerun", help="queue a past job again, optionally with changed options")
     rerun.add_argument("job", help="job id")
-    rerun.add_argument("--prompt", default=None, help="a changed prompt")
+    add_prompt_argument(rerun, optional=True)
     add_job_options(rerun)
     add_engine_options(rerun)
 
@@ -273,10 +256,7 @@ def add_client_commands(commands) -> dict:
         "--save", metavar="NAME", default=None, help="save the job options given here as NAME"
     )
     action.add_argument("--delete", metavar="NAME", default=None, help="delete a saved preset")
-    for name in JOB_OPTIONS:
-        presets.add_argument(
-            f"--{name.replace('_', '-')}", type=float if name in FLOAT_OPTIONS else int, default=None
-        )
+    add_param_options(presets, seconds=False)  # a preset is for any model: its length is in frames
 
     commands.add_parser("stop", help="stop the engine (a running job is marked interrupted)")
     return {

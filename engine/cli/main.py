@@ -15,6 +15,8 @@ from pathlib import Path
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
+from engine.cli.param_options import add_param_options, add_prompt_argument, given_params
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -39,25 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage 1: write the semantic tokens (and optionally features) of a prompt",
         description="Run LanDiff stage 1: prompt -> semantic tokens (.npy), optionally -> semantic features.",
     )
-    tokens.add_argument("prompt", help="what the video shows")
+    add_prompt_argument(tokens)
     tokens.add_argument(
         "--model", default="landiff", help="model spec: landiff (the release) or tiny (default: landiff)"
     )
-    tokens.add_argument(
-        "--cfg", type=float, default=7.5, help="LLM guidance scale, 0 or 1 = off (default 7.5)"
-    )
-    tokens.add_argument(
-        "--motion-score", type=float, default=0.1, help="motion micro-condition (default 0.1)"
-    )
-    tokens.add_argument(
-        "--frames", type=int, default=None, help="semantic frames, a multiple of the segment (13)"
-    )
-    tokens.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    tokens.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    tokens.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes (default: off)")
-    tokens.add_argument(
-        "--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default: off)"
-    )
+    add_param_options(tokens, stages=("stage1",))
     tokens.add_argument(
         "--out", type=Path, default=None, help="tokens .npy path (default: results/<prompt>-s<seed>.npy)"
     )
@@ -72,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run LanDiff end to end in this process and write an mp4, its semantic tokens (.npy) "
         "and a JSON sidecar with every parameter, the weights' checksums, timings and peak memory.",
     )
-    generate.add_argument("prompt", help="what the video shows")
+    add_prompt_argument(generate)
     generate.add_argument(
         "--out", type=Path, default=None, help="mp4 path (default: results/<prompt>-s<seed>.mp4)"
     )
@@ -82,18 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--ckpts", type=Path, default=None, help="weights root (default: $LANDIFF_HOME or ckpts/)"
     )
-    generate.add_argument("--seed", type=int, default=42, help="random seed for both stages (default 42)")
-    generate.add_argument(
-        "--cfg", type=float, default=7.5, help="LLM guidance scale, 0 or 1 = off (default 7.5)"
-    )
-    generate.add_argument(
-        "--motion-score", type=float, default=0.1, help="motion micro-condition (default 0.1)"
-    )
-    generate.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    add_param_options(generate)
     generate.add_argument(
         "--tokens", type=Path, default=None, help="reuse saved semantic tokens (.npy): stage 2 only"
     )
-    add_length_options(generate)
     generate.add_argument(
         "--device", default=None, help="torch device (default: cuda when present, else cpu)"
     )
@@ -126,33 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny", help="write the random-weight tiny model in the release layout")
     tiny.add_argument("--force", action="store_true", help="rewrite even if the files exist")
     return parser
-
-
-def add_length_options(parser: argparse.ArgumentParser) -> None:
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument(
-        "--frames",
-        type=int,
-        default=None,
-        help="video length in frames; longer than one clip (49) makes a long video chunk by chunk "
-        "(49 + 24 per chunk, rounded up; at most 1297 for the release)",
-    )
-    length.add_argument("--seconds", type=float, default=None, help="video length in seconds (8 fps)")
-    parser.add_argument(
-        "--overlap",
-        type=int,
-        default=None,
-        help="latent frames each chunk shares with the one before (odd, 1..11; default 7)",
-    )
-
-
-def requested_frames(args: argparse.Namespace, spec) -> int | None:
-    """--frames, or --seconds turned into frames at the model's frame rate."""
-    if getattr(args, "seconds", None) is not None:
-        from engine.generation.lengths import frames_for_seconds, rules_for
-
-        return frames_for_seconds(rules_for(spec.name), args.seconds)
-    return getattr(args, "frames", None)
 
 
 def describe_length(plan) -> str:
@@ -227,30 +180,27 @@ def run_tokens(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from engine.generation.job import sampling_params
+    from engine.generation.lengths import plan_length, rules_for
+    from engine.generation.prompt_tokens import check_prompt_fits
     from engine.generation.stage1 import SemanticStage
-    from engine.models.llm_sampler import SamplingParams
+    from engine.params import check_params
     from engine.specs import get_spec
     from engine.weights.layout import layout_for
     from engine.weights.tiny import ensure_tiny_release
 
     console = Console(stderr=True)
     spec = get_spec(args.model)
-    frames = args.frames if args.frames is not None else spec.llm.frames_per_segment
-    params = SamplingParams(
-        cfg=args.cfg,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        motion_score=args.motion_score,
-        num_frames=frames,
-        seed=args.seed,
-    )
+    values = check_params({"prompt": args.prompt, **given_params(args, spec.name)})
+    plan = plan_length(rules_for(spec.name), values["frames"], values["overlap"])
+    params = sampling_params(values, plan)
     params.validate(spec.llm)
-    if not args.prompt.strip():
-        raise ValueError("prompt must not be empty: describe the video to generate")
+    if plan.rounded:
+        console.print(f"note: {plan.note()}")
     layout = layout_for(spec.name)
     if spec.name == "tiny" and ensure_tiny_release(layout, spec):
         console.print(f"wrote tiny random weights to {layout.root}")
+    check_prompt_fits(values["prompt"], spec, layout.flan_t5_dir)
     device = parse_device(args.device)
     started = time.perf_counter()
     with console.status(f"loading {spec.name} stage-1 models"):
@@ -269,13 +219,13 @@ def run_tokens(args: argparse.Namespace) -> int:
             progress.update(task, completed=done, total=total)
 
         started = time.perf_counter()
-        codes = stage.codes(args.prompt, params, on_token=on_token)
+        codes = stage.codes(values["prompt"], params, on_token=on_token)
         seconds = time.perf_counter() - started
-    out = args.out or Path("results") / f"{slug(args.prompt)}-s{args.seed}.npy"
+    out = args.out or Path("results") / f"{slug(values['prompt'])}-s{params.seed}.npy"
     save_npy_atomically(codes.numpy(), out)
     console.print(f"{codes.numel()} semantic tokens in {seconds:.1f}s -> {out}")
     if args.features is not None:
-        features = stage.features(codes, frames)
+        features = stage.features(codes, params.num_frames)
         save_npy_atomically(features.numpy(), args.features)
         console.print(f"semantic features {list(features.shape)} -> {args.features}")
     return 0
@@ -296,23 +246,17 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from engine.generation.job import JobSpec
     from engine.generation.pipeline import Pipeline
+    from engine.generation.prompt_tokens import check_prompt_fits
+    from engine.params import check_params
     from engine.specs import get_spec
     from engine.weights.layout import layout_for
     from engine.weights.tiny import ensure_tiny_release
 
     console = Console(stderr=True)
     spec = get_spec(args.model)
-    job = JobSpec(
-        prompt=args.prompt,
-        out=args.out or Path("results") / f"{slug(args.prompt)}-s{args.seed}.mp4",
-        seed=args.seed,
-        cfg=args.cfg,
-        motion_score=args.motion_score,
-        steps=args.steps,
-        tokens=args.tokens,
-        frames=requested_frames(args, spec),
-        overlap=args.overlap,
-    )
+    values = check_params({"prompt": args.prompt, **given_params(args, spec.name)})
+    out = args.out or Path("results") / f"{slug(values['prompt'])}-s{values['seed']}.mp4"
+    job = JobSpec.from_params(values, out=out, tokens=args.tokens)
     job.validate(spec)
     plan = job.plan(spec)
     if plan.rounded:
@@ -321,6 +265,8 @@ def run_generate(args: argparse.Namespace) -> int:
     layout = layout_for(spec.name, args.ckpts)
     if spec.name == "tiny" and ensure_tiny_release(layout, spec):
         console.print(f"wrote tiny random weights to {layout.root}")
+    if job.tokens is None:  # the language model reads the prompt only when it writes the tokens
+        check_prompt_fits(job.prompt, spec, layout.flan_t5_dir)
     pipeline = Pipeline(spec, layout, device=parse_device(args.device), memory=args.memory)
     columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), RateColumn())
     with Progress(*columns, TimeRemainingColumn(), console=console) as progress:

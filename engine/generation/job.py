@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,53 +11,75 @@ import numpy as np
 
 from engine.generation.lengths import ChunkPlan, plan_length, rules_for
 from engine.models.llm_sampler import SamplingParams
+from engine.params import PARAMS, Param, check_params
 from engine.specs import ModelSpec
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """Everything that defines one generation; re-running it reproduces the video on the same device."""
+class JobRules:
+    """What a job does with its parameters; `JobSpec` adds the fields, one per schema parameter."""
 
     prompt: str
     out: Path
-    seed: int = 42
-    cfg: float = 7.5
-    motion_score: float = 0.1
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    steps: int = 50
-    tokens: Path | None = None  # reuse saved semantic tokens: stage 2 only
-    frames: int | None = None  # RGB frames of the video; None: one clip (49 frames for the release)
-    overlap: int | None = None  # latent frames a chunk shares with the one before; None: the spec's
+    tokens: Path | None
+    frames: int | None
+    overlap: int | None
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any], out: Path, tokens: Path | None = None) -> JobSpec:
+        """A job from wire or command-line parameters: checked, normalised, defaults filled."""
+        return cls(**check_params(values), out=out, tokens=tokens)
+
+    def params(self) -> dict[str, Any]:
+        """The schema's parameters of this job, by name."""
+        return {p.name: getattr(self, p.name) for p in PARAMS}
 
     def plan(self, spec: ModelSpec) -> ChunkPlan:
         return plan_length(rules_for(spec.name), self.frames, self.overlap)
 
     def sampling(self, spec: ModelSpec) -> SamplingParams:
-        return SamplingParams(
-            cfg=self.cfg,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            motion_score=self.motion_score,
-            num_frames=self.plan(spec).semantic_frames,
-            seed=self.seed,
-        )
+        return sampling_params(self.params(), self.plan(spec))
 
     def validate(self, spec: ModelSpec) -> None:
-        if not self.prompt.strip():
-            raise ValueError("prompt must not be empty: describe the video to generate")
+        check_params(self.params())  # types and ranges; the model's limits follow
         self.plan(spec)
         self.sampling(spec).validate(spec.llm)
-        if not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps must be between 1 and 1000, got {self.steps}")
         if self.out.suffix.lower() != ".mp4":
             raise ValueError(f"--out must name an .mp4 file, got {self.out}")
         if self.tokens is not None and not self.tokens.is_file():
             raise ValueError(
                 f"--tokens {self.tokens} does not exist: pass the .npy saved beside an earlier video"
             )
+
+
+def sampling_params(values: Mapping[str, Any], plan: ChunkPlan) -> SamplingParams:
+    """Stage 1's knobs: the job parameters SamplingParams has, and the plan's semantic frames."""
+    knobs = {name for name in SamplingParams.__dataclass_fields__ if name != "num_frames"}
+    chosen = {name: value for name, value in values.items() if name in knobs}
+    return SamplingParams(**chosen, num_frames=plan.semantic_frames)
+
+
+def job_spec_class(params: Sequence[Param] | None = None) -> type:
+    """The JobSpec dataclass for a schema: the required parameters (the prompt), `out`, the others with
+    their defaults, then `tokens` (reuse saved semantic tokens: stage 2 only). Frozen: re-running a job
+    reproduces the video on the same device. The sidecar records every field."""
+    params = PARAMS if params is None else params
+    required = [(p.name, p.kind) for p in params if p.required]
+    optional = [
+        (p.name, p.kind | None if p.optional else p.kind, field(default=p.default))
+        for p in params
+        if not p.required
+    ]
+    spec = make_dataclass(
+        "JobSpec",
+        [*required, ("out", Path), *optional, ("tokens", Path | None, field(default=None))],
+        bases=(JobRules,),
+        frozen=True,
+    )
+    spec.__module__ = __name__  # so that it pickles and prints as engine.generation.job.JobSpec
+    return spec
+
+
+JobSpec = job_spec_class()
 
 
 @dataclass(frozen=True)

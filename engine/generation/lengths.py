@@ -130,15 +130,17 @@ class ChunkPlan:
         }
 
 
-def check_overlap(rules: LengthRules, overlap: int | None) -> int:
-    window = rules.window
-    overlap = rules.default_overlap if overlap is None else overlap
-    stride = window - overlap
+def allowed_overlaps(rules: LengthRules) -> list[int]:
     # the causal VAE decodes continuation latents two at a time (a lone latent frame would decode as an image)
-    if not isinstance(overlap, int) or overlap < 0 or stride < 2 or stride % 2:
-        allowed = [p for p in range(window) if (window - p) >= 2 and (window - p) % 2 == 0]
+    return [p for p in range(rules.window) if (rules.window - p) >= 2 and (rules.window - p) % 2 == 0]
+
+
+def check_overlap(rules: LengthRules, overlap: int | None) -> int:
+    overlap = rules.default_overlap if overlap is None else overlap
+    allowed = allowed_overlaps(rules)
+    if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap not in allowed:
         raise ValueError(
-            f"overlap must leave an even number (>= 2) of new latent frames per {window}-frame chunk; "
+            f"overlap must leave an even number (>= 2) of new latent frames per {rules.window}-frame chunk; "
             f"choose one of {', '.join(map(str, allowed))}, got {overlap}"
         )
     return overlap
@@ -201,6 +203,30 @@ def plan_length(rules: LengthRules, frames: int | None = None, overlap: int | No
 
 
 def frames_for_seconds(rules: LengthRules, seconds: float) -> int:
-    if not seconds > 0:
-        raise ValueError(f"seconds must be > 0, got {seconds}")
-    return math.ceil(seconds * rules.fps - 1e-9)
+    """Seconds -> frames at the model's frame rate, rounded up: a video is never shorter than asked."""
+    if not seconds > 0 or math.isinf(seconds):
+        raise ValueError(f"seconds must be a number > 0, got {seconds}")
+    return math.ceil(seconds * rules.fps - 1e-9)  # 1e-9: 6 s at 8 fps is 48 frames, not 49
+
+
+def parse_seconds(text: str, rules: LengthRules) -> int:
+    """'12.05' (seconds) -> frames, as `frames_for_seconds` rounds them."""
+    try:
+        seconds = float(text.strip())
+    except ValueError:
+        raise ValueError(f"seconds must be a number > 0, not {text.strip()!r}") from None
+    return frames_for_seconds(rules, seconds)
+
+
+def parse_length(text: str, rules: LengthRules) -> int | None:
+    """A length as people type it, on the command line or in the form: '' -> None (one clip),
+    '97' -> 97 frames, '12s' or '12.5 s' -> seconds at the model's frame rate (rounded up)."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    if text.endswith("s"):
+        return parse_seconds(text[:-1], rules)
+    try:
+        return int(text)  # its range is the schema's (engine.params), checked by the caller
+    except ValueError:
+        raise ValueError(f"length must be frames (e.g. 49) or seconds (e.g. 6s), not {text!r}") from None

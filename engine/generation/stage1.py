@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.generation.prompt_tokens import check_token_count
 from engine.generation.residency import MovableStage
-from engine.generation.text_encoder import FlanT5PromptEncoder
+from engine.generation.text_encoder import FlanT5PromptEncoder, require_prompt
 from engine.models.llm_sampler import SamplingParams, sample_codes
 from engine.models.token_layout import codes_per_video
 from engine.specs import ModelSpec
@@ -68,6 +69,8 @@ class SemanticStage(MovableStage):
     ) -> torch.Tensor:
         """Semantic codes int64 [codes_per_video] for the prompt; on_text() once flan-T5 has run."""
         params.validate(self.spec.llm)
+        ids = self.prompt_encoder.tokenizer.ids(require_prompt(prompt))
+        check_token_count(ids, self.spec.llm.max_text_tokens, self.spec.name)  # refused, never cut
         with torch.no_grad():
             states = self.prompt_encoder.encode(prompt)
         if on_text is not None:

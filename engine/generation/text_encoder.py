@@ -9,24 +9,23 @@ encoder-decoder one (google/flan-t5-xxl): decoder weights are skipped.
 Tokenization runs SentencePiece directly on the folder's `spiece.model`, the way the
 reference's slow `T5Tokenizer` does it (pieces, special tokens kept whole, `</s>`
 appended); transformers 5 no longer ships that slow tokenizer and its fast conversion is
-not guaranteed to give the same ids.
+not guaranteed to give the same ids. The tokenizer lives in `prompt_tokens` (torch-free),
+where the prompt's token limit is checked too.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-import sentencepiece
 import torch
 from safetensors import safe_open
 from transformers import T5Config, T5EncoderModel
 
+from engine.generation.prompt_tokens import T5PromptTokenizer
 from engine.weights.checkpoints import CheckpointError, check_state_dict, expected_shapes, require_file
 
 EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight")
-SPECIAL_TOKEN = re.compile(r"(</s>|<pad>|<unk>|<extra_id_\d+>)")
 
 
 def _fix(folder: Path, source: str) -> str:
@@ -82,47 +81,6 @@ def load_t5_encoder(
     model.load_state_dict(tensors, strict=True, assign=True)
     model.encoder.embed_tokens.weight = model.shared.weight
     return model.eval().requires_grad_(False)
-
-
-class T5PromptTokenizer:
-    """The ids the slow SentencePiece T5 tokenizer gives: pieces, special tokens whole, then `</s>`."""
-
-    PAD, EOS, UNK = 0, 1, 2
-
-    def __init__(self, folder: Path, source: str = "Hugging Face"):
-        model_file = require_file(folder / "spiece.model", "SentencePiece model", _fix(folder, source))
-        self.processor = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
-        size = self.processor.get_piece_size()
-        self.extra_ids = self._extra_ids(folder)
-        self.vocab_size = size + self.extra_ids
-
-    @staticmethod
-    def _extra_ids(folder: Path) -> int:
-        config = folder / "tokenizer_config.json"
-        if config.is_file():
-            value = json.loads(config.read_text()).get("extra_ids")
-            if isinstance(value, int):
-                return value
-        return 100  # T5's default: <extra_id_0..99> sit after the SentencePiece vocabulary
-
-    def _special_id(self, token: str) -> int:
-        if token.startswith("<extra_id_"):
-            number = int(token[len("<extra_id_") : -1])
-            if number < self.extra_ids:
-                return self.vocab_size - 1 - number
-            return -1
-        return {"</s>": self.EOS, "<pad>": self.PAD, "<unk>": self.UNK}[token]
-
-    def encode(self, text: str, max_length: int) -> list[int]:
-        """Token ids ending with `</s>`, truncated to `max_length` in total."""
-        ids: list[int] = []
-        for part in SPECIAL_TOKEN.split(text):
-            special = self._special_id(part) if SPECIAL_TOKEN.fullmatch(part) else -1
-            if special >= 0:
-                ids.append(special)
-            elif part.strip():
-                ids.extend(self.processor.encode(part))
-        return ids[: max_length - 1] + [self.EOS]
 
 
 def require_prompt(prompt: str) -> str:

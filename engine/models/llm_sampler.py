@@ -10,13 +10,16 @@ themselves and written out clamped to the codebook.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from engine.models.configs import LLMConfig
 from engine.models.llm import SemanticLM
 from engine.models.token_layout import Step, token_layout
+from engine.params import by_name, defaults
+
+JOB_DEFAULTS = defaults()
 
 
 class SamplingCancelled(Exception):
@@ -27,32 +30,26 @@ class SamplingCancelled(Exception):
 class SamplingParams:
     """User-facing knobs of stage 1. `cfg` is the LLM guidance scale (off when 0 or 1)."""
 
-    cfg: float = 7.5
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    motion_score: float = 0.1
+    cfg: float = JOB_DEFAULTS["cfg"]
+    temperature: float = JOB_DEFAULTS["temperature"]
+    top_k: int | None = JOB_DEFAULTS["top_k"]
+    top_p: float | None = JOB_DEFAULTS["top_p"]
+    motion_score: float = JOB_DEFAULTS["motion_score"]
     num_frames: int = 13
-    seed: int = 42
+    seed: int = JOB_DEFAULTS["seed"]
 
     def validate(self, config: LLMConfig) -> None:
-        """Raise ValueError naming the parameter and its allowed range."""
-        if not self.cfg >= 0:
-            raise ValueError(f"cfg must be >= 0 (0 or 1 turns guidance off), got {self.cfg}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k is not None and not (isinstance(self.top_k, int) and self.top_k >= 1):
-            raise ValueError(f"top_k must be an integer >= 1 (or unset), got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (or unset), got {self.top_p}")
+        """Raise ValueError naming the parameter and its allowed range (the job schema's, engine.params)."""
+        schema = by_name()
+        for knob in fields(self):
+            if knob.name in schema:
+                schema[knob.name].check(getattr(self, knob.name))
         seg = config.frames_per_segment
         if not isinstance(self.num_frames, int) or self.num_frames < seg or self.num_frames % seg:
             raise ValueError(
                 f"num_frames must be a positive multiple of {seg} semantic frames "
                 f"(one segment = {seg}), got {self.num_frames}"
             )
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be an integer >= 0 and < 2**63, got {self.seed}")
 
     @property
     def guidance(self) -> bool:

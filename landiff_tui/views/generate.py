@@ -12,7 +12,7 @@ from textual.containers import Grid, Horizontal
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
-from ..params import FIELDS, LENGTH, check_form, check_length, defaults, form_texts, length_note
+from ..params import FIELDS, check_form, check_length, defaults, form_texts, length_note
 from ..screens.confirm import AskName, Confirm
 from .base import View
 
@@ -61,9 +61,9 @@ class GenerateView(View):
     def compose(self) -> ComposeResult:
         yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False)
         with Grid(id="params"):
-            for field in [*FIELDS, LENGTH]:  # values arrive after the first paint (see on_mount)
+            for field in FIELDS:  # values arrive after the first paint (see on_mount)
                 yield Label(field.label, classes="param-label")
-                yield Input(id=f"param-{field.name}", placeholder=field.hint)
+                yield Input(id=f"param-{field.name}", placeholder=field.form_hint())
         yield Static("", id="length-note")
         yield Static("", id="form-errors")
         with Horizontal(id="preset-row"):
@@ -119,8 +119,8 @@ class GenerateView(View):
     def check(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
         model, overlap = self.model, self.extras.get("overlap")
         params, errors = check_form(self.query_one(PromptArea).text, self.texts(), model, overlap)
-        frames, _ = check_length(self.texts().get("length", ""))
-        if "length" not in errors:
+        frames, _ = check_length(self.texts().get("frames", ""), model)
+        if "frames" not in errors:
             self.query_one("#length-note", Static).update(length_note(model, frames, overlap))
         for widget in self.query("#params Input"):
             widget.set_class(widget.id.removeprefix("param-") in errors, "-invalid")
@@ -130,7 +130,7 @@ class GenerateView(View):
         return params, errors
 
     def fill(self, params: dict[str, Any], prompt: str | None = None) -> None:
-        shown = {field.name for field in FIELDS} | {"prompt", "frames"}
+        shown = {field.name for field in FIELDS} | {"prompt"}
         self.extras = {
             name: value for name, value in params.items() if name not in shown and value is not None
         }
