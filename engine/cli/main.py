@@ -258,15 +258,15 @@ def run_generate(args: argparse.Namespace) -> int:
     out = args.out or Path("results") / f"{slug(values['prompt'])}-s{values['seed']}.mp4"
     job = JobSpec.from_params(values, out=out, tokens=args.tokens)
     job.validate(spec)
-    plan = job.plan(spec)
-    if plan.rounded:
-        console.print(f"note: {plan.note()}")
-    console.print(describe_length(plan))
     layout = layout_for(spec.name, args.ckpts)
     if spec.name == "tiny" and ensure_tiny_release(layout, spec):
         console.print(f"wrote tiny random weights to {layout.root}")
     if job.tokens is None:  # the language model reads the prompt only when it writes the tokens
         check_prompt_fits(job.prompt, spec, layout.flan_t5_dir)
+    plan = job.plan(spec)
+    if plan.rounded:
+        console.print(f"note: {plan.note()}")
+    console.print(describe_length(plan))
     pipeline = Pipeline(spec, layout, device=parse_device(args.device), memory=args.memory)
     columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), RateColumn())
     with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
