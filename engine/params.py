@@ -71,12 +71,12 @@ class Param:
     def describe(self, model: str | None = None) -> str:
         """Help text: what it does, its range and unit, its default, the bound `model` sets, a note."""
         parts = [self.range_text() + (f" {self.unit}" if self.unit and self.range_text() else "")]
-        if self.required:
-            pass
-        elif self.default is None:
-            parts.append(f"default: {self.unset or 'unset'}")
-        else:
-            parts.append(f"default {show(self.default)}")
+        if not self.required:
+            parts.append(
+                f"default: {self.unset or 'unset'}"
+                if self.default is None
+                else f"default {show(self.default)}"
+            )
         parts += [self.bound(model) if self.bound and model else "", self.note]
         details = "; ".join(part for part in parts if part)
         return f"{self.help} ({details})" if details else self.help
