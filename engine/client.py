@@ -1,12 +1,12 @@
 """A blocking client of the engine's socket, and starting the engine when none answers.
 
-Imports only the protocol and the standard library, so it is cheap for command-line use.
+Imports only the wire's framing (`engine.wire`) and the standard library, so it is cheap for command-line
+use. Replies and events come back as the plain dicts the CLI prints; `engine.protocol` has their models.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import socket
 import subprocess
@@ -18,19 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from engine.paths import log_path, private_dir, socket_path
-from engine.wire import PROTOCOL_VERSION
+from engine.wire import MAX_REPLY_BYTES, RemoteError, decode_line, is_event, reply_result, request_line
 
 
 class EngineUnavailable(ConnectionError):
     """No engine answers on the socket."""
 
 
-class EngineError(Exception):
-    """The engine answered a request with an error."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
+EngineError = RemoteError  # the one remote-error type, under the name the CLI has used
 
 
 class EngineClient:
@@ -61,28 +56,21 @@ class EngineClient:
         self.sock.sendall(line)
 
     def read_message(self) -> dict[str, Any]:
-        line = self.reader.readline()
+        line = self.reader.readline(MAX_REPLY_BYTES + 1)
         if not line:
             raise EngineUnavailable("the engine closed the connection")
-        return json.loads(line)
+        return decode_line(line, MAX_REPLY_BYTES)
 
     def request(self, kind: str, **fields: Any) -> dict[str, Any]:
         request_id = next(self.ids)
-        message = {"v": PROTOCOL_VERSION, "id": request_id, "type": kind, **fields}
-        self.send_raw((json.dumps(message) + "\n").encode())
+        self.send_raw(request_line(request_id, kind, **fields))
         while True:
             answer = self.read_message()
-            if "event" in answer:
+            if is_event(answer):
                 self.pending_events.append(answer)
                 continue
-            if answer.get("id") != request_id:
-                continue
-            if not answer.get("ok"):
-                error = answer.get("error", {})
-                raise EngineError(
-                    error.get("code", "error"), error.get("message", "the engine refused the request")
-                )
-            return answer.get("result", {})
+            if answer.get("id") == request_id:
+                return reply_result(answer)
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Events of a subscribed connection, in order, forever (until the engine goes away)."""
@@ -90,7 +78,7 @@ class EngineClient:
             while self.pending_events:
                 yield self.pending_events.popleft()
             message = self.read_message()
-            if "event" in message:
+            if is_event(message):
                 yield message
 
 

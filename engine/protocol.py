@@ -4,22 +4,40 @@ A request is `{"v": 1, "id": ..., "type": ..., ...}`; its reply echoes the id wi
 `{"ok": true, "result": {...}}` or `{"ok": false, "error": {"code": ..., "message": ...}}`.
 Events are `{"v": 1, "event": ..., "seq": n, ...}` with a per-engine sequence number, pushed to
 subscribed connections. This module imports no torch: clients use it as it is.
+
+Every request, reply and event is a model here: requests in `AnyRequest` (keyed on `type`), each
+request type's reply model in `REPLIES`, events in `AnyEvent` (keyed on `event`). The engine checks
+what it sends at two choke points, `encode_reply` and `event`; clients parse with `parse_reply` and
+`parse_event`. Framing and the remote-error type live in `engine.wire` (no pydantic, for fast starts).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from engine.params import PARAMS, Param
-from engine.wire import JOB_STATUSES, MAX_LINE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION  # noqa: F401 (re-exported)
+from engine.wire import (  # noqa: F401 (the constants are re-exported)
+    JOB_STATUSES,
+    MAX_LINE_BYTES,
+    MAX_PROMPT_CHARS,
+    MAX_REPLY_BYTES,
+    PROTOCOL_VERSION,
+    FramingError,
+    RemoteError,
+    decode_line,
+    encode_line,
+)
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+WeightsPart = Literal["llm", "diffusion", "all"]
+JobStatus = Literal[JOB_STATUSES]  # type: ignore[valid-type]
 
 
 def job_params_model(params: Sequence[Param] | None = None) -> type[Strict]:
@@ -60,7 +78,7 @@ class Cancel(Request):
 class ListJobs(Request):
     type: Literal["list_jobs"]
     search: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
+    status: JobStatus | None = None
     sort: Literal["newest", "oldest"] = "newest"
     offset: int = Field(default=0, ge=0)
     limit: int = Field(default=50, ge=1, le=500)
@@ -111,7 +129,7 @@ class Shutdown(Request):
 
 class DownloadWeights(Request):
     type: Literal["download_weights"]
-    only: Literal["llm", "diffusion", "all"] = "all"
+    only: WeightsPart = "all"
 
 
 class CancelDownload(Request):
@@ -122,12 +140,12 @@ class CancelDownload(Request):
 
 class WeightsStatus(Request):
     type: Literal["weights_status"]
-    only: Literal["llm", "diffusion", "all"] = "all"
+    only: WeightsPart = "all"
 
 
 class VerifyWeights(Request):
     type: Literal["verify_weights"]
-    only: Literal["llm", "diffusion", "all"] = "all"
+    only: WeightsPart = "all"
 
 
 class LogTail(Request):
@@ -157,46 +175,443 @@ AnyRequest = Annotated[
     Field(discriminator="type"),
 ]
 REQUEST_ADAPTER: TypeAdapter = TypeAdapter(AnyRequest)
-REQUEST_TYPES = [
-    "download_weights",
-    "cancel_download",
-    "weights_status",
-    "verify_weights",
-    "log_tail",
-    "hello",
-    "submit",
-    "cancel",
-    "list_jobs",
-    "get_job",
-    "delete_job",
-    "list_presets",
-    "save_preset",
-    "delete_preset",
-    "status",
-    "subscribe",
-    "release_models",
-    "shutdown",
+
+
+def type_name(model: type[BaseModel], tag: str = "type") -> str:
+    """The literal a model's tag field holds: a request's `type`, an event's `event`."""
+    return get_args(model.model_fields[tag].annotation)[0]
+
+
+REQUEST_MODELS: tuple[type[Request], ...] = get_args(get_args(AnyRequest)[0])
+REQUEST_TYPES = [type_name(model) for model in REQUEST_MODELS]
+
+
+# What the engine sends: replies, events and their parts. No unknown fields and no coercion: a string
+# where a number belongs is the engine's bug, found where it is made rather than in a client.
+
+
+class Exact(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+Stage = Literal["text", "tokens", "denoise", "decode", "write"]
+FileState = Literal["present", "verified", "missing", "partial", "corrupt"]
+
+
+class LengthLimits(Exact):
+    """What a length field shows (generation.lengths.limits): one clip, each further chunk, the most."""
+
+    fps: int
+    overlap: int
+    clip_frames: int
+    chunk_frames: int
+    max_frames: int
+    max_seconds: float
+    max_chunks: int
+
+
+class LengthRecord(Exact):
+    """How a submitted length was planned (generation.lengths.ChunkPlan.record)."""
+
+    requested_frames: int | None
+    frames: int
+    seconds: float
+    chunks: int
+    overlap: int
+    window: int
+    segments: int
+    rounded: str | None  # what the rounding did, in words; None when nothing was rounded
+
+
+class ChunkTiming(Exact):
+    """Seconds per stage of one chunk of a long video; the frame range once the job has ended."""
+
+    index: int
+    first_frame: int | None = None
+    last_frame: int | None = None
+    denoise_s: float
+    decode_s: float
+    write_s: float
+
+
+class JobSummary(Exact):
+    """A job as the store holds it (daemon.store.JobRow.summary)."""
+
+    id: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    status: JobStatus
+    prompt: str
+    # as submitted: a row an older engine wrote may hold parameters this version no longer knows, so it is
+    # checked as JobParams when it is submitted again, not when it is listed
+    params: dict[str, Any]
+    model: str
+    engine_version: str
+    weights_sha256: dict[str, str]
+    timings: dict[str, float]
+    peak_memory_bytes: int | None
+    error: str | None
+    video_path: str | None
+    tokens_path: str | None
+    sidecar_path: str | None
+    thumbnail_path: str | None
+    chunk_timings: list[ChunkTiming]
+
+
+class Preset(Exact):
+    params: dict[str, Any]  # job parameters other than the prompt
+    builtin: bool
+
+
+class RootCandidate(Exact):
+    """One place the engine looked for the weights (weights.layout.where_it_looked)."""
+
+    rule: str
+    path: str | None
+    applies: bool
+    chosen: bool
+
+
+class WeightFileState(Exact):
+    """One release file on disk (weights.downloads.FileState)."""
+
+    local: str
+    state: FileState
+    size: int | None
+    path: str
+
+
+# events: {"v": 1, "event": name, "seq": n, ...}, discriminated on `event`
+
+
+class Event(Exact):
+    v: Literal[1] = PROTOCOL_VERSION
+    seq: int = Field(ge=1)
+
+
+class JobEvent(Event):
+    job_id: str
+
+
+class JobQueuedEvent(JobEvent):
+    event: Literal["job_queued"] = "job_queued"
+    prompt: str
+
+
+class JobStartedEvent(JobEvent):
+    event: Literal["job_started"] = "job_started"
+
+
+class JobProgressEvent(JobEvent):
+    """step/total count inside the stage (denoise: inside the current chunk); chunk/chunks are 1-based."""
+
+    event: Literal["job_progress"] = "job_progress"
+    stage: Stage
+    step: int
+    total: int
+    chunk: int
+    chunks: int
+    rate: float  # steps per second in this stage so far
+    eta_s: float | None
+    frames_written: int
+    video_seconds: float
+    job_eta_s: float | None  # the whole job's remaining time, once there is something to estimate it from
+
+
+class ChunkFinishedEvent(JobEvent):
+    """A chunk of a long video is in the (growing, playable) file; index is 0-based, frames inclusive."""
+
+    event: Literal["chunk_finished"] = "chunk_finished"
+    index: int
+    chunks: int
+    first_frame: int
+    last_frame: int
+    frames_written: int
+    video_seconds: float
+    preview: str  # a PNG of the chunk's last frame
+    video_partial: str
+    timings_s: dict[str, float]
+
+
+class JobFinishedEvent(JobEvent):
+    event: Literal["job_finished"] = "job_finished"
+    video: str | None
+    frames: int
+
+
+class JobFailedEvent(JobEvent):
+    event: Literal["job_failed"] = "job_failed"
+    error: str
+
+
+class JobStoppedEvent(JobEvent):
+    """A job stopped before its end. With `partial`, the chunks finished before are kept as a shorter video
+    (`status` says what the job became, `video`, `frames`, `chunks_done` of `chunks` describe it)."""
+
+    partial: bool = False
+    status: JobStatus | None = None
+    video: str | None = None
+    frames: int | None = None
+    chunks_done: int | None = None
+    chunks: int | None = None
+
+
+class JobCancelledEvent(JobStoppedEvent):
+    event: Literal["job_cancelled"] = "job_cancelled"
+
+
+class JobInterruptedEvent(JobStoppedEvent):
+    """The engine stopped while the job ran."""
+
+    event: Literal["job_interrupted"] = "job_interrupted"
+
+
+class JobDeletedEvent(JobEvent):
+    event: Literal["job_deleted"] = "job_deleted"
+
+
+class ModelsReleasedEvent(Event):
+    event: Literal["models_released"] = "models_released"
+
+
+class WeightsJobStarted(Event):
+    only: WeightsPart
+    root: str
+
+
+class WeightsJobFailed(Event):
+    error: str
+
+
+class WeightsJobCancelled(Event):
+    message: str
+
+
+class DownloadStartedEvent(WeightsJobStarted):
+    event: Literal["download_started"] = "download_started"
+
+
+class DownloadProgressEvent(Event):
+    event: Literal["download_progress"] = "download_progress"
+    file: str
+    file_done: int
+    file_total: int | None
+    done: int  # bytes of the whole download
+    total: int
+    rate: float  # bytes per second
+    eta_s: float | None
+
+
+class DownloadFinishedEvent(Event):
+    event: Literal["download_finished"] = "download_finished"
+    fetched: list[str]
+    skipped: int  # files already there
+    refetched: list[str]
+    failed: dict[str, str]  # file -> why; those files were removed
+
+
+class DownloadFailedEvent(WeightsJobFailed):
+    event: Literal["download_failed"] = "download_failed"
+
+
+class DownloadCancelledEvent(WeightsJobCancelled):
+    event: Literal["download_cancelled"] = "download_cancelled"
+
+
+class VerifyStartedEvent(WeightsJobStarted):
+    event: Literal["verify_started"] = "verify_started"
+
+
+class VerifyProgressEvent(Event):
+    event: Literal["verify_progress"] = "verify_progress"
+    file: str
+    done: int  # bytes of this file
+    total: int
+
+
+class VerifyFinishedEvent(Event):
+    event: Literal["verify_finished"] = "verify_finished"
+    checked: int
+    mismatched: list[str]
+
+
+class VerifyFailedEvent(WeightsJobFailed):
+    event: Literal["verify_failed"] = "verify_failed"
+
+
+class VerifyCancelledEvent(WeightsJobCancelled):
+    event: Literal["verify_cancelled"] = "verify_cancelled"
+
+
+AnyEvent = Annotated[
+    JobQueuedEvent
+    | JobStartedEvent
+    | JobProgressEvent
+    | ChunkFinishedEvent
+    | JobFinishedEvent
+    | JobFailedEvent
+    | JobCancelledEvent
+    | JobInterruptedEvent
+    | JobDeletedEvent
+    | ModelsReleasedEvent
+    | DownloadStartedEvent
+    | DownloadProgressEvent
+    | DownloadFinishedEvent
+    | DownloadFailedEvent
+    | DownloadCancelledEvent
+    | VerifyStartedEvent
+    | VerifyProgressEvent
+    | VerifyFinishedEvent
+    | VerifyFailedEvent
+    | VerifyCancelledEvent,
+    Field(discriminator="event"),
 ]
+EVENT_ADAPTER: TypeAdapter = TypeAdapter(AnyEvent)
+EVENT_MODELS: tuple[type[Event], ...] = get_args(get_args(AnyEvent)[0])
+EVENT_TYPES = [type_name(model, "event") for model in EVENT_MODELS]
 
 
-class ProtocolError(Exception):
+# replies: {"v": 1, "id": ..., "ok": true, "result": <the request type's reply model>}
+
+
+class HelloReply(Exact):
+    protocol: int
+    engine_version: str
+    model: str
+    instance: str  # changes when the engine restarts (its events are numbered anew)
+    pid: int
+    seq: int  # the last event's number
+    limits: LengthLimits
+
+
+class SubmitReply(Exact):
+    job_id: str
+    length: LengthRecord
+
+
+class CancelReply(Exact):
+    job_id: str
+    status: Literal["cancelled", "cancelling"]  # cancelling: it was running, the worker stops it
+
+
+class JobList(Exact):
+    jobs: list[JobSummary]
+    total: int  # matching jobs, of which `jobs` is one page
+
+
+class JobReply(Exact):
+    job: JobSummary
+
+
+class JobIdReply(Exact):
+    job_id: str
+
+
+class PresetList(Exact):
+    presets: dict[str, Preset]
+
+
+class PresetNameReply(Exact):
+    name: str
+
+
+class StatusReply(Exact):
+    model: str
+    engine_version: str
+    pid: int
+    uptime_s: float
+    running: str | None  # the running job's id
+    queue: list[str]  # queued job ids, oldest first
+    models_loaded: list[str]
+    downloading: bool
+    seq: int
+    limits: LengthLimits
+    device: str
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None = None  # known on a GPU
+
+
+class SubscribeReply(Exact):
+    seq: int
+    instance: str
+    missed: list[AnyEvent]  # the events after the client's `since`, in order
+    gap: bool  # some were already dropped from the engine's backlog
+    active: list[JobSummary]  # running, then queued oldest first
+
+
+class EmptyReply(Exact):
+    pass
+
+
+class ShutdownReply(Exact):
+    stopping: bool
+
+
+class WeightsJobReply(Exact):
+    root: str
+    only: WeightsPart
+
+
+class CancelDownloadReply(Exact):
+    cancelling: bool
+
+
+class WeightsStatusReply(Exact):
+    root: str
+    model: str
+    looked: list[RootCandidate]
+    files: list[WeightFileState]
+    complete: bool
+    busy: bool  # a download or verification is running
+
+
+class LogTailReply(Exact):
+    path: str
+    lines: list[str]
+
+
+REPLIES: dict[type[Request], type[Exact]] = {
+    Hello: HelloReply,
+    Submit: SubmitReply,
+    Cancel: CancelReply,
+    ListJobs: JobList,
+    GetJob: JobReply,
+    DeleteJob: JobIdReply,
+    ListPresets: PresetList,
+    SavePreset: PresetNameReply,
+    DeletePreset: PresetNameReply,
+    Status: StatusReply,
+    Subscribe: SubscribeReply,
+    ReleaseModels: EmptyReply,
+    Shutdown: ShutdownReply,
+    DownloadWeights: WeightsJobReply,
+    CancelDownload: CancelDownloadReply,
+    WeightsStatus: WeightsStatusReply,
+    VerifyWeights: WeightsJobReply,
+    LogTail: LogTailReply,
+}
+REPLY_MODELS: dict[str, type[Exact]] = {type_name(request): reply for request, reply in REPLIES.items()}
+
+
+class ProtocolError(RemoteError):
     """A line that is not a valid request; `code` is machine-readable, the message says what to fix."""
 
     def __init__(self, code: str, message: str, request_id: int | str | None = None):
-        super().__init__(message)
-        self.code, self.message, self.request_id = code, message, request_id
+        super().__init__(code, message)
+        self.request_id = request_id
+
+
+class WireShapeError(ValueError):
+    """A reply or event the engine was about to send does not match its model: a bug in the engine."""
 
 
 def parse_request(line: bytes) -> AnyRequest:
     """One received line -> a request model, or ProtocolError naming the problem."""
-    if len(line) > MAX_LINE_BYTES:
-        raise ProtocolError("line_too_long", f"request lines are limited to {MAX_LINE_BYTES} bytes")
     try:
-        data = json.loads(line)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ProtocolError("bad_json", f"not a JSON object: {error}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError("bad_json", "a request must be a JSON object")
+        data = decode_line(line)
+    except FramingError as error:
+        raise ProtocolError(error.code, str(error)) from None
     request_id = data.get("id") if isinstance(data.get("id"), int | str) else None
     if data.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(
@@ -216,21 +631,46 @@ def parse_request(line: bytes) -> AnyRequest:
         raise ProtocolError("invalid", describe_validation(error), request_id) from None
 
 
-def describe_validation(error: ValidationError) -> str:
+def describe_validation(error: ValidationError, what: str = "request") -> str:
+    tags = {*REQUEST_TYPES, *EVENT_TYPES}  # a tagged union's member name in the location says nothing new
     parts = []
     for problem in error.errors()[:5]:
-        where = ".".join(str(part) for part in problem["loc"] if part not in REQUEST_TYPES)
-        parts.append(f"{where or 'request'}: {problem['msg']}")
+        where = ".".join(str(part) for part in problem["loc"] if part not in tags)
+        parts.append(f"{where or what}: {problem['msg']}")
     more = len(error.errors()) - 5
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return (json.dumps({"v": PROTOCOL_VERSION, **message}, separators=(",", ":")) + "\n").encode()
+    return encode_line(message)
 
 
 def reply(request_id: int | str | None, result: dict[str, Any] | None = None) -> bytes:
+    """A success reply, unchecked. The daemon moves to `encode_reply`, which checks the result's shape."""
     return encode({"id": request_id, "ok": True, "result": result or {}})
+
+
+def reply_model(request_type: str, result: BaseModel | dict[str, Any] | None) -> Exact:
+    """A handler's result as its request type's reply model; WireShapeError when it has another shape."""
+    model = REPLY_MODELS[request_type]
+    if isinstance(result, model):
+        return result
+    if isinstance(result, BaseModel):
+        raise WireShapeError(
+            f"the reply to {request_type} must be a {model.__name__}, not {type(result).__name__}"
+        )
+    try:
+        return model.model_validate(result or {})
+    except ValidationError as error:
+        raise WireShapeError(f"the reply to {request_type}: {describe_validation(error, 'result')}") from None
+
+
+def encode_reply(
+    request_type: str, request_id: int | str | None, result: BaseModel | dict[str, Any] | None
+) -> bytes:
+    """A success reply whose result is checked against the request type's reply model first."""
+    checked = reply_model(request_type, result)
+    return encode({"id": request_id, "ok": True, "result": checked.model_dump(mode="json")})
 
 
 def error_reply(request_id: int | str | None, code: str, message: str) -> bytes:
@@ -238,4 +678,19 @@ def error_reply(request_id: int | str | None, code: str, message: str) -> bytes:
 
 
 def event(kind: str, seq: int, **fields: Any) -> dict[str, Any]:
-    return {"event": kind, "seq": seq, **fields}
+    """An event as the engine logs and sends it, checked against its model; WireShapeError otherwise."""
+    try:
+        checked = EVENT_ADAPTER.validate_python({"event": kind, "seq": seq, **fields})
+    except ValidationError as error:
+        raise WireShapeError(f"the {kind} event: {describe_validation(error, 'event')}") from None
+    return checked.model_dump(mode="json")
+
+
+def parse_event(message: dict[str, Any]) -> AnyEvent:
+    """A received event message -> its model (clients); pydantic's ValidationError for another shape."""
+    return EVENT_ADAPTER.validate_python(message)
+
+
+def parse_reply(request_type: str, result: dict[str, Any]) -> Exact:
+    """A received reply's result -> its request type's reply model (clients)."""
+    return REPLY_MODELS[request_type].model_validate(result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import App, ComposeResult
@@ -12,8 +12,12 @@ from textual.binding import Binding
 from textual.lazy import Lazy
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
-from .client import CONNECTED, LOST, STARTING, STOPPED, EngineLink, RequestError
+from engine import __version__
+from engine.wire import RemoteError
+
+from .client import LOST, STARTING, STOPPED, EngineLink
 from .commands import LanDiffCommands
+from .messages import EngineConnected, EngineLost, JobEnded, message_for
 from .screens.confirm import Confirm
 from .screens.welcome import NoWeights
 from .views.base import View
@@ -22,6 +26,9 @@ from .views.gallery import GalleryView
 from .views.generate import GenerateView
 from .views.queue import QueueView
 from .views.weights import WeightsView
+
+if TYPE_CHECKING:
+    from engine.protocol import AnyEvent, Exact, HelloReply, SubscribeReply
 
 TABS = [
     ("generate", "Generate", "f1"),
@@ -45,11 +52,17 @@ class LanDiffApp(App):
         super().__init__()
         self.model = model
         if link is None:
-            link = EngineLink(self.engine_event, self.engine_state, model=model, autostart=autostart)
+            link = EngineLink(
+                self.engine_event, self.engine_connected, self.engine_state, model=model, autostart=autostart
+            )
         else:  # a link made elsewhere (tests) reports to this app
-            link.on_event, link.on_state = self.engine_event, self.engine_state
+            link.on_event, link.on_connected, link.on_state = (
+                self.engine_event,
+                self.engine_connected,
+                self.engine_state,
+            )
         self.link = link
-        self.engine_info: dict[str, Any] = {}
+        self.engine_info: HelloReply | None = None
         self.offered_tiny = False
 
     def compose(self) -> ComposeResult:
@@ -79,52 +92,62 @@ class LanDiffApp(App):
     def views(self) -> list[View]:
         return list(self.query(View))
 
-    # engine link callbacks (on the app's loop)
+    # engine link callbacks (on the app's loop): each becomes a message to the app and to every view
 
-    def engine_event(self, event: dict[str, Any]) -> None:
-        for view in self.views:
-            view.engine_event(event)
-        kind = event["event"]
-        if kind == "job_finished":
+    def broadcast(self, make) -> None:
+        for recipient in (self, *self.views):
+            recipient.post_message(make())
+
+    def engine_event(self, event: AnyEvent) -> None:
+        self.broadcast(lambda: message_for(event))
+
+    def engine_connected(self, hello: HelloReply, caught_up: SubscribeReply) -> None:
+        self.engine_info = hello
+        self.sub_title = f"engine: {hello.model} model, pid {hello.pid}"
+        if hello.engine_version != __version__:  # a detached engine outlives an upgrade of landiff-tui
+            self.notify(
+                f"the engine runs version {hello.engine_version}, this landiff-tui {__version__}: "
+                "restart the engine (Engine tab: R)",
+                severity="warning",
+                timeout=15,
+            )
+        self.broadcast(lambda: EngineConnected(hello, caught_up.active, caught_up.gap))
+        self.run_worker(self.check_weights(), exclusive=True, group="weights-check")
+
+    def engine_state(self, state: str, message: str) -> None:
+        self.sub_title = {STARTING: "starting the engine...", LOST: "engine lost: reconnecting..."}.get(
+            state, "engine stopped"
+        )
+        self.broadcast(lambda: EngineLost(state, message))
+        if state == STOPPED:
+            self.notify(message or "the engine stopped", severity="error", timeout=15)
+        elif state == LOST:
+            self.notify(message, severity="warning")
+
+    def on_job_ended(self, message: JobEnded) -> None:
+        from engine.protocol import JobCancelledEvent, JobFailedEvent, JobFinishedEvent
+
+        event = message.event
+        if isinstance(event, JobFinishedEvent):
             self.notify("a video is ready: see the Gallery (F3)", title="job finished")
-        elif kind == "job_cancelled" and event.get("partial"):
+        elif isinstance(event, JobCancelledEvent) and event.partial:
             self.notify(
                 "cancelled: the finished chunks are kept as a shorter video in the Gallery", timeout=8
             )
-        elif kind == "job_failed":
-            self.notify(
-                event.get("error", "the job failed"), title="job failed", severity="error", timeout=10
-            )
-
-    def engine_state(self, state: str, detail: dict[str, Any]) -> None:
-        if state == CONNECTED:
-            self.engine_info = detail
-            self.sub_title = f"engine: {detail.get('model')} model, pid {detail.get('pid')}"
-            for view in self.views:
-                view.engine_connected(detail)
-            self.run_worker(self.check_weights(), exclusive=True, group="weights-check")
-        else:
-            self.sub_title = {STARTING: "starting the engine...", LOST: "engine lost: reconnecting..."}.get(
-                state, "engine stopped"
-            )
-            for view in self.views:
-                view.engine_lost(state)
-            if state == STOPPED:
-                self.notify(detail.get("message", "the engine stopped"), severity="error", timeout=15)
-            elif state == LOST:
-                self.notify(detail["message"], severity="warning")
+        elif isinstance(event, JobFailedEvent):
+            self.notify(event.error, title="job failed", severity="error", timeout=10)
 
     async def check_weights(self) -> None:
         """First run with no weights: offer to download them or to try the tiny model."""
-        if self.offered_tiny or self.engine_info.get("model") == "tiny":
+        if self.offered_tiny or self.engine_info is None or self.engine_info.model == "tiny":
             return
         try:
             status = await self.link.request("weights_status")
-        except RequestError:
+        except RemoteError:
             return
-        if not status["complete"]:
+        if not status.complete:
             self.offered_tiny = True
-            self.push_screen(NoWeights(status["root"]), self.first_run_choice)
+            self.push_screen(NoWeights(status.root), self.first_run_choice)
 
     async def first_run_choice(self, choice: str | None) -> None:
         if choice == "download":
@@ -137,12 +160,12 @@ class LanDiffApp(App):
         """Stop this engine (when idle) and start one serving `model`."""
         try:
             status = await self.link.request("status")
-            if status["running"] or status["queue"]:
+            if status.running or status.queue:
                 self.notify(
                     "the engine has jobs; cancel them or wait before switching model", severity="error"
                 )
                 return
-        except RequestError as error:
+        except RemoteError as error:
             self.notify(str(error), severity="error")
             return
         self.run_worker(self.restart_engine(model), group="engine-start")
@@ -150,7 +173,7 @@ class LanDiffApp(App):
     async def restart_engine(self, model: str) -> None:
         try:
             await self.link.restart(model)
-        except RequestError as error:
+        except RemoteError as error:
             self.notify(str(error), title="restart", severity="error")
 
     # actions
@@ -164,8 +187,7 @@ class LanDiffApp(App):
         event.pane.query_one(".view").shown()
 
     async def action_quit(self) -> None:
-        running = [job for job in self.query_one(QueueView).jobs.values() if job["status"] == "running"]
-        if not running:
+        if self.query_one(QueueView).running is None:
             self.exit()
             return
 
@@ -177,13 +199,17 @@ class LanDiffApp(App):
             Confirm("A job is running. It continues in the engine after you quit. Quit?", "Quit"), answered
         )
 
-    async def call_engine(self, kind: str, **fields: Any) -> dict[str, Any] | None:
-        """A request whose failure becomes a notification with the engine's message."""
+    async def call_engine(self, kind: str, **fields: Any) -> Exact | None:
+        """A request's reply model; a refusal becomes a notification with the engine's message (and None).
+
+        None too when the app began to close meanwhile: the widgets that would show the reply are going.
+        """
         try:
-            return await self.link.request(kind, **fields)
-        except RequestError as error:
+            reply = await self.link.request(kind, **fields)
+        except RemoteError as error:
             self.notify(str(error), title=kind.replace("_", " "), severity="error", timeout=10)
             return None
+        return reply if self.is_running else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """The TUI's connection to the engine: requests, the event stream, reconnection and catch-up.
 
-Runs on Textual's asyncio loop. Speaks the wire format of `engine.protocol` (no torch there).
+Runs on Textual's asyncio loop. Frames lines with `engine.wire`; replies and events arrive as the models
+of `engine.protocol`, which (with pydantic) is imported on the first connection, after the first paint.
 """
 
 from __future__ import annotations
@@ -8,46 +9,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.client import EngineUnavailable, start_engine
 from engine.paths import socket_path
-from engine.wire import MAX_LINE_BYTES, PROTOCOL_VERSION
+from engine.wire import MAX_REPLY_BYTES, RemoteError, decode_line, is_event, reply_result, request_line
+
+if TYPE_CHECKING:
+    from engine.protocol import AnyEvent, Exact, HelloReply, SubscribeReply
 
 RETRY_S = 1.0
 
-# states reported to the UI
-STARTING, CONNECTED, LOST, STOPPED = "starting", "connected", "lost", "stopped"
-
-
-class RequestError(Exception):
-    """The engine refused a request; the message says why, in words for the user."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
+# states reported to the UI besides `connected` (which comes with the engine's hello)
+STARTING, LOST, STOPPED = "starting", "lost", "stopped"
+# a refusal that retrying cannot mend: another model served, or an engine of another protocol version
+FINAL = ("wrong_model", "bad_reply")
 
 
 class EngineLink:
     """One long-lived connection that comes back by itself when the engine does.
 
-    `on_event(event)` gets every engine event once, in order, including the ones missed while
-    disconnected (replayed by sequence number). `on_state(state, detail)` gets starting,
-    connected, lost and stopped. Requests made while disconnected fail at once with a RequestError.
+    `on_event(event)` gets every engine event once, in order, as its protocol model, including the ones
+    missed while disconnected (replayed by sequence number). `on_connected(hello, caught_up)` gets each
+    (re)connection with the engine's hello and subscribe replies; `on_state(state, message)` gets
+    starting, lost and stopped. Requests return their reply model; made while disconnected, they fail at
+    once with a RemoteError.
     """
 
     def __init__(
         self,
-        on_event: Callable[[dict[str, Any]], None],
-        on_state: Callable[[str, dict[str, Any]], None],
+        on_event: Callable[[AnyEvent], None],
+        on_connected: Callable[[HelloReply, SubscribeReply], None],
+        on_state: Callable[[str, str], None],
         model: str | None = None,
         autostart: bool = True,
         path: Path | None = None,
     ):
-        self.on_event, self.on_state = on_event, on_state
+        self.on_event, self.on_connected, self.on_state = on_event, on_connected, on_state
         self.model, self.autostart = model, autostart
         self.path = path or socket_path()
         self.ids = itertools.count(1)
@@ -55,7 +55,6 @@ class EngineLink:
         self.writer: asyncio.StreamWriter | None = None
         self.last_seq = 0
         self.instance: str | None = None
-        self.hello: dict[str, Any] = {}
         self.task: asyncio.Task | None = None
         self.closing = False
 
@@ -79,7 +78,7 @@ class EngineLink:
         first = True
         while not self.closing:
             try:
-                reader, writer = await asyncio.open_unix_connection(str(self.path), limit=MAX_LINE_BYTES)
+                reader, writer = await asyncio.open_unix_connection(str(self.path), limit=MAX_REPLY_BYTES)
             except OSError:
                 if first and self.autostart:
                     first = False
@@ -91,22 +90,22 @@ class EngineLink:
             first = False
             await self.session(reader, writer)
             if not self.closing:
-                self.on_state(LOST, {"message": "the engine went away; waiting for it to come back"})
+                self.on_state(LOST, "the engine went away; waiting for it to come back")
                 await asyncio.sleep(RETRY_S)
 
     async def start_engine(self, model: str | None = None) -> None:
         """Start a detached engine (it outlives the TUI); reports `starting`, then the outcome."""
         model = model or self.model or "landiff"
-        self.on_state(STARTING, {"message": f"starting the engine ({model} model)"})
+        self.on_state(STARTING, f"starting the engine ({model} model)")
         try:
             client = await asyncio.to_thread(start_engine, model, None)
             client.close()
         except EngineUnavailable as error:
-            self.on_state(STOPPED, {"message": str(error)})
+            self.on_state(STOPPED, str(error))
 
     async def restart(self, model: str) -> None:
         """Stop the engine (it finishes cleanly, marking a running job interrupted), then start one serving
-        `model`; raises RequestError when the engine refuses to stop."""
+        `model`; raises RemoteError when the engine refuses to stop."""
         await self.request("shutdown")
         for _ in range(150):  # the old engine removes its socket as it exits
             if not self.connected and not self.path.exists():
@@ -119,19 +118,19 @@ class EngineLink:
         self.writer = writer
         listener = asyncio.get_running_loop().create_task(self.listen(reader))
         try:
-            self.hello = await self.request("hello", client="landiff-tui", model=self.model)
+            hello = await self.request("hello", client="landiff-tui", model=self.model)
             if self.instance is None:  # first contact: the state comes with `active`, not old events
-                self.instance, self.last_seq = self.hello.get("instance"), self.hello.get("seq", 0)
-            elif self.hello.get("instance") != self.instance:  # a restarted engine numbers events anew
-                self.instance, self.last_seq = self.hello.get("instance"), 0
+                self.instance, self.last_seq = hello.instance, hello.seq
+            elif hello.instance != self.instance:  # a restarted engine numbers events anew
+                self.instance, self.last_seq = hello.instance, 0
             caught_up = await self.request("subscribe", since=self.last_seq)
-            for missed in caught_up["missed"]:
+            for missed in caught_up.missed:
                 self.deliver(missed)
-            self.on_state(CONNECTED, {**self.hello, "active": caught_up["active"], "gap": caught_up["gap"]})
+            self.on_connected(hello, caught_up)
             await listener
-        except RequestError as error:  # e.g. the engine serves another model
-            self.on_state(STOPPED, {"message": str(error), "code": error.code})
-            self.closing = error.code == "wrong_model"
+        except RemoteError as error:  # e.g. the engine serves another model
+            self.on_state(STOPPED, str(error))
+            self.closing = error.code in FINAL
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass  # ValueError: a line that is not JSON; drop the connection and make a fresh one
         finally:
@@ -140,45 +139,64 @@ class EngineLink:
             writer.close()
             for future in self.pending.values():
                 if not future.done():
-                    future.set_exception(RequestError("disconnected", "the engine went away"))
+                    future.set_exception(RemoteError("disconnected", "the engine went away"))
             self.pending.clear()
 
     async def listen(self, reader: asyncio.StreamReader) -> None:
+        from pydantic import ValidationError
+
+        from engine.protocol import parse_event
+
         while line := await reader.readline():
-            message = json.loads(line)
-            if "event" in message:
-                self.deliver(message)
+            message = decode_line(line, MAX_REPLY_BYTES)
+            if is_event(message):
+                with contextlib.suppress(ValidationError):  # from an engine of another version: hello says
+                    self.deliver(parse_event(message))
                 continue
             future = self.pending.pop(message.get("id"), None)
             if future is None or future.done():
                 continue
-            if message.get("ok"):
-                future.set_result(message.get("result", {}))
-            else:
-                error = message.get("error", {})
-                future.set_exception(
-                    RequestError(error.get("code", "error"), error.get("message", "refused"))
-                )
+            try:
+                future.set_result(reply_result(message))
+            except RemoteError as error:
+                future.set_exception(error)
 
-    def deliver(self, event: dict[str, Any]) -> None:
-        if event["seq"] <= self.last_seq:
+    def deliver(self, event: AnyEvent) -> None:
+        if event.seq <= self.last_seq:
             return  # already seen (replay overlapping the live stream)
-        self.last_seq = event["seq"]
+        self.last_seq = event.seq
         self.on_event(event)
 
-    async def request(self, kind: str, **fields: Any) -> dict[str, Any]:
+    async def request(self, kind: str, **fields: Any) -> Exact:
+        """The engine's reply as the request type's model; RemoteError when it refuses or is away."""
         if self.writer is None:
-            raise RequestError("disconnected", "the engine is not connected; it is starting or was stopped")
+            raise RemoteError("disconnected", "the engine is not connected; it is starting or was stopped")
         request_id = next(self.ids)
         future = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
-        message = {"v": PROTOCOL_VERSION, "id": request_id, "type": kind, **fields}
         try:
-            self.writer.write((json.dumps(message) + "\n").encode())
+            self.writer.write(request_line(request_id, kind, **fields))
             await self.writer.drain()
         except (ConnectionError, OSError):
             self.pending.pop(request_id, None)
-            raise RequestError(
+            raise RemoteError(
                 "disconnected", "the engine went away; it reconnects when the engine is back"
             ) from None
-        return await future
+        return typed_reply(kind, await future)
+
+
+def typed_reply(kind: str, result: dict[str, Any]) -> Exact:
+    """A reply's result as its model; a shape this version cannot read is a RemoteError that says why."""
+    from pydantic import ValidationError
+
+    from engine.protocol import describe_validation, parse_reply
+
+    try:
+        return parse_reply(kind, result)
+    except ValidationError as error:
+        problem = describe_validation(error, "result")
+        raise RemoteError(
+            "bad_reply",
+            f"the engine's reply to {kind} does not fit this landiff-tui ({problem}); it is probably another "
+            "version: stop it (landiff-engine stop) and start landiff-tui again",
+        ) from None

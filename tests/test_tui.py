@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.client import EngineClient, EngineError
+from engine.client import EngineClient
+from engine.wire import RemoteError
 from landiff_tui.app import LanDiffApp
 from landiff_tui.params import check_form, check_length
 from landiff_tui.widgets.preview import UPPER_HALF, HalfBlocks, fit, video_frames
@@ -56,20 +57,20 @@ async def until(pilot, condition, timeout: float = 60.0, what: str = "the condit
 
 
 class Recorder:
-    """Wraps the app's event callback to keep every event the TUI received."""
+    """Wraps the app's event callback to keep every event (a protocol model) the TUI received."""
 
     def __init__(self, app: LanDiffApp):
-        self.events: list[dict] = []
+        self.events: list = []
         original = app.engine_event
 
-        def record(event: dict) -> None:
+        def record(event) -> None:
             self.events.append(event)
             original(event)
 
         app.link.on_event = record
 
-    def of(self, kind: str, job_id: str | None = None) -> list[dict]:
-        return [e for e in self.events if e["event"] == kind and job_id in (None, e.get("job_id"))]
+    def of(self, kind: str, job_id: str | None = None) -> list:
+        return [e for e in self.events if e.event == kind and job_id in (None, getattr(e, "job_id", None))]
 
 
 async def connected(pilot) -> Recorder:
@@ -112,20 +113,20 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
         await set_field(pilot, "seed", "7")
         await pilot.press("ctrl+s")
         await until(pilot, lambda: events.of("job_finished"), what="the job to finish")
-        job_id = events.of("job_finished")[0]["job_id"]
+        job_id = events.of("job_finished")[0].job_id
         assert app.query_one("TabbedContent").active == "queue"
-        denoise = [e for e in events.of("job_progress", job_id) if e["stage"] == "denoise"]
-        assert denoise and denoise[-1]["step"] == denoise[-1]["total"] == 3
+        denoise = [e for e in events.of("job_progress", job_id) if e.stage == "denoise"]
+        assert denoise and denoise[-1].step == denoise[-1].total == 3
         assert engine_job(engine, job_id)["params"]["seed"] == 7
 
         await pilot.press("f3")
         gallery = app.query_one("GalleryView")
         app.query_one("#search").value = "heron"
-        await until(pilot, lambda: [r["id"] for r in gallery.rows] == [job_id], what="the search result")
+        await until(pilot, lambda: [r.id for r in gallery.rows] == [job_id], what="the search result")
         app.query_one("#gallery-table").focus()
         await pilot.press("r")
         await until(pilot, lambda: len(events.of("job_finished")) == 2, what="the re-run")
-        rerun_id = events.of("job_finished")[1]["job_id"]
+        rerun_id = events.of("job_finished")[1].job_id
         assert engine_job(engine, rerun_id)["params"] == engine_job(engine, job_id)["params"]
 
         await until(pilot, lambda: len(gallery.rows) == 2, what="the gallery to show the re-run")
@@ -136,7 +137,7 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
         await set_field(pilot, "seed", "8")
         await pilot.press("ctrl+s")
         await until(pilot, lambda: len(events.of("job_finished")) == 3, what="the edited re-run")
-        edited = engine_job(engine, events.of("job_finished")[2]["job_id"])["params"]
+        edited = engine_job(engine, events.of("job_finished")[2].job_id)["params"]
         assert edited == {**engine_job(engine, job_id)["params"], "seed": 8}
 
         await pilot.press("f3")
@@ -144,22 +145,22 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
         app.query_one("#gallery-table").focus()
         await pilot.press("enter")  # the detail view: a frame, then the video playing
         await until(pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, 10, "details")
-        assert app.screen.job["id"] == gallery.rows[0]["id"]
+        assert app.screen.job.id == gallery.rows[0].id
         await pilot.press("p")
         preview = app.screen.query_one("FramePreview")
-        assert preview.playing and len(preview.frames) == len(read_mp4_frames(app.screen.job["video_path"]))
+        assert preview.playing and len(preview.frames) == len(read_mp4_frames(app.screen.job.video_path))
         await pilot.press("escape")
         folder = Path(engine_job(engine, job_id)["video_path"]).parent
         app.query_one("#gallery-table").focus()
-        index = [r["id"] for r in gallery.rows].index(job_id)
+        index = [r.id for r in gallery.rows].index(job_id)
         app.query_one("#gallery-table").move_cursor(row=index)
         await pilot.press("d")
         await pilot.press("y")
         await until(pilot, lambda: events.of("job_deleted"), what="the deletion")
-        with engine.client() as client, pytest.raises(EngineError, match="no job"):
+        with engine.client() as client, pytest.raises(RemoteError, match="no job"):
             client.request("get_job", job_id=job_id)
         assert not folder.exists()
-        await until(pilot, lambda: job_id not in [r["id"] for r in gallery.rows], what="the gallery refresh")
+        await until(pilot, lambda: job_id not in [r.id for r in gallery.rows], what="the gallery refresh")
 
 
 async def test_cancel_a_running_job_after_confirming(engine):
@@ -170,7 +171,7 @@ async def test_cancel_a_running_job_after_confirming(engine):
         await set_field(pilot, "steps", "1000")
         await pilot.press("ctrl+s")
         await until(pilot, lambda: events.of("job_started"), what="the job to start")
-        job_id = events.of("job_started")[0]["job_id"]
+        job_id = events.of("job_started")[0].job_id
         app.query_one("#queue-table").focus()
         await pilot.press("x")
         await pilot.press("n")  # said no: nothing happens
@@ -201,15 +202,13 @@ async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engi
         await until(pilot, lambda: events.of("job_finished", job_id), what="the CLI job's events")
         await pilot.press("f3")
         gallery = app.query_one("GalleryView")
-        await until(pilot, lambda: job_id in [r["id"] for r in gallery.rows], what="the job in the gallery")
+        await until(pilot, lambda: job_id in [r.id for r in gallery.rows], what="the job in the gallery")
 
-        old_pid = app.engine_info["pid"]  # restart from the Engine tab: a new, detached engine answers
+        old_pid = app.engine_info.pid  # restart from the Engine tab: a new, detached engine answers
         await pilot.press("f5")
         await pilot.press("R")
         try:
-            await until(
-                pilot, lambda: app.link.connected and app.engine_info["pid"] != old_pid, 90, "a restart"
-            )
+            await until(pilot, lambda: app.link.connected and app.engine_info.pid != old_pid, 90, "a restart")
         finally:
             with engine.client() as client:
                 client.request("shutdown")
@@ -231,7 +230,7 @@ async def test_first_run_without_weights_offers_the_tiny_model(tmp_path, monkeyp
             await pilot.press("t")
             await until(
                 pilot,
-                lambda: app.link.connected and app.engine_info.get("model") == "tiny",
+                lambda: app.link.connected and app.engine_info.model == "tiny",
                 timeout=90,
                 what="a tiny engine",
             )
@@ -277,9 +276,9 @@ async def test_prompt_history_recalls_earlier_prompts_with_up_and_down():
         area.focus()
         area.load_text("my draft")
         await pilot.press("up")
-        assert area.text == job(0)["prompt"]  # the newest job first
+        assert area.text == job(0).prompt  # the newest job first
         await pilot.press("up")
-        assert area.text == job(1)["prompt"]
+        assert area.text == job(1).prompt
         await pilot.press("down", "down")
         assert area.text == "my draft"
 
@@ -296,8 +295,8 @@ async def test_quitting_while_a_job_runs_says_it_continues():
     assert app.return_code == 0 and not app.is_running
 
 
-def test_the_tui_never_imports_torch():
-    code = "import sys, landiff_tui.app; sys.exit('torch' in sys.modules)"
+def test_the_tui_never_imports_torch_and_loads_pydantic_only_after_the_first_paint():
+    code = "import sys, landiff_tui.app; sys.exit('torch' in sys.modules or 'pydantic' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ}).returncode == 0
 
 
@@ -353,7 +352,10 @@ def test_video_frames_are_read_small_through_ffmpeg(tmp_path):
 
 async def test_the_command_palette_runs_view_actions_and_engine_errors_become_notifications(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
-    link = ScriptedLink([job(2)])
+    busy = RemoteError(
+        "busy", "a weights download or verification is running; follow its events or cancel it"
+    )
+    link = ScriptedLink([job(2)], refusals={"verify_weights": busy})
     app = LanDiffApp(link=link)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause(0.3)
@@ -370,8 +372,8 @@ async def test_the_command_palette_runs_view_actions_and_engine_errors_become_no
         await until(
             pilot, lambda: app.query_one("TabbedContent").active == "weights", timeout=5, what="Weights"
         )
-        # the double does not script verify_weights: its refusal must arrive as a notification
-        await until(pilot, lambda: any("verify_weights" in str(n.message) for n in app._notifications), 5)
+        # the engine refuses: its words arrive as a notification
+        await until(pilot, lambda: any(busy.message in str(n.message) for n in app._notifications), 5)
 
 
 async def test_a_dropped_connection_comes_back_with_every_event_it_missed(engine):
@@ -386,7 +388,7 @@ async def test_a_dropped_connection_comes_back_with_every_event_it_missed(engine
                 if event["event"] == "job_finished" and event["job_id"] == job_id:
                     break
         await until(pilot, lambda: events.of("job_finished", job_id), what="the replayed events")
-        seqs = [event["seq"] for event in events.events]
+        seqs = [event.seq for event in events.events]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing lost, nothing twice
         assert events.of("job_queued", job_id) and events.of("job_started", job_id)
 
@@ -417,8 +419,35 @@ async def test_the_weights_tab_downloads_through_the_engine(tmp_path, monkeypatc
                 await pilot.press("d")
                 await until(pilot, lambda: events.of("download_finished"), 60, "the download")
                 assert events.of("download_started") and events.of("download_progress")
-                assert events.of("download_finished")[0]["failed"] == {}
+                assert events.of("download_finished")[0].failed == {}
                 await until(pilot, lambda: states() <= {"verified", "present"}, 10, "the refreshed table")
                 assert "complete" in str(app.query_one("#weights-root").render())
         finally:
             running.stop()
+
+
+async def test_engine_events_reach_the_views_as_typed_messages_and_progress_coalesces():
+    link = ScriptedLink([job(2)])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: len(app.query("QueueView")) == 1 and link.connected, 10, "the queue tab")
+        queue = app.query_one("QueueView")
+        drawn: list[tuple[str, int]] = []
+        original = queue.show_progress
+        queue.show_progress = lambda event: (drawn.append((event.stage, event.step)), original(event))
+        link.publish("job_queued", job_id="j1", prompt="A fox.")
+        link.publish("job_started", job_id="j1")
+        fields = dict(
+            job_id="j1", chunk=1, chunks=1, rate=9.0, eta_s=1.0, frames_written=0, video_seconds=0.0
+        )
+        link.publish("job_progress", stage="text", step=2, total=2, job_eta_s=None, **fields)
+        for step in range(1, 101):  # faster than the view draws: the newest step of a stage supersedes
+            link.publish("job_progress", stage="denoise", step=step, total=100, job_eta_s=3.0, **fields)
+        await until(pilot, lambda: drawn and drawn[-1] == ("denoise", 100), 10, "the last step drawn")
+        assert ("text", 2) in drawn  # another stage's last step is never replaced
+        assert len(drawn) < 101
+        assert queue.running is not None and queue.running.id == "j1"
+        assert str(queue.query_one("#stage-denoise .stage-detail").render()).startswith("100/100")
+        link.publish("job_cancelled", job_id="j1", partial=True, status="cancelled_partial", video="/v.mp4")
+        await until(pilot, lambda: not queue.jobs, 10, "the queue to empty")
+        await until(pilot, lambda: any("shorter video" in str(n.message) for n in app._notifications), 5)

@@ -55,21 +55,19 @@ def show(tab: str):
             queue = pilot.app.query_one("QueueView")
             queue.memory = await pilot.app.link.request("status")  # what its timer asks every few seconds
             for stage, step, total in (("text", 2, 2), ("tokens", 17, 17), ("denoise", 20, 50)):
-                queue.engine_event(
-                    {
-                        "event": "job_progress",
-                        "seq": 1,
-                        "job_id": job(0)["id"],
-                        "stage": stage,
-                        "step": step,
-                        "total": total,
-                        "chunk": 2,
-                        "chunks": 3,
-                        "rate": 4.0,
-                        "eta_s": 7.5,
-                        "job_eta_s": 95.0,
-                        "video_seconds": 6.1,
-                    }
+                pilot.app.link.publish(
+                    "job_progress",
+                    job_id=job(0).id,
+                    stage=stage,
+                    step=step,
+                    total=total,
+                    chunk=2,
+                    chunks=3,
+                    rate=4.0,
+                    eta_s=7.5,
+                    frames_written=41,
+                    video_seconds=6.1,
+                    job_eta_s=95.0,
                 )
             await settle(pilot)
 

@@ -1,26 +1,31 @@
 """A scripted stand-in for the engine link, for snapshot tests that need fixed, repeatable content.
 
-The Pilot tests in test_tui.py drive the real engine; this double only feeds the screens known data.
+The Pilot tests in test_tui.py drive the real engine; this double only feeds the screens known data. It
+speaks the protocol's models both ways: each request the TUI sends is parsed as the engine would parse
+it, and each reply and event is built from `engine.protocol`, so a changed shape fails here too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
-from landiff_tui.client import CONNECTED, RequestError
+from engine import __version__
+from engine import protocol as p
+from engine.generation.lengths import limits, plan_length, rules_for
+from engine.wire import RemoteError
 
 CREATED = 1_764_115_200.0  # 2025-11-26 00:00 UTC
+PROMPTS = ["A snail crawling on green moss.", "A red kite over a windy beach at dusk.", "Waves at night."]
 
 
-def job(index: int, status: str = "finished", **extra: Any) -> dict[str, Any]:
-    prompt = ["A snail crawling on green moss.", "A red kite over a windy beach at dusk.", "Waves at night."][
-        index % 3
-    ]
+def job(index: int, status: str = "finished", **extra: Any) -> p.JobSummary:
+    prompt = PROMPTS[index % 3]
     params = {"prompt": prompt, "seed": 40 + index, "cfg": 7.5, "motion_score": 0.1, "temperature": 1.0}
     params["steps"] = 50
-    return {
+    fields: dict[str, Any] = {
         "id": f"{index:08x}feedc0de{index:012x}",
         "created_at": CREATED - 3600 * index,
         "started_at": None,
@@ -29,7 +34,7 @@ def job(index: int, status: str = "finished", **extra: Any) -> dict[str, Any]:
         "prompt": prompt,
         "params": params,
         "model": "tiny",
-        "engine_version": "0.1.0",
+        "engine_version": __version__,
         "weights_sha256": {},
         "timings": {"text": 0.05, "tokens": 0.31, "denoise": 0.9, "decode": 0.8, "write": 0.1},
         "peak_memory_bytes": 700 * 2**20,
@@ -38,29 +43,86 @@ def job(index: int, status: str = "finished", **extra: Any) -> dict[str, Any]:
         "tokens_path": None,
         "sidecar_path": None,
         "thumbnail_path": None,
-        **extra,
+        "chunk_timings": [],
     }
+    return p.JobSummary(**{**fields, **extra})
+
+
+def weights_status(complete: bool) -> p.WeightsStatusReply:
+    state = "verified" if complete else "missing"
+    names = [
+        "LanDiff/llm/model.safetensors",
+        "LanDiff/tokenizer/model.safetensors",
+        "flan-t5-xxl/config.json",
+    ]
+    user_dir = "/home/user/.local/share/landiff/weights"
+    return p.WeightsStatusReply(
+        root=user_dir,
+        model="landiff",
+        looked=[
+            p.RootCandidate(rule="$LANDIFF_HOME", path=None, applies=False, chosen=False),
+            p.RootCandidate(
+                rule="./ckpts holding LanDiff/", path="/home/user/ckpts", applies=False, chosen=False
+            ),
+            p.RootCandidate(rule="the user data dir", path=user_dir, applies=True, chosen=True),
+        ],
+        files=[
+            p.WeightFileState(local=name, state=state, size=2**30 if complete else None, path=name)
+            for name in names
+        ],
+        complete=complete,
+        busy=False,
+    )
 
 
 class ScriptedLink:
-    def __init__(self, jobs: list[dict[str, Any]], weights_complete: bool = True):
+    """What LanDiffApp needs of an EngineLink: start/close, `connected`, and `request` returning models."""
+
+    def __init__(
+        self,
+        jobs: list[p.JobSummary],
+        weights_complete: bool = True,
+        refusals: dict[str, RemoteError] | None = None,
+    ):
         self.jobs = jobs
         self.weights_complete = weights_complete
+        self.refusals = refusals or {}  # request type -> the error the engine answers it with
         self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.model, self.autostart = "tiny", False
+        self.ids = itertools.count(1)
+        self.model = "tiny" if weights_complete else "landiff"  # the first-run offer is for the release
+        self.autostart = False
         self.path = Path("/nonexistent/engine.sock")
         self.connected = False
-        self.app = None
+        self.seq = 0
 
     def start(self) -> None:
         asyncio.get_running_loop().call_soon(self.connect)
 
     def connect(self) -> None:
         self.connected = True
-        active = [job for job in self.jobs if job["status"] in ("running", "queued")]
-        model = "tiny" if self.weights_complete else "landiff"  # the first-run offer is for the release
-        hello = {"model": model, "pid": 4242, "instance": "4242-1", "seq": 0, "active": active, "gap": False}
-        self.on_state(CONNECTED, hello)
+        self.on_connected(self.hello(), self.caught_up())
+
+    def hello(self) -> p.HelloReply:
+        return p.HelloReply(
+            protocol=p.PROTOCOL_VERSION,
+            engine_version=__version__,
+            model=self.model,
+            instance="4242-1",
+            pid=4242,
+            seq=self.seq,
+            limits=p.LengthLimits(**limits(rules_for(self.model))),
+        )
+
+    def caught_up(self) -> p.SubscribeReply:
+        active = [job for job in self.jobs if job.status in ("running", "queued")]
+        return p.SubscribeReply(seq=self.seq, instance="4242-1", missed=[], gap=False, active=active)
+
+    def publish(self, kind: str, **fields: Any) -> p.AnyEvent:
+        """Deliver an event as the engine would send it (numbered, checked against its model)."""
+        self.seq += 1
+        event = p.parse_event(p.event(kind, self.seq, **fields))
+        self.on_event(event)
+        return event
 
     async def close(self) -> None:
         self.connected = False
@@ -68,76 +130,98 @@ class ScriptedLink:
     async def start_engine(self, model: str | None = None) -> None:
         self.connect()
 
-    async def request(self, kind: str, **fields: Any) -> dict[str, Any]:
+    async def request(self, kind: str, **fields: Any) -> p.Exact:
+        request = p.REQUEST_ADAPTER.validate_python({"v": 1, "id": next(self.ids), "type": kind, **fields})
         self.requests.append((kind, fields))
-        if kind == "list_jobs":
-            found = [j for j in self.jobs if (fields.get("search") or "").lower() in j["prompt"].lower()]
-            found = [j for j in found if fields.get("status") in (None, j["status"])]
-            offset, limit = fields.get("offset", 0), fields.get("limit", 50)
-            return {"jobs": found[offset : offset + limit], "total": len(found)}
-        if kind == "get_job":
-            return {"job": next(j for j in self.jobs if j["id"] == fields["job_id"])}
-        if kind == "list_presets":
-            return {
-                "presets": {
-                    "quick draft": {"params": {"steps": 20}, "builtin": True},
-                    "reference defaults": {"params": {}, "builtin": True},
-                }
+        if kind in self.refusals:
+            raise self.refusals[kind]
+        answer = getattr(self, f"on_{kind}", None)
+        if answer is None:
+            raise RemoteError("unknown", f"the double does not script {kind}")
+        return p.reply_model(kind, answer(request))
+
+    # one method per scripted request type: it gets the parsed request, returns the reply model
+
+    def on_hello(self, request: p.Hello) -> p.HelloReply:
+        return self.hello()
+
+    def on_subscribe(self, request: p.Subscribe) -> p.SubscribeReply:
+        return self.caught_up()
+
+    def on_list_jobs(self, request: p.ListJobs) -> p.JobList:
+        found = [j for j in self.jobs if (request.search or "").lower() in j.prompt.lower()]
+        found = [j for j in found if request.status in (None, j.status)]
+        return p.JobList(jobs=found[request.offset : request.offset + request.limit], total=len(found))
+
+    def on_get_job(self, request: p.GetJob) -> p.JobReply:
+        found = [j for j in self.jobs if j.id == request.job_id]
+        if not found:
+            raise RemoteError("not_found", f"no job {request.job_id!r}")
+        return p.JobReply(job=found[0])
+
+    def on_list_presets(self, request: p.ListPresets) -> p.PresetList:
+        return p.PresetList(
+            presets={
+                "quick draft": p.Preset(params={"steps": 20}, builtin=True),
+                "reference defaults": p.Preset(params={}, builtin=True),
             }
-        if kind == "weights_status":
-            state = "verified" if self.weights_complete else "missing"
-            names = [
-                "LanDiff/llm/model.safetensors",
-                "LanDiff/tokenizer/model.safetensors",
-                "flan-t5-xxl/config.json",
-            ]
-            return {
-                "root": "/home/user/.local/share/landiff/weights",
-                "model": "landiff",
-                "looked": [
-                    {"rule": "$LANDIFF_HOME", "path": None, "applies": False, "chosen": False},
-                    {
-                        "rule": "./ckpts holding LanDiff/",
-                        "path": "/home/user/ckpts",
-                        "applies": False,
-                        "chosen": False,
-                    },
-                    {
-                        "rule": "the user data dir",
-                        "path": "/home/user/.local/share/landiff/weights",
-                        "applies": True,
-                        "chosen": True,
-                    },
-                ],
-                "files": [
-                    {
-                        "local": name,
-                        "state": state,
-                        "size": 2**30 if self.weights_complete else None,
-                        "path": name,
-                    }
-                    for name in names
-                ],
-                "complete": self.weights_complete,
-                "busy": False,
-            }
-        if kind == "status":
-            return {
-                "model": "tiny",
-                "engine_version": "0.1.0",
-                "pid": 4242,
-                "uptime_s": 80.0,
-                "running": next((j["id"] for j in self.jobs if j["status"] == "running"), None),
-                "queue": [j["id"] for j in self.jobs if j["status"] == "queued"],
-                "models_loaded": ["stage1", "stage2"],
-                "downloading": False,
-                "seq": 0,
-                "device": "NVIDIA H200",
-                "memory_used_bytes": 30 * 2**30,
-                "memory_total_bytes": 140 * 2**30,
-            }
-        if kind == "log_tail":
-            return {"path": "/data/engine.log", "lines": ["2025-11-26 00:00:00,000 INFO engine listening"]}
-        if kind == "submit":
-            return {"job_id": "0000000000000000000000000000abcd"}
-        raise RequestError("unknown", f"the double does not script {kind}")
+        )
+
+    def on_weights_status(self, request: p.WeightsStatus) -> p.WeightsStatusReply:
+        return weights_status(self.weights_complete)
+
+    def on_status(self, request: p.Status) -> p.StatusReply:
+        return p.StatusReply(
+            model=self.model,
+            engine_version=__version__,
+            pid=4242,
+            uptime_s=80.0,
+            running=next((j.id for j in self.jobs if j.status == "running"), None),
+            queue=[j.id for j in self.jobs if j.status == "queued"],
+            models_loaded=["stage1", "stage2"],
+            downloading=False,
+            seq=self.seq,
+            limits=p.LengthLimits(**limits(rules_for(self.model))),
+            device="NVIDIA H200",
+            memory_used_bytes=30 * 2**30,
+            memory_total_bytes=140 * 2**30,
+        )
+
+    def on_log_tail(self, request: p.LogTail) -> p.LogTailReply:
+        return p.LogTailReply(
+            path="/data/engine.log", lines=["2025-11-26 00:00:00,000 INFO engine listening"]
+        )
+
+    def on_submit(self, request: p.Submit) -> p.SubmitReply:
+        plan = plan_length(rules_for(self.model), request.params.frames, request.params.overlap)
+        return p.SubmitReply(
+            job_id="0000000000000000000000000000abcd", length=p.LengthRecord(**plan.record())
+        )
+
+    def on_cancel(self, request: p.Cancel) -> p.CancelReply:
+        return p.CancelReply(job_id=request.job_id, status="cancelling")
+
+    def on_delete_job(self, request: p.DeleteJob) -> p.JobIdReply:
+        self.jobs = [j for j in self.jobs if j.id != request.job_id]
+        return p.JobIdReply(job_id=request.job_id)
+
+    def on_save_preset(self, request: p.SavePreset) -> p.PresetNameReply:
+        return p.PresetNameReply(name=request.name)
+
+    def on_delete_preset(self, request: p.DeletePreset) -> p.PresetNameReply:
+        return p.PresetNameReply(name=request.name)
+
+    def on_download_weights(self, request: p.DownloadWeights) -> p.WeightsJobReply:
+        return p.WeightsJobReply(root=weights_status(self.weights_complete).root, only=request.only)
+
+    def on_verify_weights(self, request: p.VerifyWeights) -> p.WeightsJobReply:
+        return p.WeightsJobReply(root=weights_status(self.weights_complete).root, only=request.only)
+
+    def on_cancel_download(self, request: p.CancelDownload) -> p.CancelDownloadReply:
+        return p.CancelDownloadReply(cancelling=True)
+
+    def on_release_models(self, request: p.ReleaseModels) -> p.EmptyReply:
+        return p.EmptyReply()
+
+    def on_shutdown(self, request: p.Shutdown) -> p.ShutdownReply:
+        return p.ShutdownReply(stopping=True)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from textual.app import App, ComposeResult
@@ -16,19 +15,22 @@ from textual.widgets import Footer, Header, Static
 from ..widgets.preview import FramePreview
 from .confirm import Confirm
 
+if TYPE_CHECKING:
+    from engine.protocol import JobSummary
+
 
 @dataclass
 class JobActions:
     app: App
 
-    async def rerun(self, job: dict[str, Any]) -> str | None:
-        reply = await self.app.call_engine("submit", params=job["params"])
+    async def rerun(self, job: JobSummary) -> str | None:
+        reply = await self.app.call_engine("submit", params=job.params)
         if reply is not None:
-            self.app.notify(f"re-run queued as {reply['job_id'][:8]}")
-            return reply["job_id"]
+            self.app.notify(f"re-run queued as {reply.job_id[:8]}")
+            return reply.job_id
         return None
 
-    def edit(self, job: dict[str, Any]) -> None:
+    def edit(self, job: JobSummary) -> None:
         from ..views.generate import GenerateView
 
         while len(self.app.screen_stack) > 1:
@@ -44,19 +46,16 @@ class JobActions:
         self.app.copy_to_clipboard(text)  # OSC 52: reaches the local clipboard over SSH too
         self.app.notify(f"{what} copied to the clipboard")
 
-    def delete(self, job: dict[str, Any], after=None) -> None:
+    def delete(self, job: JobSummary, after=None) -> None:
         async def answered(yes: bool | None) -> None:
-            if (
-                yes
-                and await self.app.call_engine("delete_job", job_id=job["id"], delete_files=True) is not None
-            ):
-                self.app.notify(f"job {job['id'][:8]} and its files deleted")
+            if yes and await self.app.call_engine("delete_job", job_id=job.id, delete_files=True) is not None:
+                self.app.notify(f"job {job.id[:8]} and its files deleted")
                 if after is not None:
                     after()
 
-        prompt = job["prompt"][:50]
+        prompt = job.prompt[:50]
         self.app.push_screen(
-            Confirm(f"Delete job {job['id'][:8]} ({prompt!r}) and its files?", "Delete"), answered
+            Confirm(f"Delete job {job.id[:8]} ({prompt!r}) and its files?", "Delete"), answered
         )
 
 
@@ -64,30 +63,23 @@ def job_actions(app: App) -> JobActions:
     return JobActions(app)
 
 
-def describe(job: dict[str, Any]) -> str:
-    lines = [
-        f"[b]{job['id']}[/b]  {job['status']}  ({job['model']} model, engine {job['engine_version']})",
-        "",
-    ]
-    lines.append(escape(job["prompt"]))
+def describe(job: JobSummary) -> str:
+    lines = [f"[b]{job.id}[/b]  {job.status}  ({job.model} model, engine {job.engine_version})", ""]
+    lines.append(escape(job.prompt))
     lines.append("")
-    lines += [
-        f"{name:>13}: {escape(str(value))}" for name, value in job["params"].items() if name != "prompt"
-    ]
-    if job.get("timings"):
+    lines += [f"{name:>13}: {escape(str(value))}" for name, value in job.params.items() if name != "prompt"]
+    if job.timings:
         lines.append("")
-        lines += [
-            f"{name:>13}: {value:.2f} s" for name, value in job["timings"].items() if isinstance(value, float)
-        ]
-    if job.get("peak_memory_bytes"):
-        lines.append(f"{'peak memory':>13}: {job['peak_memory_bytes'] / 2**30:.2f} GiB")
-    if job.get("error"):
-        lines += ["", f"[red]{escape(job['error'])}[/red]"]
+        lines += [f"{name:>13}: {value:.2f} s" for name, value in job.timings.items()]
+    if job.peak_memory_bytes:
+        lines.append(f"{'peak memory':>13}: {job.peak_memory_bytes / 2**30:.2f} GiB")
+    if job.error:
+        lines += ["", f"[red]{escape(job.error)}[/red]"]
     lines.append("")
-    lines.append(f"{'job id':>13}: {job['id']}")
-    for name in ("video_path", "tokens_path", "sidecar_path"):
-        if job.get(name):
-            lines.append(f"{name.removesuffix('_path'):>13}: {escape(job[name])}")
+    lines.append(f"{'job id':>13}: {job.id}")
+    for name, path in (("video", job.video_path), ("tokens", job.tokens_path), ("sidecar", job.sidecar_path)):
+        if path:
+            lines.append(f"{name:>13}: {escape(path)}")
     return "\n".join(lines)
 
 
@@ -105,7 +97,7 @@ class JobDetail(Screen):
     def __init__(self, job_id: str):
         super().__init__()
         self.job_id = job_id
-        self.job: dict[str, Any] | None = None
+        self.job: JobSummary | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -120,13 +112,9 @@ class JobDetail(Screen):
         if reply is None:
             self.app.pop_screen()
             return
-        self.job = reply["job"]
-        body = self.query_one("#detail-body", Static)
-        try:
-            body.update(describe(self.job))
-        except Exception:  # a record from a newer engine: still show what it says
-            body.update(escape(json.dumps(self.job, indent=2)))
-        self.query_one(FramePreview).show_image(self.job.get("thumbnail_path"))
+        self.job = reply.job
+        self.query_one("#detail-body", Static).update(describe(self.job))
+        self.query_one(FramePreview).show_image(self.job.thumbnail_path)
 
     async def action_rerun(self) -> None:
         if self.job:
@@ -138,18 +126,18 @@ class JobDetail(Screen):
 
     def action_copy_prompt(self) -> None:
         if self.job:
-            job_actions(self.app).copy(self.job["prompt"], "prompt")
+            job_actions(self.app).copy(self.job.prompt, "prompt")
 
     def action_copy_path(self) -> None:
         if self.job:
-            job_actions(self.app).copy(self.job.get("video_path") or "", "video path")
+            job_actions(self.app).copy(self.job.video_path or "", "video path")
 
     def action_play(self) -> None:
         preview = self.query_one(FramePreview)
         if preview.playing:
-            preview.show_image(self.job.get("thumbnail_path"))
-        elif self.job and self.job.get("video_path"):
-            preview.play(self.job["video_path"])
+            preview.show_image(self.job.thumbnail_path)
+        elif self.job and self.job.video_path:
+            preview.play(self.job.video_path)
         else:
             self.notify("this job has no video", severity="warning")
 

@@ -1,10 +1,16 @@
-"""What every tab's view gets from the app: engine events, connection changes, being shown."""
+"""What every tab's view shares: the widget that gets the keys, being shown, and engine requests.
+
+The engine's news reaches a view as the messages of `landiff_tui.messages` (`on_job_queued`...).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.containers import Vertical
+
+if TYPE_CHECKING:
+    from engine.protocol import Exact
 
 
 class View(Vertical):
@@ -15,17 +21,9 @@ class View(Vertical):
         if self.FOCUS:
             self.query_one(self.FOCUS).focus()
 
-    def engine_event(self, event: dict[str, Any]) -> None:
-        pass
-
-    def engine_connected(self, hello: dict[str, Any]) -> None:
-        pass
-
-    def engine_lost(self, state: str) -> None:
-        pass
-
     def shown(self) -> None:
         pass
 
-    async def call(self, kind: str, **fields: Any) -> dict[str, Any] | None:
+    async def call(self, kind: str, **fields: Any) -> Exact | None:
+        """The reply model, or None when the engine refused (the app has said why)."""
         return await self.app.call_engine(kind, **fields)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Label, Log, Static
 
+from ..messages import EngineConnected, EngineLost, ModelsReleased
 from .base import View
 
 LOG_LINES = 300
@@ -33,11 +32,14 @@ class EngineView(View):
     def shown(self) -> None:
         self.run_worker(self.action_refresh(), exclusive=True, group="engine-view")
 
-    def engine_connected(self, hello: dict[str, Any]) -> None:
+    def on_engine_connected(self, message: EngineConnected) -> None:
         self.run_worker(self.action_refresh(), exclusive=True, group="engine-view")
 
-    def engine_lost(self, state: str) -> None:
-        self.query_one("#engine-status", Static).update(f"engine {state}")
+    def on_engine_lost(self, message: EngineLost) -> None:
+        self.query_one("#engine-status", Static).update(f"engine {message.state}")
+
+    def on_models_released(self, message: ModelsReleased) -> None:
+        self.run_worker(self.action_refresh(), exclusive=True, group="engine-view")
 
     async def refresh_if_visible(self) -> None:
         if getattr(self.app.query_one("#tabs"), "active", None) == "engine" and self.app.link.connected:
@@ -47,23 +49,22 @@ class EngineView(View):
         status = await self.call("status")
         if status is None:
             return
-        memory = status.get("memory_used_bytes")
-        total = status.get("memory_total_bytes")
+        memory, total = status.memory_used_bytes, status.memory_total_bytes
         lines = [
-            f"model {status['model']}   engine {status['engine_version']}   pid {status['pid']}   "
-            f"up {status['uptime_s']:.0f} s",
-            f"device {status.get('device')}   memory {memory / 2**30 if memory else 0:.2f} GiB"
+            f"model {status.model}   engine {status.engine_version}   pid {status.pid}   "
+            f"up {status.uptime_s:.0f} s",
+            f"device {status.device}   memory {memory / 2**30 if memory else 0:.2f} GiB"
             + (f" of {total / 2**30:.1f} GiB" if total else ""),
-            f"models loaded: {', '.join(status['models_loaded']) or 'none'}",
-            f"running: {status['running'] or 'nothing'}   queued: {len(status['queue'])}"
-            + ("   downloading weights" if status.get("downloading") else ""),
+            f"models loaded: {', '.join(status.models_loaded) or 'none'}",
+            f"running: {status.running or 'nothing'}   queued: {len(status.queue)}"
+            + ("   downloading weights" if status.downloading else ""),
         ]
         self.query_one("#engine-status", Static).update("\n".join(lines))
         tail = await self.call("log_tail", lines=LOG_LINES)
         if tail is not None:
             log = self.query_one("#engine-log", Log)
             log.clear()
-            log.write_lines(tail["lines"])
+            log.write_lines(tail.lines)
 
     async def action_release(self) -> None:
         if await self.call("release_models") is not None:
@@ -74,4 +75,5 @@ class EngineView(View):
             self.notify("the engine is stopping; running jobs are marked interrupted")
 
     async def action_restart(self) -> None:
-        await self.app.restart_engine(self.app.engine_info.get("model") or "landiff")
+        info = self.app.engine_info
+        await self.app.restart_engine(info.model if info is not None else "landiff")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import ComposeResult
@@ -13,19 +13,14 @@ from textual.widgets import DataTable, Input, Label, Select
 
 from engine.wire import JOB_STATUSES
 
+from ..messages import EngineConnected, JobDeleted, JobEnded, JobQueued
 from ..screens.job_detail import JobDetail, job_actions
 from .base import View
 
+if TYPE_CHECKING:
+    from engine.protocol import JobSummary
+
 PAGE = 100
-CHANGES_THE_LIST = {
-    "job_queued",
-    "job_finished",
-    "job_failed",
-    "job_cancelled",
-    "job_cancelled_partial",
-    "job_interrupted",
-    "job_deleted",
-}
 SEARCH_DELAY_S = 0.15
 
 
@@ -43,7 +38,7 @@ class GalleryView(View):
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[JobSummary] = []
         self.total = 0
         self.generation = 0  # bumps with every new query, so late pages of an old one are dropped
         self.search_timer = None
@@ -66,14 +61,22 @@ class GalleryView(View):
         if self.dirty:
             self.reload()
 
-    def engine_connected(self, hello: dict[str, Any]) -> None:
+    def on_engine_connected(self, message: EngineConnected) -> None:
         self.reload()
 
-    def engine_event(self, event: dict[str, Any]) -> None:
-        if event["event"] in CHANGES_THE_LIST:
-            self.dirty = True
-            if self.is_visible_tab():
-                self.reload()
+    def on_job_queued(self, message: JobQueued) -> None:
+        self.list_changed()
+
+    def on_job_ended(self, message: JobEnded) -> None:
+        self.list_changed()
+
+    def on_job_deleted(self, message: JobDeleted) -> None:
+        self.list_changed()
+
+    def list_changed(self) -> None:
+        self.dirty = True
+        if self.is_visible_tab():
+            self.reload()
 
     def is_visible_tab(self) -> bool:
         tabs = self.app.query_one("#tabs")
@@ -107,20 +110,19 @@ class GalleryView(View):
         if offset == 0:
             table.clear()
             self.rows = []
-        self.total = reply["total"]
-        for job in reply["jobs"]:
-            if any(row["id"] == job["id"] for row in self.rows[-PAGE:]):
+        self.total = reply.total
+        for job in reply.jobs:
+            if any(row.id == job.id for row in self.rows[-PAGE:]):
                 continue  # a job added meanwhile shifted the pages
             self.rows.append(job)
-            created = time.strftime("%m-%d %H:%M", time.localtime(job["created_at"]))
-            params = job["params"]
+            created = time.strftime("%m-%d %H:%M", time.localtime(job.created_at))
             table.add_row(
-                job["status"],
+                job.status,
                 created,
-                str(params.get("seed", "")),
-                str(params.get("steps", "")),
-                job["prompt"].replace("\n", " ")[:200],
-                key=job["id"],
+                str(job.params.get("seed", "")),
+                str(job.params.get("steps", "")),
+                job.prompt.replace("\n", " ")[:200],
+                key=job.id,
             )
         shown = (
             f"{len(self.rows)} of {self.total} job(s)"
@@ -156,7 +158,7 @@ class GalleryView(View):
 
     # actions
 
-    def selected(self) -> dict[str, Any] | None:
+    def selected(self) -> JobSummary | None:
         table = self.query_one("#gallery-table", DataTable)
         if not self.rows or table.cursor_row is None or table.cursor_row >= len(self.rows):
             self.notify("no job selected", severity="warning")
@@ -169,7 +171,7 @@ class GalleryView(View):
     def action_open(self) -> None:
         job = self.selected()
         if job is not None:
-            self.app.push_screen(JobDetail(job["id"]))
+            self.app.push_screen(JobDetail(job.id))
 
     async def action_rerun(self) -> None:
         if (job := self.selected()) is not None:
@@ -181,11 +183,11 @@ class GalleryView(View):
 
     def action_copy_prompt(self) -> None:
         if (job := self.selected()) is not None:
-            job_actions(self.app).copy(job["prompt"], "prompt")
+            job_actions(self.app).copy(job.prompt, "prompt")
 
     def action_copy_path(self) -> None:
         if (job := self.selected()) is not None:
-            job_actions(self.app).copy(job.get("video_path") or "", "video path")
+            job_actions(self.app).copy(job.video_path or "", "video path")
 
     def action_delete(self) -> None:
         if (job := self.selected()) is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import ComposeResult
@@ -12,9 +12,13 @@ from textual.containers import Grid, Horizontal
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
+from ..messages import EngineConnected, JobQueued
 from ..params import FIELDS, check_form, check_length, defaults, form_texts, length_note
 from ..screens.confirm import AskName, Confirm
 from .base import View
+
+if TYPE_CHECKING:
+    from engine.protocol import JobSummary, Preset
 
 HISTORY_LIMIT = 200
 
@@ -54,7 +58,7 @@ class GenerateView(View):
         self.history: list[str] = []
         self.history_at = 0
         self.draft = ""
-        self.presets: dict[str, Any] = {}
+        self.presets: dict[str, Preset] = {}
         self.extras: dict[str, Any] = {}  # parameters the form has no field for
         self.model: str | None = None  # the engine's, for the length rules
 
@@ -76,22 +80,21 @@ class GenerateView(View):
 
     # data from the engine
 
-    def engine_connected(self, hello: dict[str, Any]) -> None:
-        self.model = hello.get("model")
+    def on_engine_connected(self, message: EngineConnected) -> None:
+        self.model = message.hello.model
         self.check()
         self.run_worker(self.load(), exclusive=True, group="generate-load")
 
-    def engine_event(self, event: dict[str, Any]) -> None:
-        if event["event"] == "job_queued" and event.get("prompt"):
-            self.remember(event["prompt"])
+    def on_job_queued(self, message: JobQueued) -> None:
+        self.remember(message.event.prompt)
 
     async def load(self) -> None:
         listing = await self.call("list_jobs", limit=HISTORY_LIMIT)
         if listing is not None:
             prompts = []
-            for job in reversed(listing["jobs"]):  # oldest first, like a shell history
-                if not prompts or prompts[-1] != job["prompt"]:
-                    prompts.append(job["prompt"])
+            for job in reversed(listing.jobs):  # oldest first, like a shell history
+                if not prompts or prompts[-1] != job.prompt:
+                    prompts.append(job.prompt)
             self.history = prompts
             self.history_at = len(self.history)
         await self.load_presets()
@@ -100,10 +103,8 @@ class GenerateView(View):
         reply = await self.call("list_presets")
         if reply is None:
             return
-        self.presets = reply["presets"]
-        options = [
-            (f"{name}{' (built in)' if p['builtin'] else ''}", name) for name, p in self.presets.items()
-        ]
+        self.presets = reply.presets
+        options = [(f"{name}{' (built in)' if p.builtin else ''}", name) for name, p in self.presets.items()]
         self.query_one("#preset", Select).set_options(options)
 
     def remember(self, prompt: str) -> None:
@@ -164,7 +165,7 @@ class GenerateView(View):
     def preset_chosen(self, event: Select.Changed) -> None:
         if not isinstance(event.value, str) or event.value not in self.presets:
             return
-        self.fill(self.presets[event.value]["params"])
+        self.fill(self.presets[event.value].params)
         self.notify(f"preset {event.value!r} applied")
 
     @on(Button.Pressed, "#submit")
@@ -182,7 +183,7 @@ class GenerateView(View):
         reply = await self.call("submit", params=params)
         if reply is not None:
             self.remember(params["prompt"])
-            self.notify(f"job {reply['job_id']} queued", title="submitted")
+            self.notify(f"job {reply.job_id} queued", title="submitted")
             self.app.action_show_tab("queue")
 
     def action_random_seed(self) -> None:
@@ -219,7 +220,7 @@ class GenerateView(View):
 
         self.app.push_screen(Confirm(f"Delete the preset {name!r}?", "Delete"), delete)
 
-    def edit(self, job: dict[str, Any]) -> None:
+    def edit(self, job: JobSummary) -> None:
         """Fill the form from a past job (edit and re-run)."""
-        params = dict(job["params"])
-        self.fill(params, prompt=params.pop("prompt", job.get("prompt", "")))
+        params = dict(job.params)
+        self.fill(params, prompt=params.pop("prompt", job.prompt))

@@ -4,33 +4,40 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, ProgressBar
 
-from ..client import RequestError
+from engine.wire import RemoteError
+
+from ..messages import (
+    ChunkFinished,
+    EngineConnected,
+    EngineLost,
+    JobDeleted,
+    JobEnded,
+    JobProgressed,
+    JobQueued,
+    JobStarted,
+)
 from ..screens.confirm import Confirm
 from ..widgets.preview import FramePreview
 from .base import View
 
-STAGES = [
+if TYPE_CHECKING:
+    from engine.protocol import JobProgressEvent, JobSummary, StatusReply
+
+STAGES = [  # the protocol's progress stages, in order, with their titles
     ("text", "text encoding"),
     ("tokens", "tokens"),
     ("denoise", "denoising"),
     ("decode", "VAE decode"),
     ("write", "writing"),
 ]
-ENDED = {
-    "job_finished",
-    "job_failed",
-    "job_cancelled",
-    "job_interrupted",
-    "job_cancelled_partial",
-    "job_deleted",
-}
 UNITS = {"tokens": "tok/s", "denoise": "steps/s"}
 
 
@@ -70,15 +77,28 @@ class StageBar(Horizontal):
         self.query_one(".stage-detail", Label).update("")
 
 
+@dataclass
+class QueueEntry:
+    id: str
+    prompt: str
+    status: str  # queued or running
+    created_at: float  # the order jobs run in
+    started_at: float | None = None
+
+    @classmethod
+    def of(cls, job: JobSummary) -> QueueEntry:
+        return cls(job.id, job.prompt, job.status, job.created_at, job.started_at)
+
+
 class QueueView(View):
     FOCUS = "#queue-table"
     BINDINGS = [Binding("x", "cancel_job", "Cancel job")]
 
     def __init__(self) -> None:
         super().__init__()
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.progress: dict[str, Any] = {}
-        self.memory: dict[str, Any] = {}
+        self.jobs: dict[str, QueueEntry] = {}
+        self.last: JobProgressEvent | None = None  # the running job's latest progress
+        self.memory: StatusReply | None = None
 
     def compose(self) -> ComposeResult:
         table = DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
@@ -98,52 +118,56 @@ class QueueView(View):
         self.set_interval(1.0, self.tick)
 
     @property
-    def running(self) -> dict[str, Any] | None:
-        return next((job for job in self.jobs.values() if job["status"] == "running"), None)
+    def running(self) -> QueueEntry | None:
+        return next((job for job in self.jobs.values() if job.status == "running"), None)
 
     # engine
 
-    def engine_connected(self, hello: dict[str, Any]) -> None:
-        self.jobs = {job["id"]: job for job in hello.get("active", [])}
+    def on_engine_connected(self, message: EngineConnected) -> None:
+        self.jobs = {job.id: QueueEntry.of(job) for job in message.active}
         if self.running is None:
-            self.progress = {}
+            self.last = None
         self.redraw()
 
-    def engine_lost(self, state: str) -> None:
+    def on_engine_lost(self, message: EngineLost) -> None:
         self.query_one("#live-info", Label).update("engine not connected")
 
-    def engine_event(self, event: dict[str, Any]) -> None:
-        kind, job_id = event["event"], event.get("job_id")
-        if kind == "job_queued":
-            self.jobs[job_id] = {"id": job_id, "status": "queued", "prompt": event.get("prompt", "")}
-            self.run_worker(self.fetch(job_id), group="queue-fetch")
-        elif kind == "job_started" and job_id in self.jobs:
-            self.jobs[job_id].update(status="running", started_at=time.time())
-            self.progress = {"job_id": job_id}
-            for bar in self.query(StageBar):
-                bar.reset()
-            self.query_one("#chunk-preview").display = False
-        elif kind == "job_progress":
-            self.progress.update(job_id=job_id, **{event["stage"]: event}, last=event)
-            self.show_progress(event)
-            return
-        elif kind == "chunk_finished" and event.get("preview"):
-            preview = self.query_one("#chunk-preview", FramePreview)
-            preview.display = True
-            preview.show_image(event["preview"])
-            return
-        elif kind in ENDED:
-            self.jobs.pop(job_id, None)
-            if self.progress.get("job_id") == job_id:
-                self.progress = {}
-        else:
-            return
+    def on_job_queued(self, message: JobQueued) -> None:
+        event = message.event
+        self.jobs[event.job_id] = QueueEntry(event.job_id, event.prompt, "queued", time.time())
         self.redraw()
 
-    async def fetch(self, job_id: str) -> None:
-        reply = await self.call("get_job", job_id=job_id)
-        if reply is not None and job_id in self.jobs:
-            self.jobs[job_id] = {**reply["job"], "status": self.jobs[job_id]["status"]}
+    def on_job_started(self, message: JobStarted) -> None:
+        job = self.jobs.get(message.event.job_id)
+        if job is None:
+            return
+        job.status, job.started_at = "running", time.time()
+        self.last = None
+        for bar in self.query(StageBar):
+            bar.reset()
+        self.query_one("#chunk-preview").display = False
+        self.redraw()
+
+    def on_job_progressed(self, message: JobProgressed) -> None:
+        self.last = message.event
+        self.show_progress(message.event)
+
+    def on_chunk_finished(self, message: ChunkFinished) -> None:
+        preview = self.query_one("#chunk-preview", FramePreview)
+        preview.display = True
+        preview.show_image(message.event.preview)
+
+    def on_job_ended(self, message: JobEnded) -> None:
+        self.forget(message.event.job_id)
+
+    def on_job_deleted(self, message: JobDeleted) -> None:
+        self.forget(message.event.job_id)
+
+    def forget(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+        if self.last is not None and self.last.job_id == job_id:
+            self.last = None
+        self.redraw()
 
     async def tick(self) -> None:
         job = self.running
@@ -151,7 +175,7 @@ class QueueView(View):
             return
         self.update_info(job)
         if int(time.time()) % 3 == 0:  # memory changes slowly; asking costs the engine a call
-            with contextlib.suppress(RequestError):  # the engine went away meanwhile: the link says so
+            with contextlib.suppress(RemoteError):  # the engine went away meanwhile: the link says so
                 self.memory = await self.app.link.request("status")
 
     # drawing
@@ -159,11 +183,9 @@ class QueueView(View):
     def redraw(self) -> None:
         table = self.query_one("#queue-table", DataTable)
         table.clear()
-        ordered = sorted(
-            self.jobs.values(), key=lambda job: (job["status"] != "running", job.get("created_at", 0))
-        )
+        ordered = sorted(self.jobs.values(), key=lambda job: (job.status != "running", job.created_at))
         for job in ordered:
-            table.add_row(job["status"], job["id"][:8], job.get("prompt", "")[:120], key=job["id"])
+            table.add_row(job.status, job.id[:8], job.prompt[:120], key=job.id)
         job = self.running
         title = self.query_one("#live-title", Label)
         if job is None:
@@ -172,36 +194,31 @@ class QueueView(View):
             for bar in self.query(StageBar):
                 bar.reset()
         else:
-            title.update(f"running {job['id'][:8]}: {job.get('prompt', '')[:60]}")
+            title.update(f"running {job.id[:8]}: {job.prompt[:60]}")
             self.update_info(job)
 
-    def show_progress(self, event: dict[str, Any]) -> None:
-        stage = event["stage"]
+    def show_progress(self, event: JobProgressEvent) -> None:
         for bar in self.query(StageBar):
-            if bar.stage == stage:
-                bar.show(event["step"], event["total"], event.get("rate"))
-        chunks = event.get("chunks") or 1
+            if bar.stage == event.stage:
+                bar.show(event.step, event.total, event.rate)
         chunk_bar = self.query_one("#stage-chunk", StageBar)
-        chunk_bar.display = chunks > 1
-        if chunks > 1:
-            chunk_bar.show(event.get("chunk", 1), chunks)
+        chunk_bar.display = event.chunks > 1
+        if event.chunks > 1:
+            chunk_bar.show(event.chunk, event.chunks)
         job = self.running
         if job is not None:
             self.update_info(job)
 
-    def update_info(self, job: dict[str, Any]) -> None:
-        last = self.progress.get("last") or {}
-        elapsed = time.time() - job["started_at"] if job.get("started_at") else None
-        eta = last.get("job_eta_s", last.get("eta_s"))
+    def update_info(self, job: QueueEntry) -> None:
+        last = self.last if self.last is not None and self.last.job_id == job.id else None
+        elapsed = time.time() - job.started_at if job.started_at else None
+        eta = None if last is None else last.job_eta_s if last.job_eta_s is not None else last.eta_s
         parts = [f"elapsed {duration(elapsed)}", f"ETA {duration(eta)}"]
-        if last.get("video_seconds") is not None:
-            parts.append(f"video so far {last['video_seconds']:.1f} s")
-        if self.memory:
-            used, total = self.memory.get("memory_used_bytes"), self.memory.get("memory_total_bytes")
-            parts.append(
-                f"{self.memory.get('device', '?')} memory {size(used)}"
-                + (f" / {size(total)}" if total else "")
-            )
+        if last is not None:
+            parts.append(f"video so far {last.video_seconds:.1f} s")
+        if self.memory is not None:
+            used, total = self.memory.memory_used_bytes, self.memory.memory_total_bytes
+            parts.append(f"{self.memory.device} memory {size(used)}" + (f" / {size(total)}" if total else ""))
         self.query_one("#live-info", Label).update("   ".join(parts))
 
     # actions
@@ -218,8 +235,8 @@ class QueueView(View):
         job = self.jobs.get(job_id) or self.running or next(iter(self.jobs.values()))
 
         async def answered(yes: bool | None) -> None:
-            if yes and await self.call("cancel", job_id=job["id"]) is not None:
-                self.notify(f"job {job['id'][:8]} cancelling")
+            if yes and await self.call("cancel", job_id=job.id) is not None:
+                self.notify(f"job {job.id[:8]} cancelling")
 
-        question = f"Cancel the {job['status']} job {job['id'][:8]} ({job.get('prompt', '')[:40]!r})?"
+        question = f"Cancel the {job.status} job {job.id[:8]} ({job.prompt[:40]!r})?"
         self.app.push_screen(Confirm(question, "Cancel job"), answered)

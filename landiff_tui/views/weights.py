@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Label, ProgressBar, Static
 
+from ..messages import EngineConnected, TransferEnded, TransferProgressed, TransferStarted
 from .base import View
 
-ENDED = {
-    "download_finished",
-    "download_failed",
-    "download_cancelled",
-    "verify_finished",
-    "verify_failed",
-    "verify_cancelled",
-}
+if TYPE_CHECKING:
+    from ..messages import TransferEndedEvent
 
 
 def mib(count: int | None) -> str:
@@ -47,56 +42,61 @@ class WeightsView(View):
     def shown(self) -> None:
         self.run_worker(self.action_refresh(), exclusive=True, group="weights")
 
-    def engine_connected(self, hello: dict[str, Any]) -> None:
+    def on_engine_connected(self, message: EngineConnected) -> None:
         self.run_worker(self.action_refresh(), exclusive=True, group="weights")
 
-    def engine_event(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if not kind.startswith(("download_", "verify_")):
-            return
+    def on_transfer_started(self, message: TransferStarted) -> None:
+        from engine.protocol import DownloadStartedEvent
+
         bar = self.query_one("#weights-progress", ProgressBar)
-        activity = self.query_one("#weights-activity", Label)
-        if kind in ("download_started", "verify_started"):
-            bar.display = True
-            bar.update(total=None, progress=0)
-            activity.update(f"{kind.split('_')[0]}ing into {event['root']} (x: cancel)")
-        elif kind == "download_progress":
-            bar.display = True
-            bar.update(total=event["total"] or None, progress=event["done"])
-            rate = event.get("rate") or 0
-            done, total = mib(event["file_done"]), mib(event["file_total"])
-            activity.update(f"{event['file']}: {done} of {total}  {rate / 2**20:.1f} MiB/s")
-        elif kind == "verify_progress":
-            bar.display = True
-            bar.update(total=event["total"] or None, progress=event["done"])
-            activity.update(f"verifying {event['file']}")
-        elif kind in ENDED:
-            bar.display = False
-            activity.update(describe_end(event))
-            severity = (
-                "information"
-                if kind.endswith("finished") and not event.get("failed") and not event.get("mismatched")
-                else "warning"
-            )
-            self.notify(describe_end(event), title="weights", severity=severity, timeout=10)
-            self.run_worker(self.action_refresh(), exclusive=True, group="weights")
+        bar.display = True
+        bar.update(total=None, progress=0)
+        doing = "downloading" if isinstance(message.event, DownloadStartedEvent) else "verifying"
+        self.query_one("#weights-activity", Label).update(f"{doing} into {message.event.root} (x: cancel)")
+
+    def on_transfer_progressed(self, message: TransferProgressed) -> None:
+        from engine.protocol import DownloadProgressEvent
+
+        event = message.event
+        bar = self.query_one("#weights-progress", ProgressBar)
+        bar.display = True
+        bar.update(total=event.total or None, progress=event.done)
+        if isinstance(event, DownloadProgressEvent):
+            done, total = mib(event.file_done), mib(event.file_total)
+            text = f"{event.file}: {done} of {total}  {event.rate / 2**20:.1f} MiB/s"
+        else:
+            text = f"verifying {event.file}"
+        self.query_one("#weights-activity", Label).update(text)
+
+    def on_transfer_ended(self, message: TransferEnded) -> None:
+        from engine.protocol import DownloadFinishedEvent, VerifyFinishedEvent
+
+        event = message.event
+        self.query_one("#weights-progress", ProgressBar).display = False
+        text = describe_end(event)
+        self.query_one("#weights-activity", Label).update(text)
+        clean = (isinstance(event, DownloadFinishedEvent) and not event.failed) or (
+            isinstance(event, VerifyFinishedEvent) and not event.mismatched
+        )
+        self.notify(text, title="weights", severity="information" if clean else "warning", timeout=10)
+        self.run_worker(self.action_refresh(), exclusive=True, group="weights")
 
     async def action_refresh(self) -> None:
         status = await self.call("weights_status")
         if status is None:
             return
         looked = ", ".join(
-            f"{p['rule']} ({'used' if p['chosen'] else 'there' if p['applies'] else 'not there'})"
-            for p in status["looked"]
+            f"{p.rule} ({'used' if p.chosen else 'there' if p.applies else 'not there'})"
+            for p in status.looked
         )
-        verdict = "complete" if status["complete"] else "INCOMPLETE (d: download)"
+        verdict = "complete" if status.complete else "INCOMPLETE (d: download)"
         self.query_one("#weights-root", Static).update(
-            f"{status['model']} weights in {status['root']}: {verdict}\nlooked at: {looked}"
+            f"{status.model} weights in {status.root}: {verdict}\nlooked at: {looked}"
         )
         table = self.query_one("#weights-table", DataTable)
         table.clear()
-        for item in status["files"]:
-            table.add_row(item["state"], mib(item["size"]), item["local"], key=item["local"])
+        for item in status.files:
+            table.add_row(item.state, mib(item.size), item.local, key=item.local)
 
     async def action_download(self) -> None:
         if await self.call("download_weights", only="all") is not None:
@@ -111,16 +111,17 @@ class WeightsView(View):
             self.notify("cancelling; partial files stay and resume next time")
 
 
-def describe_end(event: dict[str, Any]) -> str:
-    kind = event["event"]
-    if kind == "download_finished":
-        text = f"download finished: {len(event['fetched'])} fetched, {event['skipped']} already there"
-        if event.get("failed"):
-            text += f"; failed (removed, download again): {', '.join(event['failed'])}"
+def describe_end(event: TransferEndedEvent) -> str:
+    from engine.protocol import DownloadFinishedEvent, VerifyFinishedEvent, WeightsJobFailed
+
+    if isinstance(event, DownloadFinishedEvent):
+        text = f"download finished: {len(event.fetched)} fetched, {event.skipped} already there"
+        if event.failed:
+            text += f"; failed (removed, download again): {', '.join(event.failed)}"
         return text
-    if kind == "verify_finished":
-        bad = event.get("mismatched") or []
-        return f"verified {event['checked']} file(s)" + (
+    if isinstance(event, VerifyFinishedEvent):
+        bad = event.mismatched
+        return f"verified {event.checked} file(s)" + (
             f"; mismatched: {', '.join(bad)}" if bad else ": all match"
         )
-    return event.get("error") or event.get("message") or kind.replace("_", " ")
+    return event.error if isinstance(event, WeightsJobFailed) else event.message

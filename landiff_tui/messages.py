@@ -1,0 +1,165 @@
+"""The engine's news as Textual messages: what the views handle (`on_job_queued`, `on_job_progressed`...).
+
+One message class per concern, not per event name: the five ways a job leaves the queue are one
+`JobEnded`, a download's and a verification's progress are one `TransferProgressed`, so a view states
+what it reacts to once and reads the typed event the message carries (`message.event`, a model of
+`engine.protocol`). The app posts each message to itself and to every view; none bubbles, so each
+recipient handles it once. Progress messages coalesce (`can_replace`): a view that falls behind a fast
+stream draws the latest step, not every one.
+
+Imports no pydantic (the views import this before the first paint); the event models are types only.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+from textual.message import Message
+
+if TYPE_CHECKING:
+    from engine import protocol
+
+    JobEndedEvent = (
+        protocol.JobFinishedEvent
+        | protocol.JobFailedEvent
+        | protocol.JobCancelledEvent
+        | protocol.JobInterruptedEvent
+    )
+    TransferStartedEvent = protocol.DownloadStartedEvent | protocol.VerifyStartedEvent
+    TransferProgressEvent = protocol.DownloadProgressEvent | protocol.VerifyProgressEvent
+    TransferEndedEvent = (
+        protocol.DownloadFinishedEvent
+        | protocol.DownloadFailedEvent
+        | protocol.DownloadCancelledEvent
+        | protocol.VerifyFinishedEvent
+        | protocol.VerifyFailedEvent
+        | protocol.VerifyCancelledEvent
+    )
+
+
+class EngineConnected(Message, bubble=False):
+    """The engine answered (again): its hello, and the jobs running or queued now."""
+
+    def __init__(self, hello: protocol.HelloReply, active: list[protocol.JobSummary], gap: bool):
+        super().__init__()
+        self.hello, self.active, self.gap = hello, active, gap
+
+
+class EngineLost(Message, bubble=False):
+    """No engine to talk to: `state` is starting, lost (it reconnects by itself) or stopped."""
+
+    def __init__(self, state: str, message: str):
+        super().__init__()
+        self.state, self.message = state, message
+
+
+class JobQueued(Message, bubble=False):
+    def __init__(self, event: protocol.JobQueuedEvent):
+        super().__init__()
+        self.event = event
+
+
+class JobStarted(Message, bubble=False):
+    def __init__(self, event: protocol.JobStartedEvent):
+        super().__init__()
+        self.event = event
+
+
+class JobProgressed(Message, bubble=False):
+    def __init__(self, event: protocol.JobProgressEvent):
+        super().__init__()
+        self.event = event
+
+    def can_replace(self, message: Message) -> bool:
+        """A newer step of the same job's same stage supersedes this one (a stage's last step is kept)."""
+        return (
+            isinstance(message, JobProgressed)
+            and message.event.job_id == self.event.job_id
+            and message.event.stage == self.event.stage
+        )
+
+
+class ChunkFinished(Message, bubble=False):
+    def __init__(self, event: protocol.ChunkFinishedEvent):
+        super().__init__()
+        self.event = event
+
+
+class JobEnded(Message, bubble=False):
+    """The job left the queue: finished, failed, cancelled (perhaps keeping a shorter video), interrupted."""
+
+    def __init__(self, event: JobEndedEvent):
+        super().__init__()
+        self.event = event
+
+
+class JobDeleted(Message, bubble=False):
+    def __init__(self, event: protocol.JobDeletedEvent):
+        super().__init__()
+        self.event = event
+
+
+class ModelsReleased(Message, bubble=False):
+    def __init__(self, event: protocol.ModelsReleasedEvent):
+        super().__init__()
+        self.event = event
+
+
+class TransferStarted(Message, bubble=False):
+    """A weights download or verification began."""
+
+    def __init__(self, event: TransferStartedEvent):
+        super().__init__()
+        self.event = event
+
+
+class TransferProgressed(Message, bubble=False):
+    def __init__(self, event: TransferProgressEvent):
+        super().__init__()
+        self.event = event
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, TransferProgressed) and type(message.event) is type(self.event)
+
+
+class TransferEnded(Message, bubble=False):
+    """A weights download or verification finished, failed or was cancelled."""
+
+    def __init__(self, event: TransferEndedEvent):
+        super().__init__()
+        self.event = event
+
+
+@cache
+def message_classes() -> dict[type, type[Message]]:
+    """Each event model's message class (the protocol, and pydantic with it, loads on first use)."""
+    from engine import protocol as p
+
+    return {
+        p.JobQueuedEvent: JobQueued,
+        p.JobStartedEvent: JobStarted,
+        p.JobProgressEvent: JobProgressed,
+        p.ChunkFinishedEvent: ChunkFinished,
+        p.JobFinishedEvent: JobEnded,
+        p.JobFailedEvent: JobEnded,
+        p.JobCancelledEvent: JobEnded,
+        p.JobInterruptedEvent: JobEnded,
+        p.JobDeletedEvent: JobDeleted,
+        p.ModelsReleasedEvent: ModelsReleased,
+        p.DownloadStartedEvent: TransferStarted,
+        p.VerifyStartedEvent: TransferStarted,
+        p.DownloadProgressEvent: TransferProgressed,
+        p.VerifyProgressEvent: TransferProgressed,
+        p.DownloadFinishedEvent: TransferEnded,
+        p.DownloadFailedEvent: TransferEnded,
+        p.DownloadCancelledEvent: TransferEnded,
+        p.VerifyFinishedEvent: TransferEnded,
+        p.VerifyFailedEvent: TransferEnded,
+        p.VerifyCancelledEvent: TransferEnded,
+    }
+
+
+def message_for(event: protocol.AnyEvent) -> Message:
+    """A fresh message carrying `event` (a message is posted to one recipient only)."""
+    return message_classes()[type(event)](event)

@@ -1,0 +1,237 @@
+"""The typed wire: every reply and event has a model, the engine's choke points refuse a wrong shape, and
+neither the TUI's test double nor a real engine drifts from the models."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+
+from engine import protocol as p
+from engine.generation.lengths import limits, plan_length, rules_for
+from engine.wire import MAX_LINE_BYTES, FramingError, RemoteError, decode_line, encode_line, reply_result
+from landiff_tui.messages import message_classes
+from landiff_tui.views.queue import STAGES
+
+from .test_engine import RunningEngine
+from .test_engine import weights as weights  # noqa: F401  (the module-scoped tiny weights fixture)
+from .tui_double import ScriptedLink, job
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "A snail crawling on green moss."
+# the fields a request type needs besides its type, for sending one of each
+SAMPLE_FIELDS: dict[str, dict[str, Any]] = {
+    "submit": {"params": {"prompt": PROMPT, "steps": 2}},
+    "cancel": {"job_id": job(1).id},
+    "get_job": {"job_id": job(1).id},
+    "delete_job": {"job_id": job(2).id},
+    "save_preset": {"name": "mine", "params": {"steps": 4}},
+    "delete_preset": {"name": "mine"},
+}
+
+
+def test_every_request_type_has_a_reply_model_and_every_event_a_message_for_the_views():
+    assert set(p.REPLIES) == set(p.REQUEST_MODELS)
+    assert list(p.REPLY_MODELS) == [p.type_name(request) for request in p.REPLIES]
+    assert set(message_classes()) == set(p.EVENT_MODELS)
+    assert len(set(p.EVENT_TYPES)) == len(p.EVENT_TYPES) == 20
+    assert [stage for stage, _ in STAGES] == list(get_args(p.Stage))  # the queue draws every stage
+
+
+def status_result(**changes: Any) -> dict[str, Any]:
+    result = {
+        "model": "tiny",
+        "engine_version": "0.1.0",
+        "pid": 1,
+        "uptime_s": 2.5,
+        "running": None,
+        "queue": [],
+        "models_loaded": [],
+        "downloading": False,
+        "seq": 3,
+        "limits": limits(rules_for("tiny")),
+        "device": "cpu",
+        "memory_used_bytes": 1024,
+    }
+    return {key: value for key, value in {**result, **changes}.items() if value is not ...}
+
+
+def progress_fields(**changes: Any) -> dict[str, Any]:
+    fields = {
+        "job_id": "j1",
+        "stage": "denoise",
+        "step": 3,
+        "total": 50,
+        "chunk": 1,
+        "chunks": 1,
+        "rate": 2.5,
+        "eta_s": None,
+        "frames_written": 0,
+        "video_seconds": 0.0,
+        "job_eta_s": 19.2,
+    }
+    return {key: value for key, value in {**fields, **changes}.items() if value is not ...}
+
+
+BAD_SHAPES = {  # what a slip in a handler or a publisher looks like
+    "missing": {"pid": ...},
+    "extra": {"gpu": "H200"},
+    "wrong type": {"pid": "1"},
+    "nested wrong type": {"limits": {**limits(rules_for("tiny")), "fps": 8.5}},
+}
+
+
+def test_a_valid_reply_and_event_encode_as_one_line_that_parses_back():
+    line = p.encode_reply("status", 7, status_result())
+    message = decode_line(line)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and message["v"] == p.PROTOCOL_VERSION
+    assert message["id"] == 7 and p.parse_reply("status", reply_result(message)).memory_total_bytes is None
+    event = p.event("job_progress", 5, **progress_fields())
+    assert event["event"] == "job_progress" and event["seq"] == 5 and event["v"] == p.PROTOCOL_VERSION
+    assert p.parse_event(decode_line(encode_line(event))) == p.JobProgressEvent(seq=5, **progress_fields())
+
+
+@pytest.mark.parametrize("slip", BAD_SHAPES, ids=list(BAD_SHAPES))
+def test_a_reply_with_a_missing_extra_or_wrong_typed_field_is_refused(slip):
+    with pytest.raises(p.WireShapeError, match="the reply to status"):
+        p.encode_reply("status", 7, status_result(**BAD_SHAPES[slip]))
+
+
+def test_a_reply_of_another_request_type_is_refused():
+    with pytest.raises(p.WireShapeError, match="must be a StatusReply, not LogTailReply"):
+        p.encode_reply("status", 7, p.LogTailReply(path="/x", lines=[]))
+
+
+@pytest.mark.parametrize(
+    "kind, fields, problem",
+    [
+        ("job_progress", progress_fields(step=...), "step: Field required"),
+        ("job_progress", progress_fields(gpu=0), "gpu: Extra inputs"),
+        ("job_progress", progress_fields(step="3"), "step: Input should be a valid integer"),
+        ("job_progress", progress_fields(stage="render"), "stage: Input should be 'text'"),
+        ("job_queued", {"job_id": "j1"}, "prompt: Field required"),
+        ("job_cancelled_partial", {"job_id": "j1"}, "does not match any of the expected tags"),
+    ],
+)
+def test_an_event_with_a_missing_extra_or_wrong_typed_field_or_an_unknown_name_is_refused(
+    kind, fields, problem
+):
+    with pytest.raises(p.WireShapeError, match=problem):
+        p.event(kind, 1, **fields)
+
+
+def test_framing_refuses_what_is_not_one_json_object_within_the_limit():
+    assert decode_line(b'{"v": 1, "id": 1}\n') == {"v": 1, "id": 1}
+    for line, code in [(b"[1, 2]", "bad_json"), (b"{nope", "bad_json"), (b"\xff\xfe", "bad_json")]:
+        with pytest.raises(FramingError) as refused:
+            decode_line(line)
+        assert refused.value.code == code
+    with pytest.raises(FramingError, match="limited to"):
+        decode_line(b"{" + b" " * MAX_LINE_BYTES + b"}")
+    assert decode_line(b"{" + b" " * MAX_LINE_BYTES + b"}", limit=2 * MAX_LINE_BYTES) == {}
+    with pytest.raises(RemoteError) as refused:
+        reply_result({"v": 1, "id": 1, "ok": False, "error": {"code": "busy", "message": "later"}})
+    assert (refused.value.code, str(refused.value)) == ("busy", "later")
+
+
+def requests_the_tui_sends() -> set[str]:
+    """Every request type the TUI's source names: `.request("x", ...)`, `.call(...)`, `.call_engine(...)`."""
+    kinds = set()
+    for path in (ROOT / "landiff_tui").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("request", "call", "call_engine")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                kinds.add(node.args[0].value)
+    return kinds
+
+
+def test_the_double_answers_every_request_the_tui_sends_with_a_valid_reply():
+    sent = requests_the_tui_sends()
+    assert {"hello", "subscribe", "list_jobs", "submit", "weights_status", "log_tail"} <= sent
+    assert sent <= set(p.REQUEST_TYPES), sent - set(p.REQUEST_TYPES)
+    link = ScriptedLink([job(0, "running"), job(1, "queued"), job(2)])
+
+    async def ask_each() -> dict[str, Any]:
+        return {kind: await link.request(kind, **SAMPLE_FIELDS.get(kind, {})) for kind in sorted(sent)}
+
+    replies = asyncio.run(ask_each())
+    for kind, reply in replies.items():
+        assert type(reply) is p.REPLY_MODELS[kind], kind
+        p.encode_reply(kind, 1, reply.model_dump(mode="json"))  # and it survives the wire
+
+
+def test_the_double_refuses_a_request_the_engine_would_refuse():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="limit"):
+        asyncio.run(ScriptedLink([]).request("list_jobs", limit=0))
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, weights):  # noqa: F811
+    running = RunningEngine(tmp_path_factory.mktemp("protocol-engine"), weights).start()
+    yield running
+    running.stop()
+
+
+def test_a_real_engine_replies_and_publishes_in_the_models(engine):
+    """Every request type against a real tiny engine; each reply and event must parse as its model."""
+    with engine.client() as client:
+        asked = {}
+
+        def ask(kind: str, **fields: Any) -> Any:
+            asked[kind] = p.parse_reply(kind, client.request(kind, **fields))
+            return asked[kind]
+
+        ask("hello", client="tests")
+        since = ask("status").seq
+        ask("subscribe", since=since)
+        long = ask("submit", params={"prompt": PROMPT, "steps": 1000}).job_id
+        short = ask("submit", params={"prompt": PROMPT, "steps": 2, "frames": 10}).job_id
+        assert asked["submit"].length == p.LengthRecord(**plan_length(rules_for("tiny"), 10).record())
+        ask("get_job", job_id=short)
+        assert ask("cancel", job_id=short).status == "cancelled"
+        for event in client.events():
+            if event["event"] == "job_progress" and event["job_id"] == long:
+                break
+        assert ask("cancel", job_id=long).status == "cancelling"
+        for event in client.events():
+            if event["event"] in ("job_cancelled", "job_interrupted") and event["job_id"] == long:
+                break
+        ask("submit", params={"prompt": PROMPT, "steps": 2})
+        for event in client.events():
+            if event["event"] == "job_finished":
+                break
+        ask("list_jobs", limit=500)
+        ask("delete_job", job_id=short, delete_files=True)
+        ask("list_presets")
+        ask("save_preset", name="mine", params={"steps": 4})
+        ask("delete_preset", name="mine")
+        ask("weights_status", only="llm")
+        ask("verify_weights", only="llm")
+        for event in client.events():
+            if event["event"].startswith("verify_") and event["event"] != "verify_progress":
+                break
+        ask("log_tail", lines=20)
+        ask("release_models")
+        for event in client.events():
+            if event["event"] == "models_released":
+                break
+        replay = ask("subscribe", since=since)
+        ask("shutdown")
+    engine.process.wait(timeout=30)
+    assert set(asked) == set(p.REQUEST_TYPES) - {"download_weights", "cancel_download"}
+    kinds = {event.event for event in replay.missed}
+    expected = {"job_queued", "job_started", "job_progress", "chunk_finished", "job_finished"}
+    expected |= {"job_cancelled", "job_deleted", "models_released", "verify_started", "verify_finished"}
+    assert expected <= kinds, expected - kinds
+    assert [event.seq for event in replay.missed] == list(range(since + 1, since + 1 + len(replay.missed)))
