@@ -126,12 +126,27 @@ def test_llm_sample_case(case: Path, tmp_path: Path):
         assert_close_relative(raw, steps[index]["logits_raw"], rel, f"raw logits at step {index}")
         seen.append(index)
 
-    forced = sample_codes(lm, states, params, forced_codes=golden_codes, on_logits=compare)
+    fed = fed_ids(lm, steps)
+    forced = sample_codes(lm, states, params, forced_ids=fed, on_logits=compare)
     assert seen == list(range(len(steps))), "one transformer call per golden step"
     assert torch.equal(forced, golden_codes.clamp(0, lm_config.codebook_size - 1))
     if exact:
         # The reference drew from the CPU generator seeded with the case's seed: replaying gives its codes.
         assert sample_codes(lm, states, params).tolist() == golden_codes.tolist()
+
+
+def fed_ids(lm, steps: list[dict]) -> list[int]:
+    """The id the reference fed after each step: the code-embedding row equal to the next step's input
+    (the output codes are clamped, so a special id drawn at a visual position is not in them). The last
+    step feeds nothing: -1 leaves it to the sampler (its id is forced by the layout anyway)."""
+    table = lm.visual_embedding_model.tok_emb_code.weight
+    ids = []
+    for after in steps[1:]:
+        row = after["x_in"][0].reshape(-1, table.shape[1])[-1].to(table.dtype)
+        matches = (table == row).all(dim=1).nonzero().flatten().tolist()
+        assert len(matches) == 1, f"the input of a step matches {len(matches)} embedding rows"
+        ids.append(matches[0])
+    return [*ids, -1]
 
 
 @pytest.mark.parametrize("case", golden_cases("tokenizer_decode_"))

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from engine.models.configs import LLMConfig
 from engine.models.llm import SemanticLM
 from engine.models.llm_sampler import (
+    PROGRESS_EVERY,
     SamplingCancelled,
     SamplingParams,
     nucleus,
@@ -135,9 +136,13 @@ def test_nucleus_keeps_the_token_that_crosses_top_p():
 def test_progress_and_cancellation():
     model, states = random_lm(), text_states()
     seen = []
-    sample_codes(model, states, params(), on_token=lambda done, total: seen.append((done, total)))
-    total = len(token_layout(TINY, TINY.frames_per_segment))
-    assert seen[0] == (1, total) and seen[-1] == (total, total) and len(seen) == total
+    frames = 3 * TINY.frames_per_segment
+    sample_codes(
+        model, states, params(num_frames=frames), on_token=lambda done, total: seen.append((done, total))
+    )
+    total = len(token_layout(TINY, frames))
+    every = PROGRESS_EVERY
+    assert seen == [(done, total) for done in range(every, total, every)] + [(total, total)]
     calls = iter(range(100))
     with pytest.raises(SamplingCancelled):
         sample_codes(model, states, params(), should_stop=lambda: next(calls) >= 3)
@@ -224,3 +229,53 @@ def test_loader_reports_a_missing_or_corrupt_file(tmp_path):
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="could not be read"):
         load_semantic_lm(path, TINY, device="cpu", dtype=torch.float32)
+
+
+def test_the_decoding_loop_never_waits_for_the_device(monkeypatch):
+    """No host synchronisation per token: the calls that read a tensor back to Python (item, tolist,
+    cpu, numpy, bool/int/float of a tensor) are counted over a one- and a three-segment video; the count
+    may not grow with the number of tokens (what remains is the one read of the codes at the end)."""
+    model, states = random_lm(), text_states()
+    reads = {"count": 0}
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads["count"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    counts = []
+    for segments in (1, 3):
+        reads["count"] = 0
+        sample_codes(model, states, params(num_frames=segments * TINY.frames_per_segment), on_token=print)
+        counts.append(reads["count"])
+    assert counts[0] == counts[1] <= 2, f"host reads: {counts[0]} for 1 segment, {counts[1]} for 3"
+
+
+def test_the_device_step_rules_give_the_reference_distribution_at_every_step():
+    """StepRules computes on the device what next_token_probs computes per step on the host."""
+    from engine.models.llm_sampler import StepRules, next_token_probs
+
+    steps = token_layout(TINY, 2 * TINY.frames_per_segment)
+    rules = StepRules(steps, TINY.vocab.size, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    for top in ({}, {"top_k": 5}, {"top_p": 0.6}):
+        knobs = params(temperature=0.7, **top)
+        for index, step in enumerate(steps):
+            logits = torch.randn(1, TINY.vocab.size, generator=generator)
+            expected = next_token_probs(logits, step, knobs)
+            assert torch.equal(rules.probs(logits, torch.tensor(index), knobs), expected), (index, top)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU never captures a graph)")
+def test_on_cuda_the_captured_step_draws_what_the_eager_step_draws_and_never_syncs():
+    model, states = random_lm().cuda(), text_states().cuda()
+    knobs = params(num_frames=2 * TINY.frames_per_segment)
+    eager = sample_codes(model, states, knobs, use_graph=False)
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation inside the loop raises
+    try:
+        captured = sample_codes(model, states, knobs, on_token=lambda *report: None)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(captured, eager)

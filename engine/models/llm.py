@@ -51,7 +51,8 @@ class KVCache:
         self, num_blocks: int, batch: int, heads: int, max_len: int, head_dim: int, *, like: torch.Tensor
     ):
         shape = (num_blocks, 2, batch, heads, max_len, head_dim)
-        self.tensors = torch.empty(shape, dtype=like.dtype, device=like.device)
+        # zeros, not empty: decoding attends over unwritten rows (masked), and 0 * NaN would leak through
+        self.tensors = torch.zeros(shape, dtype=like.dtype, device=like.device)
         self.length = 0
 
     def append(self, block: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +61,16 @@ class KVCache:
         self.tensors[block, 0, :, :, self.length : end] = key
         self.tensors[block, 1, :, :, self.length : end] = value
         return self.tensors[block, 0, :, :, :end], self.tensors[block, 1, :, :, :end]
+
+    def write(
+        self, block: int, position: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one step's [B, H, 1, D] keys/values at `position` ([1], on the device); return the whole
+        preallocated cache, whose unwritten rows the caller masks out: shapes never change while decoding."""
+        keys, values = self.tensors[block, 0], self.tensors[block, 1]
+        keys.index_copy_(2, position, key)
+        values.index_copy_(2, position, value)
+        return keys, values
 
 
 class LlamaBlock(nn.Module):
@@ -72,12 +83,26 @@ class LlamaBlock(nn.Module):
         self.wo = nn.Linear(config.hidden_dim, config.hidden_dim, bias=False)
         self.mlp = GatedMLP(config.hidden_dim, config.mlp_dim)
 
-    def forward(self, x: torch.Tensor, cis: torch.Tensor, cache: KVCache | None, index: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cis: torch.Tensor,
+        cache: KVCache | None,
+        index: int,
+        step: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """`step` = (position [1], visible [max_len] bool) decodes one token against the whole cache."""
         batch, length, _ = x.shape
         qkv = self.wqkv(self.norm0(x)).view(batch, length, 3, self.num_heads, -1)
         q, k, v = qkv.unbind(dim=2)
         q, k = apply_rope(q, cis), apply_rope(k, cis)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, n, D]
+        if step is not None:
+            position, visible = step
+            k, v = cache.write(index, position, k, v)
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=visible.view(1, -1))
+            x = x + self.wo(attn.transpose(1, 2).reshape(batch, length, -1))
+            return x + self.mlp(self.norm1(x))
         past_len = 0
         if cache is not None:
             past_len = cache.length
@@ -121,6 +146,33 @@ class GPT(nn.Module):
             x = block(x, cis, cache, index)
         if cache is not None:
             cache.length += features.shape[1]
+        return self.logits(x)
+
+    def decode(
+        self,
+        features: torch.Tensor,
+        position: torch.Tensor,
+        visible: torch.Tensor,
+        cis_table: torch.Tensor,
+        cache: KVCache,
+    ) -> torch.Tensor:
+        """Logits [B, vocab] after one more input [B, 1, hidden] at `position` ([1] on the device).
+
+        Static shapes and no host synchronisation: the step attends over the whole preallocated cache,
+        `visible` ([max_len] bool) masking the rows not written yet; `cis_table` is `rope_table`'s.
+        """
+        cis = cis_table.index_select(0, position)
+        x = features.to(self.blocks[0].wqkv.weight.dtype)
+        for index, block in enumerate(self.blocks):
+            x = block(x, cis, cache, index, step=(position, visible))
+        return self.logits(x)
+
+    def rope_table(self, max_len: int, device: torch.device) -> torch.Tensor:
+        """cis for positions 0..max_len-1, [max_len, head_dim // 2]: built once, indexed per step."""
+        c = self.config
+        return rope_1d(torch.arange(max_len, device=device), c.head_dim, c.rope_theta)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         last = self.layer_norm(x[:, -1].float())
         return F.linear(last, self.head.weight.float())
 

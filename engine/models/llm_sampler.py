@@ -5,10 +5,16 @@ per P-frame START_OF_PFrame, P codes, END_OF_PFrame; one EOS closes the sequence
 Structural tokens are forced but still consume one multinomial draw each, so a seed
 replays the reference's random stream. Codes sampled as special ids are fed back as
 themselves and written out clamped to the codebook.
+
+Decoding never waits for the device: the layout's rules are tensors built once (which ids a step may
+draw, which id it is forced to), every choice is a `torch.where`, the draw is `multinomial` on the
+device's generator, and each step has the same shapes (the whole preallocated KV cache, masked), so on
+CUDA one step is captured as a CUDA graph and replayed. The codes come back to the host once, at the end.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -20,6 +26,7 @@ from engine.models.token_layout import Step, token_layout
 from engine.params import by_name, defaults
 
 JOB_DEFAULTS = defaults()
+log = logging.getLogger(__name__)
 
 
 class SamplingCancelled(Exception):
@@ -56,13 +63,22 @@ class SamplingParams:
         return self.cfg > 0 and self.cfg != 1
 
 
+PROGRESS_EVERY = 32  # tokens between two progress reports
+
+
 def next_token_probs(logits: torch.Tensor, step: Step, params: SamplingParams) -> torch.Tensor:
-    """Guided float32 logits [1, V] -> the distribution the reference samples from."""
+    """Guided float32 logits [1, V] -> the distribution the reference samples from (one step, on the host's
+    terms: the decoding loop uses `StepRules`, which computes the same distribution on the device)."""
     logits = logits / params.temperature
     if step.allowed is not None:
         mask = torch.full_like(logits, float("-inf"))
         mask[:, list(step.allowed)] = 0
         return torch.softmax(logits + mask, dim=-1)
+    return free_probs(logits, params)
+
+
+def free_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Tempered logits -> probabilities over every id, with top-k and top-p when set."""
     if params.top_k is not None:
         kth = torch.topk(logits, min(params.top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -90,6 +106,125 @@ def guided_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return uncond + params.cfg * (cond - uncond)
 
 
+class StepRules:
+    """The token layout as device tensors: per step, the ids its draw may pick and the id fed after it.
+
+    Steps fall into a few kinds (a free code, a choice among structural ids, ...): `bias[kind]` is 0 for
+    an allowed id and -inf otherwise, `restricted[kind]` whether the kind limits the choice at all.
+    `feed[i]` is the id forced after step i, or -1 where the draw is fed.
+    """
+
+    def __init__(
+        self, steps: list[Step], vocab_size: int, device: torch.device, feed: list[int] | None = None
+    ):
+        kinds: dict[tuple[int, ...] | None, int] = {}
+        for step in steps:
+            kinds.setdefault(step.allowed, len(kinds))
+        bias = torch.zeros(len(kinds), vocab_size)
+        for allowed, kind in kinds.items():
+            if allowed is not None:
+                bias[kind] = float("-inf")
+                bias[kind, list(allowed)] = 0.0
+        self.bias = bias.to(device)
+        self.restricted = torch.tensor([allowed is not None for allowed in kinds], device=device)
+        self.kind = torch.tensor([kinds[step.allowed] for step in steps], device=device)
+        forced = [-1 if step.forced is None else step.forced for step in steps]
+        if feed is not None:  # teacher forcing: the given ids win wherever they are set
+            forced = [given if given >= 0 else own for given, own in zip(feed, forced, strict=True)]
+        self.feed = torch.tensor(forced, device=device)
+        self.is_code = torch.tensor([step.is_code for step in steps], device=device)
+
+    def probs(self, logits: torch.Tensor, step: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """The distribution of step `step` (a 0-d device tensor) from guided logits [1, V]."""
+        logits = logits / params.temperature
+        kind = self.kind[step]
+        restricted = torch.softmax(logits + self.bias[kind], dim=-1)
+        return torch.where(self.restricted[kind], restricted, free_probs(logits, params))
+
+
+class Decoder:
+    """One video's decoding state in fixed device buffers, advanced one token per `step()`.
+
+    After prefill, `raw` holds the logits of step 0; each `step()` draws that step's id into `fed` and
+    `ids`, feeds it at the next position and computes the next step's logits. Only tensors change, so
+    the step can be captured once as a CUDA graph and replayed.
+    """
+
+    def __init__(
+        self,
+        model: SemanticLM,
+        prefix: torch.Tensor,
+        rules: StepRules,
+        params: SamplingParams,
+        generator: torch.Generator,
+    ):
+        self.model, self.rules, self.params, self.generator = model, rules, params, generator
+        device = prefix.device
+        self.batch, self.prefix_len = prefix.shape[0], prefix.shape[1]
+        total = len(rules.feed)
+        max_len = self.prefix_len + total
+        self.cache = model.transformer.new_cache(self.batch, max_len)
+        self.cis = model.transformer.rope_table(max_len, device)
+        self.slots = torch.arange(max_len, device=device)
+        self.index = torch.zeros((), dtype=torch.long, device=device)  # the step whose logits are in `raw`
+        self.ids = torch.full((total,), -1, dtype=torch.long, device=device)  # the id fed after each step
+        self.dtype = prefix.dtype
+        self.raw = model.transformer(prefix, torch.arange(self.prefix_len, device=device), self.cache)
+
+    def draw(self) -> torch.Tensor:
+        """Pick the id of the current step and record it; returns it as [1]."""
+        probs = self.rules.probs(guided_logits(self.raw, self.params), self.index, self.params)
+        drawn = torch.multinomial(probs, 1, generator=self.generator).view(1)
+        forced = self.rules.feed[self.index].view(1)
+        fed = torch.where(forced >= 0, forced, drawn)
+        self.ids.index_copy_(0, self.index.view(1), fed)
+        return fed
+
+    def step(self) -> None:
+        """Draw the current step's id, feed it, and compute the next step's logits into `raw`."""
+        fed = self.draw()
+        position = (self.index + self.prefix_len).view(1)
+        features = self.model.embed_tokens(fed).to(self.dtype).view(1, 1, -1).expand(self.batch, 1, -1)
+        visible = self.slots <= position
+        self.raw.copy_(self.model.transformer.decode(features, position, visible, self.cis, self.cache))
+        self.index += 1
+
+    def codes(self) -> torch.Tensor:
+        ids = self.ids[self.rules.is_code].cpu()  # the one transfer to the host
+        return ids.clamp_(0, self.model.config.codebook_size - 1)
+
+
+def capture(decoder: Decoder) -> Callable[[], None]:
+    """`decoder.step` as a replayable CUDA graph, or as it is where capture is not possible (CPU, a torch
+    without graph-safe generators, a capture that fails): both run the same operations and draws."""
+    if decoder.raw.device.type != "cuda":
+        return decoder.step
+    graph = torch.cuda.CUDAGraph()
+    register = getattr(graph, "register_generator_state", None)
+    if register is None:
+        return decoder.step
+    buffers = (decoder.raw, decoder.ids, decoder.index, decoder.cache.tensors)
+    saved = [buffer.clone() for buffer in buffers]
+    state = decoder.generator.get_state()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        decoder.step()  # a warm-up step outside the graph (allocator, kernel workspaces), then undone
+    torch.cuda.current_stream().wait_stream(side)
+    for buffer, value in zip(buffers, saved, strict=True):
+        buffer.copy_(value)
+    decoder.generator.set_state(state)
+    try:
+        register(decoder.generator)
+        with torch.cuda.graph(graph):  # records the kernels without running them
+            decoder.step()
+    except RuntimeError as error:
+        log.warning("decoding runs without a CUDA graph: capture failed (%s)", error)
+        decoder.generator.set_state(state)
+        return decoder.step
+    return graph.replay
+
+
 @torch.no_grad()
 def sample_codes(
     model: SemanticLM,
@@ -99,18 +234,20 @@ def sample_codes(
     generator: torch.Generator | None = None,
     on_token: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    forced_codes: torch.Tensor | None = None,
+    forced_ids: list[int] | None = None,
     use_cache: bool = True,
     on_logits: Callable[[int, torch.Tensor], None] | None = None,
+    use_graph: bool = True,
 ) -> torch.Tensor:
     """Generate the semantic codes of one video: int64 [num_codes], each in 0..codebook_size-1.
 
     text_states: flan-T5 hidden states [1, L, d] (or [L, d]) of the prompt, padding removed.
     generator: drives every draw; by default a CPU-or-device generator seeded with params.seed.
-    on_token(done, total) reports progress after each position; should_stop() is checked
-    between positions and raises SamplingCancelled. forced_codes (teacher forcing, for
-    tests) replaces each sampled code by the given one; on_logits(step, raw [B, V]) sees
-    the raw logits before guidance. use_cache=False recomputes the whole sequence per step.
+    on_token(done, total) reports progress every PROGRESS_EVERY positions and at the end; should_stop()
+    is checked between positions and raises SamplingCancelled. forced_ids (teacher forcing, for tests)
+    gives the id fed after each step (-1: the draw); on_logits(step, raw [B, V]) sees the raw logits before
+    guidance (a copy: it costs a transfer per step). use_cache=False recomputes the whole sequence per
+    step (a reference for tests); use_graph=False keeps CUDA from capturing the decoding step.
     """
     config = model.config
     params.validate(config)
@@ -120,36 +257,53 @@ def sample_codes(
     micro = {"frames": float(params.num_frames), "motion_score": float(params.motion_score)}
     prefix = model.prefix_features(text_states.to(device), micro, params.guidance)
     steps = token_layout(config, params.num_frames)
-    batch, prefix_len = prefix.shape[0], prefix.shape[1]
-    if prefix_len + len(steps) > config.rope_max_len:
+    if prefix.shape[1] + len(steps) > config.rope_max_len:
         raise ValueError(
-            f"num_frames={params.num_frames} needs {prefix_len + len(steps)} positions, "
+            f"num_frames={params.num_frames} needs {prefix.shape[1] + len(steps)} positions, "
             f"more than the model's {config.rope_max_len}"
         )
-    cache = model.transformer.new_cache(batch, prefix_len + len(steps)) if use_cache else None
-    sequence = prefix
-    inputs, positions = prefix, torch.arange(prefix_len, device=device)
-    codes: list[int] = []
-    for index, step in enumerate(steps):
+    rules = StepRules(steps, config.vocab.size, device, forced_ids)
+    if not use_cache:
+        return recompute_codes(model, prefix, rules, params, generator, on_logits)
+    decoder = Decoder(model, prefix, rules, params, generator)
+    advance = capture(decoder) if use_graph else decoder.step
+    total = len(steps)
+    for index in range(total):
         if should_stop is not None and should_stop():
-            raise SamplingCancelled(f"stopped after {index} of {len(steps)} tokens")
-        raw = model.transformer(inputs, positions, cache)
+            raise SamplingCancelled(f"stopped after {index} of {total} tokens")
+        if on_logits is not None:
+            on_logits(index, decoder.raw.clone())
+        if index + 1 < total:
+            advance()
+        else:
+            decoder.draw()  # the last step feeds nothing
+        if on_token is not None and ((index + 1) % PROGRESS_EVERY == 0 or index + 1 == total):
+            on_token(index + 1, total)
+    return decoder.codes()
+
+
+def recompute_codes(
+    model: SemanticLM,
+    prefix: torch.Tensor,
+    rules: StepRules,
+    params: SamplingParams,
+    generator: torch.Generator,
+    on_logits: Callable[[int, torch.Tensor], None] | None,
+) -> torch.Tensor:
+    """The same draws without a KV cache: the whole sequence through the model at every step."""
+    sequence, batch = prefix, prefix.shape[0]
+    ids = []
+    for index in range(len(rules.feed)):
+        step = torch.tensor(index, device=prefix.device)
+        raw = model.transformer(sequence, torch.arange(sequence.shape[1], device=prefix.device))
         if on_logits is not None:
             on_logits(index, raw)
-        probs = next_token_probs(guided_logits(raw, params), step, params)
-        token = int(torch.multinomial(probs, 1, generator=generator).item())
-        if step.forced is not None:
-            token = step.forced
-        else:
-            if forced_codes is not None:
-                token = int(forced_codes[len(codes)])
-            codes.append(token)
-        if on_token is not None:
-            on_token(index + 1, len(steps))
-        new = model.embed_tokens(torch.tensor([token], device=device)).to(prefix.dtype).expand(batch, 1, -1)
-        if cache is not None:
-            inputs, positions = new, torch.tensor([prefix_len + index], device=device)
-        else:
-            sequence = torch.cat([sequence, new], dim=1)
-            inputs, positions = sequence, torch.arange(sequence.shape[1], device=device)
-    return torch.tensor(codes, dtype=torch.long).clamp_(0, config.codebook_size - 1)
+        drawn = torch.multinomial(
+            rules.probs(guided_logits(raw, params), step, params), 1, generator=generator
+        )
+        fed = torch.where(rules.feed[step] >= 0, rules.feed[step], drawn.view(()))
+        ids.append(fed)
+        new = model.embed_tokens(fed.view(1)).to(prefix.dtype).expand(batch, 1, -1)
+        sequence = torch.cat([sequence, new], dim=1)
+    codes = torch.stack(ids)[rules.is_code].cpu()
+    return codes.clamp_(0, model.config.codebook_size - 1)
