@@ -134,7 +134,7 @@ async def gallery(count: int, repeat: int) -> dict[str, list[float]]:
     async with app.run_test(size=(120, 40)) as pilot:
         while not app.link.connected:
             await pilot.pause(0.05)
-        while (await app.link.request("status"))["device"].startswith("starting"):
+        while (await app.link.request("status")).device.startswith("starting"):
             await pilot.pause(0.2)  # the engine's worker is still importing torch: it would skew the timings
         await pilot.press("f3")
         view = app.query_one("GalleryView")
