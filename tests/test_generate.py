@@ -144,8 +144,9 @@ def test_broken_stage2_checkpoints_name_the_file(home, tmp_path):
 def test_memory_profiles():
     from engine.generation.memory import resolve_memory_profile
 
-    assert resolve_memory_profile("offload", torch.device("cpu")) == "resident"  # nothing to offload to
-    with pytest.raises(ValueError, match="memory profile must be one of auto, resident, offload"):
+    assert resolve_memory_profile("auto", torch.device("cpu")).profile == "resident"  # no GPU memory to save
+    assert resolve_memory_profile("offload", torch.device("cpu")).profile == "balanced"  # the former name
+    with pytest.raises(ValueError, match="memory profile must be one of auto, resident, balanced, low, offload"):
         resolve_memory_profile("everything", torch.device("cpu"))
 
 

@@ -8,6 +8,7 @@ temporary names and renamed when complete, so no half-written file is ever left 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -19,9 +20,11 @@ from engine import __version__
 from engine.atomic import write_atomically
 from engine.generation.job import ChunkDone, JobCancelled, JobResult, JobSpec, Progress
 from engine.generation.lengths import ChunkPlan
-from engine.generation.memory import resolve_memory_profile
+from engine.generation.memory import resolve_memory_profile, spec_weight_sizes
 from engine.generation.outputs import load_tokens, peak_memory, save_tokens
 from engine.generation.progress import JobClock, StageClock
+from engine.generation.residency import Residency
+from engine.generation.speed import DiTOptions
 from engine.generation.stage1 import SemanticStage, default_device, default_dtype
 from engine.generation.stage2 import VideoStage
 from engine.generation.video import StreamingMp4Writer, write_thumbnail
@@ -32,6 +35,8 @@ from engine.weights.checksums import file_checksums
 from engine.weights.layout import ReleaseLayout, layout_for
 from engine.weights.tiny import ensure_tiny_release
 
+log = logging.getLogger(__name__)
+
 
 class Pipeline:
     def __init__(
@@ -41,19 +46,34 @@ class Pipeline:
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
         memory: str = "auto",
+        dit: DiTOptions | None = None,
     ):
+        """`memory`: auto, resident, balanced, low (offload: balanced); `dit`: the DiT's attention kernel,
+        torch.compile and fused q/k/v (engine-wide; default: sdpa, both on for CUDA only)."""
         self.spec, self.layout = spec, layout
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
-        self.memory = resolve_memory_profile(memory, self.device)
+        self.dit = (dit or DiTOptions()).resolved(self.device)
+        sizes = spec_weight_sizes(spec, self.dtype) if memory == "auto" and self.device.type == "cuda" else None
+        self.memory_choice = resolve_memory_profile(memory, self.device, sizes)
+        self.memory = self.memory_choice.profile
+        log.info("memory profile %s (%s)", self.memory, self.memory_choice.reason)
         self.parking = self.device if self.memory == "resident" else torch.device("cpu")
+        self.residency = (
+            None if self.memory == "resident" else Residency(self.device, overlap=self.memory_choice.prefetch)
+        )
         self._stage1: SemanticStage | None = None
         self._stage2: VideoStage | None = None
         self.learned: dict[str, float] = {}  # stage-2 costs of the last job, for the next one's ETA
 
     @classmethod
     def for_model(
-        cls, model: str, root: Path | None = None, device: torch.device | None = None, memory: str = "auto"
+        cls,
+        model: str,
+        root: Path | None = None,
+        device: torch.device | None = None,
+        memory: str = "auto",
+        dit: DiTOptions | None = None,
     ) -> Pipeline:
         """The pipeline of a model spec by name, its weights found under `root` as the engine finds them
         (None: $LANDIFF_HOME, ./ckpts, the user data dir); the tiny model's weights are written on first use.
@@ -62,26 +82,44 @@ class Pipeline:
         layout = layout_for(spec.name, root)
         if spec.name == "tiny":
             ensure_tiny_release(layout, spec)
-        return cls(spec, layout, device=device, memory=memory)
+        return cls(spec, layout, device=device, memory=memory, dit=dit)
 
     def stage1(self) -> SemanticStage:
         if self._stage1 is None:
             self._stage1 = SemanticStage.load(self.spec, self.layout, self.parking, self.dtype)
+            self._prepare(self._stage1)
         return self._stage1
 
     def stage2(self) -> VideoStage:
         if self._stage2 is None:
             self._stage2 = VideoStage.load(self.spec, self.layout, self.parking, self.dtype)
+            self._prepare(self._stage2)
         return self._stage2
 
+    def _prepare(self, stage) -> None:
+        """The DiT's speed options, then the memory profile's hold on the stage's models."""
+        choice = self.memory_choice
+        if isinstance(stage, VideoStage):
+            stage.device = self.device
+            stage.prepare(self.dit, self.dtype, vae_tiling=choice.vae_tiling)
+        if self.residency is None:
+            return
+        if isinstance(stage, VideoStage):
+            stage.adopt(self.residency, stream_blocks=choice.streams_blocks, quantize=choice.weights_8bit)
+        else:
+            stage.adopt(self.residency)
+        stage.device = self.device
+
     def active(self, stage):
-        """Move a stage onto the device for its work (a no-op when everything is resident)."""
-        return stage.to(self.device) if self.memory == "offload" else stage
+        """The stage, whose models come to the device as its work needs them (see memory.py)."""
+        return stage
 
     def park(self, stage) -> None:
-        if self.memory == "offload":
-            stage.to(self.parking)
-            torch.cuda.empty_cache()
+        """After a stage: its transient models leave the device (also when it failed half-way)."""
+        if self.residency is not None:
+            stage.leave()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def run(
         self,
@@ -114,6 +152,8 @@ class Pipeline:
                 token_clock = StageClock("tokens", on_progress, clock)
 
                 def text_done() -> None:
+                    if self.residency is not None and self._stage2 is not None:  # fetched while the LM runs
+                        self.residency.prefetch(self._stage2.prompt_encoder.model)
                     timings["text"] = text_clock.seconds()
                     text_clock(1, text_steps)
                     token_clock.started = time.perf_counter()
@@ -201,6 +241,7 @@ class Pipeline:
         chunks = stage2.render_chunks(
             text, codes, plan, seed=job.seed, steps=job.steps, on_step=on_step, should_stop=stop
         )
+        compiled = stage2.compile_seconds()
         for index in range(plan.chunks):
             clock.chunk = index
             denoise.started = step_started[0] = started = time.perf_counter()
@@ -253,6 +294,9 @@ class Pipeline:
                 )
             del frames
         chunks.close()
+        if compiled is not None and stage2.compile_seconds() > compiled:
+            # the first DiT call of a new shape compiles (cached on disk for later runs); within denoise
+            timings["compile"] = stage2.compile_seconds() - compiled
 
     def _finish(
         self,
@@ -319,6 +363,8 @@ class Pipeline:
             "dtype": str(self.dtype).removeprefix("torch."),
             "timings_s": result.timings_s,
             "peak_memory_bytes": result.peak_memory_bytes,
+            "memory": self.memory_choice.record(),
+            "dit": self.dit.record(),
             "weights_sha256": file_checksums(self.layout),
         }
         write_atomically(

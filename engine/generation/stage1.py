@@ -58,6 +58,9 @@ class SemanticStage(MovableStage):
     def modules(self) -> list[torch.nn.Module]:
         return [self.prompt_encoder.model, self.lm, self.decoder]
 
+    def transient(self) -> list[torch.nn.Module]:
+        return self.modules()
+
     def codes(
         self,
         prompt: str,
@@ -71,11 +74,19 @@ class SemanticStage(MovableStage):
         params.validate(self.spec.llm)
         ids = self.prompt_encoder.tokenizer.ids(require_prompt(prompt))
         check_token_count(ids, self.spec.llm.max_text_tokens, self.spec.name)  # refused, never cut
+        self.ready(self.prompt_encoder.model)
+        if self.residency is not None:
+            self.residency.prefetch(self.lm)
         with torch.no_grad():
             states = self.prompt_encoder.encode(prompt)
+        self.drop(self.prompt_encoder.model)
+        self.ready(self.lm)
         if on_text is not None:
             on_text()
-        return sample_codes(self.lm, states, params, on_token=on_token, should_stop=should_stop)
+        try:
+            return sample_codes(self.lm, states, params, on_token=on_token, should_stop=should_stop)
+        finally:
+            self.drop(self.lm)
 
     def features(self, codes: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Semantic features [num_frames, C, H, W] (float32 on the CPU), decoded one segment at a time."""
@@ -87,6 +98,7 @@ class SemanticStage(MovableStage):
                 f"({count} codes per {per_segment} frames)"
             )
         segments = []
+        self.ready(self.decoder)
         with torch.no_grad():
             for chunk in codes.to(self.device).reshape(-1, count):
                 segments.append(self.decoder(chunk[None], per_segment)[0].float().cpu())

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.generation.lengths import ChunkPlan
-from engine.generation.residency import MovableStage
+from engine.generation.residency import MovableStage, Residency
+from engine.generation.speed import DiTOptions, FirstCallTimer, apply_dit_options
 from engine.generation.text_encoder import T5v11PromptEncoder
 from engine.models.configs import LLMConfig
 from engine.models.control_dit import ControlDiT
@@ -32,6 +33,8 @@ class VideoStage(MovableStage):
     network: ControlDiT
     vae: torch.nn.Module
     device: torch.device
+    vae_tiling: bool = False  # spatial tiles: less memory, other pixels (the low profile only)
+    first_calls: FirstCallTimer | None = None  # times each shape's first DiT call (the compile)
 
     @classmethod
     def load(
@@ -53,6 +56,30 @@ class VideoStage(MovableStage):
     def modules(self) -> list[torch.nn.Module]:
         return [self.prompt_encoder.model, self.decoder, self.network, self.vae]
 
+    def transient(self) -> list[torch.nn.Module]:
+        return [self.prompt_encoder.model]
+
+    def prepare(self, options: DiTOptions, dtype: torch.dtype, vae_tiling: bool = False) -> None:
+        """Apply the engine's DiT options (resolved for `self.device`); call before `adopt`."""
+        apply_dit_options(self.network, options, self.device, dtype)
+        self.vae_tiling = vae_tiling
+        self.first_calls = FirstCallTimer(self.device) if options.compile else None
+
+    def adopt(self, residency: Residency, stream_blocks: bool = False, quantize: bool = False) -> None:
+        """Hand the models to `residency`; `stream_blocks`: the DiT's blocks come one by one."""
+        for module in self.modules():
+            if module is self.network and stream_blocks:
+                blocks = self.network.blocks()
+                residency.adopt(self.network, skip=tuple(blocks))
+                residency.stream(blocks, quantize=quantize)
+            else:
+                residency.adopt(module)
+        self.residency = residency
+
+    def compile_seconds(self) -> float | None:
+        """Seconds spent in first DiT calls of new shapes so far (compilation plus one call)."""
+        return None if self.first_calls is None else self.first_calls.seconds
+
     def check_codes(self, codes: torch.Tensor, segments: int = 1) -> None:
         """Tokens must be whole segments, at least `segments` of them (a long video needs several)."""
         count = codes_per_video(self.spec.llm, self.spec.llm.frames_per_segment)
@@ -67,7 +94,11 @@ class VideoStage(MovableStage):
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """T5 v1.1 states for [uncond, cond]; the reference's uncond is zeros."""
-        cond = self.prompt_encoder.encode(prompt)
+        self.ready(self.prompt_encoder.model)
+        try:
+            cond = self.prompt_encoder.encode(prompt)
+        finally:
+            self.drop(self.prompt_encoder.model)
         return torch.cat([torch.zeros_like(cond), cond])
 
     @torch.no_grad()
@@ -90,6 +121,7 @@ class VideoStage(MovableStage):
         with `seed` draws every chunk's noise in turn. on_step(chunk index, step, steps).
         """
         self.check_codes(codes, plan.segments)
+        self.ready(self.decoder, self.network, self.vae)
         windows = SemanticWindows(self.decoder, codes.to(self.device), self.spec.llm)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         shape = (1, *self.spec.latent_shape(plan.window))
@@ -99,6 +131,8 @@ class VideoStage(MovableStage):
             semantic = self.network.semantic_conditioner(windows.window(*plan.latent_range(index)))
 
             def network(latents: torch.Tensor, timesteps: torch.Tensor, semantic=semantic) -> torch.Tensor:
+                if self.first_calls is not None:
+                    return self.first_calls(self.network, latents, text, timesteps, semantic)
                 return self.network(latents, text, timesteps, semantic)
 
             def report(step: int, total: int, index=index) -> None:
@@ -120,7 +154,7 @@ class VideoStage(MovableStage):
             yield latents
 
     def video_decoder(self) -> StreamingDecoder:
-        return StreamingDecoder(self.vae, self.spec.vae.scale_factor)
+        return StreamingDecoder(self.vae, self.spec.vae.scale_factor, tiled=self.vae_tiling)
 
     @torch.no_grad()
     def frames(self, decoder: StreamingDecoder, latents: torch.Tensor) -> torch.Tensor:

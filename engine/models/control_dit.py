@@ -10,9 +10,14 @@ stream after main blocks 0..n-1, text tokens included.
 
 Layouts: latents are [B, T, C, H, W]; text states [B, L, text_dim]; timesteps [B] are the
 DDPM timesteps (999 ... 0) as floats.
+
+Speed knobs, all off by default (the default is diffusers' own attention processor, the exact path):
+`set_attention` swaps the attention kernel, `fuse_qkv` joins the q/k/v projections into one GEMM.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +27,7 @@ from diffusers.models.embeddings import (
     Timesteps,
     get_3d_sincos_pos_embed,
 )
+from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 from diffusers.models.normalization import AdaLayerNorm
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
 from torch import nn
@@ -174,6 +180,53 @@ class Backbone(nn.Module):
         return video, tokens[:, :length], temb
 
 
+# attend(q, k, v) with q, k, v [B, heads, N, head_dim] -> [B, heads, N, head_dim], no mask, not causal
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
+
+
+class JointAttentionProcessor:
+    """CogVideoX's joint text+video self-attention with a chosen kernel and optionally fused q/k/v.
+
+    The same operations in the same order as diffusers' `CogVideoXAttnProcessor2_0` (without the RoPE
+    and mask CogVideoX-2b never uses), so with `sdpa` and unfused projections it gives the same bits.
+    """
+
+    def __init__(self, attend: Attend = sdpa):
+        self.attend = attend
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if attention_mask is not None or image_rotary_emb is not None:
+            raise ValueError("CogVideoX-2b's attention takes neither a mask nor rotary embeddings")
+        length = encoder_hidden_states.size(1)
+        x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        batch = x.shape[0]
+        if getattr(attn, "fused_projections", False):
+            q, k, v = attn.to_qkv(x).chunk(3, dim=-1)
+        else:
+            q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        head_dim = k.shape[-1] // attn.heads
+        q, k, v = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (q, k, v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        out = self.attend(q, k, v).transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        out = attn.to_out[1](attn.to_out[0](out))
+        words, video = out.split([length, out.size(1) - length], dim=1)
+        return video, words
+
+
 class ControlDiT(nn.Module):
     """v-prediction of the main CogVideoX transformer steered by the control branch."""
 
@@ -198,17 +251,58 @@ class ControlDiT(nn.Module):
         )
         self.semantic_conditioner = SemanticConditioner(config)
 
+    def blocks(self) -> list[nn.Module]:
+        """Every transformer block in the order `forward` runs them (control k, then main k)."""
+        control, main = list(self.control.transformer_blocks), list(self.main.transformer_blocks)
+        paired = [block for pair in zip(control, main, strict=False) for block in pair]
+        return paired + main[len(control) :]
+
+    def set_attention(self, attend: Attend | None) -> None:
+        """Use `attend` as every block's attention kernel; None restores diffusers' own processor."""
+        for block in self.blocks():
+            if attend is None and not getattr(block.attn1, "fused_projections", False):
+                block.attn1.set_processor(CogVideoXAttnProcessor2_0())
+            else:
+                block.attn1.set_processor(JointAttentionProcessor(attend or sdpa))
+
+    @torch.no_grad()
+    def fuse_qkv(self) -> None:
+        """One [3D, D] projection per block instead of three (diffusers' `fuse_projections`); the
+        separate matrices are dropped so the weights are not held twice."""
+        for block in self.blocks():
+            attn = block.attn1
+            if getattr(attn, "fused_projections", False):
+                continue
+            previous = attn.processor
+            attn.fuse_projections()
+            del attn.to_q, attn.to_k, attn.to_v
+            kernel = previous.attend if isinstance(previous, JointAttentionProcessor) else sdpa
+            attn.set_processor(JointAttentionProcessor(kernel))
+
+    def _control_input(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dtype = self.control.patch_embed.proj.weight.dtype  # the reference adds in the model dtype
+        return self.control.embed(latents.to(dtype) + semantic.to(dtype), text, timesteps)
+
+    def _control_step(
+        self, index: int, video: torch.Tensor, words: torch.Tensor, temb: torch.Tensor
+    ) -> torch.Tensor:
+        """Control block `index` then its zero-linear: the projected sequence [B, L + T*h*w, D]."""
+        block = self.control.transformer_blocks[index]
+        video, words = block(hidden_states=video, encoder_hidden_states=words, temb=temb)
+        return self.zero_linears[index](torch.cat([words, video], dim=1))
+
     def control_outputs(
         self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
     ) -> list[torch.Tensor]:
-        """Per control layer, the projected full sequence [B, L + T*h*w, D] ([text | video])."""
-        dtype = self.control.patch_embed.proj.weight.dtype  # the reference adds in the model dtype
-        video, words, temb = self.control.embed(latents.to(dtype) + semantic.to(dtype), text, timesteps)
+        """Per control layer, the projected full sequence [B, L + T*h*w, D] ([text | video]), all at once
+        (for inspection; `forward` interleaves them with the main blocks)."""
+        video, words, temb = self._control_input(latents, text, timesteps, semantic)
         length = words.shape[1]
         outputs = []
-        for block, zero_linear in zip(self.control.transformer_blocks, self.zero_linears, strict=True):
-            video, words = block(hidden_states=video, encoder_hidden_states=words, temb=temb)
-            projected = zero_linear(torch.cat([words, video], dim=1))
+        for index in range(len(self.control.transformer_blocks)):
+            projected = self._control_step(index, video, words, temb)
             outputs.append(projected)
             words, video = projected[:, :length], projected[:, length:]
         return outputs
@@ -216,15 +310,24 @@ class ControlDiT(nn.Module):
     def forward(
         self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
     ) -> torch.Tensor:
-        """latents [B, T, C, H, W], text [B, L, text_dim], timesteps [B], semantic [1 or B, T, C, H, W]."""
-        controls = self.control_outputs(latents, text, timesteps, semantic)
+        """latents [B, T, C, H, W], text [B, L, text_dim], timesteps [B], semantic [1 or B, T, C, H, W].
+
+        Control block k runs just before main block k, so only one control output is alive at a time;
+        the control stream never reads the main one, so this is the same arithmetic as running the
+        whole branch first."""
+        c_video, c_words, c_temb = self._control_input(latents, text, timesteps, semantic)
         video, words, temb = self.main.embed(latents, text, timesteps)
         length = words.shape[1]
+        controls = len(self.control.transformer_blocks)
         for index, block in enumerate(self.main.transformer_blocks):
+            control = self._control_step(index, c_video, c_words, c_temb) if index < controls else None
             video, words = block(hidden_states=video, encoder_hidden_states=words, temb=temb)
-            if index < len(controls):
-                words = words + controls[index][:, :length]
-                video = video + controls[index][:, length:]
+            if control is not None:
+                c_words, c_video = control[:, :length], control[:, length:]
+                words = words + c_words
+                video = video + c_video
+                del control
+        del c_video, c_words
         video = self.proj_out(self.norm_out(self.norm_final(video), temb=temb))
         batch, frames, _, height, width = latents.shape
         p = self.config.patch_size
