@@ -16,7 +16,6 @@ from engine.models.control_dit import ControlDiT, JointAttentionProcessor
 from engine.specs import TINY
 from engine.weights.tiny import randomise
 
-
 CONFIG = replace(TINY.dit, num_layers=5, control_layers=3)  # tiny's 2 + 1 are too few to tell orders apart
 
 

@@ -99,7 +99,9 @@ def resolve_memory_profile(
         chosen = "low"
     needs = {"resident": sizes.total, "balanced": sizes.balanced_peak}.get(chosen)
     why = f"{free}, {chosen} needs about {needs / GiB:.1f} GiB of weights" if needs else free
-    return MemoryChoice(chosen, profile, f"auto picked {chosen}: {why} + {ACTIVATION_MARGIN // GiB} GiB margin")
+    return MemoryChoice(
+        chosen, profile, f"auto picked {chosen}: {why} + {ACTIVATION_MARGIN // GiB} GiB margin"
+    )
 
 
 def spec_weight_sizes(spec, dtype: torch.dtype) -> WeightSizes:
@@ -125,4 +127,6 @@ def spec_weight_sizes(spec, dtype: torch.dtype) -> WeightSizes:
         lm = count(SemanticLM(spec.llm))
         decoder = count(SemanticDecoder(spec.decoder))
         diffusion = count(ControlDiT(spec.dit)) + count(build_vae(spec.vae)) + decoder
-    return WeightSizes(total=flan + text + lm + decoder + diffusion, balanced_peak=diffusion + max(flan, text) + lm)
+    return WeightSizes(
+        total=flan + text + lm + decoder + diffusion, balanced_peak=diffusion + max(flan, text) + lm
+    )

@@ -60,9 +60,13 @@ def attention_kernel(name: str, device: torch.device, dtype: torch.dtype) -> Att
     if name == "sdpa":
         return None
     if name not in ATTENTION_BACKENDS:
-        raise SpeedOptionError(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}")
+        raise SpeedOptionError(
+            f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}"
+        )
     if device.type != "cuda":
-        raise SpeedOptionError(f"--attention {name} needs a CUDA GPU (the device is {device}); use --attention sdpa")
+        raise SpeedOptionError(
+            f"--attention {name} needs a CUDA GPU (the device is {device}); use --attention sdpa"
+        )
     if name == "cudnn":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -93,7 +97,8 @@ def attention_kernel(name: str, device: torch.device, dtype: torch.dtype) -> Att
         from sageattention import sageattn
     except ImportError as error:
         raise SpeedOptionError(
-            f"--attention sage needs the sageattention package ({error}): {EXTRA} or pip install sageattention"
+            f"--attention sage needs the sageattention package ({error}): "
+            f"{EXTRA} or pip install sageattention"
         ) from None
 
     def sage(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

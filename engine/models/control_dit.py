@@ -21,13 +21,13 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 from diffusers.models.embeddings import (
     CogVideoXPatchEmbed,
     TimestepEmbedding,
     Timesteps,
     get_3d_sincos_pos_embed,
 )
-from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 from diffusers.models.normalization import AdaLayerNorm
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
 from torch import nn

@@ -116,7 +116,7 @@ class StreamingDecoder:
 
 
 def tile_ranges(size: int, parts: int = 2) -> list[tuple[int, int]]:
-    """`parts` overlapping [start, end) ranges covering `size` latent pixels (overlap 2 * max(1, size // 16))."""
+    """`parts` overlapping [start, end) ranges over `size` latent pixels, overlaps 2 * max(1, size // 16)."""
     if size < 4:
         return [(0, size)]
     step, half = -(-size // parts), max(1, size // 16)
