@@ -52,16 +52,23 @@ class LanDiff:
         model: str = "landiff",
         device: str | None = None,
         memory: str = "auto",
+        attention: str = "sdpa",
+        compile: bool | None = None,
+        fuse_qkv: bool | None = None,
     ) -> LanDiff:
         """`root` is the weights root (default: as the engine finds it, `$LANDIFF_HOME`, then ./ckpts, then
         the user data dir); `model` a spec name (`landiff`, or `tiny`: random toy weights, written on first
-        use); `device` a torch device name (default: CUDA when present); `memory` `auto`, `resident` or
-        `offload` (only the running stage on the GPU)."""
+        use); `device` a torch device name (default: CUDA when present); `memory` `auto`, `resident`,
+        `balanced` or `low` (see engine.generation.memory); `attention` (sdpa, cudnn, flash, sage),
+        `compile` and `fuse_qkv` (None: on with CUDA) as `landiff-engine generate` takes them."""
         import torch
 
         chosen = None if device is None else torch.device(device)
         root = None if root is None else Path(root)
-        return cls(Pipeline.for_model(model, root, device=chosen, memory=memory))
+        from engine.generation.speed import DiTOptions
+
+        dit = DiTOptions(attention, compile, fuse_qkv)
+        return cls(Pipeline.for_model(model, root, device=chosen, memory=memory, dit=dit))
 
     def __call__(
         self,

@@ -159,3 +159,17 @@ def test_missing_kernel_package_names_the_install(name, package, monkeypatch):
         attention_kernel(name, torch.device("cuda"), torch.bfloat16)
     with pytest.raises(SpeedOptionError, match="runs in bf16 or fp16"):
         attention_kernel(name, torch.device("cuda"), torch.float32)
+
+
+def test_cli_run_options(home, capsys):
+    from engine.cli.main import ATTENTION_CHOICES, MEMORY_CHOICES, main
+    from engine.generation.memory import MEMORY_PROFILES
+    from engine.generation.speed import ATTENTION_BACKENDS
+
+    assert (MEMORY_CHOICES, ATTENTION_CHOICES) == (MEMORY_PROFILES, ATTENTION_BACKENDS)
+    argv = ["generate", "a fox", "--model", "tiny", "--ckpts", str(home), "--device", "cpu"]
+    assert main([*argv, "--attention", "flash"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith("needs a CUDA GPU (the device is cpu); use --attention sdpa")
+    assert main([*argv, "--compile"]) == 2
+    assert "use --no-compile" in capsys.readouterr().err

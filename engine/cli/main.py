@@ -77,12 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--device", default=None, help="torch device (default: cuda when present, else cpu)"
     )
-    generate.add_argument(
-        "--memory",
-        default="auto",
-        choices=("auto", "resident", "offload"),
-        help="both stages stay on the GPU (resident) or only the running one (offload); auto: by GPU size",
-    )
+    add_run_options(generate)
 
     serve = commands.add_parser("serve", help="run the engine in the foreground (clients start it detached)")
     serve.add_argument("--model", default="landiff", help="landiff (the release) or tiny (default: landiff)")
@@ -95,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds idle before the models are released (default 600)",
     )
+    add_run_options(serve)
 
     from engine.cli.client_commands import add_client_commands
 
@@ -106,6 +102,49 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny", help="write the random-weight tiny model in the release layout")
     tiny.add_argument("--force", action="store_true", help="rewrite even if the files exist")
     return parser
+
+
+# engine.generation.memory.MEMORY_PROFILES and speed.ATTENTION_BACKENDS (kept here so --help loads no torch)
+MEMORY_CHOICES = ("auto", "resident", "balanced", "low", "offload")
+ATTENTION_CHOICES = ("sdpa", "cudnn", "flash", "sage")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Engine-wide run options (not job parameters): the memory profile and the DiT's speed options."""
+    parser.add_argument(
+        "--memory",
+        default="auto",
+        choices=MEMORY_CHOICES,
+        help="resident: every model on the GPU; balanced: encoders and LM only for their stage; low: also "
+        "the DiT's blocks streamed in 8-bit and the VAE tiled (changes pixels); auto (default): by free "
+        "GPU memory; offload: balanced's former name",
+    )
+    parser.add_argument(
+        "--attention",
+        default="sdpa",
+        choices=ATTENTION_CHOICES,
+        help="DiT attention kernel: sdpa (PyTorch, exact, default), cudnn, flash (flash-attn), "
+        "sage (sageattention); all but sdpa need CUDA",
+    )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the DiT's blocks, cached between runs (default: on with CUDA, never on CPU)",
+    )
+    parser.add_argument(
+        "--fuse-qkv",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one q/k/v projection per DiT block (default: on with CUDA)",
+    )
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The Pipeline's keyword arguments for the run options `add_run_options` parsed."""
+    from engine.generation.speed import DiTOptions
+
+    return {"memory": args.memory, "dit": DiTOptions(args.attention, args.compile, args.fuse_qkv)}
 
 
 def describe_length(plan) -> str:
@@ -143,11 +182,19 @@ def parse_device(name: str | None):
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from inspect import signature
+
     from engine.daemon.server import EngineAlreadyRunning, serve
 
     check_model_name(args.model)
+    options = {}
+    if "run_options" in signature(serve).parameters:
+        options = {"run_options": run_options(args)}
+    elif (args.memory, args.attention, args.compile, args.fuse_qkv) != ("auto", "sdpa", None, None):
+        print("landiff-engine serve: this engine's daemon does not take run options yet", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        serve(args.model, args.ckpts, args.idle_release)
+        serve(args.model, args.ckpts, args.idle_release, **options)
     except EngineAlreadyRunning as error:
         print(f"landiff-engine serve: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -267,7 +314,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if plan.rounded:
         console.print(f"note: {plan.note()}")
     console.print(describe_length(plan))
-    pipeline = Pipeline(spec, layout, device=parse_device(args.device), memory=args.memory)
+    pipeline = Pipeline(spec, layout, device=parse_device(args.device), **run_options(args))
+    console.print(f"memory profile {pipeline.memory} ({pipeline.memory_choice.reason})")
     columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), RateColumn())
     with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
         tasks: dict[str, int] = {}
