@@ -41,3 +41,19 @@ def print_table(rows: list[Row], heading: str = "stage", width: int = 44) -> Non
     print(f"{heading:<{width}} {'time':>9} {'rate':>16}  peak memory")
     for row in rows:
         print(f"{row.stage:<{width}} {row.seconds:>8.3f}s {row.rate:>16}  {row.peak}")
+
+
+def print_rows(headers: list[str], rows: list[list[str]]) -> None:
+    """A plain table: each column as wide as its widest cell, numbers right-aligned, the last column free."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    for line in [headers, *rows]:
+        cells = []
+        for index, (cell, width) in enumerate(zip(line, widths, strict=True)):
+            text = str(cell)
+            if index == len(line) - 1:
+                cells.append(text)
+            elif index < 2:
+                cells.append(text.ljust(width))
+            else:
+                cells.append(text.rjust(width))
+        print("  ".join(cells).rstrip())

@@ -1,0 +1,63 @@
+"""bench/gpu.py's CPU smoke: the tiny spec through the same sections the GPU run takes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_bench_smoke_on_the_cpu(tmp_path, capsys):
+    bench = load_bench()
+    out = tmp_path / "bench.json"
+    code = bench.main(
+        ["--cpu", "--budget", "60", "--steps", "2", "--weights", str(tmp_path), "--json", str(out)]
+    )
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = {row["section"]: row for row in report["sections"]}
+    assert rows["write random weights"]["status"] == "ok"
+    assert not list(tmp_path.glob("landiff-bench-*"))  # the random weights are deleted afterwards
+    for profile in ("resident", "balanced", "low"):
+        row = rows[f"job, memory {profile}"]
+        assert row["status"] == "ok" and row["memory"]["profile"] == profile
+        assert row["tokens"] > 0 and row["tokens_per_s"] > 0 and row["steps_per_s"] > 0
+        assert {"text", "tokens", "denoise", "decode"} <= set(row["timings_s"])
+        assert "denoise_floor_ratio" not in row  # the H200 floors are not ratios of a tiny CPU run
+        assert f"job, memory {profile}" in printed
+    assert rows["DiT call, attention sdpa"]["max_abs_dev"] == 0
+    assert rows["DiT call, attention flash"]["status"].startswith("n/a: --attention flash needs a CUDA GPU")
+
+
+def test_a_failing_section_is_a_row_and_the_rest_runs(tmp_path, monkeypatch):
+    bench = load_bench()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(bench, "write_random_release", broken)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--cpu", "--budget", "30", "--weights", str(tmp_path), "--json", str(out)]) == 1
+    rows = {row["section"]: row for row in json.loads(out.read_text())["sections"]}
+    assert rows["write random weights"]["status"] == "failed: RuntimeError: disk full"
+    assert rows["DiT call, attention sdpa"]["status"] == "ok"  # the sections after it still ran
+
+
+def test_out_of_budget_sections_are_skipped(tmp_path):
+    bench = load_bench()
+    out = tmp_path / "bench.json"
+    bench.main(["--cpu", "--budget", "0", "--weights", str(tmp_path), "--json", str(out)])
+    statuses = [row["status"] for row in json.loads(out.read_text())["sections"]]
+    assert statuses and all(status.startswith("skipped") for status in statuses)
