@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.paths import log_path, private_dir, socket_path
+from engine.paths import console_path, log_path, private_dir, socket_path
+from engine.settings import LOG_STDERR
 from engine.wire import MAX_REPLY_BYTES, RemoteError, decode_line, is_event, reply_result, request_line
 
 
@@ -102,15 +103,17 @@ def start_engine(model: str, ckpts: Path | None, timeout: float = 120.0) -> Engi
     command = [sys.executable, "-m", "engine.cli", "serve", "--model", model]
     if ckpts is not None:
         command += ["--ckpts", str(ckpts)]
-    console = log_path().with_name("engine.out")  # raw output (e.g. a crash before logging starts)
-    with open(console, "ab") as log:
+    # The engine logs to its own rotating file; told so, it logs nothing to stderr, which keeps only what
+    # happens before its log starts (a crash at import), from this start alone.
+    console = console_path()
+    with open(console, "wb") as output:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
+            stdout=subprocess.DEVNULL,
+            stderr=output,
             start_new_session=True,
-            env={**os.environ},
+            env={**os.environ, LOG_STDERR.name: "0"},
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,22 +1,22 @@
-"""Where the engine keeps its socket, database, outputs and logs."""
+"""Where the engine keeps its socket, database, outputs and logs (the variables: engine/settings.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from platformdirs import user_data_dir, user_runtime_dir
-
-RUNTIME_ENV = "LANDIFF_RUNTIME_DIR"
-DATA_ENV = "LANDIFF_DATA_DIR"
+from engine import settings
 
 
 def runtime_dir() -> Path:
-    return Path(os.environ.get(RUNTIME_ENV) or user_runtime_dir("landiff"))
+    from platformdirs import user_runtime_dir
+
+    return settings.RUNTIME_DIR.path() or Path(user_runtime_dir("landiff"))
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get(DATA_ENV) or user_data_dir("landiff"))
+    from platformdirs import user_data_dir
+
+    return settings.DATA_DIR.path() or Path(user_data_dir("landiff"))
 
 
 def socket_path() -> Path:
@@ -33,6 +33,11 @@ def outputs_dir() -> Path:
 
 def log_path() -> Path:
     return data_dir() / "engine.log"
+
+
+def console_path() -> Path:
+    """A detached engine's stdout and stderr: only what it prints before its log starts (a crash)."""
+    return data_dir() / "engine.out"
 
 
 def private_dir(path: Path) -> Path:

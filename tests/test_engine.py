@@ -37,11 +37,14 @@ class RunningEngine:
 
     def start(self) -> RunningEngine:
         command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny"]
-        self.process = subprocess.Popen(
-            command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.stderr = self.base / "engine.stderr"  # a file, not a pipe nobody reads: the log can be long
+        with open(self.stderr, "ab") as stderr:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
         line = self.process.stdout.readline()
-        assert line.startswith("ready"), self.process.stderr.read()
+        assert line.startswith("ready"), self.stderr.read_text()
         return self
 
     def client(self) -> EngineClient:
@@ -357,12 +360,13 @@ def test_kill_9_mid_job_then_restart(tmp_path, weights):
 def test_a_connection_from_another_uid_is_refused(tmp_path):
     import asyncio
 
-    from engine.daemon.server import Engine
+    from engine.daemon.transport import Transport
 
     async def scenario() -> dict:
-        engine = Engine("tiny", None, expected_uid=os.getuid() + 1)
+        # the refusal comes before any request could reach the service or the event hub
+        transport = Transport(service=None, hub=None, expected_uid=os.getuid() + 1)
         path = tmp_path / "s.sock"
-        server = await asyncio.start_unix_server(engine.connection, path=str(path))
+        server = await transport.listen(path)
         async with server:
             reader, writer = await asyncio.open_unix_connection(str(path))
             writer.write(b'{"v": 1, "id": 1, "type": "status"}\n')
@@ -388,7 +392,6 @@ def test_clients_start_a_detached_engine_when_none_answers(tmp_path, weights):
         assert status["model"] == "tiny" and status["pid"] > 0
         saved = idle.cli("presets", "--save", "tiny steps", "--steps", "3")
         assert saved.returncode == 0 and "tiny steps" in idle.cli("presets").stdout
-        assert (tmp_path / "data" / "engine.log").read_text().count("listening on") == 1
     finally:
         idle.cli("stop")
     deadline = time.time() + 30
@@ -396,6 +399,21 @@ def test_clients_start_a_detached_engine_when_none_answers(tmp_path, weights):
         time.sleep(0.2)
     assert not idle.socket.exists()
     assert idle.cli("status").returncode == 1
+    # each line of the detached engine's log lands once, in its log file; engine.out (its stderr) keeps
+    # only what comes before logging starts, here nothing
+    log = (tmp_path / "data" / "engine.log").read_text().splitlines()
+    assert (tmp_path / "data" / "engine.out").read_text() == ""
+    assert len(log) == len(set(log)) and sum("listening on" in line for line in log) == 1
+    # and it tells the job's life
+    job_id = submitted.stdout.split()[0]
+    about_job = [line for line in log if job_id in line]
+    for said in ("queued: 9 frames in 1 chunk(s), 2 steps", "started after", "finished in"):
+        assert sum(said in line for line in about_job) == 1, (said, about_job)
+    finished = next(line for line in about_job if "finished in" in line)
+    assert all(stage in finished for stage in ("tokens", "denoise", "decode", "write", "peak memory"))
+    assert any("stage 1 (flan-T5" in line and "loaded onto cpu" in line for line in log)
+    assert any("is 'landiff-engine cli' (pid" in line for line in log)
+    assert any("closed after" in line for line in log) and any("engine stopped" in line for line in log)
 
 
 def test_weights_status_verification_and_log_tail_through_the_engine(engine):

@@ -33,7 +33,14 @@ client_handlers: dict = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="landiff-engine", description="LanDiff text-to-video engine.")
+    from engine.settings import help_epilog
+
+    parser = argparse.ArgumentParser(
+        prog="landiff-engine",
+        description="LanDiff text-to-video engine.",
+        epilog=help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the epilog's one variable a line
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     tokens = commands.add_parser(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from rich.console import Console
@@ -18,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from engine import settings
 from engine.client import EngineUnavailable, connect
 from engine.weights.downloads import (
     Downloader,
@@ -62,9 +62,7 @@ def add_weights_commands(commands) -> dict:
 
 
 def checksums_of(args: argparse.Namespace) -> dict[str, str] | None:
-    path = args.checksums or (
-        Path(os.environ["LANDIFF_CHECKSUMS"]) if os.environ.get("LANDIFF_CHECKSUMS") else None
-    )
+    path = args.checksums or settings.CHECKSUMS.path()
     if path is None:
         return None
     if not path.is_file():

@@ -3,29 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from engine.protocol import event
 
 BACKLOG = 20_000
 
 
-class EventHub:
-    """Lives on the asyncio loop; other threads publish through `loop.call_soon_threadsafe`."""
+class Publisher(Protocol):
+    """What the service, the worker and the weights jobs publish through (EventHub.publish)."""
 
-    def __init__(self, backlog: int = BACKLOG):
+    def __call__(self, kind: str, /, **fields: Any) -> None: ...
+
+
+class EventHub:
+    """Lives on the asyncio loop; any thread may publish.
+
+    `_publish` is the one place an event is made and numbered. A publish from another thread is
+    scheduled on the loop (`call_soon_threadsafe` keeps each thread's order); one from the loop itself
+    happens at once, so an event published by a handler precedes that handler's reply.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, backlog: int = BACKLOG):
+        self.loop = loop
+        self.loop_thread = threading.get_ident()  # the hub is made on its loop
         self.seq = 0
         self.log: deque[dict[str, Any]] = deque(maxlen=backlog)
         self.subscribers: set[asyncio.Queue] = set()
 
-    def publish(self, kind: str, **fields: Any) -> dict[str, Any]:
+    def publish(self, kind: str, /, **fields: Any) -> None:
+        if threading.get_ident() == self.loop_thread:
+            self._publish(kind, fields)
+        else:
+            self.loop.call_soon_threadsafe(self._publish, kind, fields)
+
+    def _publish(self, kind: str, fields: dict[str, Any]) -> None:
         self.seq += 1
         message = event(kind, self.seq, **fields)
         self.log.append(message)
         for queue in self.subscribers:
             queue.put_nowait(message)
-        return message
 
     def since(self, seq: int) -> tuple[list[dict[str, Any]], bool]:
         """Events after `seq`, and whether some were already dropped from the backlog (a gap)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
 SCHEMA_VERSION = 2
@@ -152,17 +152,38 @@ class Store:
             return row
 
     def claim_next(self) -> JobRow | None:
-        """The oldest queued job, marked running."""
+        """The oldest queued job, marked running.
+
+        The claim is a conditional update (`WHERE status = 'queued'`), as a cancel is: of a claim and a
+        cancel of the same job, exactly one changes the row, whatever the interleaving.
+        """
         with self.lock, self.session() as session:
-            row = session.exec(
-                select(JobRow).where(JobRow.status == "queued").order_by(col(JobRow.created_at))
-            ).first()
-            if row is None:
-                return None
-            row.status, row.started_at = "running", time.time()
-            session.add(row)
-            session.commit()
-            return row
+            while True:
+                row = session.exec(
+                    select(JobRow).where(JobRow.status == "queued").order_by(col(JobRow.created_at))
+                ).first()
+                if row is None:
+                    return None
+                started = time.time()
+                claimed = session.exec(
+                    update(JobRow)
+                    .where(col(JobRow.id) == row.id, col(JobRow.status) == "queued")
+                    .values(status="running", started_at=started)
+                )
+                session.commit()
+                if claimed.rowcount == 1:
+                    row.status, row.started_at = "running", started
+                    return row
+
+    def cancel_queued(self, job_id: str) -> bool:
+        """Cancel the job if it is still queued, in one conditional update; whether it was."""
+        with self.lock, self.engine.begin() as connection:
+            cancelled = connection.execute(
+                update(JobRow)
+                .where(col(JobRow.id) == job_id, col(JobRow.status) == "queued")
+                .values(status="cancelled", finished_at=time.time())
+            )
+            return cancelled.rowcount == 1
 
     def interrupt_running(self) -> list[str]:
         """Jobs a dead engine left running: marked interrupted. Returns their ids."""

@@ -11,14 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.daemon.store import Store
+from engine.daemon.events import Publisher
+from engine.daemon.store import JobRow, Store
 from engine.protocol import JobParams
 
 if TYPE_CHECKING:  # torch and the models load in the worker thread, after the socket is up
     from engine.generation.job import ChunkDone, JobResult, Progress
     from engine.generation.pipeline import Pipeline
 
-log = logging.getLogger("landiff.engine")
+log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress events a second per job, plus each stage's last step
 
 
@@ -42,7 +43,7 @@ class JobWorker(threading.Thread):
         self,
         store: Store,
         make_pipeline: Callable[[], Pipeline],
-        publish: Callable[..., None],
+        publish: Publisher,
         outputs: Path,
         idle_release_s: float,
     ):
@@ -64,12 +65,20 @@ class JobWorker(threading.Thread):
     def notify(self) -> None:
         self.wake.set()
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str) -> str | None:
+        """Cancel a job: "cancelled" when it was still queued (one conditional update, which the claim
+        cannot race), "cancelling" when it runs here (it stops at its next step), None when neither.
+
+        Blocks on the store (call it off the event loop). A job whose claim won the race is current by
+        the time this takes the lock: `claim` marks it running and current under that same lock.
+        """
+        if self.store.cancel_queued(job_id):
+            return "cancelled"
         with self.lock:
             if self.current == job_id:
                 self.cancel_requested.set()
-                return True
-        return False
+                return "cancelling"
+        return None
 
     def request_release(self) -> None:
         self.release_requested.set()
@@ -105,24 +114,31 @@ class JobWorker(threading.Thread):
                 time.sleep(1.0)
 
     def step(self) -> None:
-        if self.release_requested.is_set() or (
-            self.pipeline is not None and time.monotonic() - self.last_used > self.idle_release_s
-        ):
-            self.release()
-        row = self.store.claim_next()
+        if self.release_requested.is_set():
+            self.release("on request")
+        elif self.pipeline is not None and time.monotonic() - self.last_used > self.idle_release_s:
+            self.release(f"after {self.idle_release_s:g} s idle")
+        row = self.claim()
         if row is None:
             self.wake.wait(timeout=1.0)
             self.wake.clear()
             return
-        with self.lock:
-            self.current = row.id
-            self.cancel_requested.clear()
+        log.info("job %s started after %.1f s in the queue", row.id, row.started_at - row.created_at)
         try:
             self.run_job(row.id, JobParams(**json.loads(row.params)))
         finally:
             with self.lock:
                 self.current = None
             self.last_used = time.monotonic()
+
+    def claim(self) -> JobRow | None:
+        """The next queued job, now running and current here (one step under the lock `cancel` takes)."""
+        with self.lock:
+            row = self.store.claim_next()
+            if row is not None:
+                self.current = row.id
+                self.cancel_requested.clear()
+            return row
 
     def sweep_leftovers(self) -> None:
         """Half-written outputs of an engine that died mid-job (a growing long video, its scratch chunk):
@@ -134,10 +150,11 @@ class JobWorker(threading.Thread):
                 log.info("removing %s, left by an engine that stopped mid-job", path)
                 path.unlink(missing_ok=True)
 
-    def release(self) -> None:
+    def release(self, why: str) -> None:
         self.release_requested.clear()
         if self.pipeline is None:
             return
+        loaded, weights = self.loaded_models(), self.pipeline.weight_bytes()
         self.pipeline = None
         gc.collect()
         try:
@@ -148,7 +165,9 @@ class JobWorker(threading.Thread):
         except ImportError:  # pragma: no cover - torch is a dependency of the engine
             pass
         self.publish("models_released")
-        log.info("models released")
+        log.info(
+            "models released %s: %s (%s of weights)", why, ", ".join(loaded) or "none", mebibytes(weights)
+        )
 
     def run_job(self, job_id: str, params: JobParams) -> None:
         from engine.generation.job import JobCancelled, JobSpec
@@ -192,6 +211,15 @@ class JobWorker(threading.Thread):
             preview = write_thumbnail(done.preview, folder / f"chunk-{done.index:03d}.png", width=720)
             chunk_timings.append({"index": done.index, **done.timings_s})
             self.store.update(job_id, chunk_timings=chunk_timings)
+            log.info(
+                "job %s chunk %d/%d written: frames %d-%d (%s)",
+                job_id,
+                done.index + 1,
+                done.chunks,
+                done.first_frame,
+                done.last_frame,
+                seconds_text(done.timings_s),
+            )
             self.publish(
                 "chunk_finished",
                 job_id=job_id,
@@ -209,6 +237,7 @@ class JobWorker(threading.Thread):
         def should_stop() -> bool:
             return self.cancel_requested.is_set() or self.stopping.is_set()
 
+        started = time.monotonic()
         try:
             if self.pipeline is None:
                 self.pipeline = self.make_pipeline()
@@ -220,10 +249,21 @@ class JobWorker(threading.Thread):
             if cancelled.partial is None:
                 self.store.update(job_id, status=status, finished_at=time.time())
                 self.publish(f"job_{status}", job_id=job_id)
+                log.info("job %s %s after %.1f s: %s", job_id, status, time.monotonic() - started, cancelled)
                 return
             # the finished chunks are a shorter, playable video: kept, and the job says so
             status = "interrupted" if self.stopping.is_set() else "cancelled_partial"
             row = self.record_result(job_id, cancelled.partial, status)
+            log.info(
+                "job %s %s after %.1f s: kept %d of %d chunk(s), %d frames in %s",
+                job_id,
+                status,
+                time.monotonic() - started,
+                cancelled.partial.chunks_done,
+                cancelled.partial.chunks,
+                cancelled.partial.frames,
+                row.video_path,
+            )
             self.publish(
                 "job_interrupted" if status == "interrupted" else "job_cancelled",
                 job_id=job_id,
@@ -236,16 +276,31 @@ class JobWorker(threading.Thread):
             )
             return
         except Exception as error:  # any failure is the job's, never the engine's
-            log.exception("job %s failed", job_id)
             message = f"{type(error).__name__}: {error}" if not isinstance(error, ValueError) else str(error)
+            log.error(
+                "job %s failed after %.1f s: %s",
+                job_id,
+                time.monotonic() - started,
+                message,
+                exc_info=not isinstance(error, ValueError),  # a refused parameter needs no traceback
+            )
             self.store.update(job_id, status="failed", finished_at=time.time(), error=message)
             self.publish("job_failed", job_id=job_id, error=message)
             return
         row = self.record_result(job_id, result, "finished")
         self.publish("job_finished", job_id=job_id, video=row.video_path, frames=result.frames)
+        log.info(
+            "job %s finished in %.1f s: %d frames in %d chunk(s), %s; peak memory %s; %s",
+            job_id,
+            time.monotonic() - started,
+            result.frames,
+            result.chunks_done,
+            seconds_text(result.timings_s),
+            mebibytes(result.peak_memory_bytes),
+            row.video_path,
+        )
 
-    def record_result(self, job_id: str, result: JobResult, status: str):
-        record: dict[str, Any] = json.loads(result.sidecar.read_text())
+    def record_result(self, job_id: str, result: JobResult, status: str) -> JobRow:
         return self.store.update(
             job_id,
             status=status,
@@ -257,5 +312,14 @@ class JobWorker(threading.Thread):
             timings=result.timings_s,
             chunk_timings=result.chunk_timings,
             peak_memory_bytes=result.peak_memory_bytes,
-            weights_sha256=record.get("weights_sha256", {}),
+            weights_sha256=result.weights_sha256,
         )
+
+
+def seconds_text(timings_s: dict[str, float]) -> str:
+    """{"denoise_s": 1.234, "decode": 0.5} -> "denoise 1.23 s, decode 0.50 s"."""
+    return ", ".join(f"{stage.removesuffix('_s')} {seconds:.2f} s" for stage, seconds in timings_s.items())
+
+
+def mebibytes(count: int | None) -> str:
+    return "unknown" if count is None else f"{count / 2**20:,.1f} MiB"

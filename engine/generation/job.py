@@ -137,6 +137,7 @@ class JobResult:
     chunk_timings: list[dict[str, Any]] = field(default_factory=list)
     length: dict[str, Any] = field(default_factory=dict)
     partial: bool = False  # cancelled after some chunks: the video holds only those
+    weights_sha256: dict[str, str] = field(default_factory=dict)  # {file under the weights root: SHA-256}
 
 
 class JobCancelled(Exception):

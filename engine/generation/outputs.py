@@ -1,9 +1,11 @@
-"""A job's files beside its video: the semantic tokens (.npy) and peak memory for its record."""
+"""A job's files beside its video: the semantic tokens (.npy), its JSON record, peak memory for it."""
 
 from __future__ import annotations
 
+import json
 import resource
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,3 +33,7 @@ def load_tokens(path: Path) -> torch.Tensor:
             f"--tokens {path} should hold a 1-D integer array, found {codes.dtype} {list(codes.shape)}"
         )
     return torch.from_numpy(codes.astype(np.int64))
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    write_atomically(path, lambda partial: partial.write_text(json.dumps(record, indent=2) + "\n"))

@@ -7,21 +7,20 @@ temporary names and renamed when complete, so no half-written file is ever left 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from engine import __version__
-from engine.atomic import write_atomically
 from engine.generation.job import ChunkDone, JobCancelled, JobResult, JobSpec, Progress
 from engine.generation.lengths import ChunkPlan
 from engine.generation.memory import resolve_memory_profile, spec_weight_sizes
-from engine.generation.outputs import load_tokens, peak_memory, save_tokens
+from engine.generation.outputs import load_tokens, peak_memory, save_tokens, write_record
 from engine.generation.progress import JobClock, StageClock
 from engine.generation.residency import Residency
 from engine.generation.speed import DiTOptions
@@ -86,15 +85,33 @@ class Pipeline:
 
     def stage1(self) -> SemanticStage:
         if self._stage1 is None:
-            self._stage1 = SemanticStage.load(self.spec, self.layout, self.parking, self.dtype)
-            self._prepare(self._stage1)
+            self._stage1 = self._load("stage 1 (flan-T5, language model, semantic decoder)", SemanticStage)
         return self._stage1
 
     def stage2(self) -> VideoStage:
         if self._stage2 is None:
-            self._stage2 = VideoStage.load(self.spec, self.layout, self.parking, self.dtype)
-            self._prepare(self._stage2)
+            self._stage2 = self._load("stage 2 (T5, diffusion transformer, VAE)", VideoStage)
         return self._stage2
+
+    def _load(self, what: str, stage_class):
+        started = time.perf_counter()
+        stage = stage_class.load(self.spec, self.layout, self.parking, self.dtype)
+        self._prepare(stage)
+        log.info(
+            "%s of %s loaded onto %s in %.1f s: %.1f MiB of weights",
+            what,
+            self.spec.name,
+            self.parking,
+            time.perf_counter() - started,
+            module_bytes(stage.modules()) / 2**20,
+        )
+        return stage
+
+    def weight_bytes(self) -> int:
+        """Bytes of the loaded stages' parameters and buffers."""
+        return sum(
+            module_bytes(stage.modules()) for stage in (self._stage1, self._stage2) if stage is not None
+        )
 
     def _prepare(self, stage) -> None:
         """The DiT's speed options, then the memory profile's hold on the stage's models."""
@@ -316,6 +333,9 @@ class Pipeline:
             write_thumbnail(clock.thumbnail, thumbnail_path)
             writer.finish()
             done = len(clock.chunk_timings)
+            hashing = time.perf_counter()
+            weights_sha256 = file_checksums(self.layout)  # cached by size and mtime: hashed once per file
+            log.debug("weights' SHA-256 in %.2f s", time.perf_counter() - hashing)
             result = JobResult(
                 job.out,
                 tokens_path,
@@ -329,9 +349,12 @@ class Pipeline:
                 chunk_timings=list(clock.chunk_timings),
                 length=plan.record(),
                 partial=partial,
+                weights_sha256=weights_sha256,
             )
             height, width = clock.thumbnail.shape[:2]
-            self.write_sidecar(job, result, (writer.frames_written, height, width))
+            write_record(
+                result.sidecar, self.sidecar_record(job, result, (writer.frames_written, height, width))
+            )
         except BaseException:
             writer.abort()
             for path in (
@@ -343,8 +366,9 @@ class Pipeline:
             raise
         return result
 
-    def write_sidecar(self, job: JobSpec, result: JobResult, shape: tuple[int, int, int]) -> None:
-        record = {
+    def sidecar_record(self, job: JobSpec, result: JobResult, shape: tuple[int, int, int]) -> dict[str, Any]:
+        """The JSON record beside the video: everything needed to reproduce it, and what it cost."""
+        return {
             "engine_version": __version__,
             "model": self.spec.name,
             "job": {
@@ -365,8 +389,13 @@ class Pipeline:
             "peak_memory_bytes": result.peak_memory_bytes,
             "memory": self.memory_choice.record(),
             "dit": self.dit.record(),
-            "weights_sha256": file_checksums(self.layout),
+            "weights_sha256": result.weights_sha256,
         }
-        write_atomically(
-            result.sidecar, lambda partial: partial.write_text(json.dumps(record, indent=2) + "\n")
-        )
+
+
+def module_bytes(modules) -> int:
+    return sum(
+        tensor.numel() * tensor.element_size()
+        for module in modules
+        for tensor in [*module.parameters(), *module.buffers()]
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from engine import settings
 from engine.models.control_dit import Attend, ControlDiT
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,9 @@ def attention_kernel(name: str, device: torch.device, dtype: torch.dtype) -> Att
 
 def compile_cache_dir() -> Path:
     """Where inductor keeps compiled kernels and FX graphs between runs ($TORCHINDUCTOR_CACHE_DIR wins)."""
-    configured = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if configured:
-        return Path(configured)
+    configured = settings.INDUCTOR_CACHE_DIR.path()
+    if configured is not None:
+        return configured
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("landiff")) / "torchinductor"
@@ -120,7 +121,7 @@ def compile_cache_dir() -> Path:
 def enable_compile_cache() -> Path:
     folder = compile_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    os.environ[settings.INDUCTOR_CACHE_DIR.name] = str(folder)  # inductor reads it there
     import torch._inductor.config as inductor
 
     inductor.fx_graph_cache = True

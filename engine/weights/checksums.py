@@ -5,20 +5,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from platformdirs import user_cache_dir
 
+from engine import settings
 from engine.atomic import write_atomically
 from engine.weights.layout import ReleaseLayout
 
-CACHE_ENV = "LANDIFF_CACHE_DIR"
 CHUNK = 16 * 2**20
 
 
 def cache_file() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or user_cache_dir("landiff")) / "checksums.json"
+    return (settings.CACHE_DIR.path() or Path(user_cache_dir("landiff"))) / "checksums.json"
 
 
 def sha256(path: Path) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from engine import settings
 from engine.atomic import write_atomically
 from engine.errors import CheckpointError
 from engine.weights.layout import (
@@ -176,7 +177,7 @@ def refuse_failed(root: Path) -> None:
 
 def offline_refusal(root: Path) -> Callable[[int], None]:
     def refuse(missing: int) -> None:
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        if settings.HF_HUB_OFFLINE.flag():
             raise DownloadError(
                 f"{missing} file(s) are missing under {root} but HF_HUB_OFFLINE is set: unset it to download"
             )
@@ -270,8 +271,8 @@ class Downloader:
         timeout: float = 30.0,
     ):
         self.root = root
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-        self.token = token if token is not None else os.environ.get("HF_TOKEN")
+        self.endpoint = endpoint.rstrip("/") if endpoint else settings.hub_endpoint()
+        self.token = token if token is not None else settings.HF_TOKEN.raw()
         self.on_progress, self.should_stop, self.timeout = on_progress, should_stop, timeout
         self.record = VerificationRecord(root)
 

@@ -10,11 +10,12 @@ the same layout under `<root>/tiny/`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-HOME_ENV = "LANDIFF_HOME"
+from engine import settings
+
+HOME_ENV = settings.HOME.name
 RELEASE_REPO = "yinaoxiong/LanDiff"
 FLAN_T5_REPO = "google/flan-t5-xxl"
 TINY_CHECKSUMS = "CHECKSUM.md5"  # the tiny bundle's own checksum list, beside its LanDiff/ folder
@@ -32,7 +33,7 @@ def root_candidates() -> list[RootCandidate]:
     """Every place the weights may live, in the order they are tried; exactly one is chosen."""
     from platformdirs import user_data_dir
 
-    configured = os.environ.get(HOME_ENV)
+    configured = settings.HOME.raw()
     beside = Path.cwd() / "ckpts"
     places = [
         (f"${HOME_ENV}", Path(configured).expanduser() if configured else None, bool(configured)),

@@ -1,0 +1,284 @@
+"""The engine's request handlers. They know no sockets: each takes a request model and returns the
+result's fields, or raises RequestFailed with a code and a message that says what to do.
+
+Store calls run on the store thread, never on the event loop. An event is published after the store
+write it describes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine import __version__
+from engine.daemon import logs
+from engine.daemon.device import device_status
+from engine.daemon.events import EventHub
+from engine.daemon.store import Store
+from engine.daemon.store_thread import StoreThread
+from engine.daemon.weights_ops import NothingRunning, WeightsBusy, WeightsOperations
+from engine.protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    CancelDownload,
+    DeleteJob,
+    DeletePreset,
+    DownloadWeights,
+    GetJob,
+    Hello,
+    JobParams,
+    ListJobs,
+    ListPresets,
+    LogTail,
+    ReleaseModels,
+    SavePreset,
+    Shutdown,
+    Status,
+    Submit,
+    Subscribe,
+    VerifyWeights,
+    WeightsStatus,
+)
+
+if TYPE_CHECKING:
+    from engine.daemon.store import JobRow
+    from engine.daemon.worker import JobWorker
+
+log = logging.getLogger(__name__)
+ACTIVE_LIMIT = 500  # queued jobs a subscriber's snapshot lists
+
+
+class RequestFailed(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class EngineService:
+    def __init__(
+        self,
+        model: str,
+        store: Store,
+        hub: EventHub,
+        worker: JobWorker,
+        weights: WeightsOperations,
+        stop: Callable[[], None],
+        outputs: Path,
+        log_file: Path,
+    ):
+        self.model, self.store, self.hub, self.worker, self.weights = model, store, hub, worker, weights
+        self.stop, self.outputs, self.log_file = stop, outputs, log_file
+        self.db = StoreThread()
+        self.started = time.time()
+        self.instance = f"{os.getpid()}-{int(self.started)}"
+
+    async def handle(self, request) -> dict[str, Any]:
+        handler = getattr(self, f"on_{request.type}")
+        return await handler(request)
+
+    def close(self) -> None:
+        self.db.close()
+
+    async def job(self, job_id: str) -> JobRow:
+        row = await self.db.run(self.store.get, job_id)
+        if row is None:
+            raise RequestFailed("not_found", f"no job {job_id!r}")
+        return row
+
+    def limits(self) -> dict[str, Any]:
+        from engine.generation.lengths import limits, rules_for
+
+        return limits(rules_for(self.model))
+
+    # the engine
+
+    async def on_hello(self, request: Hello) -> dict[str, Any]:
+        if request.model is not None and request.model != self.model:
+            raise RequestFailed(
+                "wrong_model",
+                f"this engine serves the {self.model!r} model, not {request.model!r}; "
+                "stop it (landiff-engine stop) to start one with another model",
+            )
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "engine_version": __version__,
+            "model": self.model,
+            "instance": self.instance,
+            "pid": os.getpid(),
+            "seq": self.hub.seq,
+            "limits": self.limits(),
+        }
+
+    async def on_status(self, request: Status) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "engine_version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "running": self.worker.current,
+            "queue": await self.db.run(self.store.queued_ids),
+            "models_loaded": self.worker.loaded_models(),
+            "downloading": self.weights.busy(),
+            "seq": self.hub.seq,
+            "limits": self.limits(),
+            **device_status(self.worker.torch_ready),
+        }
+
+    async def on_subscribe(self, request: Subscribe) -> dict[str, Any]:
+        # The snapshot's seq and missed events are taken before any await: the transport subscribed this
+        # connection just before, so every later event reaches it. `active` is read after, so it may
+        # already show what an event after `seq` says; a client applies both (they agree).
+        seq = self.hub.seq
+        missed, gap = self.hub.since(request.since)
+
+        def active_jobs() -> list[dict[str, Any]]:
+            running = self.store.list_jobs(status="running")[0]
+            queued = self.store.list_jobs(status="queued", sort="oldest", limit=ACTIVE_LIMIT)[0]
+            return [row.summary() for row in running + queued]
+
+        active = await self.db.run(active_jobs)
+        return {"seq": seq, "instance": self.instance, "missed": missed, "gap": gap, "active": active}
+
+    async def on_log_tail(self, request: LogTail) -> dict[str, Any]:
+        lines = await asyncio.to_thread(logs.tail, self.log_file, request.lines)
+        return {"path": str(self.log_file), "lines": lines}
+
+    async def on_release_models(self, request: ReleaseModels) -> dict[str, Any]:
+        self.worker.request_release()
+        return {}
+
+    async def on_shutdown(self, request: Shutdown) -> dict[str, Any]:
+        log.info("shutdown requested by a client")
+        asyncio.get_running_loop().call_later(0.05, self.stop)  # after this reply has gone out
+        return {"stopping": True}
+
+    # jobs
+
+    async def on_submit(self, request: Submit) -> dict[str, Any]:
+        from engine.generation.lengths import plan_length, rules_for
+
+        params = request.params
+        try:  # a length the model cannot make is refused now, not when the job starts
+            plan = plan_length(rules_for(self.model), params.frames, params.overlap)
+        except ValueError as error:
+            raise RequestFailed("invalid", str(error)) from None
+
+        def add_and_announce():
+            # under the store's lock, which the worker's claim takes too: job_queued is published
+            # before the worker can claim the job and publish job_started
+            with self.store.lock:
+                row = self.store.add_job(params.model_dump(), self.model, __version__)
+                self.hub.publish("job_queued", job_id=row.id, prompt=row.prompt)
+            return row
+
+        row = await self.db.run(add_and_announce)
+        log.info(
+            "job %s queued: %d frames in %d chunk(s), %d steps, seed %d: %r",
+            row.id,
+            plan.frames,
+            plan.chunks,
+            params.steps,
+            params.seed,
+            shorten(params.prompt),
+        )
+        self.worker.notify()
+        return {"job_id": row.id, "length": plan.record()}
+
+    async def on_cancel(self, request: Cancel) -> dict[str, Any]:
+        outcome = await self.db.run(self.worker.cancel, request.job_id)
+        if outcome == "cancelled":
+            self.hub.publish("job_cancelled", job_id=request.job_id)
+            log.info("job %s cancelled while queued", request.job_id)
+            return {"job_id": request.job_id, "status": "cancelled"}
+        if outcome == "cancelling":
+            log.info("job %s cancel requested while running", request.job_id)
+            return {"job_id": request.job_id, "status": "cancelling"}
+        row = await self.job(request.job_id)
+        raise RequestFailed(
+            "not_cancellable", f"job {row.id} is {row.status}; only queued or running jobs cancel"
+        )
+
+    async def on_list_jobs(self, request: ListJobs) -> dict[str, Any]:
+        rows, total = await self.db.run(
+            self.store.list_jobs, request.search, request.status, request.sort, request.offset, request.limit
+        )
+        return {"jobs": [row.summary() for row in rows], "total": total}
+
+    async def on_get_job(self, request: GetJob) -> dict[str, Any]:
+        return {"job": (await self.job(request.job_id)).summary()}
+
+    async def on_delete_job(self, request: DeleteJob) -> dict[str, Any]:
+        row = await self.job(request.job_id)
+        if row.status in ("queued", "running"):
+            raise RequestFailed("busy", f"job {row.id} is {row.status}; cancel it before deleting")
+        await self.db.run(self.store.delete, row.id)
+        if request.delete_files:
+            await asyncio.to_thread(shutil.rmtree, self.outputs / row.id, ignore_errors=True)
+        self.hub.publish("job_deleted", job_id=row.id)
+        log.info("job %s deleted%s", row.id, " with its files" if request.delete_files else "")
+        return {"job_id": row.id}
+
+    # presets
+
+    async def on_list_presets(self, request: ListPresets) -> dict[str, Any]:
+        return {"presets": await self.db.run(self.store.presets)}
+
+    async def on_save_preset(self, request: SavePreset) -> dict[str, Any]:
+        unknown = set(request.params) - set(JobParams.model_fields)
+        if "prompt" in request.params or unknown:
+            bad = sorted(unknown | ({"prompt"} & set(request.params)))
+            raise RequestFailed(
+                "invalid", f"a preset holds job parameters other than the prompt; not: {', '.join(bad)}"
+            )
+        try:
+            JobParams(prompt="x", **request.params)
+        except ValueError as error:
+            raise RequestFailed("invalid", f"preset parameters are out of range: {error}") from None
+        try:
+            await self.db.run(self.store.save_preset, request.name, request.params)
+        except ValueError as error:
+            raise RequestFailed("builtin", str(error)) from None
+        return {"name": request.name}
+
+    async def on_delete_preset(self, request: DeletePreset) -> dict[str, Any]:
+        try:
+            found = await self.db.run(self.store.delete_preset, request.name)
+        except ValueError as error:
+            raise RequestFailed("builtin", str(error)) from None
+        if not found:
+            raise RequestFailed("not_found", f"no preset named {request.name!r}")
+        return {"name": request.name}
+
+    # weights
+
+    async def on_weights_status(self, request: WeightsStatus) -> dict[str, Any]:
+        return await asyncio.to_thread(self.weights.status, request.only)
+
+    async def on_download_weights(self, request: DownloadWeights) -> dict[str, Any]:
+        return self.start_weights("download", request.only)
+
+    async def on_verify_weights(self, request: VerifyWeights) -> dict[str, Any]:
+        return self.start_weights("verify", request.only)
+
+    def start_weights(self, kind: str, only: str) -> dict[str, Any]:
+        try:
+            return self.weights.start(kind, only)
+        except WeightsBusy as error:
+            raise RequestFailed("busy", str(error)) from None
+
+    async def on_cancel_download(self, request: CancelDownload) -> dict[str, Any]:
+        try:
+            self.weights.cancel()
+        except NothingRunning as error:
+            raise RequestFailed("not_running", str(error)) from None
+        return {"cancelling": True}
+
+
+def shorten(prompt: str, limit: int = 60) -> str:
+    return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"

@@ -1,0 +1,84 @@
+"""The engine's weights desk: where its model's weights are, their state, and one download or
+verification at a time (engine/daemon/weights_jobs.py runs them in a thread)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine import settings
+from engine.daemon.events import Publisher
+
+if TYPE_CHECKING:
+    from engine.daemon.weights_jobs import WeightsJob
+
+log = logging.getLogger(__name__)
+
+
+class WeightsBusy(RuntimeError):
+    pass
+
+
+class NothingRunning(RuntimeError):
+    pass
+
+
+class WeightsOperations:
+    def __init__(self, model: str, ckpts: Path | None, publish: Publisher):
+        self.model, self.ckpts, self.publish = model, ckpts, publish
+        self.job: WeightsJob | None = None  # the running (or last) download or verification
+
+    def busy(self) -> bool:
+        return self.job is not None and self.job.is_alive() and not self.job.done.is_set()
+
+    def root(self) -> Path:
+        from engine.weights.layout import layout_for
+
+        return layout_for(self.model, self.ckpts).root
+
+    def checksums(self, root: Path) -> dict[str, str] | None:
+        """The release's sums; LANDIFF_CHECKSUMS replaces them (mirrors, tests); tiny uses its own list."""
+        from engine.weights.downloads import read_checksums
+        from engine.weights.layout import TINY_CHECKSUMS
+
+        configured = settings.CHECKSUMS.path()
+        if configured is not None:
+            return read_checksums(configured)
+        if self.model == "tiny" and (root / TINY_CHECKSUMS).is_file():
+            return read_checksums(root / TINY_CHECKSUMS)
+        return None
+
+    def start(self, kind: str, only: str) -> dict[str, Any]:
+        """Start a `download` or a `verify` of `only` (llm, diffusion, all) in its thread."""
+        from engine.daemon.weights_jobs import DownloadJob, VerifyJob
+
+        if self.busy():
+            raise WeightsBusy("a weights download or verification is running; follow its events or cancel it")
+        root = self.root()
+        job_class = {"download": DownloadJob, "verify": VerifyJob}[kind]
+        self.job = job_class(root, only, self.publish, self.checksums(root))
+        self.job.start()
+        log.info("weights %s of %s started under %s", kind, only, root)
+        return {"root": str(root), "only": only}
+
+    def cancel(self) -> None:
+        if not self.busy():
+            raise NothingRunning("no download or verification is running")
+        self.job.cancelled.set()
+        log.info("weights %s cancel requested", self.job.kind)
+
+    def status(self, only: str) -> dict[str, Any]:
+        from engine.weights.downloads import file_states, planned_files
+        from engine.weights.layout import where_it_looked
+
+        root = self.root()
+        states = file_states(root, planned_files(root, only, self.checksums(root)))
+        return {
+            "root": str(root),
+            "model": self.model,
+            "looked": where_it_looked(self.ckpts),
+            "files": [vars(state) for state in states],
+            "complete": all(state.state in ("verified", "present") for state in states),
+            "busy": self.busy(),
+        }

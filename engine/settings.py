@@ -1,0 +1,152 @@
+"""Every environment variable the project reads: its name, default and meaning, in one place.
+
+Code reads the environment only through this module (a test checks it), `landiff-engine --help`
+lists the variables, and README's "Environment" section is checked against `markdown()`.
+Standard library only: the TUI imports it (through engine.paths) at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str  # what applies when the variable is unset or empty, in words
+    meaning: str
+    tests_only: bool = False
+
+    def raw(self) -> str | None:
+        """The value, or None when unset or empty (an empty variable counts as unset)."""
+        return os.environ.get(self.name) or None
+
+    def path(self) -> Path | None:
+        value = self.raw()
+        return Path(value).expanduser() if value else None
+
+    def flag(self) -> bool:
+        return (self.raw() or "").lower() in TRUE_WORDS
+
+
+HOME = Variable(
+    "LANDIFF_HOME",
+    "./ckpts when it holds LanDiff/, else weights/ in the data dir",
+    "root of the model weights (LanDiff/, flan-t5-xxl/, tiny/)",
+)
+RUNTIME_DIR = Variable(
+    "LANDIFF_RUNTIME_DIR",
+    "the user runtime dir, e.g. /run/user/UID/landiff",
+    "where the engine's socket engine.sock lives",
+)
+DATA_DIR = Variable(
+    "LANDIFF_DATA_DIR",
+    "the user data dir, e.g. ~/.local/share/landiff",
+    "the job history landiff.db, outputs/, and the engine's log",
+)
+CACHE_DIR = Variable(
+    "LANDIFF_CACHE_DIR",
+    "the user cache dir, e.g. ~/.cache/landiff",
+    "cache of the weight files' SHA-256 (so big files hash once)",
+)
+CHECKSUMS = Variable(
+    "LANDIFF_CHECKSUMS",
+    "the release's published MD5 list",
+    "an MD5 list (md5sum format) that replaces the release's (mirrors, tests)",
+)
+LOG_LEVEL = Variable(
+    "LANDIFF_LOG_LEVEL",
+    "INFO",
+    "level of the engine's log (engine.log in the data dir): DEBUG, INFO, WARNING or ERROR",
+)
+LOG_STDERR = Variable(
+    "LANDIFF_LOG_STDERR",
+    "1",
+    "0: the engine logs to its file only, not to stderr too (a detached engine's stderr is a file)",
+)
+HF_ENDPOINT = Variable(
+    "HF_ENDPOINT",
+    "https://huggingface.co",
+    "the Hugging Face hub the weights download from (a mirror, a test server)",
+)
+HF_TOKEN = Variable(
+    "HF_TOKEN",
+    "none",
+    "Hugging Face access token sent with downloads",
+)
+HF_HUB_OFFLINE = Variable(
+    "HF_HUB_OFFLINE",
+    "0",
+    "1: never download; a complete weights folder runs as it is",
+)
+INDUCTOR_CACHE_DIR = Variable(
+    "TORCHINDUCTOR_CACHE_DIR",
+    "torchinductor/ in the user cache dir",
+    "where torch.compile keeps compiled kernels between runs (--compile)",
+)
+GOLDEN_DIRS = Variable(
+    "LANDIFF_GOLDEN_DIRS",
+    "../shared/golden",
+    "colon-separated folders of the reference implementation's golden cases (parity tests)",
+    tests_only=True,
+)
+
+VARIABLES = (
+    HOME,
+    RUNTIME_DIR,
+    DATA_DIR,
+    CACHE_DIR,
+    CHECKSUMS,
+    LOG_LEVEL,
+    LOG_STDERR,
+    HF_ENDPOINT,
+    HF_TOKEN,
+    HF_HUB_OFFLINE,
+    INDUCTOR_CACHE_DIR,
+    GOLDEN_DIRS,
+)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def log_level() -> str:
+    """LANDIFF_LOG_LEVEL's level name (`logging` takes names); a value that is no level is refused."""
+    name = (LOG_LEVEL.raw() or "INFO").upper()
+    if name not in LOG_LEVELS:
+        raise ValueError(
+            f"{LOG_LEVEL.name}={LOG_LEVEL.raw()!r} is not a log level; use one of {', '.join(LOG_LEVELS)}"
+        )
+    return name
+
+
+def log_to_stderr() -> bool:
+    return (LOG_STDERR.raw() or "1").lower() in TRUE_WORDS
+
+
+def hub_endpoint() -> str:
+    return (HF_ENDPOINT.raw() or "https://huggingface.co").rstrip("/")
+
+
+def help_epilog() -> str:
+    """The variables as `landiff-engine --help` lists them (the parser keeps these line breaks)."""
+    width = max(len(variable.name) for variable in VARIABLES)
+    lines = ["environment variables:"]
+    for variable in VARIABLES:
+        if variable.tests_only:
+            continue
+        lines.append(f"  {variable.name:<{width}}  {variable.meaning}")
+        lines.append(f"  {'':<{width}}  (default: {variable.default})")
+    return "\n".join(lines)
+
+
+def markdown() -> str:
+    """The README's list of variables (a test holds README.md to it)."""
+    lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for variable in VARIABLES:
+        meaning = f"(tests only) {variable.meaning}" if variable.tests_only else variable.meaning
+        lines.append(f"| `{variable.name}` | {variable.default} | {meaning} |")
+    return "\n".join(lines)
