@@ -1,7 +1,9 @@
 """A local stand-in for the Hugging Face hub's file endpoints, on 127.0.0.1 only.
 
 Serves `/{repo}/resolve/{revision}/{path}` for HEAD and GET with the headers huggingface_hub reads
-(X-Repo-Commit, ETag, Content-Length) and byte ranges; can cut a transfer once, or serve damaged bytes.
+(X-Repo-Commit, ETag, Content-Length) and byte ranges; can cut a transfer once, serve damaged bytes, or
+redirect a file to another server as the hub redirects LFS files to its CDN. ETags are the hub's: the
+sha256 of an LFS file's content (binary weights), the git blob sha1 of any other file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class FakeHub:
         self.corrupt: dict[str, int] = {}  # path -> how many more full transfers to damage
         self.slow: dict[str, float] = {}  # path -> seconds to wait per 16 KiB sent
         self.log: list[tuple[str, str, str | None]] = []
+        self.authorization: list[tuple[str, str | None]] = []  # (path, Authorization header) per request
+        self.redirect: dict[str, str] = {}  # path -> endpoint of the server it is redirected to
         self.served: dict[str, int] = {}
         hub = self
 
@@ -39,13 +43,28 @@ class FakeHub:
 
             def headers_for(self, content: bytes, length: int) -> None:
                 self.send_header("X-Repo-Commit", COMMIT)
-                self.send_header("ETag", f'"{hashlib.sha1(content).hexdigest()}"')
+                self.send_header("ETag", f'"{etag(self.path, content)}"')
                 self.send_header("Content-Length", str(length))
                 self.send_header("Accept-Ranges", "bytes")
+
+            def redirected(self, found: tuple[str, bytes] | None) -> bool:
+                hub.authorization.append((self.path, self.headers.get("Authorization")))
+                if found is None or found[0] not in hub.redirect:
+                    return False
+                self.send_response(302)
+                self.send_header("Location", hub.redirect[found[0]] + self.path)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("X-Linked-Etag", f'"{etag(self.path, found[1])}"')
+                self.send_header("X-Linked-Size", str(len(found[1])))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return True
 
             def do_HEAD(self) -> None:
                 found = self.locate()
                 hub.log.append(("HEAD", self.path, None))
+                if self.redirected(found):
+                    return
                 if found is None:
                     self.send_response(404)
                     self.send_header("X-Error-Code", "EntryNotFound")
@@ -59,6 +78,8 @@ class FakeHub:
                 found = self.locate()
                 requested = self.headers.get("Range")
                 hub.log.append(("GET", self.path, requested))
+                if self.redirected(found):
+                    return
                 if found is None:
                     self.send_response(404)
                     self.end_headers()
@@ -105,3 +126,9 @@ class FakeHub:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def etag(path: str, content: bytes) -> str:
+    if path.endswith((".safetensors", ".pt", ".bin", ".model")):  # stored with git LFS on the hub
+        return hashlib.sha256(content).hexdigest()
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()

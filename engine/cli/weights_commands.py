@@ -25,6 +25,7 @@ from engine.weights.downloads import (
     file_states,
     planned_files,
     read_checksums,
+    size_checked_only,
     slim_flan_t5,
     verify,
 )
@@ -132,7 +133,13 @@ def run_verify(args: argparse.Namespace, root: Path) -> int:
     bad = [name for name, ok in results.items() if not ok]
     for name in bad:
         console.print(f"checksum mismatch: {root / name}")
-    console.print(f"{len(results) - len(bad)} of {len(results)} file(s) match their checksum")
+    console.print(f"{len(results) - len(bad)} of {len(results)} file(s) check out")
+    unsure = size_checked_only(root, files)
+    if unsure:
+        console.print(
+            f"{len(unsure)} file(s) have no published checksum and no digest from the hub, so only their "
+            f"size is checked (or nothing, if this tool did not fetch them): {', '.join(unsure)}"
+        )
     return EXIT_FAILED if bad else 0
 
 

@@ -3,8 +3,11 @@
 Files come from the Hugging Face hub (`HF_ENDPOINT` and `HF_TOKEN` respected): huggingface_hub
 resolves each file's URL, size and redirect; we stream it into `<file>.partial` with byte ranges,
 so a cut connection, a cancel or a killed process resumes where it stopped. A file reaches its
-final name only after its MD5 matched; one that fails twice is removed and recorded, and the
-loaders refuse a file whose recorded verification failed.
+final name only after it checked out: its size against the hub's, its MD5 against the release's list,
+or, for files without a published MD5 (flan-T5's), the digest the hub names in its ETag (sha256 for
+LFS files, the git blob sha1 for the others). One that fails twice is removed and recorded, and the
+loaders refuse a file whose recorded verification failed. Every file name that comes from the hub or
+a checksum list is checked to stay inside the weights folder before anything is written or deleted.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ def partial_of(path: Path) -> Path:
 
 
 class VerificationRecord:
-    """MD5 results per file, keyed by size and mtime so an edited file is checked again."""
+    """Check results per file, keyed by size and mtime so an edited file is checked again, plus what the
+    hub said the file should be (size, digest): a file whose size differs from that is never intact."""
 
     def __init__(self, root: Path):
         self.path = root / RECORD
@@ -89,30 +93,62 @@ class VerificationRecord:
             self.entries = {}
 
     def result(self, root: Path, local: str) -> bool | None:
+        """True: checked and unchanged since; False: failed, or not the size it must be; None: unknown."""
         entry = self.entries.get(local)
         target = root / local
         if entry is None or not target.is_file():
-            return None if entry is None or entry.get("ok") else False
+            return None if entry is None or entry.get("ok") is not False else False
         stat = target.stat()
-        if entry["size"] != stat.st_size or entry["mtime_ns"] != stat.st_mtime_ns:
+        known = self.expected_size(local)
+        if known is not None and stat.st_size != known:
+            return False  # e.g. a verified file cut short: never "present"
+        if entry.get("ok") is None or entry["size"] != stat.st_size or entry["mtime_ns"] != stat.st_mtime_ns:
             return None
         return entry["ok"]
+
+    def expected_size(self, local: str) -> int | None:
+        entry = self.entries.get(local) or {}
+        if entry.get("expected_size") is not None:
+            return entry["expected_size"]
+        return entry.get("size") if entry.get("ok") else None  # a file that checked out had the right size
+
+    def digest(self, local: str) -> str | None:
+        """'sha256:<hex>' or 'git-sha1:<hex>' from the hub's ETag, when it named one."""
+        return (self.entries.get(local) or {}).get("digest")
+
+    def expect(self, local: str, size: int | None, digest: str | None) -> None:
+        """What the hub says the file is, recorded before it is fetched."""
+        entry = self.entries.setdefault(local, {"ok": None, "md5": None, "size": None, "mtime_ns": None})
+        entry["expected_size"], entry["digest"] = size, digest
+        self.save()
 
     def remember(self, root: Path, local: str, ok: bool, md5: str | None) -> None:
         target = root / local
         stat = target.stat() if target.is_file() else None
-        self.entries[local] = {
-            "ok": ok,
-            "md5": md5,
-            "size": stat.st_size if stat else None,
-            "mtime_ns": stat.st_mtime_ns if stat else None,
-        }
+        entry = self.entries.setdefault(local, {})
+        entry.update(
+            ok=ok, md5=md5, size=stat.st_size if stat else None, mtime_ns=stat.st_mtime_ns if stat else None
+        )
+        self.save()
+
+    def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path, lambda partial: partial.write_text(json.dumps(self.entries, indent=1)))
 
 
 def md5_of(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+    return digest_of(path, "md5", on_bytes)
+
+
+def digest_of(path: Path, kind: str, on_bytes: Callable[[int], None] | None = None) -> str:
+    """md5, sha256, or git-sha1 (git's blob id: sha1 over 'blob <size>\\0' and the content)."""
+    if kind == "md5":
+        digest = hashlib.md5(usedforsecurity=False)
+    elif kind == "sha256":
+        digest = hashlib.sha256()
+    else:
+        digest = hashlib.sha1(usedforsecurity=False)
+        digest.update(b"blob %d\0" % path.stat().st_size)
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
@@ -121,11 +157,62 @@ def md5_of(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
     return digest.hexdigest()
 
 
+def digest_from_etag(etag: str | None) -> str | None:
+    """The hub's ETag names a file's content: sha256 for LFS files, the git blob sha1 for the others."""
+    value = (etag or "").removeprefix("W/").strip('"').lower()
+    if not all(c in "0123456789abcdef" for c in value):
+        return None
+    return {64: f"sha256:{value}", 40: f"git-sha1:{value}"}.get(len(value))
+
+
+def check_of(item: WeightFile, record: VerificationRecord) -> str:
+    """How a file can be checked: md5 (the release's list), sha256 / git-sha1 (the hub's), size, or none."""
+    if item.md5:
+        return "md5"
+    digest = record.digest(item.local)
+    if digest:
+        return digest.partition(":")[0]
+    return "size" if record.expected_size(item.local) is not None else "none"
+
+
+def intact(path: Path, item: WeightFile, record: VerificationRecord, on_bytes=None) -> bool:
+    """Whether a file is what it must be, by the strongest check there is for it."""
+    known = record.expected_size(item.local)
+    if known is not None and path.stat().st_size != known:
+        return False
+    if item.md5:
+        return digest_of(path, "md5", on_bytes) == item.md5
+    digest = record.digest(item.local)
+    if digest:
+        kind, _, value = digest.partition(":")
+        return digest_of(path, kind, on_bytes) == value
+    if on_bytes is not None:
+        on_bytes(path.stat().st_size)
+    return True
+
+
+def inside(root: Path, local: str, origin: str) -> Path:
+    """`root / local`, refused unless `local` is a relative path that stays inside `root` (names from the
+    hub or a checksum list: an index naming '../../x' or '/etc/x' must not write or delete there)."""
+    parts = local.replace("\\", "/").split("/")
+    if (
+        not local
+        or local.startswith(("/", "\\"))
+        or any(part in ("", ".", "..") for part in parts)
+        or (":" in parts[0])
+    ):
+        raise DownloadError(
+            f"{origin} names {local!r}, which is not a file inside the weights folder {root}; "
+            "that list is damaged or was tampered with: delete it and download again"
+        )
+    return root / local
+
+
 def file_states(root: Path, files: list[WeightFile]) -> list[FileState]:
     record = VerificationRecord(root)
     states = []
     for item in files:
-        target = root / item.local
+        target = inside(root, item.local, item_origin(item))
         verified = record.result(root, item.local)
         if verified is False:
             state = "corrupt"
@@ -145,9 +232,15 @@ def file_states(root: Path, files: list[WeightFile]) -> list[FileState]:
 def verify(
     root: Path, files: list[WeightFile], on_progress: Callable[[str, int, int], None] | None = None
 ) -> dict[str, bool]:
-    """MD5 of every present file that has a known sum; {local path: matched}."""
+    """Every present file that can be checked, by its strongest check (`check_of`); {local path: intact}.
+
+    Files the hub named no digest for are size-checked only (`size_checked_only` lists them)."""
     record = VerificationRecord(root)
-    present = [item for item in files if item.md5 and (root / item.local).is_file()]
+    present = [
+        item
+        for item in files
+        if check_of(item, record) != "none" and inside(root, item.local, item_origin(item)).is_file()
+    ]
     total = sum((root / item.local).stat().st_size for item in present)
     done = 0
     results = {}
@@ -159,10 +252,27 @@ def verify(
             if on_progress is not None:
                 on_progress(name, done, total)
 
-        ok = md5_of(root / item.local, advance) == item.md5
+        ok = intact(root / item.local, item, record, advance)
         record.remember(root, item.local, ok, item.md5)
         results[item.local] = ok
     return results
+
+
+def size_checked_only(root: Path, files: list[WeightFile]) -> list[str]:
+    """Present files with neither a published MD5 nor a digest from the hub: only their size is checked
+    (or nothing, for files this downloader did not fetch)."""
+    record = VerificationRecord(root)
+    return [
+        item.local
+        for item in files
+        if check_of(item, record) in ("size", "none") and (root / item.local).is_file()
+    ]
+
+
+def item_origin(item: WeightFile) -> str:
+    if item.repo == FLAN_T5_REPO:
+        return f"the index flan-t5-xxl/{FLAN_T5_INDEX}"
+    return f"the checksum list of {item.repo}"
 
 
 def refuse_failed(root: Path) -> None:
@@ -191,7 +301,9 @@ def read_checksums(path: Path) -> dict[str, str]:
     for line in path.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             md5, name = line.split(maxsplit=1)
-            sums[name.strip().lstrip("*").removeprefix("./")] = md5.lower()
+            name = name.strip().lstrip("*").removeprefix("./")
+            inside(Path("LanDiff"), name, f"the checksum list {path}")
+            sums[name] = md5.lower()
     return sums
 
 
@@ -231,6 +343,8 @@ def slim_flan_t5(root: Path) -> int:
             f"{index} is missing: download flan-T5 first (landiff-engine weights download --only llm)"
         )
     shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    for shard in shards:
+        inside(folder, shard, f"the index {index}")
     before = sum((folder / shard).stat().st_size for shard in shards if (folder / shard).is_file())
     tensors = {}
     for shard in encoder_shards(json.loads(index.read_text())):
@@ -306,14 +420,18 @@ class Downloader:
         require_online = offline_refusal(self.root)
         todo = []
         for item in files:
-            target = self.root / item.local
+            target = inside(self.root, item.local, item_origin(item))
             if target.is_file() and self.record.result(self.root, item.local) is not False:
                 report.skipped.append(item.local)
             else:
                 todo.append(item)
         if todo:
             require_online(len(todo))
-        sizes = {item.local: self.metadata(item).size or 0 for item in todo}
+        sizes = {}
+        for item in todo:
+            metadata = self.metadata(item)
+            sizes[item.local] = metadata.size or 0
+            self.record.expect(item.local, metadata.size, digest_from_etag(metadata.etag))
         needed = sum(max(sizes[i.local] - self.partial_size(i), 0) for i in todo)
         self.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.root).free
@@ -332,7 +450,7 @@ class Downloader:
             if ok:
                 report.fetched.append(item.local)
             else:
-                report.failed[item.local] = "checksum mismatch twice"
+                report.failed[item.local] = f"{check_of(item, self.record)} mismatch twice"
         return report
 
     def partial_size(self, item: WeightFile) -> int:
@@ -345,19 +463,18 @@ class Downloader:
         if again:
             partial.unlink(missing_ok=True)
         self.fetch(item, expected=size, total_hint=size)
-        if item.md5 is not None and md5_of(partial) != item.md5:
+        if not intact(partial, item, self.record):
             partial.unlink()  # never leave a file that failed verification where a loader looks
             target.unlink(missing_ok=True)
             self.record.remember(self.root, item.local, False, item.md5)
             return False
         os.replace(partial, target)
-        if item.md5 is not None:
-            self.record.remember(self.root, item.local, True, item.md5)
+        self.record.remember(self.root, item.local, True, item.md5)
         return True
 
     def fetch(self, item: WeightFile, expected: int | None, total_hint: int) -> None:
         """Stream the file into `<file>.partial`, resuming from its current size; retries cut connections."""
-        target = self.root / item.local
+        target = inside(self.root, item.local, item_origin(item))
         partial = partial_of(target)
         partial.parent.mkdir(parents=True, exist_ok=True)
         attempts = 0
@@ -395,12 +512,12 @@ class Downloader:
     def stream(self, item: WeightFile, partial: Path, offset: int, expected: int | None) -> None:
         url = self.url(item)
         headers = {"Accept-Encoding": "identity", "User-Agent": "landiff-tui"}
-        if self.token and urlparse(url).netloc == urlparse(self.endpoint).netloc:
-            headers["Authorization"] = f"Bearer {self.token}"
         if offset:
             headers["Range"] = f"bytes={offset}-"
         request = urllib.request.Request(url, headers=headers)
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+        token_for = TokenOnlyForEndpoint(self.endpoint, self.token)
+        token_for.authorize(request)
+        with urllib.request.build_opener(token_for).open(request, timeout=self.timeout) as response:
             if offset and response.status != 206:
                 offset = 0  # the server ignored the range: start over
             with open(partial, "r+b" if offset else "wb") as handle:
@@ -422,3 +539,28 @@ class Downloader:
         total = getattr(self, "total", 0)
         eta = (total - self.done) / rate if rate > 0 and total else None
         self.on_progress(DownloadProgress(local, file_done, file_total, self.done, total, rate, eta))
+
+
+class TokenOnlyForEndpoint(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, sending the token only to the endpoint's own scheme, host and port: the hub
+    redirects large files to its CDN, which needs none, and a redirect elsewhere must not receive it."""
+
+    def __init__(self, endpoint: str, token: str | None):
+        self.origin, self.token = origin_of(endpoint), token
+
+    def authorize(self, request: urllib.request.Request) -> None:
+        # unredirected: urllib would otherwise copy it onto every redirect, whatever the host
+        if self.token and origin_of(request.full_url) == self.origin:
+            request.add_unredirected_header("Authorization", f"Bearer {self.token}")
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        redirected = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if redirected is not None:
+            self.authorize(redirected)
+        return redirected
+
+
+def origin_of(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlparse(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, parts.hostname, parts.port or default
