@@ -108,3 +108,19 @@ def test_status_as_text_names_what_matters():
     lines = dict(describe_status(status))
     assert lines["engine"] == "0.1.0, pid 7, up 1:02" and lines["queue"] == "2 job(s): a, b"
     assert lines["device"] == "cpu, memory 1.0 GiB" and lines["running"] == "nothing"
+
+
+def test_weights_status_ends_with_one_summary_line_and_the_next_command():
+    from engine.cli.weights_commands import weights_summary
+    from engine.weights.downloads import FileState
+
+    def states(*names):
+        return [FileState(f"f{i}", name, None, f"/w/f{i}") for i, name in enumerate(names)]
+
+    line = weights_summary(states("verified", "missing", "partial", "present"))
+    assert line.startswith("1 of 4 file(s) verified; 1 present but not checked; 1 missing, 1 partly")
+    assert line.endswith("Next: `landiff-engine weights download` fetches them (a partial file resumes)")
+    assert weights_summary(states("verified", "present")).endswith(
+        "Next: `landiff-engine weights verify` checks them"
+    )
+    assert weights_summary(states("verified")) == "1 of 1 file(s) verified. Next: ready"
