@@ -93,14 +93,20 @@ def connect(model: str | None = None) -> EngineClient:
     return client
 
 
-def start_engine(model: str, ckpts: Path | None, timeout: float = 120.0) -> EngineClient:
-    """Connect to the engine, starting one in the background (detached) if none answers."""
+DEFAULT_MODEL = "landiff"
+
+
+def start_engine(model: str | None, ckpts: Path | None, timeout: float = 120.0) -> EngineClient:
+    """Connect to the engine, starting one in the background (detached) if none answers.
+
+    `model`: the model the engine must serve (a running engine serving another refuses); None takes
+    whichever engine runs, and starts one serving the release when none does."""
     try:
         return connect(model)
     except EngineUnavailable:
         pass
     private_dir(log_path().parent)
-    command = [sys.executable, "-m", "engine.cli", "serve", "--model", model]
+    command = [sys.executable, "-m", "engine.cli", "serve", "--model", model or DEFAULT_MODEL]
     if ckpts is not None:
         command += ["--ckpts", str(ckpts)]
     # The engine logs to its own rotating file; told so, it logs nothing to stderr, which keeps only what

@@ -1,4 +1,8 @@
-"""The command-line verbs that talk to a running engine: submit, jobs, show, cancel, rerun, status, stop."""
+"""The command-line verbs that talk to the engine: submit, jobs, show, cancel, rerun, status, presets, stop.
+
+All of them start an engine in the background when none answers (as the TUI does), except `stop`.
+`--model` names the model an engine must serve; without it they use whichever engine runs.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.cli.param_options import add_param_options, add_prompt_argument, given_params
-from engine.client import EngineClient, EngineUnavailable, connect, start_engine
+from engine.client import DEFAULT_MODEL, EngineClient, EngineUnavailable, connect, start_engine
 from engine.params import check_params
 
 EXIT_FAILED = 1
@@ -27,25 +31,30 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="landiff", help="model the engine serves if one must be started")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="the model the engine must serve: refused if a running engine serves another (default: the "
+        f"running engine's; {DEFAULT_MODEL} when one must be started)",
+    )
     parser.add_argument("--ckpts", default=None, help="weights root for an engine started here")
 
 
-def check_length(params: dict[str, Any], args: argparse.Namespace) -> None:
+def check_length(params: dict[str, Any], model: str) -> None:
     """A long video's length is checked against the model and any rounding said."""
     if params.get("frames") is None and params.get("overlap") is None:
         return
     from engine.cli.main import describe_length
     from engine.generation.lengths import plan_length, rules_for
 
-    plan = plan_length(rules_for(args.model), params.get("frames"), params.get("overlap"))  # torch-free
+    plan = plan_length(rules_for(model), params.get("frames"), params.get("overlap"))  # torch-free
     if plan.rounded:
         print(f"note: {plan.note()}", file=sys.stderr)
     print(describe_length(plan), file=sys.stderr)
 
 
 def job_params(
-    client: EngineClient, base: dict[str, Any], given: dict[str, Any], args: argparse.Namespace
+    client: EngineClient, base: dict[str, Any], given: dict[str, Any], args: argparse.Namespace, model: str
 ) -> dict[str, Any]:
     """The earlier job's (or just the prompt), then the preset's, then the given parameters, checked."""
     params = dict(base)
@@ -55,31 +64,49 @@ def job_params(
             raise ValueError(f"no preset named {args.preset!r}; known: {', '.join(sorted(presets))}")
         params.update(presets[args.preset]["params"])
     params = check_params({**params, **given}, complete=False)
-    check_length(params, args)
+    check_length(params, model)
     return params
 
 
 def engine_for(args: argparse.Namespace) -> EngineClient:
     from pathlib import Path
 
-    return start_engine(args.model, Path(args.ckpts) if args.ckpts else None)
+    ckpts = getattr(args, "ckpts", None)
+    return start_engine(getattr(args, "model", None), Path(ckpts) if ckpts else None)
+
+
+def served_model(client: EngineClient) -> str:
+    return client.request("status")["model"]
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    given = check_params({"prompt": args.prompt, **given_params(args, args.model)}, complete=False)
-    with engine_for(args) as client:  # started only for parameters that pass
-        params = job_params(client, {}, given, args)
+    # checked before any engine starts (the length in seconds against the model that would be started)
+    check_params({"prompt": args.prompt, **given_params(args, args.model or DEFAULT_MODEL)}, complete=False)
+    with engine_for(args) as client:
+        model = served_model(client)
+        given = check_params({"prompt": args.prompt, **given_params(args, model)}, complete=False)
+        params = job_params(client, {}, given, args, model)
         return submit_and_report(client, params, args.wait)
 
 
 def run_rerun(args: argparse.Namespace) -> int:
-    given = given_params(args, args.model)
-    if args.prompt is not None:
-        given["prompt"] = args.prompt
-    given = check_params(given, complete=False)
+    def given_for(model: str) -> dict[str, Any]:
+        given = given_params(args, model)
+        if args.prompt is not None:
+            given["prompt"] = args.prompt
+        return check_params(given, complete=False)
+
+    given_for(args.model or DEFAULT_MODEL)
     with engine_for(args) as client:
         job = client.request("get_job", job_id=args.job)["job"]
-        params = job_params(client, dict(job["params"]), given, args)
+        serving = served_model(client)
+        if job["model"] != serving:  # a re-run uses its job's model, which this engine cannot switch to
+            raise ValueError(
+                f"job {job['id']} ran on the {job['model']!r} model and this engine serves {serving!r}: "
+                f"stop it (`landiff-engine stop`), then `landiff-engine rerun {args.job} --model "
+                f"{job['model']}` starts one with {job['model']!r}"
+            )
+        params = job_params(client, dict(job["params"]), given_for(serving), args, serving)
         return submit_and_report(client, params, args.wait)
 
 
@@ -134,7 +161,7 @@ def follow(client: EngineClient, job_id: str) -> int:
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    with connect() as client:
+    with engine_for(args) as client:
         result = client.request("list_jobs", status=args.status, search=args.search, limit=args.limit)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -154,7 +181,7 @@ def run_jobs(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    with connect() as client:
+    with engine_for(args) as client:
         job = client.request("get_job", job_id=args.job)["job"]
     if args.json:
         print(json.dumps(job, indent=2))
@@ -169,33 +196,46 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_cancel(args: argparse.Namespace) -> int:
-    with connect() as client:
+    with engine_for(args) as client:
         result = client.request("cancel", job_id=args.job)
     print(f"{result['job_id']}: {result['status']}")
     return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
-    try:
-        client = connect()
-    except EngineUnavailable as error:
-        if args.json:
-            print(json.dumps({"running": False}))
-        else:
-            print(f"no engine is running ({error})", file=sys.stderr)
-        return EXIT_FAILED
-    with client:
+    with engine_for(args) as client:
         status = client.request("status")
     if args.json:
         print(json.dumps(status, indent=2))
-    else:
-        for key, value in status.items():
-            print(f"{key:>18}: {value}")
+        return 0
+    for label, text in describe_status(status):
+        print(f"{label:>10}: {text}")
     return 0
 
 
+def describe_status(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """The status reply as a few readable lines (`--json` gives every field)."""
+    used, total = status.get("memory_used_bytes"), status.get("memory_total_bytes")
+    memory = "-" if used is None else f"{used / 2**30:.1f} GiB"
+    if used is not None and total:
+        memory += f" of {total / 2**30:.1f} GiB"
+    up = int(status.get("uptime_s") or 0)
+    queue = status.get("queue") or []
+    waiting = f"{len(queue)} job(s)" + (": " + ", ".join(queue[:5]) if queue else "")
+    loaded = ", ".join(status.get("models_loaded") or []) or "none (they load with the next job)"
+    return [
+        ("engine", f"{status['engine_version']}, pid {status['pid']}, up {up // 3600}:{up // 60 % 60:02d}"),
+        ("model", status["model"]),
+        ("device", f"{status['device']}, memory {memory}"),
+        ("loaded", loaded),
+        ("running", status.get("running") or "nothing"),
+        ("queue", waiting + (" ..." if len(queue) > 5 else "")),
+        ("weights", "downloading" if status.get("downloading") else "idle"),
+    ]
+
+
 def run_presets(args: argparse.Namespace) -> int:
-    with connect() as client:
+    with engine_for(args) as client:
         if args.save:
             client.request("save_preset", name=args.save, params=given_params(args))
             print(f"saved preset {args.save!r}")
@@ -212,7 +252,12 @@ def run_presets(args: argparse.Namespace) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    with connect() as client:
+    try:
+        client = connect()
+    except EngineUnavailable:
+        print("no engine is running; nothing to stop")
+        return 0
+    with client:
         client.request("shutdown")
     print("engine stopping")
     return 0
@@ -225,7 +270,7 @@ def add_client_commands(commands) -> dict:
     add_engine_options(submit)
 
     rerun = commands.add_parser("rerun", help="queue a past job again, optionally with changed options")
-    rerun.add_argument("job", help="job id")
+    rerun.add_argument("job", help="job id, or its first 4+ characters")
     add_prompt_argument(rerun, optional=True)
     add_job_options(rerun)
     add_engine_options(rerun)
@@ -240,15 +285,20 @@ def add_client_commands(commands) -> dict:
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--json", action="store_true")
 
+    add_engine_options(jobs)
+
     show = commands.add_parser("show", help="one job in full")
-    show.add_argument("job")
+    show.add_argument("job", help="job id, or its first 4+ characters")
     show.add_argument("--json", action="store_true")
+    add_engine_options(show)
 
     cancel = commands.add_parser("cancel", help="cancel a queued or running job")
-    cancel.add_argument("job")
+    cancel.add_argument("job", help="job id, or its first 4+ characters")
+    add_engine_options(cancel)
 
     status = commands.add_parser("status", help="the engine: device, memory, models loaded, queue")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="every field, as JSON")
+    add_engine_options(status)
 
     presets = commands.add_parser("presets", help="list presets, or save or delete one")
     action = presets.add_mutually_exclusive_group()
@@ -257,6 +307,7 @@ def add_client_commands(commands) -> dict:
     )
     action.add_argument("--delete", metavar="NAME", default=None, help="delete a saved preset")
     add_param_options(presets, seconds=False)  # a preset is for any model: its length is in frames
+    add_engine_options(presets)
 
     commands.add_parser("stop", help="stop the engine (a running job is marked interrupted)")
     return {

@@ -7,6 +7,7 @@ exit with status 2; they never show a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -22,11 +23,37 @@ EXIT_INTERRUPTED = 130
 
 
 class RateColumn(ProgressColumn):
-    """Tokens per second, once rich has enough samples to estimate it."""
+    """The rate in the stage's unit (tokens/s, steps/s); stages without one (text, decode, write) show
+    their seconds so far."""
 
     def render(self, task: Task) -> Text:
-        unit = task.fields.get("unit", "tok")
+        unit = task.fields.get("unit")
+        if unit is None:
+            seconds = task.fields.get("seconds")
+            return Text("" if seconds is None else f"{seconds:.1f} s", style="progress.elapsed")
         return Text(f"{task.speed:,.1f} {unit}/s" if task.speed else "", style="progress.data.speed")
+
+
+# per stage: the bar's name and its rate's unit (None: seconds); the tokens bar counts every position the
+# language model writes, the frame markers included, not only the codes
+STAGES = {
+    "text": ("text encoders", None),
+    "tokens": ("token positions", "tok"),
+    "denoise": ("denoising", "steps"),
+    "decode": ("VAE decode", None),
+    "write": ("writing mp4", None),
+}
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse before any work an output path that cannot be written (one line, exit 2, no traceback)."""
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder: give a file name inside it")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent  # the folders that do not exist yet are made inside the first that does
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: {folder} cannot be written by this user; choose another {option}")
 
 
 client_handlers: dict = {}
@@ -246,6 +273,10 @@ def run_tokens(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     spec = get_spec(args.model)
     values = check_params({"prompt": args.prompt, **given_params(args, spec.name)})
+    out = args.out or Path("results") / f"{slug(values['prompt'])}-s{values['seed']}.npy"
+    check_writable(out, "--out")
+    if args.features is not None:
+        check_writable(args.features, "--features")
     plan = plan_length(rules_for(spec.name), values["frames"], values["overlap"])
     params = sampling_params(values, plan)
     params.validate(spec.llm)
@@ -267,31 +298,27 @@ def run_tokens(args: argparse.Namespace) -> int:
         RateColumn(),
     )
     with Progress(*columns, TimeRemainingColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("semantic tokens", total=None)
+        name, unit = STAGES["tokens"]
+        task = progress.add_task(name, total=None, unit=unit)
+        positions = [0]
 
         def on_token(done: int, total: int) -> None:
+            positions[0] = total
             progress.update(task, completed=done, total=total)
 
         started = time.perf_counter()
         codes = stage.codes(values["prompt"], params, on_token=on_token)
         seconds = time.perf_counter() - started
-    out = args.out or Path("results") / f"{slug(values['prompt'])}-s{params.seed}.npy"
     save_npy_atomically(codes.numpy(), out)
-    console.print(f"{codes.numel()} semantic tokens in {seconds:.1f}s -> {out}")
+    console.print(
+        f"{codes.numel()} semantic tokens ({positions[0]} positions with the frame markers) "
+        f"in {seconds:.1f}s -> {out}"
+    )
     if args.features is not None:
         features = stage.features(codes, params.num_frames)
         save_npy_atomically(features.numpy(), args.features)
         console.print(f"semantic features {list(features.shape)} -> {args.features}")
     return 0
-
-
-STAGE_NAMES = {
-    "text": "text encoders",
-    "tokens": "semantic tokens",
-    "denoise": "denoising",
-    "decode": "VAE decode",
-    "write": "writing mp4",
-}
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -310,6 +337,7 @@ def run_generate(args: argparse.Namespace) -> int:
     spec = get_spec(args.model)
     values = check_params({"prompt": args.prompt, **given_params(args, spec.name)})
     out = args.out or Path("results") / f"{slug(values['prompt'])}-s{values['seed']}.mp4"
+    check_writable(out, "--out")  # its tokens, thumbnail and record go beside it
     job = JobSpec.from_params(values, out=out, tokens=args.tokens)
     job.validate(spec)
     layout = layout_for(spec.name, args.ckpts)
@@ -328,12 +356,15 @@ def run_generate(args: argparse.Namespace) -> int:
         tasks: dict[str, int] = {}
 
         def on_progress(event) -> None:
-            name = STAGE_NAMES.get(event.stage, event.stage)
+            name, unit = STAGES.get(event.stage, (event.stage, None))
             if event.chunks > 1 and event.stage in ("denoise", "decode", "write"):
                 name = f"{name} {event.chunk}/{event.chunks}"
             if event.stage not in tasks:
-                tasks[event.stage] = progress.add_task(name, total=event.total)
-            progress.update(tasks[event.stage], completed=event.step, total=event.total, description=name)
+                tasks[event.stage] = progress.add_task(name, total=event.total, unit=unit)
+            seconds = event.step / event.rate if event.rate else None  # the stage's own time so far
+            progress.update(
+                tasks[event.stage], completed=event.step, total=event.total, description=name, seconds=seconds
+            )
 
         with console.status(f"loading the {spec.name} models on {pipeline.device}"):
             if job.tokens is None:
@@ -357,10 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers.update(client_handlers)
     try:
         return handlers[args.command](args)
-    except EngineUnavailable as error:
-        print(
-            f"landiff-engine {args.command}: {error}. Start one with `landiff-engine serve`.", file=sys.stderr
-        )
+    except EngineUnavailable as error:  # the engine could not be started, or went away
+        print(f"landiff-engine {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except EngineError as error:
         print(f"landiff-engine {args.command}: {error}", file=sys.stderr)

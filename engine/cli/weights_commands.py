@@ -108,7 +108,31 @@ def run_status(args: argparse.Namespace, root: Path) -> int:
             where = f"{place['path']} ({verdict})" if place["path"] else "not set"
             console.print(f"  {place['rule']}: {where}", highlight=False, soft_wrap=True)
     complete = all(state.state in ("verified", "present") for state in states)
+    if not args.json:
+        print(weights_summary(states))
     return 0 if complete else EXIT_FAILED
+
+
+def weights_summary(states) -> str:
+    """One line: how many files are verified, what is missing or damaged, and the command to run next."""
+    count = {name: sum(state.state == name for state in states) for name in STATES}
+    parts = [f"{count['verified']} of {len(states)} file(s) verified"]
+    if count["present"]:
+        parts.append(f"{count['present']} present but not checked")
+    lacking = count["missing"] + count["partial"] + count["corrupt"]
+    if lacking:
+        parts.append(
+            f"{count['missing']} missing, {count['partial']} partly downloaded, {count['corrupt']} damaged"
+        )
+        step = "`landiff-engine weights download` fetches them (a partial file resumes)"
+    elif count["present"]:
+        step = "`landiff-engine weights verify` checks them"
+    else:
+        step = "ready"
+    return "; ".join(parts) + f". Next: {step}"
+
+
+STATES = ("verified", "present", "missing", "partial", "corrupt")
 
 
 def progress_bar(console: Console) -> Progress:

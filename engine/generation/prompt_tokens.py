@@ -18,6 +18,7 @@ import sentencepiece
 
 from engine.errors import CheckpointError
 from engine.params import prompt_too_long
+from engine.weights.layout import redownload_hint
 
 SPECIAL_TOKEN = re.compile(r"(</s>|<pad>|<unk>|<extra_id_\d+>)")
 
@@ -31,8 +32,7 @@ class T5PromptTokenizer:
         model_file = folder / "spiece.model"
         if not model_file.is_file():
             raise CheckpointError(
-                f"SentencePiece model not found: {model_file} is missing. Re-download {folder} from "
-                f"{source}, or set LANDIFF_HOME to a folder that holds a complete copy."
+                f"SentencePiece model not found: {model_file} is missing. {redownload_hint(folder, source)}"
             )
         self.processor = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
         size = self.processor.get_piece_size()

@@ -24,12 +24,13 @@ from transformers import T5Config, T5EncoderModel
 
 from engine.generation.prompt_tokens import T5PromptTokenizer
 from engine.weights.checkpoints import CheckpointError, check_state_dict, expected_shapes, require_file
+from engine.weights.layout import redownload_hint
 
 EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight")
 
 
 def _fix(folder: Path, source: str) -> str:
-    return f"Re-download {folder} from {source}, or set LANDIFF_HOME to a folder that holds a complete copy."
+    return redownload_hint(folder, source)
 
 
 def weight_files(folder: Path, fix: str) -> list[Path]:

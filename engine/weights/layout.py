@@ -108,7 +108,12 @@ FLAN_T5_SOURCE = "the Hugging Face repo google/flan-t5-xxl"
 
 
 def redownload_hint(path: Path, source: str = RELEASE_SOURCE) -> str:
-    return f"Re-download {path} from {source}, or set {HOME_ENV} to a folder that holds a complete copy."
+    """The fix a missing or damaged weights file names: the command that fetches it, and the other ways."""
+    return (
+        f"Re-download {path} from {source}: `landiff-engine weights download` fetches what is missing "
+        f"or damaged; or set {HOME_ENV} to a folder that holds a complete copy; `--model tiny` runs without "
+        "them."
+    )
 
 
 # The release's ckpts/CHECKSUM.md5, paths relative to the LanDiff folder.

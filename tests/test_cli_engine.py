@@ -1,0 +1,126 @@
+"""What a first hour with the command line trips over (issue 12): every client command starts the engine
+alike, a re-run uses its job's model, outputs that cannot be written are refused before any work, progress
+speaks each stage's unit, status reads as text."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.cli.client_commands import describe_status
+from engine.cli.main import main
+
+from .test_engine import PROMPT, RunningEngine
+
+
+@pytest.fixture
+def no_engine(tmp_path, home):
+    """Runtime and data dirs where no engine runs yet; stops whatever the test started."""
+    running = RunningEngine(tmp_path / "engine", home)
+    yield running
+    running.cli("stop")
+    deadline = time.time() + 30
+    while running.socket.exists() and time.time() < deadline:
+        time.sleep(0.1)
+
+
+def test_every_client_command_starts_the_engine_alike_and_stop_says_when_none_runs(no_engine):
+    stopped = no_engine.cli("stop")
+    assert stopped.returncode == 0 and "no engine is running" in stopped.stdout
+    listed = no_engine.cli("jobs", "--json", "--model", "tiny")  # starts one, serving tiny
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["jobs"] == []
+    for command in (["status"], ["presets"], ["jobs"]):  # no --model: whichever engine runs
+        result = no_engine.cli(*command)
+        assert result.returncode == 0, (command, result.stderr)
+    status = no_engine.cli("status")
+    assert "model: tiny" in status.stdout and "{" not in status.stdout  # readable text, not a Python repr
+
+
+def test_submit_without_a_model_uses_the_running_engines_and_rerun_its_jobs(no_engine):
+    no_engine.cli("status", "--model", "tiny")
+    submitted = no_engine.cli("submit", PROMPT, "--steps", "2", "--wait")  # the engine serves tiny
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[0]
+    rerun = no_engine.cli("rerun", job_id, "--steps", "3", "--wait")
+    assert rerun.returncode == 0, rerun.stderr
+    refused = no_engine.cli("submit", PROMPT, "--model", "landiff")  # only an explicit other model
+    assert refused.returncode == 2 and "serves the 'tiny' model" in refused.stderr
+
+
+def test_a_rerun_of_a_job_from_another_model_says_how(no_engine):
+    no_engine.cli("status", "--model", "tiny")
+    db = Path(no_engine.env["LANDIFF_DATA_DIR"]) / "landiff.db"
+    submitted = no_engine.cli("submit", PROMPT, "--steps", "2", "--wait")
+    job_id = submitted.stdout.split()[0]
+    with sqlite3.connect(db) as connection:  # as if it had run on an engine serving the release
+        connection.execute("UPDATE jobs SET model = 'landiff' WHERE id = ?", (job_id,))
+    result = no_engine.cli("rerun", job_id)
+    assert result.returncode == 2
+    assert "ran on the 'landiff' model and this engine serves 'tiny'" in result.stderr
+    assert "landiff-engine stop" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["generate", "tokens"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    started = time.perf_counter()
+    code = main([command, PROMPT, "--model", "tiny", "--out", str(blocker / "out" / "video.mp4")])
+    assert code == 2 and time.perf_counter() - started < 5  # no model was loaded
+    error = capsys.readouterr().err
+    assert "--out" in error and "cannot be written" in error and len(error.strip().splitlines()) == 1
+    if not os.access("/proc/1", os.W_OK):  # a folder this user cannot write, even as root
+        assert main([command, PROMPT, "--model", "tiny", "--out", "/proc/1/video.mp4"]) == 2
+
+
+def test_generate_speaks_each_stages_unit(home, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LANDIFF_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "v.mp4"
+    assert main(["generate", PROMPT, "--model", "tiny", "--steps", "3", "--out", str(out)]) == 0
+    shown = capsys.readouterr().err
+    assert "token positions" in shown and "tok/s" not in shown.split("denoising")[1].split("\n")[0]
+    lines = {line.split()[0]: line for line in shown.splitlines() if line.strip()}
+    assert "steps/s" in lines.get("denoising", "") or "3/3" in lines.get("denoising", "")
+    assert "tok/s" not in lines.get("text", "") and "tok/s" not in lines.get("VAE", "")
+
+
+def test_status_as_text_names_what_matters():
+    status = {
+        "model": "tiny",
+        "engine_version": "0.1.0",
+        "pid": 7,
+        "uptime_s": 3725.0,
+        "running": None,
+        "queue": ["a", "b"],
+        "models_loaded": [],
+        "downloading": False,
+        "device": "cpu",
+        "memory_used_bytes": 2**30,
+        "memory_total_bytes": None,
+    }
+    lines = dict(describe_status(status))
+    assert lines["engine"] == "0.1.0, pid 7, up 1:02" and lines["queue"] == "2 job(s): a, b"
+    assert lines["device"] == "cpu, memory 1.0 GiB" and lines["running"] == "nothing"
+
+
+def test_weights_status_ends_with_one_summary_line_and_the_next_command():
+    from engine.cli.weights_commands import weights_summary
+    from engine.weights.downloads import FileState
+
+    def states(*names):
+        return [FileState(f"f{i}", name, None, f"/w/f{i}") for i, name in enumerate(names)]
+
+    line = weights_summary(states("verified", "missing", "partial", "present"))
+    assert line.startswith("1 of 4 file(s) verified; 1 present but not checked; 1 missing, 1 partly")
+    assert line.endswith("Next: `landiff-engine weights download` fetches them (a partial file resumes)")
+    assert weights_summary(states("verified", "present")).endswith(
+        "Next: `landiff-engine weights verify` checks them"
+    )
+    assert weights_summary(states("verified")) == "1 of 1 file(s) verified. Next: ready"
