@@ -124,3 +124,21 @@ def test_weights_status_ends_with_one_summary_line_and_the_next_command():
         "Next: `landiff-engine weights verify` checks them"
     )
     assert weights_summary(states("verified")) == "1 of 1 file(s) verified. Next: ready"
+
+
+def test_the_short_ids_the_tui_shows_work_in_show_cancel_and_rerun(no_engine):
+    no_engine.cli("status", "--model", "tiny")
+    submitted = no_engine.cli("submit", PROMPT, "--steps", "2", "--wait")
+    job_id = submitted.stdout.split()[0]
+    shown = no_engine.cli("show", job_id[:8], "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == job_id
+    assert no_engine.cli("rerun", job_id[:4], "--steps", "2").returncode == 0
+    too_short = no_engine.cli("show", job_id[:3])
+    assert too_short.returncode == 2 and "at least its first 4 characters" in too_short.stderr
+    with no_engine.client() as client:  # two jobs that share a prefix: the candidates are listed
+        second = client.request("submit", params={"prompt": PROMPT, "steps": 2})["job_id"]
+    db = Path(no_engine.env["LANDIFF_DATA_DIR"]) / "landiff.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE jobs SET id = ? WHERE id = ?", (job_id[:6] + "ffffff", second))
+    ambiguous = no_engine.cli("cancel", job_id[:6])
+    assert ambiguous.returncode == 2 and "several jobs" in ambiguous.stderr and job_id in ambiguous.stderr

@@ -210,7 +210,7 @@ class SlowSubscribeService:
         seq = self.hub.seq
         self.hub.publish("job_queued", job_id="during", prompt="a snail")
         await asyncio.sleep(0.01)
-        return {"seq": seq}
+        return {"seq": seq, "instance": "test", "missed": [], "gap": False, "active": []}
 
 
 def test_a_subscriber_gets_its_snapshot_before_the_events_after_it_and_a_bug_fails_one_request(tmp_path):
@@ -232,7 +232,7 @@ def test_a_subscriber_gets_its_snapshot_before_the_events_after_it_and_a_bug_fai
     failed, snapshot, event = asyncio.run(scenario())
     assert failed["ok"] is False and failed["error"]["code"] == "internal"
     assert "ZeroDivisionError" in failed["error"]["message"]
-    assert snapshot["id"] == 2 and snapshot["result"] == {"seq": 0}
+    assert snapshot["id"] == 2 and snapshot["result"]["seq"] == 0
     assert event["event"] == "job_queued" and event["seq"] == 1  # after the snapshot it follows
 
 
@@ -249,3 +249,25 @@ def test_events_from_a_thread_keep_that_threads_order():
         return [int(message["job_id"]) for message in hub.log]
 
     assert asyncio.run(scenario()) == list(range(500))
+
+
+def test_a_reply_of_the_wrong_shape_is_an_internal_error_not_a_broken_client(tmp_path):
+    """The transport checks each handler's result against its reply model before it goes out."""
+
+    class WrongShapes:
+        async def handle(self, request):
+            return {"seq": "not a number"}
+
+    async def scenario() -> dict:
+        hub = EventHub(asyncio.get_running_loop())
+        path = tmp_path / "w.sock"
+        server = await Transport(WrongShapes(), hub).listen(path)
+        async with server:
+            reader, writer = await connect_and_send(path, b'{"v": 1, "id": 7, "type": "subscribe"}\n')
+            answer = json.loads(await asyncio.wait_for(reader.readline(), 10))
+            writer.close()
+        return answer
+
+    answer = asyncio.run(scenario())
+    assert answer["id"] == 7 and answer["ok"] is False and answer["error"]["code"] == "internal"
+    assert "the reply to subscribe" in answer["error"]["message"]

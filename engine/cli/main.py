@@ -216,19 +216,14 @@ def parse_device(name: str | None):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from inspect import signature
-
     from engine.daemon.server import EngineAlreadyRunning, serve
 
     check_model_name(args.model)
-    options = {}
-    if "run_options" in signature(serve).parameters:
-        options = {"run_options": run_options(args)}
-    elif (args.memory, args.attention, args.compile, args.fuse_qkv) != ("auto", "sdpa", None, None):
-        print("landiff-engine serve: this engine's daemon does not take run options yet", file=sys.stderr)
-        return EXIT_USAGE
+    # plain values: the daemon answers before torch loads, and builds the options in its worker thread
+    options = {"memory": args.memory, "attention": args.attention, "compile": args.compile}
+    options["fuse_qkv"] = args.fuse_qkv
     try:
-        serve(args.model, args.ckpts, args.idle_release, **options)
+        serve(args.model, args.ckpts, args.idle_release, run_options=options)
     except EngineAlreadyRunning as error:
         print(f"landiff-engine serve: {error}", file=sys.stderr)
         return EXIT_USAGE

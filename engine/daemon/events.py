@@ -40,8 +40,8 @@ class EventHub:
             self.loop.call_soon_threadsafe(self._publish, kind, fields)
 
     def _publish(self, kind: str, fields: dict[str, Any]) -> None:
+        message = event(kind, self.seq + 1, **fields)  # refused (a wrong shape) before it takes a number
         self.seq += 1
-        message = event(kind, self.seq, **fields)
         self.log.append(message)
         for queue in self.subscribers:
             queue.put_nowait(message)

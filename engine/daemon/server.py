@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 from engine import __version__
 from engine.daemon.events import EventHub
@@ -41,16 +42,24 @@ def claim_socket_path(path: Path) -> None:
         path.unlink()
 
 
-def pipeline_factory(model: str, ckpts: Path | None):
+def pipeline_factory(model: str, ckpts: Path | None, run_options: dict[str, Any] | None = None):
+    """`run_options`: plain values (memory, attention, compile, fuse_qkv), so the socket's side imports
+    no torch; they become the pipeline's options in the worker thread."""
+    options = dict(run_options or {})
+
     def make_pipeline():  # in the worker thread: torch and the models' code load there
         from engine.generation.pipeline import Pipeline
+        from engine.generation.speed import DiTOptions
 
-        return Pipeline.for_model(model, ckpts)
+        memory = options.pop("memory", "auto")
+        return Pipeline.for_model(model, ckpts, memory=memory, dit=DiTOptions(**options))
 
     return make_pipeline
 
 
-async def run_engine(model: str, ckpts: Path | None, idle_release_s: float) -> None:
+async def run_engine(
+    model: str, ckpts: Path | None, idle_release_s: float, run_options: dict[str, Any] | None = None
+) -> None:
     path = socket_path()
     claim_socket_path(path)
     outputs = private_dir(outputs_dir())
@@ -61,7 +70,9 @@ async def run_engine(model: str, ckpts: Path | None, idle_release_s: float) -> N
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     hub = EventHub(loop)
-    worker = JobWorker(store, pipeline_factory(model, ckpts), hub.publish, outputs, idle_release_s)
+    worker = JobWorker(
+        store, pipeline_factory(model, ckpts, run_options), hub.publish, outputs, idle_release_s
+    )
     worker.start()
     weights = WeightsOperations(model, ckpts, hub.publish)
     service = EngineService(model, store, hub, worker, weights, stopped.set, outputs, log_path())
@@ -81,10 +92,12 @@ async def run_engine(model: str, ckpts: Path | None, idle_release_s: float) -> N
     log.info("engine stopped")
 
 
-def serve(model: str, ckpts: Path | None, idle_release_s: float) -> None:
+def serve(
+    model: str, ckpts: Path | None, idle_release_s: float, run_options: dict[str, Any] | None = None
+) -> None:
     configure_logging()
     try:
-        asyncio.run(run_engine(model, ckpts, idle_release_s))
+        asyncio.run(run_engine(model, ckpts, idle_release_s, run_options))
     except EngineAlreadyRunning:
         raise
     except Exception:

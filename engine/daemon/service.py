@@ -20,7 +20,7 @@ from engine import __version__
 from engine.daemon import logs
 from engine.daemon.device import device_status
 from engine.daemon.events import EventHub
-from engine.daemon.store import Store
+from engine.daemon.store import JOB_ID, Store
 from engine.daemon.store_thread import StoreThread
 from engine.daemon.weights_ops import NothingRunning, WeightsBusy, WeightsOperations
 from engine.protocol import (
@@ -86,10 +86,28 @@ class EngineService:
         self.db.close()
 
     async def job(self, job_id: str) -> JobRow:
-        row = await self.db.run(self.store.get, job_id)
+        row = await self.db.run(self.store.get, await self.resolve(job_id))
         if row is None:
             raise RequestFailed("not_found", f"no job {job_id!r}")
         return row
+
+    async def resolve(self, given: str) -> str:
+        """A job's id from its id or a unique prefix of it (at least 4 characters; the TUI shows 8)."""
+        if await self.db.run(self.store.get, given) is not None:
+            return given
+        if len(given) < 4:
+            raise RequestFailed(
+                "not_found", f"no job {given!r}: give its id, or at least its first 4 characters"
+            )
+        matches = await self.db.run(self.store.ids_starting, given)
+        if not matches:
+            raise RequestFailed("not_found", f"no job {given!r}")
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
+            raise RequestFailed(
+                "ambiguous", f"{given!r} is the start of several jobs ({shown}): give more of the id"
+            )
+        return matches[0]
 
     def limits(self) -> dict[str, Any]:
         from engine.generation.lengths import limits, rules_for
@@ -168,6 +186,7 @@ class EngineService:
             plan = plan_length(rules_for(self.model), params.frames, params.overlap)
         except ValueError as error:
             raise RequestFailed("invalid", str(error)) from None
+        await self.check_prompt(params.prompt)
 
         def add_and_announce():
             # under the store's lock, which the worker's claim takes too: job_queued is published
@@ -190,16 +209,32 @@ class EngineService:
         self.worker.notify()
         return {"job_id": row.id, "length": plan.record()}
 
+    async def check_prompt(self, prompt: str) -> None:
+        """A prompt longer than the language model reads is refused now (never cut when the job runs)."""
+        from engine.errors import CheckpointError
+        from engine.generation.prompt_tokens import check_prompt_fits
+        from engine.specs import get_spec
+        from engine.weights.layout import layout_for
+
+        folder = layout_for(self.model, self.weights.ckpts).flan_t5_dir
+        try:
+            await asyncio.to_thread(check_prompt_fits, prompt, get_spec(self.model), folder)
+        except ValueError as error:
+            raise RequestFailed("invalid", str(error)) from None
+        except CheckpointError:
+            pass  # no tokenizer yet: the job itself fails at load, naming the file to download
+
     async def on_cancel(self, request: Cancel) -> dict[str, Any]:
-        outcome = await self.db.run(self.worker.cancel, request.job_id)
+        job_id = await self.resolve(request.job_id)
+        outcome = await self.db.run(self.worker.cancel, job_id)
         if outcome == "cancelled":
-            self.hub.publish("job_cancelled", job_id=request.job_id)
-            log.info("job %s cancelled while queued", request.job_id)
-            return {"job_id": request.job_id, "status": "cancelled"}
+            self.hub.publish("job_cancelled", job_id=job_id)
+            log.info("job %s cancelled while queued", job_id)
+            return {"job_id": job_id, "status": "cancelled"}
         if outcome == "cancelling":
-            log.info("job %s cancel requested while running", request.job_id)
-            return {"job_id": request.job_id, "status": "cancelling"}
-        row = await self.job(request.job_id)
+            log.info("job %s cancel requested while running", job_id)
+            return {"job_id": job_id, "status": "cancelling"}
+        row = await self.job(job_id)
         raise RequestFailed(
             "not_cancellable", f"job {row.id} is {row.status}; only queued or running jobs cancel"
         )
@@ -217,6 +252,8 @@ class EngineService:
         row = await self.job(request.job_id)
         if row.status in ("queued", "running"):
             raise RequestFailed("busy", f"job {row.id} is {row.status}; cancel it before deleting")
+        if request.delete_files and not JOB_ID.fullmatch(row.id):  # an edited row must not name a path
+            raise RequestFailed("invalid", f"job id {row.id!r} is not one this engine makes; its files stay")
         await self.db.run(self.store.delete, row.id)
         if request.delete_files:
             await asyncio.to_thread(shutil.rmtree, self.outputs / row.id, ignore_errors=True)

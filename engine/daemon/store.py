@@ -8,6 +8,7 @@ before a row points at them).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -31,6 +32,13 @@ BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
     "long 1 min": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 50, "frames": 481},
     "long draft 30 s": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 20, "frames": 241},
 }
+
+
+JOB_ID = re.compile(r"[0-9a-f]{12}")  # what the engine makes; only such an id forms a path
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 class JobRow(SQLModel, table=True):
@@ -123,7 +131,7 @@ class Store:
 
     def add_job(self, params: dict[str, Any], model: str, engine_version: str) -> JobRow:
         row = JobRow(
-            id=uuid.uuid4().hex[:12],
+            id=new_job_id(),
             created_at=time.time(),
             status="queued",
             prompt=params["prompt"],
@@ -218,6 +226,12 @@ class Store:
     def queued_ids(self) -> list[str]:
         rows, _ = self.list_jobs(status="queued", sort="oldest", limit=500)
         return [row.id for row in rows]
+
+    def ids_starting(self, prefix: str, limit: int = 6) -> list[str]:
+        """Job ids that begin with `prefix`, at most `limit` (a prefix that matches more is ambiguous)."""
+        with self.session() as session:
+            query = select(JobRow.id).where(col(JobRow.id).startswith(prefix, autoescape=True))
+            return list(session.exec(query.order_by(JobRow.id).limit(limit)).all())
 
     def delete(self, job_id: str) -> JobRow | None:
         with self.lock, self.session() as session:

@@ -26,10 +26,11 @@ from engine.protocol import (
     Hello,
     ProtocolError,
     Subscribe,
+    WireShapeError,
     encode,
+    encode_reply,
     error_reply,
     parse_request,
-    reply,
 )
 
 log = logging.getLogger(__name__)
@@ -180,13 +181,18 @@ class Connection:
                 self.hub.unsubscribe(self.subscription)  # the subscribe failed: no events follow
                 self.subscription = None
             return
-        self.answer(request.id, result)
+        self.answer(request, result)
         if self.subscription is not None and self.forwarder is None:
             self.forwarder = asyncio.create_task(self.forward(self.subscription))
 
-    def answer(self, request_id: int | str, result: dict[str, Any]) -> None:
-        """The one place a handler's result is encoded as a reply."""
-        self.outgoing.put_nowait(reply(request_id, result))
+    def answer(self, request, result: dict[str, Any]) -> None:
+        """The one place a handler's result is encoded as a reply, checked against its reply model."""
+        try:
+            line = encode_reply(request.type, request.id, result)
+        except WireShapeError as error:  # the engine's bug: the client hears of it, the log has it
+            self.fail(request, error)
+            return
+        self.outgoing.put_nowait(line)
 
     def fail(self, request, error: Exception) -> None:
         if isinstance(error, RequestFailed):

@@ -175,19 +175,7 @@ class JobWorker(threading.Thread):
 
         self.publish("job_started", job_id=job_id)
         folder = self.outputs / job_id
-        job = JobSpec(
-            prompt=params.prompt,
-            out=folder / "video.mp4",
-            seed=params.seed,
-            cfg=params.cfg,
-            motion_score=params.motion_score,
-            temperature=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            steps=params.steps,
-            frames=params.frames,
-            overlap=params.overlap,
-        )
+        job = JobSpec.from_params(params.model_dump(), out=folder / "video.mp4")
 
         def progress(event: Progress) -> None:
             self.publish(

@@ -53,7 +53,8 @@ class Pipeline:
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
         self.dit = (dit or DiTOptions()).resolved(self.device)
-        sizes = spec_weight_sizes(spec, self.dtype) if memory == "auto" and self.device.type == "cuda" else None
+        on_gpu = self.device.type == "cuda"
+        sizes = spec_weight_sizes(spec, self.dtype) if memory == "auto" and on_gpu else None
         self.memory_choice = resolve_memory_profile(memory, self.device, sizes)
         self.memory = self.memory_choice.profile
         log.info("memory profile %s (%s)", self.memory, self.memory_choice.reason)

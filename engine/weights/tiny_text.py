@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -84,7 +84,8 @@ def train_tiny_sentencepiece(out_dir: Path, vocab_size: int) -> Path:
             minloglevel=2,
             num_threads=1,
         )
-        os.replace(prefix.with_suffix(".model"), out_dir / "spiece.model")
+        # a move, not a rename: the temporary folder may be on another filesystem than the weights
+        shutil.move(prefix.with_suffix(".model"), out_dir / "spiece.model")
     tokenizer_config = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "model_max_length": 512}
     special = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
     (out_dir / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, **special}, indent=1))
