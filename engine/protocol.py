@@ -530,6 +530,10 @@ class StatusReply(Exact):
     device: str
     memory_used_bytes: int | None
     memory_total_bytes: int | None = None  # known on a GPU
+    # the running job's latest progress and its latest finished chunk (None before the first), so a client
+    # that (re)connects mid-job draws the stage, step/total and chunk/chunks at once, not at the next step
+    progress: JobProgressEvent | None = None
+    last_chunk: ChunkFinishedEvent | None = None
 
 
 class SubscribeReply(Exact):
@@ -551,6 +555,7 @@ class ShutdownReply(Exact):
 class WeightsJobReply(Exact):
     root: str
     only: WeightsPart
+    generated: bool = False  # the engine writes the files (the tiny model's random weights), none fetched
 
 
 class CancelDownloadReply(Exact):
@@ -564,6 +569,9 @@ class WeightsStatusReply(Exact):
     files: list[WeightFileState]
     complete: bool
     busy: bool  # a download or verification is running
+    # the files are made on this machine (the tiny model's random weights), not downloaded:
+    # download_weights writes them
+    generated: bool = False
 
 
 class LogTailReply(Exact):

@@ -15,10 +15,11 @@ from textual.widgets import Footer, Header, TabbedContent, TabPane
 from engine import __version__
 from engine.wire import RemoteError
 
-from .client import LOST, STARTING, STOPPED, EngineLink
+from .client import ABSENT, LOST, STARTING, STOPPED, EngineLink
 from .commands import LanDiffCommands
 from .messages import EngineConnected, EngineLost, JobEnded, message_for
 from .screens.confirm import Confirm
+from .screens.keys import Keys
 from .screens.welcome import NoWeights
 from .views.base import View
 from .views.engine_view import EngineView
@@ -39,12 +40,18 @@ TABS = [
 ]
 
 
+START_HINT = "R on the Engine tab (F5) starts one"
+
+
 class LanDiffApp(App):
     TITLE = "LanDiff"
     CSS_PATH = "app.tcss"
     COMMANDS = App.COMMANDS | {LanDiffCommands}
+    AUTO_FOCUS = "#prompt"  # typing lands in the prompt from the first frame
+    # the tabs' titles name their keys, so the footer keeps its width for the keys of the tab shown
     BINDINGS = [
-        *(Binding(key, f"show_tab('{tab}')", label) for tab, label, key in TABS),
+        *(Binding(key, f"show_tab('{tab}')", label, show=False) for tab, label, key in TABS),
+        Binding("f12,question_mark", "keys", "Keys"),  # ? types in a text field: F12 works there
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -68,22 +75,29 @@ class LanDiffApp(App):
     def compose(self) -> ComposeResult:
         yield Header()
         with TabbedContent(id="tabs"):
-            with TabPane("Generate", id="generate"):
+            with TabPane(tab_title("generate"), id="generate"):
                 yield GenerateView()
             # the other tabs mount right after the first paint: styling every widget first would delay it
-            with TabPane("Queue", id="queue"):
+            with TabPane(tab_title("queue"), id="queue"):
                 yield Lazy(QueueView())
-            with TabPane("Gallery", id="gallery"):
+            with TabPane(tab_title("gallery"), id="gallery"):
                 yield Lazy(GalleryView())
-            with TabPane("Weights", id="weights"):
+            with TabPane(tab_title("weights"), id="weights"):
                 yield Lazy(WeightsView())
-            with TabPane("Engine", id="engine"):
+            with TabPane(tab_title("engine"), id="engine"):
                 yield Lazy(EngineView())
         yield Footer()
 
     def on_mount(self) -> None:
         self.sub_title = "connecting to the engine..."
-        self.call_after_refresh(self.link.start)  # after the lazy tabs: they get the connection's state
+        self.call_after_refresh(self.start_link)
+
+    def start_link(self) -> None:
+        """Connect once every tab is mounted (they mount after the first frame): each gets the state."""
+        if len(self.views) < len(TABS):
+            self.call_after_refresh(self.start_link)
+        else:
+            self.link.start()
 
     async def on_unmount(self) -> None:
         await self.link.close()
@@ -115,9 +129,11 @@ class LanDiffApp(App):
         self.run_worker(self.check_weights(), exclusive=True, group="weights-check")
 
     def engine_state(self, state: str, message: str) -> None:
-        self.sub_title = {STARTING: "starting the engine...", LOST: "engine lost: reconnecting..."}.get(
-            state, "engine stopped"
-        )
+        self.sub_title = {
+            STARTING: message,
+            LOST: "engine lost: reconnecting...",
+            ABSENT: f"no engine is running: {START_HINT}",
+        }.get(state, f"engine stopped: {START_HINT}")
         self.broadcast(lambda: EngineLost(state, message))
         if state == STOPPED:
             self.notify(message or "the engine stopped", severity="error", timeout=15)
@@ -170,21 +186,33 @@ class LanDiffApp(App):
             return
         self.run_worker(self.restart_engine(model), group="engine-start")
 
-    async def restart_engine(self, model: str) -> None:
+    async def restart_engine(self, model: str | None = None) -> None:
+        """Bring the engine back: restart the running one, or start one when none answers (the header
+        says which); `model` defaults to the one this app asked for or last saw."""
+        if model is None and self.engine_info is not None:
+            model = self.engine_info.model
         try:
             await self.link.restart(model)
         except RemoteError as error:
-            self.notify(str(error), title="restart", severity="error")
+            self.notify(str(error), title="engine", severity="error")
 
     # actions
 
+    def action_keys(self) -> None:
+        self.push_screen(Keys(self.query_one(TabbedContent).active))
+
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
-        self.query_one(f"#{tab}", TabPane).query_one(".view").focus_default()
+        views = self.query_one(f"#{tab}", TabPane).query(".view")
+        if views:
+            views.first().focus_default()
+        # else: pressed before the tab mounted (right after launch); the view takes the focus on mount
 
     @on(TabbedContent.TabActivated)
     def tab_shown(self, event: TabbedContent.TabActivated) -> None:
-        event.pane.query_one(".view").shown()
+        views = event.pane.query(".view")
+        if views:
+            views.first().shown()
 
     async def action_quit(self) -> None:
         if self.query_one(QueueView).running is None:
@@ -210,6 +238,11 @@ class LanDiffApp(App):
             self.notify(str(error), title=kind.replace("_", " "), severity="error", timeout=10)
             return None
         return reply if self.is_running else None
+
+
+def tab_title(tab: str) -> str:
+    _, label, key = next(entry for entry in TABS if entry[0] == tab)
+    return f"{key.upper()} {label}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 RETRY_S = 1.0
 
-# states reported to the UI besides `connected` (which comes with the engine's hello)
-STARTING, LOST, STOPPED = "starting", "lost", "stopped"
+# states reported to the UI besides `connected` (which comes with the engine's hello): starting one,
+# the connection dropped (it comes back by itself), no engine answers (`start_engine` brings one), and a
+# refusal or a failed start
+STARTING, LOST, ABSENT, STOPPED = "starting", "lost", "absent", "stopped"
 # a refusal that retrying cannot mend: another model served, or an engine of another protocol version
 FINAL = ("wrong_model", "bad_reply")
 
@@ -34,8 +36,8 @@ class EngineLink:
     `on_event(event)` gets every engine event once, in order, as its protocol model, including the ones
     missed while disconnected (replayed by sequence number). `on_connected(hello, caught_up)` gets each
     (re)connection with the engine's hello and subscribe replies; `on_state(state, message)` gets
-    starting, lost and stopped. Requests return their reply model; made while disconnected, they fail at
-    once with a RemoteError.
+    starting, lost, absent and stopped. Requests return their reply model; made while disconnected,
+    they fail at once with a RemoteError.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class EngineLink:
         self.instance: str | None = None
         self.task: asyncio.Task | None = None
         self.closing = False
+        self.starting = False
 
     @property
     def connected(self) -> bool:
@@ -75,7 +78,7 @@ class EngineLink:
                 await self.task
 
     async def run(self) -> None:
-        first = True
+        first, absent_told = True, False
         while not self.closing:
             try:
                 reader, writer = await asyncio.open_unix_connection(str(self.path), limit=MAX_REPLY_BYTES)
@@ -85,34 +88,48 @@ class EngineLink:
                     await self.start_engine()
                     continue
                 first = False
+                if not absent_told and not self.starting:  # once an outage: the header keeps saying it
+                    absent_told = True
+                    self.on_state(ABSENT, "no engine is running")
                 await asyncio.sleep(RETRY_S)
                 continue
-            first = False
+            first, absent_told = False, False
             await self.session(reader, writer)
             if not self.closing:
                 self.on_state(LOST, "the engine went away; waiting for it to come back")
                 await asyncio.sleep(RETRY_S)
 
-    async def start_engine(self, model: str | None = None) -> None:
-        """Start a detached engine (it outlives the TUI); reports `starting`, then the outcome."""
+    async def start_engine(self, model: str | None = None, verb: str = "starting") -> None:
+        """Start a detached engine (it outlives the TUI); reports `starting`, then the outcome (the run
+        loop connects to it as soon as it answers)."""
         model = model or self.model or "landiff"
-        self.on_state(STARTING, f"starting the engine ({model} model)")
+        self.starting = True
+        self.on_state(STARTING, f"{verb} the engine ({model} model)...")
         try:
             client = await asyncio.to_thread(start_engine, model, None)
             client.close()
         except EngineUnavailable as error:
             self.on_state(STOPPED, str(error))
+        finally:
+            self.starting = False
 
-    async def restart(self, model: str) -> None:
-        """Stop the engine (it finishes cleanly, marking a running job interrupted), then start one serving
-        `model`; raises RemoteError when the engine refuses to stop."""
-        await self.request("shutdown")
-        for _ in range(150):  # the old engine removes its socket as it exits
+    async def restart(self, model: str | None = None) -> None:
+        """Bring an engine serving `model` (default: the one asked for before): stop the running one (it
+        finishes cleanly, marking a running job interrupted) and start another; with none running, only
+        start one. Raises RemoteError when the engine refuses to stop."""
+        if self.starting:
+            raise RemoteError("starting", "the engine is already starting; it connects when it answers")
+        model = model or self.model
+        verb, wait_s = "starting", 5.0  # a socket left by an engine still exiting (one just stopped)
+        if self.connected:
+            verb, wait_s = "restarting", 15.0
+            await self.request("shutdown")
+        for _ in range(int(wait_s * 10)):  # the old engine removes its socket as it exits
             if not self.connected and not self.path.exists():
                 break
             await asyncio.sleep(0.1)
         self.model = model
-        await self.start_engine(model)
+        await self.start_engine(model, verb)
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writer = writer

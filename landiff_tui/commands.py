@@ -1,52 +1,137 @@
-"""Command-palette entries: every app-level action, by name."""
+"""Command-palette entries: every action of every tab, by name, offered only where it applies now."""
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-ENTRIES = [
-    ("Generate: go to the prompt", "show_tab", ("generate",)),
-    ("Queue: running and queued jobs", "show_tab", ("queue",)),
-    ("Gallery: past jobs", "show_tab", ("gallery",)),
-    ("Weights: status, download, verify", "show_tab", ("weights",)),
-    ("Engine: status and log", "show_tab", ("engine",)),
-    ("Submit the prompt", "view:generate:submit", ()),
-    ("Random seed", "view:generate:random_seed", ()),
-    ("Save the parameters as a preset", "view:generate:save_preset", ()),
-    ("Delete the selected preset", "view:generate:delete_preset", ()),
-    ("Cancel the running job", "view:queue:cancel_job", ()),
-    ("Download the weights", "view:weights:download", ()),
-    ("Verify the weights", "view:weights:verify", ()),
-    ("Cancel the download or verification", "view:weights:cancel", ()),
-    ("Restart the engine", "view:engine:restart", ()),
-    ("Stop the engine", "view:engine:stop", ()),
-    ("Release the models from memory", "view:engine:release", ()),
-    ("Switch the engine to the tiny model", "switch_tiny", ()),
-]
+if TYPE_CHECKING:
+    from .app import LanDiffApp
+
+
+@dataclass
+class Entry:
+    name: str
+    tab: str | None  # the tab it shows first, if any
+    action: str | Callable[[LanDiffApp], Any]  # a view action's name (on `tab`), or a function of the app
+    applies: Callable[[LanDiffApp], bool] = lambda app: True
+
+
+def view(app: LanDiffApp, tab: str) -> Any:
+    """The tab's view, or None before it is mounted (the tabs mount right after the first frame)."""
+    found = app.query(f"#{tab} .view")
+    return found.first() if found else None
+
+
+def selected_job(app: LanDiffApp) -> Any:
+    gallery = view(app, "gallery")
+    return gallery.selected(quiet=True) if gallery is not None else None
+
+
+def connected(app: LanDiffApp) -> bool:
+    return app.link.connected
+
+
+def serving(app: LanDiffApp) -> str | None:
+    return app.engine_info.model if app.engine_info is not None and connected(app) else None
+
+
+def entries(app: LanDiffApp) -> Iterator[Entry]:
+    generate = view(app, "generate")
+    yield Entry("Generate: go to the prompt", "generate", "focus_default")
+    yield Entry("Submit the prompt", "generate", "submit")
+    yield Entry("Random seed", "generate", "random_seed")
+    yield Entry("Save the parameters as a preset", "generate", "save_preset")
+    if generate is not None:
+        for name in generate.presets:
+            yield Entry(f"Apply the preset {name!r}", "generate", lambda app, name=name: choose(app, name))
+    yield Entry(
+        "Delete the selected preset",
+        "generate",
+        "delete_preset",
+        lambda app: generate is not None and isinstance(generate.query_one("#preset").value, str),
+    )
+    yield Entry("Queue: running and queued jobs", "queue", "focus_default")
+    queue = view(app, "queue")
+    has_jobs = queue is not None and bool(queue.jobs)
+    yield Entry("Cancel a queued or running job", "queue", "cancel_job", lambda app: has_jobs)
+    yield Entry("Gallery: past jobs", "gallery", "focus_default")
+    yield Entry("Search the prompts of past jobs", "gallery", "focus_search")
+    yield Entry("Clear the gallery's search", "gallery", "clear_search")
+    job = selected_job(app)
+    if job is not None:
+        short = f"{job.id[:8]} ({job.prompt[:30]!r})"
+        yield Entry(f"Open job {short}", "gallery", "open")
+        yield Entry(f"Re-run job {short}", "gallery", "rerun")
+        yield Entry(f"Edit and re-run job {short}", "gallery", "edit")
+        yield Entry(f"Copy the prompt of job {short}", "gallery", "copy_prompt")
+        if job.video_path:
+            yield Entry(f"Copy the video path of job {short}", "gallery", "copy_path")
+            yield Entry(f"Play the video of job {short}", "gallery", "play")
+        yield Entry(f"Delete job {short} and its files", "gallery", "delete")
+    weights = view(app, "weights")
+    generated = weights is not None and weights.status is not None and weights.status.generated
+    yield Entry("Weights: status, download, verify", "weights", "focus_default")
+    yield Entry(
+        "Generate the tiny model's weights" if generated else "Download the weights",
+        "weights",
+        "download",
+        connected,
+    )
+    yield Entry("Verify the weights", "weights", "verify", connected)
+    yield Entry(
+        "Cancel the download or verification",
+        "weights",
+        "cancel",
+        lambda app: connected(app) and weights is not None and weights.busy,
+    )
+    yield Entry("Refresh the weights' states", "weights", "refresh", connected)
+    yield Entry("Engine: status and log", "engine", "focus_default")
+    yield Entry("Restart the engine" if connected(app) else "Start the engine", "engine", "restart")
+    yield Entry("Stop the engine", "engine", "stop", connected)
+    yield Entry("Release the models from memory", "engine", "release", connected)
+    yield Entry("Refresh the engine's status and log", "engine", "refresh", connected)
+    model = serving(app)
+    if model is not None and model != "tiny":
+        yield Entry("Switch the engine to the tiny model", None, lambda app: app.switch_model("tiny"))
+    if model == "tiny":
+        yield Entry("Switch the engine to the landiff model", None, lambda app: app.switch_model("landiff"))
+    yield Entry("Keys: every key of every tab", None, lambda app: app.action_keys())
+
+
+def choose(app: LanDiffApp, name: str) -> None:
+    app.query_one("#preset").value = name
 
 
 class LanDiffCommands(Provider):
+    def applicable(self) -> list[Entry]:
+        return [entry for entry in entries(self.app) if entry.applies(self.app)]
+
     async def discover(self) -> Hits:
-        for name, action, args in ENTRIES:
-            yield DiscoveryHit(name, partial(self.run, action, args))
+        for entry in self.applicable():
+            yield DiscoveryHit(entry.name, lambda entry=entry: self.run(entry))
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for name, action, args in ENTRIES:
-            score = matcher.match(name)
+        for entry in self.applicable():
+            score = matcher.match(entry.name)
             if score > 0:
-                yield Hit(score, matcher.highlight(name), partial(self.run, action, args))
+                yield Hit(score, matcher.highlight(entry.name), lambda entry=entry: self.run(entry))
 
-    async def run(self, action: str, args: tuple) -> None:
+    async def run(self, entry: Entry) -> None:
         app = self.app
-        if action == "show_tab":
-            app.action_show_tab(*args)
-        elif action == "switch_tiny":
-            await app.switch_model("tiny")
-        else:
-            _, tab, name = action.split(":")
-            app.action_show_tab(tab)
-            view = app.query_one(f"#{tab}").query_one(".view")
-            await view.run_action(name)
+        from .screens.job_detail import JobDetail
+
+        while isinstance(app.screen, JobDetail):  # the palette acts on the tabs, not on a job's page
+            app.pop_screen()
+        if entry.tab is not None:
+            app.action_show_tab(entry.tab)
+        if callable(entry.action):
+            result = entry.action(app)
+            if hasattr(result, "__await__"):
+                await result
+        elif entry.action != "focus_default":
+            await view(app, entry.tab).run_action(entry.action)

@@ -52,7 +52,8 @@ async def until(pilot, condition, timeout: float = 60.0, what: str = "the condit
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            said = [str(n.message) for n in pilot.app._notifications]
+            raise AssertionError(f"timed out waiting for {what} ({pilot.app.sub_title!r}; {said})")
         await pilot.pause(0.05)
 
 
@@ -115,6 +116,7 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
         await until(pilot, lambda: events.of("job_finished"), what="the job to finish")
         job_id = events.of("job_finished")[0].job_id
         assert app.query_one("TabbedContent").active == "queue"
+        assert app.query_one("#prompt").text == ""  # a second ctrl+s queues no duplicate
         denoise = [e for e in events.of("job_progress", job_id) if e.stage == "denoise"]
         assert denoise and denoise[-1].step == denoise[-1].total == 3
         assert engine_job(engine, job_id)["params"]["seed"] == 7
@@ -123,15 +125,15 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
         gallery = app.query_one("GalleryView")
         app.query_one("#search").value = "heron"
         await until(pilot, lambda: [r.id for r in gallery.rows] == [job_id], what="the search result")
-        app.query_one("#gallery-table").focus()
-        await pilot.press("r")
+        table = app.query_one("#gallery-table")
+        assert table.get_row_at(0)[2] == "1.1 s (9)"  # the tiny model's one clip: 9 frames at 8 fps
+        await pilot.press("ctrl+r")
         await until(pilot, lambda: len(events.of("job_finished")) == 2, what="the re-run")
         rerun_id = events.of("job_finished")[1].job_id
         assert engine_job(engine, rerun_id)["params"] == engine_job(engine, job_id)["params"]
 
         await until(pilot, lambda: len(gallery.rows) == 2, what="the gallery to show the re-run")
-        app.query_one("#gallery-table").focus()
-        await pilot.press("e")
+        await pilot.press("ctrl+e")
         assert app.query_one("TabbedContent").active == "generate"
         assert app.query_one("#prompt").text == "A heron standing in shallow water."
         await set_field(pilot, "seed", "8")
@@ -154,7 +156,7 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
         app.query_one("#gallery-table").focus()
         index = [r.id for r in gallery.rows].index(job_id)
         app.query_one("#gallery-table").move_cursor(row=index)
-        await pilot.press("d")
+        await pilot.press("ctrl+d")
         await pilot.press("y")
         await until(pilot, lambda: events.of("job_deleted"), what="the deletion")
         with engine.client() as client, pytest.raises(RemoteError, match="no job"):
@@ -190,8 +192,8 @@ async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engi
         events = await connected(pilot)
         engine.process.send_signal(signal.SIGKILL)
         engine.process.wait(10)
-        await until(pilot, lambda: "lost" in app.sub_title, what="the TUI to show the engine is gone")
-        assert not app.link.connected
+        await until(pilot, lambda: not app.link.connected, what="the TUI to see the engine is gone")
+        await until(pilot, lambda: "no engine is running: R" in app.sub_title, 10, "the header to say so")
         engine.start()
         # connected is true from the socket's open; the header changes once hello and subscribe answered
         await until(
@@ -207,8 +209,19 @@ async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engi
         old_pid = app.engine_info.pid  # restart from the Engine tab: a new, detached engine answers
         await pilot.press("f5")
         await pilot.press("R")
+        assert type(app.screen).__name__ == "Confirm"
+        await pilot.press("y")
         try:
+            await until(pilot, lambda: "restarting the engine (tiny" in app.sub_title, 10, "the header")
             await until(pilot, lambda: app.link.connected and app.engine_info.pid != old_pid, 90, "a restart")
+            # stopped (S here, or `landiff-engine stop` elsewhere): the header says so, and R starts one
+            old_pid = app.engine_info.pid
+            await pilot.press("S", "y")
+            await until(pilot, lambda: "no engine is running: R" in app.sub_title, 30, "the stop")
+            await pilot.press("R")
+            assert type(app.screen).__name__ != "Confirm"  # nothing to interrupt: no question
+            await until(pilot, lambda: "starting the engine (tiny model)" in app.sub_title, 10, "the header")
+            await until(pilot, lambda: app.link.connected and app.engine_info.pid != old_pid, 150, "a start")
         finally:
             with engine.client() as client:
                 client.request("shutdown")
@@ -417,6 +430,8 @@ async def test_the_weights_tab_downloads_through_the_engine(tmp_path, monkeypatc
 
                 await until(pilot, lambda: states() == {"missing"}, 10, "the missing files listed")
                 await pilot.press("d")
+                assert type(app.screen).__name__ == "Confirm"  # gigabytes for the release: it asks first
+                await pilot.press("y")
                 await until(pilot, lambda: events.of("download_finished"), 60, "the download")
                 assert events.of("download_started") and events.of("download_progress")
                 assert events.of("download_finished")[0].failed == {}
@@ -451,3 +466,328 @@ async def test_engine_events_reach_the_views_as_typed_messages_and_progress_coal
         link.publish("job_cancelled", job_id="j1", partial=True, status="cancelled_partial", video="/v.mp4")
         await until(pilot, lambda: not queue.jobs, 10, "the queue to empty")
         await until(pilot, lambda: any("shorter video" in str(n.message) for n in app._notifications), 5)
+
+
+# issue 12: what a first hour trips over
+
+
+def mounted(app, selector: str):
+    """The widget, or None before it is mounted (tabs and form fields come after the first frame)."""
+    found = app.query(selector)
+    return found.first() if found else None
+
+
+def notified(app, text: str) -> bool:
+    return any(text in str(n.message) for n in app._notifications)
+
+
+async def test_typing_in_the_gallery_searches_and_no_letter_runs_an_action():
+    link = ScriptedLink([job(0), job(1), job(2)])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("f3")
+        await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, 10, "the gallery")
+        await pilot.press(*"red")  # once the keys of re-run, edit and delete
+        assert app.query_one("#search").value == "red"
+        await pilot.press("down")  # into the list: a letter typed there goes to the search box too
+        assert app.focused.id == "gallery-table"
+        await pilot.press("d", "y")
+        assert app.query_one("#search").value == "reddy" and app.focused.id == "search"
+        assert type(app.screen).__name__ == "Screen" and app.query_one("TabbedContent").active == "gallery"
+        assert not [kind for kind, _ in link.requests if kind in ("submit", "delete_job")]
+        app.query_one("#search").value = ""
+        await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, 10, "the whole list again")
+        await pilot.press("ctrl+d")  # deleting takes a chord and asks first
+        assert type(app.screen).__name__ == "Confirm"
+        await pilot.press("n")
+        await pilot.press("ctrl+r")  # the chord re-runs the highlighted job
+        await until(pilot, lambda: [f for k, f in link.requests if k == "submit"], 5, "the re-run")
+        assert [f for k, f in link.requests if k == "submit"][0]["params"] == job(0).params
+        assert not [kind for kind, _ in link.requests if kind == "delete_job"]
+
+
+async def test_keys_typed_right_after_launch_land_in_the_prompt():
+    app = LanDiffApp(link=ScriptedLink([job(0)]))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press(*"A fox")  # before anything settled: no pause, no F1
+        assert app.focused is app.query_one("#prompt")
+        assert app.query_one("#prompt").text == "A fox"
+
+
+async def test_restart_asks_while_an_engine_answers_and_starts_one_when_none_does():
+    link = ScriptedLink([job(0, "running")])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: link.connected and app.engine_info is not None, 10, "the connection")
+        await pilot.press("f5", "R")
+        assert type(app.screen).__name__ == "Confirm"
+        assert "running job 00000000 is marked interrupted" in str(app.screen.query_one("Static").render())
+        await pilot.press("n")
+        assert link.restarts == []
+        link.connected = False
+        app.engine_state("absent", "no engine is running")
+        await pilot.pause()
+        assert app.sub_title == "no engine is running: R on the Engine tab (F5) starts one"
+        await pilot.press("S")
+        assert notified(app, "no engine is connected; R starts one")
+        await pilot.press("R")  # no question: nothing runs to interrupt
+        await until(pilot, lambda: link.restarts == ["tiny"] and link.connected, 5, "a start")
+
+
+async def test_the_tiny_models_weights_show_as_generated_and_d_makes_them():
+    link = ScriptedLink([job(0)], weights_complete=False)
+    link.generated, link.model = True, "tiny"
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("f4")
+        table = app.query_one("#weights-table")
+        await until(pilot, lambda: table.row_count == 3, 10, "the files")
+        assert {table.get_row_at(i)[0] for i in range(3)} == {"to generate"}
+        assert "random, made on this machine; not written yet (d: generate them)" in str(
+            app.query_one("#weights-root").render()
+        )
+        await pilot.press("d")  # cheap and local: no question
+        await until(pilot, lambda: [k for k, _ in link.requests if k == "download_weights"], 5, "the request")
+        assert notified(app, "writing the tiny model's random weights")
+
+
+async def test_downloading_the_release_asks_first():
+    link = ScriptedLink([job(0)], weights_complete=False)  # the release, missing
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: type(app.screen).__name__ == "NoWeights", 10, "the first-run dialog")
+        await pilot.press("escape", "f4")
+        await until(pilot, lambda: app.query_one("WeightsView").status is not None, 10, "the states")
+        await pilot.press("d")
+        assert type(app.screen).__name__ == "Confirm"
+        assert "25 GB" in str(app.screen.query_one("Static").render())
+        await pilot.press("n")
+        assert not [k for k, _ in link.requests if k == "download_weights"]
+
+
+def progress(stage: str, step: int, total: int, chunk: int, chunks: int = 3) -> dict:
+    return dict(
+        job_id=job(0).id,
+        stage=stage,
+        step=step,
+        total=total,
+        chunk=chunk,
+        chunks=chunks,
+        rate=4.0,
+        eta_s=1.0,
+        frames_written=0,
+        video_seconds=0.0,
+        job_eta_s=9.0,
+    )
+
+
+async def test_the_queue_shows_only_the_running_jobs_present_state(tmp_path):
+    link = ScriptedLink([job(0, "running")])
+    app = LanDiffApp(link=link)
+    frame = tmp_path / "chunk-000.png"
+    Image.new("RGB", (24, 16), (200, 10, 10)).save(frame)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("f2")
+        await until(pilot, lambda: (queue := mounted(app, "QueueView")) and queue.running, 10, "the job")
+        queue = app.query_one("QueueView")
+
+        def detail(stage: str) -> str:
+            return str(queue.query_one(f"#stage-{stage} .stage-detail").render())
+
+        for stage, total in (("text", 2), ("tokens", 17), ("denoise", 4), ("decode", 3), ("write", 1)):
+            link.publish("job_progress", **progress(stage, total, total, chunk=1))
+        link.publish(
+            "chunk_finished",
+            job_id=job(0).id,
+            index=0,
+            chunks=3,
+            first_frame=0,
+            last_frame=48,
+            frames_written=49,
+            video_seconds=6.1,
+            preview=str(frame),
+            video_partial="/v.mp4",
+            timings_s={},
+        )
+        link.publish("job_progress", **progress("denoise", 1, 4, chunk=2))
+        await until(pilot, lambda: detail("denoise").startswith("1/4"), 5, "chunk 2 denoising")
+        assert detail("decode") == detail("write") == ""  # chunk 1's decode is not chunk 2's
+        assert detail("tokens").startswith("17/17")
+        assert detail("chunk") == "chunk 2 of 3, 1/3 done"
+        link.publish("job_progress", **progress("denoise", 1, 4, chunk=3))
+        await until(pilot, lambda: detail("chunk") == "chunk 3 of 3, 2/3 done", 5, "the third chunk")
+        assert queue.query_one("#stage-chunk ProgressBar").progress == 2  # not full while it runs
+
+        # a fresh connection mid-job: the engine's status says where the job is
+        link.progress = link.publish("job_progress", **progress("decode", 2, 3, chunk=3))
+        link.last_chunk = None
+        queue.clear_live()
+        link.connect()
+        await until(pilot, lambda: detail("decode").startswith("2/3"), 5, "the caught-up stage")
+        assert detail("text") == detail("tokens") == detail("denoise") == "done" and detail("write") == ""
+
+        link.jobs = []
+        link.publish("job_finished", job_id=job(0).id, video="/v.mp4", frames=25)
+        await until(pilot, lambda: queue.running is None, 5, "the job to end")
+        assert not queue.query_one("#stage-chunk").display and not queue.query_one("#chunk-preview").display
+        assert all(detail(stage) == "" for stage in ("text", "tokens", "denoise", "decode", "write"))
+        assert str(queue.query_one("#live-title").render()) == "nothing is running"
+
+
+async def test_a_preset_sets_only_its_fields_and_the_box_forgets_it_after_an_edit():
+    app = LanDiffApp(link=ScriptedLink([job(0)]))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: app.query_one("GenerateView").presets, 10, "the presets")
+        await set_field(pilot, "seed", "7")
+        box = app.query_one("#preset")
+        box.value = "quick draft"  # steps 20, no seed
+        await pilot.pause(0.1)
+        assert app.query_one("#param-steps").value == "20" and app.query_one("#param-seed").value == "7"
+        assert box.value == "quick draft"
+        await set_field(pilot, "cfg", "9")  # a field the preset leaves alone: it still names the fields
+        await pilot.pause(0.1)
+        assert box.value == "quick draft"
+        await set_field(pilot, "steps", "30")  # one it sets: the box no longer says what the fields hold
+        await pilot.pause(0.1)
+        assert box.is_blank() and app.query_one("#param-cfg").value == "9"
+        box.value = "reference defaults"  # one that does set the seed
+        await pilot.pause(0.1)
+        assert app.query_one("#param-seed").value == "42" and box.value == "reference defaults"
+
+
+async def test_a_submitted_prompt_clears_and_up_brings_it_back():
+    link = ScriptedLink([])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: (field := mounted(app, "#param-cfg")) and field.value, 10, "the form")
+        await pilot.press(*"A heron")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: app.query_one("#prompt").text == "", 5, "the prompt to clear")
+        await pilot.press("ctrl+s")  # a second one: nothing to submit
+        assert len([k for k, _ in link.requests if k == "submit"]) == 1
+        await pilot.press("f1", "up")
+        assert app.query_one("#prompt").text == "A heron"
+
+
+def palette_names(app) -> list[str]:
+    from landiff_tui.commands import entries
+
+    return [entry.name for entry in entries(app) if entry.applies(app)]
+
+
+async def test_the_palette_has_every_action_of_every_tab_where_it_applies():
+    from landiff_tui.commands import entries
+    from landiff_tui.views.base import View
+
+    link = ScriptedLink([job(0, "queued", thumbnail_path=None), job(1)])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: len(app.query(View)) == 5 and app.engine_info, 10, "the tabs")
+        await pilot.press("f3")
+        await until(pilot, lambda: app.query_one("GalleryView").rows, 10, "the gallery")
+        offered = {(entry.tab, entry.action) for entry in entries(app)}
+        for view in app.query(View):
+            tab = view.parent.id
+            for binding in view.BINDINGS:
+                assert (tab, binding.action) in offered, f"{tab}: {binding.action} is not in the palette"
+        names = palette_names(app)
+        assert "Switch the engine to the tiny model" not in names  # it serves tiny
+        assert "Switch the engine to the landiff model" in names
+        assert any(name.startswith("Re-run job 00000000") for name in names)
+        assert "Cancel the download or verification" not in names  # none runs
+        assert "Delete the selected preset" not in names  # none chosen
+        assert "Restart the engine" in names and "Start the engine" not in names
+        link.connected = False
+        app.engine_state("absent", "no engine is running")
+        names = palette_names(app)
+        assert "Start the engine" in names and "Stop the engine" not in names
+        link.connect()
+        await pilot.press("ctrl+p", *"re-run job", "enter")  # runs it
+        await until(pilot, lambda: [k for k, _ in link.requests if k == "submit"], 5, "the re-run")
+
+
+async def test_keys_lists_every_key_and_the_footer_fits_the_tabs_keys_at_80x24():
+    from landiff_tui.screens.keys import sections
+
+    app = LanDiffApp(link=ScriptedLink([job(0)]))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: len(app.query("View")) == 5, 10, "the tabs")
+        wanted_keys = {"f1": "Submit", "f2": "Cancel job", "f3": "Re-run", "f4": "Download", "f5": "Stop"}
+        for tab, wanted in wanted_keys.items():
+            await pilot.press(tab)
+            await pilot.pause(0.1)
+            keys = [key for key in app.screen.query("FooterKey") if key.region.width]
+            shown = [key.description for key in keys]
+            assert wanted in shown and "Keys" in shown, (tab, shown)
+            palette = next(key for key in keys if key.description == "palette")
+            assert max(key.region.right for key in keys if key is not palette) <= palette.region.x, shown
+        await pilot.press("f3", "question_mark")  # from the search box it types
+        assert app.query_one("#search").value == "?"
+        await pilot.press("f12")
+        assert type(app.screen).__name__ == "Keys"
+        listed = str(app.screen.query_one("#keys-list").render())
+        assert listed.index("Gallery") < listed.index("Generate")  # the tab shown first
+        for _, _, keys in sections():
+            for names, what in keys:
+                assert f"{names:<16} {what}" in listed
+
+
+async def test_a_failed_jobs_detail_shows_its_error_and_copy_says_where_it_went():
+    app = LanDiffApp(link=ScriptedLink([job(0, "failed", error="CUDA out of memory", video_path=None)]))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("f3")
+        await until(pilot, lambda: app.query_one("GalleryView").rows, 10, "the gallery")
+        await pilot.press("enter")
+        await until(pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, 5, "details")
+        body = str(app.screen.query_one("#detail-body").render())
+        assert "failed: CUDA out of memory" in body.splitlines()[2]  # at the top, not at the end
+        assert str(app.screen.query_one("#detail-preview").render()).startswith("no video: the job failed")
+        await pilot.press("c")
+        assert notified(app, "prompt sent to the terminal's clipboard (OSC 52")
+
+
+def test_no_color_leaves_no_colour(tmp_path):
+    """NO_COLOR on a real pseudo-terminal: every colour the first screens write is a grey."""
+    import pty
+    import re
+    import select
+
+    env = {**os.environ, "LANDIFF_RUNTIME_DIR": str(tmp_path), "NO_COLOR": "1", "COLORTERM": "truecolor"}
+    env.update(TERM="xterm-256color", COLUMNS="80", LINES="24")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execvpe(sys.executable, [sys.executable, "-m", "landiff_tui.app", "--no-start"], env)
+    out = b""
+    deadline = time.monotonic() + 20
+    try:
+        while b"Submit" not in out and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                out += os.read(fd, 1 << 16)
+        os.write(fd, b"\x1b[13~")  # F3: the Gallery's table and its zebra stripes
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            if select.select([fd], [], [], 0.1)[0]:
+                out += os.read(fd, 1 << 16)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"Submit" in out
+    coloured = []
+    for sgr in re.findall(rb"\x1b\[([0-9;:]*)m", out):
+        parts = [int(part) for part in re.split(rb"[;:]", sgr) if part]
+        while parts:
+            code = parts.pop(0)
+            if code in (38, 48, 58) and parts and parts[0] == 2:
+                red, green, blue = parts[1:4]
+                del parts[:4]
+                if not red == green == blue:
+                    coloured.append((red, green, blue))
+            elif code in (38, 48, 58) and parts and parts[0] == 5:
+                if not (parts[1] in (0, 7, 8, 15, 16, 231) or parts[1] >= 232):
+                    coloured.append(("256", parts[1]))
+                del parts[:2]
+            elif 31 <= code <= 36 or 41 <= code <= 46 or 91 <= code <= 96 or 101 <= code <= 106:
+                coloured.append(("ansi", code))
+    assert not coloured

@@ -93,7 +93,12 @@ class ScriptedLink:
         self.autostart = False
         self.path = Path("/nonexistent/engine.sock")
         self.connected = False
+        self.starting = False
+        self.restarts: list[str | None] = []
         self.seq = 0
+        self.progress: p.JobProgressEvent | None = None  # what `status` says of the running job
+        self.last_chunk: p.ChunkFinishedEvent | None = None
+        self.generated = False  # weights made on this machine (the tiny model), not downloaded
 
     def start(self) -> None:
         asyncio.get_running_loop().call_soon(self.connect)
@@ -127,8 +132,13 @@ class ScriptedLink:
     async def close(self) -> None:
         self.connected = False
 
-    async def start_engine(self, model: str | None = None) -> None:
+    async def start_engine(self, model: str | None = None, verb: str = "starting") -> None:
+        self.model = model or self.model
         self.connect()
+
+    async def restart(self, model: str | None = None) -> None:
+        self.restarts.append(model)
+        await self.start_engine(model)
 
     async def request(self, kind: str, **fields: Any) -> p.Exact:
         request = p.REQUEST_ADAPTER.validate_python({"v": 1, "id": next(self.ids), "type": kind, **fields})
@@ -163,12 +173,18 @@ class ScriptedLink:
         return p.PresetList(
             presets={
                 "quick draft": p.Preset(params={"steps": 20}, builtin=True),
-                "reference defaults": p.Preset(params={}, builtin=True),
+                "reference defaults": p.Preset(
+                    params={"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 50, "seed": 42},
+                    builtin=True,
+                ),
             }
         )
 
     def on_weights_status(self, request: p.WeightsStatus) -> p.WeightsStatusReply:
-        return weights_status(self.weights_complete)
+        status = weights_status(self.weights_complete)
+        if self.generated:
+            return status.model_copy(update={"model": "tiny", "generated": True})
+        return status
 
     def on_status(self, request: p.Status) -> p.StatusReply:
         return p.StatusReply(
@@ -185,6 +201,8 @@ class ScriptedLink:
             device="NVIDIA H200",
             memory_used_bytes=30 * 2**30,
             memory_total_bytes=140 * 2**30,
+            progress=self.progress,
+            last_chunk=self.last_chunk,
         )
 
     def on_log_tail(self, request: p.LogTail) -> p.LogTailReply:
@@ -212,7 +230,8 @@ class ScriptedLink:
         return p.PresetNameReply(name=request.name)
 
     def on_download_weights(self, request: p.DownloadWeights) -> p.WeightsJobReply:
-        return p.WeightsJobReply(root=weights_status(self.weights_complete).root, only=request.only)
+        root = weights_status(self.weights_complete).root
+        return p.WeightsJobReply(root=root, only=request.only, generated=self.generated)
 
     def on_verify_weights(self, request: p.VerifyWeights) -> p.WeightsJobReply:
         return p.WeightsJobReply(root=weights_status(self.weights_complete).root, only=request.only)

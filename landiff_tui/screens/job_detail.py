@@ -44,7 +44,10 @@ class JobActions:
             self.app.notify(f"this job has no {what}", severity="warning")
             return
         self.app.copy_to_clipboard(text)  # OSC 52: reaches the local clipboard over SSH too
-        self.app.notify(f"{what} copied to the clipboard")
+        # the terminal may ignore OSC 52 and cannot tell us: say what was done, not that it worked
+        self.app.notify(
+            f"{what} sent to the terminal's clipboard (OSC 52; some terminals must allow it first)"
+        )
 
     def delete(self, job: JobSummary, after=None) -> None:
         async def answered(yes: bool | None) -> None:
@@ -65,6 +68,8 @@ def job_actions(app: App) -> JobActions:
 
 def describe(job: JobSummary) -> str:
     lines = [f"[b]{job.id}[/b]  {job.status}  ({job.model} model, engine {job.engine_version})", ""]
+    if job.error:
+        lines += [f"[red]{job.status}: {escape(job.error)}[/red]", ""]
     lines.append(escape(job.prompt))
     lines.append("")
     lines += [f"{name:>13}: {escape(str(value))}" for name, value in job.params.items() if name != "prompt"]
@@ -73,8 +78,6 @@ def describe(job: JobSummary) -> str:
         lines += [f"{name:>13}: {value:.2f} s" for name, value in job.timings.items()]
     if job.peak_memory_bytes:
         lines.append(f"{'peak memory':>13}: {job.peak_memory_bytes / 2**30:.2f} GiB")
-    if job.error:
-        lines += ["", f"[red]{escape(job.error)}[/red]"]
     lines.append("")
     lines.append(f"{'job id':>13}: {job.id}")
     for name, path in (("video", job.video_path), ("tokens", job.tokens_path), ("sidecar", job.sidecar_path)):
@@ -84,19 +87,20 @@ def describe(job: JobSummary) -> str:
 
 
 class JobDetail(Screen):
+    # the Gallery's keys, and here (no text to type) letters too; re-running takes ctrl+r, deleting asks
     BINDINGS = [
         Binding("escape,q", "app.pop_screen", "Back"),
-        Binding("r", "rerun", "Re-run"),
-        Binding("e", "edit", "Edit & re-run"),
-        Binding("c", "copy_prompt", "Copy prompt"),
-        Binding("y", "copy_path", "Copy path"),
+        Binding("ctrl+r", "rerun", "Re-run"),
+        Binding("e,ctrl+e", "edit", "Edit"),
+        Binding("c,ctrl+t", "copy_prompt", "Copy prompt"),
+        Binding("y,ctrl+y", "copy_path", "Copy path", show=False),
         Binding("p", "play", "Play/stop"),
-        Binding("delete,d", "delete", "Delete"),
+        Binding("d,delete,ctrl+d", "delete", "Delete"),
     ]
 
-    def __init__(self, job_id: str):
+    def __init__(self, job_id: str, play: bool = False):
         super().__init__()
-        self.job_id = job_id
+        self.job_id, self.play_at_once = job_id, play
         self.job: JobSummary | None = None
 
     def compose(self) -> ComposeResult:
@@ -114,7 +118,14 @@ class JobDetail(Screen):
             return
         self.job = reply.job
         self.query_one("#detail-body", Static).update(describe(self.job))
-        self.query_one(FramePreview).show_image(self.job.thumbnail_path)
+        preview = self.query_one(FramePreview)
+        if self.job.thumbnail_path or self.job.status in ("queued", "running"):
+            preview.show_image(self.job.thumbnail_path)
+        else:
+            why = " (its error is beside)" if self.job.error else ""
+            preview.update(f"no video: the job {self.job.status}{why}")
+        if self.play_at_once:
+            self.action_play()
 
     async def action_rerun(self) -> None:
         if self.job:

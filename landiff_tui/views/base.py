@@ -17,6 +17,12 @@ class View(Vertical):
     DEFAULT_CLASSES = "view"
     FOCUS = ""  # the selector of the widget that gets the keys when the tab is shown
 
+    def on_mount(self) -> None:
+        """A tab chosen before its view mounted (they mount after the first frame) gets it now."""
+        if getattr(self.app.query_one("#tabs"), "active", None) == self.parent.id:
+            self.call_after_refresh(self.focus_default)
+            self.call_after_refresh(self.shown)
+
     def focus_default(self) -> None:
         if self.FOCUS:
             self.query_one(self.FOCUS).focus()

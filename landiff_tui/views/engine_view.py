@@ -7,6 +7,7 @@ from textual.binding import Binding
 from textual.widgets import Label, Log, Static
 
 from ..messages import EngineConnected, EngineLost, ModelsReleased
+from ..screens.confirm import Confirm
 from .base import View
 
 LOG_LINES = 300
@@ -15,9 +16,9 @@ LOG_LINES = 300
 class EngineView(View):
     FOCUS = "#engine-log"
     BINDINGS = [
-        Binding("R", "restart", "Restart"),
+        Binding("R", "restart", "Start/restart"),
         Binding("S", "stop", "Stop"),
-        Binding("m", "release", "Release models"),
+        Binding("m", "release", "Release"),
         Binding("r", "refresh", "Refresh"),
     ]
 
@@ -36,7 +37,10 @@ class EngineView(View):
         self.run_worker(self.action_refresh(), exclusive=True, group="engine-view")
 
     def on_engine_lost(self, message: EngineLost) -> None:
-        self.query_one("#engine-status", Static).update(f"engine {message.state}")
+        text = f"engine {message.state}" + (f": {message.message}" if message.message else "")
+        if message.state in ("absent", "stopped"):
+            text += "\nR starts one"
+        self.query_one("#engine-status", Static).update(text)
 
     def on_models_released(self, message: ModelsReleased) -> None:
         self.run_worker(self.action_refresh(), exclusive=True, group="engine-view")
@@ -70,10 +74,31 @@ class EngineView(View):
         if await self.call("release_models") is not None:
             self.notify("models released from memory; the next job loads them again")
 
-    async def action_stop(self) -> None:
-        if await self.call("shutdown") is not None:
-            self.notify("the engine is stopping; running jobs are marked interrupted")
+    def action_stop(self) -> None:
+        if not self.app.link.connected:
+            self.notify("no engine is connected; R starts one", severity="warning")
+            return
 
-    async def action_restart(self) -> None:
-        info = self.app.engine_info
-        await self.app.restart_engine(info.model if info is not None else "landiff")
+        async def answered(yes: bool | None) -> None:
+            if yes and await self.call("shutdown") is not None:
+                self.notify("the engine is stopping (a running job is marked interrupted); R starts it again")
+
+        self.app.push_screen(Confirm(f"Stop the engine?{self.job_warning()}", "Stop"), answered)
+
+    def action_restart(self) -> None:
+        """Restart the engine when one is connected (asks first), else start one."""
+        if not self.app.link.connected:
+            self.app.run_worker(self.app.restart_engine(), group="engine-start")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.app.run_worker(self.app.restart_engine(), group="engine-start")
+
+        self.app.push_screen(Confirm(f"Restart the engine?{self.job_warning()}", "Restart"), answered)
+
+    def job_warning(self) -> str:
+        from .queue import QueueView
+
+        running = self.app.query_one(QueueView).running
+        return f" The running job {running.id[:8]} is marked interrupted." if running else ""

@@ -1,11 +1,16 @@
-"""Gallery: every past job, newest first, searched as you type, paged through the protocol."""
+"""Gallery: every past job, newest first, searched as you type, paged through the protocol.
+
+Typing always reaches the search box (it has the focus; a letter typed in the list moves there), so the
+actions take keys that text never produces, and deleting asks first.
+"""
 
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -20,20 +25,59 @@ from .base import View
 if TYPE_CHECKING:
     from engine.protocol import JobSummary
 
+
+@lru_cache(maxsize=256)
+def length_text(model: str, frames: int | None, overlap: int | None) -> str:
+    """A job's video length as its parameters ask for it: seconds (frames), by the model's rules."""
+    from engine.generation.lengths import plan_length, rules_for
+
+    try:
+        plan = plan_length(rules_for(model), frames, overlap)
+    except (KeyError, ValueError):
+        return "?" if frames is None else f"{frames} fr"
+    return f"{plan.seconds:.1f} s ({plan.frames})"
+
+
+def job_length(job: JobSummary) -> str:
+    return length_text(job.model, job.params.get("frames"), job.params.get("overlap"))
+
+
 PAGE = 100
 SEARCH_DELAY_S = 0.15
 
 
+class GalleryTable(DataTable):
+    """The list of jobs; a printable key typed here goes to the search box, as does up on the first row."""
+
+    def on_key(self, event: events.Key) -> None:
+        if event.is_printable and event.character:
+            event.stop()
+            event.prevent_default()
+            search = self.screen.query_one("#search", Input)
+            search.focus()
+            search.cursor_position = len(search.value)
+            search.insert_text_at_cursor(event.character)
+
+    def action_cursor_up(self) -> None:
+        if self.cursor_row <= 0:
+            self.screen.query_one("#search", Input).focus()
+        else:
+            super().action_cursor_up()
+
+
 class GalleryView(View):
-    FOCUS = "#gallery-table"
+    FOCUS = "#search"
+    # priority: these win over the search box's own ctrl+e (end) and ctrl+d (delete right), which have
+    # the end and delete keys besides
     BINDINGS = [
-        Binding("slash", "focus_search", "Search"),
         Binding("enter", "open", "Details", show=False),
-        Binding("r", "rerun", "Re-run"),
-        Binding("e", "edit", "Edit & re-run"),
-        Binding("c", "copy_prompt", "Copy prompt"),
-        Binding("y", "copy_path", "Copy path"),
-        Binding("delete,d", "delete", "Delete"),
+        Binding("ctrl+r", "rerun", "Re-run", priority=True),
+        Binding("ctrl+e", "edit", "Edit", priority=True),
+        Binding("ctrl+t", "copy_prompt", "Copy prompt", priority=True, show=False),
+        Binding("ctrl+y", "copy_path", "Copy path", priority=True, show=False),
+        Binding("ctrl+d", "delete", "Delete", priority=True),
+        Binding("delete", "delete", "Delete", show=False),
+        Binding("escape", "clear_search", "Clear the search", show=False),
     ]
 
     def __init__(self) -> None:
@@ -48,10 +92,10 @@ class GalleryView(View):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="gallery-filters"):
-            yield Input(placeholder="search prompts (/)", id="search")
+            yield Input(placeholder="type to search prompts", id="search", select_on_focus=False)
             yield Select([(status, status) for status in JOB_STATUSES], prompt="any status", id="status")
-        table = DataTable(id="gallery-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("status", "created", "seed", "steps", "prompt")
+        table = GalleryTable(id="gallery-table", cursor_type="row", zebra_stripes=True)
+        table.add_columns("status", "created", "length", "seed", "steps", "prompt")
         yield table
         yield Label("", id="gallery-count")
 
@@ -119,6 +163,7 @@ class GalleryView(View):
             table.add_row(
                 job.status,
                 created,
+                job_length(job),
                 str(job.params.get("seed", "")),
                 str(job.params.get("steps", "")),
                 job.prompt.replace("\n", " ")[:200],
@@ -129,7 +174,7 @@ class GalleryView(View):
             if self.total > len(self.rows)
             else f"{self.total} job(s)"
         )
-        self.query_one("#gallery-count", Label).update(shown + "   enter: details")
+        self.query_one("#gallery-count", Label).update(shown + "   enter: details   F12: keys")
         self.last_query_s = time.perf_counter() - started
 
     @on(Input.Changed, "#search")
@@ -144,7 +189,12 @@ class GalleryView(View):
 
     @on(Input.Submitted, "#search")
     def search_submitted(self) -> None:
-        self.query_one("#gallery-table").focus()
+        self.action_open()
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "down" and self.query_one("#search", Input).has_focus:
+            event.stop()
+            self.query_one("#gallery-table").focus()
 
     @on(DataTable.RowHighlighted, "#gallery-table")
     def near_the_end(self, event: DataTable.RowHighlighted) -> None:
@@ -158,20 +208,31 @@ class GalleryView(View):
 
     # actions
 
-    def selected(self) -> JobSummary | None:
+    def selected(self, quiet: bool = False) -> JobSummary | None:
         table = self.query_one("#gallery-table", DataTable)
         if not self.rows or table.cursor_row is None or table.cursor_row >= len(self.rows):
-            self.notify("no job selected", severity="warning")
+            if not quiet:
+                self.notify("no job selected: the list is empty", severity="warning")
             return None
         return self.rows[table.cursor_row]
 
     def action_focus_search(self) -> None:
         self.query_one("#search", Input).focus()
 
+    def action_clear_search(self) -> None:
+        search = self.query_one("#search", Input)
+        search.value = ""
+        search.focus()
+
     def action_open(self) -> None:
         job = self.selected()
         if job is not None:
             self.app.push_screen(JobDetail(job.id))
+
+    def action_play(self) -> None:
+        job = self.selected()
+        if job is not None:
+            self.app.push_screen(JobDetail(job.id, play=True))
 
     async def action_rerun(self) -> None:
         if (job := self.selected()) is not None:

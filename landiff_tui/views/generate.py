@@ -9,6 +9,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal
+from textual.lazy import Lazy
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
@@ -44,13 +45,21 @@ class PromptArea(TextArea):
             super().action_cursor_down(select)
 
 
+class ParamsGrid(Grid):
+    class Ready(Message):
+        """The fields are mounted: the form can be filled."""
+
+    def on_mount(self) -> None:
+        self.post_message(self.Ready())
+
+
 class GenerateView(View):
     FOCUS = "#prompt"
     BINDINGS = [
         Binding("ctrl+s", "submit", "Submit"),
         Binding("ctrl+r", "random_seed", "Random seed"),
         Binding("ctrl+o", "save_preset", "Save preset"),
-        Binding("ctrl+b", "delete_preset", "Delete preset"),
+        Binding("ctrl+b", "delete_preset", "Delete preset", show=False),
     ]
 
     def __init__(self) -> None:
@@ -61,13 +70,19 @@ class GenerateView(View):
         self.presets: dict[str, Preset] = {}
         self.extras: dict[str, Any] = {}  # parameters the form has no field for
         self.model: str | None = None  # the engine's, for the length rules
+        self.pending_fill: dict[str, Any] | None = None  # what to fill once the fields are mounted
+        self.pending_prompt: str | None = None
+        self.applied: tuple[str, dict[str, str]] | None = None  # the preset shown, and what it set
 
     def compose(self) -> ComposeResult:
         yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False)
-        with Grid(id="params"):
-            for field in FIELDS:  # values arrive after the first paint (see on_mount)
-                yield Label(field.label, classes="param-label")
-                yield Input(id=f"param-{field.name}", placeholder=field.form_hint())
+        # the fields (sixteen widgets to style) mount right after the first frame, which shows the prompt
+        # with the focus; their values come when they are there
+        fields = []
+        for field in FIELDS:
+            fields.append(Label(field.label, classes="param-label"))
+            fields.append(Input(id=f"param-{field.name}", placeholder=field.form_hint()))
+        yield Lazy(ParamsGrid(*fields, id="params"))
         yield Static("", id="length-note")
         yield Static("", id="form-errors")
         with Horizontal(id="preset-row"):
@@ -76,7 +91,11 @@ class GenerateView(View):
 
     def on_mount(self) -> None:
         self.query_one(PromptArea).border_title = "prompt (up/down on the first/last line: history)"
-        self.call_after_refresh(self.fill, {})
+
+    @on(ParamsGrid.Ready)
+    def fields_ready(self) -> None:
+        self.fill(self.pending_fill or {}, self.pending_prompt)
+        self.pending_fill = self.pending_prompt = None
 
     # data from the engine
 
@@ -131,6 +150,10 @@ class GenerateView(View):
         return params, errors
 
     def fill(self, params: dict[str, Any], prompt: str | None = None) -> None:
+        """Every field from `params`, the schema's default where it has none (a job to edit)."""
+        if not self.query("#params Input"):
+            self.pending_fill, self.pending_prompt = params, prompt
+            return
         shown = {field.name for field in FIELDS} | {"prompt"}
         self.extras = {
             name: value for name, value in params.items() if name not in shown and value is not None
@@ -144,10 +167,28 @@ class GenerateView(View):
             self.query_one(PromptArea).load_text(prompt)
         self.check()
 
+    def apply_preset(self, name: str, params: dict[str, Any]) -> None:
+        """The fields the preset sets; the others (the seed, often) keep what they hold."""
+        shown = {field.name for field in FIELDS}
+        texts = {key: text for key, text in form_texts(params).items() if key in params}
+        for widget in self.query("#params Input"):
+            key = widget.id.removeprefix("param-")
+            if key in texts:
+                widget.value = texts[key]
+        self.extras.update({key: value for key, value in params.items() if key not in shown | {"prompt"}})
+        self.applied = (name, texts)
+        self.check()
+
     @on(Input.Changed)
     @on(TextArea.Changed)
     def changed(self) -> None:
         self.check()
+        if self.applied is not None:
+            name, texts = self.applied
+            now = self.texts()
+            if any(now.get(key) != text for key, text in texts.items()):
+                self.applied = None  # edited: the box no longer names what the fields hold
+                self.query_one("#preset", Select).clear()
 
     @on(PromptArea.Recall)
     def recall(self, message: PromptArea.Recall) -> None:
@@ -164,9 +205,10 @@ class GenerateView(View):
     @on(Select.Changed, "#preset")
     def preset_chosen(self, event: Select.Changed) -> None:
         if not isinstance(event.value, str) or event.value not in self.presets:
+            self.applied = None
             return
-        self.fill(self.presets[event.value].params)
-        self.notify(f"preset {event.value!r} applied")
+        self.apply_preset(event.value, self.presets[event.value].params)
+        self.notify(f"preset {event.value!r} applied (the fields it does not set are unchanged)")
 
     @on(Button.Pressed, "#submit")
     async def submit_pressed(self) -> None:
@@ -183,7 +225,9 @@ class GenerateView(View):
         reply = await self.call("submit", params=params)
         if reply is not None:
             self.remember(params["prompt"])
-            self.notify(f"job {reply.job_id} queued", title="submitted")
+            self.draft = ""
+            self.query_one(PromptArea).load_text("")  # a second ctrl+s queues nothing; up recalls it
+            self.notify(f"job {reply.job_id[:8]} queued (up in the prompt recalls it)", title="submitted")
             self.app.action_show_tab("queue")
 
     def action_random_seed(self) -> None:

@@ -29,7 +29,7 @@ from ..widgets.preview import FramePreview
 from .base import View
 
 if TYPE_CHECKING:
-    from engine.protocol import JobProgressEvent, JobSummary, StatusReply
+    from engine.protocol import ChunkFinishedEvent, JobProgressEvent, JobSummary, StatusReply
 
 STAGES = [  # the protocol's progress stages, in order, with their titles
     ("text", "text encoding"),
@@ -72,6 +72,17 @@ class StageBar(Horizontal):
         detail = f"{step}/{total}" + (f"  {rate:.1f} {unit}" if rate else "")
         self.query_one(".stage-detail", Label).update(detail)
 
+    def show_done(self) -> None:
+        """A stage already passed, its numbers unknown (this view joined later): a full bar."""
+        bar = self.query_one(ProgressBar)
+        if bar.total is None or bar.progress < bar.total or bar.progress == 0:
+            bar.update(total=1, progress=1)
+            self.query_one(".stage-detail", Label).update("done")
+
+    def show_count(self, done: int, total: int, detail: str) -> None:
+        self.query_one(ProgressBar).update(total=max(total, 1), progress=done)
+        self.query_one(".stage-detail", Label).update(detail)
+
     def reset(self) -> None:
         self.query_one(ProgressBar).update(total=1, progress=0)
         self.query_one(".stage-detail", Label).update("")
@@ -98,6 +109,7 @@ class QueueView(View):
         super().__init__()
         self.jobs: dict[str, QueueEntry] = {}
         self.last: JobProgressEvent | None = None  # the running job's latest progress
+        self.chunks_done = 0  # of the running job
         self.memory: StatusReply | None = None
 
     def compose(self) -> ComposeResult:
@@ -125,9 +137,28 @@ class QueueView(View):
 
     def on_engine_connected(self, message: EngineConnected) -> None:
         self.jobs = {job.id: QueueEntry.of(job) for job in message.active}
-        if self.running is None:
-            self.last = None
+        if self.running is None or (self.last is not None and self.last.job_id != self.running.id):
+            self.clear_live()
         self.redraw()
+        if self.running is not None:  # where it is now: the engine's status carries its last progress
+            self.run_worker(self.catch_up(), exclusive=True, group="queue-catch-up")
+
+    async def catch_up(self) -> None:
+        try:
+            status = await self.app.link.request("status")
+        except RemoteError:
+            return
+        self.memory = status
+        job = self.running
+        if job is None or status.running != job.id:
+            return
+        if status.last_chunk is not None and status.last_chunk.job_id == job.id:
+            self.show_chunk(status.last_chunk)
+        progress = status.progress
+        newer = progress is not None and (self.last is None or progress.seq > self.last.seq)
+        if newer and progress.job_id == job.id:
+            self.last = progress
+            self.show_progress(progress)
 
     def on_engine_lost(self, message: EngineLost) -> None:
         self.query_one("#live-info", Label).update("engine not connected")
@@ -142,10 +173,7 @@ class QueueView(View):
         if job is None:
             return
         job.status, job.started_at = "running", time.time()
-        self.last = None
-        for bar in self.query(StageBar):
-            bar.reset()
-        self.query_one("#chunk-preview").display = False
+        self.clear_live()
         self.redraw()
 
     def on_job_progressed(self, message: JobProgressed) -> None:
@@ -153,9 +181,16 @@ class QueueView(View):
         self.show_progress(message.event)
 
     def on_chunk_finished(self, message: ChunkFinished) -> None:
+        if self.running is not None and message.event.job_id == self.running.id:
+            self.show_chunk(message.event)
+
+    def show_chunk(self, event: ChunkFinishedEvent) -> None:
+        """The finished chunk's last frame, and the chunk bar counting it."""
+        self.chunks_done = max(self.chunks_done, event.index + 1)
         preview = self.query_one("#chunk-preview", FramePreview)
         preview.display = True
-        preview.show_image(message.event.preview)
+        preview.show_image(event.preview)
+        self.draw_chunks(event.chunks, None)
 
     def on_job_ended(self, message: JobEnded) -> None:
         self.forget(message.event.job_id)
@@ -164,10 +199,18 @@ class QueueView(View):
         self.forget(message.event.job_id)
 
     def forget(self, job_id: str) -> None:
-        self.jobs.pop(job_id, None)
-        if self.last is not None and self.last.job_id == job_id:
-            self.last = None
+        job = self.jobs.pop(job_id, None)
+        was_running = job is not None and job.status == "running"
+        if was_running or (self.last is not None and self.last.job_id == job_id):
+            self.clear_live()  # its bars, chunks and preview belong to no running job now
         self.redraw()
+
+    def clear_live(self) -> None:
+        self.last, self.chunks_done = None, 0
+        for bar in self.query(StageBar):
+            bar.reset()
+        self.query_one("#stage-chunk").display = False
+        self.query_one("#chunk-preview", FramePreview).display = False
 
     async def tick(self) -> None:
         job = self.running
@@ -198,16 +241,35 @@ class QueueView(View):
             self.update_info(job)
 
     def show_progress(self, event: JobProgressEvent) -> None:
+        """The stage at work, the stages before it done, those after it empty (a long video runs
+        denoise, decode and write again for each chunk), and the chunks done."""
+        order = [stage for stage, _ in STAGES]
+        at = order.index(event.stage)
         for bar in self.query(StageBar):
-            if bar.stage == event.stage:
+            if bar.stage not in order:
+                continue
+            where = order.index(bar.stage)
+            if where == at:
                 bar.show(event.step, event.total, event.rate)
-        chunk_bar = self.query_one("#stage-chunk", StageBar)
-        chunk_bar.display = event.chunks > 1
-        if event.chunks > 1:
-            chunk_bar.show(event.chunk, event.chunks)
+            elif where < at:
+                bar.show_done()
+            else:
+                bar.reset()
+        self.draw_chunks(event.chunks, event.chunk)
         job = self.running
         if job is not None:
             self.update_info(job)
+
+    def draw_chunks(self, chunks: int, at: int | None) -> None:
+        """Chunks finished of all (the bar is full when the last one is written, not when it starts)."""
+        chunk_bar = self.query_one("#stage-chunk", StageBar)
+        chunk_bar.display = chunks > 1
+        if chunks <= 1:
+            return
+        if at is not None:
+            self.chunks_done = max(self.chunks_done, at - 1)
+        working = f"chunk {at} of {chunks}, " if at is not None and at > self.chunks_done else ""
+        chunk_bar.show_count(self.chunks_done, chunks, f"{working}{self.chunks_done}/{chunks} done")
 
     def update_info(self, job: QueueEntry) -> None:
         last = self.last if self.last is not None and self.last.job_id == job.id else None

@@ -9,9 +9,12 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Label, ProgressBar, Static
 
 from ..messages import EngineConnected, TransferEnded, TransferProgressed, TransferStarted
+from ..screens.confirm import Confirm
 from .base import View
 
 if TYPE_CHECKING:
+    from engine.protocol import WeightsStatusReply
+
     from ..messages import TransferEndedEvent
 
 
@@ -19,14 +22,23 @@ def mib(count: int | None) -> str:
     return "" if count is None else f"{count / 2**20:,.1f} MiB"
 
 
+# the tiny model's files are written on this machine: their states in those words
+GENERATED_STATES = {"verified": "generated", "present": "generated", "missing": "to generate"}
+
+
 class WeightsView(View):
     FOCUS = "#weights-table"
     BINDINGS = [
         Binding("d", "download", "Download"),
         Binding("v", "verify", "Verify"),
-        Binding("x", "cancel", "Cancel transfer"),
+        Binding("x", "cancel", "Cancel"),
         Binding("r", "refresh", "Refresh"),
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status: WeightsStatusReply | None = None
+        self.busy = False  # a download or verification is running
 
     def compose(self) -> ComposeResult:
         yield Static("", id="weights-root")
@@ -48,6 +60,7 @@ class WeightsView(View):
     def on_transfer_started(self, message: TransferStarted) -> None:
         from engine.protocol import DownloadStartedEvent
 
+        self.busy = True
         bar = self.query_one("#weights-progress", ProgressBar)
         bar.display = True
         bar.update(total=None, progress=0)
@@ -72,6 +85,7 @@ class WeightsView(View):
         from engine.protocol import DownloadFinishedEvent, VerifyFinishedEvent
 
         event = message.event
+        self.busy = False
         self.query_one("#weights-progress", ProgressBar).display = False
         text = describe_end(event)
         self.query_one("#weights-activity", Label).update(text)
@@ -85,22 +99,55 @@ class WeightsView(View):
         status = await self.call("weights_status")
         if status is None:
             return
+        self.status, self.busy = status, status.busy
         looked = ", ".join(
             f"{p.rule} ({'used' if p.chosen else 'there' if p.applies else 'not there'})"
             for p in status.looked
         )
-        verdict = "complete" if status.complete else "INCOMPLETE (d: download)"
-        self.query_one("#weights-root", Static).update(
-            f"{status.model} weights in {status.root}: {verdict}\nlooked at: {looked}"
-        )
+        if status.generated:
+            verdict = "generated" if status.complete else "not written yet (d: generate them)"
+            head = f"{status.model} weights in {status.root}: random, made on this machine; {verdict}"
+        elif status.model == "tiny":
+            head = f"tiny weights in {status.root}: random, made by the engine on its first job"
+        else:
+            verdict = "complete" if status.complete else "INCOMPLETE (d: download)"
+            head = f"{status.model} weights in {status.root}: {verdict}"
+        self.query_one("#weights-root", Static).update(f"{head}\nlooked at: {looked}")
         table = self.query_one("#weights-table", DataTable)
         table.clear()
         for item in status.files:
-            table.add_row(item.state, mib(item.size), item.local, key=item.local)
+            state = GENERATED_STATES.get(item.state, item.state) if status.generated else item.state
+            table.add_row(state, mib(item.size), item.local, key=item.local)
 
     async def action_download(self) -> None:
-        if await self.call("download_weights", only="all") is not None:
-            self.notify("the engine is downloading; it goes on if you quit the TUI")
+        """Make the weights present: the tiny model's are generated here, the release's downloaded (which
+        takes long and much disk, so it asks first)."""
+        status = self.status or await self.call("weights_status")
+        if status is None:
+            return
+        if status.generated:
+            if await self.call("download_weights", only="all") is not None:
+                self.notify("the engine is writing the tiny model's random weights")
+            return
+        if status.complete:
+            self.notify("every file is there; v verifies them", severity="information")
+            return
+
+        async def answered(yes: bool | None) -> None:
+            if yes and await self.call("download_weights", only="all") is not None:
+                self.notify("the engine is downloading; it goes on if you quit the TUI")
+
+        if status.model == "tiny":  # an engine that cannot write them itself (before `generated`)
+            question = (
+                "The tiny model's random weights are made on this machine by the engine's first job (or "
+                "`landiff-engine tiny`). Fetch them from the hub (HF_ENDPOINT) instead?"
+            )
+        else:
+            question = (
+                f"Download the missing {status.model} weights into {status.root}? About 25 GB for the "
+                "whole release; partial files resume, and the engine goes on if you quit."
+            )
+        self.app.push_screen(Confirm(question, "Download"), answered)
 
     async def action_verify(self) -> None:
         if await self.call("verify_weights", only="all") is not None:
