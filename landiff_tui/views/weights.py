@@ -108,7 +108,8 @@ class WeightsView(View):
             verdict = "generated" if status.complete else "not written yet (d: generate them)"
             head = f"{status.model} weights in {status.root}: random, made on this machine; {verdict}"
         elif status.model == "tiny":
-            head = f"tiny weights in {status.root}: random, made by the engine on its first job"
+            verdict = "complete" if status.complete else "not there yet: the engine's first job makes them"
+            head = f"tiny weights (random, made on this machine) in {status.root}: {verdict}"
         else:
             verdict = "complete" if status.complete else "INCOMPLETE (d: download)"
             head = f"{status.model} weights in {status.root}: {verdict}"
