@@ -142,3 +142,24 @@ def test_the_short_ids_the_tui_shows_work_in_show_cancel_and_rerun(no_engine):
         connection.execute("UPDATE jobs SET id = ? WHERE id = ?", (job_id[:6] + "ffffff", second))
     ambiguous = no_engine.cli("cancel", job_id[:6])
     assert ambiguous.returncode == 2 and "several jobs" in ambiguous.stderr and job_id in ambiguous.stderr
+
+
+def test_a_tiny_engine_reports_its_weights_as_generated_and_a_download_writes_them(tmp_path):
+    running = RunningEngine(tmp_path / "engine", tmp_path / "empty-home").start()
+    try:
+        with running.client() as client:
+            client.request("hello", client="test")
+            before = client.request("weights_status")
+            assert before["generated"] and not before["complete"]
+            assert {f["state"] for f in before["files"]} == {"missing"}
+            since = client.request("subscribe", since=0)["seq"]
+            started = client.request("download_weights", only="all")
+            assert started["generated"] is True
+            for event in client.events():
+                if event["seq"] > since and event["event"] in ("download_finished", "download_failed"):
+                    break
+            assert event["event"] == "download_finished" and event["failed"] == {} and event["fetched"]
+            after = client.request("weights_status")
+            assert after["complete"] and after["generated"]
+    finally:
+        running.stop()

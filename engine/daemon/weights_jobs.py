@@ -102,6 +102,23 @@ class DownloadJob(WeightsJob):
         }
 
 
+class GenerateJob(WeightsJob):
+    """The tiny model's "download": its random weights are written here, in the release layout, with the
+    checksum list that `verify` reads; it reports as a download does, so clients follow it the same way."""
+
+    kind = "download"
+
+    def work(self) -> tuple[str, dict[str, Any]]:
+        from engine.specs import get_spec
+        from engine.weights.layout import ReleaseLayout
+        from engine.weights.tiny import release_files, write_tiny_release
+
+        layout = ReleaseLayout(self.root)
+        write_tiny_release(layout, get_spec("tiny"))
+        written = [str(path.relative_to(self.root)) for path in release_files(layout)]
+        return "finished", {"fetched": written, "skipped": 0, "refetched": [], "failed": {}}
+
+
 class VerifyJob(WeightsJob):
     """Re-reads every present file against its MD5 (about 25 GB for the release), with progress."""
 

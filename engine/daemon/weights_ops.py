@@ -49,18 +49,25 @@ class WeightsOperations:
             return read_checksums(root / TINY_CHECKSUMS)
         return None
 
+    def generates(self) -> bool:
+        """The tiny model's weights are made here, not fetched (unless a checksum list names a bundle to
+        download, as a mirror or a test does)."""
+        return self.model == "tiny" and settings.CHECKSUMS.path() is None
+
     def start(self, kind: str, only: str) -> dict[str, Any]:
-        """Start a `download` or a `verify` of `only` (llm, diffusion, all) in its thread."""
-        from engine.daemon.weights_jobs import DownloadJob, VerifyJob
+        """Start a `download` or a `verify` of `only` (llm, diffusion, all) in its thread; a download of
+        weights this engine generates writes them instead."""
+        from engine.daemon.weights_jobs import DownloadJob, GenerateJob, VerifyJob
 
         if self.busy():
             raise WeightsBusy("a weights download or verification is running; follow its events or cancel it")
         root = self.root()
-        job_class = {"download": DownloadJob, "verify": VerifyJob}[kind]
+        generated = kind == "download" and self.generates()
+        job_class = GenerateJob if generated else {"download": DownloadJob, "verify": VerifyJob}[kind]
         self.job = job_class(root, only, self.publish, self.checksums(root))
         self.job.start()
-        log.info("weights %s of %s started under %s", kind, only, root)
-        return {"root": str(root), "only": only}
+        log.info("weights %s of %s started under %s", "generation" if generated else kind, only, root)
+        return {"root": str(root), "only": only, "generated": generated}
 
     def cancel(self) -> None:
         if not self.busy():
@@ -81,4 +88,5 @@ class WeightsOperations:
             "files": [vars(state) for state in states],
             "complete": all(state.state in ("verified", "present") for state in states),
             "busy": self.busy(),
+            "generated": self.generates(),
         }
