@@ -53,7 +53,7 @@ from engine.weights.tiny import (  # noqa: E402
     sincos_table,
     tokenizer_training_parts,
 )
-from engine.weights.tiny_text import train_tiny_sentencepiece  # noqa: E402
+from engine.weights.tiny_text import t5_config, train_tiny_sentencepiece  # noqa: E402
 
 PROMPT = "A red fox running through a snowy forest, cinematic lighting."
 PROFILES = ("resident", "balanced", "low")
@@ -112,17 +112,9 @@ def random_state(module: torch.nn.Module, device: torch.device, dtype: torch.dty
 
 
 def write_t5(folder: Path, sizes, device: torch.device, dtype: torch.dtype, seed: int) -> None:
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5EncoderModel
 
-    config = T5Config(
-        **vars(sizes),
-        feed_forward_proj="gated-gelu",
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        layer_norm_epsilon=1e-6,
-        is_encoder_decoder=True,
-        tie_word_embeddings=False,
-    )
+    config = t5_config(**vars(sizes))
     with torch.device("meta"):
         model = T5EncoderModel(config)
     state = random_state(model, device, dtype, seed)

@@ -93,6 +93,20 @@ def train_tiny_sentencepiece(out_dir: Path, vocab_size: int) -> Path:
     return out_dir / "spiece.model"
 
 
+def t5_config(**sizes: int) -> T5Config:
+    """The T5 v1.1 encoder's config at the given sizes (d_model, d_ff, num_layers, num_heads, d_kv,
+    vocab_size): gated GELU, 32 relative-position buckets, untied embeddings, as the release's encoders."""
+    return T5Config(
+        **sizes,
+        feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        layer_norm_epsilon=1e-6,
+        is_encoder_decoder=True,
+        tie_word_embeddings=False,
+    )
+
+
 def write_tiny_t5(
     folder: Path,
     *,
@@ -106,19 +120,13 @@ def write_tiny_t5(
     sharded: bool = False,
 ) -> None:
     """A random T5 encoder folder (config, weights, tokenizer) like the release's t5-v1_1-xxl."""
-    config = T5Config(
+    config = t5_config(
         d_model=d_model,
         d_ff=d_ff,
         num_layers=num_layers,
         num_heads=num_heads,
         d_kv=d_kv,
         vocab_size=vocab_size,
-        feed_forward_proj="gated-gelu",
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        layer_norm_epsilon=1e-6,
-        is_encoder_decoder=True,
-        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = T5EncoderModel(config)
