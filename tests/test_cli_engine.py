@@ -163,3 +163,22 @@ def test_a_tiny_engine_reports_its_weights_as_generated_and_a_download_writes_th
             assert after["complete"] and after["generated"]
     finally:
         running.stop()
+
+
+def test_status_says_where_the_running_job_stands(tmp_path, home):
+    running = RunningEngine(tmp_path / "engine", home).start()
+    try:
+        with running.client() as client:
+            client.request("hello", client="test")
+            since = client.request("subscribe", since=0)["seq"]
+            job_id = client.request("submit", params={"prompt": PROMPT, "steps": 1000})["job_id"]
+            for event in client.events():
+                if event["seq"] > since and event["event"] == "job_progress" and event["stage"] == "denoise":
+                    break
+            status = client.request("status")
+            assert status["running"] == job_id and status["progress"]["job_id"] == job_id
+            assert status["progress"]["stage"] == "denoise" and status["progress"]["seq"] >= event["seq"]
+            assert status["last_chunk"] is None  # no chunk finished yet
+            client.request("cancel", job_id=job_id)
+    finally:
+        running.stop()

@@ -46,6 +46,13 @@ class EventHub:
         for queue in self.subscribers:
             queue.put_nowait(message)
 
+    def latest(self, kind: str, job_id: str) -> dict[str, Any] | None:
+        """The newest `kind` event of `job_id` still in the backlog, or None (for a fresh view's status)."""
+        for message in reversed(self.log):
+            if message["event"] == kind and message.get("job_id") == job_id:
+                return message
+        return None
+
     def since(self, seq: int) -> tuple[list[dict[str, Any]], bool]:
         """Events after `seq`, and whether some were already dropped from the backlog (a gap)."""
         missed = [message for message in self.log if message["seq"] > seq]

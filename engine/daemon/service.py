@@ -134,12 +134,16 @@ class EngineService:
         }
 
     async def on_status(self, request: Status) -> dict[str, Any]:
+        running = self.worker.current
         return {
             "model": self.model,
             "engine_version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
-            "running": self.worker.current,
+            "running": running,
+            # where the running job stands, so a view opened mid-job draws the truth at once
+            "progress": self.hub.latest("job_progress", running) if running else None,
+            "last_chunk": self.hub.latest("chunk_finished", running) if running else None,
             "queue": await self.db.run(self.store.queued_ids),
             "models_loaded": self.worker.loaded_models(),
             "downloading": self.weights.busy(),
