@@ -17,13 +17,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.paths import console_path, log_path, private_dir, socket_path
+from engine.paths import (
+    NotTrusted,
+    check_engine_socket,
+    check_owned,
+    console_path,
+    lock_holder,
+    lock_path,
+    log_path,
+    private_dir,
+    socket_path,
+)
 from engine.settings import LOG_STDERR
 from engine.wire import MAX_REPLY_BYTES, RemoteError, decode_line, is_event, reply_result, request_line
 
 
 class EngineUnavailable(ConnectionError):
     """No engine answers on the socket."""
+
+
+class EngineUntrusted(EngineUnavailable):
+    """What answers on the socket is not this user's engine, or its dir is another user's: never started
+    around, never sent a request."""
 
 
 EngineError = RemoteError  # the one remote-error type, under the name the CLI has used
@@ -35,7 +50,12 @@ class EngineClient:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
+            check_owned(self.path.parent, "runtime dir")
             self.sock.connect(str(self.path))
+            check_engine_socket(self.sock, self.path)  # before a request (a prompt) goes out
+        except NotTrusted as error:
+            self.sock.close()
+            raise EngineUntrusted(str(error)) from None
         except OSError as error:
             self.sock.close()
             raise EngineUnavailable(f"no engine answers on {self.path} ({error.strerror or error})") from None
@@ -57,14 +77,24 @@ class EngineClient:
         self.sock.sendall(line)
 
     def read_message(self) -> dict[str, Any]:
-        line = self.reader.readline(MAX_REPLY_BYTES + 1)
+        try:
+            line = self.reader.readline(MAX_REPLY_BYTES + 1)
+        except ConnectionResetError:
+            raise EngineUnavailable("the engine closed the connection (it refused it or stopped)") from None
         if not line:
             raise EngineUnavailable("the engine closed the connection")
         return decode_line(line, MAX_REPLY_BYTES)
 
     def request(self, kind: str, **fields: Any) -> dict[str, Any]:
         request_id = next(self.ids)
-        self.send_raw(request_line(request_id, kind, **fields))
+        try:
+            self.send_raw(request_line(request_id, kind, **fields))
+        except (BrokenPipeError, ConnectionResetError):
+            # an engine that refuses a connection (too many, another uid) says why at once and closes:
+            # its one line is still here to read
+            refusal = self.read_message()
+            reply_result(refusal)
+            raise EngineUnavailable("the engine closed the connection") from None
         while True:
             answer = self.read_message()
             if is_event(answer):
@@ -72,6 +102,8 @@ class EngineClient:
                 continue
             if answer.get("id") == request_id:
                 return reply_result(answer)
+            if answer.get("id") is None and answer.get("ok") is False:
+                reply_result(answer)  # the engine's word on the connection itself (refused, timed out)
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Events of a subscribed connection, in order, forever (until the engine goes away)."""
@@ -103,6 +135,8 @@ def start_engine(model: str | None, ckpts: Path | None, timeout: float = 120.0) 
     whichever engine runs, and starts one serving the release when none does."""
     try:
         return connect(model)
+    except EngineUntrusted:
+        raise
     except EngineUnavailable:
         pass
     private_dir(log_path().parent)
@@ -126,12 +160,19 @@ def start_engine(model: str | None, ckpts: Path | None, timeout: float = 120.0) 
         if process.poll() is not None:
             try:  # another client may have started one first: ours then refuses and exits
                 return connect(model)
+            except EngineUntrusted:
+                raise
             except EngineUnavailable:
+                if lock_holder(lock_path()) is not None:  # that one holds the data dir: still starting
+                    time.sleep(0.2)
+                    continue
                 raise EngineUnavailable(
                     f"the engine exited at start (status {process.returncode}); see {console}"
                 ) from None
         try:
             return connect(model)
+        except EngineUntrusted:
+            raise
         except EngineUnavailable:
             time.sleep(0.2)
     raise EngineUnavailable(f"the engine did not answer within {timeout:.0f}s; see {log_path()}")

@@ -45,3 +45,80 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.chmod(0o700)
     return path
+
+
+def lock_path() -> Path:
+    """The data dir's lock file: the engine holds an exclusive flock on it for its whole life."""
+    return data_dir() / "engine.lock"
+
+
+# Standard library only below: the blocking client and the TUI's link call these at start-up.
+
+
+class NotTrusted(PermissionError):
+    """A runtime dir, data dir or engine socket that belongs to another user: one line says which."""
+
+
+def check_owned(path: Path, what: str) -> None:
+    """Refuse `path` unless it is a real directory (no symlink) owned by this user."""
+    import os
+
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return
+    import stat
+
+    if stat.S_ISLNK(status.st_mode) or not stat.S_ISDIR(status.st_mode):
+        raise NotTrusted(f"the {what} {path} is not a directory; remove it or point the variable elsewhere")
+    if status.st_uid != os.getuid():
+        raise NotTrusted(
+            f"the {what} {path} belongs to uid {status.st_uid}, not to you (uid {os.getuid()}); "
+            f"use a directory of your own ({settings.RUNTIME_DIR.name} / {settings.DATA_DIR.name})"
+        )
+
+
+def peer_uid(connection) -> tuple[int, int]:
+    """The pid and uid of the process at the other end of a connected Unix socket (SO_PEERCRED)."""
+    import socket
+    import struct
+
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", credentials)
+    return pid, uid
+
+
+def check_engine_socket(connection, path: Path) -> None:
+    """What a client checks before it sends anything: the socket's dir is its own, and the process that
+    answers runs as its user (another user's socket planted in a shared dir would read its prompts).
+    NotTrusted otherwise. One call for the blocking client and the TUI's link."""
+    import os
+
+    check_owned(path.parent, "runtime dir")
+    pid, uid = peer_uid(connection)
+    if uid != os.getuid():
+        raise NotTrusted(
+            f"the process answering on {path} (pid {pid}) runs as uid {uid}, not as you (uid {os.getuid()}); "
+            "it is not your engine: remove the socket or set "
+            f"{settings.RUNTIME_DIR.name} to a directory of your own"
+        )
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid written in a held engine lock file, None when the file is absent, unreadable or unheld."""
+    import fcntl
+    import os
+
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0  # held, by an unknown pid
+        return None
+    finally:
+        os.close(descriptor)

@@ -54,6 +54,10 @@ def job_params_model(params: Sequence[Param] | None = None) -> type[Strict]:
 JobParams = job_params_model()
 
 
+# SQLite's integers are 64-bit signed: a larger offset would fail in the database, not as a refusal
+MAX_OFFSET = 2**62
+
+
 class Request(Strict):
     v: Literal[1] = PROTOCOL_VERSION
     id: int | str
@@ -80,7 +84,7 @@ class ListJobs(Request):
     search: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     status: JobStatus | None = None
     sort: Literal["newest", "oldest"] = "newest"
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     limit: int = Field(default=50, ge=1, le=500)
 
 

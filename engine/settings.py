@@ -68,6 +68,16 @@ LOG_STDERR = Variable(
     "1",
     "0: the engine logs to its file only, not to stderr too (a detached engine's stderr is a file)",
 )
+MAX_CONNECTIONS = Variable(
+    "LANDIFF_MAX_CONNECTIONS",
+    "256 (fewer when the open-files limit leaves less beside a reserve for the worker)",
+    "client connections the engine holds at once; more are refused with a reply saying so",
+)
+MIN_FREE_MB = Variable(
+    "LANDIFF_MIN_FREE_MB",
+    "256",
+    "MiB kept free on the outputs' disk: a job whose outputs would not fit beside them fails at its start",
+)
 HF_ENDPOINT = Variable(
     "HF_ENDPOINT",
     "https://huggingface.co",
@@ -103,6 +113,8 @@ VARIABLES = (
     CHECKSUMS,
     LOG_LEVEL,
     LOG_STDERR,
+    MAX_CONNECTIONS,
+    MIN_FREE_MB,
     HF_ENDPOINT,
     HF_TOKEN,
     HF_HUB_OFFLINE,
@@ -125,6 +137,29 @@ def log_level() -> str:
 
 def log_to_stderr() -> bool:
     return (LOG_STDERR.raw() or "1").lower() in TRUE_WORDS
+
+
+def whole_number(variable: Variable, default: int, least: int = 0) -> int:
+    """A variable holding a whole number (at least `least`), or its default when unset; ValueError naming it
+    otherwise."""
+    raw = variable.raw()
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise ValueError(f"{variable.name}={raw!r} is not a whole number of at least {least}")
+    return value
+
+
+def max_connections() -> int:
+    return whole_number(MAX_CONNECTIONS, 256, least=1)
+
+
+def min_free_bytes() -> int:
+    return whole_number(MIN_FREE_MB, 256) * 2**20
 
 
 def hub_endpoint() -> str:

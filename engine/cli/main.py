@@ -216,7 +216,7 @@ def parse_device(name: str | None):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from engine.daemon.server import EngineAlreadyRunning, serve
+    from engine.daemon.server import StartRefused, serve
 
     check_model_name(args.model)
     # plain values: the daemon answers before torch loads, and builds the options in its worker thread
@@ -224,7 +224,7 @@ def run_serve(args: argparse.Namespace) -> int:
     options["fuse_qkv"] = args.fuse_qkv
     try:
         serve(args.model, args.ckpts, args.idle_release, run_options=options)
-    except EngineAlreadyRunning as error:
+    except StartRefused as error:  # another engine, a dir not ours or not writable, a database that fails
         print(f"landiff-engine serve: {error}", file=sys.stderr)
         return EXIT_USAGE
     return 0

@@ -10,30 +10,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
 
-from engine import __version__
+from engine import __version__, settings
 from engine.daemon.events import EventHub
 from engine.daemon.logs import configure_logging
 from engine.daemon.service import EngineService
-from engine.daemon.store import Store
+from engine.daemon.startup import (  # noqa: F401 (EngineAlreadyRunning: the CLI's name for it)
+    EngineAlreadyRunning,
+    StartRefused,
+    database_refusal,
+    hold_engine_lock,
+    writable_dir,
+)
+from engine.daemon.store import JOB_ID, Store
 from engine.daemon.transport import Transport, socket_answers
 from engine.daemon.weights_ops import WeightsOperations
-from engine.daemon.worker import JobWorker
-from engine.paths import database_path, log_path, outputs_dir, private_dir, socket_path
+from engine.daemon.worker import JobWorker, remove_job_files
+from engine.paths import data_dir, database_path, lock_path, log_path, outputs_dir, private_dir, socket_path
 
 log = logging.getLogger(__name__)
 
 
-class EngineAlreadyRunning(RuntimeError):
-    pass
-
-
 def claim_socket_path(path: Path) -> None:
     """Make the socket's place ready: refuse when a live engine answers there, remove a dead one's socket."""
-    private_dir(path.parent)
+    private_dir(writable_dir(path.parent, "runtime dir", settings.RUNTIME_DIR.name))
     if path.exists() or path.is_symlink():
         if socket_answers(path):
             raise EngineAlreadyRunning(
@@ -60,13 +64,19 @@ def pipeline_factory(model: str, ckpts: Path | None, run_options: dict[str, Any]
 async def run_engine(
     model: str, ckpts: Path | None, idle_release_s: float, run_options: dict[str, Any] | None = None
 ) -> None:
+    lock = hold_engine_lock(lock_path())  # before the socket: the one engine of this data dir binds it
     path = socket_path()
     claim_socket_path(path)
-    outputs = private_dir(outputs_dir())
-    store = Store(database_path())
-    interrupted = store.interrupt_running()
+    outputs = private_dir(writable_dir(outputs_dir(), "outputs folder", settings.DATA_DIR.name))
+    try:
+        store = Store(database_path())
+        interrupted = store.interrupt_running()
+    except Exception as error:  # read-only, locked, damaged or full: one line, not SQLite's traceback
+        raise database_refusal(database_path(), error) from None
     if interrupted:
         log.warning("marked %d job(s) interrupted: %s", len(interrupted), ", ".join(interrupted))
+        for job_id in filter(JOB_ID.fullmatch, interrupted):  # their half-made files (chunk previews...)
+            remove_job_files(outputs / job_id)
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     hub = EventHub(loop)
@@ -90,15 +100,17 @@ async def run_engine(
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     log.info("engine stopped")
+    os.close(lock)  # the last thing: a next engine may bind only once this one's socket is gone
 
 
 def serve(
     model: str, ckpts: Path | None, idle_release_s: float, run_options: dict[str, Any] | None = None
 ) -> None:
+    writable_dir(data_dir(), "data dir", settings.DATA_DIR.name)  # the log lives there
     configure_logging()
     try:
         asyncio.run(run_engine(model, ckpts, idle_release_s, run_options))
-    except EngineAlreadyRunning:
+    except StartRefused:  # its one line is the command's to print (to engine.out when detached)
         raise
     except Exception:
         log.exception("the engine stopped on an error")

@@ -8,6 +8,7 @@ write it describes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from engine import __version__
 from engine.daemon import logs
 from engine.daemon.device import device_status
+from engine.daemon.disk import is_disk_full
 from engine.daemon.events import EventHub
 from engine.daemon.store import JOB_ID, Store
 from engine.daemon.store_thread import StoreThread
@@ -51,7 +53,10 @@ if TYPE_CHECKING:
     from engine.daemon.worker import JobWorker
 
 log = logging.getLogger(__name__)
-ACTIVE_LIMIT = 500  # queued jobs a subscriber's snapshot lists
+ACTIVE_LIMIT = 100  # queued jobs a subscriber's snapshot lists at most (list_jobs status=queued pages on)
+# the most a page of jobs or a snapshot holds, in JSON bytes: far below what a client reads
+# (wire.MAX_REPLY_BYTES) and what the transport queues per client (transport.MAX_QUEUED_BYTES)
+REPLY_BUDGET = 4 * 2**20
 
 
 class RequestFailed(Exception):
@@ -80,7 +85,19 @@ class EngineService:
 
     async def handle(self, request) -> dict[str, Any]:
         handler = getattr(self, f"on_{request.type}")
-        return await handler(request)
+        try:
+            return await handler(request)
+        except RequestFailed:
+            raise
+        except Exception as error:
+            if is_disk_full(error):
+                folder = self.store.path.parent
+                log.error("the %s request failed: the disk of %s is full", request.type, folder)
+                raise RequestFailed(
+                    "disk_full",
+                    f"the disk holding the data dir {folder} is full; free some space there and try again",
+                ) from None
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -158,11 +175,13 @@ class EngineService:
         # already show what an event after `seq` says; a client applies both (they agree).
         seq = self.hub.seq
         missed, gap = self.hub.since(request.since)
+        if json_size(missed) > REPLY_BUDGET:  # more than a reply holds: the client reloads, as after a gap
+            missed, gap = [], True
 
         def active_jobs() -> list[dict[str, Any]]:
             running = self.store.list_jobs(status="running")[0]
             queued = self.store.list_jobs(status="queued", sort="oldest", limit=ACTIVE_LIMIT)[0]
-            return [row.summary() for row in running + queued]
+            return within_budget([row.summary() for row in running + queued])
 
         active = await self.db.run(active_jobs)
         return {"seq": seq, "instance": self.instance, "missed": missed, "gap": gap, "active": active}
@@ -247,7 +266,8 @@ class EngineService:
         rows, total = await self.db.run(
             self.store.list_jobs, request.search, request.status, request.sort, request.offset, request.limit
         )
-        return {"jobs": [row.summary() for row in rows], "total": total}
+        # a page stops short of `limit` rather than pass the budget: the next starts at offset + len(jobs)
+        return {"jobs": within_budget([row.summary() for row in rows]), "total": total}
 
     async def on_get_job(self, request: GetJob) -> dict[str, Any]:
         return {"job": (await self.job(request.job_id)).summary()}
@@ -319,6 +339,22 @@ class EngineService:
         except NothingRunning as error:
             raise RequestFailed("not_running", str(error)) from None
         return {"cancelling": True}
+
+
+def json_size(items: list[Any]) -> int:
+    return sum(len(json.dumps(item, separators=(",", ":"))) + 1 for item in items)
+
+
+def within_budget(items: list[dict[str, Any]], budget: int | None = None) -> list[dict[str, Any]]:
+    """The first of `items` whose JSON fits in `budget` bytes (REPLY_BUDGET; always the first one)."""
+    budget = REPLY_BUDGET if budget is None else budget
+    kept, used = [], 0
+    for item in items:
+        used += json_size([item])
+        if kept and used > budget:
+            break
+        kept.append(item)
+    return kept
 
 
 def shorten(prompt: str, limit: int = 60) -> str:

@@ -109,20 +109,34 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
-        with self.lock, self.engine.begin() as connection:
-            version = connection.execute(text("PRAGMA user_version")).scalar_one()
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} comes from a newer landiff-engine (schema {version} > {SCHEMA_VERSION}); "
-                    "upgrade landiff-tui or point LANDIFF_DATA_DIR elsewhere"
-                )
-            for step in range(version, SCHEMA_VERSION):
-                MIGRATIONS[step](connection)
-            connection.execute(text(f"PRAGMA user_version = {SCHEMA_VERSION}"))
-        with Session(self.engine) as session:
-            for name, params in BUILTIN_PRESETS.items():
-                session.merge(PresetRow(name=name, params=json.dumps(params), builtin=True))
-            session.commit()
+        """All steps and the new version in one transaction, begun IMMEDIATE: Python's sqlite3 opens no
+        transaction before DDL by itself, so without it a second process could see half a migration (and
+        fail on "table jobs already exists"); with it, that process waits and then finds the tables."""
+        with self.lock, self.engine.connect() as connection:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                version = connection.execute(text("PRAGMA user_version")).scalar_one()
+                if version > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"{self.path} comes from a newer landiff-engine "
+                        f"(schema {version} > {SCHEMA_VERSION}); "
+                        "upgrade landiff-tui or point LANDIFF_DATA_DIR elsewhere"
+                    )
+                for step in range(version, SCHEMA_VERSION):
+                    MIGRATIONS[step](connection)
+                connection.execute(text(f"PRAGMA user_version = {SCHEMA_VERSION}"))
+                for name, params in BUILTIN_PRESETS.items():  # in the same transaction: no racing insert
+                    connection.execute(
+                        text(
+                            "INSERT INTO presets (name, params, builtin) VALUES (:name, :params, 1) "
+                            "ON CONFLICT(name) DO UPDATE SET params = excluded.params, builtin = 1"
+                        ),
+                        {"name": name, "params": json.dumps(params)},
+                    )
+            except BaseException:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)

@@ -1,6 +1,11 @@
 """The engine's socket: a Unix-domain listener, the peer's uid check, JSON-lines framing, one send loop
 per connection, and event forwarding to subscribed connections.
 
+What one client can cost is bounded: the connections held at once (LANDIFF_MAX_CONNECTIONS, and fewer
+when the open-files limit would leave the worker short), the bytes queued for a client that does not
+read (past MAX_QUEUED_BYTES it is dropped; it resumes with `subscribe since`), and the time a line may
+stay half-sent.
+
 It hands each parsed request to the service and knows nothing of what the requests do. A handler's
 result becomes a reply in one place, `Connection.answer`; an event becomes a line in one place,
 `Connection.forward`.
@@ -10,17 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import os
+import resource
 import socket
-import struct
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from engine import settings
 from engine.daemon.events import EventHub
 from engine.daemon.service import EngineService, RequestFailed
+from engine.paths import peer_uid
 from engine.protocol import (
     MAX_LINE_BYTES,
     Hello,
@@ -35,6 +43,16 @@ from engine.protocol import (
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
+# replies and events queued for one client and not yet taken by it: past this it is dropped (a reply is
+# paged to well under it: service.REPLY_BUDGET)
+MAX_QUEUED_BYTES = 16 * 2**20
+HALF_LINE_TIMEOUT_S = 30.0  # a line begun and not finished within this is dropped with its connection
+# descriptors kept free for the worker (torch's imports, weights, videos, previews, SQLite) and the engine
+FD_RESERVE = 128
+BACKLOG = 128
+ACCEPT_BATCH = 16  # connections accepted per wake-up, each checked before the next
+ACCEPT_RETRY_S = 1.0
+REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 class Peer(NamedTuple):
@@ -42,11 +60,40 @@ class Peer(NamedTuple):
     uid: int
 
 
-def peer_credentials(connection: socket.socket) -> Peer:
+def peer_credentials(connection) -> Peer:
     """The pid and uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
-    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", credentials)
-    return Peer(pid, uid)
+    return Peer(*peer_uid(connection))
+
+
+class HalfLineTimeout(Exception):
+    pass
+
+
+def descriptors_left() -> int | None:
+    """How many more files this process may open under its soft limit; None when unlimited or unknown."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        return soft - len(os.listdir("/proc/self/fd"))
+    except OSError as error:
+        return 0 if error.errno in (errno.EMFILE, errno.ENFILE) else None
+
+
+class OnceIn:
+    """Says whether to log now: the first time, then at most once per `interval` (with how many since)."""
+
+    def __init__(self, interval: float):
+        self.interval, self.last, self.count = interval, float("-inf"), 0
+
+    def __call__(self) -> int:
+        """0 to stay quiet, else the number of occurrences this log line stands for."""
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return 0
+        count, self.count, self.last = self.count, 0, now
+        return count
 
 
 def socket_answers(path: Path) -> bool:
@@ -59,12 +106,18 @@ def socket_answers(path: Path) -> bool:
     return True
 
 
-async def read_lines(reader: asyncio.StreamReader):
-    """Yield each received line (without its newline); an over-long line yields None once and is skipped."""
+async def read_lines(reader: asyncio.StreamReader, half_line_timeout: float | None = None):
+    """Yield each received line (without its newline); an over-long line yields None once and is skipped.
+    A line begun and left unfinished for `half_line_timeout` seconds raises HalfLineTimeout (an idle
+    connection between lines may wait for ever: a subscriber does)."""
     buffer = bytearray()
     skipping = False
     while True:
-        chunk = await reader.read(READ_CHUNK)
+        waiting = half_line_timeout if (buffer or skipping) else None
+        try:
+            chunk = await asyncio.wait_for(reader.read(READ_CHUNK), waiting)
+        except TimeoutError:
+            raise HalfLineTimeout from None
         if not chunk:
             return
         buffer += chunk
@@ -86,43 +139,171 @@ async def read_lines(reader: asyncio.StreamReader):
 
 
 class Transport:
-    def __init__(self, service: EngineService, hub: EventHub, expected_uid: int | None = None):
+    def __init__(
+        self,
+        service: EngineService,
+        hub: EventHub,
+        expected_uid: int | None = None,
+        max_connections: int | None = None,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
+        half_line_timeout: float = HALF_LINE_TIMEOUT_S,
+    ):
         self.service, self.hub = service, hub
         self.expected_uid = os.getuid() if expected_uid is None else expected_uid
         self.numbers = itertools.count(1)
+        self.capacity = settings.max_connections() if max_connections is None else max_connections
+        self.max_queued_bytes, self.half_line_timeout = max_queued_bytes, half_line_timeout
+        self.open: set[Connection] = set()
+        self.serving = 0  # accepted and not yet closed (`open` plus those still being set up)
+        self.refusals = OnceIn(REFUSAL_LOG_INTERVAL_S)
 
-    async def listen(self, path: Path) -> asyncio.AbstractServer:
+    async def listen(self, path: Path) -> Listener:
         """Listen on `path`, a socket only its owner may open (0600, created so: no window of 0644)."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         previous = os.umask(0o177)
         try:
-            server = await asyncio.start_unix_server(self.connection, path=str(path), limit=MAX_LINE_BYTES)
+            listener.bind(str(path))
         finally:
             os.umask(previous)
         path.chmod(0o600)
-        return server
+        listener.listen(BACKLOG)
+        listener.setblocking(False)
+        return Listener(self, listener, asyncio.get_running_loop())
 
-    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        number = next(self.numbers)
+    def admit(self, connection: socket.socket) -> bool:
+        """Whether to serve a just-accepted connection; if not, it gets its one-line refusal and is closed
+        at once (its descriptor freed before the next accept)."""
         try:
-            peer = peer_credentials(writer.get_extra_info("socket"))
+            peer = peer_credentials(connection)
         except OSError:
             peer = Peer(-1, -1)
         if peer.uid != self.expected_uid:
-            log.warning("connection %d refused: pid %d runs as uid %d, not the owner's", number, *peer)
-            writer.write(error_reply(None, "forbidden", "this engine only serves its owner's user id"))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-            writer.close()
+            log.warning("connection refused: pid %d runs as uid %d, not the owner's", *peer)
+            return turn_away(connection, "forbidden", "this engine only serves its owner's user id")
+        left = descriptors_left()
+        short = left is not None and left < FD_RESERVE
+        if self.serving < self.capacity and not short:
+            return True
+        why = (
+            f"{left} file descriptors left, fewer than the {FD_RESERVE} it keeps for its jobs"
+            if short
+            else f"its most ({settings.MAX_CONNECTIONS.name}={self.capacity})"
+        )
+        if count := self.refusals():
+            log.warning(
+                "refused %d connection(s) (the latest from pid %d): %d open, %s",
+                count,
+                peer.pid,
+                self.serving,
+                why,
+            )
+        return turn_away(
+            connection,
+            "too_many_connections",
+            f"the engine holds {self.serving} connections, {why}; close some clients and try again",
+        )
+
+    async def serve(self, connection: socket.socket) -> None:
+        number = next(self.numbers)
+        try:
+            peer = peer_credentials(connection)
+            reader, writer = await asyncio.open_unix_connection(sock=connection, limit=MAX_LINE_BYTES)
+        except OSError:
+            connection.close()
             return
-        await Connection(self, number, peer, writer).run(reader)
+        await self.connection(reader, writer, number, peer)
+
+    async def connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int, peer: Peer
+    ) -> None:
+        connection = Connection(self, number, peer, writer)
+        self.open.add(connection)
+        try:
+            await connection.run(reader)
+        finally:
+            self.open.discard(connection)
+
+
+def turn_away(connection: socket.socket, code: str, message: str) -> bool:
+    """Send a refusal without waiting (a fresh socket's buffer takes one line) and close: False.
+
+    What the client already sent is read first: a Unix socket closed with unread input makes the peer's
+    next read fail with ECONNRESET, and the refusal would be lost with it."""
+    with contextlib.suppress(OSError):
+        connection.send(error_reply(None, code, message))
+        while connection.recv(READ_CHUNK):
+            pass
+    connection.close()
+    return False
+
+
+class Listener:
+    """Accepts one connection at a time, each checked (`Transport.admit`) before any buffer or task is made
+    for it: a burst of clients can never take the descriptors the worker needs. Out of descriptors, it stops
+    accepting for a second (clients wait in the backlog) and logs that once a minute."""
+
+    def __init__(self, transport: Transport, listener: socket.socket, loop: asyncio.AbstractEventLoop):
+        self.transport, self.socket, self.loop = transport, listener, loop
+        self.tasks: set[asyncio.Task] = set()
+        self.failures = OnceIn(REFUSAL_LOG_INTERVAL_S)
+        self.closed = False
+        loop.add_reader(listener.fileno(), self.accept)
+
+    def accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                connection, _address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # out of descriptors (EMFILE, ENFILE), or memory
+                if count := self.failures():
+                    log.warning(
+                        "cannot accept connections (%s; %d time(s) this minute); retrying", error, count
+                    )
+                self.loop.remove_reader(self.socket.fileno())
+                self.loop.call_later(ACCEPT_RETRY_S, self.resume)
+                return
+            connection.setblocking(False)
+            if not self.transport.admit(connection):
+                continue
+            self.transport.serving += 1
+            task = self.loop.create_task(self.transport.serve(connection))
+            self.tasks.add(task)
+            task.add_done_callback(self.finished)
+
+    def finished(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        self.transport.serving -= 1
+
+    def resume(self) -> None:
+        if not self.closed:
+            self.loop.add_reader(self.socket.fileno(), self.accept)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.socket.fileno())
+            self.socket.close()
+
+    async def __aenter__(self) -> Listener:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
 
 
 class Connection:
     def __init__(self, transport: Transport, number: int, peer: Peer, writer: asyncio.StreamWriter):
         self.service, self.hub = transport.service, transport.hub
         self.number, self.peer, self.writer = number, peer, writer
+        self.max_queued_bytes, self.half_line_timeout = (
+            transport.max_queued_bytes,
+            transport.half_line_timeout,
+        )
         self.client = "a client"  # what its hello calls it
         self.outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queued_bytes = 0  # in `outgoing`: taken out by the send loop as the client reads
+        self.dropped = False
         self.subscription: asyncio.Queue | None = None
         self.forwarder: asyncio.Task | None = None
         self.requests = 0
@@ -132,10 +313,18 @@ class Connection:
         log.info("connection %d opened by pid %d", self.number, self.peer.pid)
         sender = asyncio.create_task(self.send_loop())
         try:
-            async for line in read_lines(reader):
+            async for line in read_lines(reader, self.half_line_timeout):
                 await self.receive(line)
+                if self.dropped:
+                    break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except HalfLineTimeout:
+            waited = self.half_line_timeout
+            log.info("connection %d: a line left unfinished for %g s; closing it", self.number, waited)
+            self.refuse(
+                None, "timeout", f"a line was left unfinished for {waited:g} s; the engine closed this"
+            )
         finally:
             if self.subscription is not None:
                 self.hub.unsubscribe(self.subscription)
@@ -163,6 +352,13 @@ class Connection:
             request = parse_request(line)
         except ProtocolError as error:
             self.refuse(error.request_id, error.code, error.message)
+            return
+        except RecursionError:
+            self.refuse(None, "too_deep", "the request nests too deeply to parse; send a flat JSON object")
+            return
+        except Exception as error:  # whatever a line does to the parser, it gets an answer
+            log.error("connection %d: a request could not be parsed", self.number, exc_info=error)
+            self.refuse(None, "bad_request", f"the request could not be parsed ({type(error).__name__})")
             return
         self.requests += 1
         if isinstance(request, Hello):
@@ -192,7 +388,7 @@ class Connection:
         except WireShapeError as error:  # the engine's bug: the client hears of it, the log has it
             self.fail(request, error)
             return
-        self.outgoing.put_nowait(line)
+        self.send(line)
 
     def fail(self, request, error: Exception) -> None:
         if isinstance(error, RequestFailed):
@@ -210,16 +406,44 @@ class Connection:
         )
 
     def refuse(self, request_id: int | str | None, code: str, message: str) -> None:
-        self.outgoing.put_nowait(error_reply(request_id, code, message))
+        self.send(error_reply(request_id, code, message))
 
     async def forward(self, subscription: asyncio.Queue) -> None:
         """The one place an event is encoded for the wire."""
         while True:
-            self.outgoing.put_nowait(encode(await subscription.get()))
+            self.send(encode(await subscription.get()))
+
+    def send(self, line: bytes) -> None:
+        """Queue a line for the client, or drop the client when it has left too much unread."""
+        if self.dropped:
+            return
+        if self.queued_bytes + len(line) > self.max_queued_bytes:
+            self.drop()
+            return
+        self.queued_bytes += len(line)
+        self.outgoing.put_nowait(line)
+
+    def drop(self) -> None:
+        """A client that does not read what it asked for: closed, its queue freed. A subscriber resumes with
+        `subscribe since` its last sequence number."""
+        self.dropped = True
+        log.warning(
+            "connection %d (%s, pid %d) dropped: it left over %d MiB of replies and events unread",
+            self.number,
+            self.client,
+            self.peer.pid,
+            self.max_queued_bytes // 2**20,
+        )
+        while not self.outgoing.empty():
+            self.outgoing.get_nowait()
+        self.queued_bytes = 0
+        self.outgoing.put_nowait(None)
+        self.writer.transport.abort()
 
     async def send_loop(self) -> None:
         try:
             while (message := await self.outgoing.get()) is not None:
+                self.queued_bytes -= len(message)
                 self.writer.write(message)
                 await self.writer.drain()
         except ConnectionError:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.daemon.disk import DiskFull, check_room, disk_full_message, job_output_bound
 from engine.daemon.events import Publisher
 from engine.daemon.store import JobRow, Store
 from engine.protocol import JobParams
@@ -102,8 +104,14 @@ class JobWorker(threading.Thread):
     # the worker thread
 
     def run(self) -> None:
-        from engine.generation import pipeline  # noqa: F401  (warm-up: torch and diffusers load here, not on the socket's side)
-
+        while not self.stopping.is_set():  # warm-up: torch and diffusers load here, not on the socket's side
+            try:
+                from engine.generation import pipeline  # noqa: F401
+            except OSError as error:  # out of descriptors, say: the worker waits, it never dies
+                log.error("the worker cannot load torch yet (%s); retrying in a second", error)
+                self.stopping.wait(1.0)
+                continue
+            break
         self.torch_ready = True
         self.sweep_leftovers()
         while not self.stopping.is_set():
@@ -125,7 +133,7 @@ class JobWorker(threading.Thread):
             return
         log.info("job %s started after %.1f s in the queue", row.id, row.started_at - row.created_at)
         try:
-            self.run_job(row.id, JobParams(**json.loads(row.params)))
+            self.run_job(row.id, JobParams(**json.loads(row.params)), row.model)
         finally:
             with self.lock:
                 self.current = None
@@ -169,7 +177,7 @@ class JobWorker(threading.Thread):
             "models released %s: %s (%s of weights)", why, ", ".join(loaded) or "none", mebibytes(weights)
         )
 
-    def run_job(self, job_id: str, params: JobParams) -> None:
+    def run_job(self, job_id: str, params: JobParams, model: str | None = None) -> None:
         from engine.generation.job import JobCancelled, JobSpec
         from engine.generation.video import write_thumbnail
 
@@ -227,6 +235,8 @@ class JobWorker(threading.Thread):
 
         started = time.monotonic()
         try:
+            if model is not None:  # before any model loads: a job that cannot fit fails now, saying so
+                check_room(self.outputs, job_output_bound(model, params.frames, params.overlap))
             if self.pipeline is None:
                 self.pipeline = self.make_pipeline()
             result = self.pipeline.run(
@@ -235,6 +245,7 @@ class JobWorker(threading.Thread):
         except JobCancelled as cancelled:
             status = "interrupted" if self.stopping.is_set() else "cancelled"
             if cancelled.partial is None:
+                remove_job_files(folder)
                 self.store.update(job_id, status=status, finished_at=time.time())
                 self.publish(f"job_{status}", job_id=job_id)
                 log.info("job %s %s after %.1f s: %s", job_id, status, time.monotonic() - started, cancelled)
@@ -264,13 +275,16 @@ class JobWorker(threading.Thread):
             )
             return
         except Exception as error:  # any failure is the job's, never the engine's
-            message = f"{type(error).__name__}: {error}" if not isinstance(error, ValueError) else str(error)
+            remove_job_files(folder)  # a failed job keeps no file (chunk previews, a partial video)
+            full = error.strerror if isinstance(error, DiskFull) else disk_full_message(error, self.outputs)
+            described = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+            message = full or described
             log.error(
                 "job %s failed after %.1f s: %s",
                 job_id,
                 time.monotonic() - started,
                 message,
-                exc_info=not isinstance(error, ValueError),  # a refused parameter needs no traceback
+                exc_info=not (full or isinstance(error, ValueError)),  # a refusal or full disk: no traceback
             )
             self.store.update(job_id, status="failed", finished_at=time.time(), error=message)
             self.publish("job_failed", job_id=job_id, error=message)
@@ -302,6 +316,13 @@ class JobWorker(threading.Thread):
             peak_memory_bytes=result.peak_memory_bytes,
             weights_sha256=result.weights_sha256,
         )
+
+
+def remove_job_files(folder: Path) -> None:
+    """Every file of a job that keeps none (failed, cancelled or interrupted before a chunk was kept)."""
+    if folder.is_dir():
+        log.info("removing %s and its files", folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def seconds_text(timings_s: dict[str, float]) -> str:
