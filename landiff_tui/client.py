@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.client import EngineUnavailable, start_engine
-from engine.paths import socket_path
+from engine.paths import NotTrusted, check_engine_socket, socket_path
 from engine.wire import MAX_REPLY_BYTES, RemoteError, decode_line, is_event, reply_result, request_line
 
 if TYPE_CHECKING:
@@ -94,6 +94,13 @@ class EngineLink:
                 await asyncio.sleep(RETRY_S)
                 continue
             first, absent_told = False, False
+            try:  # before anything is sent: our own runtime dir, and an engine that runs as us
+                check_engine_socket(writer.get_extra_info("socket"), self.path)
+            except NotTrusted as error:
+                writer.close()
+                self.closing = True
+                self.on_state(STOPPED, str(error))
+                return
             await self.session(reader, writer)
             if not self.closing:
                 self.on_state(LOST, "the engine went away; waiting for it to come back")
@@ -170,6 +177,8 @@ class EngineLink:
                 with contextlib.suppress(ValidationError):  # from an engine of another version: hello says
                     self.deliver(parse_event(message))
                 continue
+            if message.get("id") is None and not message.get("ok", True):
+                reply_result(message)  # the engine's word on this connection (too many, a timeout): raised
             future = self.pending.pop(message.get("id"), None)
             if future is None or future.done():
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -791,3 +792,32 @@ def test_no_color_leaves_no_colour(tmp_path):
             elif 31 <= code <= 36 or 41 <= code <= 46 or 91 <= code <= 96 or 101 <= code <= 106:
                 coloured.append(("ansi", code))
     assert not coloured
+
+
+async def test_the_link_refuses_an_engine_socket_in_a_runtime_dir_that_is_not_its_own(tmp_path):
+    """Nothing is sent to a socket reached through a symlinked runtime dir (another user could plant one)."""
+    from landiff_tui.client import STOPPED, EngineLink
+
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    received: list[bytes] = []
+
+    async def answer(reader, writer):
+        received.append(await reader.read(100))
+        writer.close()
+
+    server = await asyncio.start_unix_server(answer, path=str(real / "engine.sock"))
+    (tmp_path / "link").symlink_to(real)
+    states: list[tuple[str, str]] = []
+    link = EngineLink(
+        on_event=lambda event: None,
+        on_connected=lambda hello, caught_up: None,
+        on_state=lambda state, message: states.append((state, message)),
+        autostart=False,
+        path=tmp_path / "link" / "engine.sock",
+    )
+    async with server:
+        await asyncio.wait_for(link.run(), 10)
+        await asyncio.sleep(0.1)
+    assert states and states[-1][0] == STOPPED and "link" in states[-1][1]
+    assert received in ([], [b""])  # the engine heard nothing
