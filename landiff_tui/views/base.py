@@ -19,7 +19,8 @@ class View(Vertical):
 
     def on_mount(self) -> None:
         """A tab chosen before its view mounted (they mount after the first frame) gets it now."""
-        if getattr(self.app.query_one("#tabs"), "active", None) == self.parent.id:
+        tabs = self.app.query("#tabs")  # absent when a view is hosted on its own (a test, another app)
+        if not tabs or getattr(tabs.first(), "active", None) == self.parent.id:
             self.call_after_refresh(self.focus_default)
             self.call_after_refresh(self.shown)
 
