@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,22 @@ from engine.weights.layout import ReleaseLayout, layout_for
 from engine.weights.tiny import ensure_tiny_release
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Render:
+    """One job's stage-2 work: what it renders from and reports to (the helpers below share it)."""
+
+    job: JobSpec
+    plan: ChunkPlan
+    stage2: VideoStage
+    text: torch.Tensor
+    codes: torch.Tensor
+    clock: JobClock
+    timings: dict[str, float]
+    on_progress: Callable[[Progress], None] | None
+    stop: Callable[[], bool]
+    on_chunk: Callable[[ChunkDone], None] | None
 
 
 class Pipeline:
@@ -199,52 +215,37 @@ class Pipeline:
             timings["text"] = timings.get("text", 0.0) + time.perf_counter() - started
             text_clock(text_steps, text_steps)
             return self._render_and_finish(
-                job, plan, stage2, text, codes, clock, timings, on_progress, stop, on_chunk
+                Render(job, plan, stage2, text, codes, clock, timings, on_progress, stop, on_chunk)
             )
         finally:
             self.park(stage2)
 
-    def _render_and_finish(
-        self,
-        job: JobSpec,
-        plan: ChunkPlan,
-        stage2: VideoStage,
-        text: torch.Tensor,
-        codes: torch.Tensor,
-        clock: JobClock,
-        timings: dict[str, float],
-        on_progress: Callable[[Progress], None] | None,
-        stop: Callable[[], bool],
-        on_chunk: Callable[[ChunkDone], None] | None,
-    ) -> JobResult:
-        writer = StreamingMp4Writer(job.out, self.spec.fps)
+    def _render_and_finish(self, render: Render) -> JobResult:
+        writer = StreamingMp4Writer(render.job.out, self.spec.fps)
         try:
-            self._render(job, plan, stage2, text, codes, writer, clock, timings, on_progress, stop, on_chunk)
+            self._render(render, writer)
         except DiffusionCancelled as error:
-            if not clock.finished:
+            if not render.clock.finished:
                 writer.abort()
                 raise JobCancelled(str(error)) from error
-            result = self._finish(job, plan, codes, writer, clock, timings, partial=True)
-            raise JobCancelled(f"{error}; kept the {clock.finished} finished chunk(s)", result) from error
+            result = self._finish(render, writer, partial=True)
+            raise JobCancelled(
+                f"{error}; kept the {render.clock.finished} finished chunk(s)", result
+            ) from error
         except BaseException:
             writer.abort()
             raise
-        return self._finish(job, plan, codes, writer, clock, timings, partial=False)
+        return self._finish(render, writer, partial=False)
 
-    def _render(
-        self,
-        job: JobSpec,
-        plan: ChunkPlan,
-        stage2: VideoStage,
-        text: torch.Tensor,
-        codes: torch.Tensor,
-        writer: StreamingMp4Writer,
-        clock: JobClock,
-        timings: dict[str, float],
-        on_progress: Callable[[Progress], None] | None,
-        stop: Callable[[], bool],
-        on_chunk: Callable[[ChunkDone], None] | None,
-    ) -> None:
+    def _render(self, render: Render, writer: StreamingMp4Writer) -> None:
+        job, plan, stage2, text, codes = render.job, render.plan, render.stage2, render.text, render.codes
+        clock, timings, on_progress, stop, on_chunk = (
+            render.clock,
+            render.timings,
+            render.on_progress,
+            render.stop,
+            render.on_chunk,
+        )
         decoder = stage2.video_decoder()
         denoise = StageClock("denoise", on_progress, clock)
         step_started = [time.perf_counter()]
@@ -316,16 +317,8 @@ class Pipeline:
             # the first DiT call of a new shape compiles (cached on disk for later runs); within denoise
             timings["compile"] = stage2.compile_seconds() - compiled
 
-    def _finish(
-        self,
-        job: JobSpec,
-        plan: ChunkPlan,
-        codes: torch.Tensor,
-        writer: StreamingMp4Writer,
-        clock: JobClock,
-        timings: dict[str, float],
-        partial: bool,
-    ) -> JobResult:
+    def _finish(self, render: Render, writer: StreamingMp4Writer, partial: bool) -> JobResult:
+        job, plan, codes, clock, timings = render.job, render.plan, render.codes, render.clock, render.timings
         tokens_path = job.out.with_suffix(".npy")
         thumbnail_path = job.out.with_suffix(".png")
         sidecar = job.out.with_suffix(".json")
