@@ -657,11 +657,6 @@ def encode(message: dict[str, Any]) -> bytes:
     return encode_line(message)
 
 
-def reply(request_id: int | str | None, result: dict[str, Any] | None = None) -> bytes:
-    """A success reply, unchecked. The daemon moves to `encode_reply`, which checks the result's shape."""
-    return encode({"id": request_id, "ok": True, "result": result or {}})
-
-
 def reply_model(request_type: str, result: BaseModel | dict[str, Any] | None) -> Exact:
     """A handler's result as its request type's reply model; WireShapeError when it has another shape."""
     model = REPLY_MODELS[request_type]
