@@ -261,6 +261,9 @@ class JobSummary(Exact):
     sidecar_path: str | None
     thumbnail_path: str | None
     chunk_timings: list[ChunkTiming]
+    worker: str | None  # which worker ran it last ("cpu", "cuda:1", a Ray node's GPU); None: not yet run
+    requeues: int  # times a lost worker (a dead Ray actor) put it back in the queue
+    quality: dict[str, Any] | None  # the quality probe's findings, once it has run
 
 
 class Preset(Exact):

@@ -44,6 +44,9 @@ def job(index: int, status: str = "finished", **extra: Any) -> p.JobSummary:
         "sidecar_path": None,
         "thumbnail_path": None,
         "chunk_timings": [],
+        "worker": "cpu",
+        "requeues": 0,
+        "quality": None,
     }
     return p.JobSummary(**{**fields, **extra})
 

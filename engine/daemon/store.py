@@ -20,7 +20,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import text, update
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
     "reference defaults": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 50, "seed": 42},
@@ -62,15 +62,19 @@ class JobRow(SQLModel, table=True):
     sidecar_path: str | None = None
     thumbnail_path: str | None = None
     chunk_timings: str = "[]"  # JSON list, one entry per finished chunk of a long video (schema 2)
+    worker: str | None = None  # the worker that ran it last: "cpu", "cuda:1", a Ray node's GPU (schema 3)
+    requeues: int = 0  # times a lost worker put it back in the queue (schema 3)
+    quality: str | None = None  # JSON of the quality probe's findings, once it ran (schema 3)
 
     def summary(self) -> dict[str, Any]:
         data = self.model_dump()
         for key in ("params", "weights_sha256", "timings", "chunk_timings"):
             data[key] = json.loads(data[key])
+        data["quality"] = None if data["quality"] is None else json.loads(data["quality"])
         return data
 
 
-JSON_FIELDS = ("timings", "weights_sha256", "chunk_timings")
+JSON_FIELDS = ("timings", "weights_sha256", "chunk_timings", "quality")
 
 
 class PresetRow(SQLModel, table=True):
@@ -93,8 +97,20 @@ def _migrate_to_2(connection) -> None:
         connection.execute(text("ALTER TABLE jobs ADD COLUMN chunk_timings VARCHAR NOT NULL DEFAULT '[]'"))
 
 
+def _migrate_to_3(connection) -> None:
+    """Which worker ran a job, how often a lost worker re-queued it, and the quality probe's findings."""
+    columns = {row[1] for row in connection.execute(text("PRAGMA table_info(jobs)"))}
+    for name, declaration in (
+        ("worker", "VARCHAR"),
+        ("requeues", "INTEGER NOT NULL DEFAULT 0"),
+        ("quality", "VARCHAR"),
+    ):
+        if name not in columns:
+            connection.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}"))
+
+
 # MIGRATIONS[n] takes a database at version n to version n + 1.
-MIGRATIONS: list[Callable] = [_migrate_to_1, _migrate_to_2]
+MIGRATIONS: list[Callable] = [_migrate_to_1, _migrate_to_2, _migrate_to_3]
 
 
 class Store:

@@ -18,6 +18,7 @@ Speed knobs, all off by default (the default is diffusers' own attention process
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -227,6 +228,20 @@ class JointAttentionProcessor:
         return video, words
 
 
+@dataclass
+class Streams:
+    """The two token streams as the blocks take them: video tokens [B, T*h*w, D] (positions added),
+    text tokens [B, L, D] and the time embedding [B, time_embed_dim], of the main transformer and of the
+    control branch. Tokens are independent outside attention, so the video tokens may be split."""
+
+    video: torch.Tensor
+    words: torch.Tensor
+    temb: torch.Tensor
+    control_video: torch.Tensor
+    control_words: torch.Tensor
+    control_temb: torch.Tensor
+
+
 class ControlDiT(nn.Module):
     """v-prediction of the main CogVideoX transformer steered by the control branch."""
 
@@ -307,16 +322,22 @@ class ControlDiT(nn.Module):
             words, video = projected[:, :length], projected[:, length:]
         return outputs
 
-    def forward(
+    def embed(
         self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
-    ) -> torch.Tensor:
-        """latents [B, T, C, H, W], text [B, L, text_dim], timesteps [B], semantic [1 or B, T, C, H, W].
+    ) -> Streams:
+        """Both streams' tokens before the first block (see `Streams`)."""
+        c_video, c_words, c_temb = self._control_input(latents, text, timesteps, semantic)
+        video, words, temb = self.main.embed(latents, text, timesteps)
+        return Streams(video, words, temb, c_video, c_words, c_temb)
+
+    def run_blocks(self, streams: Streams) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every block over `streams` -> the main stream's (video, text) tokens after the last block.
 
         Control block k runs just before main block k, so only one control output is alive at a time;
         the control stream never reads the main one, so this is the same arithmetic as running the
-        whole branch first."""
-        c_video, c_words, c_temb = self._control_input(latents, text, timesteps, semantic)
-        video, words, temb = self.main.embed(latents, text, timesteps)
+        whole branch first. Attention is the only place a token sees the others."""
+        video, words, temb = streams.video, streams.words, streams.temb
+        c_video, c_words, c_temb = streams.control_video, streams.control_words, streams.control_temb
         length = words.shape[1]
         controls = len(self.control.transformer_blocks)
         for index, block in enumerate(self.main.transformer_blocks):
@@ -327,9 +348,20 @@ class ControlDiT(nn.Module):
                 words = words + c_words
                 video = video + c_video
                 del control
-        del c_video, c_words
+        return video, words
+
+    def head(self, video: torch.Tensor, temb: torch.Tensor, latents_shape: torch.Size) -> torch.Tensor:
+        """Video tokens after the blocks [B, T*h*w, D] -> v-prediction shaped as the latents."""
         video = self.proj_out(self.norm_out(self.norm_final(video), temb=temb))
-        batch, frames, _, height, width = latents.shape
+        batch, frames, _, height, width = latents_shape
         p = self.config.patch_size
         out = video.reshape(batch, frames, height // p, width // p, -1, p, p)
         return out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+
+    def forward(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
+    ) -> torch.Tensor:
+        """latents [B, T, C, H, W], text [B, L, text_dim], timesteps [B], semantic [1 or B, T, C, H, W]."""
+        streams = self.embed(latents, text, timesteps, semantic)
+        video, _ = self.run_blocks(streams)
+        return self.head(video, streams.temb, latents.shape)
