@@ -308,6 +308,7 @@ class JobQueuedEvent(JobEvent):
 
 class JobStartedEvent(JobEvent):
     event: Literal["job_started"] = "job_started"
+    worker: str | None = None  # the worker running it ("cuda:1", "cpu:0")
 
 
 class JobProgressEvent(JobEvent):
@@ -369,9 +370,19 @@ class JobCancelledEvent(JobStoppedEvent):
 
 
 class JobInterruptedEvent(JobStoppedEvent):
-    """The engine stopped while the job ran."""
+    """The engine stopped while the job ran, or its worker was lost after it had been re-queued once."""
 
     event: Literal["job_interrupted"] = "job_interrupted"
+    error: str | None = None  # why, when it was not the engine stopping
+
+
+class JobRequeuedEvent(JobEvent):
+    """The worker running the job was lost (a Ray actor, a rank process gone): its files are gone and it
+    waits in the queue again, at its old place. That happens once per job."""
+
+    event: Literal["job_requeued"] = "job_requeued"
+    worker: str  # the worker that was lost
+    error: str  # what happened to it
 
 
 class JobDeletedEvent(JobEvent):
@@ -460,6 +471,7 @@ AnyEvent = Annotated[
     | JobFailedEvent
     | JobCancelledEvent
     | JobInterruptedEvent
+    | JobRequeuedEvent
     | JobDeletedEvent
     | ModelsReleasedEvent
     | DownloadStartedEvent
@@ -523,12 +535,25 @@ class PresetNameReply(Exact):
     name: str
 
 
+class WorkerState(Exact):
+    """One of the engine's workers (one per GPU it owns, or a Ray actor)."""
+
+    label: str  # "cuda:1", "cpu:0", "auto" until its torch has loaded
+    device: str | None  # the device it runs on (None: the default one)
+    state: Literal["loading", "idle", "running", "lost"]
+    job_id: str | None  # the job it runs
+    models_loaded: list[str]
+    # its job's latest progress and latest finished chunk (None before the first)
+    progress: JobProgressEvent | None = None
+    last_chunk: ChunkFinishedEvent | None = None
+
+
 class StatusReply(Exact):
     model: str
     engine_version: str
     pid: int
     uptime_s: float
-    running: str | None  # the running job's id
+    running: str | None  # a running job's id (the first worker's); `workers` lists every one
     queue: list[str]  # queued job ids, oldest first
     models_loaded: list[str]
     downloading: bool
@@ -541,6 +566,7 @@ class StatusReply(Exact):
     # that (re)connects mid-job draws the stage, step/total and chunk/chunks at once, not at the next step
     progress: JobProgressEvent | None = None
     last_chunk: ChunkFinishedEvent | None = None
+    workers: list[WorkerState] = []  # each worker and the job it runs
 
 
 class SubscribeReply(Exact):

@@ -66,6 +66,14 @@ class JobStarted(Message, bubble=False):
         self.event = event
 
 
+class JobRequeued(Message, bubble=False):
+    """The job's worker was lost: the job waits in the queue again."""
+
+    def __init__(self, event: protocol.JobRequeuedEvent):
+        super().__init__()
+        self.event = event
+
+
 class JobProgressed(Message, bubble=False):
     def __init__(self, event: protocol.JobProgressEvent):
         super().__init__()
@@ -139,6 +147,7 @@ def message_classes() -> dict[type, type[Message]]:
     return {
         p.JobQueuedEvent: JobQueued,
         p.JobStartedEvent: JobStarted,
+        p.JobRequeuedEvent: JobRequeued,
         p.JobProgressEvent: JobProgressed,
         p.ChunkFinishedEvent: ChunkFinished,
         p.JobFinishedEvent: JobEnded,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from engine.daemon.events import EventHub
+from engine.daemon.pool import WorkerPool
 from engine.daemon.service import EngineService, RequestFailed
 from engine.daemon.store import Store
 from engine.daemon.transport import Transport
@@ -178,8 +179,9 @@ def test_every_handler_leaves_the_event_loop_for_the_store(tmp_path, monkeypatch
         loop_thread = threading.get_ident()
         hub = EventHub(asyncio.get_running_loop())
         weights = WeightsOperations("tiny", tmp_path / "weights", hub.publish)
+        pool = WorkerPool(store, [worker])
         service = EngineService(
-            "tiny", store, hub, worker, weights, lambda: None, tmp_path / "out", tmp_path / "log"
+            "tiny", store, hub, pool, weights, lambda: None, tmp_path / "out", tmp_path / "log"
         )
         results = []
         for number, fields in enumerate(requests):

@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from engine.client import EngineClient, EngineUntrusted, RemoteError
 from engine.daemon import disk
 from engine.daemon.events import EventHub
+from engine.daemon.pool import WorkerPool
 from engine.daemon.service import REPLY_BUDGET, EngineService, RequestFailed, within_budget
 from engine.daemon.store import Store
 from engine.daemon.transport import Connection, Transport, read_lines
@@ -148,7 +149,8 @@ def test_replies_are_paged_to_a_budget_and_a_replay_too_long_becomes_a_gap(tmp_p
             hub.publish("job_queued", job_id=f"{number:012x}", prompt=prompt)
         worker = JobWorker(store, lambda: None, hub.publish, tmp_path / "out", 600.0)
         weights = WeightsOperations("tiny", tmp_path / "weights", hub.publish)
-        service = EngineService("tiny", store, hub, worker, weights, lambda: None, tmp_path, tmp_path / "l")
+        pool = WorkerPool(store, [worker])
+        service = EngineService("tiny", store, hub, pool, weights, lambda: None, tmp_path, tmp_path / "l")
         ask = lambda **fields: service.handle(parse_request(json.dumps({"v": 1, "id": 1, **fields})))  # noqa: E731
         page = await ask(type="list_jobs", limit=500)
         following = await ask(type="list_jobs", limit=500, offset=len(page["jobs"]))
@@ -226,7 +228,7 @@ def test_stores_opened_together_migrate_once(tmp_path):
             process.join(60)
         assert [process.exitcode for process in processes] == [0, 0, 0, 0]
         with sqlite3.connect(path) as connection:
-            assert connection.execute("PRAGMA user_version").fetchone() == (2,)
+            assert connection.execute("PRAGMA user_version").fetchone() == (3,)
 
 
 # descriptors
@@ -379,7 +381,8 @@ def test_a_submit_on_a_full_disk_is_refused_as_disk_full(tmp_path, weights):
         hub = EventHub(asyncio.get_running_loop())
         worker = JobWorker(store, lambda: None, hub.publish, tmp_path / "out", 600.0)
         service = EngineService(
-            "tiny", store, hub, worker, WeightsOperations("tiny", weights, hub.publish), lambda: None,
+            "tiny", store, hub, WorkerPool(store, [worker]), WeightsOperations("tiny", weights, hub.publish),
+            lambda: None,
             tmp_path, tmp_path / "l",
         )  # fmt: skip
         request = parse_request(json.dumps({"v": 1, "id": 1, "type": "submit", "params": {"prompt": "a"}}))

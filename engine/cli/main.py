@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds idle before the models are released (default 600)",
     )
+    serve.add_argument(
+        "--gpus",
+        default=None,
+        metavar="all|0,1,3|cpu:N",
+        help="the devices to run jobs on, a worker with its own models each: all (every CUDA GPU), GPU "
+        "indices, or cpu:N (N CPU workers); a job runs on one of them (default: one worker on the "
+        "default device)",
+    )
     add_run_options(serve)
 
     from engine.cli.client_commands import add_client_commands
@@ -216,14 +224,20 @@ def parse_device(name: str | None):
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from engine.daemon.devices import BadGpus, parse_gpus
     from engine.daemon.server import StartRefused, serve
 
     check_model_name(args.model)
+    try:
+        gpus = parse_gpus(args.gpus)
+    except BadGpus as error:
+        print(f"landiff-engine serve: {error}", file=sys.stderr)
+        return EXIT_USAGE
     # plain values: the daemon answers before torch loads, and builds the options in its worker thread
     options = {"memory": args.memory, "attention": args.attention, "compile": args.compile}
     options["fuse_qkv"] = args.fuse_qkv
     try:
-        serve(args.model, args.ckpts, args.idle_release, run_options=options)
+        serve(args.model, args.ckpts, args.idle_release, run_options=options, gpus=gpus)
     except StartRefused as error:  # another engine, a dir not ours or not writable, a database that fails
         print(f"landiff-engine serve: {error}", file=sys.stderr)
         return EXIT_USAGE

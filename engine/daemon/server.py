@@ -1,8 +1,9 @@
 """`landiff-engine serve`: puts the engine together and runs it until a signal or a shutdown request.
 
-The parts: the store (engine/daemon/store.py), the event hub (events.py), the GPU worker thread
-(worker.py), the weights desk (weights_ops.py), the request handlers (service.py) and the socket
-(transport.py). Start-up imports no torch: the socket answers while the worker thread loads it.
+The parts: the store (engine/daemon/store.py), the event hub (events.py), the workers (pool.py: a
+worker.py thread per device, devices.py), the weights desk (weights_ops.py), the request handlers
+(service.py) and the socket (transport.py). Start-up imports no torch: the socket answers while the
+worker threads load it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from engine import __version__, settings
+from engine.daemon.devices import AUTO, torch_device_name
 from engine.daemon.events import EventHub
 from engine.daemon.logs import configure_logging
+from engine.daemon.pool import WorkerPool
 from engine.daemon.service import EngineService
 from engine.daemon.startup import (  # noqa: F401 (EngineAlreadyRunning: the CLI's name for it)
     EngineAlreadyRunning,
@@ -29,7 +32,7 @@ from engine.daemon.startup import (  # noqa: F401 (EngineAlreadyRunning: the CLI
 from engine.daemon.store import JOB_ID, Store
 from engine.daemon.transport import Transport, socket_answers
 from engine.daemon.weights_ops import WeightsOperations
-from engine.daemon.worker import JobWorker, remove_job_files
+from engine.daemon.worker import JobWorker, remove_job_files, sweep_leftovers
 from engine.paths import data_dir, database_path, lock_path, log_path, outputs_dir, private_dir, socket_path
 
 log = logging.getLogger(__name__)
@@ -46,24 +49,55 @@ def claim_socket_path(path: Path) -> None:
         path.unlink()
 
 
-def pipeline_factory(model: str, ckpts: Path | None, run_options: dict[str, Any] | None = None):
+def pipeline_factory(
+    model: str, ckpts: Path | None, run_options: dict[str, Any] | None = None, device: str | None = None
+):
     """`run_options`: plain values (memory, attention, compile, fuse_qkv), so the socket's side imports
-    no torch; they become the pipeline's options in the worker thread."""
+    no torch; they become the pipeline's options in the worker thread. `device`: a torch device's name
+    (None: the default device)."""
     options = dict(run_options or {})
 
     def make_pipeline():  # in the worker thread: torch and the models' code load there
+        import torch
+
         from engine.generation.pipeline import Pipeline
         from engine.generation.speed import DiTOptions
 
-        memory = options.pop("memory", "auto")
-        return Pipeline.for_model(model, ckpts, memory=memory, dit=DiTOptions(**options))
+        given = dict(options)
+        memory = given.pop("memory", "auto")
+        place = None if device is None else torch.device(device)
+        return Pipeline.for_model(model, ckpts, device=place, memory=memory, dit=DiTOptions(**given))
 
     return make_pipeline
 
 
+def local_workers(
+    labels: list[str],
+    store: Store,
+    model: str,
+    ckpts: Path | None,
+    publish,
+    outputs: Path,
+    idle_release_s: float,
+    run_options: dict[str, Any] | None,
+) -> list[JobWorker]:
+    """A worker thread per device label (devices.parse_gpus), each with its own pipeline on its device."""
+    workers = []
+    for label in labels:
+        device = torch_device_name(label)
+        make_pipeline = pipeline_factory(model, ckpts, run_options, device)
+        workers.append(JobWorker(store, make_pipeline, publish, outputs, idle_release_s, label, device))
+    return workers
+
+
 async def run_engine(
-    model: str, ckpts: Path | None, idle_release_s: float, run_options: dict[str, Any] | None = None
+    model: str,
+    ckpts: Path | None,
+    idle_release_s: float,
+    run_options: dict[str, Any] | None = None,
+    gpus: list[str] | None = None,
 ) -> None:
+    """`gpus`: the workers' device labels (devices.parse_gpus); None: one on the default device."""
     lock = hold_engine_lock(lock_path())  # before the socket: the one engine of this data dir binds it
     path = socket_path()
     claim_socket_path(path)
@@ -80,22 +114,31 @@ async def run_engine(
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     hub = EventHub(loop)
-    worker = JobWorker(
-        store, pipeline_factory(model, ckpts, run_options), hub.publish, outputs, idle_release_s
+    sweep_leftovers(outputs)  # before any worker writes there
+    labels = gpus or [AUTO]
+    pool = WorkerPool(
+        store, local_workers(labels, store, model, ckpts, hub.publish, outputs, idle_release_s, run_options)
     )
-    worker.start()
+    pool.start()
     weights = WeightsOperations(model, ckpts, hub.publish)
-    service = EngineService(model, store, hub, worker, weights, stopped.set, outputs, log_path())
+    service = EngineService(model, store, hub, pool, weights, stopped.set, outputs, log_path())
     server = await Transport(service, hub).listen(path)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
-    log.info("landiff-engine %s (%s model) listening on %s", __version__, model, path)
+    log.info(
+        "landiff-engine %s (%s model) listening on %s; %d worker(s): %s",
+        __version__,
+        model,
+        path,
+        len(labels),
+        ", ".join(labels),
+    )
     print(f"ready {path}", flush=True)
     async with server:
         await stopped.wait()
-    log.info("stopping: waiting for the worker to leave its job")
-    worker.stop()
-    await asyncio.to_thread(worker.join, 30)
+    log.info("stopping: waiting for the workers to leave their jobs")
+    pool.stop()
+    await asyncio.to_thread(pool.join, 30)
     service.close()
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -104,12 +147,16 @@ async def run_engine(
 
 
 def serve(
-    model: str, ckpts: Path | None, idle_release_s: float, run_options: dict[str, Any] | None = None
+    model: str,
+    ckpts: Path | None,
+    idle_release_s: float,
+    run_options: dict[str, Any] | None = None,
+    gpus: list[str] | None = None,
 ) -> None:
     writable_dir(data_dir(), "data dir", settings.DATA_DIR.name)  # the log lives there
     configure_logging()
     try:
-        asyncio.run(run_engine(model, ckpts, idle_release_s, run_options))
+        asyncio.run(run_engine(model, ckpts, idle_release_s, run_options, gpus))
     except StartRefused:  # its one line is the command's to print (to engine.out when detached)
         raise
     except Exception:

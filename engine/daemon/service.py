@@ -49,8 +49,8 @@ from engine.protocol import (
 )
 
 if TYPE_CHECKING:
+    from engine.daemon.pool import WorkerPool
     from engine.daemon.store import JobRow
-    from engine.daemon.worker import JobWorker
 
 log = logging.getLogger(__name__)
 ACTIVE_LIMIT = 100  # queued jobs a subscriber's snapshot lists at most (list_jobs status=queued pages on)
@@ -71,13 +71,13 @@ class EngineService:
         model: str,
         store: Store,
         hub: EventHub,
-        worker: JobWorker,
+        workers: WorkerPool,
         weights: WeightsOperations,
         stop: Callable[[], None],
         outputs: Path,
         log_file: Path,
     ):
-        self.model, self.store, self.hub, self.worker, self.weights = model, store, hub, worker, weights
+        self.model, self.store, self.hub, self.workers, self.weights = model, store, hub, workers, weights
         self.stop, self.outputs, self.log_file = stop, outputs, log_file
         self.db = StoreThread()
         self.started = time.time()
@@ -151,22 +151,27 @@ class EngineService:
         }
 
     async def on_status(self, request: Status) -> dict[str, Any]:
-        running = self.worker.current
+        workers = self.workers.view()
+        for worker in workers:  # where each running job stands, so a view opened mid-job draws it at once
+            job_id = worker["job_id"]
+            worker["progress"] = self.hub.latest("job_progress", job_id) if job_id else None
+            worker["last_chunk"] = self.hub.latest("chunk_finished", job_id) if job_id else None
+        running = next((worker for worker in workers if worker["job_id"]), None)
         return {
             "model": self.model,
             "engine_version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
-            "running": running,
-            # where the running job stands, so a view opened mid-job draws the truth at once
-            "progress": self.hub.latest("job_progress", running) if running else None,
-            "last_chunk": self.hub.latest("chunk_finished", running) if running else None,
+            "running": running and running["job_id"],
+            "progress": running and running["progress"],
+            "last_chunk": running and running["last_chunk"],
+            "workers": workers,
             "queue": await self.db.run(self.store.queued_ids),
-            "models_loaded": self.worker.loaded_models(),
+            "models_loaded": self.workers.loaded_models(),
             "downloading": self.weights.busy(),
             "seq": self.hub.seq,
             "limits": self.limits(),
-            **device_status(self.worker.torch_ready),
+            **device_status(self.workers.torch_ready),
         }
 
     async def on_subscribe(self, request: Subscribe) -> dict[str, Any]:
@@ -191,7 +196,7 @@ class EngineService:
         return {"path": str(self.log_file), "lines": lines}
 
     async def on_release_models(self, request: ReleaseModels) -> dict[str, Any]:
-        self.worker.request_release()
+        self.workers.request_release()
         return {}
 
     async def on_shutdown(self, request: Shutdown) -> dict[str, Any]:
@@ -229,7 +234,7 @@ class EngineService:
             params.seed,
             shorten(params.prompt),
         )
-        self.worker.notify()
+        self.workers.notify()
         return {"job_id": row.id, "length": plan.record()}
 
     async def check_prompt(self, prompt: str) -> None:
@@ -249,7 +254,7 @@ class EngineService:
 
     async def on_cancel(self, request: Cancel) -> dict[str, Any]:
         job_id = await self.resolve(request.job_id)
-        outcome = await self.db.run(self.worker.cancel, job_id)
+        outcome = await self.db.run(self.workers.cancel, job_id)
         if outcome == "cancelled":
             self.hub.publish("job_cancelled", job_id=job_id)
             log.info("job %s cancelled while queued", job_id)

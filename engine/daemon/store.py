@@ -189,8 +189,8 @@ class Store:
             session.commit()
             return row
 
-    def claim_next(self) -> JobRow | None:
-        """The oldest queued job, marked running.
+    def claim_next(self, worker: str | None = None) -> JobRow | None:
+        """The oldest queued job, marked running (on `worker`, the claiming worker's label).
 
         The claim is a conditional update (`WHERE status = 'queued'`), as a cancel is: of a claim and a
         cancel of the same job, exactly one changes the row, whatever the interleaving.
@@ -206,12 +206,24 @@ class Store:
                 claimed = session.exec(
                     update(JobRow)
                     .where(col(JobRow.id) == row.id, col(JobRow.status) == "queued")
-                    .values(status="running", started_at=started)
+                    .values(status="running", started_at=started, worker=worker)
                 )
                 session.commit()
                 if claimed.rowcount == 1:
-                    row.status, row.started_at = "running", started
+                    row.status, row.started_at, row.worker = "running", started, worker
                     return row
+
+    def requeue(self, job_id: str) -> bool:
+        """Put a running job whose worker was lost back in the queue, once: one conditional update that
+        changes the row only while it runs and was never re-queued. Whether it did (False: the caller
+        marks the job interrupted). It keeps its place: the queue runs oldest first by creation."""
+        with self.lock, self.engine.begin() as connection:
+            requeued = connection.execute(
+                update(JobRow)
+                .where(col(JobRow.id) == job_id, col(JobRow.status) == "running", col(JobRow.requeues) == 0)
+                .values(status="queued", started_at=None, requeues=JobRow.requeues + 1)
+            )
+            return requeued.rowcount == 1
 
     def cancel_queued(self, job_id: str) -> bool:
         """Cancel the job if it is still queued, in one conditional update; whether it was."""

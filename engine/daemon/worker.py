@@ -1,4 +1,9 @@
-"""The GPU worker: one thread that runs queued jobs through the pipeline, one at a time."""
+"""A worker: one thread that owns a device and runs queued jobs through its pipeline, one at a time.
+
+An engine has one per device it was given (engine/daemon/pool.py holds them). The pipeline may be local
+(engine.generation.pipeline.Pipeline) or anything with its `run` and `loaded_models`: a group of ranks, a
+Ray actor. Threads suffice for local workers: torch releases the GIL inside its kernels.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.daemon.devices import AUTO
 from engine.daemon.disk import DiskFull, check_room, disk_full_message, job_output_bound
 from engine.daemon.events import Publisher
 from engine.daemon.store import JobRow, Store
@@ -40,6 +46,11 @@ class ProgressThrottle:
             self.publish(progress)
 
 
+class WorkerLost(Exception):
+    """Raised by a pipeline whose worker died under it (a Ray actor gone, a rank process gone): the job is
+    not at fault (it goes back to the queue once) and this worker cannot run another (it leaves the pool)."""
+
+
 class JobWorker(threading.Thread):
     def __init__(
         self,
@@ -48,12 +59,21 @@ class JobWorker(threading.Thread):
         publish: Publisher,
         outputs: Path,
         idle_release_s: float,
+        label: str = AUTO,
+        device: str | None = None,
     ):
-        super().__init__(name="landiff-gpu-worker", daemon=True)
+        """`label` names the worker in status, events and job rows ("cuda:1", "cpu:0"; AUTO becomes "cpu"
+        or "cuda:0" once torch has loaded); `device` is the torch device its pipeline runs on (None: the
+        default one), for a remote worker whatever names where it runs."""
+        super().__init__(name=f"landiff-worker-{label}", daemon=True)
         self.store, self.make_pipeline, self.publish, self.outputs = store, make_pipeline, publish, outputs
         self.idle_release_s = idle_release_s
+        self.label, self.device = label, device
         self.pipeline: Pipeline | None = None
         self.torch_ready = False  # set by the worker thread once torch is imported
+        self.loading = True  # torch or the pipeline is loading
+        self.lost: str | None = None  # why its pipeline was lost: it claims no more jobs
+        self.on_lost: Callable[[JobWorker], None] | None = None  # the pool's: the worker leaves it
         self.last_used = time.monotonic()
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -73,14 +93,19 @@ class JobWorker(threading.Thread):
 
         Blocks on the store (call it off the event loop). A job whose claim won the race is current by
         the time this takes the lock: `claim` marks it running and current under that same lock.
+        (An engine's WorkerPool.cancel does the same over all its workers.)
         """
         if self.store.cancel_queued(job_id):
             return "cancelled"
+        return "cancelling" if self.stop_job(job_id) else None
+
+    def stop_job(self, job_id: str) -> bool:
+        """Ask the job to stop at its next step when it runs here; whether it does."""
         with self.lock:
             if self.current == job_id:
                 self.cancel_requested.set()
-                return "cancelling"
-        return None
+                return True
+        return False
 
     def request_release(self) -> None:
         self.release_requested.set()
@@ -92,14 +117,25 @@ class JobWorker(threading.Thread):
 
     def loaded_models(self) -> list[str]:
         pipeline = self.pipeline
-        if pipeline is None:
-            return []
-        loaded = []
-        if pipeline._stage1 is not None:
-            loaded.append("stage1")
-        if pipeline._stage2 is not None:
-            loaded.append("stage2")
-        return loaded
+        return [] if pipeline is None else pipeline.loaded_models()
+
+    @property
+    def state(self) -> str:
+        if self.lost is not None:
+            return "lost"
+        if self.loading:
+            return "loading"
+        return "idle" if self.current is None else "running"
+
+    def view(self) -> dict[str, Any]:
+        """What status shows of this worker (protocol.WorkerState)."""
+        return {
+            "label": self.label,
+            "device": self.device,
+            "state": self.state,
+            "job_id": self.current,
+            "models_loaded": self.loaded_models(),
+        }
 
     # the worker thread
 
@@ -113,8 +149,10 @@ class JobWorker(threading.Thread):
                 continue
             break
         self.torch_ready = True
-        self.sweep_leftovers()
-        while not self.stopping.is_set():
+        if self.label == AUTO:
+            self.label = default_label()
+        self.loading = False
+        while not self.stopping.is_set() and self.lost is None:
             try:
                 self.step()
             except Exception:  # the worker must outlive any surprise (a locked database, a full disk)
@@ -142,21 +180,11 @@ class JobWorker(threading.Thread):
     def claim(self) -> JobRow | None:
         """The next queued job, now running and current here (one step under the lock `cancel` takes)."""
         with self.lock:
-            row = self.store.claim_next()
+            row = self.store.claim_next(worker=self.label)
             if row is not None:
                 self.current = row.id
                 self.cancel_requested.clear()
             return row
-
-    def sweep_leftovers(self) -> None:
-        """Half-written outputs of an engine that died mid-job (a growing long video, its scratch chunk):
-        only this worker writes there and it has not started yet, so every one is a leftover."""
-        if not self.outputs.is_dir():
-            return
-        for path in self.outputs.glob("*/.*"):
-            if ".partial" in path.name or path.name.endswith(".chunk.mp4"):
-                log.info("removing %s, left by an engine that stopped mid-job", path)
-                path.unlink(missing_ok=True)
 
     def release(self, why: str) -> None:
         self.release_requested.clear()
@@ -181,7 +209,7 @@ class JobWorker(threading.Thread):
         from engine.generation.job import JobCancelled, JobSpec
         from engine.generation.video import write_thumbnail
 
-        self.publish("job_started", job_id=job_id)
+        self.publish("job_started", job_id=job_id, worker=self.label)
         folder = self.outputs / job_id
         job = JobSpec.from_params(params.model_dump(), out=folder / "video.mp4")
 
@@ -238,10 +266,17 @@ class JobWorker(threading.Thread):
             if model is not None:  # before any model loads: a job that cannot fit fails now, saying so
                 check_room(self.outputs, job_output_bound(model, params.frames, params.overlap))
             if self.pipeline is None:
-                self.pipeline = self.make_pipeline()
+                self.loading = True
+                try:
+                    self.pipeline = self.make_pipeline()
+                finally:
+                    self.loading = False
             result = self.pipeline.run(
                 job, on_progress=ProgressThrottle(progress), should_stop=should_stop, on_chunk=chunk_finished
             )
+        except WorkerLost as lost:
+            self.lose(job_id, folder, lost)
+            return
         except JobCancelled as cancelled:
             status = "interrupted" if self.stopping.is_set() else "cancelled"
             if cancelled.partial is None:
@@ -302,6 +337,33 @@ class JobWorker(threading.Thread):
             row.video_path,
         )
 
+    def lose(self, job_id: str, folder: Path, lost: WorkerLost) -> None:
+        """The pipeline died under the job: its files go, the job goes back to the queue once (unless its
+        cancel or the engine's stop was asked: then it ends so), and this worker leaves the pool."""
+        why = str(lost) or type(lost).__name__
+        remove_job_files(folder)
+        self.pipeline = None
+        with self.lock:  # no claim after this; a cancel that finds the job no longer here retries the queue
+            self.lost = why
+            self.current = None
+            cancelled = self.cancel_requested.is_set()
+        log.error("worker %s was lost running job %s: %s; it takes no more jobs", self.label, job_id, why)
+        if cancelled or self.stopping.is_set():
+            status = "interrupted" if self.stopping.is_set() else "cancelled"
+            error = f"worker {self.label} was lost ({why})"
+            self.store.update(job_id, status=status, finished_at=time.time(), error=error)
+            self.publish(f"job_{status}", job_id=job_id)
+        elif self.store.requeue(job_id):
+            log.warning("job %s is queued again after losing worker %s", job_id, self.label)
+            self.publish("job_requeued", job_id=job_id, worker=self.label, error=why)
+        else:
+            error = f"worker {self.label} was lost while running it ({why}), after it had been re-queued once"
+            self.store.update(job_id, status="interrupted", finished_at=time.time(), error=error)
+            self.publish("job_interrupted", job_id=job_id, status="interrupted", error=error)
+            log.error("job %s interrupted: %s", job_id, error)
+        if self.on_lost is not None:
+            self.on_lost(self)
+
     def record_result(self, job_id: str, result: JobResult, status: str) -> JobRow:
         return self.store.update(
             job_id,
@@ -316,6 +378,24 @@ class JobWorker(threading.Thread):
             peak_memory_bytes=result.peak_memory_bytes,
             weights_sha256=result.weights_sha256,
         )
+
+
+def default_label() -> str:
+    """The label of a worker on the default device, once torch is loaded: "cuda:0" or "cpu"."""
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
+
+def sweep_leftovers(outputs: Path) -> None:
+    """Half-written outputs of an engine that died mid-job (a growing long video, its scratch chunk).
+    Called once at start, before any worker runs: then every one is a leftover."""
+    if not outputs.is_dir():
+        return
+    for path in outputs.glob("*/.*"):
+        if ".partial" in path.name or path.name.endswith(".chunk.mp4"):
+            log.info("removing %s, left by an engine that stopped mid-job", path)
+            path.unlink(missing_ok=True)
 
 
 def remove_job_files(folder: Path) -> None:

@@ -124,6 +124,11 @@ class Pipeline:
         )
         return stage
 
+    def loaded_models(self) -> list[str]:
+        """The stages whose models are loaded ("stage1", "stage2"): what the engine's status lists."""
+        stages = (("stage1", self._stage1), ("stage2", self._stage2))
+        return [name for name, stage in stages if stage is not None]
+
     def weight_bytes(self) -> int:
         """Bytes of the loaded stages' parameters and buffers."""
         return sum(
