@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.generation.lengths import ChunkPlan
+from engine.generation.parallel.group import ParallelGroup
+from engine.generation.parallel.render import lead_render
 from engine.generation.residency import MovableStage, Residency
 from engine.generation.speed import DiTOptions, FirstCallTimer, apply_dit_options
 from engine.generation.text_encoder import T5v11PromptEncoder
@@ -36,6 +38,7 @@ class VideoStage(MovableStage):
     vae_tiling: bool = False  # spatial tiles: less memory, other pixels (the low profile only)
     first_calls: FirstCallTimer | None = None  # times each shape's first DiT call (the compile)
 
+    parallel: ParallelGroup | None = None  # its ranks render with this one (engine.generation.parallel)
     @classmethod
     def load(
         cls,
@@ -134,6 +137,10 @@ class VideoStage(MovableStage):
                 if self.first_calls is not None:
                     return self.first_calls(self.network, latents, text, timesteps, semantic)
                 return self.network(latents, text, timesteps, semantic)
+        if self.parallel is not None:  # every rank of the group renders these chunks, in step with rank 0
+            if self.parallel.rank == 0:
+                lead_render(self.parallel, text, codes, plan, seed, steps)
+            should_stop = self.parallel.agreed(should_stop)
 
             def report(step: int, total: int, index=index) -> None:
                 if on_step is not None:

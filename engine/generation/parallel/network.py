@@ -1,0 +1,128 @@
+"""The control DiT's call split across a parallel group; every rank returns the whole v.
+
+Guidance split: the call's batch is [uncond, cond]; a rank computes its half and the guidance group
+gathers v. A lone half would take different GEMM kernels than the pair where a layer sees one row (the
+time embedding and the adaptive norms' projections of [B, D]): one row and two rows give other bits on
+the CPU. So on this path those layers are fed two copies of the row and keep the first result, which
+is the same arithmetic as the row inside the pair: the split gives the single process's bits.
+
+Sequence split: after `embed`, each rank of a sequence group keeps a contiguous 1/seq of both streams'
+video tokens (the last shard padded with zeros), text tokens whole on every rank. Tokens meet only in
+attention, where each rank gathers the group's video keys and values (padding dropped) behind the text
+ones, so its queries see every token in the single process's order; the video tokens are gathered again
+before `head`. This works for any degree (no head count to divide), at the cost of each rank holding the
+full keys and values of one layer at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from engine.generation.parallel.group import ParallelGroup
+from engine.models.control_dit import Attend, ControlDiT, JointAttentionProcessor, sdpa
+
+
+class SequenceShardAttention:
+    """attend(q, k, v) for a rank's [text | own video shard] queries against every rank's tokens."""
+
+    def __init__(self, group: ParallelGroup, kernel: Attend):
+        self.group, self.kernel = group, kernel
+        self.text_length = 0
+        self.tokens = 0  # video tokens of the whole sequence, padding excluded
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        length, head_dim = self.text_length, k.shape[-1]
+        local = torch.cat([k[:, :, length:], v[:, :, length:]], dim=-1)  # one gather for both
+        every = self.group.gather(local, self.group.seq_group, dim=2)[:, :, : self.tokens]
+        k_video, v_video = every.split(head_dim, dim=-1)
+        k = torch.cat([k[:, :, :length], k_video], dim=2)
+        v = torch.cat([v[:, :, :length], v_video], dim=2)
+        return self.kernel(q, k, v)
+
+
+def duplicate_single_rows(module: nn.Module) -> None:
+    """Make every Linear of `module` compute a one-row [1, D] input as the first of two identical rows."""
+
+    def before(linear: nn.Linear, args: tuple) -> tuple | None:
+        x = args[0]
+        linear._landiff_doubled = x.ndim == 2 and x.shape[0] == 1
+        return (torch.cat([x, x]),) if linear._landiff_doubled else None
+
+    def after(linear: nn.Linear, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        return out[:1] if linear._landiff_doubled else None
+
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear) and not getattr(layer, "_landiff_two_rows", False):
+            layer.register_forward_pre_hook(before)
+            layer.register_forward_hook(after)
+            layer._landiff_two_rows = True
+
+
+class ParallelDiT:
+    """network(latents [2B, ...], text [2B, L, E], timesteps [2B], semantic) -> v [2B, ...] on every rank."""
+
+    def __init__(self, network: ControlDiT, group: ParallelGroup):
+        self.network, self.group = network, group
+        self.attention = None
+        if group.cfg_group is not None:
+            duplicate_single_rows(network)
+        if group.seq_group is not None:
+            block = network.blocks()[0]
+            previous = block.attn1.processor
+            kernel = previous.attend if isinstance(previous, JointAttentionProcessor) else sdpa
+            if isinstance(kernel, SequenceShardAttention):
+                kernel = kernel.kernel
+            self.attention = SequenceShardAttention(group, kernel)
+            network.set_attention(self.attention)
+
+    def __call__(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
+    ) -> torch.Tensor:
+        group = self.group
+        try:
+            if group.cfg_group is not None:
+                half = group.cfg_index
+                latents, text, timesteps = (t.chunk(2)[half] for t in (latents, text, timesteps))
+            v = self.sequence_forward(latents, text, timesteps, semantic)
+            if group.cfg_group is not None:
+                v = group.gather(v, group.cfg_group, dim=0)
+            return v
+        except BaseException:
+            group.broken = True  # the other ranks may be waiting inside a collective of this call
+            raise
+
+    def sequence_forward(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
+    ) -> torch.Tensor:
+        network, group = self.network, self.group
+        if group.seq_group is None:
+            return ControlDiT.forward(network, latents, text, timesteps, semantic)
+        streams = network.embed(latents, text, timesteps, semantic)
+        tokens = streams.video.shape[1]
+        per_rank = math.ceil(tokens / group.plan.seq)
+        start = group.seq_index * per_rank
+        streams.video = shard(streams.video, start, per_rank)
+        streams.control_video = shard(streams.control_video, start, per_rank)
+        self.attention.text_length, self.attention.tokens = streams.words.shape[1], tokens
+        video, _ = network.run_blocks(streams)
+        video = group.gather(video, group.seq_group, dim=1)[:, :tokens]
+        return network.head(video, streams.temb, latents.shape)
+
+
+def shard(video: torch.Tensor, start: int, count: int) -> torch.Tensor:
+    """Tokens [start, start + count) of [B, N, D], zero-padded past N."""
+    piece = video[:, start : start + count]
+    if piece.shape[1] < count:
+        padding = piece.new_zeros(piece.shape[0], count - piece.shape[1], piece.shape[2])
+        piece = torch.cat([piece, padding], dim=1)
+    return piece
+
+
+def attach(stage, group: ParallelGroup) -> None:
+    """Make `stage` (a VideoStage) render as a rank of `group`: its DiT's forward becomes the split one
+    (the stage, a compile timer or any caller calls the network as before)."""
+    stage.parallel = group
+    stage.network.forward = ParallelDiT(stage.network, group)
