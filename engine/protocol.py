@@ -134,6 +134,7 @@ class Shutdown(Request):
 class DownloadWeights(Request):
     type: Literal["download_weights"]
     only: WeightsPart = "all"
+    clip: bool = False  # the quality probe's optional CLIP too
 
 
 class CancelDownload(Request):
@@ -157,6 +158,14 @@ class LogTail(Request):
     lines: int = Field(default=200, ge=1, le=5000)
 
 
+class ProbeQuality(Request):
+    """(Re)measure a finished job's quality: the engine's probe takes it next; a job_quality event says
+    what it found."""
+
+    type: Literal["probe_quality"]
+    job_id: str = Field(max_length=64)
+
+
 AnyRequest = Annotated[
     Hello
     | Submit
@@ -175,7 +184,8 @@ AnyRequest = Annotated[
     | CancelDownload
     | WeightsStatus
     | VerifyWeights
-    | LogTail,
+    | LogTail
+    | ProbeQuality,
     Field(discriminator="type"),
 ]
 REQUEST_ADAPTER: TypeAdapter = TypeAdapter(AnyRequest)
@@ -287,6 +297,33 @@ class WeightFileState(Exact):
     state: FileState
     size: int | None
     path: str
+    optional: bool = False  # the quality probe's CLIP: the weights are complete without it
+
+
+class ClipQuality(Exact):
+    """CLIP scores of a video's frames against its prompt: 100 x cosine of their embeddings."""
+
+    model: str
+    mean: float
+    min: float
+    frames: list[int]  # the frames scored (at most 32, evenly spaced), 0-based
+    scores: list[float]  # one per frame in `frames`
+    prompt_tokens: int  # the prompt's CLIP tokens read
+    prompt_truncated: bool  # the prompt was longer than CLIP reads (77 tokens)
+
+
+class QualityRecord(Exact):
+    """The quality probe's findings for a job (engine/generation/quality.py says what each one means).
+    `error`: nothing could be measured; `skipped`: why there are no CLIP scores."""
+
+    frames: int | None = None
+    fps: float | None = None
+    flicker: float | None = None  # 8-bit luma levels
+    motion: float | None = None  # 8-bit luma levels
+    clip: ClipQuality | None = None
+    skipped: str | None = None
+    error: str | None = None
+    seconds: float | None = None  # how long the probe took
 
 
 # events: {"v": 1, "event": name, "seq": n, ...}, discriminated on `event`
@@ -389,6 +426,13 @@ class JobDeletedEvent(JobEvent):
     event: Literal["job_deleted"] = "job_deleted"
 
 
+class JobQualityEvent(JobEvent):
+    """The quality probe measured a finished job (after its job_finished); the store holds the same."""
+
+    event: Literal["job_quality"] = "job_quality"
+    quality: QualityRecord
+
+
 class ModelsReleasedEvent(Event):
     event: Literal["models_released"] = "models_released"
 
@@ -473,6 +517,7 @@ AnyEvent = Annotated[
     | JobInterruptedEvent
     | JobRequeuedEvent
     | JobDeletedEvent
+    | JobQualityEvent
     | ModelsReleasedEvent
     | DownloadStartedEvent
     | DownloadProgressEvent
@@ -631,6 +676,7 @@ REPLIES: dict[type[Request], type[Exact]] = {
     WeightsStatus: WeightsStatusReply,
     VerifyWeights: WeightsJobReply,
     LogTail: LogTailReply,
+    ProbeQuality: JobIdReply,
 }
 REPLY_MODELS: dict[str, type[Exact]] = {type_name(request): reply for request, reply in REPLIES.items()}
 

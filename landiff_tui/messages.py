@@ -108,6 +108,14 @@ class JobDeleted(Message, bubble=False):
         self.event = event
 
 
+class JobMeasured(Message, bubble=False):
+    """The engine's quality probe measured a finished job (CLIP score, flicker, motion)."""
+
+    def __init__(self, event: protocol.JobQualityEvent):
+        super().__init__()
+        self.event = event
+
+
 class ModelsReleased(Message, bubble=False):
     def __init__(self, event: protocol.ModelsReleasedEvent):
         super().__init__()
@@ -155,6 +163,7 @@ def message_classes() -> dict[type, type[Message]]:
         p.JobCancelledEvent: JobEnded,
         p.JobInterruptedEvent: JobEnded,
         p.JobDeletedEvent: JobDeleted,
+        p.JobQualityEvent: JobMeasured,
         p.ModelsReleasedEvent: ModelsReleased,
         p.DownloadStartedEvent: TransferStarted,
         p.VerifyStartedEvent: TransferStarted,

@@ -37,7 +37,7 @@ def test_every_request_type_has_a_reply_model_and_every_event_a_message_for_the_
     assert set(p.REPLIES) == set(p.REQUEST_MODELS)
     assert list(p.REPLY_MODELS) == [p.type_name(request) for request in p.REPLIES]
     assert set(message_classes()) == set(p.EVENT_MODELS)
-    assert len(set(p.EVENT_TYPES)) == len(p.EVENT_TYPES) == 21
+    assert len(set(p.EVENT_TYPES)) == len(p.EVENT_TYPES) == 22
     assert [stage for stage, _ in STAGES] == list(get_args(p.Stage))  # the queue draws every stage
 
 
@@ -207,9 +207,13 @@ def test_a_real_engine_replies_and_publishes_in_the_models(engine):
         for event in client.events():
             if event["event"] in ("job_cancelled", "job_interrupted") and event["job_id"] == long:
                 break
-        ask("submit", params={"prompt": PROMPT, "steps": 2})
+        done = ask("submit", params={"prompt": PROMPT, "steps": 2}).job_id
         for event in client.events():
             if event["event"] == "job_finished":
+                break
+        ask("probe_quality", job_id=done)
+        for event in client.events():
+            if event["event"] == "job_quality" and event["job_id"] == done:
                 break
         ask("list_jobs", limit=500)
         ask("delete_job", job_id=short, delete_files=True)
@@ -233,5 +237,6 @@ def test_a_real_engine_replies_and_publishes_in_the_models(engine):
     kinds = {event.event for event in replay.missed}
     expected = {"job_queued", "job_started", "job_progress", "chunk_finished", "job_finished"}
     expected |= {"job_cancelled", "job_deleted", "models_released", "verify_started", "verify_finished"}
+    expected |= {"job_quality"}
     assert expected <= kinds, expected - kinds
     assert [event.seq for event in replay.missed] == list(range(since + 1, since + 1 + len(replay.missed)))

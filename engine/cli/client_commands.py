@@ -192,6 +192,11 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"{'params':>12}: {json.dumps(job['params'])}")
     if job["timings"]:
         print(f"{'timings':>12}: " + ", ".join(f"{k} {v:.1f}s" for k, v in job["timings"].items()))
+    if job.get("video_path"):
+        from engine.cli.quality_commands import quality_lines
+
+        for label, text in quality_lines(job.get("quality")):
+            print(f"{label:>12}: {text}")
     return 0
 
 

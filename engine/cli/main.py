@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli.weights_commands import add_weights_commands
 
     client_handlers.update(add_weights_commands(commands))
+    from engine.cli.quality_commands import add_quality_commands
+
+    client_handlers.update(add_quality_commands(commands))
 
     tiny = commands.add_parser("tiny", help="write the random-weight tiny model in the release layout")
     tiny.add_argument("--force", action="store_true", help="rewrite even if the files exist")

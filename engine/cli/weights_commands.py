@@ -52,7 +52,14 @@ def add_weights_commands(commands) -> dict:
     )
     status.add_argument("--json", action="store_true")
     verbs.add_parser("verify", parents=[common], help="re-check the MD5 of every present file (reads ~25 GB)")
-    verbs.add_parser("download", parents=[common], help="fetch what is missing, resuming partial files")
+    download = verbs.add_parser(
+        "download", parents=[common], help="fetch what is missing, resuming partial files"
+    )
+    download.add_argument(
+        "--clip",
+        action="store_true",
+        help="also the quality probe's optional CLIP (openai/clip-vit-base-patch32, ~600 MB)",
+    )
     verbs.add_parser(
         "slim-flan",
         parents=[common],
@@ -90,7 +97,7 @@ def run_weights(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace, root: Path) -> int:
-    states = file_states(root, planned_files(root, args.only, checksums_of(args)))
+    states = file_states(root, planned_files(root, args.only, checksums_of(args), clip=True))
     looked = where_it_looked(args.ckpts)
     if args.json:
         report = {"root": str(root), "looked": looked, "files": [vars(state) for state in states]}
@@ -100,21 +107,24 @@ def run_status(args: argparse.Namespace, root: Path) -> int:
         table = Table("file", "state", "size", title=f"weights in {root}")
         for state in states:
             size = "" if state.size is None else f"{state.size / 2**20:,.1f} MiB"
-            table.add_row(state.local, state.state, size)
+            table.add_row(state.local, state.state + (" (optional)" if state.optional else ""), size)
         console.print(table)
         console.print("where it looked, in order:")
         for place in looked:
             verdict = "used" if place["chosen"] else ("outranked" if place["applies"] else "not there")
             where = f"{place['path']} ({verdict})" if place["path"] else "not set"
             console.print(f"  {place['rule']}: {where}", highlight=False, soft_wrap=True)
-    complete = all(state.state in ("verified", "present") for state in states)
+    complete = all(state.state in ("verified", "present") for state in states if not state.optional)
     if not args.json:
         print(weights_summary(states))
     return 0 if complete else EXIT_FAILED
 
 
 def weights_summary(states) -> str:
-    """One line: how many files are verified, what is missing or damaged, and the command to run next."""
+    """One line: how many files are verified, what is missing or damaged, and the command to run next;
+    then, when they are not all there, the optional CLIP's state (the quality probe's)."""
+    optional = [state for state in states if state.optional]
+    states = [state for state in states if not state.optional]
     count = {name: sum(state.state == name for state in states) for name in STATES}
     parts = [f"{count['verified']} of {len(states)} file(s) verified"]
     if count["present"]:
@@ -129,7 +139,14 @@ def weights_summary(states) -> str:
         step = "`landiff-engine weights verify` checks them"
     else:
         step = "ready"
-    return "; ".join(parts) + f". Next: {step}"
+    line = "; ".join(parts) + f". Next: {step}"
+    lacking_clip = [state for state in optional if state.state not in ("verified", "present")]
+    if lacking_clip:
+        line += (
+            f"\nThe quality probe's optional CLIP lacks {len(lacking_clip)} of {len(optional)} file(s): "
+            "`landiff-engine weights download --clip` fetches them (without it, no CLIP score)"
+        )
+    return line
 
 
 STATES = ("verified", "present", "missing", "partial", "corrupt")
@@ -148,7 +165,7 @@ def progress_bar(console: Console) -> Progress:
 
 def run_verify(args: argparse.Namespace, root: Path) -> int:
     console = Console(stderr=True)
-    files = planned_files(root, args.only, checksums_of(args))
+    files = planned_files(root, args.only, checksums_of(args), clip=True)
     with progress_bar(console) as progress:
         task = progress.add_task("verifying", total=None)
         results = verify(
@@ -175,7 +192,7 @@ def run_download(args: argparse.Namespace, root: Path) -> int:
             client = None
         if client is not None:  # the engine downloads, so the transfer outlives this terminal
             with client:
-                return follow_engine_download(client, args.only)
+                return follow_engine_download(client, args.only, args.clip)
     console = Console(stderr=True)
     with progress_bar(console) as progress:
         total = progress.add_task("total", total=None)
@@ -188,7 +205,7 @@ def run_download(args: argparse.Namespace, root: Path) -> int:
             progress.update(total, completed=event.done, total=event.total or None)
 
         downloader = Downloader(root, on_progress=on_progress)
-        files, report = download_release(downloader, args.only, checksums_of(args))
+        files, report = download_release(downloader, args.only, checksums_of(args), args.clip)
     for name in report.refetched:
         console.print(f"{name}: checksum mismatch on the first try, fetched again and verified")
     for name, why in report.failed.items():
@@ -200,10 +217,10 @@ def run_download(args: argparse.Namespace, root: Path) -> int:
     return EXIT_FAILED if report.failed else 0
 
 
-def follow_engine_download(client, only: str) -> int:
+def follow_engine_download(client, only: str, clip: bool = False) -> int:
     console = Console(stderr=True)
     client.request("subscribe", since=client.request("status")["seq"])
-    started = client.request("download_weights", only=only)
+    started = client.request("download_weights", only=only, clip=clip)
     console.print(f"the engine is downloading into {started['root']} (Ctrl-C detaches; the download goes on)")
     try:
         with progress_bar(console) as progress:

@@ -21,6 +21,7 @@ from engine.daemon.devices import AUTO, torch_device_name
 from engine.daemon.events import EventHub
 from engine.daemon.logs import configure_logging
 from engine.daemon.pool import WorkerPool
+from engine.daemon.quality_probe import start_quality_probe
 from engine.daemon.service import EngineService
 from engine.daemon.startup import (  # noqa: F401 (EngineAlreadyRunning: the CLI's name for it)
     EngineAlreadyRunning,
@@ -122,6 +123,7 @@ async def run_engine(
     pool.start()
     weights = WeightsOperations(model, ckpts, hub.publish)
     service = EngineService(model, store, hub, pool, weights, stopped.set, outputs, log_path())
+    service.quality = start_quality_probe(model, ckpts, store, hub, lambda: pool.torch_ready)
     server = await Transport(service, hub).listen(path)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
@@ -138,6 +140,7 @@ async def run_engine(
         await stopped.wait()
     log.info("stopping: waiting for the workers to leave their jobs")
     pool.stop()
+    service.quality.stop()
     await asyncio.to_thread(pool.join, 30)
     service.close()
     with contextlib.suppress(FileNotFoundError):

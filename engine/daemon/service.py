@@ -38,6 +38,7 @@ from engine.protocol import (
     ListJobs,
     ListPresets,
     LogTail,
+    ProbeQuality,
     ReleaseModels,
     SavePreset,
     Shutdown,
@@ -50,6 +51,7 @@ from engine.protocol import (
 
 if TYPE_CHECKING:
     from engine.daemon.pool import WorkerPool
+    from engine.daemon.quality_probe import QualityProbe
     from engine.daemon.store import JobRow
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class EngineService:
         self.model, self.store, self.hub, self.workers, self.weights = model, store, hub, workers, weights
         self.stop, self.outputs, self.log_file = stop, outputs, log_file
         self.db = StoreThread()
+        self.quality: QualityProbe | None = None  # the server's quality probe thread
         self.started = time.time()
         self.instance = f"{os.getpid()}-{int(self.started)}"
 
@@ -327,16 +330,32 @@ class EngineService:
         return await asyncio.to_thread(self.weights.status, request.only)
 
     async def on_download_weights(self, request: DownloadWeights) -> dict[str, Any]:
-        return self.start_weights("download", request.only)
+        return self.start_weights("download", request.only, request.clip)
 
     async def on_verify_weights(self, request: VerifyWeights) -> dict[str, Any]:
         return self.start_weights("verify", request.only)
 
-    def start_weights(self, kind: str, only: str) -> dict[str, Any]:
+    def start_weights(self, kind: str, only: str, clip: bool = False) -> dict[str, Any]:
         try:
-            return self.weights.start(kind, only)
+            return self.weights.start(kind, only, clip)
         except WeightsBusy as error:
             raise RequestFailed("busy", str(error)) from None
+
+    async def on_probe_quality(self, request: ProbeQuality) -> dict[str, Any]:
+        from engine.daemon.quality_probe import PROBED_STATUSES
+
+        row = await self.job(request.job_id)
+        if row.status not in PROBED_STATUSES or not row.video_path:
+            raise RequestFailed(
+                "invalid",
+                f"job {row.id} is {row.status} and has no video to measure; the quality probe measures "
+                "finished jobs and the kept chunks of cancelled ones",
+            )
+        if self.quality is None:
+            raise RequestFailed("unavailable", "this engine runs no quality probe")
+        self.quality.request(row.id)
+        log.info("job %s quality probe requested", row.id)
+        return {"job_id": row.id}
 
     async def on_cancel_download(self, request: CancelDownload) -> dict[str, Any]:
         try:

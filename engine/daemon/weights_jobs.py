@@ -29,9 +29,17 @@ class WeightsJob(threading.Thread):
 
     kind = ""
 
-    def __init__(self, root: Path, only: str, publish: Publisher, checksums: dict[str, str] | None):
+    def __init__(
+        self,
+        root: Path,
+        only: str,
+        publish: Publisher,
+        checksums: dict[str, str] | None,
+        clip: bool = False,
+    ):
         super().__init__(name=f"landiff-{self.kind}", daemon=True)
         self.root, self.only, self.publish, self.checksums = root, only, publish, checksums
+        self.clip = clip  # the quality probe's optional CLIP too
         self.cancelled = threading.Event()
         self.done = threading.Event()
         self.last = 0.0
@@ -93,7 +101,7 @@ class DownloadJob(WeightsJob):
 
     def work(self) -> tuple[str, dict[str, Any]]:
         downloader = Downloader(self.root, on_progress=self.progress, should_stop=self.cancelled.is_set)
-        _, report = download_release(downloader, self.only, self.checksums)
+        _, report = download_release(downloader, self.only, self.checksums, self.clip)
         return "finished", {
             "fetched": report.fetched,
             "skipped": len(report.skipped),
@@ -131,6 +139,7 @@ class VerifyJob(WeightsJob):
             self.publish("verify_progress", file=name, done=done, total=total)
 
     def work(self) -> tuple[str, dict[str, Any]]:
-        results = verify(self.root, planned_files(self.root, self.only, self.checksums), self.progress)
+        files = planned_files(self.root, self.only, self.checksums, self.clip)
+        results = verify(self.root, files, self.progress)
         bad = sorted(name for name, ok in results.items() if not ok)
         return "finished", {"checked": len(results), "mismatched": bad}

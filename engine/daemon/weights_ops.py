@@ -54,9 +54,10 @@ class WeightsOperations:
         download, as a mirror or a test does)."""
         return self.model == "tiny" and settings.CHECKSUMS.path() is None
 
-    def start(self, kind: str, only: str) -> dict[str, Any]:
+    def start(self, kind: str, only: str, clip: bool = False) -> dict[str, Any]:
         """Start a `download` or a `verify` of `only` (llm, diffusion, all) in its thread; a download of
-        weights this engine generates writes them instead."""
+        weights this engine generates writes them instead. `clip`: the download fetches the quality
+        probe's optional CLIP too (a verification checks it whenever it is there)."""
         from engine.daemon.weights_jobs import DownloadJob, GenerateJob, VerifyJob
 
         if self.busy():
@@ -64,7 +65,7 @@ class WeightsOperations:
         root = self.root()
         generated = kind == "download" and self.generates()
         job_class = GenerateJob if generated else {"download": DownloadJob, "verify": VerifyJob}[kind]
-        self.job = job_class(root, only, self.publish, self.checksums(root))
+        self.job = job_class(root, only, self.publish, self.checksums(root), clip or kind == "verify")
         self.job.start()
         log.info("weights %s of %s started under %s", "generation" if generated else kind, only, root)
         return {"root": str(root), "only": only, "generated": generated}
@@ -80,13 +81,13 @@ class WeightsOperations:
         from engine.weights.layout import where_it_looked
 
         root = self.root()
-        states = file_states(root, planned_files(root, only, self.checksums(root)))
+        states = file_states(root, planned_files(root, only, self.checksums(root), clip=True))
         return {
             "root": str(root),
             "model": self.model,
             "looked": where_it_looked(self.ckpts),
             "files": [vars(state) for state in states],
-            "complete": all(state.state in ("verified", "present") for state in states),
+            "complete": all(state.state in ("verified", "present") for state in states if not state.optional),
             "busy": self.busy(),
             "generated": self.generates(),
         }

@@ -33,6 +33,7 @@ from engine.weights.layout import (
     FLAN_T5_INDEX,
     FLAN_T5_REPO,
     WeightFile,
+    clip_files,
     encoder_shards,
     flan_t5_files,
     release_files,
@@ -67,6 +68,7 @@ class FileState:
     state: str  # present, verified, missing, partial, corrupt
     size: int | None
     path: str
+    optional: bool = False  # the quality probe's CLIP: its absence leaves the weights complete
 
 
 @dataclass
@@ -225,7 +227,7 @@ def file_states(root: Path, files: list[WeightFile]) -> list[FileState]:
         size = target.stat().st_size if target.is_file() else None
         if state == "partial":
             size = partial_of(target).stat().st_size
-        states.append(FileState(item.local, state, size, str(target)))
+        states.append(FileState(item.local, state, size, str(target), item.optional))
     return states
 
 
@@ -270,6 +272,8 @@ def size_checked_only(root: Path, files: list[WeightFile]) -> list[str]:
 
 
 def item_origin(item: WeightFile) -> str:
+    if item.optional:
+        return f"the list of {item.repo}'s files"
     if item.repo == FLAN_T5_REPO:
         return f"the index flan-t5-xxl/{FLAN_T5_INDEX}"
     return f"the checksum list of {item.repo}"
@@ -307,8 +311,11 @@ def read_checksums(path: Path) -> dict[str, str]:
     return sums
 
 
-def planned_files(root: Path, only: str, checksums: dict[str, str] | None = None) -> list[WeightFile]:
-    """The release files of `only` (llm, diffusion or all), flan-T5 shards from its local index if present."""
+def planned_files(
+    root: Path, only: str, checksums: dict[str, str] | None = None, clip: bool = False
+) -> list[WeightFile]:
+    """The release files of `only` (llm, diffusion or all), flan-T5 shards from its local index if present;
+    with `clip`, the quality probe's optional CLIP too."""
     groups = ("llm", "diffusion") if only == "all" else (only,)
     files = [item for item in release_files(checksums) if set(item.groups) & set(groups)]
     if "llm" in groups:
@@ -319,7 +326,7 @@ def planned_files(root: Path, only: str, checksums: dict[str, str] | None = None
         else:
             shards = encoder_shards(json.loads(index.read_text())) if index.is_file() else []
             files += flan_t5_files(shards)
-    return files
+    return files + (clip_files() if clip else [])
 
 
 SLIM_NAME = "model.safetensors"
@@ -360,16 +367,17 @@ def slim_flan_t5(root: Path) -> int:
 
 
 def download_release(
-    downloader: Downloader, only: str, checksums: dict[str, str] | None = None
+    downloader: Downloader, only: str, checksums: dict[str, str] | None = None, clip: bool = False
 ) -> tuple[list[WeightFile], DownloadReport]:
-    """Fetch the flan-T5 index first (it names the encoder shards), then everything `only` needs."""
+    """Fetch the flan-T5 index first (it names the encoder shards), then everything `only` needs (and,
+    with `clip`, the quality probe's CLIP)."""
     if only in ("llm", "all"):
         index = WeightFile(FLAN_T5_REPO, FLAN_T5_INDEX, f"flan-t5-xxl/{FLAN_T5_INDEX}", ("llm",))
         slimmed = (downloader.root / "flan-t5-xxl" / "model.safetensors").is_file()
         if not slimmed and not (downloader.root / index.local).is_file():
             offline_refusal(downloader.root)(1)
             downloader.fetch_json(index)
-    files = planned_files(downloader.root, only, checksums)
+    files = planned_files(downloader.root, only, checksums, clip)
     return files, downloader.download(files)
 
 

@@ -96,6 +96,11 @@ class ReleaseLayout:
     def control_file(self) -> Path:
         return self.bundle / "diffusion" / "1" / "mp_rank_00_model_states.pt"
 
+    @property
+    def clip_dir(self) -> Path:
+        """The optional CLIP the quality probe scores frames with (not part of the release)."""
+        return self.root / CLIP_FOLDER
+
 
 def layout_for(model_name: str, root: Path | None = None) -> ReleaseLayout:
     """The release model lives directly under the root; other specs in a subfolder of their name."""
@@ -105,6 +110,20 @@ def layout_for(model_name: str, root: Path | None = None) -> ReleaseLayout:
 
 RELEASE_SOURCE = "the Hugging Face repo yinaoxiong/LanDiff"
 FLAN_T5_SOURCE = "the Hugging Face repo google/flan-t5-xxl"
+# The quality probe's CLIP: optional, fetched only when asked (`weights download --clip`), checked by the
+# hub's digests as flan-T5's files are. The tiny model has a random one of the same layout.
+CLIP_REPO = "openai/clip-vit-base-patch32"
+CLIP_FOLDER = "clip-vit-base-patch32"
+CLIP_FILES = (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
+CLIP_HINT = "`landiff-engine weights download --clip` fetches them"
 
 
 def redownload_hint(path: Path, source: str = RELEASE_SOURCE) -> str:
@@ -146,8 +165,13 @@ class WeightFile:
     repo: str
     path: str  # path inside the repo
     local: str  # path under the weights root
-    groups: tuple[str, ...]  # "llm" (stage 1), "diffusion" (stage 2)
+    groups: tuple[str, ...]  # "llm" (stage 1), "diffusion" (stage 2), "clip" (the quality probe, optional)
     md5: str | None = None
+
+    @property
+    def optional(self) -> bool:
+        """No job needs it: its absence never makes the weights incomplete."""
+        return self.groups == ("clip",)
 
 
 def release_files(checksums: dict[str, str] | None = None) -> list[WeightFile]:
@@ -177,3 +201,8 @@ def encoder_shards(index: dict) -> list[str]:
     return sorted(
         {shard for key, shard in weight_map.items() if key.startswith("encoder.") or key == "shared.weight"}
     )
+
+
+def clip_files() -> list[WeightFile]:
+    """The quality probe's CLIP (optional)."""
+    return [WeightFile(CLIP_REPO, name, f"{CLIP_FOLDER}/{name}", ("clip",)) for name in CLIP_FILES]

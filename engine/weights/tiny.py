@@ -103,6 +103,9 @@ def write_tiny_release(layout: ReleaseLayout, spec: ModelSpec, seed: int = 0) ->
     write_t5_folder(layout.flan_t5_dir, spec.flan_t5, seed)
     write_tiny_stage2(layout, spec, generator, seed)
     write_checksum_list(layout)
+    from engine.weights.tiny_clip import write_tiny_clip  # (it builds on this module's helpers)
+
+    write_tiny_clip(layout.clip_dir, seed)  # the quality probe's, optional: written last
 
 
 def write_checksum_list(layout: ReleaseLayout) -> None:

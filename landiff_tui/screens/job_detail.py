@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from textual.app import App, ComposeResult
@@ -78,12 +78,35 @@ def describe(job: JobSummary) -> str:
         lines += [f"{name:>13}: {value:.2f} s" for name, value in job.timings.items()]
     if job.peak_memory_bytes:
         lines.append(f"{'peak memory':>13}: {job.peak_memory_bytes / 2**30:.2f} GiB")
+    if job.video_path:
+        lines.append("")
+        lines += quality_lines(job.quality)
     lines.append("")
     lines.append(f"{'job id':>13}: {job.id}")
     for name, path in (("video", job.video_path), ("tokens", job.tokens_path), ("sidecar", job.sidecar_path)):
         if path:
             lines.append(f"{name:>13}: {escape(path)}")
     return "\n".join(lines)
+
+
+def quality_lines(quality: dict[str, Any] | None) -> list[str]:
+    """The quality probe's findings (protocol.QualityRecord as a dict), as the README's section names them."""
+    if quality is None:
+        return [f"{'quality':>13}: being measured (CLIP score, flicker, motion) after the job"]
+    if quality.get("error"):
+        return [f"{'quality':>13}: could not be measured: {escape(quality['error'])}"]
+    lines = [
+        f"{'flicker':>13}: {quality['flicker']:.2f} luma levels (0: steady brightness)",
+        f"{'motion':>13}: {quality['motion']:.2f} luma levels per pixel and frame",
+    ]
+    clip = quality.get("clip")
+    if clip:
+        count = len(clip["scores"])
+        lines.append(f"{'CLIP score':>13}: mean {clip['mean']:.2f}, min {clip['min']:.2f} ({count} frames)")
+        lines.append(f"{'per frame':>13}: " + " ".join(f"{score:.1f}" for score in clip["scores"]))
+    else:
+        lines.append(f"{'CLIP score':>13}: skipped: {escape(quality.get('skipped') or '')}")
+    return lines
 
 
 class JobDetail(Screen):
@@ -126,6 +149,12 @@ class JobDetail(Screen):
             preview.update(f"no video: the job {self.job.status}{why}")
         if self.play_at_once:
             self.action_play()
+
+    def show_quality(self, quality: dict[str, Any]) -> None:
+        """The probe's findings arrived (a job_quality event) while this job is shown."""
+        if self.job is not None:
+            self.job = self.job.model_copy(update={"quality": quality})
+            self.query_one("#detail-body", Static).update(describe(self.job))
 
     async def action_rerun(self) -> None:
         if self.job:

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Input, Label, Select
 
 from engine.wire import JOB_STATUSES
 
-from ..messages import EngineConnected, JobDeleted, JobEnded, JobQueued
+from ..messages import EngineConnected, JobDeleted, JobEnded, JobMeasured, JobQueued
 from ..screens.job_detail import JobDetail, job_actions
 from .base import View
 
@@ -113,6 +113,11 @@ class GalleryView(View):
 
     def on_job_ended(self, message: JobEnded) -> None:
         self.list_changed()
+
+    def on_job_measured(self, message: JobMeasured) -> None:
+        for screen in self.app.screen_stack:  # a job's detail open on top of the Gallery shows it at once
+            if isinstance(screen, JobDetail) and screen.job_id == message.event.job_id:
+                screen.show_quality(message.event.quality.model_dump())
 
     def on_job_deleted(self, message: JobDeleted) -> None:
         self.list_changed()

@@ -118,6 +118,8 @@ class WeightsView(View):
         table.clear()
         for item in status.files:
             state = GENERATED_STATES.get(item.state, item.state) if status.generated else item.state
+            if item.optional:  # the quality probe's CLIP: `landiff-engine weights download --clip`
+                state += " (optional)"
             table.add_row(state, mib(item.size), item.local, key=item.local)
 
     async def action_download(self) -> None:

@@ -1,0 +1,205 @@
+"""The quality probe: measures finished jobs after the fact, never slowing one that runs.
+
+One thread, at the lowest CPU priority (nice 19 on Linux, which the threads its torch starts inherit),
+on the CPU whatever device the jobs use. It takes finished jobs without a quality record one at a time,
+newest first (a job that has just finished comes first: the worker's job_finished wakes it), and jobs a
+client asked to measure again before those. For each it reads the video back
+(engine/generation/quality.py), writes the store's `quality` column and the sidecar's `quality` block
+(atomically, only when the sidecar is still there), and publishes `job_quality`. Without the CLIP
+weights the CLIP score is skipped, saying how to get them; flicker and motion need no weights. A video
+that cannot be read is recorded with its error, so no job is tried again and again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlmodel import col, select
+
+from engine.daemon.events import Publisher
+from engine.daemon.store import JobRow, Store
+from engine.weights.layout import CLIP_FOLDER, CLIP_HINT, CLIP_REPO
+
+if TYPE_CHECKING:
+    from engine.generation.quality import Clip
+
+log = logging.getLogger(__name__)
+PROBED_STATUSES = ("finished", "cancelled_partial")  # the jobs that keep a video
+SWEEP_S = 60.0  # a look at the store now and then, for jobs no event announced (an engine restarted)
+READY_WAIT_S = 0.5
+
+
+def clip_absence(root: Path) -> str | None:
+    """Why the CLIP under the weights root `root` cannot score (absent, incomplete, or a file whose
+    check failed), or None when it can."""
+    from engine.weights.downloads import VerificationRecord
+    from engine.weights.layout import CLIP_FILES
+
+    folder = root / CLIP_FOLDER
+    missing = [name for name in CLIP_FILES if not (folder / name).is_file()]
+    if len(missing) == len(CLIP_FILES):
+        return f"CLIP weights absent ({folder}): {CLIP_HINT}"
+    if missing:
+        return f"CLIP weights incomplete ({folder} lacks {', '.join(missing)}): {CLIP_HINT}"
+    record = VerificationRecord(root)
+    failed = [name for name in CLIP_FILES if record.result(root, f"{CLIP_FOLDER}/{name}") is False]
+    if failed:
+        return f"CLIP file(s) {', '.join(failed)} in {folder} failed their check: {CLIP_HINT} again"
+    return None
+
+
+def lower_priority() -> None:
+    """The calling thread (and the threads it starts) at nice 19: a job's threads always go first."""
+    if sys.platform.startswith("linux"):  # elsewhere PRIO_PROCESS with a thread id names a process
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError as error:
+            log.warning("the quality probe runs at normal priority: %s", error)
+
+
+class QualityProbe(threading.Thread):
+    def __init__(
+        self,
+        store: Store,
+        publish: Publisher,
+        root: Path,
+        clip_name: str = CLIP_REPO,
+        ready: Callable[[], bool] = lambda: True,
+    ):
+        """`root`: the model's weights root (the CLIP sits in its CLIP_FOLDER); `ready`: whether the
+        workers have imported torch (the probe imports it after them, never at the same time)."""
+        super().__init__(name="landiff-quality-probe", daemon=True)
+        self.store, self.publish, self.root = store, publish, root
+        self.clip_name, self.ready = clip_name, ready
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.requested: deque[str] = deque()
+        self.lock = threading.Lock()
+        self.follower: asyncio.Task | None = None  # start_quality_probe's
+
+    # from the engine's other threads
+
+    def notify(self) -> None:
+        self.wake.set()
+
+    def request(self, job_id: str) -> None:
+        """Measure `job_id` (again) before any other."""
+        with self.lock:
+            if job_id not in self.requested:
+                self.requested.append(job_id)
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        if self.follower is not None:
+            self.follower.cancel()
+
+    async def follow(self, events) -> None:
+        """Wake on every job_finished (an asyncio task reading the hub's subscription queue)."""
+        while True:
+            message = await events.get()
+            if message["event"] in ("job_finished", "job_cancelled") and message.get("video"):
+                self.notify()
+
+    # the probe's thread
+
+    def run(self) -> None:
+        lower_priority()
+        while not self.stopping.is_set() and not self.ready():  # torch is the workers' to import first
+            self.stopping.wait(READY_WAIT_S)
+        clip: Clip | None = None
+        while not self.stopping.is_set():
+            try:
+                row = self.next_job()
+                if row is None:
+                    clip = None  # nothing to do: the CLIP's memory goes back
+                    self.wake.wait(SWEEP_S)
+                    self.wake.clear()
+                    continue
+                clip = self.measure(row, clip)
+            except Exception:  # the probe must outlive any surprise (a locked database, a full disk)
+                log.exception("quality probe error; retrying in a few seconds")
+                self.stopping.wait(5.0)
+
+    def next_job(self) -> JobRow | None:
+        with self.lock:
+            while self.requested:
+                row = self.store.get(self.requested.popleft())
+                if row is not None and row.status in PROBED_STATUSES and row.video_path:
+                    return row
+        with self.store.session() as session:
+            query = (
+                select(JobRow)
+                .where(col(JobRow.status).in_(PROBED_STATUSES), col(JobRow.quality).is_(None))
+                .where(col(JobRow.video_path).is_not(None))
+                .order_by(col(JobRow.finished_at).desc())
+            )
+            return session.exec(query.limit(1)).first()
+
+    def measure(self, row: JobRow, clip: Clip | None) -> Clip | None:
+        """Probe one job, record and announce what was found; returns the CLIP loaded for the next."""
+        from engine.generation.quality import load_clip, probe_video
+
+        skipped = clip_absence(self.root)
+        if skipped is None and clip is None:
+            folder = self.root / CLIP_FOLDER
+            try:
+                clip = load_clip(folder, self.clip_name)
+            except Exception as error:  # a damaged folder: say so in the record, measure the rest
+                skipped = f"CLIP weights in {folder} did not load ({error}): {CLIP_HINT} again"
+        started = time.monotonic()
+        try:
+            record = probe_video(Path(row.video_path), row.prompt, None if skipped else clip, skipped)
+        except Exception as error:  # an unreadable or vanished video: recorded, never tried in a loop
+            log.warning("quality probe of job %s failed: %s", row.id, error)
+            record = {"error": f"{type(error).__name__}: {error}", "seconds": time.monotonic() - started}
+        self.record(row, record)
+        return None if skipped else clip
+
+    def record(self, row: JobRow, record: dict[str, Any]) -> None:
+        if self.store.get(row.id) is None:
+            return  # deleted meanwhile: nothing to write, its folder stays gone
+        if row.sidecar_path and Path(row.sidecar_path).is_file():
+            from engine.generation.outputs import write_record
+
+            sidecar = Path(row.sidecar_path)
+            write_record(sidecar, {**json.loads(sidecar.read_text()), "quality": record})
+        try:
+            self.store.update(row.id, quality=record)
+        except KeyError:
+            return
+        self.publish("job_quality", job_id=row.id, quality=record)
+        clip = record.get("clip")
+        log.info(
+            "job %s quality: flicker %s, motion %s, CLIP %s (%.1f s)",
+            row.id,
+            record.get("flicker"),
+            record.get("motion"),
+            f"mean {clip['mean']:.2f}, min {clip['min']:.2f}" if clip else record.get("skipped") or "-",
+            record.get("seconds") or 0.0,
+        )
+
+
+def start_quality_probe(
+    model: str, ckpts: Path | None, store: Store, hub, ready: Callable[[], bool]
+) -> QualityProbe:
+    """The engine's probe thread, started, and the task (on the running loop) that wakes it after each
+    job that kept a video. `ready`: whether the workers have imported torch."""
+    from engine.weights.layout import layout_for
+
+    name = CLIP_REPO if model == "landiff" else f"random {model} CLIP in the layout of {CLIP_REPO}"
+    probe = QualityProbe(store, hub.publish, layout_for(model, ckpts).root, name, ready)
+    probe.start()
+    probe.follower = asyncio.get_running_loop().create_task(probe.follow(hub.subscribe()))
+    return probe

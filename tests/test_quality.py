@@ -1,0 +1,156 @@
+"""The quality probe: its metrics on synthetic clips, the tiny random CLIP, and a real tiny engine that
+measures a finished job after its job_finished (store, sidecar, event), with and without the CLIP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.generation.quality import (
+    CLIP_MAX_FRAMES,
+    clip_scores,
+    load_clip,
+    measure,
+    probe_video,
+    sampled_indices,
+)
+from engine.generation.video import write_mp4
+from engine.protocol import QualityRecord
+from engine.weights.layout import CLIP_FOLDER, layout_for
+from engine.weights.tiny_clip import write_tiny_clip
+from tests.test_engine import PROMPT, RunningEngine, subscribed
+
+HEIGHT, WIDTH = 48, 64
+
+
+def textured(frames: int, seed: int = 0) -> np.ndarray:
+    """A still, textured picture repeated: [T, H, W, 3] uint8, values in 60-190."""
+    picture = np.random.default_rng(seed).integers(60, 190, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    return np.repeat(picture[None], frames, axis=0)
+
+
+def moving_square(frames: int, step: int = 3) -> np.ndarray:
+    clip = np.full((frames, HEIGHT, WIDTH, 3), 100, dtype=np.uint8)
+    for t in range(frames):
+        clip[t, 16:32, 4 + step * t : 20 + step * t] = 220
+    return clip
+
+
+def test_a_static_clip_has_no_motion_and_no_flicker():
+    assert measure(textured(9)) == {"flicker": 0.0, "motion": 0.0}
+
+
+def test_a_brightness_alternating_clip_flickers_by_the_jump_and_does_not_move():
+    clip = textured(9).astype(np.int16)
+    clip[1::2] += 30  # every other frame 30 levels brighter
+    found = measure(clip.astype(np.uint8))
+    assert found["flicker"] == pytest.approx(30.0, abs=1e-3)
+    assert found["motion"] < 1e-3  # a global brightness change is flicker, not motion
+
+
+def test_a_steady_fade_does_not_flicker():
+    clip = textured(9).astype(np.int16) + 5 * np.arange(9)[:, None, None, None]
+    assert measure(clip.astype(np.uint8))["flicker"] < 1e-3
+
+
+def test_a_moving_square_moves_without_flicker():
+    found = measure(moving_square(9))
+    assert found["motion"] > 1.0 and found["flicker"] < 1e-3
+    assert measure(moving_square(9, step=6))["motion"] > found["motion"]  # faster, more motion
+
+
+def test_clip_samples_at_most_32_frames_from_first_to_last():
+    assert sampled_indices(9) == list(range(9))
+    many = sampled_indices(1297)
+    assert len(many) == CLIP_MAX_FRAMES and many[0] == 0 and many[-1] == 1296
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("clip") / CLIP_FOLDER
+    write_tiny_clip(folder)
+    return folder
+
+
+def test_the_tiny_random_clip_scores_every_frame_deterministically(tiny_clip):
+    frames = torch.from_numpy(moving_square(5))
+    clip = load_clip(tiny_clip, "tiny")
+    scores, tokens, cut = clip_scores(clip, frames, PROMPT)
+    again = clip_scores(load_clip(tiny_clip, "tiny"), frames, PROMPT)[0]
+    assert len(scores) == 5 and scores == again and len(set(scores)) == 5
+    assert all(-100 <= score <= 100 for score in scores)
+    assert tokens == len(PROMPT.replace(" ", "")) + 2 and not cut  # a token a character, start and end
+    assert clip_scores(clip, frames, "A red kite at dusk.")[0] != scores
+    assert clip_scores(clip, frames, "x" * 300)[1:] == (77, True)
+
+
+def test_a_video_file_is_probed_with_or_without_clip(tiny_clip, tmp_path):
+    video = write_mp4(moving_square(9), tmp_path / "video.mp4", fps=8)
+    record = QualityRecord.model_validate(probe_video(video, PROMPT, load_clip(tiny_clip, "tiny")))
+    assert record.frames == 9 and record.fps == 8 and record.clip.frames == list(range(9))
+    assert len(record.clip.scores) == 9 and record.clip.mean >= record.clip.min == min(record.clip.scores)
+    assert record.motion > 1.0 and record.flicker < 1.0  # the codec's noise, not a brightness jump
+    bare = QualityRecord.model_validate(probe_video(video, PROMPT, None, "no CLIP here"))
+    assert bare.clip is None and bare.skipped == "no CLIP here"
+    assert (bare.flicker, bare.motion) == (record.flicker, record.motion)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, home):
+    running = RunningEngine(tmp_path_factory.mktemp("engine"), home).start()
+    yield running
+    running.stop()
+
+
+def events_until_quality(client, job_id: str) -> list[dict]:
+    seen = []
+    for event in client.events():
+        if event.get("job_id") == job_id:
+            seen.append(event)
+            if event["event"] in ("job_quality", "job_failed"):
+                return seen
+    return seen
+
+
+def test_an_engine_measures_a_finished_job_and_again_without_clip_weights(engine, home):
+    client, _ = subscribed(engine)
+    with client:
+        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 2, "seed": 3})["job_id"]
+        events = events_until_quality(client, job_id)
+        job = client.request("get_job", job_id=job_id)["job"]
+    kinds = [event["event"] for event in events]
+    assert kinds[-2:] == ["job_finished", "job_quality"], kinds
+    found = events[-1]["quality"]
+    assert job["quality"] == found and json.loads(Path(job["sidecar_path"]).read_text())["quality"] == found
+    assert found["frames"] == 9 and found["skipped"] is None and found["error"] is None
+    assert found["clip"]["frames"] == list(range(9)) and "random tiny CLIP" in found["clip"]["model"]
+    assert "CLIP score: mean" in engine.cli("show", job_id[:8]).stdout
+
+    shutil.rmtree(layout_for("tiny", home).root / CLIP_FOLDER)  # the optional CLIP weights are gone
+    again = engine.cli("quality", job_id[:8], "--json")
+    assert again.returncode == 0, again.stderr
+    bare = json.loads(again.stdout)
+    assert bare["clip"] is None and "landiff-engine weights download --clip" in bare["skipped"]
+    assert (bare["flicker"], bare["motion"]) == (found["flicker"], found["motion"])  # no weights needed
+    with engine.client() as client:
+        assert client.request("get_job", job_id=job_id)["job"]["quality"] == bare
+        status = client.request("weights_status")
+    assert json.loads(Path(job["sidecar_path"]).read_text())["quality"] == bare
+    clip_files = [item for item in status["files"] if item["local"].startswith(CLIP_FOLDER)]
+    assert clip_files and all(item["optional"] and item["state"] == "missing" for item in clip_files)
+    assert status["complete"]  # the optional CLIP's absence leaves the weights complete
+
+
+def test_measuring_a_job_without_a_video_is_refused_in_one_line(engine):
+    with engine.client() as client:
+        client.request("hello", client="tests")
+        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 2})["job_id"]
+        refused = engine.cli("quality", job_id)  # queued or running: no video yet
+        client.request("cancel", job_id=job_id)
+    assert refused.returncode != 0 and "no video to measure" in refused.stderr
+    assert "Traceback" not in refused.stderr
