@@ -132,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
         "indices, or cpu:N (N CPU workers); a job runs on one of them (default: one worker on the "
         "default device)",
     )
+    serve.add_argument(
+        "--ray",
+        default=None,
+        metavar="auto|ADDRESS",
+        help="run jobs on a Ray cluster's GPUs, an actor each with its models warm: auto (the cluster this "
+        "box joined with `ray start`) or the head's address (HOST:6379); the cluster must be running",
+    )
+    serve.add_argument(
+        "--ray-resource",
+        default="GPU",
+        metavar="NAME",
+        help="with --ray: the node resource an actor takes one unit of (default GPU: an actor per GPU)",
+    )
     add_run_options(serve)
 
     from engine.cli.client_commands import add_client_commands
@@ -236,11 +249,22 @@ def run_serve(args: argparse.Namespace) -> int:
     except BadGpus as error:
         print(f"landiff-engine serve: {error}", file=sys.stderr)
         return EXIT_USAGE
+    ray = None
+    if args.ray is not None:
+        refusal = None
+        if args.gpus is not None:
+            refusal = "--gpus and --ray exclude each other: with --ray the workers are the cluster's GPUs"
+        elif not args.ray.strip() or not args.ray_resource.strip():
+            refusal = "--ray needs auto or the head's address (HOST:6379), --ray-resource a name (GPU)"
+        if refusal is not None:
+            print(f"landiff-engine serve: {refusal}", file=sys.stderr)
+            return EXIT_USAGE
+        ray = (args.ray.strip(), args.ray_resource.strip())
     # plain values: the daemon answers before torch loads, and builds the options in its worker thread
     options = {"memory": args.memory, "attention": args.attention, "compile": args.compile}
     options["fuse_qkv"] = args.fuse_qkv
     try:
-        serve(args.model, args.ckpts, args.idle_release, run_options=options, gpus=gpus)
+        serve(args.model, args.ckpts, args.idle_release, run_options=options, gpus=gpus, ray=ray)
     except StartRefused as error:  # another engine, a dir not ours or not writable, a database that fails
         print(f"landiff-engine serve: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -97,9 +97,15 @@ async def run_engine(
     idle_release_s: float,
     run_options: dict[str, Any] | None = None,
     gpus: list[str] | None = None,
+    ray: tuple[str, str] | None = None,
 ) -> None:
-    """`gpus`: the workers' device labels (devices.parse_gpus); None: one on the default device."""
+    """`gpus`: the workers' device labels (devices.parse_gpus); None: one on the default device.
+    `ray`: (address, resource): the workers are Ray actors, one per unit of the resource on each node."""
     lock = hold_engine_lock(lock_path())  # before the socket: the one engine of this data dir binds it
+    if ray is not None:  # joined before the socket: no cluster, no engine (one line)
+        from engine.daemon import ray_workers
+
+        ray_workers.connect(ray[0])
     path = socket_path()
     claim_socket_path(path)
     outputs = private_dir(writable_dir(outputs_dir(), "outputs folder", settings.DATA_DIR.name))
@@ -116,11 +122,20 @@ async def run_engine(
     stopped = asyncio.Event()
     hub = EventHub(loop)
     sweep_leftovers(outputs)  # before any worker writes there
-    labels = gpus or [AUTO]
-    pool = WorkerPool(
-        store, local_workers(labels, store, model, ckpts, hub.publish, outputs, idle_release_s, run_options)
-    )
+    workers, labels = [], []  # with Ray: the actors join the pool as the cluster's nodes offer the resource
+    if ray is None:
+        labels = gpus or [AUTO]
+        publish = hub.publish
+        workers = local_workers(labels, store, model, ckpts, publish, outputs, idle_release_s, run_options)
+    pool = WorkerPool(store, workers)
     pool.start()
+    if ray is not None:
+
+        def new_worker(make_pipeline, label: str, device: str) -> JobWorker:
+            return JobWorker(store, make_pipeline, hub.publish, outputs, idle_release_s, label, device)
+
+        cluster = ray_workers.RayWorkers(ray[1], model, ckpts, run_options or {}, new_worker, pool)
+        cluster.start()
     weights = WeightsOperations(model, ckpts, hub.publish)
     service = EngineService(model, store, hub, pool, weights, stopped.set, outputs, log_path())
     service.quality = start_quality_probe(model, ckpts, store, hub, lambda: pool.torch_ready)
@@ -139,9 +154,13 @@ async def run_engine(
     async with server:
         await stopped.wait()
     log.info("stopping: waiting for the workers to leave their jobs")
+    if ray is not None:
+        cluster.stop()  # no worker joins from now on
     pool.stop()
     service.quality.stop()
     await asyncio.to_thread(pool.join, 30)
+    if ray is not None:
+        ray_workers.disconnect()  # the engine's actors go with it
     service.close()
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -155,11 +174,12 @@ def serve(
     idle_release_s: float,
     run_options: dict[str, Any] | None = None,
     gpus: list[str] | None = None,
+    ray: tuple[str, str] | None = None,
 ) -> None:
     writable_dir(data_dir(), "data dir", settings.DATA_DIR.name)  # the log lives there
     configure_logging()
     try:
-        asyncio.run(run_engine(model, ckpts, idle_release_s, run_options, gpus))
+        asyncio.run(run_engine(model, ckpts, idle_release_s, run_options, gpus, ray))
     except StartRefused:  # its one line is the command's to print (to engine.out when detached)
         raise
     except Exception:

@@ -1,0 +1,234 @@
+"""`serve --ray`: a real engine whose workers are Ray actors on a local cluster (a head and two worker nodes
+in processes of their own; a custom resource stands in for the GPUs, the head has none), driven through its
+socket. One cluster and one engine for the module, so the tests run in order: four jobs across both workers,
+a cancel, a node killed mid-job, a node that joins."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.generation.video import read_mp4
+from tests.test_engine import PROMPT, ROOT, RunningEngine, wait_for
+
+ray = pytest.importorskip("ray", reason="the test extra installs ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+RESOURCE = "landiff_gpu"
+NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20, "resources": {RESOURCE: 1}}
+FINAL = ("job_finished", "job_failed", "job_cancelled", "job_interrupted")
+
+
+class RayEngine(RunningEngine):
+    """An engine started with `serve --ray ADDRESS --ray-resource landiff_gpu` on the tiny model."""
+
+    def __init__(self, base: Path, weights: Path, address: str):
+        super().__init__(base, weights)
+        self.address = address
+
+    def start(self) -> RayEngine:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.stderr = self.base / "engine.stderr"
+        command = [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "serve",
+            "--model",
+            "tiny",
+            "--ckpts",
+            str(self.weights),
+        ]
+        command += ["--ray", self.address, "--ray-resource", RESOURCE]
+        with open(self.stderr, "ab") as stderr:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
+        line = self.process.stdout.readline()
+        assert line.startswith("ready"), self.stderr.read_text()
+        return self
+
+    def workers(self) -> list[dict]:
+        with self.client() as client:
+            return client.request("status")["workers"]
+
+    def wait_for_workers(self, count: int, timeout: float = 90.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = self.workers()
+            if len(workers) == count:
+                return workers
+            time.sleep(0.5)
+        raise AssertionError(f"{count} workers expected, status lists {self.workers()}")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head (no landiff_gpu) and two worker nodes with one landiff_gpu each. Their processes get the
+    environment set here: the engine's code importable, nothing from the network."""
+    temp = Path(tempfile.mkdtemp(prefix="lr", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.setenv("LANDIFF_CACHE_DIR", str(temp / "cache"))
+    patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    started = time.monotonic()
+    local = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "object_store_memory": 80 * 2**20,
+            "include_dashboard": False,
+            "temp_dir": str(temp),
+        },
+    )
+    nodes = [local.add_node(**NODE) for _ in range(2)]
+    local.wait_for_nodes()
+    print(f"cluster up in {time.monotonic() - started:.1f} s")
+    yield local, nodes
+    local.shutdown()
+    patch.undo()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def engine(cluster, tmp_path_factory, home):
+    local, _ = cluster
+    running = RayEngine(tmp_path_factory.mktemp("ray-engine"), home, local.address).start()
+    yield running
+    running.stop()
+
+
+def node_label(node) -> str:
+    """The label prefix of the workers on a cluster node (ray_workers: ray:<node id[:8]>:<slot>)."""
+    return f"ray:{node.node_id[:8]}:"
+
+
+def job_events(client, job_ids: set[str]) -> dict[str, list[dict]]:
+    """Every event of these jobs until each has ended."""
+    seen: dict[str, list[dict]] = {job_id: [] for job_id in job_ids}
+    open_jobs = set(job_ids)
+    for event in client.events():
+        if event.get("job_id") in seen:
+            seen[event["job_id"]].append(event)
+            if event["event"] in FINAL:
+                open_jobs.discard(event["job_id"])
+                if not open_jobs:
+                    break
+    return seen
+
+
+def subscribed(engine: RayEngine):
+    client = engine.client()
+    client.request("hello", client="tests")
+    client.request("subscribe", since=client.request("status")["seq"])
+    return client
+
+
+def test_four_jobs_run_across_both_workers_with_live_progress(engine, cluster):
+    _, nodes = cluster
+    workers = engine.wait_for_workers(2)
+    assert {worker["label"][:-1] for worker in workers} == {node_label(node) for node in nodes}
+    with subscribed(engine) as client:
+        ids = [
+            client.request("submit", params={"prompt": f"{PROMPT} {n}", "steps": 4, "seed": n})["job_id"]
+            for n in range(4)
+        ]
+        events = job_events(client, set(ids))
+        rows = [client.request("get_job", job_id=job_id)["job"] for job_id in ids]
+    assert [row["status"] for row in rows] == ["finished"] * 4, [row["error"] for row in rows]
+    assert len({row["worker"] for row in rows}) == 2  # both workers ran jobs
+    for job_id, row in zip(ids, rows, strict=True):
+        kinds = [event["event"] for event in events[job_id]]
+        assert kinds[:2] == ["job_queued", "job_started"] and kinds[-1] == "job_finished"
+        stages = [event["stage"] for event in events[job_id] if event["event"] == "job_progress"]
+        assert stages.index("tokens") < stages.index("denoise") < stages.index("decode")
+        chunk = next(event for event in events[job_id] if event["event"] == "chunk_finished")
+        assert Path(chunk["preview"]).is_file() and chunk["preview"].startswith(str(engine.base))
+        # the files came back into the engine's own outputs folder, complete
+        video = Path(row["video_path"])
+        assert video.parent == engine.base / "data" / "outputs" / job_id
+        frames, fps = read_mp4(video)
+        assert frames.shape == (9, 64, 96, 3) and fps == 8
+        record = json.loads(Path(row["sidecar_path"]).read_text())
+        assert record["job"]["out"] == str(video) and record["tokens"] == row["tokens_path"]
+        assert record["worker"] == row["worker"] and row["weights_sha256"]
+        assert Path(row["thumbnail_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert not [path for path in video.parent.iterdir() if ".partial" in path.name]
+    assert rows[0]["weights_sha256"] == rows[1]["weights_sha256"]  # the same tiny weights on every box
+
+
+def test_a_cancel_stops_a_running_remote_job(engine):
+    with subscribed(engine) as client:
+        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 1000})["job_id"]
+        for event in client.events():
+            if event.get("job_id") == job_id and event.get("stage") == "denoise":
+                break
+        asked = time.monotonic()
+        assert client.request("cancel", job_id=job_id)["status"] == "cancelling"
+        kinds = [event["event"] for event in wait_for(client, job_id, FINAL)]
+        row = client.request("get_job", job_id=job_id)["job"]
+    assert kinds[-1] == "job_cancelled" and row["status"] == "cancelled"
+    assert time.monotonic() - asked < 10
+    assert not (engine.base / "data" / "outputs" / job_id).exists()
+    engine.wait_for_workers(2)  # both workers stay, and take the next jobs
+
+
+def test_a_node_killed_mid_job_requeues_its_job_on_the_other_worker(engine, cluster):
+    local, nodes = cluster
+    with subscribed(engine) as client:
+        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 60})["job_id"]
+        seen = []
+        for event in client.events():
+            if event.get("job_id") == job_id:
+                seen.append(event)
+                if event.get("stage") == "denoise":
+                    break
+        first = next(event for event in seen if event["event"] == "job_started")["worker"]
+        doomed = next(node for node in nodes if first.startswith(node_label(node)))
+        local.remove_node(doomed)
+        seen += wait_for(client, job_id, ("job_finished", "job_failed", "job_interrupted"))
+        row = client.request("get_job", job_id=job_id)["job"]
+    kinds = [event["event"] for event in seen]
+    assert kinds.count("job_requeued") == 1 and kinds.count("job_started") == 2, kinds
+    assert kinds.count("job_finished") == 1 and kinds[-1] == "job_finished"
+    restarted = [event for event in seen if event["event"] == "job_started"][1]
+    assert restarted["worker"] != first and row["worker"] == restarted["worker"]
+    assert row["status"] == "finished" and row["requeues"] == 1
+    frames, _ = read_mp4(Path(row["video_path"]))
+    assert frames.shape[0] == 9
+    nodes.remove(doomed)
+    assert [worker["label"] for worker in engine.wait_for_workers(1)] == [row["worker"]]
+
+
+def test_a_node_that_joins_takes_jobs(engine, cluster):
+    local, nodes = cluster
+    nodes.append(local.add_node(**NODE))
+    workers = engine.wait_for_workers(2)
+    joined = next(worker["label"] for worker in workers if worker["label"].startswith(node_label(nodes[-1])))
+    with subscribed(engine) as client:  # one long job takes a worker; the short one must go to the other
+        long = client.request("submit", params={"prompt": PROMPT, "steps": 1000})["job_id"]
+        short = client.request("submit", params={"prompt": PROMPT, "steps": 2})["job_id"]
+        wait_for(client, short, FINAL)
+        client.request("cancel", job_id=long)
+        wait_for(client, long, FINAL)
+        rows = {job_id: client.request("get_job", job_id=job_id)["job"] for job_id in (long, short)}
+    assert rows[short]["status"] == "finished"
+    assert joined in {rows[long]["worker"], rows[short]["worker"]}
+
+
+def test_serve_ray_without_a_cluster_says_so(tmp_path, home):
+    engine = RunningEngine(tmp_path, home)
+    command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", "--ray", "127.0.0.1:1"]
+    done = subprocess.run(command, env=engine.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--ray 127.0.0.1:1: nothing answers there" in done.stderr
+    assert "ray start --head" in done.stderr
