@@ -186,7 +186,7 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(job, indent=2))
         return 0
-    for key in ("id", "status", "prompt", "model", "video_path", "tokens_path", "error"):
+    for key in ("id", "status", "prompt", "model", "worker", "video_path", "tokens_path", "error"):
         if job.get(key) is not None:
             print(f"{key:>12}: {job[key]}")
     print(f"{'params':>12}: {json.dumps(job['params'])}")
@@ -228,15 +228,26 @@ def describe_status(status: dict[str, Any]) -> list[tuple[str, str]]:
     queue = status.get("queue") or []
     waiting = f"{len(queue)} job(s)" + (": " + ", ".join(queue[:5]) if queue else "")
     loaded = ", ".join(status.get("models_loaded") or []) or "none (they load with the next job)"
+    workers = status.get("workers") or []
+    running = [worker["job_id"] for worker in workers if worker["job_id"]] or [status.get("running")]
     return [
         ("engine", f"{status['engine_version']}, pid {status['pid']}, up {up // 3600}:{up // 60 % 60:02d}"),
         ("model", status["model"]),
         ("device", f"{status['device']}, memory {memory}"),
         ("loaded", loaded),
-        ("running", status.get("running") or "nothing"),
+        ("workers", f"{len(workers)}" if workers else "none (every one was lost; jobs wait for one)"),
+        *[(worker["label"], describe_worker(worker)) for worker in workers],
+        ("running", ", ".join(job for job in running if job) or "nothing"),
         ("queue", waiting + (" ..." if len(queue) > 5 else "")),
         ("weights", "downloading" if status.get("downloading") else "idle"),
     ]
+
+
+def describe_worker(worker: dict[str, Any]) -> str:
+    """What a worker does, as "running 3f2a9c1b0d4e, models stage1, stage2" or "idle, no models loaded"."""
+    doing = f"running {worker['job_id']}" if worker["job_id"] else worker["state"]
+    models = ", ".join(worker["models_loaded"])
+    return f"{doing}, " + (f"models {models}" if models else "no models loaded")
 
 
 def run_presets(args: argparse.Namespace) -> int:

@@ -1,0 +1,308 @@
+"""Several workers in one engine (`serve --gpus`): the device list, jobs running side by side, the queue's
+order, cancel and kill -9 with two workers, and a lost worker's job going back to the queue once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from engine.cli.main import main
+from engine.client import EngineClient
+from engine.daemon.devices import BadGpus, parse_gpus, torch_device_name
+from engine.daemon.pool import WorkerPool
+from engine.daemon.store import Store
+from engine.daemon.worker import JobWorker, WorkerLost
+from engine.protocol import EVENT_ADAPTER, JobParams, StatusReply
+
+from .test_engine import PROMPT, RunningEngine
+from .test_engine import weights as weights  # noqa: F401  (the module-scoped tiny weights fixture)
+
+LONG = 1000  # denoising steps: a job that runs until it is cancelled or killed
+
+
+# the device list
+
+
+def test_gpus_name_every_gpu_some_gpus_or_cpu_workers():
+    two = lambda: 2  # noqa: E731  (a machine with two CUDA GPUs)
+    assert parse_gpus(None, two) == ["auto"]
+    assert parse_gpus("all", two) == ["cuda:0", "cuda:1"]
+    assert parse_gpus("1", two) == ["cuda:1"]
+    assert parse_gpus("1, 0", two) == ["cuda:1", "cuda:0"]
+    assert parse_gpus("cpu:3", two) == ["cpu:0", "cpu:1", "cpu:2"]
+    assert [torch_device_name(label) for label in ("auto", "cpu:1", "cuda:1")] == [None, "cpu", "cuda:1"]
+
+
+@pytest.mark.parametrize(
+    ("given", "count", "says"),
+    [
+        ("all", 0, "--gpus all: no CUDA GPU is visible here; use --gpus cpu:N or leave --gpus out"),
+        ("0,1,3", 2, "--gpus 0,1,3: there is no GPU 3 (this machine shows 2 GPU(s), 0-1)"),
+        ("0", 0, "--gpus 0: there is no GPU 0 (no CUDA GPU is visible here)"),
+        ("0,0", 2, "--gpus 0,0: GPU 0 is named twice; name each GPU once"),
+        ("cpu:0", 2, "--gpus cpu:0: give between 1 and 64 CPU workers (cpu:2, say)"),
+        ("gpu1", 2, "--gpus 'gpu1' is not a device list: give all, GPU indices such as 0,1,3, or cpu:N"),
+    ],
+)
+def test_a_gpus_value_that_cannot_be_served_is_refused_in_one_line(given, count, says):
+    with pytest.raises(BadGpus) as refused:
+        parse_gpus(given, lambda: count)
+    assert str(refused.value) == says
+
+
+def test_serve_refuses_a_bad_gpus_value_before_anything_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LANDIFF_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("LANDIFF_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr("engine.daemon.devices.cuda_device_count", lambda: 0)
+    assert main(["serve", "--model", "tiny", "--gpus", "all"]) == 2
+    assert capsys.readouterr().err == (
+        "landiff-engine serve: --gpus all: no CUDA GPU is visible here; "
+        "use --gpus cpu:N or leave --gpus out\n"
+    )
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+# a lost worker (a Ray actor, a rank process gone): its job goes back to the queue once
+
+
+def test_a_job_goes_back_to_the_queue_once_then_is_interrupted(tmp_path):
+    store = Store(tmp_path / "landiff.db")
+    job_id = store.add_job(JobParams(prompt="a").model_dump(), "tiny", "test").id
+    assert store.claim_next(worker="cuda:0").worker == "cuda:0"
+    assert store.requeue(job_id) is True
+    row = store.get(job_id)
+    assert (row.status, row.requeues, row.started_at) == ("queued", 1, None)
+    assert store.claim_next(worker="cuda:1").id == job_id
+    assert store.requeue(job_id) is False  # once only: the caller marks it interrupted
+    assert store.get(job_id).status == "running"
+    store.update(job_id, status="finished")
+    assert store.requeue(job_id) is False  # never a job that is not running
+
+
+class LostUnderTheJob:
+    """A remote pipeline whose worker dies mid-job, after writing a chunk preview."""
+
+    def __init__(self, label: str, started: threading.Event):
+        self.label, self.started = label, started
+
+    def run(self, job, on_progress, should_stop, on_chunk):
+        job.out.parent.mkdir(parents=True, exist_ok=True)
+        (job.out.parent / "chunk-000.png").write_bytes(b"\x89PNG preview")
+        self.started.set()
+        raise WorkerLost(f"the Ray actor on {self.label} died")
+
+    def loaded_models(self) -> list[str]:
+        return ["stage1", "stage2"]
+
+
+def test_a_lost_worker_requeues_its_job_once_then_the_job_is_interrupted(tmp_path):
+    store = Store(tmp_path / "landiff.db")
+    events: list[dict] = []
+    publish = lambda kind, **fields: events.append({"event": kind, **fields})  # noqa: E731
+    outputs = tmp_path / "outputs"
+    first_lost = threading.Event()
+    workers = [
+        JobWorker(store, lambda: LostUnderTheJob("node-a", first_lost), publish, outputs, 600.0, "ray:a"),
+    ]
+    pool = WorkerPool(store, workers)
+    job_id = store.add_job(JobParams(prompt="a snail").model_dump(), "tiny", "test").id
+    pool.start()
+    pool.notify()
+    assert first_lost.wait(60)
+    deadline = time.monotonic() + 30
+    while pool.members() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pool.members() == [] and pool.view() == []  # the lost worker left the pool
+    row = store.get(job_id)
+    assert (row.status, row.requeues, row.worker) == ("queued", 1, "ray:a")  # waiting for a worker
+    assert not (outputs / job_id).exists()
+
+    second_lost = threading.Event()
+    pool.add(
+        JobWorker(store, lambda: LostUnderTheJob("node-b", second_lost), publish, outputs, 600.0, "ray:b")
+    )
+    assert second_lost.wait(60)
+    pool.join(30)
+    while store.get(job_id).status == "queued" or pool.members():
+        assert time.monotonic() < deadline + 30
+        time.sleep(0.02)
+    row = store.get(job_id)
+    assert (row.status, row.requeues, row.worker) == ("interrupted", 1, "ray:b")
+    assert row.error == (
+        "worker ray:b was lost while running it (the Ray actor on node-b died), "
+        "after it had been re-queued once"
+    )
+    assert not (outputs / job_id).exists()
+    kinds = [(event["event"], event.get("worker")) for event in events]
+    assert kinds == [
+        ("job_started", "ray:a"),
+        ("job_requeued", "ray:a"),
+        ("job_started", "ray:b"),
+        ("job_interrupted", None),
+    ]
+    for seq, event in enumerate(events, 1):  # each is an event of the protocol
+        EVENT_ADAPTER.validate_python({"v": 1, "seq": seq, **event})
+
+
+# an engine with two CPU workers
+
+
+class PoolEngine(RunningEngine):
+    """An engine subprocess with `serve --gpus cpu:2`."""
+
+    def start(self) -> PoolEngine:
+        command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", "--gpus", "cpu:2"]
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.stderr = self.base / "engine.stderr"
+        with open(self.stderr, "ab") as stderr:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
+        line = self.process.stdout.readline()
+        assert line.startswith("ready"), self.stderr.read_text()
+        return self
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, weights):  # noqa: F811
+    running = PoolEngine(tmp_path_factory.mktemp("pool-engine"), weights).start()
+    with running.client() as client:  # both workers have loaded torch: jobs are claimed as they come
+        wait_until(lambda: states(client) == ["idle", "idle"], 120)
+    yield running
+    running.stop()
+
+
+def wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def states(client: EngineClient) -> list[str]:
+    return [worker["state"] for worker in client.request("status")["workers"]]
+
+
+def subscribed(engine: RunningEngine) -> EngineClient:
+    client = engine.client()
+    client.request("hello", client="tests")
+    client.request("subscribe", since=client.request("status")["seq"])
+    return client
+
+
+def submit(client: EngineClient, steps: int, note: str = "") -> str:
+    return client.request("submit", params={"prompt": f"{PROMPT} {note}", "steps": steps})["job_id"]
+
+
+def until_denoising(client: EngineClient, job_ids: list[str]) -> dict[str, str]:
+    """Wait for every job to be denoising; the worker each started on."""
+    workers, denoising = {}, set()
+    for event in client.events():
+        if event.get("job_id") in job_ids:
+            if event["event"] == "job_started":
+                workers[event["job_id"]] = event["worker"]
+            elif event["event"] == "job_progress" and event["stage"] == "denoise":
+                denoising.add(event["job_id"])
+                if denoising == set(job_ids):
+                    return workers
+    raise AssertionError("the events stopped")
+
+
+def until_ended(client: EngineClient, job_ids: list[str]) -> list[dict]:
+    seen, ended = [], set()
+    for event in client.events():
+        seen.append(event)
+        if event.get("job_id") in job_ids and event["event"] in (
+            "job_finished",
+            "job_failed",
+            "job_cancelled",
+        ):
+            ended.add(event["job_id"])
+            if ended == set(job_ids):
+                return seen
+    raise AssertionError("the events stopped")
+
+
+def test_two_cpu_workers_run_jobs_side_by_side_and_claim_the_queue_oldest_first(engine):
+    with subscribed(engine) as client:
+        ids = [submit(client, steps, f"#{number}") for number, steps in enumerate((10, 10, 2, 2))]
+        events = until_ended(client, ids)
+        jobs = [client.request("get_job", job_id=job_id)["job"] for job_id in ids]
+        status = StatusReply(**client.request("status"))
+    assert [job["status"] for job in jobs] == ["finished"] * 4
+    first, second = jobs[:2]  # claimed at once by the two idle workers
+    assert {first["worker"], second["worker"]} == {"cpu:0", "cpu:1"}  # each row names its own worker
+    assert max(first["started_at"], second["started_at"]) < min(first["finished_at"], second["finished_at"])
+    assert sorted(jobs, key=lambda job: job["started_at"]) == jobs  # claimed in the order they were queued
+    started = {event["job_id"]: event["worker"] for event in events if event["event"] == "job_started"}
+    assert started == {job["id"]: job["worker"] for job in jobs}
+    assert [(worker.label, worker.state, worker.models_loaded) for worker in status.workers] == [
+        ("cpu:0", "idle", ["stage1", "stage2"]),
+        ("cpu:1", "idle", ["stage1", "stage2"]),
+    ]
+
+
+def test_cancel_with_two_workers_stops_the_queued_or_running_job_and_only_it(engine):
+    with subscribed(engine) as client:
+        first, second = submit(client, LONG, "first"), submit(client, LONG, "second")
+        queued = submit(client, 2, "queued")
+        assert client.request("cancel", job_id=queued)["status"] == "cancelled"
+        workers = until_denoising(client, [first, second])
+        assert set(workers.values()) == {"cpu:0", "cpu:1"}
+        running = {worker["job_id"]: worker["label"] for worker in client.request("status")["workers"]}
+        assert running == workers
+        text = engine.cli("status").stdout  # the CLI's status names each worker's job
+        assert f"cpu:0: running {running_on(workers, 'cpu:0')}" in text
+        assert f"cpu:1: running {running_on(workers, 'cpu:1')}" in text
+
+        assert client.request("cancel", job_id=first)["status"] == "cancelling"
+        until_ended(client, [first])
+        after = submit(client, 2, "after")  # the freed worker takes it while the other job runs on
+        until_ended(client, [after])
+        assert client.request("get_job", job_id=second)["job"]["status"] == "running"
+        assert client.request("get_job", job_id=after)["job"]["worker"] == workers[first]
+        assert client.request("cancel", job_id=second)["status"] == "cancelling"
+        until_ended(client, [second])
+        statuses = [
+            client.request("get_job", job_id=job_id)["job"]["status"] for job_id in (first, second, queued)
+        ]
+    assert statuses == ["cancelled", "cancelled", "cancelled"]
+    outputs = engine.base / "data" / "outputs"
+    assert not (outputs / first).exists() and not (outputs / second).exists()
+
+
+def running_on(workers: dict[str, str], label: str) -> str:
+    return next(job_id for job_id, worker in workers.items() if worker == label)
+
+
+def test_kill_9_with_two_jobs_running_interrupts_both_and_runs_none_twice(engine):
+    """The module's engine ends here: killed with a job on each worker and one queued, then restarted."""
+    with subscribed(engine) as client:
+        doomed = [submit(client, LONG, "doomed 1"), submit(client, LONG, "doomed 2")]
+        waiting = submit(client, 2, "waiting")
+        until_denoising(client, doomed)
+        engine.process.send_signal(signal.SIGKILL)
+        engine.process.wait(timeout=30)
+    again = PoolEngine(engine.base, engine.weights).start()
+    try:
+        with again.client() as client:
+            client.request("hello", client="tests")
+            client.request("subscribe", since=0)  # every event of the new engine
+            for job_id in doomed:
+                job = client.request("get_job", job_id=job_id)["job"]
+                assert job["status"] == "interrupted" and job["error"].startswith("the engine stopped")
+            events = until_ended(client, [waiting])
+            job = client.request("get_job", job_id=waiting)["job"]
+    finally:
+        again.stop()
+    started = [event["job_id"] for event in events if event["event"] == "job_started"]
+    assert started == [waiting] and job["status"] == "finished"  # the interrupted two never ran again
+    outputs = engine.base / "data" / "outputs"
+    assert not any((outputs / job_id).exists() for job_id in doomed)
+    assert [path for path in outputs.rglob("*") if ".partial" in path.name] == []
+    assert (engine.base / "data" / "engine.log").read_text().count(f"job {waiting} started") == 1
