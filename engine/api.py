@@ -32,7 +32,7 @@ PARAMETERS = tuple(f.name for f in fields(JobSpec) if f.name not in ("prompt", "
 
 @dataclass
 class GeneratedVideo:
-    frames: np.ndarray  # uint8 [T, H, W, 3], RGB
+    frames: np.ndarray  # uint8 [T, H, W, 3], RGB: the video's, at `fps` (interpolated above the model's 8)
     tokens: np.ndarray  # int64 [N]: the semantic tokens (pass them back as `tokens=` to re-render)
     fps: int
     record: dict[str, Any]  # what the engine's JSON sidecar holds: parameters, timings, peak memory, hashes
@@ -92,7 +92,7 @@ class LanDiff:
         pieces: list[np.ndarray] = []
 
         def keep_frames(done: ChunkDone) -> None:
-            pieces.append(done.frames)
+            pieces.append(done.frames if done.video_frames is None else done.video_frames)
 
         with tempfile.TemporaryDirectory(prefix="landiff-") as scratch:
             target = Path(out) if out is not None else Path(scratch) / "video.mp4"
@@ -105,7 +105,7 @@ class LanDiff:
         return GeneratedVideo(
             frames=np.concatenate(pieces),
             tokens=tokens,
-            fps=self.pipeline.spec.fps,
+            fps=result.fps,
             record=record,
             video_path=result.video if out is not None else None,
         )

@@ -39,7 +39,7 @@ class Param:
     required: bool = False  # no default: the job cannot be made without it
     normalise: Callable[[Any], Any] | None = None  # applied before the checks, e.g. str.strip
     max_chars: int | None = None  # for text
-    choices: tuple[str, ...] = ()  # for text with a fixed set of values
+    choices: tuple[Any, ...] = ()  # a fixed set of values (text or numbers): the only ones accepted
     stages: tuple[str, ...] = STAGES  # the stages that read it: `tokens` takes the stage-1 ones
     bound: Callable[[str], str] | None = None  # model name -> the model limit beyond the range, in words
     note: str = ""  # said in help after the range, e.g. what the reference's demo offers
@@ -54,7 +54,7 @@ class Param:
     def range_text(self) -> str:
         """The accepted values in words: 'between 0 and 50', '> 0 and <= 10', '>= 1', 'one of a, b'."""
         if self.choices:
-            return "one of " + ", ".join(self.choices)
+            return "one of " + ", ".join(map(show, self.choices))
         low, high = self.low, self.high
         if low is not None and high is not None:
             if self.low_open:
@@ -99,6 +99,8 @@ class Param:
         value = self._typed(value)
         if self.kind is str:
             return self._check_text(value)
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{self.name} must be {self.range_text()}, got {show(value)}")
         if not self._in_range(value):
             raise ValueError(f"{self.name} must be {self.range_text()}, got {show(value)}")
         return value
@@ -306,7 +308,38 @@ PARAMS: list[Param] = [
         bound=overlap_bound,
         in_form=False,
     ),
+    Param(
+        "fps",
+        int,
+        8,
+        "frames a second of the video; above the model's 8, frames are interpolated between the model's "
+        "(ffmpeg's motion-compensated minterpolate), the length in seconds unchanged",
+        "fps",
+        choices=(8, 16, 24),
+        stages=("stage2",),
+        note="8 is the model's own frames, as the reference writes them",
+    ),
 ]
+
+
+def video_fps(params: Mapping[str, Any]) -> int:
+    """A job's video frame rate (a job from before the parameter existed: the default, the model's)."""
+    fps = params.get("fps")
+    return param("fps").default if fps is None else fps
+
+
+def fps_text(params: Mapping[str, Any], model: str) -> str:
+    """A job's video frame rate in words: '8 fps', '16 fps (x2, interpolated from the model's 8)'."""
+    from engine.specs import get_spec  # torch-free
+
+    fps = video_fps(params)
+    try:
+        model_fps = get_spec(model).fps
+    except ValueError:  # a model this version does not know
+        return f"{fps} fps"
+    if fps == model_fps or fps % model_fps:
+        return f"{fps} fps"
+    return f"{fps} fps (x{fps // model_fps}, interpolated from the model's {model_fps})"
 
 
 def by_name(params: Iterable[Param] | None = None) -> dict[str, Param]:

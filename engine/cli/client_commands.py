@@ -16,7 +16,7 @@ from rich.table import Table
 
 from engine.cli.param_options import add_param_options, add_prompt_argument, given_params
 from engine.client import DEFAULT_MODEL, EngineClient, EngineUnavailable, connect, start_engine
-from engine.params import check_params
+from engine.params import check_params, fps_text
 
 EXIT_FAILED = 1
 
@@ -145,7 +145,9 @@ def follow(client: EngineClient, job_id: str) -> int:
                 )
             elif kind == "job_finished":
                 progress.stop()
-                console.print(f"finished: {event['video']}")
+                made = event.get("video_frames")
+                rate = f" ({made} frames at {event['fps']} fps)" if made else ""
+                console.print(f"finished: {event['video']}{rate}")
                 return 0
             elif kind in ("job_failed", "job_cancelled", "job_interrupted"):
                 progress.stop()
@@ -189,6 +191,7 @@ def run_show(args: argparse.Namespace) -> int:
     for key in ("id", "status", "prompt", "model", "worker", "video_path", "tokens_path", "error"):
         if job.get(key) is not None:
             print(f"{key:>12}: {job[key]}")
+    print(f"{'fps':>12}: {fps_text(job['params'], job['model'])}")
     print(f"{'params':>12}: {json.dumps(job['params'])}")
     if job["timings"]:
         print(f"{'timings':>12}: " + ", ".join(f"{k} {v:.1f}s" for k, v in job["timings"].items()))

@@ -22,17 +22,19 @@ class DiskFull(OSError):
     """Not enough free space for a job, or the disk filled while writing."""
 
 
-def job_output_bound(model: str, frames: int | None, overlap: int | None) -> int:
-    """Bytes a job may write at most: its mp4 (twice, while a chunk is appended), a PNG preview per chunk,
-    the thumbnail, the tokens and its record."""
+def job_output_bound(model: str, frames: int | None, overlap: int | None, fps: int | None = None) -> int:
+    """Bytes a job may write at most: its mp4 (twice, while a chunk is appended; `fps` frames a second, the
+    model's by default), a PNG preview per chunk, the thumbnail, the tokens and its record."""
     spec = get_spec(model)
+    per_model_frame = 1 if fps is None else max(1, fps // spec.fps)  # interpolated frames
     plan = plan_length(rules_for(model), frames, overlap)
     scale = 2 ** (spec.vae.levels - 1)
     height, width = 2 * spec.decoder.grid_height * scale, 2 * spec.decoder.grid_width * scale
     raw_frame = height * width * 3
     preview = PREVIEW_WIDTH * PREVIEW_WIDTH * 3  # a PNG never much exceeds its raw pixels
     tokens = 8 * 1024 * 1024  # int64 codes of the longest plan, with room
-    return int(2 * plan.frames * raw_frame * MP4_SHARE_OF_RAW) + (plan.chunks + 1) * preview + tokens
+    video = 2 * plan.frames * per_model_frame * raw_frame * MP4_SHARE_OF_RAW
+    return int(video) + (plan.chunks + 1) * preview + tokens
 
 
 def free_bytes(folder: Path) -> int:

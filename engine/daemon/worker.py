@@ -264,7 +264,7 @@ class JobWorker(threading.Thread):
         started = time.monotonic()
         try:
             if model is not None:  # before any model loads: a job that cannot fit fails now, saying so
-                check_room(self.outputs, job_output_bound(model, params.frames, params.overlap))
+                check_room(self.outputs, job_output_bound(model, params.frames, params.overlap, params.fps))
             if self.pipeline is None:
                 self.loading = True
                 try:
@@ -325,7 +325,14 @@ class JobWorker(threading.Thread):
             self.publish("job_failed", job_id=job_id, error=message)
             return
         row = self.record_result(job_id, result, "finished")
-        self.publish("job_finished", job_id=job_id, video=row.video_path, frames=result.frames)
+        self.publish(
+            "job_finished",
+            job_id=job_id,
+            video=row.video_path,
+            frames=result.frames,
+            fps=result.fps,
+            video_frames=result.video_frames,
+        )
         log.info(
             "job %s finished in %.1f s: %d frames in %d chunk(s), %s; peak memory %s; %s",
             job_id,

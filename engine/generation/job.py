@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.generation.interpolate import interpolation_factor
 from engine.generation.lengths import ChunkPlan, plan_length, rules_for
 from engine.models.llm_sampler import SamplingParams
 from engine.params import PARAMS, Param, check_params
@@ -23,6 +24,7 @@ class JobRules:
     tokens: Path | None
     frames: int | None
     overlap: int | None
+    fps: int
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any], out: Path, tokens: Path | None = None) -> JobSpec:
@@ -43,6 +45,7 @@ class JobRules:
         check_params(self.params())  # types and ranges; the model's limits follow
         self.plan(spec)
         self.sampling(spec).validate(spec.llm)
+        interpolation_factor(self.fps, spec.fps)
         if self.out.suffix.lower() != ".mp4":
             raise ValueError(f"--out must name an .mp4 file, got {self.out}")
         if self.tokens is not None and not self.tokens.is_file():
@@ -105,7 +108,9 @@ class Progress:
 
 @dataclass(frozen=True)
 class ChunkDone:
-    """A chunk whose frames are in the video file: index is 0-based, the frame range inclusive."""
+    """A chunk whose frames are in the video file: index is 0-based, the frame range inclusive. Frame
+    counts and `frames` are the model's (at its fps, as the `frames` parameter); `video_frames` are what the
+    chunk added to the file at the job's fps (the same array when that is the model's)."""
 
     index: int
     chunks: int
@@ -114,8 +119,9 @@ class ChunkDone:
     frames_written: int
     video_seconds: float
     timings_s: dict[str, float]
-    frames: np.ndarray  # the frames this chunk added to the video, uint8 [n, H, W, 3]
+    frames: np.ndarray  # the model's frames this chunk added to the video, uint8 [n, H, W, 3]
     partial_video: Path  # the growing file (renamed to the job's `out` at the end)
+    video_frames: np.ndarray | None = None  # uint8 [m, H, W, 3]; None: `frames`
 
     @property
     def preview(self) -> np.ndarray:
@@ -132,6 +138,9 @@ class JobResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int = 0
     frames: int = 0
+    fps: int = 8  # the video file's; `frames` counts the model's frames, at the model's fps
+    video_frames: int = 0  # in the file, at `fps`
+    interpolation: dict[str, Any] | None = None  # how the frames between the model's were made, if any
     chunks_done: int = 0
     chunks: int = 1
     chunk_timings: list[dict[str, Any]] = field(default_factory=list)

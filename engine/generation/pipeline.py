@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from engine import __version__
+from engine.generation.interpolate import InterpolatingWriter
 from engine.generation.job import ChunkDone, JobCancelled, JobResult, JobSpec, Progress
 from engine.generation.lengths import ChunkPlan
 from engine.generation.memory import resolve_memory_profile, spec_weight_sizes
@@ -26,7 +27,7 @@ from engine.generation.residency import Residency
 from engine.generation.speed import DiTOptions
 from engine.generation.stage1 import SemanticStage, default_device, default_dtype
 from engine.generation.stage2 import VideoStage
-from engine.generation.video import StreamingMp4Writer, write_thumbnail
+from engine.generation.video import write_thumbnail
 from engine.models.dpm_sampler import DiffusionCancelled
 from engine.models.llm_sampler import SamplingCancelled
 from engine.specs import ModelSpec, get_spec
@@ -226,7 +227,7 @@ class Pipeline:
             self.park(stage2)
 
     def _render_and_finish(self, render: Render) -> JobResult:
-        writer = StreamingMp4Writer(render.job.out, self.spec.fps)
+        writer = InterpolatingWriter(render.job.out, render.job.fps, self.spec.fps)
         try:
             self._render(render, writer)
         except DiffusionCancelled as error:
@@ -242,7 +243,7 @@ class Pipeline:
             raise
         return self._finish(render, writer, partial=False)
 
-    def _render(self, render: Render, writer: StreamingMp4Writer) -> None:
+    def _render(self, render: Render, writer: InterpolatingWriter) -> None:
         job, plan, stage2, text, codes = render.job, render.plan, render.stage2, render.text, render.codes
         clock, timings, on_progress, stop, on_chunk = (
             render.clock,
@@ -281,7 +282,7 @@ class Pipeline:
             decoded = time.perf_counter()
             write = StageClock("write", on_progress, clock)
             first = writer.frames_written
-            writer.append(frames)
+            video = writer.append(frames, last=index == plan.chunks - 1)
             if index == 0:
                 clock.thumbnail = frames[frames.shape[0] // 2].copy()
             clock.frames_written = writer.frames_written
@@ -314,15 +315,16 @@ class Pipeline:
                         timings_s={k: entry[k] for k in ("denoise_s", "decode_s", "write_s")},
                         frames=frames,
                         partial_video=writer.partial,
+                        video_frames=video,
                     )
                 )
-            del frames
+            del frames, video
         chunks.close()
         if compiled is not None and stage2.compile_seconds() > compiled:
             # the first DiT call of a new shape compiles (cached on disk for later runs); within denoise
             timings["compile"] = stage2.compile_seconds() - compiled
 
-    def _finish(self, render: Render, writer: StreamingMp4Writer, partial: bool) -> JobResult:
+    def _finish(self, render: Render, writer: InterpolatingWriter, partial: bool) -> JobResult:
         job, plan, codes, clock, timings = render.job, render.plan, render.codes, render.clock, render.timings
         tokens_path = job.out.with_suffix(".npy")
         thumbnail_path = job.out.with_suffix(".png")
@@ -343,6 +345,9 @@ class Pipeline:
                 {stage: round(seconds, 4) for stage, seconds in timings.items()},
                 peak_memory(self.device),
                 frames=writer.frames_written,
+                fps=writer.fps,
+                video_frames=writer.video_frames,
+                interpolation=writer.record(),
                 chunks_done=done,
                 chunks=plan.chunks,
                 chunk_timings=list(clock.chunk_timings),
@@ -374,7 +379,16 @@ class Pipeline:
                 key: str(value) if isinstance(value, Path) else value for key, value in asdict(job).items()
             },
             "status": "cancelled_partial" if result.partial else "finished",
-            "video": {"frames": shape[0], "height": shape[1], "width": shape[2], "fps": self.spec.fps},
+            # frames: the model's, at its fps (as the job's `frames`); video_frames: the file's, at `fps`
+            "video": {
+                "frames": shape[0],
+                "model_fps": self.spec.fps,
+                "video_frames": result.video_frames,
+                "fps": result.fps,
+                "height": shape[1],
+                "width": shape[2],
+            },
+            "interpolation": result.interpolation,
             "length": result.length,
             "chunks": {
                 "done": result.chunks_done,
