@@ -281,6 +281,19 @@ PARAMS: list[Param] = [
         stages=("stage2",),
     ),
     Param(
+        "cache",
+        float,
+        0.0,
+        "step caching: a denoising step reuses the diffusion blocks' last output change while the "
+        "accumulated change of their input stays under this threshold; 0 is off, the exact computation",
+        "step cache",
+        low=0,
+        high=10,
+        note="the quality cost on LanDiff is not measured yet; the skipped calls are reported",
+        stages=("stage2",),
+        hint="0: off",
+    ),
+    Param(
         "frames",
         int,
         None,

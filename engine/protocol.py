@@ -246,6 +246,8 @@ class ChunkTiming(Exact):
     denoise_s: float
     decode_s: float
     write_s: float
+    dit_calls: int | None = None  # the chunk's diffusion calls, one per CFG branch and step (None: older)
+    dit_calls_skipped: int | None = None  # of those, answered by the step cache
 
 
 class JobSummary(Exact):
@@ -362,6 +364,8 @@ class JobProgressEvent(JobEvent):
     frames_written: int
     video_seconds: float
     job_eta_s: float | None  # the whole job's remaining time, once there is something to estimate it from
+    dit_calls: int = 0  # diffusion network calls so far in the job, one per CFG branch and denoising step
+    cache_skips: int = 0  # of those, answered by the step cache (job parameter `cache`) instead of the blocks
 
 
 class ChunkFinishedEvent(JobEvent):

@@ -119,6 +119,11 @@ def submit_and_report(client: EngineClient, params: dict[str, Any], wait: bool) 
     return follow(client, job_id) if wait else 0
 
 
+def cache_text(skipped: int, calls: int) -> str:
+    """The denoise bar's note on the step cache: DiT calls it skipped of those asked for so far."""
+    return f"cache skipped {skipped}/{calls}"
+
+
 def follow(client: EngineClient, job_id: str) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -135,6 +140,8 @@ def follow(client: EngineClient, job_id: str) -> int:
                 name = stage
                 if event.get("chunks", 1) > 1 and stage in ("denoise", "decode", "write"):
                     name = f"{stage} {event['chunk']}/{event['chunks']}"
+                if stage == "denoise" and event.get("cache_skips"):
+                    name = f"{name}, {cache_text(event['cache_skips'], event['dit_calls'])}"
                 if stage not in tasks:
                     tasks[stage] = progress.add_task(name, total=event["total"])
                 progress.update(tasks[stage], completed=event["step"], total=event["total"], description=name)

@@ -361,6 +361,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from engine.cli.client_commands import cache_text
     from engine.generation.job import JobSpec
     from engine.generation.pipeline import Pipeline
     from engine.generation.prompt_tokens import check_prompt_fits
@@ -395,6 +396,8 @@ def run_generate(args: argparse.Namespace) -> int:
             name, unit = STAGES.get(event.stage, (event.stage, None))
             if event.chunks > 1 and event.stage in ("denoise", "decode", "write"):
                 name = f"{name} {event.chunk}/{event.chunks}"
+            if event.stage == "denoise" and event.cache_skips:
+                name = f"{name}, {cache_text(event.cache_skips, event.dit_calls)}"
             if event.stage not in tasks:
                 tasks[event.stage] = progress.add_task(name, total=event.total, unit=unit)
             seconds = event.step / event.rate if event.rate else None  # the stage's own time so far

@@ -227,6 +227,8 @@ class JobWorker(threading.Thread):
                 frames_written=event.frames_written,
                 video_seconds=round(event.video_seconds, 3),
                 job_eta_s=None if event.job_eta_s is None else round(event.job_eta_s, 2),
+                dit_calls=event.dit_calls,
+                cache_skips=event.cache_skips,
             )
 
         chunk_timings: list[dict[str, Any]] = []

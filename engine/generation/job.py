@@ -104,6 +104,8 @@ class Progress:
     frames_written: int = 0
     video_seconds: float = 0.0
     job_eta_s: float | None = None
+    dit_calls: int = 0  # so far in the job, one per CFG branch and denoising step
+    cache_skips: int = 0  # of those, answered by the step cache instead of the blocks
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class JobResult:
     length: dict[str, Any] = field(default_factory=dict)
     partial: bool = False  # cancelled after some chunks: the video holds only those
     weights_sha256: dict[str, str] = field(default_factory=dict)  # {file under the weights root: SHA-256}
+    dit_calls: int = 0  # of the chunks kept: one per CFG branch and denoising step
+    dit_calls_skipped: int = 0  # of those, answered by the step cache instead of the blocks
 
 
 class JobCancelled(Exception):

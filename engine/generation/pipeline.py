@@ -30,6 +30,7 @@ from engine.generation.stage2 import VideoStage
 from engine.generation.video import write_thumbnail
 from engine.models.dpm_sampler import DiffusionCancelled
 from engine.models.llm_sampler import SamplingCancelled
+from engine.models.step_cache import CacheCounts
 from engine.specs import ModelSpec, get_spec
 from engine.weights.checksums import file_checksums
 from engine.weights.layout import ReleaseLayout, layout_for
@@ -255,21 +256,32 @@ class Pipeline:
         decoder = stage2.video_decoder()
         denoise = StageClock("denoise", on_progress, clock)
         step_started = [time.perf_counter()]
+        counts = CacheCounts()
 
         def on_step(index: int, step: int, total: int) -> None:
             now = time.perf_counter()
             clock.denoise_s += now - step_started[0]
             clock.denoise_steps += 1
+            clock.dit_calls, clock.dit_calls_skipped = counts.calls, counts.skipped
             step_started[0] = now
             denoise(step, total)
 
         chunks = stage2.render_chunks(
-            text, codes, plan, seed=job.seed, steps=job.steps, on_step=on_step, should_stop=stop
+            text,
+            codes,
+            plan,
+            seed=job.seed,
+            steps=job.steps,
+            on_step=on_step,
+            should_stop=stop,
+            cache=job.cache,
+            counts=counts,
         )
         compiled = stage2.compile_seconds()
         for index in range(plan.chunks):
             clock.chunk = index
             denoise.started = step_started[0] = started = time.perf_counter()
+            calls_before, skipped_before = counts.calls, counts.skipped
             latents = next(chunks)
             denoised = time.perf_counter()
             if stop():
@@ -296,6 +308,8 @@ class Pipeline:
                 "denoise_s": round(denoised - started, 4),
                 "decode_s": round(decoded - denoised, 4),
                 "write_s": round(written - decoded, 4),
+                "dit_calls": counts.calls - calls_before,  # one per CFG branch and step
+                "dit_calls_skipped": counts.skipped - skipped_before,  # answered by the step cache
             }
             clock.chunk_timings.append(entry)
             for stage, key in (("denoise", "denoise_s"), ("decode", "decode_s"), ("write", "write_s")):
@@ -354,6 +368,8 @@ class Pipeline:
                 length=plan.record(),
                 partial=partial,
                 weights_sha256=weights_sha256,
+                dit_calls=sum(entry["dit_calls"] for entry in clock.chunk_timings),
+                dit_calls_skipped=sum(entry["dit_calls_skipped"] for entry in clock.chunk_timings),
             )
             height, width = clock.thumbnail.shape[:2]
             write_record(
@@ -402,6 +418,11 @@ class Pipeline:
             "peak_memory_bytes": result.peak_memory_bytes,
             "memory": self.memory_choice.record(),
             "dit": self.dit.record(),
+            "step_cache": {
+                "threshold": job.cache,
+                "dit_calls": result.dit_calls,
+                "dit_calls_skipped": result.dit_calls_skipped,
+            },
             "weights_sha256": result.weights_sha256,
         }
 

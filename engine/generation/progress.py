@@ -40,6 +40,8 @@ class StageClock:
                 frames_written=job.frames_written,
                 video_seconds=job.frames_written / job.plan.fps,
                 job_eta_s=job.eta(self.stage, step, total, eta),
+                dit_calls=job.dit_calls,
+                cache_skips=job.dit_calls_skipped,
             )
         )
 
@@ -63,6 +65,8 @@ class JobClock:
         self.denoise_s = 0.0
         self.denoise_steps = 0
         self.finish_s: list[float] = []  # decode + write of each finished chunk
+        self.dit_calls = 0  # so far, one per CFG branch and denoising step
+        self.dit_calls_skipped = 0  # of those, answered by the step cache
 
     def step_seconds(self) -> float | None:
         if self.denoise_steps:

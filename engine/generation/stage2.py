@@ -17,6 +17,7 @@ from engine.models.configs import LLMConfig
 from engine.models.control_dit import ControlDiT
 from engine.models.dpm_sampler import DpmSolverSampler
 from engine.models.semantic_decoder import SemanticDecoder
+from engine.models.step_cache import CacheCounts, StepCache
 from engine.models.token_layout import codes_per_video
 from engine.models.video_vae import StreamingDecoder, to_uint8_frames
 from engine.specs import ModelSpec
@@ -37,8 +38,8 @@ class VideoStage(MovableStage):
     device: torch.device
     vae_tiling: bool = False  # spatial tiles: less memory, other pixels (the low profile only)
     first_calls: FirstCallTimer | None = None  # times each shape's first DiT call (the compile)
-
     parallel: ParallelGroup | None = None  # its ranks render with this one (engine.generation.parallel)
+
     @classmethod
     def load(
         cls,
@@ -115,6 +116,8 @@ class VideoStage(MovableStage):
         steps: int,
         on_step: Callable[[int, int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        cache: float = 0.0,
+        counts: CacheCounts | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield each chunk's denoised window of latents [1, window, C, H, W] (float32), chunk by chunk.
 
@@ -122,6 +125,10 @@ class VideoStage(MovableStage):
         (s = window - overlap), conditioned on the semantic frames of that window, with its first
         `overlap` frames held to the last ones of chunk j - 1 at every step. One generator seeded
         with `seed` draws every chunk's noise in turn. on_step(chunk index, step, steps).
+
+        cache > 0: step caching (engine.models.step_cache), a fresh cache for each chunk (its first
+        and last steps always run the blocks); 0 calls the network as it is. `counts` adds up the DiT
+        calls (two a step, one per CFG branch) and those the cache skipped.
         """
         self.check_codes(codes, plan.segments)
         self.ready(self.decoder, self.network, self.vae)
@@ -130,17 +137,22 @@ class VideoStage(MovableStage):
         shape = (1, *self.spec.latent_shape(plan.window))
         sampler = DpmSolverSampler()
         prefix = None
-        for index in range(plan.chunks):
-            semantic = self.network.semantic_conditioner(windows.window(*plan.latent_range(index)))
-
-            def network(latents: torch.Tensor, timesteps: torch.Tensor, semantic=semantic) -> torch.Tensor:
-                if self.first_calls is not None:
-                    return self.first_calls(self.network, latents, text, timesteps, semantic)
-                return self.network(latents, text, timesteps, semantic)
         if self.parallel is not None:  # every rank of the group renders these chunks, in step with rank 0
             if self.parallel.rank == 0:
                 lead_render(self.parallel, text, codes, plan, seed, steps)
             should_stop = self.parallel.agreed(should_stop)
+        for index in range(plan.chunks):
+            semantic = self.network.semantic_conditioner(windows.window(*plan.latent_range(index)))
+            model = self.network if not cache else StepCache(self.network, cache, steps, counts, self.ready)
+
+            def network(
+                latents: torch.Tensor, timesteps: torch.Tensor, semantic=semantic, model=model
+            ) -> torch.Tensor:
+                if counts is not None and model is self.network:
+                    counts.calls += latents.shape[0]
+                if self.first_calls is not None:
+                    return self.first_calls(model, latents, text, timesteps, semantic)
+                return model(latents, text, timesteps, semantic)
 
             def report(step: int, total: int, index=index) -> None:
                 if on_step is not None:
@@ -156,7 +168,7 @@ class VideoStage(MovableStage):
                 should_stop=should_stop,
                 prefix=prefix,
             )
-            del semantic, network
+            del semantic, network, model
             prefix = latents[:, plan.stride :].clone() if plan.overlap else None
             yield latents
 

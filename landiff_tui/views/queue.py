@@ -278,6 +278,8 @@ class QueueView(View):
         parts = [f"elapsed {duration(elapsed)}", f"ETA {duration(eta)}"]
         if last is not None:
             parts.append(f"video so far {last.video_seconds:.1f} s")
+            if last.cache_skips:
+                parts.append(f"step cache skipped {last.cache_skips} of {last.dit_calls} DiT calls")
         if self.memory is not None:
             used, total = self.memory.memory_used_bytes, self.memory.memory_total_bytes
             parts.append(f"{self.memory.device} memory {size(used)}" + (f" / {size(total)}" if total else ""))
