@@ -171,3 +171,12 @@ def test_the_rate_in_words_and_on_the_wire():
         check_value("fps", 30)
     assert fps_text({"fps": 24}, "landiff") == "24 fps (x3, interpolated from the model's 8)"
     assert fps_text({}, "tiny") == "8 fps"  # a job from before the parameter: the model's
+
+
+def test_the_job_detail_says_the_rate():
+    from landiff_tui.screens.job_detail import describe
+    from tests.tui_double import job
+
+    interpolated = job(1, params={**job(1).params, "fps": 24})
+    assert "fps: 24 fps (x3, interpolated from the model's 8)" in describe(interpolated)
+    assert "fps: 8 fps" in describe(job(2))  # a job from before the parameter: the model's rate

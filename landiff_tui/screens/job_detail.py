@@ -12,6 +12,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from engine.params import fps_text, video_fps
+
 from ..widgets.preview import FramePreview
 from .confirm import Confirm
 
@@ -72,7 +74,8 @@ def describe(job: JobSummary) -> str:
         lines += [f"[red]{job.status}: {escape(job.error)}[/red]", ""]
     lines.append(escape(job.prompt))
     lines.append("")
-    lines += [f"{name:>13}: {escape(str(value))}" for name, value in job.params.items() if name != "prompt"]
+    shown = {**job.params, "fps": fps_text(job.params, job.model)}  # an older job's too: the model's
+    lines += [f"{name:>13}: {escape(str(value))}" for name, value in shown.items() if name != "prompt"]
     if job.timings:
         lines.append("")
         lines += [f"{name:>13}: {value:.2f} s" for name, value in job.timings.items()]
@@ -177,7 +180,7 @@ class JobDetail(Screen):
         if preview.playing:
             preview.show_image(self.job.thumbnail_path)
         elif self.job and self.job.video_path:
-            preview.play(self.job.video_path)
+            preview.play(self.job.video_path, fps=video_fps(self.job.params))
         else:
             self.notify("this job has no video", severity="warning")
 

@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select
 
+from engine.params import video_fps
 from engine.wire import JOB_STATUSES
 
 from ..messages import EngineConnected, JobDeleted, JobEnded, JobMeasured, JobQueued
@@ -95,7 +96,7 @@ class GalleryView(View):
             yield Input(placeholder="type to search prompts", id="search", select_on_focus=False)
             yield Select([(status, status) for status in JOB_STATUSES], prompt="any status", id="status")
         table = GalleryTable(id="gallery-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("status", "created", "length", "seed", "steps", "prompt")
+        table.add_columns("status", "created", "length", "fps", "seed", "steps", "prompt")
         yield table
         yield Label("", id="gallery-count")
 
@@ -169,6 +170,7 @@ class GalleryView(View):
                 job.status,
                 created,
                 job_length(job),
+                str(video_fps(job.params)),
                 str(job.params.get("seed", "")),
                 str(job.params.get("steps", "")),
                 job.prompt.replace("\n", " ")[:200],
