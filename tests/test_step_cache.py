@@ -168,6 +168,16 @@ def test_each_cfg_branch_decides_for_itself(stage2, text):
     torch.testing.assert_close(out[1:], ran_alone, rtol=1e-5, atol=1e-6)
 
 
+def test_a_parallel_group_refuses_the_cache_before_any_work(stage2, text):
+    plan = plan_length(RULES, None)
+    stage2.parallel = object()  # any group: the refusal comes before the group is used
+    try:
+        with pytest.raises(ValueError, match="does not run on a parallel group yet: use cache 0"):
+            next(stage2.render_chunks(text, codes_for(plan), plan, seed=1, steps=2, cache=0.1))
+    finally:
+        stage2.parallel = None
+
+
 def test_the_cache_parameter_is_checked_and_off_by_default():
     assert param("cache").default == 0.0 and "not measured" in param("cache").describe()
     assert check_value("cache", 0.2) == 0.2

@@ -131,6 +131,10 @@ class VideoStage(MovableStage):
         calls (two a step, one per CFG branch) and those the cache skipped.
         """
         self.check_codes(codes, plan.segments)
+        if cache and self.parallel is not None:  # the cache calls the DiT's parts, not the group's split
+            raise ValueError(
+                "step caching (cache > 0) does not run on a parallel group yet: use cache 0 with --parallel"
+            )
         self.ready(self.decoder, self.network, self.vae)
         windows = SemanticWindows(self.decoder, codes.to(self.device), self.spec.llm)
         generator = torch.Generator(device=self.device).manual_seed(seed)
