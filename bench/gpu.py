@@ -226,6 +226,37 @@ def run_profile(profile, spec, layout, device, steps, budget, out_dir, compile_d
     return row
 
 
+def parallel_job(spec, root, steps, budget, out_dir, compile_dit, single_denoise_s) -> list[dict]:
+    """One job per split over the first CUDA GPUs (cfg 2, then cfg 2 x seq 2 where 4 are there): its
+    denoise seconds and the speed-up over the resident profile's single GPU, measured in this run."""
+    from engine.generation.parallel.plan import ParallelPlan
+    from engine.generation.parallel.ranks import parallel_pipeline
+
+    count = torch.cuda.device_count()
+    rows = []
+    for plan in [p for p in (ParallelPlan(2, 1), ParallelPlan(2, 2)) if p.size <= count]:
+        row: dict = {"section": f"job, parallel {plan.text()}", "steps": steps}
+        devices = [f"cuda:{index}" for index in range(plan.size)]
+        started = time.perf_counter()
+        pipeline = parallel_pipeline(
+            spec.name, root, devices, plan, out_dir, "resident", DiTOptions(compile=compile_dit)
+        )
+        try:
+            pipeline.stage2()
+            row["load_s"] = time.perf_counter() - started
+            job = JobSpec(PROMPT, out_dir / f"parallel-{plan.size}.mp4", seed=0, steps=steps)
+            result = pipeline.run(job, should_stop=lambda: budget.left() < 0)
+        finally:
+            pipeline.close()
+        row["timings_s"] = dict(result.timings_s)
+        denoise = result.timings_s["denoise"] - result.timings_s.get("compile", 0.0)
+        row["steps_per_s"] = (steps - (1 if "compile" in result.timings_s else 0)) / denoise
+        if single_denoise_s:
+            row["speedup"] = single_denoise_s / denoise
+        rows.append(row)
+    return rows
+
+
 def attention_deviation(spec, device, budget) -> list[dict]:
     """One DiT call per attention kernel on random inputs; max deviation from sdpa (the default)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -340,6 +371,20 @@ def run(args: argparse.Namespace) -> dict:
                 )
                 reset_peak(device)
         section("attention", lambda: attention_deviation(spec, device, budget), 20 if cuda else 1)
+        gpus = torch.cuda.device_count() if cuda else 0
+        if written and gpus >= 2:
+            single = next((r for r in sections if r["section"] == "job, memory resident"), {})
+            denoise = single.get("timings_s", {}).get("denoise")
+            single_s = None if denoise is None else denoise - single["timings_s"].get("compile", 0.0)
+            section(
+                "parallel",
+                lambda: parallel_job(spec, scratch, steps, budget, out_dir, compile_dit, single_s),
+                90,
+            )
+        else:
+            why = f"skipped: one video over several GPUs needs 2 or more CUDA GPUs, {gpus} here"
+            print(f"parallel: {why}")
+            sections.append({"section": "job, parallel", "status": why})
     finally:
         if scratch is not None and not args.keep_weights:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -365,6 +410,8 @@ def table(report: dict) -> tuple[list[str], list[list[str]]]:
             note = f"max |dev| vs sdpa {row['max_abs_dev']:.3g} (rel {row['max_rel_dev']:.3g})"
         elif "memory" in row:
             note = row["memory"]["reason"]
+        elif "speedup" in row:
+            note = f"{row['speedup']:.2f}x the resident job's denoise (one GPU), measured here"
         elif "bytes" in row:
             note = f"{row['bytes'] / GiB:.1f} GiB in {row['folder']}"
         rows.append(

@@ -38,6 +38,8 @@ def test_gpu_bench_smoke_on_the_cpu(tmp_path, capsys):
         assert "denoise_floor_ratio" not in row  # the H200 floors are not ratios of a tiny CPU run
         assert f"job, memory {profile}" in printed
     assert rows["DiT call, attention sdpa"]["max_abs_dev"] == 0
+    assert rows["job, parallel"]["status"].startswith("skipped: one video over several GPUs needs 2")
+    assert "parallel: skipped" in printed  # the reason is printed, and no speed-up is claimed
     assert rows["DiT call, attention flash"]["status"].startswith("n/a: --attention flash needs a CUDA GPU")
 
 
