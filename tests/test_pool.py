@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from engine import protocol as p
 from engine.cli.main import main
 from engine.client import EngineClient
 from engine.daemon.devices import BadGpus, parse_gpus, torch_device_name
@@ -18,9 +19,12 @@ from engine.daemon.pool import WorkerPool
 from engine.daemon.store import Store
 from engine.daemon.worker import JobWorker, WorkerLost
 from engine.protocol import EVENT_ADAPTER, JobParams, StatusReply
+from landiff_tui.app import LanDiffApp
 
 from .test_engine import PROMPT, RunningEngine
 from .test_engine import weights as weights  # noqa: F401  (the module-scoped tiny weights fixture)
+from .test_tui import mounted, until
+from .tui_double import ScriptedLink, job
 
 LONG = 1000  # denoising steps: a job that runs until it is cancelled or killed
 
@@ -306,3 +310,80 @@ def test_kill_9_with_two_jobs_running_interrupts_both_and_runs_none_twice(engine
     assert not any((outputs / job_id).exists() for job_id in doomed)
     assert [path for path in outputs.rglob("*") if ".partial" in path.name] == []
     assert (engine.base / "data" / "engine.log").read_text().count(f"job {waiting} started") == 1
+
+
+# the TUI's Queue tab with two workers
+
+
+class TwoWorkerLink(ScriptedLink):
+    """The scripted engine with two CPU workers, each running one of the running jobs."""
+
+    def on_status(self, request: p.Status) -> p.StatusReply:
+        running = [j for j in self.jobs if j.status == "running"]
+        workers = [
+            p.WorkerState(
+                label=label,
+                device="cpu",
+                state="running" if on else "idle",
+                job_id=on.id if on else None,
+                models_loaded=["stage1", "stage2"],
+            )
+            for label, on in (
+                ("cpu:0", running[0] if running else None),
+                ("cpu:1", running[1] if running[1:] else None),
+            )
+        ]
+        return super().on_status(request).model_copy(update={"workers": workers})
+
+
+def denoising(job_id: str, step: int) -> dict:
+    return dict(
+        job_id=job_id, stage="denoise", step=step, total=50, chunk=1, chunks=1, rate=4.0, eta_s=1.0,
+        frames_written=0, video_seconds=0.0, job_eta_s=9.0,
+    )  # fmt: skip
+
+
+async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_one_under_the_cursor():
+    first, second = job(1, "running", worker="cpu:0"), job(0, "running", worker="cpu:1")  # first: older
+    link = TwoWorkerLink([first, second, job(2, "queued")])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("f2")
+        await until(pilot, lambda: (queue := mounted(app, "QueueView")) and queue.running, 10, "the jobs")
+        queue = app.query_one("QueueView")
+        table = queue.query_one("#queue-table")
+        rows = [tuple(table.get_row_at(index)[:3]) for index in range(table.row_count)]
+        assert rows == [
+            ("running", "cpu:0", first.id[:8]),
+            ("running", "cpu:1", second.id[:8]),
+            ("queued", "", job(2).id[:8]),
+        ]
+        queue.memory = await link.request("status")  # what its timer asks every few seconds
+        queue.draw_workers()
+        assert str(queue.query_one("#workers-line").render()) == (
+            f"workers: cpu:0 running {first.id[:8]}  ·  cpu:1 running {second.id[:8]}"
+        )
+
+        def detail() -> str:
+            return str(queue.query_one("#stage-denoise .stage-detail").render())
+
+        def title() -> str:
+            return str(queue.query_one("#live-title").render())
+
+        link.publish("job_progress", **denoising(first.id, 10))
+        link.publish("job_progress", **denoising(second.id, 30))
+        await until(pilot, lambda: detail().startswith("10/50"), 5, "the first job's progress")
+        assert title().startswith(f"running {first.id[:8]} on cpu:0: ") and "+1 running" in title()
+        await pilot.pause(0.1)
+        assert detail().startswith("10/50")  # the other job's progress does not draw over it
+
+        table.focus()
+        table.move_cursor(row=1)  # the second job: the live pane follows it, from its last progress
+        await until(pilot, lambda: detail().startswith("30/50"), 5, "the second job's progress")
+        assert title().startswith(f"running {second.id[:8]} on cpu:1: ")
+
+        link.publish("job_requeued", job_id=second.id, worker="cpu:1", error="the Ray actor died")
+        await until(pilot, lambda: queue.jobs[second.id].status == "queued", 5, "the re-queued job")
+        assert tuple(table.get_row_at(2)[:3]) == ("queued", "", second.id[:8])  # back at its place by age
+        assert title().startswith(f"running {first.id[:8]} on cpu:0: ") and "+1" not in title()
+        assert any("queued again: its worker cpu:1 was lost" in str(n.message) for n in app._notifications)

@@ -206,6 +206,20 @@ class ScriptedLink:
             memory_total_bytes=140 * 2**30,
             progress=self.progress,
             last_chunk=self.last_chunk,
+            workers=[self.worker()],
+        )
+
+    def worker(self) -> p.WorkerState:
+        """The engine's one worker, running the running job (an engine of one GPU)."""
+        running = next((j.id for j in self.jobs if j.status == "running"), None)
+        return p.WorkerState(
+            label="cpu",
+            device=None,
+            state="running" if running else "idle",
+            job_id=running,
+            models_loaded=["stage1", "stage2"],
+            progress=self.progress if running else None,
+            last_chunk=self.last_chunk if running else None,
         )
 
     def on_log_tail(self, request: p.LogTail) -> p.LogTailReply:

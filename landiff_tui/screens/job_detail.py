@@ -81,6 +81,9 @@ def describe(job: JobSummary) -> str:
         lines += [f"{name:>13}: {value:.2f} s" for name, value in job.timings.items()]
     if job.peak_memory_bytes:
         lines.append(f"{'peak memory':>13}: {job.peak_memory_bytes / 2**30:.2f} GiB")
+    if job.worker:
+        requeued = f" (re-queued {job.requeues} time(s): a worker was lost)" if job.requeues else ""
+        lines.append(f"{'worker':>13}: {escape(job.worker)}{requeued}")
     if job.video_path:
         lines.append("")
         lines += quality_lines(job.quality)

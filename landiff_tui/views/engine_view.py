@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Label, Log, Static
@@ -9,6 +11,9 @@ from textual.widgets import Label, Log, Static
 from ..messages import EngineConnected, EngineLost, ModelsReleased
 from ..screens.confirm import Confirm
 from .base import View
+
+if TYPE_CHECKING:
+    from engine.protocol import WorkerState
 
 LOG_LINES = 300
 
@@ -54,13 +59,16 @@ class EngineView(View):
         if status is None:
             return
         memory, total = status.memory_used_bytes, status.memory_total_bytes
+        running = [worker.job_id for worker in status.workers if worker.job_id] or [status.running or ""]
+        running = [job_id for job_id in running if job_id]
         lines = [
             f"model {status.model}   engine {status.engine_version}   pid {status.pid}   "
             f"up {status.uptime_s:.0f} s",
             f"device {status.device}   memory {memory / 2**30 if memory else 0:.2f} GiB"
             + (f" of {total / 2**30:.1f} GiB" if total else ""),
             f"models loaded: {', '.join(status.models_loaded) or 'none'}",
-            f"running: {status.running or 'nothing'}   queued: {len(status.queue)}"
+            *[worker_line(worker) for worker in status.workers],
+            f"running: {', '.join(running) or 'nothing'}   queued: {len(status.queue)}"
             + ("   downloading weights" if status.downloading else ""),
         ]
         self.query_one("#engine-status", Static).update("\n".join(lines))
@@ -100,5 +108,13 @@ class EngineView(View):
     def job_warning(self) -> str:
         from .queue import QueueView
 
-        running = self.app.query_one(QueueView).running
-        return f" The running job {running.id[:8]} is marked interrupted." if running else ""
+        running = self.app.query_one(QueueView).running_jobs
+        if len(running) > 1:
+            return f" The {len(running)} running jobs are marked interrupted."
+        return f" The running job {running[0].id[:8]} is marked interrupted." if running else ""
+
+
+def worker_line(worker: WorkerState) -> str:
+    """A worker and what it does: "worker cuda:1: running 3f2a9c1b, models stage1, stage2"."""
+    doing = f"running {worker.job_id[:8]}" if worker.job_id else worker.state
+    return f"worker {worker.label}: {doing}, models {', '.join(worker.models_loaded) or 'none'}"

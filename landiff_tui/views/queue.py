@@ -1,4 +1,5 @@
-"""Queue: queued and running jobs; the running one live, stage by stage and chunk by chunk."""
+"""Queue: queued and running jobs, each running one with its worker; one of them live (the one under the
+cursor, else the first), stage by stage and chunk by chunk; the engine's workers and what each runs."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..messages import (
     JobEnded,
     JobProgressed,
     JobQueued,
+    JobRequeued,
     JobStarted,
 )
 from ..screens.confirm import Confirm
@@ -29,7 +31,7 @@ from ..widgets.preview import FramePreview
 from .base import View
 
 if TYPE_CHECKING:
-    from engine.protocol import ChunkFinishedEvent, JobProgressEvent, JobSummary, StatusReply
+    from engine.protocol import ChunkFinishedEvent, JobProgressEvent, JobSummary, StatusReply, WorkerState
 
 STAGES = [  # the protocol's progress stages, in order, with their titles
     ("text", "text encoding"),
@@ -95,10 +97,12 @@ class QueueEntry:
     status: str  # queued or running
     created_at: float  # the order jobs run in
     started_at: float | None = None
+    worker: str | None = None  # the worker running it
 
     @classmethod
     def of(cls, job: JobSummary) -> QueueEntry:
-        return cls(job.id, job.prompt, job.status, job.created_at, job.started_at)
+        worker = job.worker if job.status == "running" else None  # a re-queued job's is its lost one's
+        return cls(job.id, job.prompt, job.status, job.created_at, job.started_at, worker)
 
 
 class QueueView(View):
@@ -108,15 +112,19 @@ class QueueView(View):
     def __init__(self) -> None:
         super().__init__()
         self.jobs: dict[str, QueueEntry] = {}
-        self.last: JobProgressEvent | None = None  # the running job's latest progress
-        self.chunks_done = 0  # of the running job
+        self.last: JobProgressEvent | None = None  # the followed job's latest progress
+        self.chunks_done = 0  # of the followed job
+        self.following: str | None = None  # the running job drawn live
+        self.latest: dict[str, JobProgressEvent] = {}  # each running job's latest progress...
+        self.latest_chunk: dict[str, ChunkFinishedEvent] = {}  # ...and latest finished chunk
         self.memory: StatusReply | None = None
 
     def compose(self) -> ComposeResult:
         table = DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("status", "job", "prompt")
+        table.add_columns("status", "worker", "job", "prompt")
         yield table
         with Vertical(id="live"):
+            yield Label("", id="workers-line")
             yield Label("nothing is running", id="live-title")
             yield StageBar("chunk", "chunk")
             for stage, title in STAGES:
@@ -130,17 +138,35 @@ class QueueView(View):
         self.set_interval(1.0, self.tick)
 
     @property
+    def running_jobs(self) -> list[QueueEntry]:
+        jobs = [job for job in self.jobs.values() if job.status == "running"]
+        return sorted(jobs, key=lambda job: job.created_at)
+
+    @property
     def running(self) -> QueueEntry | None:
-        return next((job for job in self.jobs.values() if job.status == "running"), None)
+        """The running job drawn live: the one under the cursor, else the first that started."""
+        jobs = self.running_jobs
+        selected = self.selected_id()
+        return next((job for job in jobs if job.id == selected), jobs[0] if jobs else None)
+
+    def selected_id(self) -> str | None:
+        table = self.query_one("#queue-table", DataTable)
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # no row under the cursor
+            return None
 
     # engine
 
     def on_engine_connected(self, message: EngineConnected) -> None:
         self.jobs = {job.id: QueueEntry.of(job) for job in message.active}
-        if self.running is None or (self.last is not None and self.last.job_id != self.running.id):
-            self.clear_live()
+        running = {job.id for job in self.running_jobs}
+        self.latest = {job_id: event for job_id, event in self.latest.items() if job_id in running}
+        self.latest_chunk = {
+            job_id: event for job_id, event in self.latest_chunk.items() if job_id in running
+        }
         self.redraw()
-        if self.running is not None:  # where it is now: the engine's status carries its last progress
+        if running:  # where they are now: the engine's status carries each one's last progress
             self.run_worker(self.catch_up(), exclusive=True, group="queue-catch-up")
 
     async def catch_up(self) -> None:
@@ -149,16 +175,19 @@ class QueueView(View):
         except RemoteError:
             return
         self.memory = status
-        job = self.running
-        if job is None or status.running != job.id:
-            return
-        if status.last_chunk is not None and status.last_chunk.job_id == job.id:
-            self.show_chunk(status.last_chunk)
-        progress = status.progress
-        newer = progress is not None and (self.last is None or progress.seq > self.last.seq)
-        if newer and progress.job_id == job.id:
-            self.last = progress
-            self.show_progress(progress)
+        reports = [(worker.progress, worker.last_chunk) for worker in status.workers]
+        for progress, chunk in reports or [(status.progress, status.last_chunk)]:  # [...]: an older engine
+            if chunk is not None and chunk.job_id in self.jobs:
+                self.latest_chunk[chunk.job_id] = chunk
+            known = self.latest.get(progress.job_id) if progress is not None else None
+            if (
+                progress is not None
+                and progress.job_id in self.jobs
+                and (known is None or progress.seq > known.seq)
+            ):
+                self.latest[progress.job_id] = progress
+        self.follow(force=True)
+        self.draw_workers()
 
     def on_engine_lost(self, message: EngineLost) -> None:
         self.query_one("#live-info", Label).update("engine not connected")
@@ -172,17 +201,52 @@ class QueueView(View):
         job = self.jobs.get(message.event.job_id)
         if job is None:
             return
-        job.status, job.started_at = "running", time.time()
-        self.clear_live()
+        job.status, job.started_at, job.worker = "running", time.time(), message.event.worker
+        self.redraw()
+
+    def on_job_requeued(self, message: JobRequeued) -> None:
+        event = message.event
+        job = self.jobs.get(event.job_id)
+        if job is None:
+            return
+        job.status, job.started_at, job.worker = "queued", None, None
+        self.latest.pop(job.id, None)
+        self.latest_chunk.pop(job.id, None)
+        self.notify(
+            f"job {job.id[:8]} is queued again: its worker {event.worker} was lost", severity="warning"
+        )
         self.redraw()
 
     def on_job_progressed(self, message: JobProgressed) -> None:
-        self.last = message.event
-        self.show_progress(message.event)
+        self.latest[message.event.job_id] = message.event
+        if message.event.job_id == self.following:
+            self.last = message.event
+            self.show_progress(message.event)
 
     def on_chunk_finished(self, message: ChunkFinished) -> None:
-        if self.running is not None and message.event.job_id == self.running.id:
+        self.latest_chunk[message.event.job_id] = message.event
+        if message.event.job_id == self.following:
             self.show_chunk(message.event)
+
+    def on_data_table_row_highlighted(self, message: DataTable.RowHighlighted) -> None:
+        self.follow()
+
+    def follow(self, force: bool = False) -> None:
+        """Draw the running job to follow (`running`) live, from what is known of it, if it changed."""
+        job = self.running
+        job_id = job.id if job is not None else None
+        if job_id == self.following and not force:
+            return
+        self.following = job_id
+        self.clear_live()
+        if job_id is None:
+            return
+        if job_id in self.latest_chunk:
+            self.show_chunk(self.latest_chunk[job_id])
+        if job_id in self.latest:
+            self.last = self.latest[job_id]
+            self.show_progress(self.last)
+        self.draw_title(job)
 
     def show_chunk(self, event: ChunkFinishedEvent) -> None:
         """The finished chunk's last frame, and the chunk bar counting it."""
@@ -199,11 +263,10 @@ class QueueView(View):
         self.forget(message.event.job_id)
 
     def forget(self, job_id: str) -> None:
-        job = self.jobs.pop(job_id, None)
-        was_running = job is not None and job.status == "running"
-        if was_running or (self.last is not None and self.last.job_id == job_id):
-            self.clear_live()  # its bars, chunks and preview belong to no running job now
-        self.redraw()
+        self.jobs.pop(job_id, None)
+        self.latest.pop(job_id, None)
+        self.latest_chunk.pop(job_id, None)
+        self.redraw()  # the live pane follows another running job, or none
 
     def clear_live(self) -> None:
         self.last, self.chunks_done = None, 0
@@ -220,25 +283,48 @@ class QueueView(View):
         if int(time.time()) % 3 == 0:  # memory changes slowly; asking costs the engine a call
             with contextlib.suppress(RemoteError):  # the engine went away meanwhile: the link says so
                 self.memory = await self.app.link.request("status")
+                self.draw_workers()
 
     # drawing
 
     def redraw(self) -> None:
         table = self.query_one("#queue-table", DataTable)
+        selected = self.selected_id()
         table.clear()
         ordered = sorted(self.jobs.values(), key=lambda job: (job.status != "running", job.created_at))
         for job in ordered:
-            table.add_row(job.status, job.id[:8], job.prompt[:120], key=job.id)
+            table.add_row(job.status, job.worker or "", job.id[:8], job.prompt[:120], key=job.id)
+        if selected in self.jobs:  # the cursor stays on its job (the one followed live, when running)
+            table.move_cursor(row=table.get_row_index(selected))
+        self.follow()
+        self.draw_workers()
         job = self.running
-        title = self.query_one("#live-title", Label)
         if job is None:
+            title = self.query_one("#live-title", Label)
             title.update("nothing is running" if not self.jobs else f"{len(self.jobs)} job(s) waiting")
             self.query_one("#live-info", Label).update("")
-            for bar in self.query(StageBar):
-                bar.reset()
         else:
-            title.update(f"running {job.id[:8]}: {job.prompt[:60]}")
+            self.draw_title(job)
             self.update_info(job)
+
+    def draw_title(self, job: QueueEntry) -> None:
+        where = f" on {job.worker}" if job.worker else ""
+        others = len(self.running_jobs) - 1
+        more = f"   (+{others} running: the cursor picks the one shown)" if others else ""
+        self.query_one("#live-title", Label).update(f"running {job.id[:8]}{where}: {job.prompt[:60]}{more}")
+
+    def draw_workers(self) -> None:
+        """The engine's workers and what each runs (as its last status said; the jobs' events since)."""
+        workers = self.memory.workers if self.memory is not None else []
+        line = self.query_one("#workers-line", Label)
+        line.display = bool(workers)
+        line.update("workers: " + "  ·  ".join(self.worker_text(worker) for worker in workers))
+
+    def worker_text(self, worker: WorkerState) -> str:
+        job = next((job for job in self.running_jobs if job.worker == worker.label), None)
+        if job is not None:
+            return f"{worker.label} running {job.id[:8]}"
+        return f"{worker.label} {'idle' if worker.state == 'running' else worker.state}"
 
     def show_progress(self, event: JobProgressEvent) -> None:
         """The stage at work, the stages before it done, those after it empty (a long video runs
