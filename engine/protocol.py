@@ -597,6 +597,8 @@ class WorkerState(Exact):
     state: Literal["loading", "idle", "running", "lost"]
     job_id: str | None  # the job it runs
     models_loaded: list[str]
+    memory_used_bytes: int | None = None  # of its GPU, once its models are there (None: CPU, remote)
+    memory_total_bytes: int | None = None
     # its job's latest progress and latest finished chunk (None before the first)
     progress: JobProgressEvent | None = None
     last_chunk: ChunkFinishedEvent | None = None

@@ -59,6 +59,14 @@ def test_a_gpus_value_that_cannot_be_served_is_refused_in_one_line(given, count,
     assert str(refused.value) == says
 
 
+def test_the_cuda_devices_are_counted_without_torch():
+    code = "import sys; from engine.daemon.devices import cuda_device_count as count; "
+    code += "print(count(), 'torch' in sys.modules)"
+    counted = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    count, torch_loaded = counted.stdout.split()
+    assert int(count) >= 0 and torch_loaded == "False"
+
+
 def test_serve_refuses_a_bad_gpus_value_before_anything_starts(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LANDIFF_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("LANDIFF_DATA_DIR", str(tmp_path / "data"))
@@ -316,21 +324,23 @@ def test_kill_9_with_two_jobs_running_interrupts_both_and_runs_none_twice(engine
 
 
 class TwoWorkerLink(ScriptedLink):
-    """The scripted engine with two CPU workers, each running one of the running jobs."""
+    """The scripted engine with two GPU workers, each running one of the running jobs."""
 
     def on_status(self, request: p.Status) -> p.StatusReply:
         running = [j for j in self.jobs if j.status == "running"]
         workers = [
             p.WorkerState(
                 label=label,
-                device="cpu",
+                device=label,
                 state="running" if on else "idle",
                 job_id=on.id if on else None,
                 models_loaded=["stage1", "stage2"],
+                memory_used_bytes=gib * 2**30,
+                memory_total_bytes=140 * 2**30,
             )
-            for label, on in (
-                ("cpu:0", running[0] if running else None),
-                ("cpu:1", running[1] if running[1:] else None),
+            for label, on, gib in (
+                ("cuda:0", running[0] if running else None, 10),
+                ("cuda:1", running[1] if running[1:] else None, 20),
             )
         ]
         return super().on_status(request).model_copy(update={"workers": workers})
@@ -344,7 +354,7 @@ def denoising(job_id: str, step: int) -> dict:
 
 
 async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_one_under_the_cursor():
-    first, second = job(1, "running", worker="cpu:0"), job(0, "running", worker="cpu:1")  # first: older
+    first, second = job(1, "running", worker="cuda:0"), job(0, "running", worker="cuda:1")  # first: older
     link = TwoWorkerLink([first, second, job(2, "queued")])
     app = LanDiffApp(link=link)
     async with app.run_test(size=(100, 32)) as pilot:
@@ -354,14 +364,14 @@ async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_
         table = queue.query_one("#queue-table")
         rows = [tuple(table.get_row_at(index)[:3]) for index in range(table.row_count)]
         assert rows == [
-            ("running", "cpu:0", first.id[:8]),
-            ("running", "cpu:1", second.id[:8]),
+            ("running", "cuda:0", first.id[:8]),
+            ("running", "cuda:1", second.id[:8]),
             ("queued", "", job(2).id[:8]),
         ]
         queue.memory = await link.request("status")  # what its timer asks every few seconds
         queue.draw_workers()
         assert str(queue.query_one("#workers-line").render()) == (
-            f"workers: cpu:0 running {first.id[:8]}  ·  cpu:1 running {second.id[:8]}"
+            f"workers: cuda:0 running {first.id[:8]}  ·  cuda:1 running {second.id[:8]}"
         )
 
         def detail() -> str:
@@ -373,17 +383,19 @@ async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_
         link.publish("job_progress", **denoising(first.id, 10))
         link.publish("job_progress", **denoising(second.id, 30))
         await until(pilot, lambda: detail().startswith("10/50"), 5, "the first job's progress")
-        assert title().startswith(f"running {first.id[:8]} on cpu:0: ") and "+1 running" in title()
+        assert title().startswith(f"running {first.id[:8]} on cuda:0: ") and "+1 running" in title()
         await pilot.pause(0.1)
         assert detail().startswith("10/50")  # the other job's progress does not draw over it
 
         table.focus()
         table.move_cursor(row=1)  # the second job: the live pane follows it, from its last progress
         await until(pilot, lambda: detail().startswith("30/50"), 5, "the second job's progress")
-        assert title().startswith(f"running {second.id[:8]} on cpu:1: ")
+        assert title().startswith(f"running {second.id[:8]} on cuda:1: ")
+        info = str(queue.query_one("#live-info").render())
+        assert "cuda:1 memory 20.0 GiB / 140.0 GiB" in info  # its own GPU's, not the engine's first
 
-        link.publish("job_requeued", job_id=second.id, worker="cpu:1", error="the Ray actor died")
+        link.publish("job_requeued", job_id=second.id, worker="cuda:1", error="the Ray actor died")
         await until(pilot, lambda: queue.jobs[second.id].status == "queued", 5, "the re-queued job")
         assert tuple(table.get_row_at(2)[:3]) == ("queued", "", second.id[:8])  # back at its place by age
-        assert title().startswith(f"running {first.id[:8]} on cpu:0: ") and "+1" not in title()
-        assert any("queued again: its worker cpu:1 was lost" in str(n.message) for n in app._notifications)
+        assert title().startswith(f"running {first.id[:8]} on cuda:0: ") and "+1" not in title()
+        assert any("queued again: its worker cuda:1 was lost" in str(n.message) for n in app._notifications)

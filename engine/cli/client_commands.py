@@ -257,7 +257,9 @@ def describe_worker(worker: dict[str, Any]) -> str:
     """What a worker does, as "running 3f2a9c1b0d4e, models stage1, stage2" or "idle, no models loaded"."""
     doing = f"running {worker['job_id']}" if worker["job_id"] else worker["state"]
     models = ", ".join(worker["models_loaded"])
-    return f"{doing}, " + (f"models {models}" if models else "no models loaded")
+    used, total = worker.get("memory_used_bytes"), worker.get("memory_total_bytes")
+    memory = f", memory {used / 2**30:.1f} of {total / 2**30:.1f} GiB" if used is not None and total else ""
+    return f"{doing}, " + (f"models {models}" if models else "no models loaded") + memory
 
 
 def run_presets(args: argparse.Namespace) -> int:

@@ -129,12 +129,15 @@ class JobWorker(threading.Thread):
 
     def view(self) -> dict[str, Any]:
         """What status shows of this worker (protocol.WorkerState)."""
+        used, total = gpu_memory(self.pipeline)
         return {
             "label": self.label,
             "device": self.device,
             "state": self.state,
             "job_id": self.current,
             "models_loaded": self.loaded_models(),
+            "memory_used_bytes": used,
+            "memory_total_bytes": total,
         }
 
     # the worker thread
@@ -387,6 +390,18 @@ class JobWorker(threading.Thread):
             peak_memory_bytes=result.peak_memory_bytes,
             weights_sha256=result.weights_sha256,
         )
+
+
+def gpu_memory(pipeline: Any) -> tuple[int | None, int | None]:
+    """Used and total bytes of the GPU a local pipeline runs on ((None, None) for none, a CPU one or a
+    remote one, which has no torch `device`). Torch is loaded: the pipeline was made in the worker."""
+    device = getattr(pipeline, "device", None)
+    if getattr(device, "type", None) != "cuda":
+        return None, None
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free, total
 
 
 def default_label() -> str:

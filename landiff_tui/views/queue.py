@@ -368,7 +368,13 @@ class QueueView(View):
                 parts.append(f"step cache skipped {last.cache_skips} of {last.dit_calls} DiT calls")
         if self.memory is not None:
             used, total = self.memory.memory_used_bytes, self.memory.memory_total_bytes
-            parts.append(f"{self.memory.device} memory {size(used)}" + (f" / {size(total)}" if total else ""))
+            where = self.memory.device
+            mine = next(
+                (w for w in self.memory.workers if w.label == job.worker and w.memory_used_bytes), None
+            )
+            if mine is not None:  # with several GPUs, the one this job runs on
+                where, used, total = mine.label, mine.memory_used_bytes, mine.memory_total_bytes
+            parts.append(f"{where} memory {size(used)}" + (f" / {size(total)}" if total else ""))
         self.query_one("#live-info", Label).update("   ".join(parts))
 
     # actions
