@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.lazy import Lazy
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from engine import __version__
@@ -18,15 +18,9 @@ from engine.wire import RemoteError
 from .client import ABSENT, LOST, STARTING, STOPPED, EngineLink
 from .commands import LanDiffCommands
 from .messages import EngineConnected, EngineLost, JobEnded, message_for
-from .screens.confirm import Confirm
-from .screens.keys import Keys
-from .screens.welcome import NoWeights
 from .views.base import View
-from .views.engine_view import EngineView
-from .views.gallery import GalleryView
 from .views.generate import GenerateView
-from .views.queue import QueueView
-from .views.weights import WeightsView
+from .widgets.deferred import DeferredView
 
 if TYPE_CHECKING:
     from engine.protocol import AnyEvent, Exact, HelloReply, SubscribeReply
@@ -38,6 +32,13 @@ TABS = [
     ("weights", "Weights", "f4"),
     ("engine", "Engine", "f5"),
 ]
+# the other tabs' views: imported and mounted after the first frame, which shows the Generate tab
+DEFERRED = {
+    "queue": "landiff_tui.views.queue:QueueView",
+    "gallery": "landiff_tui.views.gallery:GalleryView",
+    "weights": "landiff_tui.views.weights:WeightsView",
+    "engine": "landiff_tui.views.engine_view:EngineView",
+}
 
 
 START_HINT = "R on the Engine tab (F5) starts one"
@@ -55,9 +56,14 @@ class LanDiffApp(App):
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
-    def __init__(self, model: str | None = None, link: Any = None, autostart: bool = True):
+    def __init__(
+        self, model: str | None = None, link: Any = None, autostart: bool = True, gc_paused: bool = False
+    ):
+        """`gc_paused`: the caller disabled the garbage collector for the start-up; the app enables it
+        again once every tab is mounted (see `main`)."""
         super().__init__()
         self.model = model
+        self.gc_paused = gc_paused
         if link is None:
             link = EngineLink(
                 self.engine_event, self.engine_connected, self.engine_state, model=model, autostart=autostart
@@ -77,15 +83,9 @@ class LanDiffApp(App):
         with TabbedContent(id="tabs"):
             with TabPane(tab_title("generate"), id="generate"):
                 yield GenerateView()
-            # the other tabs mount right after the first paint: styling every widget first would delay it
-            with TabPane(tab_title("queue"), id="queue"):
-                yield Lazy(QueueView())
-            with TabPane(tab_title("gallery"), id="gallery"):
-                yield Lazy(GalleryView())
-            with TabPane(tab_title("weights"), id="weights"):
-                yield Lazy(WeightsView())
-            with TabPane(tab_title("engine"), id="engine"):
-                yield Lazy(EngineView())
+            for tab, path in DEFERRED.items():
+                with TabPane(tab_title(tab), id=tab):
+                    yield DeferredView(path)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -93,11 +93,17 @@ class LanDiffApp(App):
         self.call_after_refresh(self.start_link)
 
     def start_link(self) -> None:
-        """Connect once every tab is mounted (they mount after the first frame): each gets the state."""
-        if len(self.views) < len(TABS):
+        """Connect once every tab and the whole form are mounted (after the first frame): each gets the
+        state."""
+        if len(self.views) < len(TABS) or self.query("Deferred"):
             self.call_after_refresh(self.start_link)
-        else:
-            self.link.start()
+            return
+        if self.gc_paused:
+            # what the start-up made lives as long as the app: later collections need not walk it
+            gc.freeze()
+            gc.enable()
+            self.gc_paused = False
+        self.link.start()
 
     async def on_unmount(self) -> None:
         await self.link.close()
@@ -163,12 +169,14 @@ class LanDiffApp(App):
             return
         if not status.complete:
             self.offered_tiny = True
+            from .screens.welcome import NoWeights
+
             self.push_screen(NoWeights(status.root), self.first_run_choice)
 
     async def first_run_choice(self, choice: str | None) -> None:
         if choice == "download":
             self.action_show_tab("weights")
-            await self.query_one(WeightsView).action_download()
+            await self.query_one("WeightsView").action_download()
         elif choice == "tiny":
             await self.switch_model("tiny")
 
@@ -199,6 +207,8 @@ class LanDiffApp(App):
     # actions
 
     def action_keys(self) -> None:
+        from .screens.keys import Keys
+
         self.push_screen(Keys(self.query_one(TabbedContent).active))
 
     def action_show_tab(self, tab: str) -> None:
@@ -215,7 +225,10 @@ class LanDiffApp(App):
             views.first().shown()
 
     async def action_quit(self) -> None:
-        if self.query_one(QueueView).running is None:
+        from .screens.confirm import Confirm
+
+        queue = self.query("QueueView")  # not there yet when ctrl+q comes with the first frame
+        if not queue or queue.first().running is None:
             self.exit()
             return
 
@@ -265,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    app = LanDiffApp(model=args.model, autostart=not args.no_start)
+    # no collection pauses while the first frame is built (a tenth of its time): nothing the start-up
+    # makes is garbage for long; LanDiffApp.start_link enables the collector again
+    gc.disable()
+    app = LanDiffApp(model=args.model, autostart=not args.no_start, gc_paused=True)
     app.run()
     if app.return_code:
         return app.return_code

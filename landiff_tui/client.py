@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.client import EngineUnavailable, start_engine
 from engine.paths import NotTrusted, check_engine_socket, socket_path
 from engine.wire import MAX_REPLY_BYTES, RemoteError, decode_line, is_event, reply_result, request_line
 
@@ -109,6 +108,8 @@ class EngineLink:
     async def start_engine(self, model: str | None = None, verb: str = "starting") -> None:
         """Start a detached engine (it outlives the TUI); reports `starting`, then the outcome (the run
         loop connects to it as soon as it answers)."""
+        from engine.client import EngineUnavailable, start_engine  # spawning one: not needed to connect
+
         model = model or self.model or "landiff"
         self.starting = True
         self.on_state(STARTING, f"{verb} the engine ({model} model)...")

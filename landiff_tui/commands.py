@@ -48,12 +48,8 @@ def entries(app: LanDiffApp) -> Iterator[Entry]:
     if generate is not None:
         for name in generate.presets:
             yield Entry(f"Apply the preset {name!r}", "generate", lambda app, name=name: choose(app, name))
-    yield Entry(
-        "Delete the selected preset",
-        "generate",
-        "delete_preset",
-        lambda app: generate is not None and isinstance(generate.query_one("#preset").value, str),
-    )
+    chosen = generate is not None and any(isinstance(box.value, str) for box in generate.query("#preset"))
+    yield Entry("Delete the selected preset", "generate", "delete_preset", lambda app: chosen)
     yield Entry("Queue: running and queued jobs", "queue", "focus_default")
     queue = view(app, "queue")
     has_jobs = queue is not None and bool(queue.jobs)

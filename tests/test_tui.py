@@ -300,7 +300,7 @@ async def test_prompt_history_recalls_earlier_prompts_with_up_and_down():
 async def test_quitting_while_a_job_runs_says_it_continues():
     app = LanDiffApp(link=ScriptedLink([job(0, "running")]))
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.3)
+        await until(pilot, lambda: mounted(app, "QueueView") and app.query_one("QueueView").running, 10)
         await pilot.press("ctrl+q")
         assert type(app.screen).__name__ == "Confirm"
         assert "continues in the engine" in str(app.screen.query_one("Static").render())
@@ -372,7 +372,7 @@ async def test_the_command_palette_runs_view_actions_and_engine_errors_become_no
     link = ScriptedLink([job(2)], refusals={"verify_weights": busy})
     app = LanDiffApp(link=link)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.3)
+        await until(pilot, lambda: mounted(app, "#param-seed") and app.query_one("#param-seed").value, 10)
         seed = app.query_one("#param-seed").value
         await pilot.press("ctrl+p")
         await pilot.press(*"random seed")

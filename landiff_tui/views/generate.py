@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal
-from textual.lazy import Lazy
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from ..messages import EngineConnected, JobQueued
 from ..params import FIELDS, check_form, check_length, defaults, form_texts, length_note
-from ..screens.confirm import AskName, Confirm
+from ..widgets.deferred import Deferred
 from .base import View
 
 if TYPE_CHECKING:
@@ -76,17 +74,17 @@ class GenerateView(View):
 
     def compose(self) -> ComposeResult:
         yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False)
-        # the fields (sixteen widgets to style) mount right after the first frame, which shows the prompt
-        # with the focus; their values come when they are there
+        # the fields (two widgets each) and the presets' box mount right after the first frame, which shows
+        # the prompt with the focus; the fields' values come when they are there
         fields = []
         for field in FIELDS:
             fields.append(Label(field.label, classes="param-label"))
             fields.append(Input(id=f"param-{field.name}", placeholder=field.form_hint()))
-        yield Lazy(ParamsGrid(*fields, id="params"))
+        yield Deferred(ParamsGrid(*fields, id="params"))
         yield Static("", id="length-note")
         yield Static("", id="form-errors")
         with Horizontal(id="preset-row"):
-            yield Select([], prompt="preset", id="preset", allow_blank=True)
+            yield Deferred(Select([], prompt="preset", id="preset", allow_blank=True))
             yield Button("Submit (ctrl+s)", variant="primary", id="submit")
 
     def on_mount(self) -> None:
@@ -231,7 +229,13 @@ class GenerateView(View):
             self.app.action_show_tab("queue")
 
     def action_random_seed(self) -> None:
-        self.query_one("#param-seed", Input).value = str(secrets.randbelow(2**31))
+        import secrets
+
+        seed = secrets.randbelow(2**31)
+        if self.query("#param-seed"):
+            self.query_one("#param-seed", Input).value = str(seed)
+        else:  # pressed before the fields mounted
+            self.pending_fill = {**(self.pending_fill or {}), "seed": seed}
 
     async def action_save_preset(self) -> None:
         params, errors = self.check()
@@ -239,6 +243,7 @@ class GenerateView(View):
             self.notify("fix the parameters before saving them as a preset", severity="error")
             return
         params, _ = check_form("preset", self.texts())
+        from ..screens.confirm import AskName
 
         async def save(name: str | None) -> None:
             if name is None:
@@ -251,7 +256,10 @@ class GenerateView(View):
         self.app.push_screen(AskName("Save these parameters as the preset named:"), save)
 
     async def action_delete_preset(self) -> None:
-        name = self.query_one("#preset", Select).value
+        from ..screens.confirm import Confirm
+
+        box = self.query("#preset")
+        name = box.first().value if box else None
         if not isinstance(name, str):
             self.notify("choose the preset to delete first", severity="warning")
             return

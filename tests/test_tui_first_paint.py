@@ -1,0 +1,128 @@
+"""The TUI's first frame stays light: what is imported and mounted before it is drawn.
+
+Structural on purpose: timings on a loaded 2-core box are noise, but a first frame that imports the other
+tabs, pydantic or the engine's start-up code, or styles the whole form, is a slow first frame everywhere.
+`python bench/tui.py` measures the time itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import pty
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+
+from landiff_tui.app import LanDiffApp
+
+from .tui_double import ScriptedLink, job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# run in a fresh interpreter on a real pseudo-terminal: at the first frame written, report and stop
+CHILD = """
+import json, os, sys
+from textual.drivers.linux_driver import LinuxDriver
+from landiff_tui.app import main
+
+write = LinuxDriver.write
+
+def first_frame(driver, data):
+    write(driver, data)
+    if "Submit" in data:  # the Generate tab's button: the first frame is out
+        widgets = [type(widget).__name__ for widget in driver._app.screen.walk_children(with_self=True)]
+        report = {"modules": sorted(sys.modules), "widgets": widgets}
+        os.write(int(os.environ["REPORT_FD"]), json.dumps(report).encode())
+        os._exit(0)
+
+LinuxDriver.write = first_frame
+main(["--model", "tiny", "--no-start"])
+"""
+
+# used only once the first frame is out: the other tabs, dialogs, replies (pydantic), starting an engine
+LATER = [
+    "pydantic",
+    "torch",
+    "PIL",
+    "engine.protocol",
+    "engine.client",
+    "engine.generation.lengths",
+    "landiff_tui.views.queue",
+    "landiff_tui.views.gallery",
+    "landiff_tui.views.weights",
+    "landiff_tui.views.engine_view",
+    "landiff_tui.screens.confirm",
+    "landiff_tui.screens.job_detail",
+    "landiff_tui.screens.keys",
+    "landiff_tui.screens.welcome",
+    "landiff_tui.widgets.preview",
+    "textual.widgets._data_table",
+    "textual.widgets._progress_bar",
+    "textual.widgets._log",
+]
+# the widgets the first frame styles: header, tabs, the prompt, the Submit button, footer (37 today);
+# the form's fields alone would add 20, any other tab more
+WIDGET_BUDGET = 45
+
+
+def first_frame(tmp_path: Path) -> dict:
+    read_end, write_end = os.pipe()
+    env = {**os.environ, "LANDIFF_RUNTIME_DIR": str(tmp_path), "REPORT_FD": str(write_end)}
+    env.update(TERM="xterm-256color", COLUMNS="80", LINES="24")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.set_inheritable(write_end, True)
+        os.execvpe(sys.executable, [sys.executable, "-c", CHILD], env)
+    os.close(write_end)
+    report, deadline = b"", time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd, read_end], [], [], 0.5)
+            if fd in ready:  # keep the terminal drained so the app never blocks writing
+                with contextlib.suppress(OSError):  # the child's side closed
+                    os.read(fd, 1 << 16)
+            if read_end in ready:
+                chunk = os.read(read_end, 1 << 20)
+                if not chunk:
+                    break
+                report += chunk
+    finally:
+        os.close(read_end)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    assert report, "the TUI drew no frame with the Generate tab's Submit button in 60 s"
+    return json.loads(report)
+
+
+def test_the_first_frame_imports_and_mounts_only_the_generate_tab(tmp_path):
+    frame = first_frame(tmp_path)
+    early = [name for name in LATER if name in frame["modules"]]
+    assert not early, f"imported before the first frame: {early}; import them where they are first used"
+    views = [name for name in frame["widgets"] if name.endswith("View") and name != "DeferredView"]
+    assert views == ["GenerateView"], f"the first frame mounts {views}: the other tabs come after it"
+    assert len(frame["widgets"]) <= WIDGET_BUDGET, (
+        f"the first frame styles {len(frame['widgets'])} widgets (budget {WIDGET_BUDGET}): mount what it "
+        f"does not show after it (landiff_tui.widgets.deferred): {sorted(frame['widgets'])}"
+    )
+
+
+async def test_the_collector_paused_for_the_start_up_runs_again_once_every_tab_is_mounted():
+    gc.disable()  # as main() does
+    try:
+        app = LanDiffApp(link=ScriptedLink([job(0)]), gc_paused=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            deadline = time.monotonic() + 30
+            while not app.link.connected and time.monotonic() < deadline:
+                await pilot.pause(0.05)
+            assert app.link.connected and len(app.views) == 5
+            assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
