@@ -80,6 +80,9 @@ def cluster():
     patch.setenv("HF_HUB_OFFLINE", "1")
     patch.setenv("LANDIFF_CACHE_DIR", str(temp / "cache"))
     patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # every process of the test cluster (and the engine, which inherits this) on the loopback interface only:
+    # Ray's switch for one-box clusters, on by default on macOS and Windows
+    patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     started = time.monotonic()
     local = Cluster(
         initialize_head=True,
@@ -147,7 +150,7 @@ def test_four_jobs_run_across_both_workers_with_live_progress(engine, cluster):
     assert [row["status"] for row in rows] == ["finished"] * 4, [row["error"] for row in rows]
     assert len({row["worker"] for row in rows}) == 2  # both workers ran jobs
     for job_id, row in zip(ids, rows, strict=True):
-        kinds = [event["event"] for event in events[job_id]]
+        kinds = [event["event"] for event in events[job_id] if event["event"] != "job_quality"]
         assert kinds[:2] == ["job_queued", "job_started"] and kinds[-1] == "job_finished"
         stages = [event["stage"] for event in events[job_id] if event["event"] == "job_progress"]
         assert stages.index("tokens") < stages.index("denoise") < stages.index("decode")
@@ -223,6 +226,20 @@ def test_a_node_that_joins_takes_jobs(engine, cluster):
         rows = {job_id: client.request("get_job", job_id=job_id)["job"] for job_id in (long, short)}
     assert rows[short]["status"] == "finished"
     assert joined in {rows[long]["worker"], rows[short]["worker"]}
+
+
+def test_a_node_that_leaves_idle_takes_no_job_with_it(engine, cluster):
+    local, nodes = cluster
+    leaving = nodes.pop()
+    local.remove_node(leaving)
+    (staying,) = engine.wait_for_workers(1)
+    assert not staying["label"].startswith(node_label(leaving))
+    with subscribed(engine) as client:
+        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 2})["job_id"]
+        kinds = [event["event"] for event in wait_for(client, job_id, FINAL)]
+        row = client.request("get_job", job_id=job_id)["job"]
+    assert "job_requeued" not in kinds and row["status"] == "finished" and row["requeues"] == 0
+    assert row["worker"] == staying["label"]
 
 
 def test_serve_ray_without_a_cluster_says_so(tmp_path, home):

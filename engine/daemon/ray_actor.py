@@ -92,9 +92,12 @@ class PipelineHost:
         self.stop = threading.Event()
 
     def ready(self) -> dict[str, str]:
-        """Where this actor runs: its node, its address and its device (torch loads here, before any job)."""
+        """Where this actor runs: its node, its address and its device. The pipeline's code (torch, diffusers,
+        transformers) loads here, before the actor joins the pool; its models load with its first job."""
         import ray
         import torch
+
+        import engine.generation.pipeline  # noqa: F401
 
         device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
         context = ray.get_runtime_context()

@@ -1,0 +1,239 @@
+"""The engine's side of one job on a Ray actor: `RemotePipeline` has Pipeline's `run` and replays what the
+actor (engine/daemon/ray_actor.py) streams back through the engine's callbacks; the files it sends back land
+beside job.out as a local job's do (VideoMirror, land). ray is imported only inside the calls."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.atomic import partial_path, write_atomically
+from engine.daemon.ray_actor import ChunkSent, Loaded, Outcome, PipelineHost, SentFiles
+from engine.daemon.worker import WorkerLost
+
+if TYPE_CHECKING:
+    from engine.generation.job import ChunkDone, JobResult, JobSpec, Progress
+
+WAIT_S = 0.1  # how long the engine waits on the stream before it looks at should_stop again
+CANCEL_RESEND_S = 1.0  # a cancel is sent again while the job runs on (one sent before the job began is lost)
+
+
+def actor_class():
+    """The Ray actor of PipelineHost: one job at a time in its default group, and cancel / release in a
+    group of their own so that they reach it while a job runs."""
+    import ray
+
+    return ray.remote(concurrency_groups={"control": 1}, max_restarts=0)(PipelineHost)
+
+
+def control(method):
+    """A call to the actor's control group (it runs beside the job)."""
+    return method.options(concurrency_group="control")
+
+
+def lost_errors() -> tuple[type[BaseException], ...]:
+    """Ray's errors for an actor (or the node under it) that is gone: its job's worker is lost."""
+    from ray import exceptions
+
+    return (
+        exceptions.RayActorError,  # also ActorDiedError and ActorUnavailableError
+        exceptions.ObjectLostError,
+        exceptions.NodeDiedError,
+        exceptions.WorkerCrashedError,
+    )
+
+
+class RemotePipeline:
+    """A Pipeline-shaped handle on an actor: `run` has Pipeline.run's signature and effects (events through
+    the callbacks, the job's files written atomically under job.out's folder, JobCancelled on a cancel);
+    `loaded_models` and `weight_bytes` answer what the actor last reported. Dropping it (the worker
+    released its models after its idle time) makes the actor drop them too."""
+
+    def __init__(self, actor, label: str):
+        self.actor, self.label = actor, label
+        self.loaded = Loaded([], 0)
+        weakref.finalize(self, release_actor, actor).atexit = False  # at exit the actors go with the engine
+
+    def loaded_models(self) -> list[str]:
+        return list(self.loaded.models)
+
+    def weight_bytes(self) -> int:
+        return self.loaded.weight_bytes
+
+    def run(
+        self,
+        job: JobSpec,
+        on_progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_chunk: Callable[[ChunkDone], None] | None = None,
+    ) -> JobResult:
+        from engine.generation.job import JobCancelled
+
+        tokens = None
+        if job.tokens is not None:
+            try:
+                tokens = job.tokens.read_bytes()
+            except OSError as error:
+                raise ValueError(f"--tokens {job.tokens} cannot be read: {error.strerror}") from None
+        mirror = VideoMirror(job.out)
+        try:
+            outcome = self.follow(job, tokens, mirror, on_progress, should_stop, on_chunk)
+            if outcome.status == "failed":
+                raise outcome.error or RuntimeError(f"the job failed on {self.label}")
+            if outcome.files is None:
+                raise JobCancelled(outcome.message or "cancelled")
+            result = land(job, outcome.files, mirror, self.label)
+        except BaseException:
+            mirror.abort()
+            raise
+        if outcome.status == "cancelled":
+            raise JobCancelled(outcome.message, result)
+        return result
+
+    def follow(self, job, tokens, mirror, on_progress, should_stop, on_chunk) -> Outcome:
+        """Start the job on the actor and replay its stream here until its outcome."""
+        import ray
+        from ray.exceptions import RayTaskError
+
+        from engine.generation.job import ChunkDone, Progress
+
+        lost = lost_errors()
+        cancel_sent = -math.inf
+        ended = False
+        try:
+            stream = self.actor.run.options(num_returns="streaming").remote(
+                job.params(), job.out.name, tokens
+            )
+            while True:
+                stop = should_stop is not None and should_stop()
+                if stop and time.monotonic() - cancel_sent > CANCEL_RESEND_S:
+                    control(self.actor.cancel).remote()
+                    cancel_sent = time.monotonic()
+                ready, _ = ray.wait([stream], timeout=WAIT_S)
+                if not ready:
+                    continue
+                try:
+                    item = ray.get(next(stream))
+                except StopIteration:
+                    raise WorkerLost(f"{self.label}: its job's stream ended without an outcome") from None
+                if isinstance(item, Progress):
+                    if on_progress is not None:
+                        on_progress(item)
+                elif isinstance(item, ChunkSent):
+                    mirror.append(item.video_tail)
+                    if on_chunk is not None:
+                        on_chunk(chunk_done(ChunkDone, item, mirror.partial))
+                elif isinstance(item, Loaded):
+                    self.loaded = item
+                elif isinstance(item, Outcome):
+                    ended = True
+                    return item
+        except lost as error:
+            ended = True
+            with contextlib.suppress(Exception):  # one only unreachable for now must not render on, unseen
+                ray.kill(self.actor, no_restart=True)
+            raise WorkerLost(f"{self.label}: {first_line(error)}") from None
+        except RayTaskError as error:  # the actor's own machinery failed (not the job: that is an Outcome)
+            raise RuntimeError(f"on {self.label}: {first_line(error)}") from None
+        finally:
+            if not ended:  # the engine side failed (its disk, a callback): the actor stops the job too
+                with contextlib.suppress(Exception):  # the actor went meanwhile: nothing left to stop
+                    control(self.actor.cancel).remote()
+
+
+class VideoMirror:
+    """The engine's copy of the actor's growing video: the chunks' bytes appended to job.out's partial
+    name (playable after every chunk), hashed as they come, renamed into place once the hash matches."""
+
+    def __init__(self, out: Path):
+        self.out, self.partial = out, partial_path(out)
+        self.file = None
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def append(self, data: bytes) -> None:
+        if self.file is None:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.partial, "wb")  # noqa: SIM115 - closed by finish() or abort()
+        self.file.write(data)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.digest.update(data)
+        self.size += len(data)
+
+    def finish(self, size: int, sha256: str) -> Path:
+        if self.file is None:
+            raise ValueError("the actor sent a video without any chunk")
+        self.file.close()
+        if (self.size, self.digest.hexdigest()) != (size, sha256):
+            raise ValueError(
+                f"the video copied from the actor differs from its own ({self.size} of {size} bytes)"
+            )
+        os.replace(self.partial, self.out)
+        return self.out
+
+    def abort(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.partial.unlink(missing_ok=True)
+
+
+def chunk_done(chunk_class, sent: ChunkSent, partial_video: Path) -> ChunkDone:
+    """The engine's ChunkDone for a chunk the actor finished: its frames are the preview frame only (what
+    the engine uses of them), its partial video the engine's copy."""
+    return chunk_class(
+        index=sent.index,
+        chunks=sent.chunks,
+        first_frame=sent.first_frame,
+        last_frame=sent.last_frame,
+        frames_written=sent.frames_written,
+        video_seconds=sent.video_seconds,
+        timings_s=sent.timings_s,
+        frames=sent.preview[None],
+        partial_video=partial_video,
+    )
+
+
+def land(job: JobSpec, files: SentFiles, mirror: VideoMirror, label: str) -> JobResult:
+    """Write a remote job's files beside job.out as the pipeline writes a local one's (tokens, thumbnail,
+    the video, then the record that makes them reproducible; each complete or absent) and return its
+    result with the engine's paths."""
+    from engine.generation.outputs import write_record
+
+    tokens, thumbnail, sidecar = (job.out.with_suffix(suffix) for suffix in (".npy", ".png", ".json"))
+    try:
+        write_atomically(tokens, lambda partial: partial.write_bytes(files.tokens))
+        write_atomically(thumbnail, lambda partial: partial.write_bytes(files.thumbnail))
+        mirror.finish(files.video_size, files.video_sha256)
+        record = dict(files.record)
+        record["job"] = {**record["job"], "out": str(job.out), "tokens": none_or_str(job.tokens)}
+        record["tokens"] = str(tokens)
+        record["worker"] = label
+        write_record(sidecar, record)
+    except BaseException:
+        for path in (job.out, tokens, thumbnail):  # a video without its record is not reproducible
+            path.unlink(missing_ok=True)
+        raise
+    return replace(files.result, video=job.out, tokens=tokens, sidecar=sidecar, thumbnail=thumbnail)
+
+
+def none_or_str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def release_actor(actor) -> None:
+    with contextlib.suppress(Exception):  # the actor or the connection is gone: so are its models
+        control(actor.release).remote()
