@@ -21,8 +21,9 @@ from engine.generation.quality import (
 )
 from engine.generation.video import write_mp4
 from engine.protocol import QualityRecord
-from engine.weights.layout import CLIP_FOLDER, layout_for
+from engine.weights.layout import CLIP_FOLDER, CLIP_REPO, clip_files, layout_for
 from engine.weights.tiny_clip import write_tiny_clip
+from tests.fake_hub import FakeHub
 from tests.test_engine import PROMPT, RunningEngine, subscribed
 
 HEIGHT, WIDTH = 48, 64
@@ -100,6 +101,30 @@ def test_a_video_file_is_probed_with_or_without_clip(tiny_clip, tmp_path):
     assert (bare.flicker, bare.motion) == (record.flicker, record.motion)
 
 
+def test_the_clip_downloads_on_request_checked_by_the_hubs_digests(tiny_clip, tmp_path):
+    from engine.cli.main import build_parser
+    from engine.daemon.quality_probe import clip_absence
+    from engine.weights.downloads import Downloader, file_states, planned_files, verify
+
+    assert build_parser().parse_args(["weights", "download", "--clip"]).clip
+    assert not build_parser().parse_args(["weights", "download"]).clip  # only when asked
+    release = planned_files(tmp_path, "all", {})
+    assert planned_files(tmp_path, "all", {}, clip=True) == release + clip_files()
+    assert not any(item.optional for item in release) and all(item.optional for item in clip_files())
+    assert clip_absence(tmp_path).startswith("CLIP weights absent")
+    repo = {path.name: path.read_bytes() for path in tiny_clip.iterdir()}
+    with FakeHub({CLIP_REPO: repo}) as hub:
+        report = Downloader(tmp_path, endpoint=hub.endpoint).download(clip_files())
+    assert report.failed == {} and len(report.fetched) == len(clip_files())
+    states = file_states(tmp_path, clip_files())
+    assert {state.state for state in states} == {"verified"} and all(state.optional for state in states)
+    assert clip_absence(tmp_path) is None
+    weights = tmp_path / CLIP_FOLDER / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"x")  # same size, other content
+    assert verify(tmp_path, clip_files())[f"{CLIP_FOLDER}/model.safetensors"] is False
+    assert "failed their check" in clip_absence(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory, home):
     running = RunningEngine(tmp_path_factory.mktemp("engine"), home).start()
@@ -154,3 +179,32 @@ def test_measuring_a_job_without_a_video_is_refused_in_one_line(engine):
         client.request("cancel", job_id=job_id)
     assert refused.returncode != 0 and "no video to measure" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+async def test_the_job_detail_shows_the_findings_and_updates_when_they_arrive():
+    from landiff_tui.app import LanDiffApp
+    from tests.test_tui import until
+    from tests.tui_double import ScriptedLink, job
+
+    shown = job(0)
+    link = ScriptedLink([shown])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("f3")
+        await until(pilot, lambda: app.query_one("GalleryView").rows, 10, "the gallery")
+        await pilot.press("enter")
+        await until(pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, 5, "details")
+
+        def body() -> str:
+            return str(app.screen.query_one("#detail-body").render())
+
+        assert "quality: being measured" in body()
+        clip = {"model": "tiny", "mean": 27.5, "min": 21.25, "frames": [0, 4, 8]}
+        clip |= {"scores": [30.0, 31.25, 21.25], "prompt_tokens": 12, "prompt_truncated": False}
+        found = {"frames": 9, "fps": 8.0, "flicker": 0.75, "motion": 4.5, "clip": clip, "seconds": 0.4}
+        link.publish("job_quality", job_id=shown.id, quality=found)
+        await until(pilot, lambda: "CLIP score: mean 27.50, min 21.25" in body(), 5, "the findings")
+        assert "flicker: 0.75 luma levels" in body() and "30.0 31.2 21.2" in body()
+        bare = {**found, "clip": None, "skipped": "CLIP weights absent: get them"}
+        link.publish("job_quality", job_id=shown.id, quality=bare)
+        await until(pilot, lambda: "skipped: CLIP weights absent: get them" in body(), 5, "the skip")

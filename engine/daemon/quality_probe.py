@@ -174,7 +174,10 @@ class QualityProbe(threading.Thread):
             from engine.generation.outputs import write_record
 
             sidecar = Path(row.sidecar_path)
-            write_record(sidecar, {**json.loads(sidecar.read_text()), "quality": record})
+            try:
+                write_record(sidecar, {**json.loads(sidecar.read_text()), "quality": record})
+            except (OSError, ValueError, TypeError) as error:  # the store still gets it: no probe loops
+                log.warning("job %s: the sidecar %s keeps no quality block: %s", row.id, sidecar, error)
         try:
             self.store.update(row.id, quality=record)
         except KeyError:
