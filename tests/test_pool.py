@@ -79,6 +79,20 @@ def test_serve_refuses_a_bad_gpus_value_before_anything_starts(tmp_path, monkeyp
     assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
 
 
+def test_several_local_workers_compile_nothing_unless_asked_and_asking_is_refused(
+    tmp_path, monkeypatch, capsys
+):
+    from engine.daemon.server import threads_run_options
+
+    assert threads_run_options(2, {"compile": None, "memory": "auto"}) == {"compile": False, "memory": "auto"}
+    assert threads_run_options(1, {"compile": None}) == {"compile": None}  # one worker: CUDA's default
+    assert threads_run_options(2, {"compile": False}) == {"compile": False}
+    monkeypatch.setenv("LANDIFF_RUNTIME_DIR", str(tmp_path / "run"))
+    assert main(["serve", "--model", "tiny", "--gpus", "cpu:2", "--compile"]) == 2
+    assert "torch.compile is not thread-safe" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 # a lost worker (a Ray actor, a rank process gone): its job goes back to the queue once
 
 

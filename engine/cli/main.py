@@ -246,6 +246,11 @@ def run_serve(args: argparse.Namespace) -> int:
     check_model_name(args.model)
     try:
         gpus = parse_gpus(args.gpus)
+        if args.compile and len(gpus) > 1 and getattr(args, "parallel", None) is None:
+            raise BadGpus(
+                "--compile with several --gpus workers: torch.compile is not thread-safe and the workers "
+                "share one process; leave --compile out (it is then off)"
+            )
     except BadGpus as error:
         print(f"landiff-engine serve: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from engine.daemon.worker import JobWorker, remove_job_files, sweep_leftovers
 from engine.paths import data_dir, database_path, lock_path, log_path, outputs_dir, private_dir, socket_path
 
 log = logging.getLogger(__name__)
+BUILDING = threading.Lock()  # held while a worker makes its pipeline (cheap: the models load with a job)
 
 
 def claim_socket_path(path: Path) -> None:
@@ -67,9 +69,21 @@ def pipeline_factory(
         given = dict(options)
         memory = given.pop("memory", "auto")
         place = None if device is None else torch.device(device)
-        return Pipeline.for_model(model, ckpts, device=place, memory=memory, dit=DiTOptions(**given))
+        with BUILDING:  # the tiny model's first pipeline writes its weights: one writer at a time
+            return Pipeline.for_model(model, ckpts, device=place, memory=memory, dit=DiTOptions(**given))
 
     return make_pipeline
+
+
+def threads_run_options(threads: int, run_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The run options of `threads` local workers: with more than one, torch.compile is off unless asked
+    for (the CLI refuses that): it is not thread-safe (pytorch/pytorch#118260) and local workers are threads
+    of one process."""
+    options = dict(run_options or {})
+    if threads > 1 and options.get("compile") is None:
+        options["compile"] = False
+        log.info("torch.compile is off: %d workers share this process and it is not thread-safe", threads)
+    return options
 
 
 def local_workers(
@@ -83,10 +97,11 @@ def local_workers(
     run_options: dict[str, Any] | None,
 ) -> list[JobWorker]:
     """A worker thread per device label (devices.parse_gpus), each with its own pipeline on its device."""
+    options = threads_run_options(len(labels), run_options)
     workers = []
     for label in labels:
         device = torch_device_name(label)
-        make_pipeline = pipeline_factory(model, ckpts, run_options, device)
+        make_pipeline = pipeline_factory(model, ckpts, options, device)
         workers.append(JobWorker(store, make_pipeline, publish, outputs, idle_release_s, label, device))
     return workers
 
