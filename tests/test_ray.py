@@ -23,7 +23,13 @@ ray = pytest.importorskip("ray", reason="the test extra installs ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 RESOURCE = "landiff_gpu"
-NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20, "resources": {RESOURCE: 1}}
+LOOPBACK = "127.0.0.1"  # the test cluster listens on no network interface
+NODE = {
+    "num_cpus": 1,
+    "object_store_memory": 80 * 2**20,
+    "resources": {RESOURCE: 1},
+    "node_ip_address": LOOPBACK,
+}
 FINAL = ("job_finished", "job_failed", "job_cancelled", "job_interrupted")
 
 
@@ -80,8 +86,8 @@ def cluster():
     patch.setenv("HF_HUB_OFFLINE", "1")
     patch.setenv("LANDIFF_CACHE_DIR", str(temp / "cache"))
     patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    # every process of the test cluster (and the engine, which inherits this) on the loopback interface only:
-    # Ray's switch for one-box clusters, on by default on macOS and Windows
+    # the nodes' processes and the engine (which inherits this) take the loopback address as their own, as
+    # a one-box cluster does by default on macOS and Windows, instead of rewriting 127.0.0.1 to this box's IP
     patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     started = time.monotonic()
     local = Cluster(
@@ -91,10 +97,12 @@ def cluster():
             "object_store_memory": 80 * 2**20,
             "include_dashboard": False,
             "temp_dir": str(temp),
+            "node_ip_address": LOOPBACK,
         },
     )
     nodes = [local.add_node(**NODE) for _ in range(2)]
     local.wait_for_nodes()
+    assert local.address.startswith(f"{LOOPBACK}:")
     print(f"cluster up in {time.monotonic() - started:.1f} s")
     yield local, nodes
     local.shutdown()
