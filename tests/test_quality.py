@@ -21,7 +21,7 @@ from engine.generation.quality import (
 )
 from engine.generation.video import write_mp4
 from engine.protocol import QualityRecord
-from engine.weights.layout import CLIP_FOLDER, CLIP_REPO, clip_files, layout_for
+from engine.weights.layout import CLIP_FOLDER, CLIP_REPO, CLIP_REVISION, clip_files, layout_for
 from engine.weights.tiny_clip import write_tiny_clip
 from tests.fake_hub import FakeHub
 from tests.test_engine import PROMPT, RunningEngine, subscribed
@@ -116,6 +116,7 @@ def test_the_clip_downloads_on_request_checked_by_the_hubs_digests(tiny_clip, tm
     with FakeHub({CLIP_REPO: repo}) as hub:
         report = Downloader(tmp_path, endpoint=hub.endpoint).download(clip_files())
     assert report.failed == {} and len(report.fetched) == len(clip_files())
+    assert all(f"/resolve/{CLIP_REVISION}/" in path for _, path, *_ in hub.log)  # the safetensors commit
     states = file_states(tmp_path, clip_files())
     assert {state.state for state in states} == {"verified"} and all(state.optional for state in states)
     assert clip_absence(tmp_path) is None

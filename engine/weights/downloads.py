@@ -403,7 +403,7 @@ class Downloader:
     def url(self, item: WeightFile) -> str:
         from huggingface_hub import hf_hub_url
 
-        return hf_hub_url(item.repo, item.path, endpoint=self.endpoint)
+        return hf_hub_url(item.repo, item.path, revision=item.revision, endpoint=self.endpoint)
 
     def metadata(self, item: WeightFile):
         from huggingface_hub import get_hf_file_metadata

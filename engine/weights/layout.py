@@ -113,6 +113,9 @@ FLAN_T5_SOURCE = "the Hugging Face repo google/flan-t5-xxl"
 # The quality probe's CLIP: optional, fetched only when asked (`weights download --clip`), checked by the
 # hub's digests as flan-T5's files are. The tiny model has a random one of the same layout.
 CLIP_REPO = "openai/clip-vit-base-patch32"
+# The repo's main branch holds its weights as pytorch_model.bin only; the hub's safetensors conversion
+# (pull request refs/pr/66) holds model.safetensors beside the same other files: that commit, pinned.
+CLIP_REVISION = "c237dc49a33fc61debc9276459120b7eac67e7ef"
 CLIP_FOLDER = "clip-vit-base-patch32"
 CLIP_FILES = (
     "config.json",
@@ -167,6 +170,7 @@ class WeightFile:
     local: str  # path under the weights root
     groups: tuple[str, ...]  # "llm" (stage 1), "diffusion" (stage 2), "clip" (the quality probe, optional)
     md5: str | None = None
+    revision: str | None = None  # a branch or commit of the repo; None: its main branch
 
     @property
     def optional(self) -> bool:
@@ -205,4 +209,7 @@ def encoder_shards(index: dict) -> list[str]:
 
 def clip_files() -> list[WeightFile]:
     """The quality probe's CLIP (optional)."""
-    return [WeightFile(CLIP_REPO, name, f"{CLIP_FOLDER}/{name}", ("clip",)) for name in CLIP_FILES]
+    return [
+        WeightFile(CLIP_REPO, name, f"{CLIP_FOLDER}/{name}", ("clip",), revision=CLIP_REVISION)
+        for name in CLIP_FILES
+    ]
