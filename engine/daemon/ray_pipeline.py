@@ -123,7 +123,7 @@ class RemotePipeline:
                 try:
                     item = ray.get(next(stream))
                 except StopIteration:
-                    raise WorkerLost(f"{self.label}: its job's stream ended without an outcome") from None
+                    raise WorkerLost("its Ray actor's stream ended without the job's outcome") from None
                 if isinstance(item, Progress):
                     if on_progress is not None:
                         on_progress(item)
@@ -140,7 +140,7 @@ class RemotePipeline:
             ended = True
             with contextlib.suppress(Exception):  # one only unreachable for now must not render on, unseen
                 ray.kill(self.actor, no_restart=True)
-            raise WorkerLost(f"{self.label}: {first_line(error)}") from None
+            raise WorkerLost(f"its Ray actor is gone ({first_line(error)})") from None
         except RayTaskError as error:  # the actor's own machinery failed (not the job: that is an Outcome)
             raise RuntimeError(f"on {self.label}: {first_line(error)}") from None
         finally:
