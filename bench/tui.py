@@ -1,16 +1,21 @@
 """TUI benchmarks: time to first paint, and the gallery with 10,000 jobs (search keystroke -> updated list).
 
-    python bench/tui.py [--jobs 10000] [--repeat 5]
+    python bench/tui.py [--jobs 10000] [--repeat 5] [--paint-only]
 
-First paint is measured on a real pseudo-terminal, from exec (interpreter start included) to the first
-frame, with no engine answering, so it is the TUI's own cost. The gallery runs against a real engine
-process (tiny model) over a store filled with synthetic finished jobs; the TUI itself never imports torch.
+First paint is measured on a real pseudo-terminal, from exec of `python -m landiff_tui` (what `landiff-tui`
+runs; interpreter start included) to the first frame, with no engine answering, so it is the TUI's own
+cost: wall time, and the CPU time the TUI used (its share of a loaded machine does not change that one).
+The sources are byte-compiled first, as an installed package is (PYTHONDONTWRITEBYTECODE would otherwise
+add their compilation to every start). "Form complete" is the frame with every field of the Generate form,
+which the first frame leaves out. The gallery runs against a real engine process (tiny model) over a store
+filled with synthetic finished jobs; the TUI itself never imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -45,43 +50,119 @@ WORDS = [
 ]
 
 
-def first_paint(repeat: int) -> tuple[list[float], list[float], bool]:
-    """Seconds from exec to the first frame on a real pseudo-terminal (80x24), as a user sees it."""
+# the TUI as `landiff-tui` starts it, reporting the CPU time it used (all threads) when it writes its
+# first frame; measured inside because a loaded machine is slow to stop it from outside
+CPU_TO_FIRST_FRAME = """
+import gc, os, resource, sys
+gc.disable()  # as landiff_tui.__main__ does before any import
+from textual.drivers.linux_driver import LinuxDriver
+from landiff_tui.__main__ import main
+
+write = LinuxDriver.write
+
+def first_frame(driver, data):
+    write(driver, data)
+    if "Submit" in data:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        os.write(int(os.environ["REPORT_FD"]), str(usage.ru_utime + usage.ru_stime).encode())
+        os._exit(0)
+
+LinuxDriver.write = first_frame
+main(["--model", "tiny", "--no-start"])
+"""
+
+
+def spawn(arguments: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """(pid, terminal fd) of `python *arguments` on a new pseudo-terminal."""
     import pty
-    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execvpe(sys.executable, [sys.executable, *arguments], env)
+    return pid, fd
+
+
+def stop(pid: int, fd: int) -> None:
     import signal
 
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(fd)
+
+
+def paint_seconds(env: dict[str, str], marks: list[list[bytes]]) -> list[float]:
+    """Seconds from exec of `python -m landiff_tui` until its output holds every text of each of `marks`."""
+    import select
+
+    started = time.perf_counter()
+    pid, fd = spawn(["-m", "landiff_tui", "--model", "tiny", "--no-start"], env)
+    screen, seconds = b"", []
+    try:
+        for texts in marks:
+            while not all(text in screen for text in texts):
+                if not select.select([fd], [], [], 30)[0]:
+                    raise RuntimeError(f"the TUI drew none of {texts} in 30 s")
+                screen += os.read(fd, 1 << 16)
+            seconds.append(time.perf_counter() - started)
+    finally:
+        stop(pid, fd)
+    return seconds
+
+
+def paint_cpu(env: dict[str, str]) -> float:
+    """CPU seconds the TUI used from exec to its first frame, as it reports them (CPU_TO_FIRST_FRAME)."""
+    import select
+
+    report_read, report_write = os.pipe()
+    os.set_inheritable(report_write, True)
+    pid, fd = spawn(["-c", CPU_TO_FIRST_FRAME], {**env, "REPORT_FD": str(report_write)})
+    os.close(report_write)
+    report = b""
+    try:
+        while True:
+            ready = select.select([fd, report_read], [], [], 30)[0]
+            if not ready:
+                raise RuntimeError("the TUI reported no first frame in 30 s")
+            if report_read in ready:
+                chunk = os.read(report_read, 100)
+                if not chunk:
+                    return float(report)
+                report += chunk
+            if fd in ready:
+                with contextlib.suppress(OSError):  # once it exited, the report is complete
+                    os.read(fd, 1 << 16)  # drained, so that it never blocks writing
+    finally:
+        stop(pid, fd)
+        os.close(report_read)
+
+
+def first_paint(repeat: int) -> dict[str, list[float]]:
+    """Seconds to the first frame and to the whole form on a real pseudo-terminal (80x24); import time."""
+    from landiff_tui.params import FIELDS
+
+    for package in (["landiff_tui"], ["-l", "engine"]):  # the TUI, and the engine's client side it imports
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *package], cwd=ROOT, check=True)
     env = {**os.environ, "LANDIFF_RUNTIME_DIR": tempfile.mkdtemp(), "TERM": "xterm-256color"}
     env.update(COLUMNS="80", LINES="24")
     code = "import time, sys; t = time.perf_counter(); import landiff_tui.app; "
     code += "print(time.perf_counter() - t, 'torch' in sys.modules)"
-    imports, torch_loaded = [], False
+    found: dict[str, list[float]] = {"import": [], "torch": [], "paint": [], "paint cpu": [], "form": []}
     for _ in range(repeat):
         out = subprocess.run(
             [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
         )
         seconds, loaded = out.stdout.split()
-        imports.append(float(seconds))
-        torch_loaded |= loaded == "True"
-    paints = []
+        found["import"].append(float(seconds))
+        found["torch"].append(float(loaded == "True"))
+    labels = [field.label.encode() for field in FIELDS]
     for _ in range(repeat):
-        started = time.perf_counter()
-        pid, fd = pty.fork()
-        if pid == 0:
-            command = [sys.executable, "-m", "landiff_tui.app", "--model", "tiny", "--no-start"]
-            os.chdir(ROOT)
-            os.execvpe(sys.executable, command, env)
-        screen = b""
-        while b"Submit" not in screen:  # the Generate tab's button: the first full frame is out
-            ready, _, _ = select.select([fd], [], [], 30)
-            if not ready:
-                raise RuntimeError("the TUI drew nothing in 30 s")
-            screen += os.read(fd, 1 << 16)
-        paints.append(time.perf_counter() - started)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(fd)
-    return imports, paints, torch_loaded
+        # the Generate tab's Submit button: the first frame is out; its field labels: the form is
+        paint, form = paint_seconds(env, [[b"Submit"], labels])
+        found["paint"].append(paint)
+        found["form"].append(form)
+        found["paint cpu"].append(paint_cpu(env))
+    return found
 
 
 def fill_store(data: Path, count: int) -> None:
@@ -185,46 +266,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--paint-only", action="store_true", help="only the first paint (no engine)")
     args = parser.parse_args()
 
-    imports, paints, torch_loaded = first_paint(args.repeat)
-    base = Path(tempfile.mkdtemp())
-    os.environ.update(
-        LANDIFF_RUNTIME_DIR=str(base / "run"),
-        LANDIFF_DATA_DIR=str(base / "data"),
-        LANDIFF_HOME=str(base / "weights"),
-        HF_HUB_OFFLINE="1",
-    )
-    started = time.perf_counter()
-    fill_store(base / "data", args.jobs)
-    filled = time.perf_counter() - started
-    engine = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert engine.stdout.readline().startswith("ready")
-        timings = asyncio.run(gallery(args.jobs, args.repeat))
-    finally:
-        engine.terminate()
-        engine.wait(30)
+    load = os.getloadavg()[0]
+    paint = first_paint(args.repeat)
+    timings, filled = {}, 0.0
+    if not args.paint_only:
+        base = Path(tempfile.mkdtemp())
+        os.environ.update(
+            LANDIFF_RUNTIME_DIR=str(base / "run"),
+            LANDIFF_DATA_DIR=str(base / "data"),
+            LANDIFF_HOME=str(base / "weights"),
+            HF_HUB_OFFLINE="1",
+        )
+        started = time.perf_counter()
+        fill_store(base / "data", args.jobs)
+        filled = time.perf_counter() - started
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert engine.stdout.readline().startswith("ready")
+            timings = asyncio.run(gallery(args.jobs, args.repeat))
+        finally:
+            engine.terminate()
+            engine.wait(30)
 
-    print(
-        f"landiff-tui benchmarks, {os.cpu_count()} CPUs, {args.jobs:,} jobs in the store "
-        f"(filled in {filled:.1f} s)"
-    )
+    print(f"landiff-tui benchmarks, {os.cpu_count()} CPUs, load average {load:.1f} at the start", end="")
+    print(f", {args.jobs:,} jobs in the store (filled in {filled:.1f} s)" if timings else "")
     print(f"| {'stage':<34} | {'median':>12} | {'rate / note':<22} | {'n':>3} |")
     print(f"|{'-' * 36}|{'-' * 14}|{'-' * 24}|{'-' * 5}|")
-    print(row("import landiff_tui.app", imports, "torch imported: " + ("YES" if torch_loaded else "no")))
-    print(row("first paint (exec -> first frame, pty)", paints))
-    print(row("gallery first page (100 rows)", timings["first page"]))
-    print(row("search: keystroke -> updated list", timings["keystroke -> list"], "incl. 150 ms debounce"))
-    print(row("search: engine query + table fill", timings["query"]))
-    print(row("next page on scroll (100 rows)", timings["next page"]))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    print(f"peak memory (this process, TUI side): {peak:.0f} MiB RSS")
+    torch_loaded = "YES" if any(paint["torch"]) else "no"
+    print(row("import landiff_tui.app", paint["import"], f"torch imported: {torch_loaded}"))
+    cpu = f"CPU {statistics.median(paint['paint cpu']) * 1000:.0f} ms"
+    print(row("first paint (exec -> first frame, pty)", paint["paint"], cpu))
+    print(row("form complete (every field drawn)", paint["form"]))
+    if timings:
+        print(row("gallery first page (100 rows)", timings["first page"]))
+        print(row("search: keystroke -> updated list", timings["keystroke -> list"], "incl. 150 ms debounce"))
+        print(row("search: engine query + table fill", timings["query"]))
+        print(row("next page on scroll (100 rows)", timings["next page"]))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+        print(f"peak memory (this process, TUI side): {peak:.0f} MiB RSS")
 
 
 if __name__ == "__main__":

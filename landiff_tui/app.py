@@ -278,9 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    # no collection pauses while the first frame is built (a tenth of its time): nothing the start-up
-    # makes is garbage for long; LanDiffApp.start_link enables the collector again
-    gc.disable()
+    gc.disable()  # already off when started as `landiff-tui` (see __main__.py); start_link turns it on
     app = LanDiffApp(model=args.model, autostart=not args.no_start, gc_paused=True)
     app.run()
     if app.return_code:

@@ -14,6 +14,7 @@ import os
 import pty
 import select
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # run in a fresh interpreter on a real pseudo-terminal: at the first frame written, report and stop
 CHILD = """
-import json, os, sys
+import gc, json, os, sys
 from textual.drivers.linux_driver import LinuxDriver
-from landiff_tui.app import main
+from landiff_tui.__main__ import main  # what `landiff-tui` runs
 
 write = LinuxDriver.write
 
@@ -36,7 +37,7 @@ def first_frame(driver, data):
     write(driver, data)
     if "Submit" in data:  # the Generate tab's button: the first frame is out
         widgets = [type(widget).__name__ for widget in driver._app.screen.walk_children(with_self=True)]
-        report = {"modules": sorted(sys.modules), "widgets": widgets}
+        report = {"modules": sorted(sys.modules), "widgets": widgets, "gc": gc.isenabled()}
         os.write(int(os.environ["REPORT_FD"]), json.dumps(report).encode())
         os._exit(0)
 
@@ -111,6 +112,14 @@ def test_the_first_frame_imports_and_mounts_only_the_generate_tab(tmp_path):
         f"the first frame styles {len(frame['widgets'])} widgets (budget {WIDGET_BUDGET}): mount what it "
         f"does not show after it (landiff_tui.widgets.deferred): {sorted(frame['widgets'])}"
     )
+    assert not frame["gc"], "the collector ran while the first frame was built: main() pauses it"
+
+
+def test_the_landiff_tui_command_is_the_launcher_that_pauses_the_collector():
+    assert 'landiff-tui = "landiff_tui.__main__:main"' in (ROOT / "pyproject.toml").read_text()
+    command = [sys.executable, "-m", "landiff_tui"]
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert result.returncode == 2 and "needs a terminal" in result.stderr
 
 
 async def test_the_collector_paused_for_the_start_up_runs_again_once_every_tab_is_mounted():
