@@ -4,7 +4,10 @@ measures a finished job after its job_finished (store, sidecar, event), with and
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +72,23 @@ def test_clip_samples_at_most_32_frames_from_first_to_last():
     assert sampled_indices(9) == list(range(9))
     many = sampled_indices(1297)
     assert len(many) == CLIP_MAX_FRAMES and many[0] == 0 and many[-1] == 1296
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+def test_the_probe_thread_runs_at_the_lowest_cpu_priority_and_the_others_keep_theirs():
+    from engine.daemon.quality_probe import lower_priority
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    seen = []
+
+    def probe_thread() -> None:
+        lower_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=probe_thread)
+    thread.start()
+    thread.join()
+    assert seen == [19] and os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
 @pytest.fixture(scope="module")
