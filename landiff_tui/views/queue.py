@@ -150,10 +150,10 @@ class QueueView(View):
         return next((job for job in jobs if job.id == selected), jobs[0] if jobs else None)
 
     def selected_id(self) -> str | None:
-        table = self.query_one("#queue-table", DataTable)
         try:
+            table = self.query_one("#queue-table", DataTable)
             return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        except Exception:  # no row under the cursor
+        except Exception:  # no table yet, or no row under the cursor
             return None
 
     # engine
