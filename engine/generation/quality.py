@@ -103,14 +103,31 @@ def missing_clip_files(folder: Path) -> list[str]:
 
 
 def load_clip(folder: Path, name: str) -> Clip:
-    """A CLIP folder in the Hugging Face layout (config, safetensors, tokenizer, preprocessor config)."""
-    from transformers import CLIPModel, CLIPTokenizer
+    """A CLIP folder in the Hugging Face layout (config, safetensors, tokenizer, preprocessor config),
+    loaded as the T5 encoders are: the model built on the meta device, the file's tensors assigned, every
+    key checked (strict). Nothing is printed (from_pretrained's progress bar would land in engine.out)."""
+    from safetensors.torch import load_file
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     missing = missing_clip_files(folder)
     if missing:
         raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}")
-    model = CLIPModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
-    model.eval()
+    with torch.device("meta"):  # no random initialisation of what the file replaces
+        model = CLIPModel(CLIPConfig.from_json_file(str(folder / "config.json")))
+    tensors = {
+        key: tensor.to(torch.float32)
+        for key, tensor in load_file(str(folder / "model.safetensors")).items()
+        if not key.endswith("position_ids")  # older exports keep these; they are a range, made below
+    }
+    model.load_state_dict(tensors, strict=True, assign=True)
+    for module in model.modules():
+        ids = getattr(module, "position_ids", None)
+        if isinstance(ids, torch.Tensor) and ids.is_meta:
+            module.register_buffer("position_ids", torch.arange(ids.shape[-1])[None], persistent=False)
+    left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if left:
+        raise ValueError(f"{folder / 'model.safetensors'} leaves {', '.join(left[:5])} unset")
+    model.eval().requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     config = json.loads((folder / "preprocessor_config.json").read_text())
     size, crop = config.get("size", 224), config.get("crop_size", 224)
