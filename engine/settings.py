@@ -98,6 +98,11 @@ INDUCTOR_CACHE_DIR = Variable(
     "torchinductor/ in the user cache dir",
     "where torch.compile keeps compiled kernels between runs (--compile)",
 )
+NCCL_SOCKET_IFNAME = Variable(
+    "NCCL_SOCKET_IFNAME",
+    "lo",
+    "the interface NCCL's bootstrap listens on for a --parallel group's GPUs (loopback: off the network)",
+)
 GOLDEN_DIRS = Variable(
     "LANDIFF_GOLDEN_DIRS",
     "../shared/golden",
@@ -119,6 +124,7 @@ VARIABLES = (
     HF_TOKEN,
     HF_HUB_OFFLINE,
     INDUCTOR_CACHE_DIR,
+    NCCL_SOCKET_IFNAME,
     GOLDEN_DIRS,
 )
 

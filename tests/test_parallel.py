@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,14 +17,15 @@ import pytest
 import torch
 
 from engine.generation.lengths import plan_length, rules_for
-from engine.generation.parallel.group import RankLost
 from engine.generation.parallel.network import duplicate_single_rows
 from engine.generation.parallel.plan import BadParallel, ParallelPlan, device_groups, parse_parallel
 from engine.generation.parallel.ranks import parallel_pipeline
 from engine.generation.pipeline import Pipeline
 from engine.models.control_dit import ControlDiT
+from engine.models.dpm_sampler import DiffusionCancelled
 from engine.specs import TINY
 from engine.weights.tiny import randomise
+from tests.test_engine import RunningEngine
 
 SEED, STEPS = 3, 3
 
@@ -69,9 +72,24 @@ def test_a_guidance_half_alone_gives_the_pairs_bits_only_with_two_row_linears():
 
 
 @pytest.fixture(scope="module")
-def job(home):
+def single(home) -> Pipeline:
+    """The tiny pipeline in this process: the single-process reference."""
+    return Pipeline.for_model("tiny", home, device=torch.device("cpu"))
+
+
+@pytest.fixture
+def one_thread():
+    """Every rank on one thread (helpers take rank 0's count): four processes share two cores without
+    their OpenMP threads spinning against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def job(single):
     """A two-chunk tiny job's stage-2 inputs and its single-process latents."""
-    single = Pipeline.for_model("tiny", home, device=torch.device("cpu"))
     stage = single.stage2()
     plan = plan_length(rules_for("tiny"), 9 + 8, overlap=1)
     codes = torch.randint(0, TINY.llm.codebook_size, (plan.segments * 11,), generator=torch.Generator())
@@ -98,44 +116,14 @@ def gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
-def test_guidance_parallel_equals_the_single_process_bit_for_bit_and_survives_a_lost_rank(
-    home, tmp_path, job
-):
-    pipeline = start(home, tmp_path, "cfg=2")
-    try:
-        chunks = render(pipeline, job)
-        assert len(chunks) == 2 and all(torch.equal(a, b) for a, b in zip(job[3], chunks, strict=True))
-        (helper,) = pipeline.ranks.pids()
-
-        def kill_at_step_two(index: int, step: int, total: int) -> None:
-            if (index, step) == (0, 2):
-                os.kill(helper, signal.SIGKILL)
-
-        with pytest.raises(
-            RankLost, match=r"rank 1 of the parallel group \(cpu\) died mid-job \(killed by signal 9\)"
-        ):
-            render(pipeline, job, on_step=kill_at_step_two)
-        assert gone(helper)
-        again = render(pipeline, job)  # the group is rebuilt with a new helper
-        (new_helper,) = pipeline.ranks.pids()
-        assert new_helper != helper and all(torch.equal(a, b) for a, b in zip(job[3], again, strict=True))
-    finally:
-        pipeline.close()
-    deadline = time.monotonic() + 5
-    while not gone(new_helper) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert gone(new_helper)  # no orphan
-    assert not list(tmp_path.glob("parallel-*"))  # the rendezvous file is removed
-
-
 @pytest.mark.parametrize("split", ["seq=2", "cfg=2,seq=2"])
-def test_sequence_parallel_matches_the_single_process_within_1e_5(home, tmp_path, job, split):
+def test_sequence_parallel_matches_the_single_process_within_1e_5(home, tmp_path, job, split, one_thread):
     pipeline = start(home, tmp_path, split)
     try:
         chunks = render(pipeline, job)
         # a cancel at rank 0 stops every rank at the same step; the group then renders on
         calls = iter([False, False, True])
-        with pytest.raises(Exception, match="stopped after 2 of 3"):
+        with pytest.raises(DiffusionCancelled, match="stopped after 2 of 3"):
             render(pipeline, job, should_stop=lambda: next(calls))
         after = render(pipeline, job)
         helpers = pipeline.ranks.pids()
@@ -147,3 +135,118 @@ def test_sequence_parallel_matches_the_single_process_within_1e_5(home, tmp_path
         assert torch.equal(got, later)
     time.sleep(0.2)
     assert len(helpers) == parse_parallel(split).size - 1 and all(gone(pid) for pid in helpers)
+
+
+# the engine: serve --parallel
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        (["--parallel", "cfg=3"], "--parallel cfg=3: cfg is 1 or 2 (guidance has two halves), not 3"),
+        (["--parallel", "seq=80"], "the tiny model's chunks have 72 video tokens, too few for 80 sequence"),
+        (["--parallel", "4", "--gpus", "cpu:2"], "--parallel cfg=2,seq=2 needs 4 devices a group; 2"),
+    ],
+)
+def test_serve_refuses_a_parallel_split_it_cannot_serve_in_one_line(
+    given, says, tmp_path, monkeypatch, capsys
+):
+    from engine.cli.main import main
+
+    monkeypatch.setenv("LANDIFF_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("LANDIFF_DATA_DIR", str(tmp_path / "data"))
+    assert main(["serve", "--model", "tiny", *given]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and err.startswith("landiff-engine serve: ")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+class ParallelEngine(RunningEngine):
+    """An engine subprocess with `serve --parallel 2` on a machine without GPU: two CPU ranks, cfg=2."""
+
+    def start(self) -> ParallelEngine:
+        command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", "--parallel", "2"]
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.stderr = self.base / "engine.stderr"
+        with open(self.stderr, "ab") as stderr:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
+        line = self.process.stdout.readline()
+        assert line.startswith("ready"), self.stderr.read_text()
+        return self
+
+
+def helper_ranks(parent: int) -> list[int]:
+    """Pids of the helper ranks `parent` started (from /proc: their parent and command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if (
+                int(stat.rsplit(")", 1)[1].split()[1]) == parent
+                and b"engine.generation.parallel.rank" in command
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+def until_done(client, job_id: str, on_event=None) -> dict:
+    for event in client.events():
+        if event.get("job_id") == job_id:
+            if on_event is not None:
+                on_event(event)
+            if event["event"] in ("job_finished", "job_failed", "job_cancelled"):
+                return event
+    raise AssertionError("the engine went away")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the helper ranks through /proc")
+def test_an_engine_with_parallel_2_renders_as_one_process_and_survives_a_killed_rank(tmp_path, home, single):
+    from engine.generation.job import JobSpec
+    from engine.generation.video import read_mp4
+
+    engine = ParallelEngine(tmp_path / "engine", home).start()
+    try:
+        with engine.client() as client:
+            client.request("hello", client="tests")
+            client.request("subscribe", since=client.request("status")["seq"])
+            params = {"prompt": "a lighthouse at dawn", "steps": 2, "seed": 11}
+            first = client.request("submit", params=params)["job_id"]
+            assert until_done(client, first)["event"] == "job_finished"
+            job = client.request("get_job", job_id=first)["job"]
+            assert job["worker"] == "cpu:0+cpu:1"
+            (helper,) = helper_ranks(engine.process.pid)
+
+            killed = []
+
+            def kill_mid_denoise(event: dict) -> None:
+                if event["event"] == "job_progress" and event["stage"] == "denoise" and not killed:
+                    os.kill(helper, signal.SIGKILL)
+                    killed.append(helper)
+
+            doomed = client.request("submit", params={**params, "steps": 200})["job_id"]
+            failed = until_done(client, doomed, kill_mid_denoise)
+            assert failed["event"] == "job_failed" and killed
+            assert "rank 1 of the parallel group (cpu:1) died mid-job (killed by signal 9)" in failed["error"]
+            third = client.request("submit", params=params)["job_id"]
+            assert until_done(client, third)["event"] == "job_finished"  # on a rebuilt group
+            again = client.request("get_job", job_id=third)["job"]
+        (rebuilt,) = helper_ranks(engine.process.pid)
+        assert rebuilt != helper
+    finally:
+        engine.stop()
+    assert gone(rebuilt) and gone(helper)  # the engine's stop took its helper along: no orphan
+    assert not list((engine.base / "run").glob("parallel-*"))  # nor its rendezvous file
+    # a single process's job from the same tokens and seed: the same frames, bit for bit
+    tokens = Path(job["tokens_path"])
+    result = single.run(
+        JobSpec("a lighthouse at dawn", tmp_path / "one" / "v.mp4", steps=2, seed=11, tokens=tokens)
+    )
+    frames = read_mp4(result.video)[0]
+    assert (frames == read_mp4(Path(job["video_path"]))[0]).all()
+    assert (frames == read_mp4(Path(again["video_path"]))[0]).all()

@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         "default device)",
     )
     serve.add_argument(
+        "--parallel",
+        default=None,
+        metavar="N|cfg=2,seq=S",
+        help="render each video on a group of N devices, for latency: cfg=2 splits guidance's two halves, "
+        "seq=S the video tokens (N alone: cfg=2 when N is even, the rest seq); the devices (--gpus, "
+        "else the first N GPUs, else N CPU ranks) form groups of N, one worker each",
+    )
+    serve.add_argument(
         "--ray",
         default=None,
         metavar="auto|ADDRESS",
@@ -265,11 +273,29 @@ def run_serve(args: argparse.Namespace) -> int:
             print(f"landiff-engine serve: {refusal}", file=sys.stderr)
             return EXIT_USAGE
         ray = (args.ray.strip(), args.ray_resource.strip())
+    parallel = None
+    if args.parallel is not None:
+        from engine.daemon.devices import cuda_device_count
+        from engine.generation.parallel.plan import BadParallel, parallel_devices, parse_parallel
+        from engine.specs import get_spec
+
+        try:
+            if ray is not None:
+                raise BadParallel(
+                    "--parallel and --ray exclude each other: --parallel splits this box's GPUs"
+                )
+            plan = parse_parallel(args.parallel).check(get_spec(args.model))
+            given = None if args.gpus is None else gpus
+            groups = parallel_devices(plan, given, cuda_device_count() if given is None else 0)
+            parallel = (plan.text(), groups)
+        except BadParallel as error:
+            print(f"landiff-engine serve: {error}", file=sys.stderr)
+            return EXIT_USAGE
     # plain values: the daemon answers before torch loads, and builds the options in its worker thread
     options = {"memory": args.memory, "attention": args.attention, "compile": args.compile}
     options["fuse_qkv"] = args.fuse_qkv
     try:
-        serve(args.model, args.ckpts, args.idle_release, run_options=options, gpus=gpus, ray=ray)
+        serve(args.model, args.ckpts, args.idle_release, options, gpus=gpus, ray=ray, parallel=parallel)
     except StartRefused as error:  # another engine, a dir not ours or not writable, a database that fails
         print(f"landiff-engine serve: {error}", file=sys.stderr)
         return EXIT_USAGE

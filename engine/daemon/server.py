@@ -35,7 +35,16 @@ from engine.daemon.store import JOB_ID, Store
 from engine.daemon.transport import Transport, socket_answers
 from engine.daemon.weights_ops import WeightsOperations
 from engine.daemon.worker import JobWorker, remove_job_files, sweep_leftovers
-from engine.paths import data_dir, database_path, lock_path, log_path, outputs_dir, private_dir, socket_path
+from engine.paths import (
+    data_dir,
+    database_path,
+    lock_path,
+    log_path,
+    outputs_dir,
+    private_dir,
+    runtime_dir,
+    socket_path,
+)
 
 log = logging.getLogger(__name__)
 BUILDING = threading.Lock()  # held while a worker makes its pipeline (cheap: the models load with a job)
@@ -106,6 +115,40 @@ def local_workers(
     return workers
 
 
+def group_workers(
+    split: str,
+    groups: list[list[str]],
+    store: Store,
+    model: str,
+    ckpts: Path | None,
+    publish,
+    outputs: Path,
+    idle_release_s: float,
+    run_options: dict[str, Any] | None,
+) -> list[JobWorker]:
+    """`--parallel`: a worker per device group, labelled "cuda:0+cuda:1"; rank 0 runs in its thread, the
+    other ranks in child processes its pipeline starts (engine/generation/parallel/ranks.py)."""
+    workers = []
+    for devices in groups:
+        options = dict(run_options or {})
+
+        def make_pipeline(devices=devices, options=options):  # in the worker thread, as the others
+            from engine.generation.parallel.plan import parse_parallel
+            from engine.generation.parallel.ranks import parallel_pipeline
+            from engine.generation.speed import DiTOptions
+
+            given = dict(options)  # made again after each idle release: the options stay whole
+            memory = given.pop("memory", "auto")
+            folder = private_dir(runtime_dir())  # the rendezvous file: owner-only, no network
+            return parallel_pipeline(
+                model, ckpts, devices, parse_parallel(split), folder, memory, DiTOptions(**given)
+            )
+
+        label, device = "+".join(devices), torch_device_name(devices[0])
+        workers.append(JobWorker(store, make_pipeline, publish, outputs, idle_release_s, label, device))
+    return workers
+
+
 async def run_engine(
     model: str,
     ckpts: Path | None,
@@ -113,9 +156,11 @@ async def run_engine(
     run_options: dict[str, Any] | None = None,
     gpus: list[str] | None = None,
     ray: tuple[str, str] | None = None,
+    parallel: tuple[str, list[list[str]]] | None = None,
 ) -> None:
     """`gpus`: the workers' device labels (devices.parse_gpus); None: one on the default device.
-    `ray`: (address, resource): the workers are Ray actors, one per unit of the resource on each node."""
+    `ray`: (address, resource): the workers are Ray actors, one per unit of the resource on each node.
+    `parallel`: (split, device groups) of `--parallel`: a worker per group renders one video on it all."""
     lock = hold_engine_lock(lock_path())  # before the socket: the one engine of this data dir binds it
     if ray is not None:  # joined before the socket: no cluster, no engine (one line)
         from engine.daemon import ray_workers
@@ -138,7 +183,13 @@ async def run_engine(
     hub = EventHub(loop)
     sweep_leftovers(outputs)  # before any worker writes there
     workers, labels = [], []  # with Ray: the actors join the pool as the cluster's nodes offer the resource
-    if ray is None:
+    if ray is None and parallel is not None:
+        split, groups = parallel
+        workers = group_workers(
+            split, groups, store, model, ckpts, hub.publish, outputs, idle_release_s, run_options
+        )
+        labels = [worker.label for worker in workers]
+    elif ray is None:
         labels = gpus or [AUTO]
         publish = hub.publish
         workers = local_workers(labels, store, model, ckpts, publish, outputs, idle_release_s, run_options)
@@ -190,11 +241,12 @@ def serve(
     run_options: dict[str, Any] | None = None,
     gpus: list[str] | None = None,
     ray: tuple[str, str] | None = None,
+    parallel: tuple[str, list[list[str]]] | None = None,
 ) -> None:
     writable_dir(data_dir(), "data dir", settings.DATA_DIR.name)  # the log lives there
     configure_logging()
     try:
-        asyncio.run(run_engine(model, ckpts, idle_release_s, run_options, gpus, ray))
+        asyncio.run(run_engine(model, ckpts, idle_release_s, run_options, gpus, ray, parallel))
     except StartRefused:  # its one line is the command's to print (to engine.out when detached)
         raise
     except Exception:

@@ -161,6 +161,8 @@ class JobWorker(threading.Thread):
             except Exception:  # the worker must outlive any surprise (a locked database, a full disk)
                 log.exception("worker error; retrying in a second")
                 time.sleep(1.0)
+        if self.pipeline is not None:  # a parallel group's helper ranks end with their worker
+            close_pipeline(self.pipeline)
 
     def step(self) -> None:
         if self.release_requested.is_set():
@@ -194,6 +196,7 @@ class JobWorker(threading.Thread):
         if self.pipeline is None:
             return
         loaded, weights = self.loaded_models(), self.pipeline.weight_bytes()
+        close_pipeline(self.pipeline)
         self.pipeline = None
         gc.collect()
         try:
@@ -390,6 +393,14 @@ class JobWorker(threading.Thread):
             peak_memory_bytes=result.peak_memory_bytes,
             weights_sha256=result.weights_sha256,
         )
+
+
+def close_pipeline(pipeline) -> None:
+    """A local pipeline's `close` (a parallel group's stops its helper ranks); a Ray actor's pipeline has
+    none to call (the actor outlives it)."""
+    close = getattr(pipeline, "close", None)
+    if close is not None:
+        close()
 
 
 def gpu_memory(pipeline: Any) -> tuple[int | None, int | None]:

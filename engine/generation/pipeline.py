@@ -137,6 +137,10 @@ class Pipeline:
             module_bytes(stage.modules()) for stage in (self._stage1, self._stage2) if stage is not None
         )
 
+    def close(self) -> None:
+        """Let go of what the pipeline runs besides its models: nothing here; a parallel group's pipeline
+        (engine/generation/parallel) stops its helper ranks. The worker calls it when it lets go."""
+
     def _prepare(self, stage) -> None:
         """The DiT's speed options, then the memory profile's hold on the stage's models."""
         choice = self.memory_choice

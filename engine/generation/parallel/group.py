@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from engine import settings
 from engine.generation.parallel.plan import ParallelPlan
 
 GO, STOP, RENDER, EXIT = 0, 1, 2, 3
@@ -39,6 +41,8 @@ def make_group(
     scoped = dist.PrefixStore(f"{name}/", store)
     index = ranks.index(rank)
     if device.type == "cuda":
+        # NCCL's bootstrap listens on this interface (read when the group is made): loopback by default
+        os.environ[settings.NCCL_SOCKET_IFNAME.name] = settings.NCCL_SOCKET_IFNAME.raw() or "lo"
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = timeout
         return dist.ProcessGroupNCCL(scoped, index, len(ranks), options)

@@ -80,3 +80,19 @@ def device_groups(plan: ParallelPlan, devices: list[str]) -> list[list[str]]:
             f"({', '.join(devices)}) do not split into groups of {plan.size}"
         )
     return [devices[i : i + plan.size] for i in range(0, len(devices), plan.size)]
+
+
+def parallel_devices(plan: ParallelPlan, given: list[str] | None, cuda_count: int) -> list[list[str]]:
+    """The device groups of `--parallel`: `given` (--gpus's devices) cut into groups of the plan's size,
+    or without --gpus the first plan.size GPUs, or plan.size CPU ranks on a machine with no GPU."""
+    if given is None:
+        if cuda_count == 0:
+            given = [f"cpu:{index}" for index in range(plan.size)]
+        elif cuda_count >= plan.size:
+            given = [f"cuda:{index}" for index in range(plan.size)]
+        else:
+            raise BadParallel(
+                f"--parallel {plan.text()} needs {plan.size} GPUs and this machine shows {cuda_count}; "
+                "give a smaller split"
+            )
+    return device_groups(plan, given)

@@ -46,9 +46,8 @@ def main(argv: list[str]) -> int:
     from engine.generation.parallel.group import ParallelGroup, RankLost
     from engine.generation.parallel.network import attach
     from engine.generation.parallel.plan import ParallelPlan
-    from engine.generation.parallel.ranks import torch_device
+    from engine.generation.parallel.ranks import helper_stage, torch_device
     from engine.generation.parallel.render import follow_renders
-    from engine.generation.pipeline import Pipeline
     from engine.generation.speed import DiTOptions
 
     device = torch_device(config["device"])
@@ -58,9 +57,7 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(config["threads"])
     ckpts = None if config["ckpts"] is None else Path(config["ckpts"])
     dit = DiTOptions(**config["dit"])
-    stage = Pipeline.for_model(
-        config["model"], ckpts, device=device, memory=config["memory"], dit=dit
-    ).stage2()
+    stage = helper_stage(config["model"], ckpts, device, dit)
     plan = ParallelPlan(config["cfg"], config["seq"])
     store = dist.FileStore(config["rendezvous"], plan.size)
     store.set(f"ready/{config['rank']}", "1")

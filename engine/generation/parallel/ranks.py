@@ -26,6 +26,12 @@ from engine.generation.parallel.network import attach
 from engine.generation.parallel.plan import ParallelPlan
 from engine.generation.pipeline import Pipeline
 from engine.generation.speed import DiTOptions
+from engine.generation.stage1 import default_dtype
+from engine.generation.stage2 import VideoStage
+from engine.specs import get_spec
+from engine.weights.downloads import refuse_failed
+from engine.weights.layout import layout_for
+from engine.weights.loading import load_control_dit, load_diffusion_semantic_decoder
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 1800.0  # a helper loading full-size weights from a slow disk
@@ -38,7 +44,6 @@ class RankConfig:
 
     model: str
     ckpts: str | None
-    memory: str
     dit: dict
     cfg: int
     seq: int
@@ -63,14 +68,13 @@ class Ranks:
         devices: list[str],
         model: str,
         ckpts: Path | None,
-        memory: str,
         dit: DiTOptions,
         folder: Path,
     ):
         if len(devices) != plan.size:
             raise ValueError(f"a {plan.text()} group takes {plan.size} devices, got {devices}")
         self.plan, self.devices, self.model, self.ckpts = plan, devices, model, ckpts
-        self.memory, self.dit, self.folder = memory, dit, folder
+        self.dit, self.folder = dit, folder
         self.processes: dict[int, subprocess.Popen] = {}
         self.rendezvous: Path | None = None
         self.store: dist.Store | None = None
@@ -84,7 +88,6 @@ class Ranks:
             config = RankConfig(
                 self.model,
                 None if self.ckpts is None else str(self.ckpts),
-                self.memory,
                 {k: v for k, v in asdict(self.dit).items()},
                 self.plan.cfg,
                 self.plan.seq,
@@ -184,6 +187,20 @@ def how(code: int | None) -> str:
     return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
 
+def helper_stage(model: str, ckpts: Path | None, device: torch.device, dit: DiTOptions) -> VideoStage:
+    """Stage 2 as a helper rank runs it: the semantic decoder and the DiT, resident on its device. The
+    prompt's T5 states come from rank 0 and only rank 0 decodes frames, so no T5 and no VAE here."""
+    spec = get_spec(model)
+    layout = layout_for(spec.name, ckpts)
+    refuse_failed(layout.root)
+    dtype = default_dtype(device)
+    decoder = load_diffusion_semantic_decoder(layout, spec.decoder, device=device, dtype=dtype)
+    network = load_control_dit(layout, spec.dit, device=device, dtype=dtype)
+    stage = VideoStage(spec, None, decoder, network, None, device)
+    stage.prepare(dit.resolved(device), dtype)
+    return stage
+
+
 class GroupPipeline(Pipeline):
     """A pipeline whose stage 2 renders on a parallel group: rank 0 here, the helpers in child processes.
 
@@ -209,10 +226,11 @@ def parallel_pipeline(
     memory: str = "auto",
     dit: DiTOptions | None = None,
 ) -> GroupPipeline:
-    """The pipeline of one group of `devices` (rank 0 on the first); the helpers start now."""
+    """The pipeline of one group of `devices` (rank 0 on the first, under the `memory` profile; the helpers
+    hold their decoder and DiT resident); the helpers start now."""
     dit = dit or DiTOptions()
     pipeline = GroupPipeline.for_model(model, ckpts, device=torch_device(devices[0]), memory=memory, dit=dit)
     plan.check(pipeline.spec)
-    pipeline.ranks = Ranks(plan, devices, model, ckpts, memory, dit, folder)
+    pipeline.ranks = Ranks(plan, devices, model, ckpts, dit, folder)
     pipeline.ranks.start()
     return pipeline
