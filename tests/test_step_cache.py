@@ -12,11 +12,13 @@ from engine import protocol as p
 from engine.generation.job import JobSpec
 from engine.generation.lengths import plan_length, rules_for
 from engine.generation.outputs import save_tokens
+from engine.generation.pipeline import Pipeline
 from engine.generation.stage2 import SemanticWindows
 from engine.models.dpm_sampler import DpmSolverSampler
 from engine.models.step_cache import CacheCounts, StepCache
 from engine.params import check_value, param
 from engine.specs import get_spec
+from engine.weights.layout import layout_for
 
 TINY = get_spec("tiny")
 RULES = rules_for("tiny")
@@ -166,6 +168,18 @@ def test_each_cfg_branch_decides_for_itself(stage2, text):
     assert ran.rows == 1 and cache.counts == CacheCounts(calls=4, skipped=1)
     torch.testing.assert_close(out[:1], kept, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[1:], ran_alone, rtol=1e-5, atol=1e-6)
+
+
+def test_the_cache_runs_with_the_blocks_streamed_in_8_bit(home, stage2, text):
+    """The low memory profile streams the blocks with hooks on their forward; the signal reads main block 0's
+    norm outside that forward, so the cache has the block fetched first (else it reads empty weights)."""
+    low = Pipeline(TINY, layout_for("tiny", home), device=torch.device("cpu"), memory="low").stage2()
+    plan = plan_length(RULES, None)
+    counts = CacheCounts()
+    with BlockRows(low.network) as ran:
+        (latents,) = low.render_chunks(text, codes_for(plan), plan, seed=7, steps=6, cache=0.5, counts=counts)
+    assert counts.calls == 12 and counts.skipped > 0 and ran.rows == 12 - counts.skipped
+    assert torch.isfinite(latents).all()
 
 
 def test_a_parallel_group_refuses_the_cache_before_any_work(stage2, text):
