@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,14 +41,14 @@ CONTEXT = 1
 LOOKAHEAD = 2
 
 
-class Interpolator:
+class Interpolator(ABC):
     """Makes (n - 1) x factor + 1 frames of n >= 2: the given frames at every factor-th place, new ones
     between. Subclasses name their method (recorded in the video's sidecar) and their settings."""
 
     method = ""
 
-    def between(self, frames: np.ndarray, factor: int) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def between(self, frames: np.ndarray, factor: int) -> np.ndarray: ...
 
     def settings(self) -> dict[str, Any]:
         return {}
@@ -58,9 +59,10 @@ class FfmpegMinterpolate(Interpolator):
     """ffmpeg's `minterpolate` in motion-compensated mode, through imageio-ffmpeg's bundled ffmpeg: one
     process a call, frames in and out as raw RGB through its pipes (no shell, no files).
 
-    Its defaults otherwise: overlapped block motion compensation, bilateral motion estimation (EPZS),
-    16-pixel blocks; scene-change detection on (a cut is not blended across). Motion is estimated in
-    full-resolution YUV 4:4:4, so colour is not subsampled before the encoder does it."""
+    Adaptive overlapped block motion compensation, bidirectional motion estimation (EPZS search), variable
+    block sizes from 16 pixels down; scene-change detection on (at a cut the frame before it is repeated,
+    nothing is blended across). Motion is estimated in full-resolution YUV 4:4:4, so colour is not
+    subsampled before the encoder does it."""
 
     mc_mode: str = "aobmc"
     me_mode: str = "bidir"
@@ -121,9 +123,6 @@ class FfmpegMinterpolate(Interpolator):
         out = made[: wanted * frame_bytes].reshape(wanted, height, width, 3).copy()
         out[::factor] = frames  # the model's own frames, exactly (not through YUV and back)
         return out
-
-
-INTERPOLATORS: dict[str, type[Interpolator]] = {FfmpegMinterpolate.method: FfmpegMinterpolate}
 
 
 def interpolation_factor(fps: int, model_fps: int) -> int:
