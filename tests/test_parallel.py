@@ -250,3 +250,46 @@ def test_an_engine_with_parallel_2_renders_as_one_process_and_survives_a_killed_
     frames = read_mp4(result.video)[0]
     assert (frames == read_mp4(Path(job["video_path"]))[0]).all()
     assert (frames == read_mp4(Path(again["video_path"]))[0]).all()
+
+
+@pytest.mark.parametrize("split", ["seq=5", "cfg=2,seq=3"])
+def test_uneven_shards_are_padded_and_the_padding_never_attended(split):
+    """72 video tokens over 5 (or 3 per half) ranks: the last shard is padded. The ranks are threads on
+    one gloo store here, the DiT call the one the processes make."""
+    from copy import deepcopy
+    from threading import Thread
+
+    import torch.distributed as dist
+
+    from engine.generation.parallel.group import ParallelGroup
+    from engine.generation.parallel.network import ParallelDiT
+
+    plan = parse_parallel(split)
+    network = randomise(ControlDiT(TINY.dit), torch.Generator().manual_seed(0)).eval()
+    g = torch.Generator().manual_seed(1)
+    frames, channels, height, width = TINY.latent_shape(3)
+    args = (
+        torch.randn(2, frames, channels, height, width, generator=g),
+        torch.randn(2, 7, TINY.dit.text_dim, generator=g),
+        torch.tensor([700.0, 700.0]),
+        torch.randn(1, frames, channels, height, width, generator=g),
+    )
+    with torch.no_grad():
+        reference = network(*args)
+    store = dist.HashStore()
+    results: dict[int, torch.Tensor] = {}
+
+    def rank(index: int) -> None:
+        group = ParallelGroup(plan, index, torch.device("cpu"), store)
+        with torch.no_grad():
+            results[index] = ParallelDiT(deepcopy(network), group)(*args)
+        group.close()
+
+    threads = [Thread(target=rank, args=(index,)) for index in range(plan.size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(results) == list(range(plan.size))
+    for got in results.values():
+        assert ((got - reference).abs().max() / reference.abs().max()) < 1e-5
