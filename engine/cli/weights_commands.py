@@ -97,7 +97,8 @@ def run_weights(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace, root: Path) -> int:
-    states = file_states(root, planned_files(root, args.only, checksums_of(args), clip=True))
+    # the optional CLIP is listed with all files, not with one stage's
+    states = file_states(root, planned_files(root, args.only, checksums_of(args), clip=args.only == "all"))
     looked = where_it_looked(args.ckpts)
     if args.json:
         report = {"root": str(root), "looked": looked, "files": [vars(state) for state in states]}
@@ -165,7 +166,7 @@ def progress_bar(console: Console) -> Progress:
 
 def run_verify(args: argparse.Namespace, root: Path) -> int:
     console = Console(stderr=True)
-    files = planned_files(root, args.only, checksums_of(args), clip=True)
+    files = planned_files(root, args.only, checksums_of(args), clip=args.only == "all")
     with progress_bar(console) as progress:
         task = progress.add_task("verifying", total=None)
         results = verify(

@@ -57,7 +57,7 @@ class WeightsOperations:
     def start(self, kind: str, only: str, clip: bool = False) -> dict[str, Any]:
         """Start a `download` or a `verify` of `only` (llm, diffusion, all) in its thread; a download of
         weights this engine generates writes them instead. `clip`: the download fetches the quality
-        probe's optional CLIP too (a verification checks it whenever it is there)."""
+        probe's optional CLIP too (a verification of all files checks it whenever it is there)."""
         from engine.daemon.weights_jobs import DownloadJob, GenerateJob, VerifyJob
 
         if self.busy():
@@ -65,7 +65,8 @@ class WeightsOperations:
         root = self.root()
         generated = kind == "download" and self.generates()
         job_class = GenerateJob if generated else {"download": DownloadJob, "verify": VerifyJob}[kind]
-        self.job = job_class(root, only, self.publish, self.checksums(root), clip or kind == "verify")
+        clip = clip or (kind == "verify" and only == "all")  # a stage's files (--only) are not the CLIP
+        self.job = job_class(root, only, self.publish, self.checksums(root), clip)
         self.job.start()
         log.info("weights %s of %s started under %s", "generation" if generated else kind, only, root)
         return {"root": str(root), "only": only, "generated": generated}
@@ -81,7 +82,7 @@ class WeightsOperations:
         from engine.weights.layout import where_it_looked
 
         root = self.root()
-        states = file_states(root, planned_files(root, only, self.checksums(root), clip=True))
+        states = file_states(root, planned_files(root, only, self.checksums(root), clip=only == "all"))
         return {
             "root": str(root),
             "model": self.model,
