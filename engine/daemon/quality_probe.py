@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PROBED_STATUSES = ("finished", "cancelled_partial")  # the jobs that keep a video
 SWEEP_S = 60.0  # a look at the store now and then, for jobs no event announced (an engine restarted)
 READY_WAIT_S = 0.5
+READY_LIMIT_S = 300.0  # workers that never import torch here (remote ones) do not hold the probe back
 
 
 def clip_absence(root: Path) -> str | None:
@@ -116,8 +117,9 @@ class QualityProbe(threading.Thread):
 
     def run(self) -> None:
         lower_priority()
-        while not self.stopping.is_set() and not self.ready():  # torch is the workers' to import first
-            self.stopping.wait(READY_WAIT_S)
+        waited_until = time.monotonic() + READY_LIMIT_S
+        while not self.stopping.is_set() and not self.ready() and time.monotonic() < waited_until:
+            self.stopping.wait(READY_WAIT_S)  # torch is the workers' to import first
         clip: Clip | None = None
         while not self.stopping.is_set():
             try:
