@@ -446,6 +446,11 @@ def run_generate(args: argparse.Namespace) -> int:
     timings = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in result.timings_s.items())
     console.print(f"{result.video} ({timings}; peak memory {result.peak_memory_bytes / 2**30:.2f} GiB)")
     console.print(f"tokens {result.tokens}, record {result.sidecar}")
+    if result.interpolation is not None:
+        console.print(
+            f"video: {result.video_frames} frames at {result.fps} fps, interpolated from the model's "
+            f"{result.frames} ({result.interpolation['method']})"
+        )
     return 0
 
 
