@@ -250,6 +250,23 @@ def test_a_node_that_leaves_idle_takes_no_job_with_it(engine, cluster):
     assert row["worker"] == staying["label"]
 
 
+def test_the_engine_leaves_the_cluster_and_stops_cleanly(engine):
+    # the quality probe (a thread of the engine, not joined at its stop) measures each finished job after
+    # it: stopped while it computes, the process aborts at exit, Ray or not; this test is about Ray's part
+    deadline = time.monotonic() + 60
+    with engine.client() as client:
+        while time.monotonic() < deadline:
+            jobs = client.request("list_jobs", status="finished", limit=500)["jobs"]
+            if all(job["quality"] is not None for job in jobs):
+                break
+            time.sleep(0.5)
+    started = time.monotonic()
+    engine.stop()
+    assert engine.process.returncode == 0 and time.monotonic() - started < 30
+    log = engine.stderr.read_text()
+    assert "engine stopped" in log and "local Ray instance" not in log  # it joins a cluster, never starts one
+
+
 def test_serve_ray_without_a_cluster_says_so(tmp_path, home):
     engine = RunningEngine(tmp_path, home)
     command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", "--ray", "127.0.0.1:1"]

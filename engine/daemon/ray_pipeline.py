@@ -235,5 +235,9 @@ def first_line(error: BaseException) -> str:
 
 
 def release_actor(actor) -> None:
+    import ray
+
+    if not ray.is_initialized():  # the engine left the cluster (it stops): its actors went with it
+        return
     with contextlib.suppress(Exception):  # the actor or the connection is gone: so are its models
         control(actor.release).remote()

@@ -11,6 +11,7 @@ only once `--ray` is used.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -43,6 +44,9 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         "start one with `ray start --head` on one box (and `ray start --address HEAD:6379` on the others), "
         "or give its address"
     )
+    # a Ray call made while not connected (a late one, after the stop) must fail, not start a local Ray
+    # instance that listens on the network: ray reads this once, at its import, which follows
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
     host, _, port = address.rpartition(":")
     if host and port.isdigit():
         try:
