@@ -252,10 +252,19 @@ def test_an_engine_with_parallel_2_renders_as_one_process_and_survives_a_killed_
     assert (frames == read_mp4(Path(again["video_path"]))[0]).all()
 
 
-@pytest.mark.parametrize("split", ["seq=5", "cfg=2,seq=3"])
-def test_uneven_shards_are_padded_and_the_padding_never_attended(split):
-    """72 video tokens over 5 (or 3 per half) ranks: the last shard is padded. The ranks are threads on
-    one gloo store here, the DiT call the one the processes make."""
+@pytest.mark.parametrize(
+    ("split", "grid", "attention"),
+    [
+        ("seq=2", (6, 10), "UlyssesAttention"),  # 45 tokens: 23 + 22 and a pad
+        ("seq=4", (6, 10), "UlyssesAttention"),  # 12 a rank, 3 pads
+        ("seq=5", (8, 12), "SequenceShardAttention"),  # 4 heads: no Ulysses; 72 tokens: 15 a rank, 3 pads
+        ("cfg=2,seq=3", (8, 12), "SequenceShardAttention"),
+    ],
+)
+def test_uneven_shards_are_padded_and_the_padding_never_attended(split, grid, attention):
+    """Video tokens that do not divide by the ranks: the last shard is padded, by Ulysses where the ranks
+    divide the heads, by gathered keys and values elsewhere. The ranks are threads on one gloo store
+    here, the DiT call the one the processes make."""
     from copy import deepcopy
     from threading import Thread
 
@@ -267,7 +276,7 @@ def test_uneven_shards_are_padded_and_the_padding_never_attended(split):
     plan = parse_parallel(split)
     network = randomise(ControlDiT(TINY.dit), torch.Generator().manual_seed(0)).eval()
     g = torch.Generator().manual_seed(1)
-    frames, channels, height, width = TINY.latent_shape(3)
+    frames, channels, (height, width) = 3, TINY.dit.latent_channels, grid
     args = (
         torch.randn(2, frames, channels, height, width, generator=g),
         torch.randn(2, 7, TINY.dit.text_dim, generator=g),
@@ -282,7 +291,9 @@ def test_uneven_shards_are_padded_and_the_padding_never_attended(split):
     def rank(index: int) -> None:
         group = ParallelGroup(plan, index, torch.device("cpu"), store)
         with torch.no_grad():
-            results[index] = ParallelDiT(deepcopy(network), group)(*args)
+            split = ParallelDiT(deepcopy(network), group)
+            assert type(split.attention).__name__ == attention
+            results[index] = split(*args)
         group.close()
 
     threads = [Thread(target=rank, args=(index,)) for index in range(plan.size)]

@@ -100,6 +100,14 @@ class ParallelGroup:
         self._wait(group.allgather([parts], [tensor]))
         return torch.cat(parts, dim)
 
+    @torch.compiler.disable
+    def all_to_all(self, tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        """Piece i of `tensor`'s first dim goes to rank i; piece i of the result came from rank i."""
+        tensor = tensor.contiguous()
+        out = torch.empty_like(tensor)
+        self._wait(group.alltoall_base(out, tensor, [], []))
+        return out
+
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rank 0's `tensor` on every rank (the others pass one of the same shape and dtype)."""
         tensor = tensor.to(self.device).contiguous()

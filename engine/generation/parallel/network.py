@@ -8,10 +8,10 @@ is the same arithmetic as the row inside the pair: the split gives the single pr
 
 Sequence split: after `embed`, each rank of a sequence group keeps a contiguous 1/seq of both streams'
 video tokens (the last shard padded with zeros), text tokens whole on every rank. Tokens meet only in
-attention, where each rank gathers the group's video keys and values (padding dropped) behind the text
-ones, so its queries see every token in the single process's order; the video tokens are gathered again
-before `head`. This works for any degree (no head count to divide), at the cost of each rank holding the
-full keys and values of one layer at a time.
+attention. Where seq divides the heads, an all-to-all gives each rank every token of 1/seq of the heads
+(Ulysses); otherwise each rank gathers the group's video keys and values behind the text ones. Either
+way the padding is dropped before attention and every query sees every token in the single process's
+order; the video tokens are gathered again before `head`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,37 @@ class SequenceShardAttention:
         k = torch.cat([k[:, :, :length], k_video], dim=2)
         v = torch.cat([v[:, :, :length], v_video], dim=2)
         return self.kernel(q, k, v)
+
+
+class UlyssesAttention(SequenceShardAttention):
+    """The same attention when the group size divides the heads (DeepSpeed-Ulysses): one all-to-all
+    gives each rank every video token of 1/seq of the heads (text tokens it has already), it attends over
+    the whole sequence for those heads, and a second all-to-all gives the video tokens back, every head
+    each; the text queries' outputs are gathered over the heads. Each rank moves 4/seq of its q, k, v
+    and output instead of gathering every rank's k and v."""
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        group, ranks, length = self.group, self.group.plan.seq, self.text_length
+        batch, heads, _, head_dim = q.shape
+        mine = slice(group.seq_index * heads // ranks, (group.seq_index + 1) * heads // ranks)
+        video = torch.stack([q[:, :, length:], k[:, :, length:], v[:, :, length:]])  # [3, B, h, n, d]
+        count = video.shape[3]
+        video = video.unflatten(2, (ranks, heads // ranks)).permute(2, 0, 1, 3, 4, 5)  # [S, 3, B, h/S, n, d]
+        video = group.all_to_all(video, group.seq_group)  # piece i: rank i's tokens, my heads
+        video = video.permute(1, 2, 3, 0, 4, 5).flatten(3, 4)[:, :, :, : self.tokens]  # [3, B, h/S, N, d]
+        q_all, k_all, v_all = (
+            torch.cat([t[:, mine, :length], part], dim=2) for t, part in zip((q, k, v), video, strict=True)
+        )
+        out = self.kernel(q_all, k_all, v_all)  # [B, h/S, L + N, d]
+        words = group.gather(out[:, :, :length], group.seq_group, dim=1)  # [B, h, L, d]
+        back = out[:, :, length:]
+        back = torch.cat(
+            [back, back.new_zeros(batch, heads // ranks, ranks * count - self.tokens, head_dim)], 2
+        )
+        back = back.unflatten(2, (ranks, count)).permute(2, 0, 1, 3, 4)  # [S, B, h/S, n, d]
+        back = group.all_to_all(back, group.seq_group)  # piece i: my tokens, rank i's heads
+        back = back.permute(1, 0, 2, 3, 4).flatten(1, 2)  # [B, h, n, d]
+        return torch.cat([words, back], dim=2)
 
 
 def duplicate_single_rows(module: nn.Module) -> None:
@@ -75,7 +106,10 @@ class ParallelDiT:
             kernel = previous.attend if isinstance(previous, JointAttentionProcessor) else sdpa
             if isinstance(kernel, SequenceShardAttention):
                 kernel = kernel.kernel
-            self.attention = SequenceShardAttention(group, kernel)
+            split = (
+                UlyssesAttention if network.config.num_heads % group.plan.seq == 0 else SequenceShardAttention
+            )
+            self.attention = split(group, kernel)
             network.set_attention(self.attention)
 
     def __call__(
