@@ -175,6 +175,8 @@ def test_four_jobs_run_across_both_workers_with_live_progress(engine, cluster):
         assert Path(row["thumbnail_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert not [path for path in video.parent.iterdir() if ".partial" in path.name]
     assert rows[0]["weights_sha256"] == rows[1]["weights_sha256"]  # the same tiny weights on every box
+    # each actor keeps its models warm, and the engine's status says so
+    assert [worker["models_loaded"] for worker in engine.workers()] == [["stage1", "stage2"]] * 2
 
 
 def test_a_cancel_stops_a_running_remote_job(engine):
@@ -274,3 +276,5 @@ def test_serve_ray_without_a_cluster_says_so(tmp_path, home):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "--ray 127.0.0.1:1: nothing answers there" in done.stderr
     assert "ray start --head" in done.stderr
+    both = subprocess.run([*command, "--gpus", "cpu:2"], env=engine.env, capture_output=True, text=True)
+    assert both.returncode == 2 and "--gpus and --ray exclude each other" in both.stderr
