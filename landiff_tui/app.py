@@ -133,6 +133,18 @@ class LanDiffApp(App):
             )
         self.broadcast(lambda: EngineConnected(hello, caught_up.active, caught_up.gap))
         self.run_worker(self.check_weights(), exclusive=True, group="weights-check")
+        self.run_worker(self.name_workers(hello), exclusive=True, group="header-workers")
+
+    async def name_workers(self, hello: HelloReply) -> None:
+        """The header names the engine's workers when it has several (`serve --gpus`: one a GPU)."""
+        try:
+            status = await self.link.request("status")
+        except RemoteError:
+            return
+        labels = [worker.label for worker in status.workers]
+        said = f"engine: {hello.model} model, pid {hello.pid}"
+        if len(labels) > 1 and self.sub_title == said:  # still connected to the engine that said hello
+            self.sub_title = f"{said}, {len(labels)} workers: {', '.join(labels)}"
 
     def engine_state(self, state: str, message: str) -> None:
         self.sub_title = {

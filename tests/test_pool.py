@@ -382,6 +382,8 @@ async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_
             ("running", "cuda:1", second.id[:8]),
             ("queued", "", job(2).id[:8]),
         ]
+        header = "engine: tiny model, pid 4242, 2 workers: cuda:0, cuda:1"
+        await until(pilot, lambda: app.sub_title == header, 5, "the header to name the workers")
         queue.memory = await link.request("status")  # what its timer asks every few seconds
         queue.draw_workers()
         assert str(queue.query_one("#workers-line").render()) == (
