@@ -294,7 +294,6 @@ def test_uneven_shards_are_padded_and_the_padding_never_attended(split, grid, at
             split = ParallelDiT(deepcopy(network), group)
             assert type(split.attention).__name__ == attention
             results[index] = split(*args)
-        group.close()
 
     threads = [Thread(target=rank, args=(index,)) for index in range(plan.size)]
     for thread in threads:

@@ -141,7 +141,7 @@ class Ranks:
                 self.stop()
                 raise RankLost(
                     f"rank {rank} of the parallel group ({self.devices[rank]}) stopped while starting "
-                    f"({how(code)}); the engine's log says why"
+                    f"({how(code)}); its output is on the engine's stderr (engine.out when detached)"
                 )
             if time.monotonic() > deadline:
                 self.stop()
@@ -163,10 +163,14 @@ class Ranks:
         return f"the parallel group stopped answering ({error}); it restarts for the next job"
 
     def stop(self) -> None:
-        """Send the helpers home (EXIT), then end any that does not leave: no process outlives this."""
+        """Send the helpers home (EXIT), then end any that does not leave: no process outlives this.
+        Helpers that never joined a group (still loading) are ended at once."""
         if self.group is not None:
             self.group.close()
             self.group = None
+        else:
+            for process in self.processes.values():
+                process.terminate()
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for process in self.processes.values():
             try:
