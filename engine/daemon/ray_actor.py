@@ -90,6 +90,7 @@ class PipelineHost:
         self.model, self.ckpts, self.run_options = model, ckpts, dict(run_options)
         self.pipeline = None
         self.stop = threading.Event()
+        self.running: str | None = None  # the key of the job `run` runs: a cancel names it
 
     def ready(self) -> dict[str, str]:
         """Where this actor runs: its node, its address and its device. The pipeline's code (torch, diffusers,
@@ -109,8 +110,11 @@ class PipelineHost:
             return Loaded([], 0)
         return Loaded(pipeline.loaded_models(), pipeline.weight_bytes())
 
-    def cancel(self) -> None:
-        self.stop.set()
+    def cancel(self, key: str) -> None:
+        """Stop the job `key` at its next step. A cancel that arrives late, once another job runs (it runs
+        in another concurrency group, so it may overtake or trail a `run`), changes nothing."""
+        if key == self.running:
+            self.stop.set()
 
     def release(self) -> Loaded:
         """Drop the warm models (the engine's worker released them after its idle time)."""
@@ -131,11 +135,12 @@ class PipelineHost:
         ckpts = None if self.ckpts is None else Path(self.ckpts)
         return Pipeline.for_model(self.model, ckpts, memory=memory, dit=DiTOptions(**options))
 
-    def run(self, params: dict[str, Any], out_name: str, tokens: bytes | None = None):
+    def run(self, key: str, params: dict[str, Any], out_name: str, tokens: bytes | None = None):
         """One job, streamed: Progress, ChunkSent and Loaded items, then one Outcome.
 
         The pipeline runs in a thread of this actor; its callbacks queue what this generator yields."""
         self.stop.clear()
+        self.running = key
         scratch = Path(tempfile.mkdtemp(prefix="landiff-ray-job-"))
         items: queue.Queue = queue.Queue()
         thread = threading.Thread(
@@ -147,6 +152,7 @@ class PipelineHost:
                 yield item
         finally:  # also when the engine stops listening: the job stops, its scratch folder goes
             self.stop.set()
+            self.running = None
             thread.join()
             shutil.rmtree(scratch, ignore_errors=True)
 

@@ -9,6 +9,7 @@ import hashlib
 import math
 import os
 import time
+import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
@@ -106,16 +107,17 @@ class RemotePipeline:
         from engine.generation.job import ChunkDone, Progress
 
         lost = lost_errors()
+        key = uuid.uuid4().hex  # what a cancel names: this job, not the actor's next one
         cancel_sent = -math.inf
         ended = False
         try:
             stream = self.actor.run.options(num_returns="streaming").remote(
-                job.params(), job.out.name, tokens
+                key, job.params(), job.out.name, tokens
             )
             while True:
                 stop = should_stop is not None and should_stop()
                 if stop and time.monotonic() - cancel_sent > CANCEL_RESEND_S:
-                    control(self.actor.cancel).remote()
+                    control(self.actor.cancel).remote(key)
                     cancel_sent = time.monotonic()
                 ready, _ = ray.wait([stream], timeout=WAIT_S)
                 if not ready:
@@ -146,7 +148,7 @@ class RemotePipeline:
         finally:
             if not ended:  # the engine side failed (its disk, a callback): the actor stops the job too
                 with contextlib.suppress(Exception):  # the actor went meanwhile: nothing left to stop
-                    control(self.actor.cancel).remote()
+                    control(self.actor.cancel).remote(key)
 
 
 class VideoMirror:
