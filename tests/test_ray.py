@@ -100,7 +100,7 @@ def cluster():
             "node_ip_address": LOOPBACK,
         },
     )
-    nodes = [local.add_node(**NODE) for _ in range(2)]
+    nodes = [local.add_node(wait=False, **NODE) for _ in range(2)]  # they start side by side
     local.wait_for_nodes()
     assert local.address.startswith(f"{LOOPBACK}:")
     print(f"cluster up in {time.monotonic() - started:.1f} s")
