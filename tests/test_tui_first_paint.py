@@ -115,6 +115,30 @@ def test_the_first_frame_imports_and_mounts_only_the_generate_tab(tmp_path):
     assert not frame["gc"], "the collector ran while the first frame was built: main() pauses it"
 
 
+def test_keys_typed_as_the_first_frame_shows_land_in_the_prompt(tmp_path):
+    """On a real terminal, typed the moment the first frame is out, while the rest mounts after it."""
+    env = {**os.environ, "LANDIFF_RUNTIME_DIR": str(tmp_path), "TERM": "xterm-256color"}
+    env.update(COLUMNS="80", LINES="24")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.execvpe(sys.executable, [sys.executable, "-m", "landiff_tui", "--no-start"], env)
+    screen, typed, deadline = b"", False, time.monotonic() + 60
+    try:
+        while b"A heron" not in screen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                screen += os.read(fd, 1 << 16)
+            if not typed and b"Submit" in screen:
+                os.write(fd, b"A heron")
+                typed = True
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    assert typed, "no first frame in 60 s"
+    assert b"A heron" in screen, "the keys typed at the first frame did not reach the prompt"
+
+
 def test_the_landiff_tui_command_is_the_launcher_that_pauses_the_collector():
     assert 'landiff-tui = "landiff_tui.__main__:main"' in (ROOT / "pyproject.toml").read_text()
     command = [sys.executable, "-m", "landiff_tui"]
