@@ -303,3 +303,39 @@ def test_uneven_shards_are_padded_and_the_padding_never_attended(split, grid, at
     assert sorted(results) == list(range(plan.size))
     for got in results.values():
         assert ((got - reference).abs().max() / reference.abs().max()) < 1e-5
+
+
+def test_guidance_parallel_renders_the_single_process_latents_bit_for_bit(single, job):
+    """cfg=2 over two ranks (threads on one gloo store; the processes' render loop, lead and follow):
+    the whole stage-2 latents of the two-chunk job equal the single process's, bit for bit."""
+    from copy import copy, deepcopy
+    from threading import Thread
+
+    import torch.distributed as dist
+
+    from engine.generation.parallel.group import ParallelGroup
+    from engine.generation.parallel.network import attach
+    from engine.generation.parallel.render import follow_renders
+
+    text, codes, plan, reference = job
+    base, store, rendered = single.stage2(), dist.HashStore(), {}
+
+    def rank(index: int) -> None:
+        stage = copy(base)
+        stage.network, stage.decoder = deepcopy(base.network), deepcopy(base.decoder)
+        group = ParallelGroup(ParallelPlan(2, 1), index, torch.device("cpu"), store)
+        attach(stage, group)
+        if index == 0:
+            rendered[0] = list(stage.render_chunks(text, codes, plan, seed=SEED, steps=STEPS))
+            group.close()  # the helper leaves its loop
+        else:
+            follow_renders(stage, group)
+            rendered[1] = True
+
+    threads = [Thread(target=rank, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert rendered.get(1) is True and len(rendered[0]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(reference, rendered[0], strict=True))
