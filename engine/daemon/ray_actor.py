@@ -1,10 +1,10 @@
 """The actor of a `serve --ray` worker: one per GPU of a cluster node, a warm Pipeline in its own process.
 
-`PipelineHost` is a plain class; engine/daemon/ray_workers.py makes it a Ray actor (so importing this module
+`PipelineHost` is a plain class; ray_pipeline.actor_class makes it a Ray actor (so importing this module
 loads neither ray nor torch). One job at a time: `run` is a generator that Ray streams back to the engine,
 item by item: the pipeline's `Progress` reports, a `ChunkSent` per finished chunk, `Loaded` when the warm
 models change, and one last `Outcome`. `cancel` runs beside it (the actor's second concurrency group) and
-stops the job at its next step, as a local cancel does.
+stops the job it names at its next step, as a local cancel does.
 
 The actor renders into a scratch folder on its own box and sends the files back: a cluster's boxes share no
 disk as a rule. Each chunk carries the bytes it added to the growing video (the engine appends them to its own
