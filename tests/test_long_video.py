@@ -263,9 +263,10 @@ def test_store_migrates_to_chunk_timings_and_knows_cancelled_partial(tmp_path):
         )
         db.execute("PRAGMA user_version = 1")
     store = Store(path)
-    assert store.get("old1").summary()["chunk_timings"] == []
+    old = store.get("old1").summary()
+    assert old["chunk_timings"] == [] and (old["worker"], old["requeues"], old["quality"]) == (None, 0, None)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     row = store.add_job(JobParams(prompt="long", frames=241).model_dump(), "tiny", "0")
     store.update(row.id, status="cancelled_partial", chunk_timings=[{"index": 0, "denoise_s": 1.0}])
     assert store.get(row.id).summary()["chunk_timings"] == [{"index": 0, "denoise_s": 1.0}]
