@@ -5,6 +5,7 @@ a cancel, a node killed mid-job, a node that joins."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -278,3 +279,53 @@ def test_serve_ray_without_a_cluster_says_so(tmp_path, home):
     assert "ray start --head" in done.stderr
     both = subprocess.run([*command, "--gpus", "cpu:2"], env=engine.env, capture_output=True, text=True)
     assert both.returncode == 2 and "--gpus and --ray exclude each other" in both.stderr
+
+
+def test_a_video_copy_that_differs_from_the_actors_is_not_kept(tmp_path):
+    from engine.daemon.ray_pipeline import VideoMirror
+
+    out = tmp_path / "job" / "video.mp4"
+    mirror = VideoMirror(out)
+    mirror.append(b"first chunk ")
+    mirror.append(b"second chunk")
+    assert mirror.partial.read_bytes() == b"first chunk second chunk" and not out.exists()
+    with pytest.raises(ValueError, match="differs from its own"):
+        mirror.finish(24, hashlib.sha256(b"another video, same size!").hexdigest())
+    mirror.abort()
+    assert list(out.parent.iterdir()) == []
+    kept = VideoMirror(out)
+    kept.append(b"the whole video")
+    assert kept.finish(15, hashlib.sha256(b"the whole video").hexdigest()) == out
+    assert out.read_bytes() == b"the whole video" and list(out.parent.iterdir()) == [out]
+
+
+def test_files_that_cannot_all_land_leave_none(tmp_path):
+    from engine.daemon.ray_actor import SentFiles
+    from engine.daemon.ray_pipeline import VideoMirror, land
+    from engine.generation.job import JobResult, JobSpec
+
+    job = JobSpec.from_params({"prompt": PROMPT}, out=tmp_path / "job" / "video.mp4")
+    mirror = VideoMirror(job.out)
+    mirror.append(b"video")
+    result = JobResult(
+        Path("/far/video.mp4"), Path("/far/video.npy"), Path("/far/video.json"), Path("/far/v.png")
+    )
+    record = {"no job": "a record without its job block cannot be rewritten"}
+    files = SentFiles(result, b"tokens", b"png", record, hashlib.sha256(b"video").hexdigest(), 5)
+    with pytest.raises(KeyError):
+        land(job, files, mirror, "ray:test:0")
+    mirror.abort()
+    assert list(job.out.parent.iterdir()) == []
+    files = SentFiles(result, b"tokens", b"png", {"job": {"out": "/far/video.mp4"}}, files.video_sha256, 5)
+    mirror = VideoMirror(job.out)
+    mirror.append(b"video")
+    landed = land(job, files, mirror, "ray:test:0")
+    assert landed.video == job.out and landed.tokens.read_bytes() == b"tokens"
+    record = json.loads(landed.sidecar.read_text())
+    assert record["job"]["out"] == str(job.out) and record["worker"] == "ray:test:0"
+    assert sorted(path.name for path in job.out.parent.iterdir()) == [
+        "video.json",
+        "video.mp4",
+        "video.npy",
+        "video.png",
+    ]
