@@ -279,6 +279,10 @@ def test_serve_ray_without_a_cluster_says_so(tmp_path, home):
     assert "ray start --head" in done.stderr
     both = subprocess.run([*command, "--gpus", "cpu:2"], env=engine.env, capture_output=True, text=True)
     assert both.returncode == 2 and "--gpus and --ray exclude each other" in both.stderr
+    without_ray = "import sys; sys.modules['ray'] = None; from engine.cli.main import main; sys.exit(main())"
+    bare = [sys.executable, "-c", without_ray, "serve", "--model", "tiny", "--ray", "auto"]
+    missing = subprocess.run(bare, env=engine.env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "Ray is not installed here; pip install" in missing.stderr
 
 
 def test_a_video_copy_that_differs_from_the_actors_is_not_kept(tmp_path):

@@ -47,6 +47,12 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     # a Ray call made while not connected (a late one, after the stop) must fail, not start a local Ray
     # instance that listens on the network: ray reads this once, at its import, which follows
     os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise StartRefused(
+            f"--ray {address}: Ray is not installed here; pip install 'landiff-tui[ray]' (on every box)"
+        ) from None
     host, _, port = address.rpartition(":")
     if host and port.isdigit():
         try:
