@@ -16,12 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from ray.cluster_utils import Cluster  # the test extra installs ray: its absence is an error, not a skip
 
 from engine.generation.video import read_mp4
 from tests.test_engine import PROMPT, ROOT, RunningEngine, wait_for
-
-ray = pytest.importorskip("ray", reason="the test extra installs ray")
-from ray.cluster_utils import Cluster  # noqa: E402
 
 RESOURCE = "landiff_gpu"
 LOOPBACK = "127.0.0.1"  # the test cluster listens on no network interface
