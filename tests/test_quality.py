@@ -16,6 +16,7 @@ import torch
 
 from engine.generation.quality import (
     CLIP_MAX_FRAMES,
+    ProbeStopped,
     clip_scores,
     load_clip,
     measure,
@@ -119,6 +120,21 @@ def test_a_video_file_is_probed_with_or_without_clip(tiny_clip, tmp_path):
     bare = QualityRecord.model_validate(probe_video(video, PROMPT, None, "no CLIP here"))
     assert bare.clip is None and bare.skipped == "no CLIP here"
     assert (bare.flicker, bare.motion) == (record.flicker, record.motion)
+
+
+def test_a_stopping_engine_stops_the_probe_at_the_next_frame(tmp_path):
+    """The engine joins the probe when it stops (a thread inside torch at exit aborts the process), so
+    the probe must leave a long video at once, unrecorded."""
+    video = write_mp4(moving_square(9), tmp_path / "video.mp4", fps=8)
+    reads = []
+
+    def stop_after_three() -> bool:
+        reads.append(1)
+        return len(reads) > 3
+
+    with pytest.raises(ProbeStopped):
+        probe_video(video, PROMPT, None, "no CLIP here", should_stop=stop_after_three)
+    assert len(reads) == 4
 
 
 def test_the_clip_downloads_on_request_checked_by_the_hubs_digests(tiny_clip, tmp_path):

@@ -151,7 +151,7 @@ class QualityProbe(threading.Thread):
 
     def measure(self, row: JobRow, clip: Clip | None) -> Clip | None:
         """Probe one job, record and announce what was found; returns the CLIP loaded for the next."""
-        from engine.generation.quality import load_clip, probe_video
+        from engine.generation.quality import ProbeStopped, load_clip, probe_video
 
         skipped = clip_absence(self.root)
         if skipped is None and clip is None:
@@ -162,7 +162,16 @@ class QualityProbe(threading.Thread):
                 skipped = f"CLIP weights in {folder} did not load ({error}): {CLIP_HINT} again"
         started = time.monotonic()
         try:
-            record = probe_video(Path(row.video_path), row.prompt, None if skipped else clip, skipped)
+            record = probe_video(
+                Path(row.video_path),
+                row.prompt,
+                None if skipped else clip,
+                skipped,
+                should_stop=self.stopping.is_set,
+            )
+        except ProbeStopped:
+            log.info("quality probe of job %s left for the next start: the engine is stopping", row.id)
+            return clip
         except Exception as error:  # an unreadable or vanished video: recorded, never tried in a loop
             log.warning("quality probe of job %s failed: %s", row.id, error)
             record = {"error": f"{type(error).__name__}: {error}", "seconds": time.monotonic() - started}

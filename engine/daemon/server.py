@@ -225,6 +225,9 @@ async def run_engine(
     pool.stop()
     service.quality.stop()
     await asyncio.to_thread(pool.join, 30)
+    # a daemon thread still inside torch when the interpreter finalises aborts the process (SIGABRT); the
+    # probe leaves its video at the next frame it reads, so this wait is short
+    await asyncio.to_thread(service.quality.join, 30)
     if ray is not None:
         ray_workers.disconnect()  # the engine's actors go with it
     service.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,13 @@ class VideoSample:
     kept: list[torch.Tensor] = field(default_factory=list)
 
 
-def read_for_probe(path: Path, most: int = CLIP_MAX_FRAMES) -> VideoSample:
+class ProbeStopped(Exception):
+    """The engine is stopping: the probe left its video unmeasured (it is measured at the next start)."""
+
+
+def read_for_probe(
+    path: Path, most: int = CLIP_MAX_FRAMES, should_stop: Callable[[], bool] | None = None
+) -> VideoSample:
     """Stream an mp4 with imageio-ffmpeg: each frame's brightness and small luma, the sampled frames."""
     import imageio_ffmpeg
 
@@ -203,6 +210,8 @@ def read_for_probe(path: Path, most: int = CLIP_MAX_FRAMES) -> VideoSample:
     sample = VideoSample(fps=float(meta["fps"]))
     try:
         for index, data in enumerate(reader):
+            if should_stop is not None and should_stop():
+                raise ProbeStopped(str(path))
             frame = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).reshape(1, height, width, 3).copy())
             sample.brightness.append(float(luma(frame).mean()))
             sample.small.append(small_luma(frame)[0])
@@ -215,11 +224,18 @@ def read_for_probe(path: Path, most: int = CLIP_MAX_FRAMES) -> VideoSample:
     return sample
 
 
-def probe_video(path: Path, prompt: str, clip: Clip | None, skipped: str | None = None) -> dict[str, Any]:
+def probe_video(
+    path: Path,
+    prompt: str,
+    clip: Clip | None,
+    skipped: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
     """The quality record of one video (see protocol.QualityRecord). `clip` None: CLIP is skipped, for
-    the reason `skipped`; flicker and motion need no weights and are measured all the same."""
+    the reason `skipped`; flicker and motion need no weights and are measured all the same. Raises
+    ProbeStopped as soon as `should_stop()` says so while the video is read."""
     started = time.monotonic()
-    sample = read_for_probe(path)
+    sample = read_for_probe(path, should_stop=should_stop)
     if sample.count == 0:
         raise ValueError(f"{path} holds no frames")
     record: dict[str, Any] = {
