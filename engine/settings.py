@@ -103,6 +103,12 @@ NCCL_SOCKET_IFNAME = Variable(
     "lo",
     "the interface NCCL's bootstrap listens on for a --parallel group's GPUs (loopback: off the network)",
 )
+QUALITY_PROBE = Variable(
+    "LANDIFF_QUALITY_PROBE",
+    "on",
+    "off: the engine does not measure each finished job (CLIP score, flicker, motion) by itself; "
+    "`landiff-engine quality JOB` still does",
+)
 GOLDEN_DIRS = Variable(
     "LANDIFF_GOLDEN_DIRS",
     "../shared/golden",
@@ -125,8 +131,10 @@ VARIABLES = (
     HF_HUB_OFFLINE,
     INDUCTOR_CACHE_DIR,
     NCCL_SOCKET_IFNAME,
+    QUALITY_PROBE,
     GOLDEN_DIRS,
 )
+FALSE_WORDS = ("0", "false", "no", "off")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -166,6 +174,11 @@ def max_connections() -> int:
 
 def min_free_bytes() -> int:
     return whole_number(MIN_FREE_MB, 256) * 2**20
+
+
+def quality_probe_on() -> bool:
+    """Whether the engine measures finished jobs by itself (LANDIFF_QUALITY_PROBE unset or not off)."""
+    return (QUALITY_PROBE.raw() or "on").lower() not in FALSE_WORDS
 
 
 def hub_endpoint() -> str:

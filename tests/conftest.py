@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The engines the tests start measure no finished job by themselves: a quality probe after every tiny job
+# would take CPU from the next test on a 2-core machine. tests/test_quality.py turns it on for its engine.
+os.environ.setdefault("LANDIFF_QUALITY_PROBE", "off")
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ PROGRESS_FIELDS = {
     "frames_written",
     "video_seconds",
     "job_eta_s",
+    "dit_calls",
+    "cache_skips",
 }
 CHUNK_FIELDS = {
     "job_id",

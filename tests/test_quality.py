@@ -164,7 +164,9 @@ def test_the_clip_downloads_on_request_checked_by_the_hubs_digests(tiny_clip, tm
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory, home):
-    running = RunningEngine(tmp_path_factory.mktemp("engine"), home).start()
+    running = RunningEngine(tmp_path_factory.mktemp("engine"), home)
+    running.env["LANDIFF_QUALITY_PROBE"] = "on"  # the suite's engines run without it (tests/conftest.py)
+    running.start()
     yield running
     running.stop()
 

@@ -325,11 +325,29 @@ def test_form_checks_and_lengths():
             "temperature": "1",
             "top_k": "",
             "top_p": "0.9",
+            "cache": "0",
+            "fps": "16",
         },
     )
-    assert errors == {} and params["prompt"] == "A cat." and params["top_p"] == 0.9 and "top_k" not in params
+    assert (
+        errors == {}
+        and params["fps"] == 16
+        and params["cache"] == 0
+        and params["prompt"] == "A cat."
+        and params["top_p"] == 0.9
+        and "top_k" not in params
+    )
     _, errors = check_form(
-        " ", {"cfg": "-1", "seed": "-1", "steps": "x", "motion_score": "11", "temperature": "1"}
+        " ",
+        {
+            "cfg": "-1",
+            "seed": "-1",
+            "steps": "x",
+            "motion_score": "11",
+            "temperature": "1",
+            "cache": "0",
+            "fps": "8",
+        },
     )
     assert set(errors) == {"prompt", "cfg", "seed", "steps", "motion_score"}
     assert (

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
 
+from engine import settings
 from engine.daemon.events import Publisher
 from engine.daemon.store import JobRow, Store
 from engine.weights.layout import CLIP_FOLDER, CLIP_HINT, CLIP_REPO
@@ -76,12 +77,14 @@ class QualityProbe(threading.Thread):
         root: Path,
         clip_name: str = CLIP_REPO,
         ready: Callable[[], bool] = lambda: True,
+        automatic: bool = True,
     ):
         """`root`: the model's weights root (the CLIP sits in its CLIP_FOLDER); `ready`: whether the
-        workers have imported torch (the probe imports it after them, never at the same time)."""
+        workers have imported torch (the probe imports it after them, never at the same time);
+        `automatic`: measure every finished job (else only the jobs `request` names)."""
         super().__init__(name="landiff-quality-probe", daemon=True)
         self.store, self.publish, self.root = store, publish, root
-        self.clip_name, self.ready = clip_name, ready
+        self.clip_name, self.ready, self.automatic = clip_name, ready, automatic
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.requested: deque[str] = deque()
@@ -140,6 +143,8 @@ class QualityProbe(threading.Thread):
                 row = self.store.get(self.requested.popleft())
                 if row is not None and row.status in PROBED_STATUSES and row.video_path:
                     return row
+        if not self.automatic:
+            return None
         with self.store.session() as session:
             query = (
                 select(JobRow)
@@ -213,7 +218,8 @@ def start_quality_probe(
     from engine.weights.layout import layout_for
 
     name = CLIP_REPO if model == "landiff" else f"random {model} CLIP in the layout of {CLIP_REPO}"
-    probe = QualityProbe(store, hub.publish, layout_for(model, ckpts).root, name, ready)
+    root = layout_for(model, ckpts).root
+    probe = QualityProbe(store, hub.publish, root, name, ready, automatic=settings.quality_probe_on())
     probe.start()
     probe.follower = asyncio.get_running_loop().create_task(probe.follow(hub.subscribe()))
     return probe
