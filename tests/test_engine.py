@@ -22,8 +22,10 @@ STOP_HINT = "use it (landiff-engine status) or stop it first (landiff-engine sto
 
 
 class RunningEngine:
-    def __init__(self, base: Path, weights: Path):
-        self.base, self.weights = base, weights
+    """`landiff-engine serve --model tiny` as a subprocess; `serve_args`: more of serve's options."""
+
+    def __init__(self, base: Path, weights: Path, serve_args: tuple[str, ...] = ()):
+        self.base, self.weights, self.serve_args = base, weights, serve_args
         self.env = {
             **os.environ,
             "LANDIFF_RUNTIME_DIR": str(base / "run"),
@@ -37,7 +39,7 @@ class RunningEngine:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> RunningEngine:
-        command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny"]
+        command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", *self.serve_args]
         self.base.mkdir(parents=True, exist_ok=True)
         self.stderr = self.base / "engine.stderr"  # a file, not a pipe nobody reads: the log can be long
         with open(self.stderr, "ab") as stderr:

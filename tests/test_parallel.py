@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -164,17 +162,8 @@ def test_serve_refuses_a_parallel_split_it_cannot_serve_in_one_line(
 class ParallelEngine(RunningEngine):
     """An engine subprocess with `serve --parallel 2` on a machine without GPU: two CPU ranks, cfg=2."""
 
-    def start(self) -> ParallelEngine:
-        command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", "--parallel", "2"]
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.stderr = self.base / "engine.stderr"
-        with open(self.stderr, "ab") as stderr:
-            self.process = subprocess.Popen(
-                command, env=self.env, stdout=subprocess.PIPE, stderr=stderr, text=True
-            )
-        line = self.process.stdout.readline()
-        assert line.startswith("ready"), self.stderr.read_text()
-        return self
+    def __init__(self, base: Path, weights: Path):
+        super().__init__(base, weights, serve_args=("--parallel", "2"))
 
 
 def helper_ranks(parent: int) -> list[int]:

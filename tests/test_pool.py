@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -181,17 +182,8 @@ def test_a_lost_worker_requeues_its_job_once_then_the_job_is_interrupted(tmp_pat
 class PoolEngine(RunningEngine):
     """An engine subprocess with `serve --gpus cpu:2`."""
 
-    def start(self) -> PoolEngine:
-        command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", "--gpus", "cpu:2"]
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.stderr = self.base / "engine.stderr"
-        with open(self.stderr, "ab") as stderr:
-            self.process = subprocess.Popen(
-                command, env=self.env, stdout=subprocess.PIPE, stderr=stderr, text=True
-            )
-        line = self.process.stdout.readline()
-        assert line.startswith("ready"), self.stderr.read_text()
-        return self
+    def __init__(self, base: Path, weights: Path):
+        super().__init__(base, weights, serve_args=("--gpus", "cpu:2"))
 
 
 @pytest.fixture(scope="module")

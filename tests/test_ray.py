@@ -36,30 +36,9 @@ class RayEngine(RunningEngine):
     """An engine started with `serve --ray ADDRESS --ray-resource landiff_gpu` on the tiny model."""
 
     def __init__(self, base: Path, weights: Path, address: str):
-        super().__init__(base, weights)
+        serve_args = ("--ckpts", str(weights), "--ray", address, "--ray-resource", RESOURCE)
+        super().__init__(base, weights, serve_args)
         self.address = address
-
-    def start(self) -> RayEngine:
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.stderr = self.base / "engine.stderr"
-        command = [
-            sys.executable,
-            "-m",
-            "engine.cli",
-            "serve",
-            "--model",
-            "tiny",
-            "--ckpts",
-            str(self.weights),
-        ]
-        command += ["--ray", self.address, "--ray-resource", RESOURCE]
-        with open(self.stderr, "ab") as stderr:
-            self.process = subprocess.Popen(
-                command, env=self.env, stdout=subprocess.PIPE, stderr=stderr, text=True
-            )
-        line = self.process.stdout.readline()
-        assert line.startswith("ready"), self.stderr.read_text()
-        return self
 
     def workers(self) -> list[dict]:
         with self.client() as client:
