@@ -154,8 +154,9 @@ class EngineLink:
             self.on_connected(hello, caught_up)
             await listener
         except RemoteError as error:  # e.g. the engine serves another model
-            self.on_state(STOPPED, str(error))
-            self.closing = error.code in FINAL
+            if error.code != "disconnected":  # gone mid-request: a fresh connection, as below
+                self.on_state(STOPPED, str(error))
+                self.closing = error.code in FINAL
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass  # ValueError: a line that is not JSON; drop the connection and make a fresh one
         finally:
@@ -172,21 +173,32 @@ class EngineLink:
 
         from engine.protocol import parse_event
 
-        while line := await reader.readline():
-            message = decode_line(line, MAX_REPLY_BYTES)
-            if is_event(message):
-                with contextlib.suppress(ValidationError):  # from an engine of another version: hello says
-                    self.deliver(parse_event(message))
-                continue
-            if message.get("id") is None and not message.get("ok", True):
-                reply_result(message)  # the engine's word on this connection (too many, a timeout): raised
-            future = self.pending.pop(message.get("id"), None)
-            if future is None or future.done():
-                continue
-            try:
-                future.set_result(reply_result(message))
-            except RemoteError as error:
-                future.set_exception(error)
+        # a request still waiting when the connection ends gets the reason, so the session never waits on a
+        # reply that cannot come (the socket dropped between hello and its answer, say)
+        ended = RemoteError("disconnected", "the engine went away; it reconnects when the engine is back")
+        try:
+            while line := await reader.readline():
+                message = decode_line(line, MAX_REPLY_BYTES)
+                if is_event(message):
+                    with contextlib.suppress(ValidationError):  # another version's engine: hello says
+                        self.deliver(parse_event(message))
+                    continue
+                if message.get("id") is None and not message.get("ok", True):
+                    reply_result(message)  # the engine's word on this connection (too many, a timeout)
+                future = self.pending.pop(message.get("id"), None)
+                if future is None or future.done():
+                    continue
+                try:
+                    future.set_result(reply_result(message))
+                except RemoteError as error:
+                    future.set_exception(error)
+        except RemoteError as error:
+            ended = error
+            raise
+        finally:
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(ended)
 
     def deliver(self, event: AnyEvent) -> None:
         if event.seq <= self.last_seq:
