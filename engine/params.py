@@ -5,7 +5,7 @@ TUI's Generate form (`landiff_tui.params`), the pipeline's `JobSpec` and so its 
 (which keeps `JobParams` as JSON) are all built from `PARAMS`. To add a parameter, add a `Param` here and
 read it in the pipeline (`job.<name>`); see the README's Development section.
 
-Plain Python on purpose: the TUI checks its form with this module before its first paint, so it imports
+Plain Python on purpose: the TUI checks its form with this module from its first keystroke, so it imports
 neither pydantic nor torch. Ranges are what the engine accepts; a model limit beyond a range (the length
 by the language model's token budget, the prompt by its text tokens) is checked where the model is known:
 `engine.generation.lengths` and `engine.generation.prompt_tokens`.

@@ -16,11 +16,10 @@ from engine import __version__
 from engine.wire import RemoteError
 
 from .client import ABSENT, LOST, STARTING, STOPPED, EngineLink
-from .commands import LanDiffCommands
 from .messages import EngineConnected, EngineLost, JobEnded, message_for
 from .views.base import View
 from .views.generate import GenerateView
-from .widgets.deferred import DeferredView
+from .widgets.deferred import add_later_css, mount_later_view
 
 if TYPE_CHECKING:
     from engine.protocol import AnyEvent, Exact, HelloReply, SubscribeReply
@@ -32,7 +31,8 @@ TABS = [
     ("weights", "Weights", "f4"),
     ("engine", "Engine", "f5"),
 ]
-# the other tabs' views: imported and mounted after the first frame, which shows the Generate tab
+# the other tabs' views: imported and mounted into their panes after the first frame, which shows the
+# Generate tab
 DEFERRED = {
     "queue": "landiff_tui.views.queue:QueueView",
     "gallery": "landiff_tui.views.gallery:GalleryView",
@@ -44,10 +44,18 @@ DEFERRED = {
 START_HINT = "R on the Engine tab (F5) starts one"
 
 
+def landiff_commands() -> type:
+    """The command palette's provider, imported when the palette first opens rather than before the first
+    frame (Textual takes a function returning the provider class in COMMANDS)."""
+    from .commands import LanDiffCommands
+
+    return LanDiffCommands
+
+
 class LanDiffApp(App):
     TITLE = "LanDiff"
     CSS_PATH = "app.tcss"
-    COMMANDS = App.COMMANDS | {LanDiffCommands}
+    COMMANDS = App.COMMANDS | {landiff_commands}
     AUTO_FOCUS = "#prompt"  # typing lands in the prompt from the first frame
     # the tabs' titles name their keys, so the footer keeps its width for the keys of the tab shown
     BINDINGS = [
@@ -83,19 +91,30 @@ class LanDiffApp(App):
         with TabbedContent(id="tabs"):
             with TabPane(tab_title("generate"), id="generate"):
                 yield GenerateView()
-            for tab, path in DEFERRED.items():
-                with TabPane(tab_title(tab), id=tab):
-                    yield DeferredView(path)
+            for tab in DEFERRED:
+                yield TabPane(tab_title(tab), id=tab)  # its view comes after the first frame
         yield Footer()
 
     def on_mount(self) -> None:
         self.sub_title = "connecting to the engine..."
+        self.call_after_refresh(self.mount_later)
         self.call_after_refresh(self.start_link)
+
+    def mount_later(self) -> None:
+        """After the first frame: the other tabs' rules and views."""
+        add_later_css(self)
+        for tab, path in DEFERRED.items():
+            mount_later_view(self.query_one(f"#{tab}", TabPane), path)
+
+    def push_screen(self, *args: Any, **kwargs: Any) -> Any:
+        add_later_css(self)  # the dialogs' rules, even for one opened before `mount_later` ran
+        return super().push_screen(*args, **kwargs)
 
     def start_link(self) -> None:
         """Connect once every tab and the whole form are mounted (after the first frame): each gets the
         state."""
-        if len(self.views) < len(TABS) or self.query("Deferred"):
+        views = self.views
+        if len(views) < len(TABS) or not all(view.is_mounted and view.complete for view in views):
             self.call_after_refresh(self.start_link)
             return
         if self.gc_paused:

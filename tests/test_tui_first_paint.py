@@ -1,7 +1,8 @@
 """The TUI's first frame stays light: what is imported and mounted before it is drawn.
 
 Structural on purpose: timings on a loaded 2-core box are noise, but a first frame that imports the other
-tabs, pydantic or the engine's start-up code, or styles the whole form, is a slow first frame everywhere.
+tabs, pydantic, the job schema or the engine's start-up code, styles the whole form or stand-ins for what
+comes later, or parses the other tabs' CSS, is a slow first frame everywhere.
 `python bench/tui.py` measures the time itself.
 """
 
@@ -36,8 +37,10 @@ write = LinuxDriver.write
 def first_frame(driver, data):
     write(driver, data)
     if "Submit" in data:  # the Generate tab's button: the first frame is out
-        widgets = [type(widget).__name__ for widget in driver._app.screen.walk_children(with_self=True)]
-        report = {"modules": sorted(sys.modules), "widgets": widgets, "gc": gc.isenabled()}
+        app = driver._app
+        widgets = [type(widget).__name__ for widget in app.screen.walk_children(with_self=True)]
+        css = [path for path, _ in app.stylesheet.source]
+        report = {"modules": sorted(sys.modules), "widgets": widgets, "gc": gc.isenabled(), "css": css}
         os.write(int(os.environ["REPORT_FD"]), json.dumps(report).encode())
         os._exit(0)
 
@@ -45,9 +48,13 @@ LinuxDriver.write = first_frame
 main(["--model", "tiny", "--no-start"])
 """
 
-# used only once the first frame is out: the other tabs, dialogs, replies (pydantic), starting an engine
+# used only once the first frame is out: the other tabs, dialogs, replies (pydantic), starting an engine,
+# the form's fields and checks (the job schema), the command palette's entries
 LATER = [
     "pydantic",
+    "engine.params",
+    "landiff_tui.params",
+    "landiff_tui.commands",
     "torch",
     "PIL",
     "engine.protocol",
@@ -66,9 +73,9 @@ LATER = [
     "textual.widgets._progress_bar",
     "textual.widgets._log",
 ]
-# the widgets the first frame styles: header, tabs, the prompt, the Submit button, footer (37 today);
-# the form's fields alone would add 20, any other tab more
-WIDGET_BUDGET = 45
+# the widgets the first frame styles: header, tabs, the prompt, the Submit button, footer (29 today);
+# the form's fields alone would add 20, any other tab more, a stand-in for each of them 1
+WIDGET_BUDGET = 31
 
 
 def first_frame(tmp_path: Path) -> dict:
@@ -106,13 +113,15 @@ def test_the_first_frame_imports_and_mounts_only_the_generate_tab(tmp_path):
     frame = first_frame(tmp_path)
     early = [name for name in LATER if name in frame["modules"]]
     assert not early, f"imported before the first frame: {early}; import them where they are first used"
-    views = [name for name in frame["widgets"] if name.endswith("View") and name != "DeferredView"]
+    views = [name for name in frame["widgets"] if name.endswith("View")]
     assert views == ["GenerateView"], f"the first frame mounts {views}: the other tabs come after it"
     assert len(frame["widgets"]) <= WIDGET_BUDGET, (
         f"the first frame styles {len(frame['widgets'])} widgets (budget {WIDGET_BUDGET}): mount what it "
         f"does not show after it (landiff_tui.widgets.deferred): {sorted(frame['widgets'])}"
     )
     assert not frame["gc"], "the collector ran while the first frame was built: main() pauses it"
+    later = [path for path in frame["css"] if path.endswith("later.tcss")]
+    assert not later, "the other tabs' CSS was parsed for the first frame: add_later_css adds it after"
 
 
 def test_keys_typed_as_the_first_frame_shows_land_in_the_prompt(tmp_path):
@@ -159,3 +168,16 @@ async def test_the_collector_paused_for_the_start_up_runs_again_once_every_tab_i
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+async def test_a_dialog_opened_before_the_other_tabs_mount_is_styled():
+    from landiff_tui.screens.confirm import AskName
+
+    app = LanDiffApp(link=ScriptedLink([]))
+    app.mount_later = lambda: None  # as if a key came before the first frame was followed up
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert not app.query("QueueView"), "the other tabs mounted: the case is not tested"
+        app.push_screen(AskName("Save these parameters as the preset named:"))
+        await pilot.pause()
+        dialog = app.screen.query_one(".dialog")
+        assert dialog.outer_size.width == 64, "the dialog has not its rules (later.tcss)"

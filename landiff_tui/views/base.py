@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 class View(Vertical):
     DEFAULT_CLASSES = "view"
     FOCUS = ""  # the selector of the widget that gets the keys when the tab is shown
+    complete = True  # False while parts it mounts after the first frame are still to come
 
     def on_mount(self) -> None:
         """A tab chosen before its view mounted (they mount after the first frame) gets it now."""

@@ -1,4 +1,8 @@
-"""Generate: the prompt, its history, the parameters with inline checks, presets, submit."""
+"""Generate: the prompt, its history, the parameters with inline checks, presets, submit.
+
+The first frame shows the prompt and Submit; the fields and the presets' box mount right after it, and the
+form's checks (`landiff_tui.params`, the job schema) are imported then too.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,6 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from ..messages import EngineConnected, JobQueued
-from ..params import FIELDS, check_form, check_length, defaults, form_texts, length_note
-from ..widgets.deferred import Deferred
 from .base import View
 
 if TYPE_CHECKING:
@@ -71,24 +73,35 @@ class GenerateView(View):
         self.pending_fill: dict[str, Any] | None = None  # what to fill once the fields are mounted
         self.pending_prompt: str | None = None
         self.applied: tuple[str, dict[str, str]] | None = None  # the preset shown, and what it set
+        self.complete = False  # until the fields and the presets' box are mounted (`mount_form`)
 
     def compose(self) -> ComposeResult:
+        # the fields (two widgets each) and the notes on them come after the prompt and the presets' box
+        # before Submit, right after the first frame (`mount_form`), which shows the prompt with the focus
         yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False)
-        # the fields (two widgets each) and the presets' box mount right after the first frame, which shows
-        # the prompt with the focus; the fields' values come when they are there
-        fields = []
-        for field in FIELDS:
-            fields.append(Label(field.label, classes="param-label"))
-            fields.append(Input(id=f"param-{field.name}", placeholder=field.form_hint()))
-        yield Deferred(ParamsGrid(*fields, id="params"))
-        yield Static("", id="length-note")
-        yield Static("", id="form-errors")
         with Horizontal(id="preset-row"):
-            yield Deferred(Select([], prompt="preset", id="preset", allow_blank=True))
             yield Button("Submit (ctrl+s)", variant="primary", id="submit")
 
     def on_mount(self) -> None:
         self.query_one(PromptArea).border_title = "prompt (up/down on the first/last line: history)"
+        self.call_after_refresh(self.mount_form)
+
+    async def mount_form(self) -> None:
+        """The fields, the notes on them and the presets' box; the fields' values come when they are there
+        (`fields_ready`)."""
+        from ..params import FIELDS
+
+        fields = []
+        for field in FIELDS:
+            fields.append(Label(field.label, classes="param-label"))
+            fields.append(Input(id=f"param-{field.name}", placeholder=field.form_hint()))
+        if not self.is_attached:  # the app quit before
+            return
+        notes = Static("", id="length-note"), Static("", id="form-errors")
+        await self.mount(ParamsGrid(*fields, id="params"), *notes, after=self.query_one(PromptArea))
+        presets = Select([], prompt="preset", id="preset", allow_blank=True)
+        await self.query_one("#preset-row").mount(presets, before=self.query_one("#submit"))
+        self.complete = True
 
     @on(ParamsGrid.Ready)
     def fields_ready(self) -> None:
@@ -135,20 +148,25 @@ class GenerateView(View):
         return {widget.id.removeprefix("param-"): widget.value for widget in self.query("#params Input")}
 
     def check(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        from ..params import check_form, check_length, length_note
+
         model, overlap = self.model, self.extras.get("overlap")
         params, errors = check_form(self.query_one(PromptArea).text, self.texts(), model, overlap)
-        frames, _ = check_length(self.texts().get("frames", ""), model)
-        if "frames" not in errors:
-            self.query_one("#length-note", Static).update(length_note(model, frames, overlap))
-        for widget in self.query("#params Input"):
-            widget.set_class(widget.id.removeprefix("param-") in errors, "-invalid")
-        shown = {name: message for name, message in errors.items() if name != "prompt"}
-        self.query_one("#form-errors", Static).update("; ".join(shown.values()))
+        if self.query("#form-errors"):  # the notes mount with the fields, after the first frame
+            frames, _ = check_length(self.texts().get("frames", ""), model)
+            if "frames" not in errors:
+                self.query_one("#length-note", Static).update(length_note(model, frames, overlap))
+            for widget in self.query("#params Input"):
+                widget.set_class(widget.id.removeprefix("param-") in errors, "-invalid")
+            shown = {name: message for name, message in errors.items() if name != "prompt"}
+            self.query_one("#form-errors", Static).update("; ".join(shown.values()))
         self.query_one("#submit", Button).disabled = bool(errors)
         return params, errors
 
     def fill(self, params: dict[str, Any], prompt: str | None = None) -> None:
         """Every field from `params`, the schema's default where it has none (a job to edit)."""
+        from ..params import FIELDS, defaults, form_texts
+
         if not self.query("#params Input"):
             self.pending_fill, self.pending_prompt = params, prompt
             return
@@ -167,6 +185,8 @@ class GenerateView(View):
 
     def apply_preset(self, name: str, params: dict[str, Any]) -> None:
         """The fields the preset sets; the others (the seed, often) keep what they hold."""
+        from ..params import FIELDS, form_texts
+
         shown = {field.name for field in FIELDS}
         texts = {key: text for key, text in form_texts(params).items() if key in params}
         for widget in self.query("#params Input"):
@@ -242,8 +262,10 @@ class GenerateView(View):
         if any(name != "prompt" for name in errors):
             self.notify("fix the parameters before saving them as a preset", severity="error")
             return
-        params, _ = check_form("preset", self.texts())
+        from ..params import check_form
         from ..screens.confirm import AskName
+
+        params, _ = check_form("preset", self.texts())
 
         async def save(name: str | None) -> None:
             if name is None:

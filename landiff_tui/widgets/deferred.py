@@ -1,43 +1,38 @@
-"""Stand-ins that are replaced right after the first frame, so that the first frame imports and styles only
-what it shows: the Generate tab's prompt and Submit button, not its fields nor the other tabs."""
+"""What the first frame does not show comes right after it, so that the first frame imports, styles and lays
+out only what it shows: the Generate tab's prompt and Submit button, not its fields nor the other tabs.
+
+Nothing stands in for what comes later (a stand-in widget costs the first frame its styling and mounting
+too): the other tabs' panes are empty until `mount_later_view` fills them, the Generate form mounts its
+fields itself, and the style sheet's rules for the rest (later.tcss) are added by `add_later_css`.
+"""
 
 from __future__ import annotations
 
 from importlib import import_module
+from pathlib import Path
 
+from textual.app import App
 from textual.widget import Widget
 
-
-class Deferred(Widget):
-    """Stands in for `widget` until the first frame is out, then takes its place. `textual.lazy.Lazy`
-    does the same, but fails when the app quits before: here nothing is mounted then."""
-
-    DEFAULT_CSS = "Deferred { display: none; }"
-
-    def __init__(self, widget: Widget | None = None) -> None:
-        super().__init__()
-        self.widget = widget
-
-    def make(self) -> Widget:
-        return self.widget
-
-    def on_mount(self) -> None:
-        self.call_after_refresh(self.load)
-
-    async def load(self) -> None:
-        widget = self.make()
-        if self.is_attached:
-            await self.parent.mount(widget, after=self)
-            await self.remove()
+LATER_CSS = Path(__file__).resolve().parents[1] / "later.tcss"
 
 
-class DeferredView(Deferred):
-    """A tab's view at `path` ("package.module:Class"), imported after the first frame too."""
+def add_later_css(app: App) -> None:
+    """Adds later.tcss to the app's style sheet, once; it is parsed when next used. Its rules match only
+    what mounts after the first frame, so nothing mounted before needs styling again."""
+    path = str(LATER_CSS)
+    if not app.stylesheet.has_source(path):
+        app.stylesheet.add_source(LATER_CSS.read_text(encoding="utf-8"), read_from=(path, ""))
 
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
 
-    def make(self) -> Widget:
-        module, name = self.path.split(":")
-        return getattr(import_module(module), name)()
+def make_view(path: str) -> Widget:
+    """A tab's view from "package.module:Class", imported now."""
+    module, name = path.split(":")
+    return getattr(import_module(module), name)()
+
+
+def mount_later_view(pane: Widget, path: str) -> None:
+    """Mounts the view at `path` into its (empty) tab pane; nothing when the pane went away (the app quit
+    before its first frame was followed up)."""
+    if pane.is_attached:
+        pane.mount(make_view(path))
