@@ -55,8 +55,8 @@ WORDS = [
 CPU_TO_FIRST_FRAME = """
 import gc, os, resource, sys
 gc.disable()  # as landiff_tui.__main__ does before any import
+from landiff_tui.__main__ import main  # first, as the launchers import it (it keeps asyncio off OpenSSL)
 from textual.drivers.linux_driver import LinuxDriver
-from landiff_tui.__main__ import main
 
 write = LinuxDriver.write
 

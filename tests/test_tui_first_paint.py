@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # run in a fresh interpreter on a real pseudo-terminal: at the first frame written, report and stop
 CHILD = """
 import gc, json, os, sys
+from landiff_tui.__main__ import main  # what `landiff-tui` runs, first
 from textual.drivers.linux_driver import LinuxDriver
-from landiff_tui.__main__ import main  # what `landiff-tui` runs
 
 write = LinuxDriver.write
 
@@ -40,7 +40,8 @@ def first_frame(driver, data):
         app = driver._app
         widgets = [type(widget).__name__ for widget in app.screen.walk_children(with_self=True)]
         css = [path for path, _ in app.stylesheet.source]
-        report = {"modules": sorted(sys.modules), "widgets": widgets, "gc": gc.isenabled(), "css": css}
+        modules = sorted(name for name, module in sys.modules.items() if module is not None)
+        report = {"modules": modules, "widgets": widgets, "gc": gc.isenabled(), "css": css}
         os.write(int(os.environ["REPORT_FD"]), json.dumps(report).encode())
         os._exit(0)
 
@@ -49,8 +50,9 @@ main(["--model", "tiny", "--no-start"])
 """
 
 # used only once the first frame is out: the other tabs, dialogs, replies (pydantic), starting an engine,
-# the form's fields and checks (the job schema), the command palette's entries
+# the form's fields and checks (the job schema), the command palette's entries; OpenSSL never (a unix socket)
 LATER = [
+    "ssl",
     "pydantic",
     "engine.params",
     "landiff_tui.params",
