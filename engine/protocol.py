@@ -604,6 +604,16 @@ class WorkerState(Exact):
     last_chunk: ChunkFinishedEvent | None = None
 
 
+class LaneState(Exact):
+    """The engine's LLM lane (`serve --llm-device`): stage 1 on its own device, ahead of the workers."""
+
+    label: str  # its device: "cuda:2", "cpu"
+    state: Literal["loading", "idle", "making", "lost"]
+    job_id: str | None  # the job whose tokens it makes now
+    ready: list[str]  # jobs whose tokens are made and wait for a worker, oldest first
+    models_loaded: list[str]
+
+
 class StatusReply(Exact):
     model: str
     engine_version: str
@@ -623,6 +633,7 @@ class StatusReply(Exact):
     progress: JobProgressEvent | None = None
     last_chunk: ChunkFinishedEvent | None = None
     workers: list[WorkerState] = []  # each worker and the job it runs
+    llm_lane: LaneState | None = None  # None: each worker runs stage 1 itself
 
 
 class SubscribeReply(Exact):

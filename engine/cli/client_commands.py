@@ -247,6 +247,7 @@ def describe_status(status: dict[str, Any]) -> list[tuple[str, str]]:
         ("loaded", loaded),
         ("workers", f"{len(workers)}" if workers else "none (every one was lost; jobs wait for one)"),
         *[(worker["label"], describe_worker(worker)) for worker in workers],
+        *([("LLM lane", describe_lane(status["llm_lane"]))] if status.get("llm_lane") else []),
         ("running", ", ".join(job for job in running if job) or "nothing"),
         ("queue", waiting + (" ..." if len(queue) > 5 else "")),
         ("weights", "downloading" if status.get("downloading") else "idle"),
@@ -260,6 +261,14 @@ def describe_worker(worker: dict[str, Any]) -> str:
     used, total = worker.get("memory_used_bytes"), worker.get("memory_total_bytes")
     memory = f", memory {used / 2**30:.1f} of {total / 2**30:.1f} GiB" if used is not None and total else ""
     return f"{doing}, " + (f"models {models}" if models else "no models loaded") + memory
+
+
+def describe_lane(lane: dict[str, Any]) -> str:
+    """The LLM lane, as "cuda:2, making 3f2a9c1b0d4e, tokens ready for 1 job(s), models stage1"."""
+    doing = f"making {lane['job_id']}" if lane["job_id"] else lane["state"]
+    ready = f", tokens ready for {len(lane['ready'])} job(s)" if lane["ready"] else ""
+    models = ", ".join(lane["models_loaded"]) or "none loaded"
+    return f"{lane['label']}, {doing}{ready}, models {models}"
 
 
 def run_presets(args: argparse.Namespace) -> int:

@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         "else the first N GPUs, else N CPU ranks) form groups of N, one worker each",
     )
     serve.add_argument(
+        "--llm-device",
+        default=None,
+        metavar="GPU|cpu",
+        help="run stage 1 (the language model) on this device for every job, ahead of the workers: the "
+        "next jobs' tokens are made while the workers render (default: each worker runs both stages)",
+    )
+    serve.add_argument(
         "--ray",
         default=None,
         metavar="auto|ADDRESS",
@@ -248,12 +255,15 @@ def parse_device(name: str | None):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from engine.daemon.devices import BadGpus, parse_gpus
+    from engine.daemon.devices import BadGpus, parse_gpus, parse_llm_device
     from engine.daemon.server import StartRefused, serve
 
     check_model_name(args.model)
     try:
         gpus = parse_gpus(args.gpus)
+        llm_device = None if args.llm_device is None else parse_llm_device(args.llm_device)
+        if llm_device is not None and args.ray is not None:
+            raise BadGpus("--llm-device and --ray exclude each other: each Ray actor runs both stages")
         if args.compile and len(gpus) > 1 and getattr(args, "parallel", None) is None:
             raise BadGpus(
                 "--compile with several --gpus workers: torch.compile is not thread-safe and the workers "
@@ -295,7 +305,16 @@ def run_serve(args: argparse.Namespace) -> int:
     options = {"memory": args.memory, "attention": args.attention, "compile": args.compile}
     options["fuse_qkv"] = args.fuse_qkv
     try:
-        serve(args.model, args.ckpts, args.idle_release, options, gpus=gpus, ray=ray, parallel=parallel)
+        serve(
+            args.model,
+            args.ckpts,
+            args.idle_release,
+            options,
+            gpus=gpus,
+            ray=ray,
+            parallel=parallel,
+            llm_device=llm_device,
+        )
     except StartRefused as error:  # another engine, a dir not ours or not writable, a database that fails
         print(f"landiff-engine serve: {error}", file=sys.stderr)
         return EXIT_USAGE

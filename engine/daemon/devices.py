@@ -19,7 +19,7 @@ CPU_WORKERS_MAX = 64  # more CPU workers than this only share the same cores thi
 
 
 class BadGpus(ValueError):
-    """A --gpus value that cannot be served; its message is the one line to print."""
+    """A --gpus or --llm-device value that cannot be served; its message is the one line to print."""
 
 
 def cuda_device_count() -> int:
@@ -71,6 +71,22 @@ def parse_gpus(text: str | None, count_cuda: Callable[[], int] = cuda_device_cou
         )
         raise BadGpus(f"--gpus {text}: there is no GPU {missing[0]} ({seen})")
     return [f"cuda:{index}" for index in indices]
+
+
+def parse_llm_device(text: str, count_cuda: Callable[[], int] = cuda_device_count) -> str:
+    """The LLM lane's device (`serve --llm-device`): "cuda:2" for `2` or `cuda:2`, "cpu" for `cpu`.
+    Raises BadGpus naming what is wrong."""
+    given = text.strip().lower()
+    if given == "cpu":
+        return "cpu"
+    index = re.fullmatch(r"(?:cuda:)?(\d+)", given)
+    if index is None:
+        raise BadGpus(f"--llm-device {text!r} is not a device: give a GPU index (2), cuda:2, or cpu")
+    found = count_cuda()
+    if int(index.group(1)) >= found:
+        seen = "no CUDA GPU is visible here" if found == 0 else f"this machine shows {found} GPU(s)"
+        raise BadGpus(f"--llm-device {text}: there is no GPU {index.group(1)} ({seen}); give another or cpu")
+    return f"cuda:{index.group(1)}"
 
 
 def torch_device_name(label: str) -> str | None:

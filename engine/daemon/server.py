@@ -32,6 +32,7 @@ from engine.daemon.startup import (  # noqa: F401 (EngineAlreadyRunning: the CLI
     writable_dir,
 )
 from engine.daemon.store import JOB_ID, Store
+from engine.daemon.token_lane import TokenLane
 from engine.daemon.transport import Transport, socket_answers
 from engine.daemon.weights_ops import WeightsOperations
 from engine.daemon.worker import JobWorker, remove_job_files, sweep_leftovers
@@ -157,10 +158,12 @@ async def run_engine(
     gpus: list[str] | None = None,
     ray: tuple[str, str] | None = None,
     parallel: tuple[str, list[list[str]]] | None = None,
+    llm_device: str | None = None,
 ) -> None:
     """`gpus`: the workers' device labels (devices.parse_gpus); None: one on the default device.
     `ray`: (address, resource): the workers are Ray actors, one per unit of the resource on each node.
-    `parallel`: (split, device groups) of `--parallel`: a worker per group renders one video on it all."""
+    `parallel`: (split, device groups) of `--parallel`: a worker per group renders one video on it all.
+    `llm_device`: the LLM lane's device (devices.parse_llm_device): stage 1 of every job runs there."""
     lock = hold_engine_lock(lock_path())  # before the socket: the one engine of this data dir binds it
     if ray is not None:  # joined before the socket: no cluster, no engine (one line)
         from engine.daemon import ray_workers
@@ -193,7 +196,13 @@ async def run_engine(
         labels = gpus or [AUTO]
         publish = hub.publish
         workers = local_workers(labels, store, model, ckpts, publish, outputs, idle_release_s, run_options)
-    pool = WorkerPool(store, workers)
+    lane = None
+    if llm_device is not None:
+        make_pipeline = pipeline_factory(
+            model, ckpts, {"memory": (run_options or {}).get("memory", "auto")}, llm_device
+        )
+        lane = TokenLane(store, make_pipeline, llm_device, outputs, idle_release_s, ahead=len(workers) + 1)
+    pool = WorkerPool(store, workers, lane)
     pool.start()
     if ray is not None:
 
@@ -209,12 +218,13 @@ async def run_engine(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
     log.info(
-        "landiff-engine %s (%s model) listening on %s; %d worker(s): %s",
+        "landiff-engine %s (%s model) listening on %s; %d worker(s): %s%s",
         __version__,
         model,
         path,
         len(labels),
         ", ".join(labels),
+        "" if lane is None else f"; stage 1 on the LLM lane's {lane.label}",
     )
     print(f"ready {path}", flush=True)
     async with server:
@@ -245,11 +255,12 @@ def serve(
     gpus: list[str] | None = None,
     ray: tuple[str, str] | None = None,
     parallel: tuple[str, list[list[str]]] | None = None,
+    llm_device: str | None = None,
 ) -> None:
     writable_dir(data_dir(), "data dir", settings.DATA_DIR.name)  # the log lives there
     configure_logging()
     try:
-        asyncio.run(run_engine(model, ckpts, idle_release_s, run_options, gpus, ray, parallel))
+        asyncio.run(run_engine(model, ckpts, idle_release_s, run_options, gpus, ray, parallel, llm_device))
     except StartRefused:  # its one line is the command's to print (to engine.out when detached)
         raise
     except Exception:

@@ -169,6 +169,7 @@ class EngineService:
             "progress": running and running["progress"],
             "last_chunk": running and running["last_chunk"],
             "workers": workers,
+            "llm_lane": self.workers.lane_view(),
             "queue": await self.db.run(self.store.queued_ids),
             "models_loaded": self.workers.loaded_models(),
             "downloading": self.weights.busy(),

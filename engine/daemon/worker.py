@@ -24,6 +24,7 @@ from engine.daemon.store import JobRow, Store
 from engine.protocol import JobParams
 
 if TYPE_CHECKING:  # torch and the models load in the worker thread, after the socket is up
+    from engine.daemon.token_lane import TokenLane
     from engine.generation.job import ChunkDone, JobResult, Progress
     from engine.generation.pipeline import Pipeline
 
@@ -81,6 +82,7 @@ class JobWorker(threading.Thread):
         self.release_requested = threading.Event()
         self.current: str | None = None
         self.lock = threading.Lock()
+        self.lane: TokenLane | None = None  # the LLM lane that makes its jobs' tokens (`serve --llm-device`)
 
     # called from the asyncio side
 
@@ -198,14 +200,7 @@ class JobWorker(threading.Thread):
         loaded, weights = self.loaded_models(), self.pipeline.weight_bytes()
         close_pipeline(self.pipeline)
         self.pipeline = None
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover - torch is a dependency of the engine
-            pass
+        free_device_memory()
         self.publish("models_released")
         log.info(
             "models released %s: %s (%s of weights)", why, ", ".join(loaded) or "none", mebibytes(weights)
@@ -279,8 +274,12 @@ class JobWorker(threading.Thread):
                     self.pipeline = self.make_pipeline()
                 finally:
                     self.loading = False
+            throttle = ProgressThrottle(progress)
+            made = {}  # stage 1 made by the LLM lane: this worker runs stage 2 only
+            if self.lane is not None and job.tokens is None:
+                made["tokens"] = self.lane.take(job_id, throttle, should_stop)
             result = self.pipeline.run(
-                job, on_progress=ProgressThrottle(progress), should_stop=should_stop, on_chunk=chunk_finished
+                job, on_progress=throttle, should_stop=should_stop, on_chunk=chunk_finished, **made
             )
         except WorkerLost as lost:
             self.lose(job_id, folder, lost)
@@ -393,6 +392,15 @@ class JobWorker(threading.Thread):
             peak_memory_bytes=result.peak_memory_bytes,
             weights_sha256=result.weights_sha256,
         )
+
+
+def free_device_memory() -> None:
+    """After a pipeline is let go: its tensors collected, and CUDA's cache of their blocks emptied."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def close_pipeline(pipeline) -> None:

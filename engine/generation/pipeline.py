@@ -53,6 +53,21 @@ class Render:
     on_progress: Callable[[Progress], None] | None
     stop: Callable[[], bool]
     on_chunk: Callable[[ChunkDone], None] | None
+    stage1: dict[str, Any]  # where its tokens were made (the sidecar's "stage1")
+
+
+@dataclass
+class SemanticTokens:
+    """Stage 1's result for one job: its codes, what the stage cost, and where and when it ran."""
+
+    codes: torch.Tensor
+    timings: dict[str, float]  # "text" (the flan-T5 half) and "tokens"
+    device: str
+    finished_at: float  # Unix time
+
+    def record(self) -> dict[str, Any]:
+        """The sidecar's "stage1" of a job whose tokens were made ahead, by an LLM lane."""
+        return {"device": self.device, "ahead": True, "finished_at": round(self.finished_at, 3)}
 
 
 class Pipeline:
@@ -166,17 +181,54 @@ class Pipeline:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
+    def semantic_tokens(
+        self,
+        job: JobSpec,
+        on_progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        clock: JobClock | None = None,
+    ) -> SemanticTokens:
+        """Stage 1 alone: the prompt's semantic tokens (run's first half; an LLM lane's whole work).
+        Raises SamplingCancelled when `should_stop` says so."""
+        clock = clock or JobClock(job.plan(self.spec), job.steps, self.learned)
+        text_clock = StageClock("text", on_progress, clock)
+        token_clock = StageClock("tokens", on_progress, clock)
+        timings: dict[str, float] = {}
+
+        def text_done() -> None:
+            if self.residency is not None and self._stage2 is not None:  # fetched while the LM runs
+                self.residency.prefetch(self._stage2.prompt_encoder.model)
+            timings["text"] = text_clock.seconds()
+            text_clock(1, 2)  # the flan-T5 half of the text stage; stage 2's T5 is the other
+            token_clock.started = time.perf_counter()
+
+        stage1 = self.active(self.stage1())
+        try:
+            codes = stage1.codes(
+                job.prompt,
+                job.sampling(self.spec),
+                on_token=token_clock,
+                should_stop=should_stop or (lambda: False),
+                on_text=text_done,
+            )
+        finally:
+            self.park(stage1)
+        timings["tokens"] = token_clock.seconds()
+        return SemanticTokens(codes, timings, str(self.device), time.time())
+
     def run(
         self,
         job: JobSpec,
         on_progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_chunk: Callable[[ChunkDone], None] | None = None,
+        tokens: SemanticTokens | None = None,
     ) -> JobResult:
         """Run one job: tokens, then chunk after chunk denoised, decoded and appended to the mp4.
 
-        A cancel after some chunks finished raises JobCancelled whose `partial` result points at a
-        shorter video of those chunks (renamed into place, with its tokens, thumbnail and record).
+        `tokens`: stage 1's result made elsewhere (an LLM lane, engine/daemon/token_lane.py): only stage 2
+        runs here. A cancel after some chunks finished raises JobCancelled whose `partial` result points at
+        a shorter video of those chunks (renamed into place, with its tokens, thumbnail and record).
         """
         job.validate(self.spec)
         plan = job.plan(self.spec)
@@ -186,35 +238,22 @@ class Pipeline:
         clock = JobClock(plan, job.steps, self.learned)
         text_steps = 1 if job.tokens is not None else 2
         text_clock = StageClock("text", on_progress, clock)
+        stage1 = {"device": "file" if job.tokens is not None else str(self.device), "ahead": False}
 
         def stop() -> bool:
             return should_stop is not None and should_stop()
 
         try:
-            if job.tokens is not None:
+            if tokens is not None:
+                codes = tokens.codes
+                timings.update(tokens.timings)
+                stage1 = tokens.record()
+            elif job.tokens is not None:
                 codes = load_tokens(job.tokens)
             else:
-                token_clock = StageClock("tokens", on_progress, clock)
-
-                def text_done() -> None:
-                    if self.residency is not None and self._stage2 is not None:  # fetched while the LM runs
-                        self.residency.prefetch(self._stage2.prompt_encoder.model)
-                    timings["text"] = text_clock.seconds()
-                    text_clock(1, text_steps)
-                    token_clock.started = time.perf_counter()
-
-                stage1 = self.active(self.stage1())
-                try:
-                    codes = stage1.codes(
-                        job.prompt,
-                        job.sampling(self.spec),
-                        on_token=token_clock,
-                        should_stop=stop,
-                        on_text=text_done,
-                    )
-                finally:
-                    self.park(stage1)
-                timings["tokens"] = token_clock.seconds()
+                made = self.semantic_tokens(job, on_progress, stop, clock)
+                codes = made.codes
+                timings.update(made.timings)
         except SamplingCancelled as error:
             raise JobCancelled(str(error)) from error
         stage2 = self.stage2()
@@ -226,7 +265,7 @@ class Pipeline:
             timings["text"] = timings.get("text", 0.0) + time.perf_counter() - started
             text_clock(text_steps, text_steps)
             return self._render_and_finish(
-                Render(job, plan, stage2, text, codes, clock, timings, on_progress, stop, on_chunk)
+                Render(job, plan, stage2, text, codes, clock, timings, on_progress, stop, on_chunk, stage1)
             )
         finally:
             self.park(stage2)
@@ -377,7 +416,8 @@ class Pipeline:
             )
             height, width = clock.thumbnail.shape[:2]
             write_record(
-                result.sidecar, self.sidecar_record(job, result, (writer.frames_written, height, width))
+                result.sidecar,
+                self.sidecar_record(job, result, (writer.frames_written, height, width), render.stage1),
             )
         except BaseException:
             writer.abort()
@@ -390,8 +430,11 @@ class Pipeline:
             raise
         return result
 
-    def sidecar_record(self, job: JobSpec, result: JobResult, shape: tuple[int, int, int]) -> dict[str, Any]:
-        """The JSON record beside the video: everything needed to reproduce it, and what it cost."""
+    def sidecar_record(
+        self, job: JobSpec, result: JobResult, shape: tuple[int, int, int], stage1: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The JSON record beside the video: everything needed to reproduce it, and what it cost.
+        `stage1`: where its tokens came from (this device, an LLM lane's, or a file)."""
         return {
             "engine_version": __version__,
             "model": self.spec.name,
@@ -417,6 +460,7 @@ class Pipeline:
             },
             "tokens": str(result.tokens),
             "device": str(self.device),
+            "stage1": stage1,
             "dtype": str(self.dtype).removeprefix("torch."),
             "timings_s": result.timings_s,
             "peak_memory_bytes": result.peak_memory_bytes,

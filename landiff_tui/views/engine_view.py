@@ -13,7 +13,7 @@ from ..screens.confirm import Confirm
 from .base import View
 
 if TYPE_CHECKING:
-    from engine.protocol import WorkerState
+    from engine.protocol import LaneState, WorkerState
 
 LOG_LINES = 300
 
@@ -68,6 +68,7 @@ class EngineView(View):
             + (f" of {total / 2**30:.1f} GiB" if total else ""),
             f"models loaded: {', '.join(status.models_loaded) or 'none'}",
             *[worker_line(worker) for worker in status.workers],
+            *([lane_line(status.llm_lane)] if status.llm_lane is not None else []),
             f"running: {', '.join(running) or 'nothing'}   queued: {len(status.queue)}"
             + ("   downloading weights" if status.downloading else ""),
         ]
@@ -112,6 +113,13 @@ class EngineView(View):
         if len(running) > 1:
             return f" The {len(running)} running jobs are marked interrupted."
         return f" The running job {running[0].id[:8]} is marked interrupted." if running else ""
+
+
+def lane_line(lane: LaneState) -> str:
+    """The LLM lane: "LLM lane cuda:2: making 3f2a9c1b, 1 ahead, models stage1"."""
+    doing = f"making {lane.job_id[:8]}" if lane.job_id else lane.state
+    ahead = f", {len(lane.ready)} ahead" if lane.ready else ""
+    return f"LLM lane {lane.label}: {doing}{ahead}, models {', '.join(lane.models_loaded) or 'none'}"
 
 
 def worker_line(worker: WorkerState) -> str:
