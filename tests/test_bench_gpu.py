@@ -38,8 +38,9 @@ def test_gpu_bench_smoke_on_the_cpu(tmp_path, capsys):
         assert "denoise_floor_ratio" not in row  # the H200 floors are not ratios of a tiny CPU run
         assert f"job, memory {profile}" in printed
     assert rows["DiT call, attention sdpa"]["max_abs_dev"] == 0
-    assert rows["job, parallel"]["status"].startswith("skipped: one video over several GPUs needs 2")
-    assert "parallel: skipped" in printed  # the reason is printed, and no speed-up is claimed
+    assert rows["job, parallel"]["status"].startswith("skipped: needs 2 or more CUDA GPUs")
+    assert rows["jobs, llm lane"]["status"].startswith("skipped: needs 2 or more CUDA GPUs")
+    assert "parallel, llm lane: skipped" in printed  # the reason is printed, and no speed-up is claimed
     assert rows["DiT call, attention flash"]["status"].startswith("n/a: --attention flash needs a CUDA GPU")
 
 
@@ -63,3 +64,21 @@ def test_out_of_budget_sections_are_skipped(tmp_path):
     bench.main(["--cpu", "--budget", "0", "--weights", str(tmp_path), "--json", str(out)])
     statuses = [row["status"] for row in json.loads(out.read_text())["sections"]]
     assert statuses and all(status.startswith("skipped") for status in statuses)
+
+
+def test_the_llm_lane_section_runs_two_jobs_with_their_tokens_made_ahead(home, tmp_path):
+    """Where two GPUs are, `jobs, llm lane` runs on cuda:0 and cuda:1; here the same code on the CPU twice."""
+    import torch  # noqa: F401  (the bench module needs it loaded)
+
+    from engine.specs import get_spec
+    from engine.weights.layout import layout_for
+
+    bench = load_bench()
+    spec = get_spec("tiny")
+    row = bench.lane_jobs(
+        spec, layout_for("tiny", home), 2, bench.Budget(120), tmp_path, False, 1.0, devices=("cpu", "cpu")
+    )
+    assert (
+        row["section"] == "jobs, llm lane" and row["wall_s"] > 0 and row["lane_speedup"] == 2 / row["wall_s"]
+    )
+    assert sorted(path.name for path in tmp_path.glob("lane-*.mp4")) == ["lane-0.mp4", "lane-1.mp4"]
