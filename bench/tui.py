@@ -1,6 +1,6 @@
 """TUI benchmarks: time to first paint, and the gallery with 10,000 jobs (search keystroke -> updated list).
 
-    python bench/tui.py [--jobs 10000] [--repeat 5] [--paint-only]
+    python bench/tui.py [--jobs 10000] [--repeat 5] [--paint-only] [--against OTHER_CHECKOUT]
 
 First paint is measured on a real pseudo-terminal, from exec of `python -m landiff_tui` (what `landiff-tui`
 runs; interpreter start included) to the first frame, with no engine answering, so it is the TUI's own
@@ -9,6 +9,10 @@ The sources are byte-compiled first, as an installed package is (PYTHONDONTWRITE
 add their compilation to every start). "Form complete" is the frame with every field of the Generate form,
 which the first frame leaves out. The gallery runs against a real engine process (tiny model) over a store
 filled with synthetic finished jobs; the TUI itself never imports torch.
+
+`--against DIR` measures first paint side by side with another checkout (e.g. `git worktree add
+/tmp/before HEAD~1`), run by run in turns, and prints the medians of the paired differences: the speed of a
+shared machine drifts by more than most changes are worth, which one median each would mistake for them.
 """
 
 from __future__ import annotations
@@ -72,13 +76,13 @@ main(["--model", "tiny", "--no-start"])
 """
 
 
-def spawn(arguments: list[str], env: dict[str, str]) -> tuple[int, int]:
-    """(pid, terminal fd) of `python *arguments` on a new pseudo-terminal."""
+def spawn(arguments: list[str], env: dict[str, str], root: Path = ROOT) -> tuple[int, int]:
+    """(pid, terminal fd) of `python *arguments` in `root` on a new pseudo-terminal."""
     import pty
 
     pid, fd = pty.fork()
     if pid == 0:
-        os.chdir(ROOT)
+        os.chdir(root)
         os.execvpe(sys.executable, [sys.executable, *arguments], env)
     return pid, fd
 
@@ -91,12 +95,12 @@ def stop(pid: int, fd: int) -> None:
     os.close(fd)
 
 
-def paint_seconds(env: dict[str, str], marks: list[list[bytes]]) -> list[float]:
+def paint_seconds(env: dict[str, str], marks: list[list[bytes]], root: Path = ROOT) -> list[float]:
     """Seconds from exec of `python -m landiff_tui` until its output holds every text of each of `marks`."""
     import select
 
     started = time.perf_counter()
-    pid, fd = spawn(["-m", "landiff_tui", "--model", "tiny", "--no-start"], env)
+    pid, fd = spawn(["-m", "landiff_tui", "--model", "tiny", "--no-start"], env, root)
     screen, seconds = b"", []
     try:
         for texts in marks:
@@ -110,13 +114,13 @@ def paint_seconds(env: dict[str, str], marks: list[list[bytes]]) -> list[float]:
     return seconds
 
 
-def paint_cpu(env: dict[str, str]) -> float:
+def paint_cpu(env: dict[str, str], root: Path = ROOT) -> float:
     """CPU seconds the TUI used from exec to its first frame, as it reports them (CPU_TO_FIRST_FRAME)."""
     import select
 
     report_read, report_write = os.pipe()
     os.set_inheritable(report_write, True)
-    pid, fd = spawn(["-c", CPU_TO_FIRST_FRAME], {**env, "REPORT_FD": str(report_write)})
+    pid, fd = spawn(["-c", CPU_TO_FIRST_FRAME], {**env, "REPORT_FD": str(report_write)}, root)
     os.close(report_write)
     report = b""
     try:
@@ -137,14 +141,23 @@ def paint_cpu(env: dict[str, str]) -> float:
         os.close(report_read)
 
 
+def compile_sources(root: Path) -> None:
+    for package in (["landiff_tui"], ["-l", "engine"]):  # the TUI, and the engine's client side it imports
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *package], cwd=root, check=True)
+
+
+def terminal_env() -> dict[str, str]:
+    env = {**os.environ, "LANDIFF_RUNTIME_DIR": tempfile.mkdtemp(), "TERM": "xterm-256color"}
+    env.update(COLUMNS="80", LINES="24")
+    return env
+
+
 def first_paint(repeat: int) -> dict[str, list[float]]:
     """Seconds to the first frame and to the whole form on a real pseudo-terminal (80x24); import time."""
     from landiff_tui.params import FIELDS
 
-    for package in (["landiff_tui"], ["-l", "engine"]):  # the TUI, and the engine's client side it imports
-        subprocess.run([sys.executable, "-m", "compileall", "-q", *package], cwd=ROOT, check=True)
-    env = {**os.environ, "LANDIFF_RUNTIME_DIR": tempfile.mkdtemp(), "TERM": "xterm-256color"}
-    env.update(COLUMNS="80", LINES="24")
+    compile_sources(ROOT)
+    env = terminal_env()
     code = "import time, sys; t = time.perf_counter(); import landiff_tui.app; "
     code += "print(time.perf_counter() - t, 'torch' in sys.modules)"
     found: dict[str, list[float]] = {"import": [], "torch": [], "paint": [], "paint cpu": [], "form": []}
@@ -163,6 +176,29 @@ def first_paint(repeat: int) -> dict[str, list[float]]:
         found["form"].append(form)
         found["paint cpu"].append(paint_cpu(env))
     return found
+
+
+def side_by_side(other: Path, repeat: int) -> None:
+    """First paint here and in the checkout `other`, in turns (which goes first alternates)."""
+    roots = {"this": ROOT, "other": other}
+    for root in roots.values():
+        compile_sources(root)
+    env = terminal_env()
+    found = {name: {"paint": [], "paint cpu": []} for name in roots}
+    for round_ in range(repeat):
+        for name in list(roots)[:: 1 if round_ % 2 == 0 else -1]:
+            found[name]["paint"].append(paint_seconds(env, [[b"Submit"]], roots[name])[0])
+            found[name]["paint cpu"].append(paint_cpu(env, roots[name]))
+    print(f"first paint, {os.cpu_count()} CPUs, {repeat} rounds; this: {ROOT}, other: {other}")
+    for measure in ("paint", "paint cpu"):
+        this, there = found["this"][measure], found["other"][measure]
+        change = [mine - theirs for mine, theirs in zip(this, there, strict=True)]
+        faster = sum(value < 0 for value in change)
+        print(
+            f"{measure:<9}  this {statistics.median(this) * 1000:6.1f} ms  other "
+            f"{statistics.median(there) * 1000:6.1f} ms  this - other, paired: median "
+            f"{statistics.median(change) * 1000:+6.1f} ms (this faster in {faster} of {repeat})"
+        )
 
 
 def fill_store(data: Path, count: int) -> None:
@@ -267,7 +303,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--paint-only", action="store_true", help="only the first paint (no engine)")
+    parser.add_argument("--against", type=Path, help="first paint side by side with this other checkout")
     args = parser.parse_args()
+    if args.against is not None:
+        if not (args.against / "landiff_tui" / "__main__.py").is_file():
+            parser.error(f"--against {args.against}: no landiff_tui there; give a checkout of this repo")
+        side_by_side(args.against.resolve(), args.repeat)
+        return
 
     load = os.getloadavg()[0]
     paint = first_paint(args.repeat)
