@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.daemon.store import JobRow, Store
+from engine.daemon.worker import free_device_memory, keep_stepping, load_torch, release_due
 
 if TYPE_CHECKING:  # torch loads in the lane's thread, after the socket is up
     from engine.generation.job import Progress
@@ -146,29 +147,16 @@ class TokenLane(threading.Thread):
     # the lane's thread
 
     def run(self) -> None:
-        while not self.stopping.is_set():  # torch loads here, not on the socket's side
-            try:
-                from engine.generation import pipeline  # noqa: F401
-            except OSError as error:
-                log.error("the LLM lane cannot load torch yet (%s); retrying in a second", error)
-                self.stopping.wait(1.0)
-                continue
-            break
+        load_torch(self.stopping, "the LLM lane")
         self.torch_ready = True
         self.loading = False
-        while not self.stopping.is_set():
-            try:
-                self.step()
-            except Exception:  # the lane must outlive any surprise (a locked database, say)
-                log.exception("LLM lane error; retrying in a second")
-                self.stopping.wait(1.0)
+        keep_stepping(self.step, lambda: not self.stopping.is_set(), "LLM lane")
         self.release("as the engine stops")
 
     def step(self) -> None:
-        if self.release_requested.is_set():
-            self.release("on request")
-        elif self.pipeline is not None and time.monotonic() - self.last_used > self.idle_release_s:
-            self.release(f"after {self.idle_release_s:g} s idle")
+        why = release_due(self.release_requested, self.pipeline, self.last_used, self.idle_release_s)
+        if why is not None:
+            self.release(why)
         row = self.next_job()
         if row is None:
             with self.changed:
@@ -258,8 +246,6 @@ class TokenLane(threading.Thread):
         self.release_requested.clear()
         if self.pipeline is None:
             return
-        from engine.daemon.worker import free_device_memory
-
         self.pipeline = None
         free_device_memory()
         log.info("LLM lane %s: models released %s", self.label, why)

@@ -145,32 +145,19 @@ class JobWorker(threading.Thread):
     # the worker thread
 
     def run(self) -> None:
-        while not self.stopping.is_set():  # warm-up: torch and diffusers load here, not on the socket's side
-            try:
-                from engine.generation import pipeline  # noqa: F401
-            except OSError as error:  # out of descriptors, say: the worker waits, it never dies
-                log.error("the worker cannot load torch yet (%s); retrying in a second", error)
-                self.stopping.wait(1.0)
-                continue
-            break
+        load_torch(self.stopping, "the worker")
         self.torch_ready = True
         if self.label == AUTO:
             self.label = default_label()
         self.loading = False
-        while not self.stopping.is_set() and self.lost is None:
-            try:
-                self.step()
-            except Exception:  # the worker must outlive any surprise (a locked database, a full disk)
-                log.exception("worker error; retrying in a second")
-                time.sleep(1.0)
+        keep_stepping(self.step, lambda: not self.stopping.is_set() and self.lost is None, "worker")
         if self.pipeline is not None:  # a parallel group's helper ranks end with their worker
             close_pipeline(self.pipeline)
 
     def step(self) -> None:
-        if self.release_requested.is_set():
-            self.release("on request")
-        elif self.pipeline is not None and time.monotonic() - self.last_used > self.idle_release_s:
-            self.release(f"after {self.idle_release_s:g} s idle")
+        why = release_due(self.release_requested, self.pipeline, self.last_used, self.idle_release_s)
+        if why is not None:
+            self.release(why)
         row = self.claim()
         if row is None:
             self.wake.wait(timeout=1.0)
@@ -392,6 +379,39 @@ class JobWorker(threading.Thread):
             peak_memory_bytes=result.peak_memory_bytes,
             weights_sha256=result.weights_sha256,
         )
+
+
+def load_torch(stopping: threading.Event, who: str) -> None:
+    """Import torch and the models' code in this thread (a worker's, the LLM lane's), not on the socket's
+    side. An OSError (out of descriptors, say) is waited out, a second at a time: the thread never dies."""
+    while not stopping.is_set():
+        try:
+            from engine.generation import pipeline  # noqa: F401
+        except OSError as error:
+            log.error("%s cannot load torch yet (%s); retrying in a second", who, error)
+            stopping.wait(1.0)
+            continue
+        return
+
+
+def keep_stepping(step: Callable[[], None], going: Callable[[], bool], who: str) -> None:
+    """A model thread's loop: `step` while `going`. The thread outlives any surprise in a step (a locked
+    database, a full disk): logged, then a second's pause."""
+    while going():
+        try:
+            step()
+        except Exception:
+            log.exception("%s error; retrying in a second", who)
+            time.sleep(1.0)
+
+
+def release_due(requested: threading.Event, pipeline: Any, last_used: float, idle_s: float) -> str | None:
+    """Why a thread's models should be let go now ("on request", "after 600 s idle"), or None."""
+    if requested.is_set():
+        return "on request"
+    if pipeline is not None and time.monotonic() - last_used > idle_s:
+        return f"after {idle_s:g} s idle"
+    return None
 
 
 def free_device_memory() -> None:
