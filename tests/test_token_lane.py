@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine import protocol as p
 from engine.cli.main import main
 from engine.daemon.devices import BadGpus, parse_llm_device
 from engine.daemon.store import Store
@@ -23,10 +24,13 @@ from engine.models.llm_sampler import SamplingCancelled
 from engine.protocol import StatusReply
 from engine.specs import get_spec
 from engine.weights.layout import layout_for
+from landiff_tui.app import LanDiffApp
 
 from .test_engine import PROMPT, RunningEngine
 from .test_engine import weights as weights  # noqa: F401  (the module-scoped tiny weights fixture)
 from .test_pool import submit, subscribed, until_ended, wait_until
+from .test_tui import mounted, until
+from .tui_double import ScriptedLink, job
 
 LONG = 1000  # denoising steps: a job that runs until it is cancelled
 
@@ -158,3 +162,26 @@ def test_the_lane_makes_the_next_jobs_tokens_while_the_worker_renders(engine):
     assert [(worker.label, worker.models_loaded) for worker in status.workers] == [("cpu:0", ["stage2"])]
     assert status.llm_lane is not None and status.llm_lane.models_loaded == ["stage1"]
     assert status.llm_lane.ready == [] and status.models_loaded == ["stage1", "stage2"]
+
+
+class LaneLink(ScriptedLink):
+    """The scripted engine with an LLM lane on cuda:2, making one queued job's tokens, another's made."""
+
+    def on_status(self, request: p.Status) -> p.StatusReply:
+        lane = p.LaneState(
+            label="cuda:2", state="making", job_id=job(2).id, ready=[job(3).id], models_loaded=["stage1"]
+        )
+        return super().on_status(request).model_copy(update={"llm_lane": lane})
+
+
+async def test_the_engine_tab_shows_the_llm_lane_and_what_it_makes():
+    app = LanDiffApp(link=LaneLink([job(1, "running"), job(2, "queued"), job(3, "queued")]))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f5")
+
+        def shown() -> str:
+            status = mounted(app, "#engine-status")
+            return "" if status is None else str(status.render())
+
+        await until(pilot, lambda: "LLM lane" in shown(), 10, "the engine's status")
+        assert f"LLM lane cuda:2: making {job(2).id[:8]}, 1 ahead, models stage1" in shown()
