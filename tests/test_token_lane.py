@@ -184,4 +184,11 @@ async def test_the_engine_tab_shows_the_llm_lane_and_what_it_makes():
             return "" if status is None else str(status.render())
 
         await until(pilot, lambda: "LLM lane" in shown(), 10, "the engine's status")
-        assert f"LLM lane cuda:2: making {job(2).id[:8]}, 1 ahead, models stage1" in shown()
+        assert f"LLM lane cuda:2 making {job(2).id[:8]}, 1 ahead, models stage1" in shown()
+        await pilot.press("f2")  # the Queue tab's workers line names the lane too
+        queue = app.query_one("QueueView")
+        queue.memory = await app.link.request("status")  # what its timer asks every few seconds
+        queue.draw_workers()
+        assert str(queue.query_one("#workers-line").render()) == (
+            f"workers: cpu running {job(1).id[:8]}  ·  LLM lane cuda:2 making {job(2).id[:8]}, 1 ahead"
+        )

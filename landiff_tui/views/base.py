@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from textual.containers import Vertical
 
 if TYPE_CHECKING:
-    from engine.protocol import Exact
+    from engine.protocol import Exact, LaneState
 
 
 class View(Vertical):
@@ -35,3 +35,10 @@ class View(Vertical):
     async def call(self, kind: str, **fields: Any) -> Exact | None:
         """The reply model, or None when the engine refused (the app has said why)."""
         return await self.app.call_engine(kind, **fields)
+
+
+def lane_summary(lane: LaneState) -> str:
+    """The LLM lane in a few words (Engine and Queue tabs): "LLM lane cuda:2 making 3f2a9c1b, 1 ahead"."""
+    doing = f"making {lane.job_id[:8]}" if lane.job_id else lane.state
+    ahead = f", {len(lane.ready)} ahead" if lane.ready else ""
+    return f"LLM lane {lane.label} {doing}{ahead}"

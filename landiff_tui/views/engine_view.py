@@ -10,7 +10,7 @@ from textual.widgets import Label, Log, Static
 
 from ..messages import EngineConnected, EngineLost, ModelsReleased
 from ..screens.confirm import Confirm
-from .base import View
+from .base import View, lane_summary
 
 if TYPE_CHECKING:
     from engine.protocol import LaneState, WorkerState
@@ -116,10 +116,8 @@ class EngineView(View):
 
 
 def lane_line(lane: LaneState) -> str:
-    """The LLM lane: "LLM lane cuda:2: making 3f2a9c1b, 1 ahead, models stage1"."""
-    doing = f"making {lane.job_id[:8]}" if lane.job_id else lane.state
-    ahead = f", {len(lane.ready)} ahead" if lane.ready else ""
-    return f"LLM lane {lane.label}: {doing}{ahead}, models {', '.join(lane.models_loaded) or 'none'}"
+    """The LLM lane: "LLM lane cuda:2 making 3f2a9c1b, 1 ahead, models stage1"."""
+    return f"{lane_summary(lane)}, models {', '.join(lane.models_loaded) or 'none'}"
 
 
 def worker_line(worker: WorkerState) -> str:

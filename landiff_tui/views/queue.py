@@ -28,7 +28,7 @@ from ..messages import (
 )
 from ..screens.confirm import Confirm
 from ..widgets.preview import FramePreview
-from .base import View
+from .base import View, lane_summary
 
 if TYPE_CHECKING:
     from engine.protocol import ChunkFinishedEvent, JobProgressEvent, JobSummary, StatusReply, WorkerState
@@ -316,9 +316,11 @@ class QueueView(View):
     def draw_workers(self) -> None:
         """The engine's workers and what each runs (as its last status said; the jobs' events since)."""
         workers = self.memory.workers if self.memory is not None else []
+        lane = self.memory.llm_lane if self.memory is not None else None
         line = self.query_one("#workers-line", Label)
-        line.display = bool(workers)
-        line.update("workers: " + "  ·  ".join(self.worker_text(worker) for worker in workers))
+        line.display = bool(workers) or lane is not None
+        parts = [self.worker_text(worker) for worker in workers]
+        line.update("workers: " + "  ·  ".join(parts + ([lane_summary(lane)] if lane is not None else [])))
 
     def worker_text(self, worker: WorkerState) -> str:
         job = next((job for job in self.running_jobs if job.worker == worker.label), None)
