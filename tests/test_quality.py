@@ -247,3 +247,28 @@ async def test_the_job_detail_shows_the_findings_and_updates_when_they_arrive():
         bare = {**found, "clip": None, "skipped": "CLIP weights absent: get them"}
         link.publish("job_quality", job_id=shown.id, quality=bare)
         await until(pilot, lambda: "skipped: CLIP weights absent: get them" in body(), 5, "the skip")
+
+
+async def test_the_gallery_shows_each_jobs_clip_score_and_updates_it_when_measured():
+    from landiff_tui.app import LanDiffApp
+    from tests.test_tui import until
+    from tests.tui_double import ScriptedLink, job
+
+    clip = {"model": "tiny", "mean": 27.46, "min": 21.25, "frames": [0], "scores": [27.46]}
+    clip |= {"prompt_tokens": 12, "prompt_truncated": False}
+    measured = {"frames": 9, "fps": 8.0, "flicker": 0.75, "motion": 4.5, "clip": clip, "seconds": 0.4}
+    without = {**measured, "clip": None, "skipped": "CLIP weights absent: get them"}
+    jobs = [job(0, quality=measured), job(1, quality=without), job(2)]
+    link = ScriptedLink(jobs)
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f3")
+        await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, 10, "the gallery")
+        table = app.query_one("#gallery-table")
+
+        def clip_cells() -> list[str]:
+            return [str(table.get_row_at(index)[6]) for index in range(table.row_count)]
+
+        assert clip_cells() == ["27.5", "-", ""]  # measured; measured without CLIP; not measured yet
+        link.publish("job_quality", job_id=jobs[2].id, quality=measured)
+        await until(pilot, lambda: clip_cells()[2] == "27.5", 5, "the new score")

@@ -39,6 +39,15 @@ def length_text(model: str, frames: int | None, overlap: int | None) -> str:
     return f"{plan.seconds:.1f} s ({plan.frames})"
 
 
+def clip_text(quality: dict[str, Any] | None) -> str:
+    """A job's mean CLIP score against its prompt, for its row: "27.5"; "-" when the probe measured the job
+    without CLIP (no CLIP weights, or it failed); "" before it has measured."""
+    if quality is None:
+        return ""
+    clip = quality.get("clip")
+    return "-" if clip is None else f"{clip['mean']:.1f}"
+
+
 def job_length(job: JobSummary) -> str:
     return length_text(job.model, job.params.get("frames"), job.params.get("overlap"))
 
@@ -96,7 +105,9 @@ class GalleryView(View):
             yield Input(placeholder="type to search prompts", id="search", select_on_focus=False)
             yield Select([(status, status) for status in JOB_STATUSES], prompt="any status", id="status")
         table = GalleryTable(id="gallery-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("status", "created", "length", "fps", "seed", "steps", "prompt")
+        self.columns = table.add_columns(
+            "status", "created", "length", "fps", "seed", "steps", "CLIP", "prompt"
+        )
         yield table
         yield Label("", id="gallery-count")
 
@@ -116,6 +127,11 @@ class GalleryView(View):
         self.list_changed()
 
     def on_job_measured(self, message: JobMeasured) -> None:
+        table = self.query_one("#gallery-table", DataTable)
+        if message.event.job_id in table.rows:  # its CLIP cell, at once
+            table.update_cell(
+                message.event.job_id, self.columns[6], clip_text(message.event.quality.model_dump())
+            )
         for screen in self.app.screen_stack:  # a job's detail open on top of the Gallery shows it at once
             if isinstance(screen, JobDetail) and screen.job_id == message.event.job_id:
                 screen.show_quality(message.event.quality.model_dump())
@@ -173,6 +189,7 @@ class GalleryView(View):
                 str(video_fps(job.params)),
                 str(job.params.get("seed", "")),
                 str(job.params.get("steps", "")),
+                clip_text(job.quality),
                 job.prompt.replace("\n", " ")[:200],
                 key=job.id,
             )
