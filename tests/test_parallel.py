@@ -21,6 +21,7 @@ from engine.generation.parallel.ranks import parallel_pipeline
 from engine.generation.pipeline import Pipeline
 from engine.models.control_dit import ControlDiT
 from engine.models.dpm_sampler import DiffusionCancelled
+from engine.models.step_cache import CacheCounts, StepCache
 from engine.specs import TINY
 from engine.weights.tiny import randomise
 from tests.test_engine import RunningEngine
@@ -328,3 +329,162 @@ def test_guidance_parallel_renders_the_single_process_latents_bit_for_bit(single
         thread.join(120)
     assert rendered.get(1) is True and len(rendered[0]) == 2
     assert all(torch.equal(a, b) for a, b in zip(reference, rendered[0], strict=True))
+
+
+# step caching (cache > 0) on a group
+
+CACHE, CACHE_STEPS = 0.2, 4  # on the tiny job: the middle step of one chunk skipped, in both branches
+
+
+@pytest.fixture(scope="module")
+def cached_job(single, job):
+    """The job's single-process latents with the step cache, and its counts."""
+    text, codes, plan, _ = job
+    counts = CacheCounts()
+    chunks = list(
+        single.stage2().render_chunks(
+            text, codes, plan, seed=SEED, steps=CACHE_STEPS, cache=CACHE, counts=counts
+        )
+    )
+    assert counts.skipped > 0  # else these tests would not see the cache at work
+    return chunks, counts
+
+
+def test_guidance_parallel_with_the_step_cache_renders_the_single_process_bits(single, job, cached_job):
+    """cfg=2 with cache 0.2 (threads on one gloo store, the processes' render loop): the latents equal
+    the single process's with cache 0.2 bit for bit, and rank 0 counts both branches' calls and skips."""
+    from copy import copy, deepcopy
+    from threading import Thread
+
+    import torch.distributed as dist
+
+    from engine.generation.parallel.group import ParallelGroup
+    from engine.generation.parallel.network import attach
+    from engine.generation.parallel.render import follow_renders
+
+    text, codes, plan, _ = job
+    reference, single_counts = cached_job
+    base, store, rendered, counts = single.stage2(), dist.HashStore(), {}, CacheCounts()
+
+    def rank(index: int) -> None:
+        stage = copy(base)
+        stage.network, stage.decoder = deepcopy(base.network), deepcopy(base.decoder)
+        group = ParallelGroup(ParallelPlan(2, 1), index, torch.device("cpu"), store)
+        attach(stage, group)
+        if index == 0:
+            rendered[0] = list(
+                stage.render_chunks(
+                    text, codes, plan, seed=SEED, steps=CACHE_STEPS, cache=CACHE, counts=counts
+                )
+            )
+            group.close()
+        else:
+            follow_renders(stage, group)  # the threshold comes in rank 0's header
+            rendered[1] = True
+
+    threads = [Thread(target=rank, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert rendered.get(1) is True and len(rendered[0]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(reference, rendered[0], strict=True))
+    assert counts == single_counts
+
+
+def test_sequence_parallel_with_the_step_cache_is_within_1e_5(home, tmp_path, job, cached_job, one_thread):
+    """seq=2 processes with cache 0.2: the single process's latents within 1e-5 and its counts; a cancel
+    still stops every rank at the same step, and the next render starts a fresh cache on every rank."""
+    text, codes, plan, _ = job
+    reference, single_counts = cached_job
+    pipeline = start(home, tmp_path, "seq=2")
+    try:
+        stage = pipeline.stage2()
+
+        def cached(**kwargs) -> list[torch.Tensor]:
+            return list(
+                stage.render_chunks(text, codes, plan, seed=SEED, steps=CACHE_STEPS, cache=CACHE, **kwargs)
+            )
+
+        counts = CacheCounts()
+        chunks = cached(counts=counts)
+        calls = iter([False, False, True])
+        with pytest.raises(DiffusionCancelled, match="stopped after 2 of 4"):
+            cached(should_stop=lambda: next(calls))
+        after = cached()
+    finally:
+        pipeline.close()
+    assert counts == single_counts
+    for expected, got, later in zip(reference, chunks, after, strict=True):
+        assert ((got - expected).abs().max() / expected.abs().max()) < 1e-5
+        assert torch.equal(got, later)
+
+
+@pytest.mark.parametrize(
+    ("split", "frames", "grid"),
+    [
+        ("cfg=2", 3, (8, 12)),  # bit for bit
+        ("cfg=2,seq=2", 3, (6, 10)),  # 45 tokens: 23 + 22 and a pad, Ulysses
+        ("seq=3", 2, (8, 10)),  # 40 tokens: 14 + 14 + 12 and 2 pads, gathered keys and values
+    ],
+)
+def test_a_split_step_cache_decides_and_computes_as_the_single_process(split, frames, grid):
+    """Calls where the branches decide apart: the uncond one barely moves and skips while the cond one
+    moves and runs alone, then both skip, then the last call runs both. Every rank takes the single
+    process's decisions (padding not counted in the signal) and counts, and gives its v: bit for bit
+    with cfg alone (a half running alone computes as a batch of one, as the single process does),
+    within 1e-5 with a sequence split. Ranks are threads on one gloo store."""
+    from copy import deepcopy
+    from threading import Thread
+
+    import torch.distributed as dist
+
+    from engine.generation.parallel.group import ParallelGroup
+    from engine.generation.parallel.network import ParallelDiT
+
+    plan = parse_parallel(split)
+    network = randomise(ControlDiT(TINY.dit), torch.Generator().manual_seed(0)).eval()
+    g = torch.Generator().manual_seed(1)
+    shape = (1, frames, TINY.dit.latent_channels, *grid)
+    a, b, nudge = (torch.randn(shape, generator=g) for _ in range(3))
+    text = torch.randn(2, 7, TINY.dit.text_dim, generator=g)
+    semantic = torch.randn(shape, generator=g)
+    inputs = [
+        torch.cat([a, a]),
+        torch.cat([a + 0.001 * nudge, b]),  # uncond skips, cond runs alone
+        torch.cat([a + 0.002 * nudge, b + 0.001 * nudge]),  # both skip
+        torch.cat([a, b]),  # the last call: both run
+    ]
+    timesteps = torch.tensor([500.0, 500.0])
+    threshold, steps = 0.05, len(inputs)
+    one = StepCache(network, threshold, steps)
+    with torch.no_grad():
+        reference = [one(x, text, timesteps, semantic) for x in inputs]
+    assert one.counts == CacheCounts(calls=8, skipped=3)
+    store = dist.HashStore()
+    results: dict[int, tuple[list[torch.Tensor], CacheCounts, int]] = {}
+
+    def rank(index: int) -> None:
+        group = ParallelGroup(plan, index, torch.device("cpu"), store)
+        counts = CacheCounts()
+        with torch.no_grad():
+            call = ParallelDiT(deepcopy(network), group).step_cache(threshold, steps, counts)
+            outputs = [call(x, text, timesteps, semantic) for x in inputs]
+        cache = call.args[0]  # the rank's StepCache: the signal it kept holds its own tokens only
+        results[index] = (outputs, counts, cache.previous.shape[1])
+
+    threads = [Thread(target=rank, args=(index,)) for index in range(plan.size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(results) == list(range(plan.size))
+    tokens = frames * (grid[0] // 2) * (grid[1] // 2)
+    assert sum(results[rank][2] for rank in range(plan.seq)) == tokens  # no padding in the signal
+    for outputs, counts, _ in results.values():
+        assert counts == one.counts
+        for expected, got in zip(reference, outputs, strict=True):
+            if plan.seq == 1:
+                assert torch.equal(got, expected)
+            else:
+                assert ((got - expected).abs().max() / expected.abs().max()) < 1e-5

@@ -15,7 +15,7 @@ from engine.generation.outputs import save_tokens
 from engine.generation.pipeline import Pipeline
 from engine.generation.stage2 import SemanticWindows
 from engine.models.dpm_sampler import DpmSolverSampler
-from engine.models.step_cache import CacheCounts, StepCache
+from engine.models.step_cache import CacheCounts, StepCache, change_sums, relative_change
 from engine.params import check_value, param
 from engine.specs import get_spec
 from engine.weights.layout import layout_for
@@ -182,14 +182,33 @@ def test_the_cache_runs_with_the_blocks_streamed_in_8_bit(home, stage2, text):
     assert torch.isfinite(latents).all()
 
 
-def test_a_parallel_group_refuses_the_cache_before_any_work(stage2, text):
-    plan = plan_length(RULES, None)
-    stage2.parallel = object()  # any group: the refusal comes before the group is used
-    try:
-        with pytest.raises(ValueError, match="does not run on a parallel group yet: use cache 0"):
-            next(stage2.render_chunks(text, codes_for(plan), plan, seed=1, steps=2, cache=0.1))
-    finally:
-        stage2.parallel = None
+def test_a_branch_split_over_ranks_decides_on_all_its_tokens():
+    """On a sequence group each rank holds some of a branch's tokens (uneven shards here): with the ranks'
+    sums added up (`reduce_sums`), each computes the whole branch's relative change, the single process's
+    up to summation order, and so takes its decision; on its own tokens alone each would decide apart."""
+    previous = torch.randn(2, 40, 8, generator=torch.manual_seed(4))
+    current = previous.clone()
+    current[:, :15] += 0.3 * torch.randn(2, 15, 8, generator=torch.manual_seed(5))  # in the first shard
+    shards = [slice(0, 21), slice(21, 40)]
+    whole = relative_change(current, previous)
+    sums = [change_sums(current[:, s], previous[:, s]) for s in shards]
+    total = sums[0] + sums[1]
+    assert total[:, 2].tolist() == [40 * 8, 40 * 8]  # the mean's denominator: every token of the branch
+    alone = [relative_change(current[:, s], previous[:, s]) for s in shards]
+    threshold = float(whole.max() + alone[0].min()) / 2  # the branch skips; the first shard alone would run
+    assert float(alone[1].max()) == 0.0 and float(whole.max()) < threshold < float(alone[0].min())
+
+    def decisions(own: slice, reduce_sums) -> list[bool]:
+        cache = StepCache(None, threshold=threshold, steps=4, reduce_sums=reduce_sums)
+        cache.decide(previous[:, own], fresh=True)
+        return cache.decide(current[:, own]).tolist()
+
+    for index, own in enumerate(shards):
+        other = sums[1 - index]
+        got = relative_change(current[:, own], previous[:, own], reduce_sums=lambda mine, o=other: mine + o)
+        torch.testing.assert_close(got, whole, rtol=1e-6, atol=0)
+        assert decisions(own, lambda mine, o=other: mine + o) == [False, False]
+    assert decisions(shards[0], None) == [True, True]  # what the first rank alone would decide
 
 
 def test_the_cache_parameter_is_checked_and_off_by_default():

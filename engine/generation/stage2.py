@@ -127,14 +127,10 @@ class VideoStage(MovableStage):
         with `seed` draws every chunk's noise in turn. on_step(chunk index, step, steps).
 
         cache > 0: step caching (engine.models.step_cache), a fresh cache for each chunk (its first
-        and last steps always run the blocks); 0 calls the network as it is. `counts` adds up the DiT
-        calls (two a step, one per CFG branch) and those the cache skipped.
+        and last steps always run the blocks), on a parallel group too; 0 calls the network as it is.
+        `counts` adds up the DiT calls (two a step, one per CFG branch) and those the cache skipped.
         """
         self.check_codes(codes, plan.segments)
-        if cache and self.parallel is not None:  # the cache calls the DiT's parts, not the group's split
-            raise ValueError(
-                "step caching (cache > 0) does not run on a parallel group yet: use cache 0 with --parallel"
-            )
         self.ready(self.decoder, self.network, self.vae)
         windows = SemanticWindows(self.decoder, codes.to(self.device), self.spec.llm)
         generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -143,11 +139,11 @@ class VideoStage(MovableStage):
         prefix = None
         if self.parallel is not None:  # every rank of the group renders these chunks, in step with rank 0
             if self.parallel.rank == 0:
-                lead_render(self.parallel, text, codes, plan, seed, steps)
+                lead_render(self.parallel, text, codes, plan, seed, steps, cache)
             should_stop = self.parallel.agreed(should_stop)
         for index in range(plan.chunks):
             semantic = self.network.semantic_conditioner(windows.window(*plan.latent_range(index)))
-            model = self.network if not cache else StepCache(self.network, cache, steps, counts, self.ready)
+            model = self.network if not cache else self.step_cache(cache, steps, counts)
 
             def network(
                 latents: torch.Tensor, timesteps: torch.Tensor, semantic=semantic, model=model
@@ -175,6 +171,13 @@ class VideoStage(MovableStage):
             del semantic, network, model
             prefix = latents[:, plan.stride :].clone() if plan.overlap else None
             yield latents
+
+    def step_cache(self, threshold: float, steps: int, counts: CacheCounts | None) -> Callable:
+        """A fresh step cache for one chunk's sampler run; on a parallel group, over the group's split
+        (the ParallelDiT that `attach` made the network's forward)."""
+        if self.parallel is not None:
+            return self.network.forward.step_cache(threshold, steps, counts, self.ready)
+        return StepCache(self.network, threshold, steps, counts, self.ready)
 
     def video_decoder(self) -> StreamingDecoder:
         return StreamingDecoder(self.vae, self.spec.vae.scale_factor, tiled=self.vae_tiling)

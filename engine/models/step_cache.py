@@ -18,7 +18,9 @@ input does not read the text, so the two branches normally decide alike; each st
 residual (the text differs), and a branch that does decide otherwise runs alone.
 
 One `StepCache` serves one sampler run (one chunk of a long video): it counts calls to know the last.
-Plain PyTorch, no I/O.
+Plain PyTorch, no I/O. On a parallel group (engine.generation.parallel) the model is one rank's share of
+the DiT and two injected callables make the ranks agree: `reduce_sums` adds up the signal's sums over the
+ranks that share a branch's video tokens, `share_runs` tells each rank every branch's decision.
 """
 
 from __future__ import annotations
@@ -40,11 +42,41 @@ class CacheCounts:
     skipped: int = 0  # of those, answered with the branch's cached residual instead of the blocks
 
 
-def relative_change(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """Per batch row: mean |current - previous| / mean |previous|, float32 [B]."""
+# sums [B, 3] float64 of this rank's tokens -> the same sums over every token of the branch (all ranks)
+ReduceSums = Callable[[torch.Tensor], torch.Tensor]
+
+
+def relative_change(
+    current: torch.Tensor, previous: torch.Tensor, reduce_sums: ReduceSums | None = None
+) -> torch.Tensor:
+    """Per batch row: mean |current - previous| / mean |previous|, float32 [B]. With `reduce_sums` the
+    tensors are this rank's share of each row's tokens and the means are over every rank's tokens."""
+    if reduce_sums is not None:
+        return relative_change_of(reduce_sums(change_sums(current, previous)))
     current, previous = current.float().flatten(1), previous.float().flatten(1)
     change = (current - previous).abs().mean(dim=1)
     return change / previous.abs().mean(dim=1).clamp(min=1e-12)
+
+
+def change_sums(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Per batch row: (sum |current - previous|, sum |previous|, element count), float64 [B, 3].
+
+    The sums are taken in float32 as `relative_change`'s means take them, then widened so that adding
+    the ranks' partial sums and counts loses nothing more. What still differs from the single process is
+    the summation order (each rank's tokens summed apart, then the partial sums added): a few float32
+    ulps of the relative change. A sequence split's latents already differ from the single process's by
+    up to 1e-5 relative, which moves the signal more than that; a decision can only flip where the
+    accumulated change lands within about 1e-6 of the threshold."""
+    current, previous = current.float().flatten(1), previous.float().flatten(1)
+    count = torch.full((current.shape[0],), float(current.shape[1]), device=current.device)
+    sums = [(current - previous).abs().sum(dim=1), previous.abs().sum(dim=1)]
+    return torch.stack([*(s.double() for s in sums), count.double()], dim=1)
+
+
+def relative_change_of(sums: torch.Tensor) -> torch.Tensor:
+    """`change_sums` over every token of each row -> `relative_change`: float32 [B]."""
+    change = (sums[:, 0] / sums[:, 2]).float()
+    return change / (sums[:, 1] / sums[:, 2]).float().clamp(min=1e-12)
 
 
 def select_rows(streams: Streams, rows: torch.Tensor) -> Streams:
@@ -54,7 +86,13 @@ def select_rows(streams: Streams, rows: torch.Tensor) -> Streams:
 class StepCache:
     """`model`'s forward for one sampler run of `steps` calls, with the blocks skipped where the signal
     allows. `threshold` > 0. `counts` (if given) is added to. `ready(module)` is called on main block 0
-    before its norm reads the signal (a residency streaming the blocks must fetch it first)."""
+    before its norm reads the signal (a residency streaming the blocks must fetch it first).
+
+    `model` is a ControlDiT, or anything with its `embed`, `run_blocks`, `head` and `main` that computes a
+    share of the call (one rank's tokens of one rank's branches). Then `reduce_sums` (see
+    `change_sums`) makes every rank holding a share of a branch's tokens see the whole branch's change,
+    hence take the same decision, and `share_runs` (this rank's decisions [b] -> the call's [B], every
+    branch's) lets the counts cover the branches other ranks hold."""
 
     def __init__(
         self,
@@ -63,13 +101,16 @@ class StepCache:
         steps: int,
         counts: CacheCounts | None = None,
         ready: Callable[[nn.Module], None] | None = None,
+        reduce_sums: ReduceSums | None = None,
+        share_runs: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         if not threshold > 0:
             raise ValueError(f"a step cache needs a threshold > 0, got {threshold}; 0 means no cache")
         self.model, self.threshold, self.steps = model, threshold, steps
         self.counts = CacheCounts() if counts is None else counts
-        self.ready = ready
+        self.ready, self.reduce_sums, self.share_runs = ready, reduce_sums, share_runs
         self.index = 0  # calls so far
+        self.shape: torch.Size | None = None  # the last call's latents shape
         self.previous: torch.Tensor | None = None  # last call's modulated video input [B, N, D]
         self.accumulated: torch.Tensor | None = None  # [B] float32, since each branch last ran
         self.residual: torch.Tensor | None = None  # [B, N, D] video tokens after the blocks minus before
@@ -79,7 +120,11 @@ class StepCache:
     ) -> torch.Tensor:
         model = self.model
         streams = model.embed(latents, text, timesteps, semantic)
-        run = self.decide(self.signal(streams))
+        # a new shape starts afresh; the latents' shape, not the signal's, since a rank's share of the
+        # tokens may keep its size when the whole changes, and the ranks of a branch must agree
+        fresh = self.shape != latents.shape
+        self.shape = latents.shape
+        run = self.decide(self.signal(streams), fresh)
         video = self.video_after_blocks(streams, run)
         return model.head(video, streams.temb, latents.shape)
 
@@ -90,21 +135,21 @@ class StepCache:
             self.ready(block)
         return block.norm1(streams.video, streams.words, streams.temb)[0]
 
-    def decide(self, signal: torch.Tensor) -> torch.Tensor:
+    def decide(self, signal: torch.Tensor, fresh: bool = False) -> torch.Tensor:
         """Which branches run the blocks at this call: bool [B] (on the host)."""
         index, self.index = self.index, self.index + 1
         batch = signal.shape[0]
-        fresh = self.previous is None or self.previous.shape != signal.shape
-        if fresh or index == 0 or index >= self.steps - 1:
+        if fresh or self.previous is None or index == 0 or index >= self.steps - 1:
             run = torch.ones(batch, dtype=torch.bool)
             self.accumulated = torch.zeros(batch)
         else:
-            self.accumulated += relative_change(signal, self.previous).cpu()
+            self.accumulated += relative_change(signal, self.previous, self.reduce_sums).cpu()
             run = self.accumulated >= self.threshold
             self.accumulated[run] = 0.0
         self.previous = signal
-        self.counts.calls += batch
-        self.counts.skipped += batch - int(run.sum())
+        every = run if self.share_runs is None else self.share_runs(run)
+        self.counts.calls += every.numel()
+        self.counts.skipped += every.numel() - int(every.sum())
         return run
 
     def video_after_blocks(self, streams: Streams, run: torch.Tensor) -> torch.Tensor:

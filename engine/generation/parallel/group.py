@@ -1,8 +1,9 @@
 """The ranks of one parallel render and the few collectives they use, all torch.distributed's own.
 
 Every rank builds, from one rendezvous file, the whole group (rank 0's commands and the job's inputs),
-its sequence group (the ranks that share a guidance half; they gather keys, values and the video tokens)
-and its guidance group (the ranks holding the same shard of the two halves; they gather v). The groups
+its sequence group (the ranks that share a guidance half; they gather keys, values and the video tokens,
+and with the step cache add up its signal's sums) and its guidance group (the ranks holding the same shard
+of the two halves; they gather v, and with the step cache each half's run/skip decision). The groups
 are ProcessGroup objects made on a store, not torch.distributed's process-wide default group: one engine
 process leads a group per worker, several at once. Gloo on the CPU, NCCL on GPUs; nothing else differs.
 
@@ -107,6 +108,13 @@ class ParallelGroup:
         out = torch.empty_like(tensor)
         self._wait(group.alltoall_base(out, tensor, [], []))
         return out
+
+    @torch.compiler.disable
+    def all_reduce(self, tensor: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        """The sum of every rank's `tensor` (all the same shape), on every rank."""
+        tensor = tensor.contiguous().clone()
+        self._wait(group.allreduce([tensor]))
+        return tensor
 
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rank 0's `tensor` on every rank (the others pass one of the same shape and dtype)."""

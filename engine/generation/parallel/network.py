@@ -12,17 +12,28 @@ attention. Where seq divides the heads, an all-to-all gives each rank every toke
 (Ulysses); otherwise each rank gathers the group's video keys and values behind the text ones. Either
 way the padding is dropped before attention and every query sees every token in the single process's
 order; the video tokens are gathered again before `head`.
+
+Step caching (engine.models.step_cache) runs on the same split: each rank's StepCache sees its share of
+the call (`RankShare`). The ranks of a sequence group add up the signal's sums (one all-reduce of [B, 3]
+a call) and so decide alike; the ranks of a guidance group tell each other their half's decision (one
+all-gather of a byte a call), for the counts and for the arithmetic: a half whose blocks run while the
+other half skips runs them as a lone row, as the single process runs it, not as the first of a pair.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from engine.generation.parallel.group import ParallelGroup
-from engine.models.control_dit import Attend, ControlDiT, JointAttentionProcessor, sdpa
+from engine.models.control_dit import Attend, ControlDiT, JointAttentionProcessor, Streams, sdpa
+from engine.models.step_cache import CacheCounts, StepCache
 
 
 class SequenceShardAttention:
@@ -79,7 +90,7 @@ def duplicate_single_rows(module: nn.Module) -> None:
 
     def before(linear: nn.Linear, args: tuple) -> tuple | None:
         x = args[0]
-        linear._landiff_doubled = x.ndim == 2 and x.shape[0] == 1
+        linear._landiff_doubled = x.ndim == 2 and x.shape[0] == 1 and not linear._landiff_alone
         return (torch.cat([x, x]),) if linear._landiff_doubled else None
 
     def after(linear: nn.Linear, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
@@ -89,7 +100,77 @@ def duplicate_single_rows(module: nn.Module) -> None:
         if isinstance(layer, nn.Linear) and not getattr(layer, "_landiff_two_rows", False):
             layer.register_forward_pre_hook(before)
             layer.register_forward_hook(after)
-            layer._landiff_two_rows = True
+            layer._landiff_two_rows, layer._landiff_alone = True, False
+
+
+@contextlib.contextmanager
+def rows_alone(module: nn.Module, alone: bool = True) -> Iterator[None]:
+    """While open (if `alone`): the Linears `duplicate_single_rows` changed compute a one-row input as one
+    row again, the arithmetic of a batch of one (a branch the single process runs without the other)."""
+    layers = [m for m in module.modules() if getattr(m, "_landiff_two_rows", False)] if alone else []
+    for layer in layers:
+        layer._landiff_alone = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._landiff_alone = False
+
+
+class RankShare:
+    """The DiT's parts (`embed`, `run_blocks`, `head`, `main`) as one rank computes its share of a call,
+    for a StepCache: the rank's guidance half (the caller splits the batch) and, on a sequence group,
+    the rank's own video tokens without the padding (the cache's signal and residual hold real tokens
+    only); the blocks get the padded shard and `head` the gathered tokens, as `sequence_forward` does."""
+
+    def __init__(self, network: ControlDiT, group: ParallelGroup, attention: SequenceShardAttention | None):
+        self.network, self.group, self.attention = network, group, attention
+        self.main = network.main
+        self.tokens = self.per_rank = 0  # the call's video tokens, and a shard's (padding included)
+        self.paired = True  # this call's blocks run for every guidance half (else for this one alone)
+
+    def embed(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
+    ) -> Streams:
+        streams = self.network.embed(latents, text, timesteps, semantic)
+        if self.group.seq_group is None:
+            return streams
+        self.tokens = streams.video.shape[1]
+        self.per_rank = math.ceil(self.tokens / self.group.plan.seq)
+        start = self.group.seq_index * self.per_rank
+        own = slice(start, min(start + self.per_rank, self.tokens))
+        streams.video, streams.control_video = streams.video[:, own], streams.control_video[:, own]
+        self.attention.text_length, self.attention.tokens = streams.words.shape[1], self.tokens
+        return streams
+
+    def run_blocks(self, streams: Streams) -> tuple[torch.Tensor, torch.Tensor]:
+        own = streams.video.shape[1]
+        if self.group.seq_group is not None:
+            streams = replace(
+                streams,
+                video=shard(streams.video, 0, self.per_rank),
+                control_video=shard(streams.control_video, 0, self.per_rank),
+            )
+        with rows_alone(self.network, not self.paired):
+            video, words = self.network.run_blocks(streams)
+        return video[:, :own], words
+
+    def head(self, video: torch.Tensor, temb: torch.Tensor, latents_shape: torch.Size) -> torch.Tensor:
+        if self.group.seq_group is not None:
+            padded = shard(video, 0, self.per_rank)
+            video = self.group.gather(padded, self.group.seq_group, dim=1)[:, : self.tokens]
+        return self.network.head(video, temb, latents_shape)
+
+    def reduce_sums(self, sums: torch.Tensor) -> torch.Tensor:
+        """The step cache's signal sums of this rank's tokens -> of the sequence group's (every token)."""
+        return self.group.all_reduce(sums, self.group.seq_group)
+
+    def share_runs(self, run: torch.Tensor) -> torch.Tensor:
+        """This rank's guidance half's run/skip decisions -> both halves' ([uncond, cond] order)."""
+        mine = run.to(device=self.group.device, dtype=torch.uint8)
+        every = self.group.gather(mine, self.group.cfg_group, dim=0).cpu().bool()
+        self.paired = bool(every.all())
+        return every
 
 
 class ParallelDiT:
@@ -115,12 +196,45 @@ class ParallelDiT:
     def __call__(
         self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
     ) -> torch.Tensor:
+        return self.split_guidance(self.sequence_forward, latents, text, timesteps, semantic)
+
+    def step_cache(
+        self,
+        threshold: float,
+        steps: int,
+        counts: CacheCounts | None = None,
+        ready: Callable[[nn.Module], None] | None = None,
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The same split call with step caching, for one sampler run (a fresh one per chunk): `counts`
+        gets every guidance half's calls and skips, as the single process counts them."""
+        group = self.group
+        share = RankShare(self.network, group, self.attention)
+        cache = StepCache(
+            share,
+            threshold,
+            steps,
+            counts,
+            ready,
+            reduce_sums=share.reduce_sums if group.seq_group is not None else None,
+            share_runs=share.share_runs if group.cfg_group is not None else None,
+        )
+        return functools.partial(self.split_guidance, cache)
+
+    def split_guidance(
+        self,
+        forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        latents: torch.Tensor,
+        text: torch.Tensor,
+        timesteps: torch.Tensor,
+        semantic: torch.Tensor,
+    ) -> torch.Tensor:
+        """`forward` on this rank's guidance half (the whole batch without cfg); v gathered over both."""
         group = self.group
         try:
             if group.cfg_group is not None:
                 half = group.cfg_index
                 latents, text, timesteps = (t.chunk(2)[half] for t in (latents, text, timesteps))
-            v = self.sequence_forward(latents, text, timesteps, semantic)
+            v = forward(latents, text, timesteps, semantic)
             if group.cfg_group is not None:
                 v = group.gather(v, group.cfg_group, dim=0)
             return v

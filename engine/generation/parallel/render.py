@@ -1,6 +1,6 @@
 """Rank 0 and the helpers render the same chunks, step for step: rank 0 sends the job's stage-2 inputs
-(prompt states, semantic tokens, chunk plan, seed, steps), each helper runs the same `render_chunks` on
-them and throws its latents away; only rank 0 decodes and writes."""
+(prompt states, semantic tokens, chunk plan, seed, steps, step-cache threshold), each helper runs the
+same `render_chunks` on them and throws its latents away; only rank 0 decodes and writes."""
 
 from __future__ import annotations
 
@@ -17,10 +17,17 @@ log = logging.getLogger(__name__)
 
 
 def lead_render(
-    group: ParallelGroup, text: torch.Tensor, codes: torch.Tensor, plan: ChunkPlan, seed: int, steps: int
+    group: ParallelGroup,
+    text: torch.Tensor,
+    codes: torch.Tensor,
+    plan: ChunkPlan,
+    seed: int,
+    steps: int,
+    cache: float = 0.0,
 ) -> None:
-    """Rank 0: start the helpers on the render that rank 0 is about to do."""
-    header = {"plan": asdict(plan), "seed": seed, "steps": steps}
+    """Rank 0: start the helpers on the render that rank 0 is about to do (`cache`: the step cache's
+    threshold, 0 for none)."""
+    header = {"plan": asdict(plan), "seed": seed, "steps": steps, "cache": cache}
     group.lead(header, [text, codes], plan.chunks * steps)
 
 
@@ -38,7 +45,13 @@ def follow_renders(stage, group: ParallelGroup) -> None:
         plan = ChunkPlan(**header["plan"])
         try:
             for _ in stage.render_chunks(
-                text, codes.cpu(), plan, seed=header["seed"], steps=header["steps"], should_stop=None
+                text,
+                codes.cpu(),
+                plan,
+                seed=header["seed"],
+                steps=header["steps"],
+                should_stop=None,
+                cache=header["cache"],
             ):
                 pass
         except DiffusionCancelled as stopped:
