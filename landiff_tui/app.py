@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from asyncio import gather
 from typing import TYPE_CHECKING, Any
 
 from textual import on
@@ -100,11 +101,13 @@ class LanDiffApp(App):
         self.call_after_refresh(self.mount_later)
         self.call_after_refresh(self.start_link)
 
-    def mount_later(self) -> None:
-        """After the first frame: the other tabs' rules and views."""
+    async def mount_later(self) -> None:
+        """After the first frame: the other tabs' rules and views, awaited together (the screen, which
+        runs this after its refresh, draws again once they are all there, not after each)."""
         add_later_css(self)
-        for tab, path in DEFERRED.items():
-            mount_later_view(self.query_one(f"#{tab}", TabPane), path)
+        await gather(
+            *(mount_later_view(self.query_one(f"#{tab}", TabPane), path) for tab, path in DEFERRED.items())
+        )
 
     def push_screen(self, *args: Any, **kwargs: Any) -> Any:
         add_later_css(self)  # the dialogs' rules, even for one opened before `mount_later` ran

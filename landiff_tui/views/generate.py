@@ -6,6 +6,7 @@ form's checks (`landiff_tui.params`, the job schema) are imported then too.
 
 from __future__ import annotations
 
+from asyncio import gather
 from typing import TYPE_CHECKING, Any
 
 from textual import on
@@ -73,7 +74,6 @@ class GenerateView(View):
         self.pending_fill: dict[str, Any] | None = None  # what to fill once the fields are mounted
         self.pending_prompt: str | None = None
         self.applied: tuple[str, dict[str, str]] | None = None  # the preset shown, and what it set
-        self.complete = False  # until the fields and the presets' box are mounted (`mount_form`)
 
     def compose(self) -> ComposeResult:
         # the fields (two widgets each) and the notes on them come after the prompt and the presets' box
@@ -86,9 +86,17 @@ class GenerateView(View):
         self.query_one(PromptArea).border_title = "prompt (up/down on the first/last line: history)"
         self.call_after_refresh(self.mount_form)
 
+    @property
+    def complete(self) -> bool:
+        """The fields and the presets' box, which come after the first frame, are mounted."""
+        return all(
+            found and found.first().is_mounted for found in (self.query("#params"), self.query("#preset"))
+        )
+
     async def mount_form(self) -> None:
         """The fields, the notes on them and the presets' box; the fields' values come when they are there
-        (`fields_ready`)."""
+        (`fields_ready`). Awaited together: the screen, which runs this after its refresh, draws again
+        only once they are all there, not after each."""
         from ..params import FIELDS
 
         fields = []
@@ -98,10 +106,11 @@ class GenerateView(View):
         if not self.is_attached:  # the app quit before
             return
         notes = Static("", id="length-note"), Static("", id="form-errors")
-        await self.mount(ParamsGrid(*fields, id="params"), *notes, after=self.query_one(PromptArea))
         presets = Select([], prompt="preset", id="preset", allow_blank=True)
-        await self.query_one("#preset-row").mount(presets, before=self.query_one("#submit"))
-        self.complete = True
+        await gather(
+            self.mount(ParamsGrid(*fields, id="params"), *notes, after=self.query_one(PromptArea)),
+            self.query_one("#preset-row").mount(presets, before=self.query_one("#submit")),
+        )
 
     @on(ParamsGrid.Ready)
     def fields_ready(self) -> None:

@@ -31,8 +31,8 @@ def make_view(path: str) -> Widget:
     return getattr(import_module(module), name)()
 
 
-def mount_later_view(pane: Widget, path: str) -> None:
+async def mount_later_view(pane: Widget, path: str) -> None:
     """Mounts the view at `path` into its (empty) tab pane; nothing when the pane went away (the app quit
     before its first frame was followed up)."""
     if pane.is_attached:
-        pane.mount(make_view(path))
+        await pane.mount(make_view(path))
