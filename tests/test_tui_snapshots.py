@@ -48,6 +48,10 @@ async def settle(pilot) -> None:
     # left: drawn exactly where the focus is, whatever the timing (Textual's own pause, pinned 8.2.8)
     for widget in app.query("TextArea, Input"):
         widget._pause_blink(visible=widget.has_focus)
+        # a TextArea keys its line cache on the cursor only while it blinks: a line drawn while the cursor
+        # was blinked off would be reused as it is, cursor and all gone (Textual 8.2.8's render_line)
+        if hasattr(widget, "_line_cache"):
+            widget._line_cache.clear()
         widget.refresh()
     await pilot.pause(0.05)
 
