@@ -70,6 +70,17 @@ def test_a_guidance_half_alone_gives_the_pairs_bits_only_with_two_row_linears():
     assert torch.equal(pair, network(latents, text, timesteps, semantic))  # batch 2 untouched
 
 
+def on_threads(rank, count: int, timeout: float) -> None:
+    """`rank(index)` for each of `count` ranks, each on its own thread (one gloo store), waited for."""
+    from threading import Thread
+
+    threads = [Thread(target=rank, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+
+
 @pytest.fixture(scope="module")
 def single(home) -> Pipeline:
     """The tiny pipeline in this process: the single-process reference."""
@@ -256,7 +267,6 @@ def test_uneven_shards_are_padded_and_the_padding_never_attended(split, grid, at
     divide the heads, by gathered keys and values elsewhere. The ranks are threads on one gloo store
     here, the DiT call the one the processes make."""
     from copy import deepcopy
-    from threading import Thread
 
     import torch.distributed as dist
 
@@ -285,21 +295,17 @@ def test_uneven_shards_are_padded_and_the_padding_never_attended(split, grid, at
             assert type(split.attention).__name__ == attention
             results[index] = split(*args)
 
-    threads = [Thread(target=rank, args=(index,)) for index in range(plan.size)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    on_threads(rank, plan.size, 60)
     assert sorted(results) == list(range(plan.size))
     for got in results.values():
         assert ((got - reference).abs().max() / reference.abs().max()) < 1e-5
 
 
-def test_guidance_parallel_renders_the_single_process_latents_bit_for_bit(single, job):
-    """cfg=2 over two ranks (threads on one gloo store; the processes' render loop, lead and follow):
-    the whole stage-2 latents of the two-chunk job equal the single process's, bit for bit."""
+def guidance_parallel_render(single, job, **render) -> list:
+    """The two-chunk job's latents rendered by cfg=2 over two ranks: threads on one gloo store, running
+    the processes' render loop (rank 0 leads, the helper follows its header). `render`: render_chunks's
+    steps and options."""
     from copy import copy, deepcopy
-    from threading import Thread
 
     import torch.distributed as dist
 
@@ -307,7 +313,7 @@ def test_guidance_parallel_renders_the_single_process_latents_bit_for_bit(single
     from engine.generation.parallel.network import attach
     from engine.generation.parallel.render import follow_renders
 
-    text, codes, plan, reference = job
+    text, codes, plan, _ = job
     base, store, rendered = single.stage2(), dist.HashStore(), {}
 
     def rank(index: int) -> None:
@@ -316,19 +322,23 @@ def test_guidance_parallel_renders_the_single_process_latents_bit_for_bit(single
         group = ParallelGroup(ParallelPlan(2, 1), index, torch.device("cpu"), store)
         attach(stage, group)
         if index == 0:
-            rendered[0] = list(stage.render_chunks(text, codes, plan, seed=SEED, steps=STEPS))
+            rendered[0] = list(stage.render_chunks(text, codes, plan, seed=SEED, **render))
             group.close()  # the helper leaves its loop
         else:
-            follow_renders(stage, group)
+            follow_renders(stage, group)  # the steps and the cache threshold come in rank 0's header
             rendered[1] = True
 
-    threads = [Thread(target=rank, args=(index,)) for index in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    on_threads(rank, 2, 120)
     assert rendered.get(1) is True and len(rendered[0]) == 2
-    assert all(torch.equal(a, b) for a, b in zip(reference, rendered[0], strict=True))
+    return rendered[0]
+
+
+def test_guidance_parallel_renders_the_single_process_latents_bit_for_bit(single, job):
+    """cfg=2 over two ranks: the whole stage-2 latents of the two-chunk job equal the single process's,
+    bit for bit."""
+    reference = job[3]
+    rendered = guidance_parallel_render(single, job, steps=STEPS)
+    assert all(torch.equal(a, b) for a, b in zip(reference, rendered, strict=True))
 
 
 # step caching (cache > 0) on a group
@@ -351,44 +361,12 @@ def cached_job(single, job):
 
 
 def test_guidance_parallel_with_the_step_cache_renders_the_single_process_bits(single, job, cached_job):
-    """cfg=2 with cache 0.2 (threads on one gloo store, the processes' render loop): the latents equal
-    the single process's with cache 0.2 bit for bit, and rank 0 counts both branches' calls and skips."""
-    from copy import copy, deepcopy
-    from threading import Thread
-
-    import torch.distributed as dist
-
-    from engine.generation.parallel.group import ParallelGroup
-    from engine.generation.parallel.network import attach
-    from engine.generation.parallel.render import follow_renders
-
-    text, codes, plan, _ = job
+    """cfg=2 with cache 0.2: the latents equal the single process's with cache 0.2 bit for bit, and rank 0
+    counts both branches' calls and skips."""
     reference, single_counts = cached_job
-    base, store, rendered, counts = single.stage2(), dist.HashStore(), {}, CacheCounts()
-
-    def rank(index: int) -> None:
-        stage = copy(base)
-        stage.network, stage.decoder = deepcopy(base.network), deepcopy(base.decoder)
-        group = ParallelGroup(ParallelPlan(2, 1), index, torch.device("cpu"), store)
-        attach(stage, group)
-        if index == 0:
-            rendered[0] = list(
-                stage.render_chunks(
-                    text, codes, plan, seed=SEED, steps=CACHE_STEPS, cache=CACHE, counts=counts
-                )
-            )
-            group.close()
-        else:
-            follow_renders(stage, group)  # the threshold comes in rank 0's header
-            rendered[1] = True
-
-    threads = [Thread(target=rank, args=(index,)) for index in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert rendered.get(1) is True and len(rendered[0]) == 2
-    assert all(torch.equal(a, b) for a, b in zip(reference, rendered[0], strict=True))
+    counts = CacheCounts()
+    rendered = guidance_parallel_render(single, job, steps=CACHE_STEPS, cache=CACHE, counts=counts)
+    assert all(torch.equal(a, b) for a, b in zip(reference, rendered, strict=True))
     assert counts == single_counts
 
 
@@ -435,7 +413,6 @@ def test_a_split_step_cache_decides_and_computes_as_the_single_process(split, fr
     with cfg alone (a half running alone computes as a batch of one, as the single process does),
     within 1e-5 with a sequence split. Ranks are threads on one gloo store."""
     from copy import deepcopy
-    from threading import Thread
 
     import torch.distributed as dist
 
@@ -473,11 +450,7 @@ def test_a_split_step_cache_decides_and_computes_as_the_single_process(split, fr
         cache = call.args[0]  # the rank's StepCache: the signal it kept holds its own tokens only
         results[index] = (outputs, counts, cache.previous.shape[1])
 
-    threads = [Thread(target=rank, args=(index,)) for index in range(plan.size)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    on_threads(rank, plan.size, 60)
     assert sorted(results) == list(range(plan.size))
     tokens = frames * (grid[0] // 2) * (grid[1] // 2)
     assert sum(results[rank][2] for rank in range(plan.seq)) == tokens  # no padding in the signal
