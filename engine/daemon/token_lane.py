@@ -66,6 +66,13 @@ class TokenLane(threading.Thread):
 
     # called from the workers' threads
 
+    def want(self, job_id: str) -> None:
+        """A worker claimed the job: its tokens go first, made while the worker loads its own models."""
+        with self.changed:
+            if job_id not in self.made and job_id not in self.wanted:
+                self.wanted.append(job_id)
+                self.changed.notify_all()
+
     def take(
         self, job_id: str, on_progress: Callable[[Progress], None], should_stop: Callable[[], bool]
     ) -> SemanticTokens:
@@ -77,7 +84,8 @@ class TokenLane(threading.Thread):
         with self.changed:
             try:
                 if job_id not in self.made:
-                    self.wanted.append(job_id)
+                    if job_id not in self.wanted:
+                        self.wanted.append(job_id)
                     self.watchers[job_id] = on_progress
                     self.changed.notify_all()
                 while job_id not in self.made:
@@ -112,6 +120,8 @@ class TokenLane(threading.Thread):
 
     def drop_locked(self, job_id: str) -> None:
         self.made.pop(job_id, None)
+        if job_id in self.wanted:
+            self.wanted.remove(job_id)
         self.last_progress.pop(job_id, None)
         if self.making == job_id:
             self.dropped.add(job_id)

@@ -264,6 +264,12 @@ class JobWorker(threading.Thread):
             throttle = ProgressThrottle(progress)
             made = {}  # stage 1 made by the LLM lane: this worker runs stage 2 only
             if self.lane is not None and job.tokens is None:
+                self.lane.want(job_id)
+                try:  # its models load while the lane makes the tokens (the first job, after a release)
+                    self.pipeline.stage2()
+                except BaseException:
+                    self.lane.drop(job_id)
+                    raise
                 made["tokens"] = self.lane.take(job_id, throttle, should_stop)
             result = self.pipeline.run(
                 job, on_progress=throttle, should_stop=should_stop, on_chunk=chunk_finished, **made
