@@ -13,8 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.paths import NotTrusted, check_engine_socket, socket_path
-from engine.wire import MAX_REPLY_BYTES, RemoteError, decode_line, is_event, reply_result, request_line
+from engine.paths import NotTrusted, check_engine_socket, lock_holder, lock_path, log_path, socket_path
+from engine.wire import (
+    MAX_REPLY_BYTES,
+    STOP_WAIT_S,
+    RemoteError,
+    decode_line,
+    is_event,
+    reply_result,
+    request_line,
+)
 
 if TYPE_CHECKING:
     from engine.protocol import AnyEvent, Exact, HelloReply, SubscribeReply
@@ -128,14 +136,26 @@ class EngineLink:
         if self.starting:
             raise RemoteError("starting", "the engine is already starting; it connects when it answers")
         model = model or self.model
-        verb, wait_s = "starting", 5.0  # a socket left by an engine still exiting (one just stopped)
+        verb = "starting"
         if self.connected:
-            verb, wait_s = "restarting", 15.0
+            verb = "restarting"
             await self.request("shutdown")
-        for _ in range(int(wait_s * 10)):  # the old engine removes its socket as it exits
-            if not self.connected and not self.path.exists():
-                break
-            await asyncio.sleep(0.1)
+        # the old engine holds its lock until it has left: a new one started before then refuses to
+        # serve; its workers may take a while (one inside a torch import cannot be hurried)
+        self.starting = True
+        try:
+            loop, told = asyncio.get_running_loop(), False
+            deadline = loop.time() + 2 * STOP_WAIT_S + 5.0
+            while self.connected or lock_holder(lock_path()) is not None:
+                if loop.time() > deadline:
+                    self.on_state(STOPPED, f"the engine did not stop; see its log {log_path()}")
+                    return
+                if not self.connected and not told:  # after the link's own "went away"
+                    told = True
+                    self.on_state(STARTING, "waiting for the engine to stop...")
+                await asyncio.sleep(0.1)
+        finally:
+            self.starting = False
         self.model = model
         await self.start_engine(model, verb)
 

@@ -245,7 +245,7 @@ async def test_first_run_without_weights_offers_the_tiny_model(tmp_path, monkeyp
             await until(
                 pilot,
                 lambda: app.link.connected and app.engine_info.model == "tiny",
-                timeout=90,
+                timeout=150,
                 what="a tiny engine",
             )
     finally:
@@ -840,3 +840,34 @@ async def test_the_link_refuses_an_engine_socket_in_a_runtime_dir_that_is_not_it
         await asyncio.sleep(0.1)
     assert states and states[-1][0] == STOPPED and "link" in states[-1][1]
     assert received in ([], [b""])  # the engine heard nothing
+
+
+async def test_a_restart_waits_until_the_old_engine_has_left(tmp_path, monkeypatch):
+    """A new engine is started only once the old one lets go of the data dir's lock (an engine stopping
+    waits for a worker inside a torch import: on a loaded machine that took over 20 s, and a new engine
+    started before then refused to serve)."""
+    import fcntl
+    import os
+
+    from engine import settings
+    from engine.paths import lock_path
+    from landiff_tui.client import STARTING, EngineLink
+
+    monkeypatch.setenv(settings.DATA_DIR.name, str(tmp_path))
+    held = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    states: list[tuple[str, str]] = []
+    link = EngineLink(lambda event: None, lambda hello, caught: None, lambda *state: states.append(state))
+    started: list[float] = []
+
+    async def start_engine(model=None, verb="starting"):
+        started.append(asyncio.get_running_loop().time())
+
+    link.start_engine = start_engine
+    restart = asyncio.create_task(link.restart("tiny"))
+    await asyncio.sleep(1.5)
+    assert not started and (STARTING, "waiting for the engine to stop...") in states
+    released = asyncio.get_running_loop().time()
+    os.close(held)
+    await asyncio.wait_for(restart, 5)
+    assert started and started[0] >= released and link.model == "tiny"

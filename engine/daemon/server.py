@@ -46,6 +46,7 @@ from engine.paths import (
     runtime_dir,
     socket_path,
 )
+from engine.wire import STOP_WAIT_S
 
 log = logging.getLogger(__name__)
 BUILDING = threading.Lock()  # held while a worker makes its pipeline (cheap: the models load with a job)
@@ -234,10 +235,10 @@ async def run_engine(
         cluster.stop()  # no worker joins from now on
     pool.stop()
     service.quality.stop()
-    await asyncio.to_thread(pool.join, 30)
+    await asyncio.to_thread(pool.join, STOP_WAIT_S)
     # a daemon thread still inside torch when the interpreter finalises aborts the process (SIGABRT); the
     # probe leaves its video at the next frame it reads, so this wait is short
-    await asyncio.to_thread(service.quality.join, 30)
+    await asyncio.to_thread(service.quality.join, STOP_WAIT_S)
     if ray is not None:
         ray_workers.disconnect()  # the engine's actors go with it
     service.close()
