@@ -67,6 +67,7 @@ class EngineLink:
         self.task: asyncio.Task | None = None
         self.closing = False
         self.starting = False
+        self.held: list[AnyEvent] | None = None  # live events that came while catching up (see session)
 
     @property
     def connected(self) -> bool:
@@ -168,10 +169,16 @@ class EngineLink:
                 self.instance, self.last_seq = hello.instance, hello.seq
             elif hello.instance != self.instance:  # a restarted engine numbers events anew
                 self.instance, self.last_seq = hello.instance, 0
+            # live events can follow the subscribe reply in the same read, and the listener reads on before
+            # this resumes: they wait here, so the missed ones (older) are not taken for already seen
+            self.held = []
             caught_up = await self.request("subscribe", since=self.last_seq)
             for missed in caught_up.missed:
                 self.deliver(missed)
-            self.on_connected(hello, caught_up)
+            self.on_connected(hello, caught_up)  # the state as of the reply, before the events after it
+            held, self.held = self.held, None
+            for event in held:
+                self.deliver(event)
             await listener
         except RemoteError as error:  # e.g. the engine serves another model
             if error.code != "disconnected":  # gone mid-request: a fresh connection, as below
@@ -180,7 +187,7 @@ class EngineLink:
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass  # ValueError: a line that is not JSON; drop the connection and make a fresh one
         finally:
-            self.writer = None
+            self.writer, self.held = None, None
             listener.cancel()
             writer.close()
             for future in self.pending.values():
@@ -201,7 +208,11 @@ class EngineLink:
                 message = decode_line(line, MAX_REPLY_BYTES)
                 if is_event(message):
                     with contextlib.suppress(ValidationError):  # another version's engine: hello says
-                        self.deliver(parse_event(message))
+                        event = parse_event(message)
+                        if self.held is None:
+                            self.deliver(event)
+                        else:
+                            self.held.append(event)
                     continue
                 if message.get("id") is None and not message.get("ok", True):
                     reply_result(message)  # the engine's word on this connection (too many, a timeout)

@@ -871,3 +871,53 @@ async def test_a_restart_waits_until_the_old_engine_has_left(tmp_path, monkeypat
     os.close(held)
     await asyncio.wait_for(restart, 5)
     assert started and started[0] >= released and link.model == "tiny"
+
+
+async def test_missed_events_are_not_lost_to_live_ones_in_the_same_read(tmp_path):
+    """The subscribe reply and a live event after it can arrive in one read: the link delivers the replayed
+    events first, then the state, then the live one (it took the live one's number as seen, and dropped
+    the replayed job_finished: the dropped-connection test failed so on a loaded machine)."""
+    import json
+
+    from engine.generation.lengths import limits, rules_for
+    from engine.protocol import PROTOCOL_VERSION
+    from landiff_tui.client import EngineLink
+
+    def line(message: dict) -> bytes:
+        return (json.dumps({"v": PROTOCOL_VERSION, **message}) + "\n").encode()
+
+    hello = {"protocol": PROTOCOL_VERSION, "engine_version": "x", "model": "tiny", "instance": "i", "pid": 1}
+    hello |= {"seq": 1, "limits": limits(rules_for("tiny"))}
+
+    async def answer(reader, writer):
+        while request := await reader.readline():
+            request = json.loads(request)
+            if request["type"] == "hello":
+                writer.write(line({"id": request["id"], "ok": True, "result": hello}))
+            elif request["type"] == "subscribe":
+                finished = {"event": "job_finished", "job_id": "a", "video": "a.mp4", "frames": 13}
+                missed = [{"v": 1, "seq": 2, **finished}]
+                reply = {"seq": 2, "instance": "i", "missed": missed, "gap": False, "active": []}
+                live = {"seq": 3, "event": "job_deleted", "job_id": "a"}
+                writer.write(line({"id": request["id"], "ok": True, "result": reply}) + line(live))
+            await writer.drain()
+
+    (tmp_path / "run").mkdir(mode=0o700)
+    server = await asyncio.start_unix_server(answer, path=str(tmp_path / "run" / "engine.sock"))
+    order: list[str] = []
+    link = EngineLink(
+        on_event=lambda event: order.append(event.event),
+        on_connected=lambda hello, caught_up: order.append("connected"),
+        on_state=lambda state, message: order.append(message),
+        autostart=False,
+        path=tmp_path / "run" / "engine.sock",
+    )
+    link.instance, link.last_seq = "i", 1  # reconnecting: seen up to 1
+    async with server:
+        link.start()
+        for _ in range(100):
+            if len(order) == 3:
+                break
+            await asyncio.sleep(0.05)
+        await link.close()
+    assert order == ["job_finished", "connected", "job_deleted"]
