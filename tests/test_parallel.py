@@ -5,6 +5,7 @@ helper outlives its group."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -171,13 +172,6 @@ def test_serve_refuses_a_parallel_split_it_cannot_serve_in_one_line(
     assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
 
 
-class ParallelEngine(RunningEngine):
-    """An engine subprocess with `serve --parallel 2` on a machine without GPU: two CPU ranks, cfg=2."""
-
-    def __init__(self, base: Path, weights: Path):
-        super().__init__(base, weights, serve_args=("--parallel", "2"))
-
-
 def helper_ranks(parent: int) -> list[int]:
     """Pids of the helper ranks `parent` started (from /proc: their parent and command line)."""
     found = []
@@ -207,20 +201,27 @@ def until_done(client, job_id: str, on_event=None) -> dict:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the helper ranks through /proc")
-def test_an_engine_with_parallel_2_renders_as_one_process_and_survives_a_killed_rank(tmp_path, home, single):
+def test_a_parallel_group_fed_by_the_llm_lane_renders_as_one_process_and_survives_a_killed_rank(
+    tmp_path, home, single
+):
+    """`serve --parallel 2 --llm-device cpu` on a machine without GPU: two CPU ranks (cfg=2) render with the
+    step cache from the lane's tokens; the frames and skip counts are one process's from the same tokens."""
     from engine.generation.job import JobSpec
     from engine.generation.video import read_mp4
 
-    engine = ParallelEngine(tmp_path / "engine", home).start()
+    serve_args = ("--parallel", "2", "--llm-device", "cpu")
+    engine = RunningEngine(tmp_path / "engine", home, serve_args=serve_args).start()
     try:
         with engine.client() as client:
             client.request("hello", client="tests")
             client.request("subscribe", since=client.request("status")["seq"])
-            params = {"prompt": "a lighthouse at dawn", "steps": 2, "seed": 11}
+            params = {"prompt": "a lighthouse at dawn", "steps": 6, "seed": 11, "cache": 0.5}
             first = client.request("submit", params=params)["job_id"]
             assert until_done(client, first)["event"] == "job_finished"
             job = client.request("get_job", job_id=first)["job"]
             assert job["worker"] == "cpu:0+cpu:1"
+            record = json.loads(Path(job["sidecar_path"]).read_text())
+            assert record["stage1"]["ahead"] and record["step_cache"]["dit_calls_skipped"] > 0
             (helper,) = helper_ranks(engine.process.pid)
 
             killed = []
@@ -246,11 +247,12 @@ def test_an_engine_with_parallel_2_renders_as_one_process_and_survives_a_killed_
     # a single process's job from the same tokens and seed: the same frames, bit for bit
     tokens = Path(job["tokens_path"])
     result = single.run(
-        JobSpec("a lighthouse at dawn", tmp_path / "one" / "v.mp4", steps=2, seed=11, tokens=tokens)
+        JobSpec(params["prompt"], tmp_path / "one" / "v.mp4", steps=6, seed=11, cache=0.5, tokens=tokens)
     )
     frames = read_mp4(result.video)[0]
     assert (frames == read_mp4(Path(job["video_path"]))[0]).all()
     assert (frames == read_mp4(Path(again["video_path"]))[0]).all()
+    assert json.loads(result.sidecar.read_text())["step_cache"] == record["step_cache"]
 
 
 @pytest.mark.parametrize(

@@ -192,36 +192,3 @@ async def test_the_engine_tab_shows_the_llm_lane_and_what_it_makes():
         assert str(queue.query_one("#workers-line").render()) == (
             f"workers: cpu running {job(1).id[:8]}  ·  LLM lane cuda:2 making {job(2).id[:8]}, 1 ahead"
         )
-
-
-def test_a_parallel_group_fed_by_the_lane_renders_with_the_step_cache_as_one_process(
-    tmp_path, pipeline, home
-):
-    """`--parallel 2 --llm-device cpu`: the lane's tokens, a cfg=2 group with the step cache, the frames of
-    one process rendering from the same tokens with the same cache."""
-    engine = RunningEngine(
-        tmp_path / "engine", home, serve_args=("--parallel", "2", "--llm-device", "cpu")
-    ).start()
-    try:
-        with subscribed(engine) as client:
-            params = {"prompt": "a lighthouse at dawn", "steps": 6, "seed": 11, "cache": 0.5}
-            job_id = client.request("submit", params=params)["job_id"]
-            until_ended(client, [job_id])
-            job = client.request("get_job", job_id=job_id)["job"]
-    finally:
-        engine.stop()
-    assert job["status"] == "finished" and job["worker"] == "cpu:0+cpu:1"
-    record = json.loads(Path(job["sidecar_path"]).read_text())
-    assert record["stage1"]["ahead"] and record["step_cache"]["dit_calls_skipped"] > 0
-    alone = pipeline.run(
-        JobSpec(
-            params["prompt"],
-            tmp_path / "one.mp4",
-            steps=6,
-            seed=11,
-            cache=0.5,
-            tokens=Path(job["tokens_path"]),
-        )
-    )
-    assert np.array_equal(read_mp4(alone.video)[0], read_mp4(Path(job["video_path"]))[0])
-    assert json.loads(alone.sidecar.read_text())["step_cache"] == record["step_cache"]
