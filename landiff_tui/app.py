@@ -94,7 +94,7 @@ class LanDiffApp(App):
                 yield GenerateView()
             for tab in DEFERRED:
                 yield TabPane(tab_title(tab), id=tab)  # its view comes after the first frame
-        yield Footer()
+        # the Footer comes after the first frame too (its key list is a good part of that frame's cost)
 
     def on_mount(self) -> None:
         self.sub_title = "connecting to the engine..."
@@ -106,7 +106,8 @@ class LanDiffApp(App):
         runs this after its refresh, draws again once they are all there, not after each)."""
         add_later_css(self)
         await gather(
-            *(mount_later_view(self.query_one(f"#{tab}", TabPane), path) for tab, path in DEFERRED.items())
+            self.screen_stack[0].mount(Footer()),  # the main screen, though a dialog opened already
+            *(mount_later_view(self.query_one(f"#{tab}", TabPane), path) for tab, path in DEFERRED.items()),
         )
 
     def push_screen(self, *args: Any, **kwargs: Any) -> Any:
