@@ -375,7 +375,7 @@ async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_
             ("queued", "", job(2).id[:8]),
         ]
         header = "engine: tiny model, pid 4242, 2 workers: cuda:0, cuda:1"
-        await until(pilot, lambda: app.sub_title == header, 5, "the header to name the workers")
+        await until(pilot, lambda: app.sub_title == header, 20, "the header to name the workers")
         queue.memory = await link.request("status")  # what its timer asks every few seconds
         queue.draw_workers()
         assert str(queue.query_one("#workers-line").render()) == (
@@ -390,20 +390,20 @@ async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_
 
         link.publish("job_progress", **denoising(first.id, 10))
         link.publish("job_progress", **denoising(second.id, 30))
-        await until(pilot, lambda: detail().startswith("10/50"), 5, "the first job's progress")
+        await until(pilot, lambda: detail().startswith("10/50"), 20, "the first job's progress")
         assert title().startswith(f"running {first.id[:8]} on cuda:0: ") and "+1 running" in title()
         await pilot.pause(0.1)
         assert detail().startswith("10/50")  # the other job's progress does not draw over it
 
         table.focus()
         table.move_cursor(row=1)  # the second job: the live pane follows it, from its last progress
-        await until(pilot, lambda: detail().startswith("30/50"), 5, "the second job's progress")
+        await until(pilot, lambda: detail().startswith("30/50"), 20, "the second job's progress")
         assert title().startswith(f"running {second.id[:8]} on cuda:1: ")
         info = str(queue.query_one("#live-info").render())
         assert "cuda:1 memory 20.0 GiB / 140.0 GiB" in info  # its own GPU's, not the engine's first
 
         link.publish("job_requeued", job_id=second.id, worker="cuda:1", error="the Ray actor died")
-        await until(pilot, lambda: queue.jobs[second.id].status == "queued", 5, "the re-queued job")
+        await until(pilot, lambda: queue.jobs[second.id].status == "queued", 20, "the re-queued job")
         assert tuple(table.get_row_at(2)[:3]) == ("queued", "", second.id[:8])  # back at its place by age
         assert title().startswith(f"running {first.id[:8]} on cuda:0: ") and "+1" not in title()
         assert any("queued again: its worker cuda:1 was lost" in str(n.message) for n in app._notifications)

@@ -232,7 +232,7 @@ async def test_the_job_detail_shows_the_findings_and_updates_when_they_arrive():
         await pilot.press("f3")
         await until(pilot, lambda: app.query_one("GalleryView").rows, 10, "the gallery")
         await pilot.press("enter")
-        await until(pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, 5, "details")
+        await until(pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, 20, "details")
 
         def body() -> str:
             return str(app.screen.query_one("#detail-body").render())
@@ -242,11 +242,11 @@ async def test_the_job_detail_shows_the_findings_and_updates_when_they_arrive():
         clip |= {"scores": [30.0, 31.25, 21.25], "prompt_tokens": 12, "prompt_truncated": False}
         found = {"frames": 9, "fps": 8.0, "flicker": 0.75, "motion": 4.5, "clip": clip, "seconds": 0.4}
         link.publish("job_quality", job_id=shown.id, quality=found)
-        await until(pilot, lambda: "CLIP score: mean 27.50, min 21.25" in body(), 5, "the findings")
+        await until(pilot, lambda: "CLIP score: mean 27.50, min 21.25" in body(), 20, "the findings")
         assert "flicker: 0.75 luma levels" in body() and "30.0 31.2 21.2" in body()
         bare = {**found, "clip": None, "skipped": "CLIP weights absent: get them"}
         link.publish("job_quality", job_id=shown.id, quality=bare)
-        await until(pilot, lambda: "skipped: CLIP weights absent: get them" in body(), 5, "the skip")
+        await until(pilot, lambda: "skipped: CLIP weights absent: get them" in body(), 20, "the skip")
 
 
 async def test_the_gallery_shows_each_jobs_clip_score_and_updates_it_when_measured():
@@ -271,4 +271,4 @@ async def test_the_gallery_shows_each_jobs_clip_score_and_updates_it_when_measur
 
         assert clip_cells() == ["27.5", "-", ""]  # measured; measured without CLIP; not measured yet
         link.publish("job_quality", job_id=jobs[2].id, quality=measured)
-        await until(pilot, lambda: clip_cells()[2] == "27.5", 5, "the new score")
+        await until(pilot, lambda: clip_cells()[2] == "27.5", 20, "the new score")
