@@ -5,6 +5,7 @@
     landiff = LanDiff.from_pretrained(model="tiny")  # model="landiff" (the default) is the release
     video = landiff("A red kite over a windy beach at dusk.", seed=7, steps=4)
     print(video.frames.shape, video.tokens.shape, video.record["timings_s"])
+    landiff("A heron in the rain.", quality=True).record["quality"]  # CLIP score, flicker, motion
 
 It runs the engine's own pipeline (`engine.generation.pipeline.Pipeline`), so a seed gives the frames a
 job with the same parameters gives in the engine. The models load on the first call and stay loaded.
@@ -23,6 +24,7 @@ import numpy as np
 
 from engine.generation.job import ChunkDone, JobCancelled, JobSpec, Progress
 from engine.generation.pipeline import Pipeline
+from engine.generation.video_quality import add_to_sidecar, clip_name, measure_video
 
 __all__ = ["GeneratedVideo", "JobCancelled", "LanDiff", "Progress"]
 
@@ -77,13 +79,15 @@ class LanDiff:
         out: str | Path | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        quality: bool = False,
         **parameters: Any,
     ) -> GeneratedVideo:
         """Generate one video. `parameters` are the job's (seed, steps, cfg, frames, ...: see `PARAMETERS`);
         `out` an .mp4 path to keep the files the engine keeps (video, tokens .npy, thumbnail, JSON record);
         `on_progress` gets every `Progress` report; `should_stop` is polled between steps and, when it
         returns True, ends the call with `JobCancelled` (its `partial` holds the finished chunks' files when
-        `out` was given)."""
+        `out` was given); `quality` measures the video as the engine's probe does (`record["quality"]`,
+        also in the sidecar when `out` was given)."""
         unknown = sorted(set(parameters) - set(PARAMETERS))
         if unknown:
             raise TypeError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(PARAMETERS)}")
@@ -100,6 +104,12 @@ class LanDiff:
             result = self.pipeline.run(
                 job, on_progress=on_progress, should_stop=should_stop, on_chunk=keep_frames
             )
+            if quality:
+                pipeline = self.pipeline
+                measured, _ = measure_video(
+                    result.video, prompt, pipeline.layout.root, clip_name(pipeline.spec.name)
+                )
+                add_to_sidecar(result.sidecar, measured)
             record = json.loads(result.sidecar.read_text())
             tokens = np.load(result.tokens)
         return GeneratedVideo(

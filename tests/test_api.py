@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import subprocess
@@ -70,3 +72,12 @@ def test_should_stop_cancels_and_unknown_parameters_are_named(landiff):
         landiff(PROMPT, steps=50, should_stop=lambda: True)
     with pytest.raises(TypeError, match="unknown parameter.*sede.*known: .*seed"):
         landiff(PROMPT, sede=3)
+
+
+def test_a_call_with_quality_measures_the_video_as_the_engine_does(landiff, tmp_path):
+    video = landiff(PROMPT, seed=5, steps=2, out=tmp_path / "v.mp4", quality=True)
+    quality = video.record["quality"]
+    assert quality["frames"] == len(video.frames) and quality["error"] is None
+    assert math.isfinite(quality["clip"]["mean"]) and quality["clip"]["model"].startswith("random tiny CLIP")
+    assert json.loads((tmp_path / "v.json").read_text())["quality"] == quality
+    assert "quality" not in landiff(PROMPT, seed=5, steps=2).record  # only when asked

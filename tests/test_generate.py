@@ -41,7 +41,10 @@ def test_generate_writes_a_playable_video_its_tokens_and_record(home, tmp_path):
         str(home),
     ]
     result = subprocess.run(
-        [*command, "--out", str(out), "--steps", "6", "--seed", "3"], env=env, capture_output=True, text=True
+        [*command, "--out", str(out), "--steps", "6", "--seed", "3", "--quality"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     frames, fps = read_mp4(out)
@@ -55,6 +58,11 @@ def test_generate_writes_a_playable_video_its_tokens_and_record(home, tmp_path):
     assert "LanDiff/diffusion/1/mp_rank_00_model_states.pt" in record["weights_sha256"]
     assert all(len(digest) == 64 for digest in record["weights_sha256"].values())
     assert sorted(p.name for p in out.parent.iterdir()) == ["fox.json", "fox.mp4", "fox.npy", "fox.png"]
+    # --quality: measured as the engine's probe measures a job, into the record, and said
+    quality = record["quality"]
+    assert quality["frames"] == frames.shape[0] and quality["error"] is None and quality["flicker"] >= 0
+    assert quality["clip"]["model"] == "random tiny CLIP in the layout of openai/clip-vit-base-patch32"
+    assert f"CLIP score: mean {quality['clip']['mean']:.2f}" in result.stderr
 
 
 def test_saved_tokens_and_seed_reproduce_the_frames(pipeline, tmp_path):

@@ -139,7 +139,7 @@ def test_a_stopping_engine_stops_the_probe_at_the_next_frame(tmp_path):
 
 def test_the_clip_downloads_on_request_checked_by_the_hubs_digests(tiny_clip, tmp_path):
     from engine.cli.main import build_parser
-    from engine.daemon.quality_probe import clip_absence
+    from engine.generation.video_quality import clip_absence
     from engine.weights.downloads import Downloader, file_states, planned_files, verify
 
     assert build_parser().parse_args(["weights", "download", "--clip"]).clip

@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--device", default=None, help="torch device (default: cuda when present, else cpu)"
     )
+    generate.add_argument(
+        "--quality",
+        action="store_true",
+        help="then measure the video as the engine does (CLIP score against the prompt when the CLIP "
+        "weights are there, flicker, motion) into its record's `quality` block",
+    )
     add_run_options(generate)
 
     serve = commands.add_parser("serve", help="run the engine in the foreground (clients start it detached)")
@@ -470,7 +476,22 @@ def run_generate(args: argparse.Namespace) -> int:
             f"video: {result.video_frames} frames at {result.fps} fps, interpolated from the model's "
             f"{result.frames} ({result.interpolation['method']})"
         )
+    if args.quality:
+        record_quality(result.video, result.sidecar, job.prompt, layout.root, spec.name, console)
     return 0
+
+
+def record_quality(video: Path, sidecar: Path, prompt: str, root: Path, model: str, console) -> None:
+    """`generate --quality`: the video measured into its sidecar, and said (a video that could not be
+    read gets its error there; the video itself is made, so the exit status stays 0)."""
+    from engine.cli.quality_commands import quality_lines
+    from engine.generation.video_quality import add_to_sidecar, clip_name, measure_video
+
+    with console.status("measuring the video's quality"):
+        record, _ = measure_video(video, prompt, root, clip_name(model))
+    add_to_sidecar(sidecar, record)
+    for label, text in quality_lines(record):
+        console.print(f"{label:>12}: {text}", markup=False, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

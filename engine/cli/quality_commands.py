@@ -18,7 +18,8 @@ EXIT_FAILED = 1
 
 
 def quality_lines(quality: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """(label, text) lines of a quality record (protocol.QualityRecord), for `show` and `quality`."""
+    """(label, text) lines of a quality record (protocol.QualityRecord), for `show`, `quality` and
+    `generate --quality`."""
     if quality is None:
         return [("quality", "not measured yet (the engine's probe measures finished jobs after them)")]
     if quality.get("error"):

@@ -13,7 +13,6 @@ that cannot be read is recorded with its error, so no job is tried again and aga
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -29,7 +28,8 @@ from sqlmodel import col, select
 from engine import settings
 from engine.daemon.events import Publisher
 from engine.daemon.store import JobRow, Store
-from engine.weights.layout import CLIP_FOLDER, CLIP_HINT, CLIP_REPO
+from engine.generation.video_quality import add_to_sidecar, clip_name, measure_video
+from engine.weights.layout import CLIP_REPO
 
 if TYPE_CHECKING:
     from engine.generation.quality import Clip
@@ -39,25 +39,6 @@ PROBED_STATUSES = ("finished", "cancelled_partial")  # the jobs that keep a vide
 SWEEP_S = 60.0  # a look at the store now and then, for jobs no event announced (an engine restarted)
 READY_WAIT_S = 0.5
 READY_LIMIT_S = 300.0  # workers that never import torch here (remote ones) do not hold the probe back
-
-
-def clip_absence(root: Path) -> str | None:
-    """Why the CLIP under the weights root `root` cannot score (absent, incomplete, or a file whose
-    check failed), or None when it can."""
-    from engine.weights.downloads import VerificationRecord
-    from engine.weights.layout import CLIP_FILES
-
-    folder = root / CLIP_FOLDER
-    missing = [name for name in CLIP_FILES if not (folder / name).is_file()]
-    if len(missing) == len(CLIP_FILES):
-        return f"CLIP weights absent ({folder}): {CLIP_HINT}"
-    if missing:
-        return f"CLIP weights incomplete ({folder} lacks {', '.join(missing)}): {CLIP_HINT}"
-    record = VerificationRecord(root)
-    failed = [name for name in CLIP_FILES if record.result(root, f"{CLIP_FOLDER}/{name}") is False]
-    if failed:
-        return f"CLIP file(s) {', '.join(failed)} in {folder} failed their check: {CLIP_HINT} again"
-    return None
 
 
 def lower_priority() -> None:
@@ -156,42 +137,27 @@ class QualityProbe(threading.Thread):
 
     def measure(self, row: JobRow, clip: Clip | None) -> Clip | None:
         """Probe one job, record and announce what was found; returns the CLIP loaded for the next."""
-        from engine.generation.quality import ProbeStopped, load_clip, probe_video
+        from engine.generation.quality import ProbeStopped
 
-        skipped = clip_absence(self.root)
-        if skipped is None and clip is None:
-            folder = self.root / CLIP_FOLDER
-            try:
-                clip = load_clip(folder, self.clip_name)
-            except Exception as error:  # a damaged folder: say so in the record, measure the rest
-                skipped = f"CLIP weights in {folder} did not load ({error}): {CLIP_HINT} again"
-        started = time.monotonic()
         try:
-            record = probe_video(
-                Path(row.video_path),
-                row.prompt,
-                None if skipped else clip,
-                skipped,
-                should_stop=self.stopping.is_set,
+            record, clip = measure_video(
+                Path(row.video_path), row.prompt, self.root, self.clip_name, clip, self.stopping.is_set
             )
         except ProbeStopped:
             log.info("quality probe of job %s left for the next start: the engine is stopping", row.id)
             return clip
-        except Exception as error:  # an unreadable or vanished video: recorded, never tried in a loop
-            log.warning("quality probe of job %s failed: %s", row.id, error)
-            record = {"error": f"{type(error).__name__}: {error}", "seconds": time.monotonic() - started}
+        if record.get("error"):
+            log.warning("quality probe of job %s failed: %s", row.id, record["error"])
         self.record(row, record)
-        return None if skipped else clip
+        return clip
 
     def record(self, row: JobRow, record: dict[str, Any]) -> None:
         if self.store.get(row.id) is None:
             return  # deleted meanwhile: nothing to write, its folder stays gone
         if row.sidecar_path and Path(row.sidecar_path).is_file():
-            from engine.generation.outputs import write_record
-
             sidecar = Path(row.sidecar_path)
             try:
-                write_record(sidecar, {**json.loads(sidecar.read_text()), "quality": record})
+                add_to_sidecar(sidecar, record)
             except (OSError, ValueError, TypeError) as error:  # the store still gets it: no probe loops
                 log.warning("job %s: the sidecar %s keeps no quality block: %s", row.id, sidecar, error)
         try:
@@ -217,9 +183,9 @@ def start_quality_probe(
     job that kept a video. `ready`: whether the workers have imported torch."""
     from engine.weights.layout import layout_for
 
-    name = CLIP_REPO if model == "landiff" else f"random {model} CLIP in the layout of {CLIP_REPO}"
     root = layout_for(model, ckpts).root
-    probe = QualityProbe(store, hub.publish, root, name, ready, automatic=settings.quality_probe_on())
+    automatic = settings.quality_probe_on()
+    probe = QualityProbe(store, hub.publish, root, clip_name(model), ready, automatic=automatic)
     probe.start()
     probe.follower = asyncio.get_running_loop().create_task(probe.follow(hub.subscribe()))
     return probe
