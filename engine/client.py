@@ -28,7 +28,7 @@ from engine.paths import (
     private_dir,
     socket_path,
 )
-from engine.settings import LOG_STDERR
+from engine.settings import ENGINE_ARGS, LOG_STDERR
 from engine.wire import MAX_REPLY_BYTES, RemoteError, decode_line, is_event, reply_result, request_line
 
 
@@ -128,11 +128,26 @@ def connect(model: str | None = None) -> EngineClient:
 DEFAULT_MODEL = "landiff"
 
 
-def start_engine(model: str | None, ckpts: Path | None, timeout: float = 120.0) -> EngineClient:
+def engine_args() -> list[str]:
+    """LANDIFF_ENGINE_ARGS split as a shell would; a value that does not split is refused in one line."""
+    import shlex
+
+    try:
+        return shlex.split(ENGINE_ARGS.raw() or "")
+    except ValueError as error:
+        raise EngineUnavailable(
+            f"{ENGINE_ARGS.name} does not split into options ({error}): quote it as a shell would"
+        ) from None
+
+
+def start_engine(
+    model: str | None, ckpts: Path | None, timeout: float = 120.0, options: list[str] | None = None
+) -> EngineClient:
     """Connect to the engine, starting one in the background (detached) if none answers.
 
     `model`: the model the engine must serve (a running engine serving another refuses); None takes
-    whichever engine runs, and starts one serving the release when none does."""
+    whichever engine runs, and starts one serving the release when none does. `options`: the new
+    engine's other `serve` options (a restarted engine's own); None: those of LANDIFF_ENGINE_ARGS."""
     try:
         return connect(model)
     except EngineUntrusted:
@@ -141,6 +156,7 @@ def start_engine(model: str | None, ckpts: Path | None, timeout: float = 120.0) 
         pass
     private_dir(log_path().parent)
     command = [sys.executable, "-m", "engine.cli", "serve", "--model", model or DEFAULT_MODEL]
+    command += engine_args() if options is None else options
     if ckpts is not None:
         command += ["--ckpts", str(ckpts)]
     # The engine logs to its own rotating file; told so, it logs nothing to stderr, which keeps only what

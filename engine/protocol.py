@@ -556,6 +556,8 @@ class HelloReply(Exact):
     pid: int
     seq: int  # the last event's number
     limits: LengthLimits
+    # its `serve` options but --model (--gpus 0,1, --ckpts DIR...): a client restarting it passes them on
+    options: list[str] = Field(default_factory=list)
 
 
 class SubmitReply(Exact):

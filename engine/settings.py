@@ -103,6 +103,12 @@ NCCL_SOCKET_IFNAME = Variable(
     "lo",
     "the interface NCCL's bootstrap listens on for a --parallel group's GPUs (loopback: off the network)",
 )
+ENGINE_ARGS = Variable(
+    "LANDIFF_ENGINE_ARGS",
+    "none",
+    "the `landiff-engine serve` options an engine started by a client gets (the TUI, `submit`), as a "
+    "shell would split them: e.g. `--gpus all --llm-device 3`; a restart keeps the running engine's own",
+)
 QUALITY_PROBE = Variable(
     "LANDIFF_QUALITY_PROBE",
     "on",
@@ -131,6 +137,7 @@ VARIABLES = (
     HF_HUB_OFFLINE,
     INDUCTOR_CACHE_DIR,
     NCCL_SOCKET_IFNAME,
+    ENGINE_ARGS,
     QUALITY_PROBE,
     GOLDEN_DIRS,
 )

@@ -68,6 +68,9 @@ class EngineLink:
         self.closing = False
         self.starting = False
         self.held: list[AnyEvent] | None = None  # live events that came while catching up (see session)
+        # the last engine's `serve` options (its hello's): an engine this link starts gets them; None
+        # before any engine answered (LANDIFF_ENGINE_ARGS then)
+        self.options: list[str] | None = None
 
     @property
     def connected(self) -> bool:
@@ -123,7 +126,7 @@ class EngineLink:
         self.starting = True
         self.on_state(STARTING, f"{verb} the engine ({model} model)...")
         try:
-            client = await asyncio.to_thread(start_engine, model, None)
+            client = await asyncio.to_thread(start_engine, model, None, options=self.options)
             client.close()
         except EngineUnavailable as error:
             self.on_state(STOPPED, str(error))
@@ -165,6 +168,7 @@ class EngineLink:
         listener = asyncio.get_running_loop().create_task(self.listen(reader))
         try:
             hello = await self.request("hello", client="landiff-tui", model=self.model)
+            self.options = hello.options
             if self.instance is None:  # first contact: the state comes with `active`, not old events
                 self.instance, self.last_seq = hello.instance, hello.seq
             elif hello.instance != self.instance:  # a restarted engine numbers events anew

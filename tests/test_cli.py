@@ -138,3 +138,12 @@ def test_layout_paths_are_the_release_tree(tmp_path):
     assert layout.tokenizer_file == tmp_path / "LanDiff" / "tokenizer" / "model.safetensors"
     assert layout_for("landiff", tmp_path).root == tmp_path
     assert layout_for("tiny", tmp_path).root == tmp_path / "tiny"
+
+
+def test_serve_reports_its_options_but_the_model_with_the_weights_root_absolute(tmp_path, monkeypatch):
+    from engine.cli.main import serve_command_options
+
+    monkeypatch.chdir(tmp_path)
+    given = ["serve", "--model", "tiny", "--gpus", "cpu:2", "--ckpts", "w", "--llm-device=cpu", "--model=x"]
+    kept = ["--gpus", "cpu:2", "--ckpts", str(tmp_path / "w"), "--llm-device=cpu"]
+    assert serve_command_options(given) == kept

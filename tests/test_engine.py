@@ -394,9 +394,12 @@ def test_a_connection_from_another_uid_is_refused(tmp_path):
 
 def test_clients_start_a_detached_engine_when_none_answers(tmp_path, weights):
     idle = RunningEngine(tmp_path, weights)  # not started: the CLI must start it
+    idle.env["LANDIFF_ENGINE_ARGS"] = f"--idle-release 900 --ckpts '{weights}'"  # the options it gets
     try:
         submitted = idle.cli("submit", PROMPT, "--steps", "2", "--wait", "--model", "tiny")
         assert submitted.returncode == 0, submitted.stderr
+        with idle.client() as client:
+            assert client.request("hello")["options"] == ["--idle-release", "900", "--ckpts", str(weights)]
         status = json.loads(idle.cli("status", "--json").stdout)
         assert status["model"] == "tiny" and status["pid"] > 0
         saved = idle.cli("presets", "--save", "tiny steps", "--steps", "3")

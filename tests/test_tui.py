@@ -34,7 +34,8 @@ ENGINE_ENV = ("LANDIFF_RUNTIME_DIR", "LANDIFF_DATA_DIR", "LANDIFF_HOME", "HF_HUB
 
 @pytest.fixture(scope="module")
 def shared_engine(tmp_path_factory, weights):  # noqa: F811
-    running = RunningEngine(tmp_path_factory.mktemp("tui-engine"), weights).start()
+    # with a serve option of its own, which an engine the TUI restarts must get too
+    running = RunningEngine(tmp_path_factory.mktemp("tui-engine"), weights, ("--idle-release", "900")).start()
     yield running
     running.stop()
 
@@ -215,6 +216,7 @@ async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engi
         try:
             await until(pilot, lambda: "restarting the engine (tiny" in app.sub_title, 10, "the header")
             await until(pilot, lambda: app.link.connected and app.engine_info.pid != old_pid, 90, "a restart")
+            assert app.engine_info.options == ["--idle-release", "900"]  # the new engine's own hello
             # stopped (S here, or `landiff-engine stop` elsewhere): the header says so, and R starts one
             old_pid = app.engine_info.pid
             await pilot.press("S", "y")
@@ -223,6 +225,7 @@ async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engi
             assert type(app.screen).__name__ != "Confirm"  # nothing to interrupt: no question
             await until(pilot, lambda: "starting the engine (tiny model)" in app.sub_title, 10, "the header")
             await until(pilot, lambda: app.link.connected and app.engine_info.pid != old_pid, 150, "a start")
+            assert app.engine_info.options == ["--idle-release", "900"]
         finally:
             with engine.client() as client:
                 client.request("shutdown")

@@ -320,6 +320,7 @@ def run_serve(args: argparse.Namespace) -> int:
             ray=ray,
             parallel=parallel,
             llm_device=llm_device,
+            command_options=args.command_options,
         )
     except StartRefused as error:  # another engine, a dir not ours or not writable, a database that fails
         print(f"landiff-engine serve: {error}", file=sys.stderr)
@@ -494,8 +495,26 @@ def record_quality(video: Path, sidecar: Path, prompt: str, root: Path, model: s
         console.print(f"{label:>12}: {text}", markup=False, highlight=False)
 
 
+def serve_command_options(argv: list[str]) -> list[str]:
+    """`serve`'s options as given (`argv` from "serve" on) but --model, which a restart may change, and
+    with --ckpts made absolute (the client restarting the engine may be in another folder)."""
+    kept, rest = [], list(argv[1:])
+    while rest:
+        option = rest.pop(0)
+        name, equals, value = option.partition("=")
+        if name in ("--model", "--ckpts") and not equals and rest:
+            value = rest.pop(0)
+        if name == "--ckpts":
+            kept += ["--ckpts", str(Path(value).expanduser().resolve())]
+        elif name != "--model":
+            kept.append(option)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        args.command_options = serve_command_options(sys.argv[1:] if argv is None else argv)
     from engine.client import EngineError, EngineUnavailable
     from engine.errors import CheckpointError
 

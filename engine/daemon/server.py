@@ -160,8 +160,11 @@ async def run_engine(
     ray: tuple[str, str] | None = None,
     parallel: tuple[str, list[list[str]]] | None = None,
     llm_device: str | None = None,
+    command_options: list[str] | None = None,
 ) -> None:
-    """`gpus`: the workers' device labels (devices.parse_gpus); None: one on the default device.
+    """`command_options`: serve's own command-line options but --model, which hello reports (a client
+    restarting this engine starts one alike).
+    `gpus`: the workers' device labels (devices.parse_gpus); None: one on the default device.
     `ray`: (address, resource): the workers are Ray actors, one per unit of the resource on each node.
     `parallel`: (split, device groups) of `--parallel`: a worker per group renders one video on it all.
     `llm_device`: the LLM lane's device (devices.parse_llm_device): stage 1 of every job runs there."""
@@ -214,6 +217,7 @@ async def run_engine(
         cluster.start()
     weights = WeightsOperations(model, ckpts, hub.publish)
     service = EngineService(model, store, hub, pool, weights, stopped.set, outputs, log_path())
+    service.command_options = command_options or []
     service.quality = start_quality_probe(model, ckpts, store, hub, lambda: pool.torch_ready)
     server = await Transport(service, hub).listen(path)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -257,11 +261,16 @@ def serve(
     ray: tuple[str, str] | None = None,
     parallel: tuple[str, list[list[str]]] | None = None,
     llm_device: str | None = None,
+    command_options: list[str] | None = None,
 ) -> None:
     writable_dir(data_dir(), "data dir", settings.DATA_DIR.name)  # the log lives there
     configure_logging()
     try:
-        asyncio.run(run_engine(model, ckpts, idle_release_s, run_options, gpus, ray, parallel, llm_device))
+        asyncio.run(
+            run_engine(
+                model, ckpts, idle_release_s, run_options, gpus, ray, parallel, llm_device, command_options
+            )
+        )
     except StartRefused:  # its one line is the command's to print (to engine.out when detached)
         raise
     except Exception:

@@ -81,6 +81,7 @@ class EngineService:
     ):
         self.model, self.store, self.hub, self.workers, self.weights = model, store, hub, workers, weights
         self.stop, self.outputs, self.log_file = stop, outputs, log_file
+        self.command_options: list[str] = []  # serve's options but --model: hello reports them
         self.db = StoreThread()
         self.quality: QualityProbe | None = None  # the server's quality probe thread
         self.started = time.time()
@@ -151,6 +152,7 @@ class EngineService:
             "pid": os.getpid(),
             "seq": self.hub.seq,
             "limits": self.limits(),
+            "options": self.command_options,
         }
 
     async def on_status(self, request: Status) -> dict[str, Any]:
