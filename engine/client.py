@@ -148,12 +148,26 @@ def start_engine(
     `model`: the model the engine must serve (a running engine serving another refuses); None takes
     whichever engine runs, and starts one serving the release when none does. `options`: the new
     engine's other `serve` options (a restarted engine's own); None: those of LANDIFF_ENGINE_ARGS."""
-    try:
-        return connect(model)
-    except EngineUntrusted:
-        raise
-    except EngineUnavailable:
-        pass
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return connect(model)
+        except EngineUntrusted:
+            raise
+        except EngineUnavailable:
+            pass
+        # an engine that holds the data dir's lock but does not answer is starting or stopping (a stop
+        # waits for its workers, seconds when one is inside a torch import): one started now would be
+        # refused, so wait until it answers or lets go
+        holder = lock_holder(lock_path())
+        if holder is None:
+            break
+        if time.monotonic() > deadline:
+            raise EngineUnavailable(
+                f"an engine (pid {holder}) holds the data dir {lock_path().parent} but did not answer "
+                f"within {timeout:.0f}s; see {log_path()}"
+            )
+        time.sleep(0.2)
     private_dir(log_path().parent)
     command = [sys.executable, "-m", "engine.cli", "serve", "--model", model or DEFAULT_MODEL]
     command += engine_args() if options is None else options
