@@ -636,6 +636,7 @@ class StatusReply(Exact):
     last_chunk: ChunkFinishedEvent | None = None
     workers: list[WorkerState] = []  # each worker and the job it runs
     llm_lane: LaneState | None = None  # None: each worker runs stage 1 itself
+    options: list[str] = Field(default_factory=list)  # as hello's: the serve options it was started with
 
 
 class SubscribeReply(Exact):

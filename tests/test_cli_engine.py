@@ -108,6 +108,8 @@ def test_status_as_text_names_what_matters():
     lines = dict(describe_status(status))
     assert lines["engine"] == "0.1.0, pid 7, up 1:02" and lines["queue"] == "2 job(s): a, b"
     assert lines["device"] == "cpu, memory 1.0 GiB" and lines["running"] == "nothing"
+    assert lines["options"] == "none (serve's defaults)"
+    assert dict(describe_status({**status, "options": ["--ckpts", "/my w"]}))["options"] == "--ckpts '/my w'"
 
 
 def test_weights_status_ends_with_one_summary_line_and_the_next_command():

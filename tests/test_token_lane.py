@@ -148,6 +148,7 @@ def test_the_lane_makes_the_next_jobs_tokens_while_the_worker_renders(engine):
         assert lane_state(client)["ready"] == [nxt]  # a cancelled job's tokens are forgotten
         text = engine.cli("status").stdout
         assert "  LLM lane: cpu, idle, tokens ready for 1 job(s), models stage1" in text
+        assert "   options: --gpus cpu:1 --llm-device cpu" in text  # what it was started with
         assert client.request("cancel", job_id=rendering)["status"] == "cancelling"
         events = until_ended(client, [rendering, nxt])
         status = StatusReply(**client.request("status"))
@@ -171,7 +172,8 @@ class LaneLink(ScriptedLink):
         lane = p.LaneState(
             label="cuda:2", state="making", job_id=job(2).id, ready=[job(3).id], models_loaded=["stage1"]
         )
-        return super().on_status(request).model_copy(update={"llm_lane": lane})
+        options = ["--gpus", "0,1", "--llm-device", "2"]
+        return super().on_status(request).model_copy(update={"llm_lane": lane, "options": options})
 
 
 async def test_the_engine_tab_shows_the_llm_lane_and_what_it_makes():
@@ -185,6 +187,7 @@ async def test_the_engine_tab_shows_the_llm_lane_and_what_it_makes():
 
         await until(pilot, lambda: "LLM lane" in shown(), 10, "the engine's status")
         assert f"LLM lane cuda:2 making {job(2).id[:8]}, 1 ahead, models stage1" in shown()
+        assert "started with: --gpus 0,1 --llm-device 2 (R keeps them)" in shown()
         await pilot.press("f2")  # the Queue tab's workers line names the lane too
         queue = app.query_one("QueueView")
         queue.memory = await app.link.request("status")  # what its timer asks every few seconds

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -251,6 +252,7 @@ def describe_status(status: dict[str, Any]) -> list[tuple[str, str]]:
         ("running", ", ".join(job for job in running if job) or "nothing"),
         ("queue", waiting + (" ..." if len(queue) > 5 else "")),
         ("weights", "downloading" if status.get("downloading") else "idle"),
+        ("options", shlex.join(status.get("options") or []) or "none (serve's defaults)"),
     ]
 
 

@@ -177,6 +177,7 @@ class EngineService:
             "downloading": self.weights.busy(),
             "seq": self.hub.seq,
             "limits": self.limits(),
+            "options": self.command_options,
             **device_status(self.workers.torch_ready),
         }
 

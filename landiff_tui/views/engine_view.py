@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
@@ -71,6 +72,7 @@ class EngineView(View):
             *([lane_line(status.llm_lane)] if status.llm_lane is not None else []),
             f"running: {', '.join(running) or 'nothing'}   queued: {len(status.queue)}"
             + ("   downloading weights" if status.downloading else ""),
+            *([f"started with: {shlex.join(status.options)} (R keeps them)"] if status.options else []),
         ]
         self.query_one("#engine-status", Static).update("\n".join(lines))
         tail = await self.call("log_tail", lines=LOG_LINES)
