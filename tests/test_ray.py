@@ -44,7 +44,9 @@ class RayEngine(RunningEngine):
         with self.client() as client:
             return client.request("status")["workers"]
 
-    def wait_for_workers(self, count: int, timeout: float = 90.0) -> list[dict]:
+    def wait_for_workers(self, count: int, timeout: float = 240.0) -> list[dict]:
+        # an actor is ready once its process has imported torch and the pipeline's code: about 10 s of CPU
+        # on a quiet 2-core box, over 90 s with the other test process and one busy core beside it
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             workers = self.workers()
