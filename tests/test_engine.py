@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -393,11 +395,14 @@ def test_a_connection_from_another_uid_is_refused(tmp_path):
 
 
 def test_clients_start_a_detached_engine_when_none_answers(tmp_path, weights):
-    idle = RunningEngine(tmp_path, weights).start()
-    # stopped at once, while its worker is still importing torch (seconds): a client starting an engine
-    # meanwhile waits for it to leave, or the new one would be refused the data dir
-    assert idle.cli("stop").returncode == 0
+    idle = RunningEngine(tmp_path, weights)  # not started: the CLI must start it
     idle.env["LANDIFF_ENGINE_ARGS"] = f"--idle-release 900 --ckpts '{weights}'"  # the options it gets
+    # the data dir's lock held a while by "an engine that is stopping" (its workers can take seconds to
+    # leave): the client waits for it to let go, or the engine it starts would be refused the data dir
+    (tmp_path / "data").mkdir(mode=0o700)
+    stopping = os.open(tmp_path / "data" / "engine.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(stopping, fcntl.LOCK_EX)
+    threading.Timer(3.0, os.close, (stopping,)).start()
     try:
         submitted = idle.cli("submit", PROMPT, "--steps", "2", "--wait", "--model", "tiny")
         assert submitted.returncode == 0, submitted.stderr
@@ -418,8 +423,7 @@ def test_clients_start_a_detached_engine_when_none_answers(tmp_path, weights):
     # only what comes before logging starts, here nothing
     log = (tmp_path / "data" / "engine.log").read_text().splitlines()
     assert (tmp_path / "data" / "engine.out").read_text() == ""
-    # (two engines wrote there: the one stopped at once, then the detached one)
-    assert len(log) == len(set(log)) and sum("listening on" in line for line in log) == 2
+    assert len(log) == len(set(log)) and sum("listening on" in line for line in log) == 1
     # and it tells the job's life
     job_id = submitted.stdout.split()[0]
     about_job = [line for line in log if job_id in line]
