@@ -128,6 +128,15 @@ def connect(model: str | None = None) -> EngineClient:
 DEFAULT_MODEL = "landiff"
 
 
+def last_line(path: Path) -> str | None:
+    """The last line a detached engine wrote to its console (a refusal is one line), if any."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    return lines[-1][:500] if lines else None
+
+
 def engine_args() -> list[str]:
     """LANDIFF_ENGINE_ARGS split as a shell would; a value that does not split is refused in one line."""
     import shlex
@@ -170,7 +179,9 @@ def start_engine(
         time.sleep(0.2)
     private_dir(log_path().parent)
     command = [sys.executable, "-m", "engine.cli", "serve", "--model", model or DEFAULT_MODEL]
-    command += engine_args() if options is None else options
+    given = engine_args() if options is None else options
+    command += given
+    whence = f" (its options came from {ENGINE_ARGS.name})" if options is None and given else ""
     if ckpts is not None:
         command += ["--ckpts", str(ckpts)]
     # The engine logs to its own rotating file; told so, it logs nothing to stderr, which keeps only what
@@ -196,8 +207,11 @@ def start_engine(
                 if lock_holder(lock_path()) is not None:  # that one holds the data dir: still starting
                     time.sleep(0.2)
                     continue
+                said = last_line(console)
                 raise EngineUnavailable(
-                    f"the engine exited at start (status {process.returncode}); see {console}"
+                    f"the engine exited at start (status {process.returncode}){whence}"
+                    + (f": {said}" if said else "")
+                    + f"; see {console}"
                 ) from None
         try:
             return connect(model)

@@ -459,3 +459,19 @@ def test_weights_status_verification_and_log_tail_through_the_engine(engine):
         tail = client.request("log_tail", lines=5)
         assert 1 <= len(tail["lines"]) <= 5 and tail["path"].endswith("engine.log")
         assert any("listening on" in line for line in client.request("log_tail", lines=5000)["lines"])
+
+
+def test_engine_options_from_the_environment_that_fail_are_named_in_one_line(tmp_path, weights):
+    idle = RunningEngine(tmp_path, weights)  # not started: the CLI starts it with LANDIFF_ENGINE_ARGS
+    idle.env["LANDIFF_ENGINE_ARGS"] = "--gpus 0,0"
+    refused = idle.cli("submit", PROMPT, "--model", "tiny")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    said = "the engine exited at start (status 2) (its options came from LANDIFF_ENGINE_ARGS): "
+    assert said in refused.stderr
+    assert "--gpus 0,0: GPU 0 is named twice; name each GPU once; see " in refused.stderr
+    idle.env["LANDIFF_ENGINE_ARGS"] = "--ckpts '/my weights"
+    unsplit = idle.cli("submit", PROMPT, "--model", "tiny")
+    assert unsplit.returncode == 2 and unsplit.stderr.strip() == (
+        "landiff-engine submit: LANDIFF_ENGINE_ARGS does not split into options (No closing quotation): "
+        "quote it as a shell would"
+    )
