@@ -17,6 +17,7 @@ import pytest
 
 from engine.client import EngineClient, EngineError
 from engine.generation.video import read_mp4
+from engine.paths import lock_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "A snail crawling on green moss."
@@ -413,11 +414,10 @@ def test_clients_start_a_detached_engine_when_none_answers(tmp_path, weights):
         saved = idle.cli("presets", "--save", "tiny steps", "--steps", "3")
         assert saved.returncode == 0 and "tiny steps" in idle.cli("presets").stdout
     finally:
-        idle.cli("stop")
-    deadline = time.time() + 30
-    while idle.socket.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    assert not idle.socket.exists()
+        stopped = idle.cli("stop")
+    # stop returns once the engine has left: its socket gone, the data dir free for the next one
+    assert stopped.stdout.splitlines()[-1] == "engine stopped" and not idle.socket.exists()
+    assert lock_holder(tmp_path / "data" / "engine.lock") is None
     assert "no engine is running" in idle.cli("stop").stdout  # stop is the one command that starts none
     # each line of the detached engine's log lands once, in its log file; engine.out (its stderr) keeps
     # only what comes before logging starts, here nothing

@@ -10,6 +10,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -18,6 +19,8 @@ from rich.table import Table
 from engine.cli.param_options import add_param_options, add_prompt_argument, given_params
 from engine.client import DEFAULT_MODEL, EngineClient, EngineUnavailable, connect, start_engine
 from engine.params import check_params, fps_text
+from engine.paths import lock_holder, lock_path, log_path
+from engine.wire import STOP_WAIT_S
 
 EXIT_FAILED = 1
 
@@ -298,7 +301,16 @@ def run_stop(args: argparse.Namespace) -> int:
         return 0
     with client:
         client.request("shutdown")
-    print("engine stopping")
+    print("engine stopping (a running job is marked interrupted)...", flush=True)
+    # it has left once it lets go of the data dir's lock (its workers may first finish a torch import), so
+    # a `serve` or a client started after this finds the data dir free
+    deadline = time.monotonic() + 2 * STOP_WAIT_S + 5.0
+    while (holder := lock_holder(lock_path())) is not None:
+        if time.monotonic() > deadline:
+            print(f"the engine (pid {holder}) has not stopped yet; see {log_path()}", file=sys.stderr)
+            return EXIT_FAILED
+        time.sleep(0.1)
+    print("engine stopped")
     return 0
 
 
@@ -348,7 +360,9 @@ def add_client_commands(commands) -> dict:
     add_param_options(presets, seconds=False)  # a preset is for any model: its length is in frames
     add_engine_options(presets)
 
-    commands.add_parser("stop", help="stop the engine (a running job is marked interrupted)")
+    commands.add_parser(
+        "stop", help="stop the engine and wait until it has left (a running job is marked interrupted)"
+    )
     return {
         "submit": run_submit,
         "rerun": run_rerun,
