@@ -20,6 +20,7 @@ MAX_PROMPT_CHARS = 2000
 # an engine asked to stop waits at most this long for its model threads to leave (one may be inside a
 # torch import or a step), then as long again for the quality probe; a client restarting it waits out both
 STOP_WAIT_S = 30.0
+LEAVES_WITHIN_S = 2 * STOP_WAIT_S + 5.0  # how long a client waits for a stopping engine to let go
 # cancelled_partial: cancelled during a long video; the chunks finished before the cancel are kept as a
 # shorter, playable video
 JOB_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "cancelled_partial", "interrupted")

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine.paths import NotTrusted, check_engine_socket, lock_holder, lock_path, log_path, socket_path
 from engine.wire import (
+    LEAVES_WITHIN_S,
     MAX_REPLY_BYTES,
-    STOP_WAIT_S,
     RemoteError,
     decode_line,
     is_event,
@@ -149,7 +149,7 @@ class EngineLink:
         self.starting = True
         try:
             loop, told = asyncio.get_running_loop(), False
-            deadline = loop.time() + 2 * STOP_WAIT_S + 5.0
+            deadline = loop.time() + LEAVES_WITHIN_S
             while self.connected or lock_holder(lock_path()) is not None:
                 if loop.time() > deadline:
                     self.on_state(STOPPED, f"the engine did not stop; see its log {log_path()}")

@@ -20,7 +20,7 @@ from engine.cli.param_options import add_param_options, add_prompt_argument, giv
 from engine.client import DEFAULT_MODEL, EngineClient, EngineUnavailable, connect, start_engine
 from engine.params import check_params, fps_text
 from engine.paths import lock_holder, lock_path, log_path
-from engine.wire import STOP_WAIT_S
+from engine.wire import LEAVES_WITHIN_S
 
 EXIT_FAILED = 1
 
@@ -304,7 +304,7 @@ def run_stop(args: argparse.Namespace) -> int:
     print("engine stopping (a running job is marked interrupted)...", flush=True)
     # it has left once it lets go of the data dir's lock (its workers may first finish a torch import), so
     # a `serve` or a client started after this finds the data dir free
-    deadline = time.monotonic() + 2 * STOP_WAIT_S + 5.0
+    deadline = time.monotonic() + LEAVES_WITHIN_S
     while (holder := lock_holder(lock_path())) is not None:
         if time.monotonic() > deadline:
             print(f"the engine (pid {holder}) has not stopped yet; see {log_path()}", file=sys.stderr)
