@@ -1,18 +1,21 @@
 """TUI benchmarks: time to first paint, and the gallery with 10,000 jobs (search keystroke -> updated list).
 
-    python bench/tui.py [--jobs 10000] [--repeat 5] [--paint-only] [--against OTHER_CHECKOUT]
+    python bench/tui.py [--jobs 10000] [--repeat 5] [--paint-only] [--against OTHER_CHECKOUT] [--instructions]
 
 First paint is measured on a real pseudo-terminal, from exec of `python -m landiff_tui` (what `landiff-tui`
 runs; interpreter start included) to the first frame, with no engine answering, so it is the TUI's own
 cost: wall time, and the CPU time the TUI used (its share of a loaded machine does not change that one).
 The sources are byte-compiled first, as an installed package is (PYTHONDONTWRITEBYTECODE would otherwise
-add their compilation to every start). "Form complete" is the frame with every field of the Generate form,
-which the first frame leaves out. The gallery runs against a real engine process (tiny model) over a store
-filled with synthetic finished jobs; the TUI itself never imports torch.
+add their compilation to every start). "Whole screen" is the frame with what the first frame leaves out:
+the header, the tab strip, every field of the Generate form and the footer. The gallery runs against a
+real engine process (tiny model) over a store filled with synthetic finished jobs; the TUI itself never
+imports torch.
 
 `--against DIR` measures first paint side by side with another checkout (e.g. `git worktree add
 /tmp/before HEAD~1`), run by run in turns, and prints the medians of the paired differences: the speed of a
 shared machine drifts by more than most changes are worth, which one median each would mistake for them.
+`--instructions` counts the instructions to the first frame instead (valgrind), which do not drift: one
+run here and one in `--against`'s checkout compare them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import contextlib
 import json
 import os
 import random
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,14 +81,18 @@ main(["--model", "tiny", "--no-start"])
 """
 
 
-def spawn(arguments: list[str], env: dict[str, str], root: Path = ROOT) -> tuple[int, int]:
-    """(pid, terminal fd) of `python *arguments` in `root` on a new pseudo-terminal."""
+def spawn(
+    arguments: list[str], env: dict[str, str], root: Path = ROOT, wrapper: tuple[str, ...] = ()
+) -> tuple[int, int]:
+    """(pid, terminal fd) of `python *arguments` in `root` on a new pseudo-terminal, run by `wrapper`
+    (a command that takes the command line to run) when one is given."""
     import pty
 
+    command = [*wrapper, sys.executable, *arguments]
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(root)
-        os.execvpe(sys.executable, [sys.executable, *arguments], env)
+        os.execvpe(command[0], command, env)
     return pid, fd
 
 
@@ -95,12 +104,29 @@ def stop(pid: int, fd: int) -> None:
     os.close(fd)
 
 
-def paint_seconds(env: dict[str, str], marks: list[list[bytes]], root: Path = ROOT) -> list[float]:
-    """Seconds from exec of `python -m landiff_tui` until its output holds every text of each of `marks`."""
+# for scale: a Textual app that is one button, the least any Textual app's first frame costs on this machine
+BARE_TEXTUAL_APP = """
+from textual.app import App
+from textual.widgets import Button
+
+class Bare(App):
+    def compose(self):
+        yield Button("Submit")
+
+Bare().run()
+"""
+TUI = ["-m", "landiff_tui", "--model", "tiny", "--no-start"]
+
+
+def paint_seconds(
+    env: dict[str, str], marks: list[list[bytes]], root: Path = ROOT, arguments: list[str] = TUI
+) -> list[float]:
+    """Seconds from exec of `python *arguments` (the TUI) until its output holds every text of each of
+    `marks`."""
     import select
 
     started = time.perf_counter()
-    pid, fd = spawn(["-m", "landiff_tui", "--model", "tiny", "--no-start"], env, root)
+    pid, fd = spawn(arguments, env, root)
     screen, seconds = b"", []
     try:
         for texts in marks:
@@ -114,20 +140,22 @@ def paint_seconds(env: dict[str, str], marks: list[list[bytes]], root: Path = RO
     return seconds
 
 
-def paint_cpu(env: dict[str, str], root: Path = ROOT) -> float:
+def paint_cpu(
+    env: dict[str, str], root: Path = ROOT, wrapper: tuple[str, ...] = (), timeout: float = 30
+) -> float:
     """CPU seconds the TUI used from exec to its first frame, as it reports them (CPU_TO_FIRST_FRAME)."""
     import select
 
     report_read, report_write = os.pipe()
     os.set_inheritable(report_write, True)
-    pid, fd = spawn(["-c", CPU_TO_FIRST_FRAME], {**env, "REPORT_FD": str(report_write)}, root)
+    pid, fd = spawn(["-c", CPU_TO_FIRST_FRAME], {**env, "REPORT_FD": str(report_write)}, root, wrapper)
     os.close(report_write)
     report = b""
     try:
         while True:
-            ready = select.select([fd, report_read], [], [], 30)[0]
+            ready = select.select([fd, report_read], [], [], timeout)[0]
             if not ready:
-                raise RuntimeError("the TUI reported no first frame in 30 s")
+                raise RuntimeError(f"the TUI reported no first frame in {timeout:.0f} s")
             if report_read in ready:
                 chunk = os.read(report_read, 100)
                 if not chunk:
@@ -139,6 +167,19 @@ def paint_cpu(env: dict[str, str], root: Path = ROOT) -> float:
     finally:
         stop(pid, fd)
         os.close(report_read)
+
+
+def paint_instructions(env: dict[str, str], root: Path = ROOT) -> int:
+    """Instructions the TUI executed from exec to its first frame, counted by valgrind's callgrind. The
+    count repeats within about 0.1 % from run to run however loaded the machine is, so one run of each of
+    two checkouts compares them (each run takes about 40 times as long)."""
+    log = Path(tempfile.mkdtemp()) / "callgrind.log"
+    wrapper = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", f"--log-file={log}")
+    paint_cpu(env, root, wrapper, timeout=600)
+    found = re.search(r"Collected : (\d+)", log.read_text())
+    if found is None:
+        raise RuntimeError(f"callgrind reported no count: {log}")
+    return int(found[1])
 
 
 def compile_sources(root: Path) -> None:
@@ -160,7 +201,14 @@ def first_paint(repeat: int) -> dict[str, list[float]]:
     env = terminal_env()
     code = "import time, sys; t = time.perf_counter(); import landiff_tui.app; "
     code += "print(time.perf_counter() - t, 'torch' in sys.modules)"
-    found: dict[str, list[float]] = {"import": [], "torch": [], "paint": [], "paint cpu": [], "form": []}
+    found: dict[str, list[float]] = {
+        "import": [],
+        "torch": [],
+        "paint": [],
+        "paint cpu": [],
+        "form": [],
+        "bare": [],
+    }
     for _ in range(repeat):
         out = subprocess.run(
             [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
@@ -168,13 +216,15 @@ def first_paint(repeat: int) -> dict[str, list[float]]:
         seconds, loaded = out.stdout.split()
         found["import"].append(float(seconds))
         found["torch"].append(float(loaded == "True"))
-    labels = [field.label.encode() for field in FIELDS]
+    # the header's title, the last tab on the strip, the footer's last key and the form's field labels
+    whole = [b"LanDiff", b"F5 Engine", b"Quit", *(field.label.encode() for field in FIELDS)]
     for _ in range(repeat):
-        # the Generate tab's Submit button: the first frame is out; its field labels: the form is
-        paint, form = paint_seconds(env, [[b"Submit"], labels])
+        # the Generate tab's Submit button: the first frame is out
+        paint, form = paint_seconds(env, [[b"Submit"], whole])
         found["paint"].append(paint)
         found["form"].append(form)
         found["paint cpu"].append(paint_cpu(env))
+        found["bare"] += paint_seconds(env, [[b"Submit"]], arguments=["-c", BARE_TEXTUAL_APP])
     return found
 
 
@@ -199,6 +249,23 @@ def side_by_side(other: Path, repeat: int) -> None:
             f"{statistics.median(there) * 1000:6.1f} ms  this - other, paired: median "
             f"{statistics.median(change) * 1000:+6.1f} ms (this faster in {faster} of {repeat})"
         )
+
+
+def count_instructions(other: Path | None) -> None:
+    roots = {"this": ROOT} | ({"other": other} if other else {})
+    env = terminal_env()
+    counts = {}
+    for name, root in roots.items():
+        compile_sources(root)
+        counts[name] = paint_instructions(env, root)
+    print(
+        f"instructions from exec to the first frame (callgrind); this: {ROOT}"
+        + (f", other: {other}" if other else "")
+    )
+    for name, count in counts.items():
+        print(f"{name:<6} {count / 1e6:8.1f} M")
+    if other:
+        print(f"this / other: {counts['this'] / counts['other']:.3f}")
 
 
 def fill_store(data: Path, count: int) -> None:
@@ -295,7 +362,7 @@ async def gallery(count: int, repeat: int) -> dict[str, list[float]]:
 
 def row(stage: str, values: list[float], rate: str = "") -> str:
     median = statistics.median(values)
-    return f"| {stage:<34} | {median * 1000:9.1f} ms | {rate:<22} | {len(values):>3} |"
+    return f"| {stage:<41} | {median * 1000:9.1f} ms | {rate:<22} | {len(values):>3} |"
 
 
 def main() -> None:
@@ -304,10 +371,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--paint-only", action="store_true", help="only the first paint (no engine)")
     parser.add_argument("--against", type=Path, help="first paint side by side with this other checkout")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions to the first frame (valgrind's callgrind), here and in --against's checkout",
+    )
     args = parser.parse_args()
+    if args.against is not None and not (args.against / "landiff_tui" / "__main__.py").is_file():
+        parser.error(f"--against {args.against}: no landiff_tui there; give a checkout of this repo")
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            parser.error("--instructions counts with valgrind, which is not installed (apt install valgrind)")
+        count_instructions(args.against.resolve() if args.against else None)
+        return
     if args.against is not None:
-        if not (args.against / "landiff_tui" / "__main__.py").is_file():
-            parser.error(f"--against {args.against}: no landiff_tui there; give a checkout of this repo")
         side_by_side(args.against.resolve(), args.repeat)
         return
 
@@ -340,13 +417,14 @@ def main() -> None:
 
     print(f"landiff-tui benchmarks, {os.cpu_count()} CPUs, load average {load:.1f} at the start", end="")
     print(f", {args.jobs:,} jobs in the store (filled in {filled:.1f} s)" if timings else "")
-    print(f"| {'stage':<34} | {'median':>12} | {'rate / note':<22} | {'n':>3} |")
-    print(f"|{'-' * 36}|{'-' * 14}|{'-' * 24}|{'-' * 5}|")
+    print(f"| {'stage':<41} | {'median':>12} | {'rate / note':<22} | {'n':>3} |")
+    print(f"|{'-' * 43}|{'-' * 14}|{'-' * 24}|{'-' * 5}|")
     torch_loaded = "YES" if any(paint["torch"]) else "no"
     print(row("import landiff_tui.app", paint["import"], f"torch imported: {torch_loaded}"))
     cpu = f"CPU {statistics.median(paint['paint cpu']) * 1000:.0f} ms"
     print(row("first paint (exec -> first frame, pty)", paint["paint"], cpu))
-    print(row("form complete (every field drawn)", paint["form"]))
+    print(row("whole screen (header, tabs, form, footer)", paint["form"]))
+    print(row("for scale: bare Textual app, 1 button", paint["bare"], "first paint, in turns"))
     if timings:
         print(row("gallery first page (100 rows)", timings["first page"]))
         print(row("search: keystroke -> updated list", timings["keystroke -> list"], "incl. 150 ms debounce"))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.containers import Container
 
 from engine import __version__
 from engine.wire import RemoteError
@@ -21,6 +21,7 @@ from .messages import EngineConnected, EngineLost, JobEnded, message_for
 from .views.base import View
 from .views.generate import GenerateView
 from .widgets.deferred import add_later_css, mount_later_view
+from .widgets.tabbed import TabbedViews
 
 if TYPE_CHECKING:
     from engine.protocol import AnyEvent, Exact, HelloReply, SubscribeReply
@@ -88,13 +89,12 @@ class LanDiffApp(App):
         self.offered_tiny = False
 
     def compose(self) -> ComposeResult:
-        yield Header()
-        with TabbedContent(id="tabs"):
-            with TabPane(tab_title("generate"), id="generate"):
-                yield GenerateView()
-            for tab in DEFERRED:
-                yield TabPane(tab_title(tab), id=tab)  # its view comes after the first frame
-        # the Footer comes after the first frame too (its key list is a good part of that frame's cost)
+        # the first frame has the Generate tab's pane; the header, the tab strip, the footer and the other
+        # panes' views come right after it (`mount_later`), into the rows and panes kept for them
+        yield Container(id="header-row")
+        panes = [Container(GenerateView(), id="generate", classes="tab-pane")]
+        panes += [Container(id=tab, classes="tab-pane") for tab in DEFERRED]
+        yield TabbedViews({tab: tab_title(tab) for tab, _, _ in TABS}, *panes, initial="generate", id="tabs")
 
     def on_mount(self) -> None:
         self.sub_title = "connecting to the engine..."
@@ -102,12 +102,18 @@ class LanDiffApp(App):
         self.call_after_refresh(self.start_link)
 
     async def mount_later(self) -> None:
-        """After the first frame: the other tabs' rules and views, awaited together (the screen, which
-        runs this after its refresh, draws again once they are all there, not after each)."""
+        """After the first frame: the header, the tab strip, the footer, and the other tabs' rules and
+        views, awaited together (the screen, which runs this after its refresh, draws again once they are
+        all there, not after each)."""
+        from textual.widgets import Footer, Header
+
         add_later_css(self)
+        main = self.screen_stack[0]  # the main screen, though a dialog opened already
         await gather(
-            self.screen_stack[0].mount(Footer()),  # the main screen, though a dialog opened already
-            *(mount_later_view(self.query_one(f"#{tab}", TabPane), path) for tab, path in DEFERRED.items()),
+            main.query_one("#header-row").mount(Header()),
+            main.query_one(TabbedViews).mount_strip(),
+            main.mount(Footer()),
+            *(mount_later_view(main.query_one(f"#{tab}"), path) for tab, path in DEFERRED.items()),
         )
 
     def push_screen(self, *args: Any, **kwargs: Any) -> Any:
@@ -244,17 +250,17 @@ class LanDiffApp(App):
     def action_keys(self) -> None:
         from .screens.keys import Keys
 
-        self.push_screen(Keys(self.query_one(TabbedContent).active))
+        self.push_screen(Keys(self.query_one(TabbedViews).active))
 
     def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
-        views = self.query_one(f"#{tab}", TabPane).query(".view")
+        self.query_one(TabbedViews).active = tab
+        views = self.query_one(f"#{tab}").query(".view")
         if views:
             views.first().focus_default()
         # else: pressed before the tab mounted (right after launch); the view takes the focus on mount
 
-    @on(TabbedContent.TabActivated)
-    def tab_shown(self, event: TabbedContent.TabActivated) -> None:
+    @on(TabbedViews.TabActivated)
+    def tab_shown(self, event: TabbedViews.TabActivated) -> None:
         views = event.pane.query(".view")
         if views:
             views.first().shown()

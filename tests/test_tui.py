@@ -117,7 +117,7 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
         await pilot.press("ctrl+s")
         await until(pilot, lambda: events.of("job_finished"), what="the job to finish")
         job_id = events.of("job_finished")[0].job_id
-        assert app.query_one("TabbedContent").active == "queue"
+        assert app.query_one("#tabs").active == "queue"
         assert app.query_one("#prompt").text == ""  # a second ctrl+s queues no duplicate
         denoise = [e for e in events.of("job_progress", job_id) if e.stage == "denoise"]
         assert denoise and denoise[-1].step == denoise[-1].total == 3
@@ -136,7 +136,7 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
 
         await until(pilot, lambda: len(gallery.rows) == 2, what="the gallery to show the re-run")
         await pilot.press("ctrl+e")
-        assert app.query_one("TabbedContent").active == "generate"
+        assert app.query_one("#tabs").active == "generate"
         assert app.query_one("#prompt").text == "A heron standing in shallow water."
         await set_field(pilot, "seed", "8")
         await pilot.press("ctrl+s")
@@ -404,9 +404,7 @@ async def test_the_command_palette_runs_view_actions_and_engine_errors_become_no
         await pilot.press(*"verify the weights")
         await pilot.pause(0.3)
         await pilot.press("enter")
-        await until(
-            pilot, lambda: app.query_one("TabbedContent").active == "weights", timeout=20, what="Weights"
-        )
+        await until(pilot, lambda: app.query_one("#tabs").active == "weights", timeout=20, what="Weights")
         # the engine refuses: its words arrive as a notification
         await until(pilot, lambda: any(busy.message in str(n.message) for n in app._notifications), 5)
 
@@ -516,7 +514,7 @@ async def test_typing_in_the_gallery_searches_and_no_letter_runs_an_action():
         assert app.focused.id == "gallery-table"
         await pilot.press("d", "y")
         assert app.query_one("#search").value == "reddy" and app.focused.id == "search"
-        assert type(app.screen).__name__ == "Screen" and app.query_one("TabbedContent").active == "gallery"
+        assert type(app.screen).__name__ == "Screen" and app.query_one("#tabs").active == "gallery"
         assert not [kind for kind, _ in link.requests if kind in ("submit", "delete_job")]
         app.query_one("#search").value = ""
         await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, 10, "the whole list again")

@@ -1,9 +1,11 @@
 """What the first frame does not show comes right after it, so that the first frame imports, styles and lays
-out only what it shows: the Generate tab's prompt and Submit button, not its fields nor the other tabs.
+out only what it shows: the Generate tab's prompt and Submit button, not its fields, the header, the tab
+strip, the footer nor the other tabs.
 
 Nothing stands in for what comes later (a stand-in widget costs the first frame its styling and mounting
-too): the other tabs' panes are empty until `mount_later_view` fills them, the Generate form mounts its
-fields itself, and the style sheet's rules for the rest (later.tcss) are added by `add_later_css`.
+too): the other tabs' panes, and the rows of the header and the tab strip, are empty containers until
+they are filled (`mount_later_view`, `LanDiffApp.mount_later`), the Generate form mounts its fields itself,
+and the style sheet's rules for the rest (later.tcss) are added by `add_later_css`.
 """
 
 from __future__ import annotations
