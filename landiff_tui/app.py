@@ -102,19 +102,24 @@ class LanDiffApp(App):
         self.call_after_refresh(self.start_link)
 
     async def mount_later(self) -> None:
-        """After the first frame: the header, the tab strip, the footer, and the other tabs' rules and
-        views, awaited together (the screen, which runs this after its refresh, draws again once they are
-        all there, not after each)."""
+        """After the first frame: the header, the tab strip and the footer, awaited together (the screen,
+        which runs this after its refresh, draws again once they are all there, not after each); the other
+        tabs' views, which are hidden, after that frame."""
         from textual.widgets import Footer, Header
 
-        add_later_css(self)
         main = self.screen_stack[0]  # the main screen, though a dialog opened already
         await gather(
             main.query_one("#header-row").mount(Header()),
             main.query_one(TabbedViews).mount_strip(),
             main.mount(Footer()),
-            *(mount_later_view(main.query_one(f"#{tab}"), path) for tab, path in DEFERRED.items()),
         )
+        self.call_after_refresh(self.mount_views)
+
+    async def mount_views(self) -> None:
+        """The other tabs' rules and views, into their (hidden) panes."""
+        add_later_css(self)
+        main = self.screen_stack[0]
+        await gather(*(mount_later_view(main.query_one(f"#{tab}"), path) for tab, path in DEFERRED.items()))
 
     def push_screen(self, *args: Any, **kwargs: Any) -> Any:
         add_later_css(self)  # the dialogs' rules, even for one opened before `mount_later` ran

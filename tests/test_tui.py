@@ -677,6 +677,25 @@ async def test_a_preset_sets_only_its_fields_and_the_box_forgets_it_after_an_edi
         assert app.query_one("#param-seed").value == "42" and box.value == "reference defaults"
 
 
+async def test_filling_the_form_from_a_job_checks_it_once_not_once_per_field(monkeypatch):
+    from landiff_tui.views.generate import GenerateView
+
+    app = LanDiffApp(link=ScriptedLink([job(0)]))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: (field := mounted(app, "#param-cfg")) and field.value, 10, "the form")
+        await pilot.pause(0.2)
+        checks = []
+        original = GenerateView.check
+        monkeypatch.setattr(GenerateView, "check", lambda view: checks.append(1) or original(view))
+        params = {**job(1).params, "cfg": 9.5, "steps": 30, "seed": 5, "motion_score": 0.4}
+        app.query_one(GenerateView).fill(params, job(1).prompt)
+        await pilot.pause(0.2)
+        assert app.query_one("#param-steps").value == "30" and not app.query_one("#submit").disabled
+        assert len(checks) <= 3, (
+            f"{len(checks)} checks for one fill: the fields' changes are checked one by one"
+        )
+
+
 async def test_a_submitted_prompt_clears_and_up_brings_it_back():
     link = ScriptedLink([])
     app = LanDiffApp(link=link)

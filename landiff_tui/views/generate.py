@@ -74,6 +74,8 @@ class GenerateView(View):
         self.pending_fill: dict[str, Any] | None = None  # what to fill once the fields are mounted
         self.pending_prompt: str | None = None
         self.applied: tuple[str, dict[str, str]] | None = None  # the preset shown, and what it set
+        self.inputs: dict[str, Input] = {}  # each field's Input by its parameter's name, once mounted
+        self.check_due = False  # a check is queued for the changes seen so far
 
     def compose(self) -> ComposeResult:
         # the fields (two widgets each) and the notes on them come after the prompt and the presets' box
@@ -99,14 +101,15 @@ class GenerateView(View):
         only once they are all there, not after each."""
         from ..params import FIELDS
 
-        fields = []
+        fields, inputs = [], {}
         for field in FIELDS:
-            fields.append(Label(field.label, classes="param-label"))
-            fields.append(Input(id=f"param-{field.name}", placeholder=field.form_hint()))
+            inputs[field.name] = Input(id=f"param-{field.name}", placeholder=field.form_hint())
+            fields += [Label(field.label, classes="param-label"), inputs[field.name]]
         if not self.is_attached:  # the app quit before
             return
         notes = Static("", id="length-note"), Static("", id="form-errors")
         presets = Select([], prompt="preset", id="preset", allow_blank=True)
+        self.inputs = inputs
         await gather(
             self.mount(ParamsGrid(*fields, id="params"), *notes, after=self.query_one(PromptArea)),
             self.query_one("#preset-row").mount(presets, before=self.query_one("#submit")),
@@ -154,7 +157,7 @@ class GenerateView(View):
     # the form
 
     def texts(self) -> dict[str, str]:
-        return {widget.id.removeprefix("param-"): widget.value for widget in self.query("#params Input")}
+        return {name: widget.value for name, widget in self.inputs.items()}
 
     def check(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
         from ..params import check_form, check_length, length_note
@@ -165,8 +168,8 @@ class GenerateView(View):
             frames, _ = check_length(self.texts().get("frames", ""), model)
             if "frames" not in errors:
                 self.query_one("#length-note", Static).update(length_note(model, frames, overlap))
-            for widget in self.query("#params Input"):
-                widget.set_class(widget.id.removeprefix("param-") in errors, "-invalid")
+            for name, widget in self.inputs.items():
+                widget.set_class(name in errors, "-invalid")
             shown = {name: message for name, message in errors.items() if name != "prompt"}
             self.query_one("#form-errors", Static).update("; ".join(shown.values()))
         self.query_one("#submit", Button).disabled = bool(errors)
@@ -176,7 +179,7 @@ class GenerateView(View):
         """Every field from `params`, the schema's default where it has none (a job to edit)."""
         from ..params import FIELDS, defaults, form_texts
 
-        if not self.query("#params Input"):
+        if not self.query("#params Input"):  # the fields come after the first frame
             self.pending_fill, self.pending_prompt = params, prompt
             return
         shown = {field.name for field in FIELDS} | {"prompt"}
@@ -184,8 +187,7 @@ class GenerateView(View):
             name: value for name, value in params.items() if name not in shown and value is not None
         }
         texts = form_texts({**defaults(), **params})
-        for widget in self.query("#params Input"):
-            name = widget.id.removeprefix("param-")
+        for name, widget in self.inputs.items():
             if name in texts:
                 widget.value = texts[name]
         if prompt is not None:
@@ -198,8 +200,7 @@ class GenerateView(View):
 
         shown = {field.name for field in FIELDS}
         texts = {key: text for key, text in form_texts(params).items() if key in params}
-        for widget in self.query("#params Input"):
-            key = widget.id.removeprefix("param-")
+        for key, widget in self.inputs.items():
             if key in texts:
                 widget.value = texts[key]
         self.extras.update({key: value for key, value in params.items() if key not in shown | {"prompt"}})
@@ -209,6 +210,13 @@ class GenerateView(View):
     @on(Input.Changed)
     @on(TextArea.Changed)
     def changed(self) -> None:
+        # one check for a burst: filling in a job or a preset changes ten fields, each with its message
+        if not self.check_due:
+            self.check_due = True
+            self.call_later(self.check_changes)
+
+    def check_changes(self) -> None:
+        self.check_due = False
         self.check()
         if self.applied is not None:
             name, texts = self.applied
