@@ -59,8 +59,9 @@ WORDS = [
 ]
 
 
-# the TUI as `landiff-tui` starts it, reporting the CPU time it used (all threads) when it writes its
-# first frame; measured inside because a loaded machine is slow to stop it from outside
+# the TUI as `landiff-tui` starts it, reporting the CPU time it used (all threads) when it has written
+# every text of FRAME_MARKS (by default the first frame's Submit); measured inside because a loaded
+# machine is slow to stop it from outside
 CPU_TO_FIRST_FRAME = """
 import gc, os, resource, sys
 gc.disable()  # as landiff_tui.__main__ does before any import
@@ -68,10 +69,12 @@ from landiff_tui.__main__ import main  # first, as the launchers import it (it k
 from textual.drivers.linux_driver import LinuxDriver
 
 write = LinuxDriver.write
+marks, written = os.environ.get("FRAME_MARKS", "Submit").split("|"), []
 
 def first_frame(driver, data):
     write(driver, data)
-    if "Submit" in data:
+    written.append(data)
+    if all(mark in "".join(written) for mark in marks):
         usage = resource.getrusage(resource.RUSAGE_SELF)
         os.write(int(os.environ["REPORT_FD"]), str(usage.ru_utime + usage.ru_stime).encode())
         os._exit(0)
@@ -169,17 +172,29 @@ def paint_cpu(
         os.close(report_read)
 
 
-def paint_instructions(env: dict[str, str], root: Path = ROOT) -> int:
-    """Instructions the TUI executed from exec to its first frame, counted by valgrind's callgrind. The
-    count repeats within about 0.1 % from run to run however loaded the machine is, so one run of each of
-    two checkouts compares them (each run takes about 40 times as long)."""
+def paint_instructions(
+    env: dict[str, str], root: Path = ROOT, marks: tuple[bytes, ...] = (b"Submit",)
+) -> int:
+    """Instructions the TUI executed from exec until it had written every text of `marks` (by default,
+    its first frame), counted by valgrind's callgrind. The count repeats within about 0.1 % from run to
+    run however loaded the machine is, so one run of each of two checkouts compares them (each run takes
+    about 40 times as long)."""
     log = Path(tempfile.mkdtemp()) / "callgrind.log"
     wrapper = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", f"--log-file={log}")
-    paint_cpu(env, root, wrapper, timeout=600)
+    paint_cpu({**env, "FRAME_MARKS": b"|".join(marks).decode()}, root, wrapper, timeout=600)
     found = re.search(r"Collected : (\d+)", log.read_text())
     if found is None:
         raise RuntimeError(f"callgrind reported no count: {log}")
     return int(found[1])
+
+
+def screen_marks() -> dict[str, tuple[bytes, ...]]:
+    """The texts that show each stage of the start is drawn: the first frame's Submit button; the
+    header's title, the last tab of the strip and the form's field labels; the footer's last key."""
+    from landiff_tui.params import FIELDS
+
+    visible = (b"LanDiff", b"F5 Engine", *(field.label.encode() for field in FIELDS))
+    return {"first frame": (b"Submit",), "header, tabs, form": visible, "whole screen": (*visible, b"Quit")}
 
 
 def compile_sources(root: Path) -> None:
@@ -194,8 +209,7 @@ def terminal_env() -> dict[str, str]:
 
 
 def first_paint(repeat: int) -> dict[str, list[float]]:
-    """Seconds to the first frame and to the whole form on a real pseudo-terminal (80x24); import time."""
-    from landiff_tui.params import FIELDS
+    """Seconds to the first frame and to the whole screen on a real pseudo-terminal (80x24); import time."""
 
     compile_sources(ROOT)
     env = terminal_env()
@@ -216,8 +230,7 @@ def first_paint(repeat: int) -> dict[str, list[float]]:
         seconds, loaded = out.stdout.split()
         found["import"].append(float(seconds))
         found["torch"].append(float(loaded == "True"))
-    # the header's title, the last tab on the strip, the footer's last key and the form's field labels
-    whole = [b"LanDiff", b"F5 Engine", b"Quit", *(field.label.encode() for field in FIELDS)]
+    whole = list(screen_marks()["whole screen"])
     for _ in range(repeat):
         # the Generate tab's Submit button: the first frame is out
         paint, form = paint_seconds(env, [[b"Submit"], whole])
@@ -254,18 +267,18 @@ def side_by_side(other: Path, repeat: int) -> None:
 def count_instructions(other: Path | None) -> None:
     roots = {"this": ROOT} | ({"other": other} if other else {})
     env = terminal_env()
-    counts = {}
-    for name, root in roots.items():
+    for root in roots.values():
         compile_sources(root)
-        counts[name] = paint_instructions(env, root)
-    print(
-        f"instructions from exec to the first frame (callgrind); this: {ROOT}"
-        + (f", other: {other}" if other else "")
-    )
-    for name, count in counts.items():
-        print(f"{name:<6} {count / 1e6:8.1f} M")
-    if other:
-        print(f"this / other: {counts['this'] / counts['other']:.3f}")
+    print(f"instructions from exec to each stage of the screen (callgrind), M; this: {ROOT}", end="")
+    print(f", other: {other}" if other else "")
+    print(f"| {'drawn':<20} | {'this':>8} |" + (f" {'other':>8} | {'this/other':>10} |" if other else ""))
+    print(f"|{'-' * 22}|{'-' * 10}|" + (f"{'-' * 10}|{'-' * 12}|" if other else ""))
+    for stage, marks in screen_marks().items():
+        counts = {name: paint_instructions(env, root, marks) / 1e6 for name, root in roots.items()}
+        line = f"| {stage:<20} | {counts['this']:8.1f} |"
+        if other:
+            line += f" {counts['other']:8.1f} | {counts['this'] / counts['other']:10.3f} |"
+        print(line, flush=True)
 
 
 def fill_store(data: Path, count: int) -> None:
