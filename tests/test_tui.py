@@ -287,8 +287,7 @@ async def test_invalid_values_are_shown_inline_and_nothing_is_sent():
 async def test_prompt_history_recalls_earlier_prompts_with_up_and_down():
     app = LanDiffApp(link=ScriptedLink([job(0), job(1), job(2)]))
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.3)
-        await app.workers.wait_for_complete()
+        await until(pilot, lambda: len(app.query_one("GenerateView").history) == 3, 20, "the history")
         area = app.query_one("#prompt")
         area.focus()
         area.load_text("my draft")
@@ -394,6 +393,7 @@ async def test_the_command_palette_runs_view_actions_and_engine_errors_become_no
     app = LanDiffApp(link=link)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: mounted(app, "#param-seed") and app.query_one("#param-seed").value, 10)
+        await until(pilot, lambda: len(app.views) == 5, 20, "the other tabs")  # the palette acts on them
         seed = app.query_one("#param-seed").value
         await pilot.press("ctrl+p")
         await pilot.press(*"random seed")
