@@ -80,7 +80,10 @@ def first_frame(driver, data):
         os._exit(0)
 
 LinuxDriver.write = first_frame
-main(["--model", "tiny", "--no-start"])
+if os.environ.get("BARE_APP"):  # started as the TUI is, so that only the app differs
+    exec(os.environ["BARE_APP"])
+else:
+    main(["--model", "tiny", "--no-start"])
 """
 
 
@@ -279,6 +282,8 @@ def count_instructions(other: Path | None) -> None:
         if other:
             line += f" {counts['other']:8.1f} | {counts['this'] / counts['other']:10.3f} |"
         print(line, flush=True)
+    bare = paint_instructions({**env, "BARE_APP": BARE_TEXTUAL_APP}) / 1e6
+    print(f"for scale: a bare one-button Textual app, started the same way, to its first frame: {bare:.1f} M")
 
 
 def fill_store(data: Path, count: int) -> None:
