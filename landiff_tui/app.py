@@ -104,7 +104,7 @@ class LanDiffApp(App):
     async def mount_later(self) -> None:
         """After the first frame: the header, the tab strip and the footer, awaited together (the screen,
         which runs this after its refresh, draws again once they are all there, not after each); the other
-        tabs' views, which are hidden, after that frame."""
+        tabs' views, which are hidden, after the frames that show them."""
         from textual.widgets import Footer, Header
 
         main = self.screen_stack[0]  # the main screen, though a dialog opened already
@@ -113,7 +113,8 @@ class LanDiffApp(App):
             main.query_one(TabbedViews).mount_strip(),
             main.mount(Footer()),
         )
-        self.call_after_refresh(self.mount_views)
+        # the footer lists its keys a refresh after it mounts; the hidden views wait for that frame too
+        self.call_after_refresh(self.call_after_refresh, self.mount_views)
 
     async def mount_views(self) -> None:
         """The other tabs' rules and views, into their (hidden) panes."""

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from engine.client import EngineClient
-from engine.wire import RemoteError
+from engine.paths import lock_holder, lock_path
+from engine.wire import LEAVES_WITHIN_S, RemoteError
 from landiff_tui.app import LanDiffApp
 from landiff_tui.params import check_form, check_length
 from landiff_tui.widgets.preview import UPPER_HALF, HalfBlocks, fit, video_frames
@@ -77,9 +78,13 @@ class Recorder:
 
 
 async def connected(pilot) -> Recorder:
-    """Records every event from now on, once the app is connected to the engine."""
+    """Records every event from now on, once the app is connected to the engine and subscribed (the link
+    counts as connected from the socket's open; `engine_info` is set once hello and subscribe answered)."""
     events = Recorder(pilot.app)
-    await until(pilot, lambda: pilot.app.link.connected, what="the engine connection")
+    app = pilot.app
+    await until(
+        pilot, lambda: app.link.connected and app.engine_info is not None, what="the engine connection"
+    )
     return events
 
 
@@ -229,6 +234,10 @@ async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engi
         finally:
             with engine.client() as client:
                 client.request("shutdown")
+            # the next test's engine needs the data dir: wait until this one has let go of it
+            deadline = time.monotonic() + LEAVES_WITHIN_S
+            while lock_holder(lock_path()) is not None and time.monotonic() < deadline:
+                await pilot.pause(0.1)
 
 
 async def test_first_run_without_weights_offers_the_tiny_model(tmp_path, monkeypatch, weights):  # noqa: F811
