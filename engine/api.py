@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.generation.job import ChunkDone, JobCancelled, JobSpec, Progress
 from engine.generation.pipeline import Pipeline
-from engine.generation.video_quality import add_to_sidecar, clip_name, measure_video
+from engine.generation.video_quality import measure_into_sidecar
 
 __all__ = ["GeneratedVideo", "JobCancelled", "LanDiff", "Progress"]
 
@@ -106,10 +106,9 @@ class LanDiff:
             )
             if quality:
                 pipeline = self.pipeline
-                measured, _ = measure_video(
-                    result.video, prompt, pipeline.layout.root, clip_name(pipeline.spec.name)
+                measure_into_sidecar(
+                    result.video, result.sidecar, prompt, pipeline.layout.root, pipeline.spec.name
                 )
-                add_to_sidecar(result.sidecar, measured)
             record = json.loads(result.sidecar.read_text())
             tokens = np.load(result.tokens)
         return GeneratedVideo(

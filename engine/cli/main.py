@@ -486,11 +486,10 @@ def record_quality(video: Path, sidecar: Path, prompt: str, root: Path, model: s
     """`generate --quality`: the video measured into its sidecar, and said (a video that could not be
     read gets its error there; the video itself is made, so the exit status stays 0)."""
     from engine.cli.quality_commands import quality_lines
-    from engine.generation.video_quality import add_to_sidecar, clip_name, measure_video
+    from engine.generation.video_quality import measure_into_sidecar
 
     with console.status("measuring the video's quality"):
-        record, _ = measure_video(video, prompt, root, clip_name(model))
-    add_to_sidecar(sidecar, record)
+        record = measure_into_sidecar(video, sidecar, prompt, root, model)
     for label, text in quality_lines(record):
         console.print(f"{label:>12}: {text}", markup=False, highlight=False)
 

@@ -80,3 +80,10 @@ def add_to_sidecar(sidecar: Path, record: dict[str, Any]) -> None:
     from engine.generation.outputs import write_record
 
     write_record(sidecar, {**json.loads(sidecar.read_text()), "quality": record})
+
+
+def measure_into_sidecar(video: Path, sidecar: Path, prompt: str, root: Path, model: str) -> dict[str, Any]:
+    """A video just made, measured once (its CLIP loaded for it alone) into its sidecar; the record."""
+    record, _ = measure_video(video, prompt, root, clip_name(model))
+    add_to_sidecar(sidecar, record)
+    return record

@@ -74,7 +74,7 @@ class GenerateView(View):
         self.pending_fill: dict[str, Any] | None = None  # what to fill once the fields are mounted
         self.pending_prompt: str | None = None
         self.applied: tuple[str, dict[str, str]] | None = None  # the preset shown, and what it set
-        self.inputs: dict[str, Input] = {}  # each field's Input by its parameter's name, once mounted
+        self.inputs: dict[str, Input] = {}  # each field's Input by its parameter's name (`mount_form`)
         self.check_due = False  # a check is queued for the changes seen so far
 
     def compose(self) -> ComposeResult:
