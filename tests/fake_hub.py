@@ -12,7 +12,10 @@ import hashlib
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote
+
+from engine.weights.downloads import file_states, planned_files
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -132,3 +135,8 @@ def etag(path: str, content: bytes) -> str:
     if path.endswith((".safetensors", ".pt", ".bin", ".model")):  # stored with git LFS on the hub
         return hashlib.sha256(content).hexdigest()
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def states(root: Path, checksums: dict[str, str]) -> dict[str, str]:
+    """Each planned file of the whole release under `root` -> its state (missing, present, verified, ...)."""
+    return {s.local: s.state for s in file_states(root, planned_files(root, "all", checksums))}

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ import pytest
 from engine.api import JobCancelled, LanDiff
 from engine.generation.job import JobSpec
 from engine.specs import get_spec
+from tests.harness import ROOT, WAIT_S
 
-ROOT = Path(__file__).parents[1]
 TINY = get_spec("tiny")
 PROMPT = "A red kite over a windy beach at dusk."
 
@@ -39,7 +38,7 @@ def test_the_readme_example_runs_on_the_tiny_model(home, tmp_path):
     env = {**os.environ, "LANDIFF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=WAIT_S
     )
     assert result.returncode == 0, result.stderr
     assert f"({TINY.video_frames(3)}, 64, 96, 3) (11,)" in result.stdout

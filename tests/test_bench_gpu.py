@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from tests.harness import ROOT, WAIT_S
+
+BENCH = ROOT / "bench"
 
 
 def load_bench():
@@ -22,7 +23,7 @@ def test_gpu_bench_smoke_on_the_cpu(tmp_path, capsys):
     bench = load_bench()
     out = tmp_path / "bench.json"
     code = bench.main(
-        ["--cpu", "--budget", "60", "--steps", "2", "--weights", str(tmp_path), "--json", str(out)]
+        ["--cpu", "--budget", str(WAIT_S), "--steps", "2", "--weights", str(tmp_path), "--json", str(out)]
     )
     report = json.loads(out.read_text())
     printed = capsys.readouterr().out
@@ -52,7 +53,7 @@ def test_a_failing_section_is_a_row_and_the_rest_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "write_random_release", broken)
     out = tmp_path / "bench.json"
-    assert bench.main(["--cpu", "--budget", "30", "--weights", str(tmp_path), "--json", str(out)]) == 1
+    assert bench.main(["--cpu", "--budget", str(WAIT_S), "--weights", str(tmp_path), "--json", str(out)]) == 1
     rows = {row["section"]: row for row in json.loads(out.read_text())["sections"]}
     assert rows["write random weights"]["status"] == "failed: RuntimeError: disk full"
     assert rows["DiT call, attention sdpa"]["status"] == "ok"  # the sections after it still ran
@@ -76,7 +77,7 @@ def test_the_llm_lane_section_runs_two_jobs_with_their_tokens_made_ahead(home, t
     bench = load_bench()
     spec = get_spec("tiny")
     row = bench.lane_jobs(
-        spec, layout_for("tiny", home), 2, bench.Budget(120), tmp_path, False, 1.0, devices=("cpu", "cpu")
+        spec, layout_for("tiny", home), 2, bench.Budget(WAIT_S), tmp_path, False, 1.0, devices=("cpu", "cpu")
     )
     assert (
         row["section"] == "jobs, llm lane" and row["wall_s"] > 0 and row["lane_speedup"] == 2 / row["wall_s"]

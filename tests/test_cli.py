@@ -15,8 +15,7 @@ from engine.generation.stage1 import SemanticStage
 from engine.specs import get_spec
 from engine.weights.layout import ReleaseLayout, layout_for
 from engine.weights.tiny import ensure_tiny_release
-
-PROMPT = "A snail crawling on green moss."
+from tests.harness import PROMPT, WAIT_S
 
 
 def engine_cli(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
@@ -24,7 +23,7 @@ def engine_cli(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess
     command = [sys.executable, "-m", "engine.cli", *args]
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=WAIT_S)
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +123,11 @@ def test_stage_decodes_each_segment(tiny_home):
 
 def test_tui_entry_point_needs_a_terminal_and_says_what_to_use_instead():
     command = [sys.executable, "-m", "landiff_tui.app"]
-    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=WAIT_S)
     assert (
         result.returncode == 2 and "needs a terminal" in result.stderr and "landiff-engine" in result.stderr
     )
-    usage = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    usage = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=WAIT_S)
     assert usage.returncode == 0 and "--model" in usage.stdout
 
 

@@ -15,7 +15,7 @@ import pytest
 from engine.cli.client_commands import describe_status
 from engine.cli.main import main
 
-from .test_engine import PROMPT, RunningEngine
+from .harness import ENGINE_LEAVES_S, PROMPT, RunningEngine, wait_until
 
 
 @pytest.fixture
@@ -24,9 +24,7 @@ def no_engine(tmp_path, home):
     running = RunningEngine(tmp_path / "engine", home)
     yield running
     running.cli("stop")
-    deadline = time.time() + 30
-    while running.socket.exists() and time.time() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not running.socket.exists(), "the engine to leave", ENGINE_LEAVES_S)
 
 
 def test_every_client_command_starts_the_engine_alike_and_stop_says_when_none_runs(no_engine):

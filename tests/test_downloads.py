@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,32 +21,12 @@ from engine.weights.downloads import (
     planned_files,
     verify,
 )
-from engine.weights.layout import FLAN_T5_REPO, RELEASE_REPO, ReleaseLayout
-from engine.weights.tiny import write_t5_folder, write_tiny_release
+from engine.weights.layout import RELEASE_REPO, ReleaseLayout
 
-from .fake_hub import FakeHub
+from .fake_hub import FakeHub, states
+from .harness import RunningEngine
 
 TINY = get_spec("tiny")
-
-
-@pytest.fixture(scope="module")
-def hub_files(tmp_path_factory) -> tuple[dict[str, dict[str, bytes]], dict[str, str]]:
-    """The tiny model as the two hub repos hold it, and the bundle's checksum list."""
-    source = tmp_path_factory.mktemp("source")
-    layout = ReleaseLayout(source)
-    write_tiny_release(layout, TINY)
-    write_t5_folder(source / "flan-sharded", TINY.flan_t5, seed=0, sharded=True)
-    bundle = {
-        str(p.relative_to(layout.bundle)): p.read_bytes() for p in layout.bundle.rglob("*") if p.is_file()
-    }
-    flan_dir = source / "flan-sharded"
-    flan = {p.name: p.read_bytes() for p in flan_dir.iterdir() if p.is_file()}
-    checksums = {path: hashlib.md5(content).hexdigest() for path, content in bundle.items()}
-    return {RELEASE_REPO: bundle, FLAN_T5_REPO: flan}, checksums
-
-
-def states(root: Path, checksums) -> dict[str, str]:
-    return {s.local: s.state for s in file_states(root, planned_files(root, "all", checksums))}
 
 
 def test_fresh_download_then_the_pipeline_runs_from_it(tmp_path, hub_files):
@@ -208,8 +187,6 @@ def test_offline_mode_refuses_to_download_but_runs_when_complete(tmp_path, hub_f
 
 
 def test_the_engine_downloads_reports_events_and_cancel_keeps_the_partial_file(tmp_path, hub_files):
-    from .test_engine import RunningEngine
-
     repos, checksums = hub_files
     listing = tmp_path / "CHECKSUM.md5"
     listing.write_text("".join(f"{md5}  {path}\n" for path, md5 in checksums.items()))

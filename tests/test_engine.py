@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -15,61 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from engine.client import EngineClient, EngineError
+from engine.client import EngineError
 from engine.generation.video import read_mp4
 from engine.paths import lock_holder
 
-ROOT = Path(__file__).resolve().parents[1]
-PROMPT = "A snail crawling on green moss."
-STOP_HINT = "use it (landiff-engine status) or stop it first (landiff-engine stop)"
-
-
-class RunningEngine:
-    """`landiff-engine serve --model tiny` as a subprocess; `serve_args`: more of serve's options."""
-
-    def __init__(self, base: Path, weights: Path, serve_args: tuple[str, ...] = ()):
-        self.base, self.weights, self.serve_args = base, weights, serve_args
-        self.env = {
-            **os.environ,
-            "LANDIFF_RUNTIME_DIR": str(base / "run"),
-            "LANDIFF_DATA_DIR": str(base / "data"),
-            "LANDIFF_HOME": str(weights),
-            "LANDIFF_CACHE_DIR": str(base / "cache"),
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        }
-        self.socket = base / "run" / "engine.sock"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> RunningEngine:
-        command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", *self.serve_args]
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.stderr = self.base / "engine.stderr"  # a file, not a pipe nobody reads: the log can be long
-        with open(self.stderr, "ab") as stderr:
-            self.process = subprocess.Popen(
-                command, env=self.env, stdout=subprocess.PIPE, stderr=stderr, text=True
-            )
-        line = self.process.stdout.readline()
-        assert line.startswith("ready"), self.stderr.read_text()
-        return self
-
-    def client(self) -> EngineClient:
-        return EngineClient(self.socket, timeout=60)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "engine.cli", *args]
-        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def weights(home) -> Path:
-    """The tiny weights root (conftest's `home`) the engines of this module serve from."""
-    return home
+from .harness import (
+    ENGINE_LEAVES_S,
+    PROMPT,
+    STOP_HINT,
+    WAIT_S,
+    RunningEngine,
+    subscribed,
+    until_job_ended,
+    wait_for,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,25 +36,6 @@ def engine(tmp_path_factory, weights):
     running = RunningEngine(tmp_path_factory.mktemp("engine"), weights).start()
     yield running
     running.stop()
-
-
-def wait_for(
-    client: EngineClient, job_id: str, kinds=("job_finished", "job_failed", "job_cancelled")
-) -> list[dict]:
-    seen = []
-    for event in client.events():
-        if event.get("job_id") == job_id:
-            seen.append(event)
-            if event["event"] in kinds:
-                return seen
-    return seen
-
-
-def subscribed(engine: RunningEngine, since: int | None = None) -> tuple[EngineClient, dict]:
-    client = engine.client()
-    client.request("hello", client="tests")
-    current = client.request("status")["seq"] if since is None else since
-    return client, client.request("subscribe", since=current)
 
 
 def test_submit_streams_progress_and_finishes_with_a_playable_video(engine):
@@ -245,10 +185,7 @@ def test_list_search_presets_status_and_cli(engine):
         with pytest.raises(EngineError, match="no job"):
             client.request("get_job", job_id=job_id)
         client.request("release_models")
-        deadline = time.time() + 10
-        while client.request("status")["models_loaded"] and time.time() < deadline:
-            time.sleep(0.1)
-        assert client.request("status")["models_loaded"] == []
+        wait_until(lambda: client.request("status")["models_loaded"] == [], "the models to be released")
     assert not folder.exists()
     wrong = engine.cli("submit", PROMPT, "--model", "landiff")
     assert wrong.returncode == 2 and "serves the 'tiny' model" in wrong.stderr
@@ -308,11 +245,7 @@ def test_hostile_input_gets_errors_and_the_engine_keeps_working(engine):
     assert engine.process.poll() is None
     with engine.client() as client:
         client.request("subscribe", since=0)
-        deadline = time.time() + 60
-        while client.request("get_job", job_id=job_id)["job"]["status"] in ("queued", "running"):
-            assert time.time() < deadline
-            time.sleep(0.2)
-        assert client.request("get_job", job_id=job_id)["job"]["status"] == "finished"
+        assert until_job_ended(client, job_id) == "finished"
 
 
 def test_a_second_engine_refuses_to_start(engine):
@@ -321,7 +254,7 @@ def test_a_second_engine_refuses_to_start(engine):
         env=engine.env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=WAIT_S,
     )
     assert result.returncode == 2
     refusal = f"another engine (pid {engine.process.pid}) already serves the data dir {engine.base / 'data'}"
@@ -346,7 +279,7 @@ def test_kill_9_mid_job_then_restart(tmp_path, weights):
             ):
                 break
         first.process.kill()
-        first.process.wait(timeout=30)
+        first.process.wait(timeout=ENGINE_LEAVES_S)
     assert first.socket.exists()  # a stale socket file is left behind
     second = RunningEngine(tmp_path, weights).start()
     try:

@@ -20,8 +20,7 @@ from engine.weights.downloads import (
 )
 from engine.weights.layout import FLAN_T5_INDEX, FLAN_T5_REPO
 
-from .fake_hub import FakeHub
-from .test_downloads import hub_files, states  # noqa: F401 (hub_files is a fixture)
+from .fake_hub import FakeHub, states
 
 TOKEN = "hf_secret_token"
 

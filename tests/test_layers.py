@@ -10,13 +10,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
+from tests.harness import ROOT, WAIT_S
 from tests.layers import ImportGraph
 
-ROOT = Path(__file__).parents[1]
 PACKAGES = ("engine", "landiff_tui")
 
 # Torch-free modules at the engine's base: the wire, the schema, settings, paths, specs, the blocking client.
@@ -205,7 +204,7 @@ def test_the_running_imports_agree_with_the_graph():
         "print(' '.join(heavy))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=WAIT_S
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"importing the daemon, the CLI and the TUI loaded: {result.stdout}"

@@ -9,7 +9,7 @@ import pytest
 
 from engine.client import EngineError
 from engine.generation.video import read_mp4
-from tests.test_engine import RunningEngine, subscribed, wait_for
+from tests.harness import RunningEngine, subscribed, wait_for
 
 PROMPT = "A hot-air balloon rising over a valley at dawn."
 PROGRESS_FIELDS = {

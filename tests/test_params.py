@@ -23,9 +23,7 @@ from engine.generation.lengths import frames_for_seconds, rules_for
 from engine.params import PARAMS, check_params
 from engine.protocol import JobParams, ProtocolError, parse_request
 from landiff_tui.params import check_form, check_length, defaults, form_texts
-
-ROOT = Path(__file__).resolve().parents[1]
-PROMPT = "A snail crawling on green moss."
+from tests.harness import PROMPT, ROOT, WAIT_S
 
 # Run in a fresh interpreter: the schema gains `shimmer` before anything built from it is imported.
 ADDED_PARAMETER = """
@@ -86,7 +84,7 @@ print(json.dumps(report))
 def run_with_schema(*args: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-c", ADDED_PARAMETER, *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=WAIT_S)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 

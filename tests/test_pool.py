@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,17 @@ from engine.daemon.worker import JobWorker, WorkerLost
 from engine.protocol import EVENT_ADAPTER, JobParams, StatusReply
 from landiff_tui.app import LanDiffApp
 
-from .test_engine import PROMPT, RunningEngine
-from .test_engine import weights as weights  # noqa: F401  (the module-scoped tiny weights fixture)
-from .test_tui import mounted, until
+from .harness import (
+    ENGINE_LEAVES_S,
+    WAIT_S,
+    RunningEngine,
+    mounted,
+    submit,
+    subscribed,
+    until,
+    until_ended,
+    wait_until,
+)
 from .tui_double import ScriptedLink, job
 
 LONG = 1000  # denoising steps: a job that runs until it is cancelled or killed
@@ -140,10 +147,8 @@ def test_a_lost_worker_requeues_its_job_once_then_the_job_is_interrupted(tmp_pat
     job_id = store.add_job(JobParams(prompt="a snail").model_dump(), "tiny", "test").id
     pool.start()
     pool.notify()
-    assert first_lost.wait(60)
-    deadline = time.monotonic() + 30
-    while pool.members() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert first_lost.wait(WAIT_S)
+    wait_until(lambda: not pool.members(), "the lost worker to leave the pool", every=0.02)
     assert pool.members() == [] and pool.view() == []  # the lost worker left the pool
     row = store.get(job_id)
     assert (row.status, row.requeues, row.worker) == ("queued", 1, "ray:a")  # waiting for a worker
@@ -153,11 +158,13 @@ def test_a_lost_worker_requeues_its_job_once_then_the_job_is_interrupted(tmp_pat
     pool.add(
         JobWorker(store, lambda: LostUnderTheJob("node-b", second_lost), publish, outputs, 600.0, "ray:b")
     )
-    assert second_lost.wait(60)
-    pool.join(30)
-    while store.get(job_id).status == "queued" or pool.members():
-        assert time.monotonic() < deadline + 30
-        time.sleep(0.02)
+    assert second_lost.wait(WAIT_S)
+    pool.join(WAIT_S)
+    wait_until(
+        lambda: store.get(job_id).status != "queued" and not pool.members(),
+        "the job to end and the second lost worker to leave",
+        every=0.02,
+    )
     row = store.get(job_id)
     assert (row.status, row.requeues, row.worker) == ("interrupted", 1, "ray:b")
     assert row.error == (
@@ -187,34 +194,16 @@ class PoolEngine(RunningEngine):
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, weights):  # noqa: F811
+def engine(tmp_path_factory, weights):
     running = PoolEngine(tmp_path_factory.mktemp("pool-engine"), weights).start()
     with running.client() as client:  # both workers have loaded torch: jobs are claimed as they come
-        wait_until(lambda: states(client) == ["idle", "idle"], 120)
+        wait_until(lambda: states(client) == ["idle", "idle"], "both workers to be idle")
     yield running
     running.stop()
 
 
-def wait_until(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def states(client: EngineClient) -> list[str]:
     return [worker["state"] for worker in client.request("status")["workers"]]
-
-
-def subscribed(engine: RunningEngine) -> EngineClient:
-    client = engine.client()
-    client.request("hello", client="tests")
-    client.request("subscribe", since=client.request("status")["seq"])
-    return client
-
-
-def submit(client: EngineClient, steps: int, note: str = "") -> str:
-    return client.request("submit", params={"prompt": f"{PROMPT} {note}", "steps": steps})["job_id"]
 
 
 def until_denoising(client: EngineClient, job_ids: list[str]) -> dict[str, str]:
@@ -231,23 +220,8 @@ def until_denoising(client: EngineClient, job_ids: list[str]) -> dict[str, str]:
     raise AssertionError("the events stopped")
 
 
-def until_ended(client: EngineClient, job_ids: list[str]) -> list[dict]:
-    seen, ended = [], set()
-    for event in client.events():
-        seen.append(event)
-        if event.get("job_id") in job_ids and event["event"] in (
-            "job_finished",
-            "job_failed",
-            "job_cancelled",
-        ):
-            ended.add(event["job_id"])
-            if ended == set(job_ids):
-                return seen
-    raise AssertionError("the events stopped")
-
-
 def test_two_cpu_workers_run_jobs_side_by_side_and_claim_the_queue_oldest_first(engine):
-    with subscribed(engine) as client:
+    with subscribed(engine)[0] as client:
         ids = [submit(client, steps, f"#{number}") for number, steps in enumerate((10, 10, 2))]
         events = until_ended(client, ids)
         jobs = [client.request("get_job", job_id=job_id)["job"] for job_id in ids]
@@ -266,7 +240,7 @@ def test_two_cpu_workers_run_jobs_side_by_side_and_claim_the_queue_oldest_first(
 
 
 def test_cancel_with_two_workers_stops_the_queued_or_running_job_and_only_it(engine):
-    with subscribed(engine) as client:
+    with subscribed(engine)[0] as client:
         first, second = submit(client, LONG, "first"), submit(client, LONG, "second")
         queued = submit(client, 2, "queued")
         assert client.request("cancel", job_id=queued)["status"] == "cancelled"
@@ -300,12 +274,12 @@ def running_on(workers: dict[str, str], label: str) -> str:
 
 def test_kill_9_with_two_jobs_running_interrupts_both_and_runs_none_twice(engine):
     """The module's engine ends here: killed with a job on each worker and one queued, then restarted."""
-    with subscribed(engine) as client:
+    with subscribed(engine)[0] as client:
         doomed = [submit(client, LONG, "doomed 1"), submit(client, LONG, "doomed 2")]
         waiting = submit(client, 2, "waiting")
         until_denoising(client, doomed)
         engine.process.send_signal(signal.SIGKILL)
-        engine.process.wait(timeout=30)
+        engine.process.wait(timeout=ENGINE_LEAVES_S)
     again = PoolEngine(engine.base, engine.weights).start()
     try:
         with again.client() as client:
@@ -365,7 +339,7 @@ async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_
     app = LanDiffApp(link=link)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.press("f2")
-        await until(pilot, lambda: (queue := mounted(app, "QueueView")) and queue.running, 10, "the jobs")
+        await until(pilot, lambda: (queue := mounted(app, "QueueView")) and queue.running, what="the jobs")
         queue = app.query_one("QueueView")
         table = queue.query_one("#queue-table")
         rows = [tuple(table.get_row_at(index)[:3]) for index in range(table.row_count)]
@@ -375,7 +349,7 @@ async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_
             ("queued", "", job(2).id[:8]),
         ]
         header = "engine: tiny model, pid 4242, 2 workers: cuda:0, cuda:1"
-        await until(pilot, lambda: app.sub_title == header, 20, "the header to name the workers")
+        await until(pilot, lambda: app.sub_title == header, what="the header to name the workers")
         queue.memory = await link.request("status")  # what its timer asks every few seconds
         queue.draw_workers()
         assert str(queue.query_one("#workers-line").render()) == (
@@ -390,20 +364,20 @@ async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_
 
         link.publish("job_progress", **denoising(first.id, 10))
         link.publish("job_progress", **denoising(second.id, 30))
-        await until(pilot, lambda: detail().startswith("10/50"), 20, "the first job's progress")
+        await until(pilot, lambda: detail().startswith("10/50"), what="the first job's progress")
         assert title().startswith(f"running {first.id[:8]} on cuda:0: ") and "+1 running" in title()
         await pilot.pause(0.1)
         assert detail().startswith("10/50")  # the other job's progress does not draw over it
 
         table.focus()
         table.move_cursor(row=1)  # the second job: the live pane follows it, from its last progress
-        await until(pilot, lambda: detail().startswith("30/50"), 20, "the second job's progress")
+        await until(pilot, lambda: detail().startswith("30/50"), what="the second job's progress")
         assert title().startswith(f"running {second.id[:8]} on cuda:1: ")
         info = str(queue.query_one("#live-info").render())
         assert "cuda:1 memory 20.0 GiB / 140.0 GiB" in info  # its own GPU's, not the engine's first
 
         link.publish("job_requeued", job_id=second.id, worker="cuda:1", error="the Ray actor died")
-        await until(pilot, lambda: queue.jobs[second.id].status == "queued", 20, "the re-queued job")
+        await until(pilot, lambda: queue.jobs[second.id].status == "queued", what="the re-queued job")
         assert tuple(table.get_row_at(2)[:3]) == ("queued", "", second.id[:8])  # back at its place by age
         assert title().startswith(f"running {first.id[:8]} on cuda:0: ") and "+1" not in title()
         assert any("queued again: its worker cuda:1 was lost" in str(n.message) for n in app._notifications)

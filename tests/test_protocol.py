@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-from pathlib import Path
 from typing import Any, get_args
 
 import pytest
@@ -16,12 +15,9 @@ from engine.wire import MAX_LINE_BYTES, FramingError, RemoteError, decode_line, 
 from landiff_tui.messages import message_classes
 from landiff_tui.views.queue import STAGES
 
-from .test_engine import RunningEngine
-from .test_engine import weights as weights  # noqa: F401  (the module-scoped tiny weights fixture)
+from .harness import ENGINE_LEAVES_S, PROMPT, ROOT, RunningEngine
 from .tui_double import ScriptedLink, job
 
-ROOT = Path(__file__).resolve().parents[1]
-PROMPT = "A snail crawling on green moss."
 # the fields a request type needs besides its type, for sending one of each
 SAMPLE_FIELDS: dict[str, dict[str, Any]] = {
     "submit": {"params": {"prompt": PROMPT, "steps": 2}},
@@ -177,7 +173,7 @@ def test_the_double_refuses_a_request_the_engine_would_refuse():
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, weights):  # noqa: F811
+def engine(tmp_path_factory, weights):
     running = RunningEngine(tmp_path_factory.mktemp("protocol-engine"), weights).start()
     yield running
     running.stop()
@@ -232,7 +228,7 @@ def test_a_real_engine_replies_and_publishes_in_the_models(engine):
                 break
         replay = ask("subscribe", since=since)
         ask("shutdown")
-    engine.process.wait(timeout=30)
+    engine.process.wait(timeout=ENGINE_LEAVES_S)
     assert set(asked) == set(p.REQUEST_TYPES) - {"download_weights", "cancel_download"}
     kinds = {event.event for event in replay.missed}
     expected = {"job_queued", "job_started", "job_progress", "chunk_finished", "job_finished"}

@@ -28,7 +28,7 @@ from engine.protocol import QualityRecord
 from engine.weights.layout import CLIP_FOLDER, CLIP_REPO, CLIP_REVISION, clip_files, layout_for
 from engine.weights.tiny_clip import write_tiny_clip
 from tests.fake_hub import FakeHub
-from tests.test_engine import PROMPT, RunningEngine, subscribed
+from tests.harness import PROMPT, RunningEngine, subscribed
 
 HEIGHT, WIDTH = 48, 64
 
@@ -222,7 +222,7 @@ def test_measuring_a_job_without_a_video_is_refused_in_one_line(engine):
 
 async def test_the_job_detail_shows_the_findings_and_updates_when_they_arrive():
     from landiff_tui.app import LanDiffApp
-    from tests.test_tui import until
+    from tests.harness import until
     from tests.tui_double import ScriptedLink, job
 
     shown = job(0)
@@ -230,9 +230,11 @@ async def test_the_job_detail_shows_the_findings_and_updates_when_they_arrive():
     app = LanDiffApp(link=link)
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.press("f3")
-        await until(pilot, lambda: app.query_one("GalleryView").rows, 10, "the gallery")
+        await until(pilot, lambda: app.query_one("GalleryView").rows, what="the gallery")
         await pilot.press("enter")
-        await until(pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, 20, "details")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, what="details"
+        )
 
         def body() -> str:
             return str(app.screen.query_one("#detail-body").render())
@@ -242,16 +244,16 @@ async def test_the_job_detail_shows_the_findings_and_updates_when_they_arrive():
         clip |= {"scores": [30.0, 31.25, 21.25], "prompt_tokens": 12, "prompt_truncated": False}
         found = {"frames": 9, "fps": 8.0, "flicker": 0.75, "motion": 4.5, "clip": clip, "seconds": 0.4}
         link.publish("job_quality", job_id=shown.id, quality=found)
-        await until(pilot, lambda: "CLIP score: mean 27.50, min 21.25" in body(), 20, "the findings")
+        await until(pilot, lambda: "CLIP score: mean 27.50, min 21.25" in body(), what="the findings")
         assert "flicker: 0.75 luma levels" in body() and "30.0 31.2 21.2" in body()
         bare = {**found, "clip": None, "skipped": "CLIP weights absent: get them"}
         link.publish("job_quality", job_id=shown.id, quality=bare)
-        await until(pilot, lambda: "skipped: CLIP weights absent: get them" in body(), 20, "the skip")
+        await until(pilot, lambda: "skipped: CLIP weights absent: get them" in body(), what="the skip")
 
 
 async def test_the_gallery_shows_each_jobs_clip_score_and_updates_it_when_measured():
     from landiff_tui.app import LanDiffApp
-    from tests.test_tui import until
+    from tests.harness import until
     from tests.tui_double import ScriptedLink, job
 
     clip = {"model": "tiny", "mean": 27.46, "min": 21.25, "frames": [0], "scores": [27.46]}
@@ -263,7 +265,7 @@ async def test_the_gallery_shows_each_jobs_clip_score_and_updates_it_when_measur
     app = LanDiffApp(link=link)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("f3")
-        await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, 10, "the gallery")
+        await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, what="the gallery")
         table = app.query_one("#gallery-table")
 
         def clip_cells() -> list[str]:
@@ -271,4 +273,4 @@ async def test_the_gallery_shows_each_jobs_clip_score_and_updates_it_when_measur
 
         assert clip_cells() == ["27.5", "-", ""]  # measured; measured without CLIP; not measured yet
         link.publish("job_quality", job_id=jobs[2].id, quality=measured)
-        await until(pilot, lambda: clip_cells()[2] == "27.5", 20, "the new score")
+        await until(pilot, lambda: clip_cells()[2] == "27.5", what="the new score")

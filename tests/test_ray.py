@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from ray.cluster_utils import Cluster  # the test extra installs ray: its absence is an error, not a skip
 
 from engine.generation.video import read_mp4
-from tests.test_engine import PROMPT, ROOT, RunningEngine, wait_for
+from tests.harness import PROMPT, ROOT, WAIT_S, RunningEngine, short_dir, wait_for
 
 RESOURCE = "landiff_gpu"
 LOOPBACK = "127.0.0.1"  # the test cluster listens on no network interface
@@ -44,7 +43,7 @@ class RayEngine(RunningEngine):
         with self.client() as client:
             return client.request("status")["workers"]
 
-    def wait_for_workers(self, count: int, timeout: float = 240.0) -> list[dict]:
+    def wait_for_workers(self, count: int, timeout: float = WAIT_S) -> list[dict]:
         # an actor is ready once its process has imported torch and the pipeline's code: about 10 s of CPU
         # on a quiet 2-core box, over 90 s with the other test process and one busy core beside it
         deadline = time.monotonic() + timeout
@@ -59,35 +58,43 @@ class RayEngine(RunningEngine):
 @pytest.fixture(scope="module")
 def cluster():
     """A head (no landiff_gpu) and two worker nodes with one landiff_gpu each. Their processes get the
-    environment set here: the engine's code importable, nothing from the network."""
-    temp = Path(tempfile.mkdtemp(prefix="lr", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    patch = pytest.MonkeyPatch()
-    patch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    patch.setenv("HF_HUB_OFFLINE", "1")
-    patch.setenv("LANDIFF_CACHE_DIR", str(temp / "cache"))
-    patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    # the nodes' processes and the engine (which inherits this) take the loopback address as their own, as
-    # a one-box cluster does by default on macOS and Windows, instead of rewriting 127.0.0.1 to this box's IP
-    patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    started = time.monotonic()
-    local = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "object_store_memory": 80 * 2**20,
-            "include_dashboard": False,
-            "temp_dir": str(temp),
-            "node_ip_address": LOOPBACK,
-        },
-    )
-    nodes = [local.add_node(wait=False, **NODE) for _ in range(2)]  # they start side by side
-    local.wait_for_nodes()
-    assert local.address.startswith(f"{LOOPBACK}:")
-    print(f"cluster up in {time.monotonic() - started:.1f} s")
-    yield local, nodes
-    local.shutdown()
-    patch.undo()
-    shutil.rmtree(temp, ignore_errors=True)
+    environment set here: the engine's code importable, nothing from the network, every file Ray writes
+    (its address file, sessions, sockets) in a folder of its own that goes with the cluster."""
+    temp = short_dir()  # short: Ray's socket paths under it must fit 107 bytes
+    local = None
+    with pytest.MonkeyPatch.context() as patch:  # undone however the set-up ends
+        try:
+            patch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+            patch.setenv("HF_HUB_OFFLINE", "1")
+            patch.setenv("LANDIFF_CACHE_DIR", str(temp / "cache"))
+            patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+            # Ray's default folder ($RAY_TMPDIR/ray) holds the address file a cluster writes for ray.init:
+            # the same folder as the nodes' temp_dir, never a /tmp/ray shared with other runs
+            patch.setenv("RAY_TMPDIR", str(temp))
+            # the nodes' processes and the engine (which inherits this) take the loopback address as their
+            # own, as a one-box cluster does by default on macOS and Windows, instead of rewriting 127.0.0.1
+            # to this box's IP
+            patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            started = time.monotonic()
+            local = Cluster(
+                initialize_head=True,
+                head_node_args={
+                    "num_cpus": 1,
+                    "object_store_memory": 80 * 2**20,
+                    "include_dashboard": False,
+                    "temp_dir": str(temp / "ray"),
+                    "node_ip_address": LOOPBACK,
+                },
+            )
+            nodes = [local.add_node(wait=False, **NODE) for _ in range(2)]  # they start side by side
+            local.wait_for_nodes()
+            assert local.address.startswith(f"{LOOPBACK}:")
+            print(f"cluster up in {time.monotonic() - started:.1f} s")
+            yield local, nodes
+        finally:
+            if local is not None:
+                local.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +172,12 @@ def test_a_cancel_stops_a_running_remote_job(engine):
         for event in client.events():
             if event.get("job_id") == job_id and event.get("stage") == "denoise":
                 break
-        asked = time.monotonic()
         assert client.request("cancel", job_id=job_id)["status"] == "cancelling"
-        kinds = [event["event"] for event in wait_for(client, job_id, FINAL)]
+        events = wait_for(client, job_id, FINAL)
         row = client.request("get_job", job_id=job_id)["job"]
-    assert kinds[-1] == "job_cancelled" and row["status"] == "cancelled"
-    assert time.monotonic() - asked < 10
+    assert events[-1]["event"] == "job_cancelled" and row["status"] == "cancelled"
+    steps = [event["step"] for event in events if event.get("stage") == "denoise"]
+    assert max(steps, default=0) < 1000  # stopped between steps, not run to its end
     assert not (engine.base / "data" / "outputs" / job_id).exists()
     engine.wait_for_workers(2)  # both workers stay, and take the next jobs
 
@@ -233,9 +240,8 @@ def test_a_node_that_leaves_idle_takes_no_job_with_it(engine, cluster):
 
 
 def test_the_engine_leaves_the_cluster_and_stops_cleanly(engine):
-    started = time.monotonic()
-    engine.stop()
-    assert engine.process.returncode == 0 and time.monotonic() - started < 30
+    engine.stop()  # within its own bound (harness.ENGINE_LEAVES_S)
+    assert engine.process.returncode == 0
     log = engine.stderr.read_text()
     assert "engine stopped" in log and "local Ray instance" not in log  # it joins a cluster, never starts one
 
@@ -243,15 +249,17 @@ def test_the_engine_leaves_the_cluster_and_stops_cleanly(engine):
 def test_serve_ray_without_a_cluster_says_so(tmp_path, home):
     engine = RunningEngine(tmp_path, home)
     command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", "--ray", "127.0.0.1:1"]
-    done = subprocess.run(command, env=engine.env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(command, env=engine.env, capture_output=True, text=True, timeout=WAIT_S)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "--ray 127.0.0.1:1: nothing answers there" in done.stderr
     assert "ray start --head" in done.stderr
-    both = subprocess.run([*command, "--gpus", "cpu:2"], env=engine.env, capture_output=True, text=True)
+    both = subprocess.run(
+        [*command, "--gpus", "cpu:2"], env=engine.env, capture_output=True, text=True, timeout=WAIT_S
+    )
     assert both.returncode == 2 and "--gpus and --ray exclude each other" in both.stderr
     without_ray = "import sys; sys.modules['ray'] = None; from engine.cli.main import main; sys.exit(main())"
     bare = [sys.executable, "-c", without_ray, "serve", "--model", "tiny", "--ray", "auto"]
-    missing = subprocess.run(bare, env=engine.env, capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(bare, env=engine.env, capture_output=True, text=True, timeout=WAIT_S)
     assert missing.returncode == 2 and "Ray is not installed here; pip install" in missing.stderr
 
 

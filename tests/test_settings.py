@@ -9,8 +9,8 @@ from pathlib import Path
 from engine import settings
 from engine.cli.main import build_parser
 from engine.paths import data_dir, runtime_dir
+from tests.harness import ROOT
 
-ROOT = Path(__file__).parents[1]
 BEGIN, END = "<!-- settings.markdown() begins -->", "<!-- settings.markdown() ends -->"
 
 

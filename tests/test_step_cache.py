@@ -228,13 +228,13 @@ def test_the_cache_parameter_is_checked_and_off_by_default():
 async def test_the_queue_view_shows_the_skipped_calls():
     from landiff_tui.app import LanDiffApp
 
-    from .test_tui import until
+    from .harness import until
     from .tui_double import ScriptedLink, job
 
     link = ScriptedLink([job(2)])
     app = LanDiffApp(link=link)
     async with app.run_test(size=(120, 32)) as pilot:
-        await until(pilot, lambda: len(app.query("QueueView")) == 1 and link.connected, 10, "the queue tab")
+        await until(pilot, lambda: len(app.query("QueueView")) == 1 and link.connected, what="the queue tab")
         queue = app.query_one("QueueView")
         link.publish("job_queued", job_id="j1", prompt="A fox.")
         link.publish("job_started", job_id="j1")
@@ -242,7 +242,7 @@ async def test_the_queue_view_shows_the_skipped_calls():
             job_id="j1", chunk=1, chunks=1, rate=9.0, eta_s=1.0, frames_written=0, video_seconds=0.0
         )
         link.publish("job_progress", stage="denoise", step=20, total=50, job_eta_s=3.0, **fields)
-        await until(pilot, lambda: queue.last is not None, 10, "the first step")
+        await until(pilot, lambda: queue.last is not None, what="the first step")
         assert "step cache" not in str(queue.query_one("#live-info").render())  # cache off: nothing said
         link.publish(
             "job_progress",
@@ -255,4 +255,6 @@ async def test_the_queue_view_shows_the_skipped_calls():
             **fields,
         )
         info = "#live-info"
-        await until(pilot, lambda: "skipped 12 of 42" in str(queue.query_one(info).render()), 10, "the skips")
+        await until(
+            pilot, lambda: "skipped 12 of 42" in str(queue.query_one(info).render()), what="the skips"
+        )

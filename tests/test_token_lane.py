@@ -26,10 +26,7 @@ from engine.specs import get_spec
 from engine.weights.layout import layout_for
 from landiff_tui.app import LanDiffApp
 
-from .test_engine import PROMPT, RunningEngine
-from .test_engine import weights as weights  # noqa: F401  (the module-scoped tiny weights fixture)
-from .test_pool import submit, subscribed, until_ended, wait_until
-from .test_tui import mounted, until
+from .harness import PROMPT, RunningEngine, mounted, submit, subscribed, until, until_ended, wait_until
 from .tui_double import ScriptedLink, job
 
 LONG = 1000  # denoising steps: a job that runs until it is cancelled
@@ -110,7 +107,7 @@ def test_a_worker_waiting_for_its_tokens_can_be_cancelled_and_a_failure_is_the_j
 
         with pytest.raises(JobCancelled, match="stopped while its tokens were being made"):
             lane.take(waiting.id, lambda event: None, cancelled)
-        wait_until(lambda: stage1.stopped == ["a slow one"], 30)  # its making stopped too
+        wait_until(lambda: stage1.stopped == ["a slow one"], "the making to stop too")
         with pytest.raises(LaneFailed, match="the language model refused this prompt"):
             lane.take(failing.id, lambda event: None, lambda: False)
         stage1.go.set()
@@ -128,7 +125,7 @@ class LaneEngine(RunningEngine):
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, weights):  # noqa: F811
+def engine(tmp_path_factory, weights):
     running = LaneEngine(tmp_path_factory.mktemp("lane-engine"), weights).start()
     yield running
     running.stop()
@@ -139,10 +136,10 @@ def lane_state(client) -> dict:
 
 
 def test_the_lane_makes_the_next_jobs_tokens_while_the_worker_renders(engine):
-    with subscribed(engine) as client:
+    with subscribed(engine)[0] as client:
         rendering = submit(client, LONG, "rendering")
         nxt, dropped = submit(client, 2, "next"), submit(client, 2, "dropped")
-        wait_until(lambda: lane_state(client)["ready"] == [nxt, dropped], 120)  # both ahead, while...
+        wait_until(lambda: lane_state(client)["ready"] == [nxt, dropped], "both ahead")  # while...
         assert client.request("get_job", job_id=rendering)["job"]["status"] == "running"
         assert client.request("cancel", job_id=dropped)["status"] == "cancelled"
         assert lane_state(client)["ready"] == [nxt]  # a cancelled job's tokens are forgotten
@@ -185,7 +182,7 @@ async def test_the_engine_tab_shows_the_llm_lane_and_what_it_makes():
             status = mounted(app, "#engine-status")
             return "" if status is None else str(status.render())
 
-        await until(pilot, lambda: "LLM lane" in shown(), 10, "the engine's status")
+        await until(pilot, lambda: "LLM lane" in shown(), what="the engine's status")
         assert f"LLM lane cuda:2 making {job(2).id[:8]}, 1 ahead, models stage1" in shown()
         assert "started with: --gpus 0,1 --llm-device 2 (R keeps them)" in shown()
         await pilot.press("f2")  # the Queue tab's workers line names the lane too

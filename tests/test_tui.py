@@ -16,25 +16,20 @@ from PIL import Image
 
 from engine.client import EngineClient
 from engine.paths import lock_holder, lock_path
-from engine.wire import LEAVES_WITHIN_S, RemoteError
+from engine.wire import RemoteError
 from landiff_tui.app import LanDiffApp
 from landiff_tui.params import check_form, check_length
 from landiff_tui.widgets.preview import UPPER_HALF, HalfBlocks, fit, video_frames
 
 from .fake_hub import FakeHub
-from .test_downloads import hub_files as hub_files  # noqa: F401  (the tiny model as the hub holds it)
-from .test_engine import RunningEngine
-from .test_engine import weights as weights  # noqa: F401  (the module-scoped tiny weights fixture)
+from .harness import ENGINE_LEAVES_S, ROOT, WAIT_S, RunningEngine, mounted, short_dir, until
 from .tui_double import ScriptedLink, job
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 ENGINE_ENV = ("LANDIFF_RUNTIME_DIR", "LANDIFF_DATA_DIR", "LANDIFF_HOME", "HF_HUB_OFFLINE")
 
 
 @pytest.fixture(scope="module")
-def shared_engine(tmp_path_factory, weights):  # noqa: F811
+def shared_engine(tmp_path_factory, weights):
     # with a serve option of its own, which an engine the TUI restarts must get too
     running = RunningEngine(tmp_path_factory.mktemp("tui-engine"), weights, ("--idle-release", "900")).start()
     yield running
@@ -49,15 +44,6 @@ def engine(shared_engine, monkeypatch):
     if shared_engine.process.poll() is not None:
         shared_engine.start()
     return shared_engine
-
-
-async def until(pilot, condition, timeout: float = 60.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            said = [str(n.message) for n in pilot.app._notifications]
-            raise AssertionError(f"timed out waiting for {what} ({pilot.app.sub_title!r}; {said})")
-        await pilot.pause(0.05)
 
 
 class Recorder:
@@ -153,7 +139,9 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
         await until(pilot, lambda: len(gallery.rows) == 3, what="three jobs in the gallery")
         app.query_one("#gallery-table").focus()
         await pilot.press("enter")  # the detail view: a frame, then the video playing
-        await until(pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, 10, "details")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, what="details"
+        )
         assert app.screen.job.id == gallery.rows[0].id
         await pilot.press("p")
         preview = app.screen.query_one("FramePreview")
@@ -198,13 +186,13 @@ async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engi
     async with app.run_test(size=(80, 24)) as pilot:
         events = await connected(pilot)
         engine.process.send_signal(signal.SIGKILL)
-        engine.process.wait(10)
+        engine.process.wait(ENGINE_LEAVES_S)
         await until(pilot, lambda: not app.link.connected, what="the TUI to see the engine is gone")
-        await until(pilot, lambda: "no engine is running: R" in app.sub_title, 10, "the header to say so")
+        await until(pilot, lambda: "no engine is running: R" in app.sub_title, what="the header to say so")
         engine.start()
         # connected is true from the socket's open; the header changes once hello and subscribe answered
         await until(
-            pilot, lambda: app.link.connected and "tiny model" in app.sub_title, 60, "the reconnection"
+            pilot, lambda: app.link.connected and "tiny model" in app.sub_title, what="the reconnection"
         )
         with engine.client() as client:  # a job submitted from elsewhere shows up in the TUI
             job_id = client.request("submit", params={"prompt": "From the CLI.", "steps": 2})["job_id"]
@@ -219,28 +207,30 @@ async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engi
         assert type(app.screen).__name__ == "Confirm"
         await pilot.press("y")
         try:
-            await until(pilot, lambda: "restarting the engine (tiny" in app.sub_title, 10, "the header")
-            await until(pilot, lambda: app.link.connected and app.engine_info.pid != old_pid, 90, "a restart")
+            await until(pilot, lambda: "restarting the engine (tiny" in app.sub_title, what="the header")
+            await until(
+                pilot, lambda: app.link.connected and app.engine_info.pid != old_pid, what="a restart"
+            )
             assert app.engine_info.options == ["--idle-release", "900"]  # the new engine's own hello
             # stopped (S here, or `landiff-engine stop` elsewhere): the header says so, and R starts one
             old_pid = app.engine_info.pid
             await pilot.press("S", "y")
-            await until(pilot, lambda: "no engine is running: R" in app.sub_title, 30, "the stop")
+            await until(pilot, lambda: "no engine is running: R" in app.sub_title, what="the stop")
             await pilot.press("R")
             assert type(app.screen).__name__ != "Confirm"  # nothing to interrupt: no question
-            await until(pilot, lambda: "starting the engine (tiny model)" in app.sub_title, 10, "the header")
-            await until(pilot, lambda: app.link.connected and app.engine_info.pid != old_pid, 150, "a start")
+            await until(pilot, lambda: "starting the engine (tiny model)" in app.sub_title, what="the header")
+            await until(pilot, lambda: app.link.connected and app.engine_info.pid != old_pid, what="a start")
             assert app.engine_info.options == ["--idle-release", "900"]
         finally:
             with engine.client() as client:
                 client.request("shutdown")
             # the next test's engine needs the data dir: wait until this one has let go of it
-            deadline = time.monotonic() + LEAVES_WITHIN_S
+            deadline = time.monotonic() + ENGINE_LEAVES_S
             while lock_holder(lock_path()) is not None and time.monotonic() < deadline:
                 await pilot.pause(0.1)
 
 
-async def test_first_run_without_weights_offers_the_tiny_model(tmp_path, monkeypatch, weights):  # noqa: F811
+async def test_first_run_without_weights_offers_the_tiny_model(tmp_path, monkeypatch, weights):
     running = RunningEngine(tmp_path / "engine", tmp_path / "no-weights")
     for name in ENGINE_ENV:
         monkeypatch.setenv(name, running.env[name])
@@ -257,7 +247,6 @@ async def test_first_run_without_weights_offers_the_tiny_model(tmp_path, monkeyp
             await until(
                 pilot,
                 lambda: app.link.connected and app.engine_info.model == "tiny",
-                timeout=150,
                 what="a tiny engine",
             )
     finally:
@@ -296,7 +285,7 @@ async def test_invalid_values_are_shown_inline_and_nothing_is_sent():
 async def test_prompt_history_recalls_earlier_prompts_with_up_and_down():
     app = LanDiffApp(link=ScriptedLink([job(0), job(1), job(2)]))
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: len(app.query_one("GenerateView").history) == 3, 20, "the history")
+        await until(pilot, lambda: len(app.query_one("GenerateView").history) == 3, what="the history")
         area = app.query_one("#prompt")
         area.focus()
         area.load_text("my draft")
@@ -311,7 +300,7 @@ async def test_prompt_history_recalls_earlier_prompts_with_up_and_down():
 async def test_quitting_while_a_job_runs_says_it_continues():
     app = LanDiffApp(link=ScriptedLink([job(0, "running")]))
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: mounted(app, "QueueView") and app.query_one("QueueView").running, 10)
+        await until(pilot, lambda: mounted(app, "QueueView") and app.query_one("QueueView").running)
         await pilot.press("ctrl+q")
         assert type(app.screen).__name__ == "Confirm"
         assert "continues in the engine" in str(app.screen.query_one("Static").render())
@@ -401,21 +390,21 @@ async def test_the_command_palette_runs_view_actions_and_engine_errors_become_no
     link = ScriptedLink([job(2)], refusals={"verify_weights": busy})
     app = LanDiffApp(link=link)
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: mounted(app, "#param-seed") and app.query_one("#param-seed").value, 10)
-        await until(pilot, lambda: len(app.views) == 5, 20, "the other tabs")  # the palette acts on them
+        await until(pilot, lambda: mounted(app, "#param-seed") and app.query_one("#param-seed").value)
+        await until(pilot, lambda: len(app.views) == 5, what="the other tabs")  # the palette acts on them
         seed = app.query_one("#param-seed").value
         await pilot.press("ctrl+p")
         await pilot.press(*"random seed")
         await pilot.pause(0.3)
         await pilot.press("enter")
-        await until(pilot, lambda: app.query_one("#param-seed").value != seed, timeout=20, what="a new seed")
+        await until(pilot, lambda: app.query_one("#param-seed").value != seed, what="a new seed")
         await pilot.press("ctrl+p")
         await pilot.press(*"verify the weights")
         await pilot.pause(0.3)
         await pilot.press("enter")
-        await until(pilot, lambda: app.query_one("#tabs").active == "weights", timeout=20, what="Weights")
+        await until(pilot, lambda: app.query_one("#tabs").active == "weights", what="Weights")
         # the engine refuses: its words arrive as a notification
-        await until(pilot, lambda: any(busy.message in str(n.message) for n in app._notifications), 5)
+        await until(pilot, lambda: any(busy.message in str(n.message) for n in app._notifications))
 
 
 async def test_a_dropped_connection_comes_back_with_every_event_it_missed(engine):
@@ -458,14 +447,14 @@ async def test_the_weights_tab_downloads_through_the_engine(tmp_path, monkeypatc
                     cells = {table.get_row_at(index)[0] for index in range(table.row_count)}
                     return {cell for cell in cells if not cell.endswith("(optional)")}
 
-                await until(pilot, lambda: states() == {"missing"}, 10, "the missing files listed")
+                await until(pilot, lambda: states() == {"missing"}, what="the missing files listed")
                 await pilot.press("d")
                 assert type(app.screen).__name__ == "Confirm"  # gigabytes for the release: it asks first
                 await pilot.press("y")
-                await until(pilot, lambda: events.of("download_finished"), 60, "the download")
+                await until(pilot, lambda: events.of("download_finished"), what="the download")
                 assert events.of("download_started") and events.of("download_progress")
                 assert events.of("download_finished")[0].failed == {}
-                await until(pilot, lambda: states() <= {"verified", "present"}, 10, "the refreshed table")
+                await until(pilot, lambda: states() <= {"verified", "present"}, what="the refreshed table")
                 assert "complete" in str(app.query_one("#weights-root").render())
         finally:
             running.stop()
@@ -475,7 +464,7 @@ async def test_engine_events_reach_the_views_as_typed_messages_and_progress_coal
     link = ScriptedLink([job(2)])
     app = LanDiffApp(link=link)
     async with app.run_test(size=(100, 32)) as pilot:
-        await until(pilot, lambda: len(app.query("QueueView")) == 1 and link.connected, 10, "the queue tab")
+        await until(pilot, lambda: len(app.query("QueueView")) == 1 and link.connected, what="the queue tab")
         queue = app.query_one("QueueView")
         drawn: list[tuple[str, int]] = []
         original = queue.show_progress
@@ -488,23 +477,17 @@ async def test_engine_events_reach_the_views_as_typed_messages_and_progress_coal
         link.publish("job_progress", stage="text", step=2, total=2, job_eta_s=None, **fields)
         for step in range(1, 101):  # faster than the view draws: the newest step of a stage supersedes
             link.publish("job_progress", stage="denoise", step=step, total=100, job_eta_s=3.0, **fields)
-        await until(pilot, lambda: drawn and drawn[-1] == ("denoise", 100), 10, "the last step drawn")
+        await until(pilot, lambda: drawn and drawn[-1] == ("denoise", 100), what="the last step drawn")
         assert ("text", 2) in drawn  # another stage's last step is never replaced
         assert len(drawn) < 101
         assert queue.running is not None and queue.running.id == "j1"
         assert str(queue.query_one("#stage-denoise .stage-detail").render()).startswith("100/100")
         link.publish("job_cancelled", job_id="j1", partial=True, status="cancelled_partial", video="/v.mp4")
-        await until(pilot, lambda: not queue.jobs, 10, "the queue to empty")
-        await until(pilot, lambda: any("shorter video" in str(n.message) for n in app._notifications), 5)
+        await until(pilot, lambda: not queue.jobs, what="the queue to empty")
+        await until(pilot, lambda: any("shorter video" in str(n.message) for n in app._notifications))
 
 
 # issue 12: what a first hour trips over
-
-
-def mounted(app, selector: str):
-    """The widget, or None before it is mounted (tabs and form fields come after the first frame)."""
-    found = app.query(selector)
-    return found.first() if found else None
 
 
 def notified(app, text: str) -> bool:
@@ -516,7 +499,7 @@ async def test_typing_in_the_gallery_searches_and_no_letter_runs_an_action():
     app = LanDiffApp(link=link)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.press("f3")
-        await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, 10, "the gallery")
+        await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, what="the gallery")
         await pilot.press(*"red")  # once the keys of re-run, edit and delete
         assert app.query_one("#search").value == "red"
         await pilot.press("down")  # into the list: a letter typed there goes to the search box too
@@ -526,12 +509,12 @@ async def test_typing_in_the_gallery_searches_and_no_letter_runs_an_action():
         assert type(app.screen).__name__ == "Screen" and app.query_one("#tabs").active == "gallery"
         assert not [kind for kind, _ in link.requests if kind in ("submit", "delete_job")]
         app.query_one("#search").value = ""
-        await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, 10, "the whole list again")
+        await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, what="the whole list again")
         await pilot.press("ctrl+d")  # deleting takes a chord and asks first
         assert type(app.screen).__name__ == "Confirm"
         await pilot.press("n")
         await pilot.press("ctrl+r")  # the chord re-runs the highlighted job
-        await until(pilot, lambda: [f for k, f in link.requests if k == "submit"], 20, "the re-run")
+        await until(pilot, lambda: [f for k, f in link.requests if k == "submit"], what="the re-run")
         assert [f for k, f in link.requests if k == "submit"][0]["params"] == job(0).params
         assert not [kind for kind, _ in link.requests if kind == "delete_job"]
 
@@ -548,7 +531,7 @@ async def test_restart_asks_while_an_engine_answers_and_starts_one_when_none_doe
     link = ScriptedLink([job(0, "running")])
     app = LanDiffApp(link=link)
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: link.connected and app.engine_info is not None, 10, "the connection")
+        await until(pilot, lambda: link.connected and app.engine_info is not None, what="the connection")
         await pilot.press("f5", "R")
         assert type(app.screen).__name__ == "Confirm"
         assert "running job 00000000 is marked interrupted" in str(app.screen.query_one("Static").render())
@@ -561,7 +544,7 @@ async def test_restart_asks_while_an_engine_answers_and_starts_one_when_none_doe
         await pilot.press("S")
         assert notified(app, "no engine is connected; R starts one")
         await pilot.press("R")  # no question: nothing runs to interrupt
-        await until(pilot, lambda: link.restarts == ["tiny"] and link.connected, 20, "a start")
+        await until(pilot, lambda: link.restarts == ["tiny"] and link.connected, what="a start")
 
 
 async def test_the_tiny_models_weights_show_as_generated_and_d_makes_them():
@@ -571,14 +554,14 @@ async def test_the_tiny_models_weights_show_as_generated_and_d_makes_them():
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.press("f4")
         table = app.query_one("#weights-table")
-        await until(pilot, lambda: table.row_count == 3, 10, "the files")
+        await until(pilot, lambda: table.row_count == 3, what="the files")
         assert {table.get_row_at(i)[0] for i in range(3)} == {"to generate"}
         assert "random, made on this machine; not written yet (d: generate them)" in str(
             app.query_one("#weights-root").render()
         )
         await pilot.press("d")  # cheap and local: no question
         asked = lambda: [k for k, _ in link.requests if k == "download_weights"]  # noqa: E731
-        await until(pilot, asked, 20, "the request")
+        await until(pilot, asked, what="the request")
         assert notified(app, "writing the tiny model's random weights")
 
 
@@ -586,9 +569,9 @@ async def test_downloading_the_release_asks_first():
     link = ScriptedLink([job(0)], weights_complete=False)  # the release, missing
     app = LanDiffApp(link=link)
     async with app.run_test(size=(100, 32)) as pilot:
-        await until(pilot, lambda: type(app.screen).__name__ == "NoWeights", 10, "the first-run dialog")
+        await until(pilot, lambda: type(app.screen).__name__ == "NoWeights", what="the first-run dialog")
         await pilot.press("escape", "f4")
-        await until(pilot, lambda: app.query_one("WeightsView").status is not None, 10, "the states")
+        await until(pilot, lambda: app.query_one("WeightsView").status is not None, what="the states")
         await pilot.press("d")
         assert type(app.screen).__name__ == "Confirm"
         assert "25 GB" in str(app.screen.query_one("Static").render())
@@ -619,7 +602,7 @@ async def test_the_queue_shows_only_the_running_jobs_present_state(tmp_path):
     Image.new("RGB", (24, 16), (200, 10, 10)).save(frame)
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.press("f2")
-        await until(pilot, lambda: (queue := mounted(app, "QueueView")) and queue.running, 10, "the job")
+        await until(pilot, lambda: (queue := mounted(app, "QueueView")) and queue.running, what="the job")
         queue = app.query_one("QueueView")
 
         def detail(stage: str) -> str:
@@ -641,12 +624,12 @@ async def test_the_queue_shows_only_the_running_jobs_present_state(tmp_path):
             timings_s={},
         )
         link.publish("job_progress", **progress("denoise", 1, 4, chunk=2))
-        await until(pilot, lambda: detail("denoise").startswith("1/4"), 20, "chunk 2 denoising")
+        await until(pilot, lambda: detail("denoise").startswith("1/4"), what="chunk 2 denoising")
         assert detail("decode") == detail("write") == ""  # chunk 1's decode is not chunk 2's
         assert detail("tokens").startswith("17/17")
         assert detail("chunk") == "chunk 2 of 3, 1/3 done"
         link.publish("job_progress", **progress("denoise", 1, 4, chunk=3))
-        await until(pilot, lambda: detail("chunk") == "chunk 3 of 3, 2/3 done", 20, "the third chunk")
+        await until(pilot, lambda: detail("chunk") == "chunk 3 of 3, 2/3 done", what="the third chunk")
         assert queue.query_one("#stage-chunk ProgressBar").progress == 2  # not full while it runs
 
         # a fresh connection mid-job: the engine's status says where the job is
@@ -654,12 +637,12 @@ async def test_the_queue_shows_only_the_running_jobs_present_state(tmp_path):
         link.last_chunk = None
         queue.clear_live()
         link.connect()
-        await until(pilot, lambda: detail("decode").startswith("2/3"), 20, "the caught-up stage")
+        await until(pilot, lambda: detail("decode").startswith("2/3"), what="the caught-up stage")
         assert detail("text") == detail("tokens") == detail("denoise") == "done" and detail("write") == ""
 
         link.jobs = []
         link.publish("job_finished", job_id=job(0).id, video="/v.mp4", frames=25)
-        await until(pilot, lambda: queue.running is None, 20, "the job to end")
+        await until(pilot, lambda: queue.running is None, what="the job to end")
         assert not queue.query_one("#stage-chunk").display and not queue.query_one("#chunk-preview").display
         assert all(detail(stage) == "" for stage in ("text", "tokens", "denoise", "decode", "write"))
         assert str(queue.query_one("#live-title").render()) == "nothing is running"
@@ -668,7 +651,7 @@ async def test_the_queue_shows_only_the_running_jobs_present_state(tmp_path):
 async def test_a_preset_sets_only_its_fields_and_the_box_forgets_it_after_an_edit():
     app = LanDiffApp(link=ScriptedLink([job(0)]))
     async with app.run_test(size=(100, 32)) as pilot:
-        await until(pilot, lambda: app.query_one("GenerateView").presets, 10, "the presets")
+        await until(pilot, lambda: app.query_one("GenerateView").presets, what="the presets")
         await set_field(pilot, "seed", "7")
         box = app.query_one("#preset")
         box.value = "quick draft"  # steps 20, no seed
@@ -691,7 +674,7 @@ async def test_filling_the_form_from_a_job_checks_it_once_not_once_per_field(mon
 
     app = LanDiffApp(link=ScriptedLink([job(0)]))
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: (field := mounted(app, "#param-cfg")) and field.value, 10, "the form")
+        await until(pilot, lambda: (field := mounted(app, "#param-cfg")) and field.value, what="the form")
         await pilot.pause(0.2)
         checks = []
         original = GenerateView.check
@@ -709,10 +692,10 @@ async def test_a_submitted_prompt_clears_and_up_brings_it_back():
     link = ScriptedLink([])
     app = LanDiffApp(link=link)
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: (field := mounted(app, "#param-cfg")) and field.value, 10, "the form")
+        await until(pilot, lambda: (field := mounted(app, "#param-cfg")) and field.value, what="the form")
         await pilot.press(*"A heron")
         await pilot.press("ctrl+s")
-        await until(pilot, lambda: app.query_one("#prompt").text == "", 20, "the prompt to clear")
+        await until(pilot, lambda: app.query_one("#prompt").text == "", what="the prompt to clear")
         await pilot.press("ctrl+s")  # a second one: nothing to submit
         assert len([k for k, _ in link.requests if k == "submit"]) == 1
         await pilot.press("f1", "up")
@@ -732,9 +715,9 @@ async def test_the_palette_has_every_action_of_every_tab_where_it_applies():
     link = ScriptedLink([job(0, "queued", thumbnail_path=None), job(1)])
     app = LanDiffApp(link=link)
     async with app.run_test(size=(100, 32)) as pilot:
-        await until(pilot, lambda: len(app.query(View)) == 5 and app.engine_info, 10, "the tabs")
+        await until(pilot, lambda: len(app.query(View)) == 5 and app.engine_info, what="the tabs")
         await pilot.press("f3")
-        await until(pilot, lambda: app.query_one("GalleryView").rows, 10, "the gallery")
+        await until(pilot, lambda: app.query_one("GalleryView").rows, what="the gallery")
         offered = {(entry.tab, entry.action) for entry in entries(app)}
         for view in app.query(View):
             tab = view.parent.id
@@ -753,7 +736,7 @@ async def test_the_palette_has_every_action_of_every_tab_where_it_applies():
         assert "Start the engine" in names and "Stop the engine" not in names
         link.connect()
         await pilot.press("ctrl+p", *"re-run job", "enter")  # runs it
-        await until(pilot, lambda: [k for k, _ in link.requests if k == "submit"], 20, "the re-run")
+        await until(pilot, lambda: [k for k, _ in link.requests if k == "submit"], what="the re-run")
 
 
 async def test_keys_lists_every_key_and_the_footer_fits_the_tabs_keys_at_80x24():
@@ -761,7 +744,7 @@ async def test_keys_lists_every_key_and_the_footer_fits_the_tabs_keys_at_80x24()
 
     app = LanDiffApp(link=ScriptedLink([job(0)]))
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: len(app.query("View")) == 5, 10, "the tabs")
+        await until(pilot, lambda: len(app.query("View")) == 5, what="the tabs")
         wanted_keys = {"f1": "Submit", "f2": "Cancel job", "f3": "Re-run", "f4": "Download", "f5": "Stop"}
         for tab, wanted in wanted_keys.items():
             await pilot.press(tab)
@@ -786,9 +769,11 @@ async def test_a_failed_jobs_detail_shows_its_error_and_copy_says_where_it_went(
     app = LanDiffApp(link=ScriptedLink([job(0, "failed", error="CUDA out of memory", video_path=None)]))
     async with app.run_test(size=(100, 32)) as pilot:
         await pilot.press("f3")
-        await until(pilot, lambda: app.query_one("GalleryView").rows, 10, "the gallery")
+        await until(pilot, lambda: app.query_one("GalleryView").rows, what="the gallery")
         await pilot.press("enter")
-        await until(pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, 20, "details")
+        await until(
+            pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, what="details"
+        )
         body = str(app.screen.query_one("#detail-body").render())
         assert "failed: CUDA out of memory" in body.splitlines()[2]  # at the top, not at the end
         assert str(app.screen.query_one("#detail-preview").render()).startswith("no video: the job failed")
@@ -802,14 +787,14 @@ def test_no_color_leaves_no_colour(tmp_path):
     import re
     import select
 
-    env = {**os.environ, "LANDIFF_RUNTIME_DIR": str(tmp_path), "NO_COLOR": "1", "COLORTERM": "truecolor"}
+    env = {**os.environ, "LANDIFF_RUNTIME_DIR": str(short_dir()), "NO_COLOR": "1", "COLORTERM": "truecolor"}
     env.update(TERM="xterm-256color", COLUMNS="80", LINES="24")
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(ROOT)
         os.execvpe(sys.executable, [sys.executable, "-m", "landiff_tui.app", "--no-start"], env)
     out = b""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + WAIT_S
     try:
         while b"Submit" not in out and time.monotonic() < deadline:
             if select.select([fd], [], [], 0.2)[0]:
@@ -866,7 +851,7 @@ async def test_the_link_refuses_an_engine_socket_in_a_runtime_dir_that_is_not_it
         path=tmp_path / "link" / "engine.sock",
     )
     async with server:
-        await asyncio.wait_for(link.run(), 10)
+        await asyncio.wait_for(link.run(), WAIT_S)
         await asyncio.sleep(0.1)
     assert states and states[-1][0] == STOPPED and "link" in states[-1][1]
     assert received in ([], [b""])  # the engine heard nothing
@@ -899,7 +884,7 @@ async def test_a_restart_waits_until_the_old_engine_has_left(tmp_path, monkeypat
     assert not started and (STARTING, "waiting for the engine to stop...") in states
     released = asyncio.get_running_loop().time()
     os.close(held)
-    await asyncio.wait_for(restart, 20)
+    await asyncio.wait_for(restart, WAIT_S)
     assert started and started[0] >= released and link.model == "tiny"
 
 
@@ -932,15 +917,16 @@ async def test_missed_events_are_not_lost_to_live_ones_in_the_same_read(tmp_path
                 writer.write(line({"id": request["id"], "ok": True, "result": reply}) + line(live))
             await writer.drain()
 
-    (tmp_path / "run").mkdir(mode=0o700)
-    server = await asyncio.start_unix_server(answer, path=str(tmp_path / "run" / "engine.sock"))
+    run = short_dir()
+    run.mkdir(mode=0o700, exist_ok=True)
+    server = await asyncio.start_unix_server(answer, path=str(run / "engine.sock"))
     order: list[str] = []
     link = EngineLink(
         on_event=lambda event: order.append(event.event),
         on_connected=lambda hello, caught_up: order.append("connected"),
         on_state=lambda state, message: order.append(message),
         autostart=False,
-        path=tmp_path / "run" / "engine.sock",
+        path=run / "engine.sock",
     )
     link.instance, link.last_seq = "i", 1  # reconnecting: seen up to 1
     async with server:

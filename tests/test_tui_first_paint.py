@@ -22,9 +22,8 @@ from pathlib import Path
 
 from landiff_tui.app import LanDiffApp
 
+from .harness import ROOT, WAIT_S, short_dir, until
 from .tui_double import ScriptedLink, job
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # run in a fresh interpreter on a real pseudo-terminal: at the first frame written, report and stop
 CHILD = """
@@ -86,7 +85,7 @@ WIDGET_BUDGET = 18
 
 def first_frame(tmp_path: Path) -> dict:
     read_end, write_end = os.pipe()
-    env = {**os.environ, "LANDIFF_RUNTIME_DIR": str(tmp_path), "REPORT_FD": str(write_end)}
+    env = {**os.environ, "LANDIFF_RUNTIME_DIR": str(short_dir()), "REPORT_FD": str(write_end)}
     env.update(TERM="xterm-256color", COLUMNS="80", LINES="24")
     pid, fd = pty.fork()
     if pid == 0:
@@ -94,7 +93,7 @@ def first_frame(tmp_path: Path) -> dict:
         os.set_inheritable(write_end, True)
         os.execvpe(sys.executable, [sys.executable, "-c", CHILD], env)
     os.close(write_end)
-    report, deadline = b"", time.monotonic() + 60
+    report, deadline = b"", time.monotonic() + WAIT_S
     try:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([fd, read_end], [], [], 0.5)
@@ -111,7 +110,7 @@ def first_frame(tmp_path: Path) -> dict:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(fd)
-    assert report, "the TUI drew no frame with the Generate tab's Submit button in 60 s"
+    assert report, f"the TUI drew no frame with the Generate tab's Submit button in {WAIT_S:.0f} s"
     return json.loads(report)
 
 
@@ -132,13 +131,13 @@ def test_the_first_frame_imports_and_mounts_only_the_generate_tab(tmp_path):
 
 def test_keys_typed_as_the_first_frame_shows_land_in_the_prompt(tmp_path):
     """On a real terminal, typed the moment the first frame is out, while the rest mounts after it."""
-    env = {**os.environ, "LANDIFF_RUNTIME_DIR": str(tmp_path), "TERM": "xterm-256color"}
+    env = {**os.environ, "LANDIFF_RUNTIME_DIR": str(short_dir()), "TERM": "xterm-256color"}
     env.update(COLUMNS="80", LINES="24")
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(ROOT)
         os.execvpe(sys.executable, [sys.executable, "-m", "landiff_tui", "--no-start"], env)
-    screen, typed, deadline = b"", False, time.monotonic() + 60
+    screen, typed, deadline = b"", False, time.monotonic() + WAIT_S
     try:
         while b"A heron" not in screen and time.monotonic() < deadline:
             if select.select([fd], [], [], 0.5)[0]:
@@ -150,14 +149,14 @@ def test_keys_typed_as_the_first_frame_shows_land_in_the_prompt(tmp_path):
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(fd)
-    assert typed, "no first frame in 60 s"
+    assert typed, f"no first frame in {WAIT_S:.0f} s"
     assert b"A heron" in screen, "the keys typed at the first frame did not reach the prompt"
 
 
 def test_the_landiff_tui_command_is_the_launcher_that_pauses_the_collector():
     assert 'landiff-tui = "landiff_tui.__main__:main"' in (ROOT / "pyproject.toml").read_text()
     command = [sys.executable, "-m", "landiff_tui"]
-    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=WAIT_S)
     assert result.returncode == 2 and "needs a terminal" in result.stderr
 
 
@@ -166,10 +165,7 @@ async def test_the_collector_paused_for_the_start_up_runs_again_once_every_tab_i
     try:
         app = LanDiffApp(link=ScriptedLink([job(0)]), gc_paused=True)
         async with app.run_test(size=(80, 24)) as pilot:
-            deadline = time.monotonic() + 30
-            while not app.link.connected and time.monotonic() < deadline:
-                await pilot.pause(0.05)
-            assert app.link.connected and len(app.views) == 5
+            await until(pilot, lambda: app.link.connected and len(app.views) == 5, what="every tab")
             assert gc.isenabled() and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()

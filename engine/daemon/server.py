@@ -27,6 +27,7 @@ from engine.daemon.service import EngineService
 from engine.daemon.startup import (  # noqa: F401 (EngineAlreadyRunning: the CLI's name for it)
     EngineAlreadyRunning,
     StartRefused,
+    check_socket_path,
     database_refusal,
     hold_engine_lock,
     writable_dir,
@@ -54,6 +55,7 @@ BUILDING = threading.Lock()  # held while a worker makes its pipeline (cheap: th
 
 def claim_socket_path(path: Path) -> None:
     """Make the socket's place ready: refuse when a live engine answers there, remove a dead one's socket."""
+    check_socket_path(path)
     private_dir(writable_dir(path.parent, "runtime dir", settings.RUNTIME_DIR.name))
     if path.exists() or path.is_symlink():
         if socket_answers(path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from engine import settings
 from engine.paths import NotTrusted, check_owned, lock_holder
 
 LOCK_RETRY_S = 0.5  # a client probing the lock (paths.lock_holder) holds it for microseconds
+# the longest path a Unix socket can be bound to: sun_path less its closing NUL (108 on Linux, 104 on BSDs)
+SOCKET_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 
 
 class StartRefused(RuntimeError):
@@ -85,3 +88,13 @@ def database_refusal(path: Path, error: Exception) -> StartRefused:
         f"cannot use the job database {path} ({cause}); check that it and its folder are writable "
         f"and the disk has room, or set {settings.DATA_DIR.name} to another directory"
     )
+
+
+def check_socket_path(path: Path) -> None:
+    """A socket path the kernel cannot bind (too long) is refused in one line naming the variable to set."""
+    length = len(os.fsencode(path))
+    if length > SOCKET_PATH_MAX:
+        raise StartRefused(
+            f"the engine's socket {path} is {length} bytes long, over the {SOCKET_PATH_MAX} a Unix socket "
+            f"allows; set {settings.RUNTIME_DIR.name} to a shorter directory"
+        )
