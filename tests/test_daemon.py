@@ -129,6 +129,25 @@ def test_the_check_catches_a_read_then_update_cancel(tmp_path):
     assert exclusivity_problems(store, claimed, []) == []
 
 
+def test_the_queue_runs_oldest_first_skips_a_cancelled_job_and_a_requeued_one_keeps_its_place(tmp_path):
+    """claim_next hands out queued jobs in submission order (by created_at), passing over one cancelled
+    while queued; a job re-queued after its worker was lost goes back ahead of those submitted after it."""
+    store = Store(tmp_path / "landiff.db")
+    jobs = [store.add_job({"prompt": f"job {n}"}, "tiny", "test") for n in range(5)]
+    ids = [job.id for job in jobs]
+    # the order rests on distinct creation times; a tie would leave it to SQLite
+    assert len({job.created_at for job in jobs}) == len(jobs)
+
+    def claim(count: int) -> list[int]:
+        return [ids.index(store.claim_next().id) for _ in range(count)]  # as submission numbers
+
+    assert store.cancel_queued(ids[1])
+    assert claim(2) == [0, 2]
+    assert store.requeue(ids[2])
+    assert claim(3) == [2, 3, 4]
+    assert store.claim_next() is None
+
+
 class RecordingStore(Store):
     """A store that notes the thread of every call made to it."""
 
