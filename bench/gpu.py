@@ -204,6 +204,8 @@ def run_profile(profile, spec, layout, device, steps, budget, out_dir, compile_d
     sync(device)
     timings = dict(result.timings_s)
     row["timings_s"] = timings
+    # whether stage 1 replayed a captured CUDA graph, and if not, why (engine/models/llm_sampler.py)
+    row["llm_decoding"] = json.loads(result.sidecar.read_text())["stage1"]["decoding"]
     row["peak_gib"] = peak_gib(device) if device.type == "cuda" else None
     tokens = int(np.load(result.tokens).size)
     row["tokens"] = tokens
@@ -446,7 +448,7 @@ def table(report: dict) -> tuple[list[str], list[list[str]]]:
         if "max_abs_dev" in row:
             note = f"max |dev| vs sdpa {row['max_abs_dev']:.3g} (rel {row['max_rel_dev']:.3g})"
         elif "memory" in row:
-            note = row["memory"]["reason"]
+            note = f"LLM decoding: {row['llm_decoding']}; {row['memory']['reason']}"
         elif "lane_speedup" in row:
             note = f"2 jobs in {row['wall_s']:.1f} s: {row['lane_speedup']:.2f}x the resident job's, twice"
         elif "speedup" in row:

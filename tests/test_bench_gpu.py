@@ -37,6 +37,7 @@ def test_gpu_bench_smoke_on_the_cpu(tmp_path, capsys):
         assert row["tokens"] > 0 and row["tokens_per_s"] > 0 and row["steps_per_s"] > 0
         assert {"text", "tokens", "denoise", "decode"} <= set(row["timings_s"])
         assert "denoise_floor_ratio" not in row  # the H200 floors are not ratios of a tiny CPU run
+        assert row["llm_decoding"] == "eager: the cpu device has no CUDA graphs"  # the graph flag, and why
         assert f"job, memory {profile}" in printed
     assert rows["DiT call, attention sdpa"]["max_abs_dev"] == 0
     assert rows["job, parallel"]["status"].startswith("skipped: needs 2 or more CUDA GPUs")

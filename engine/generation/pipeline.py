@@ -64,10 +64,14 @@ class SemanticTokens:
     timings: dict[str, float]  # "text" (the flan-T5 half) and "tokens"
     device: str
     finished_at: float  # Unix time
+    decoding: str | None = None  # how the tokens were decoded: llm_sampler.GRAPH, or "eager: " and why
 
-    def record(self) -> dict[str, Any]:
-        """The sidecar's "stage1" of a job whose tokens were made ahead, by an LLM lane."""
-        return {"device": self.device, "ahead": True, "finished_at": round(self.finished_at, 3)}
+    def record(self, ahead: bool = True) -> dict[str, Any]:
+        """The sidecar's "stage1": where and how the tokens were made (`ahead`: by an LLM lane)."""
+        record: dict[str, Any] = {"device": self.device, "ahead": ahead, "decoding": self.decoding}
+        if ahead:
+            record["finished_at"] = round(self.finished_at, 3)
+        return record
 
 
 class Pipeline:
@@ -203,6 +207,7 @@ class Pipeline:
             token_clock.started = time.perf_counter()
 
         stage1 = self.active(self.stage1())
+        decoding: list[str] = []
         try:
             codes = stage1.codes(
                 job.prompt,
@@ -210,11 +215,14 @@ class Pipeline:
                 on_token=token_clock,
                 should_stop=should_stop or (lambda: False),
                 on_text=text_done,
+                on_decoding=decoding.append,
             )
         finally:
             self.park(stage1)
         timings["tokens"] = token_clock.seconds()
-        return SemanticTokens(codes, timings, str(self.device), time.time())
+        return SemanticTokens(
+            codes, timings, str(self.device), time.time(), decoding[0] if decoding else None
+        )
 
     def run(
         self,
@@ -254,6 +262,7 @@ class Pipeline:
                 made = self.semantic_tokens(job, on_progress, stop, clock)
                 codes = made.codes
                 timings.update(made.timings)
+                stage1 = made.record(ahead=False)
         except SamplingCancelled as error:
             raise JobCancelled(str(error)) from error
         stage2 = self.stage2()

@@ -69,8 +69,10 @@ class SemanticStage(MovableStage):
         on_token: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_text: Callable[[], None] | None = None,
+        on_decoding: Callable[[str], None] | None = None,
     ) -> torch.Tensor:
-        """Semantic codes int64 [codes_per_video] for the prompt; on_text() once flan-T5 has run."""
+        """Semantic codes int64 [codes_per_video] for the prompt; on_text() once flan-T5 has run;
+        on_decoding(how): llm_sampler.sample_codes's."""
         params.validate(self.spec.llm)
         ids = self.prompt_encoder.tokenizer.ids(require_prompt(prompt))
         check_token_count(ids, self.spec.llm.max_text_tokens, self.spec.name)  # refused, never cut
@@ -84,7 +86,9 @@ class SemanticStage(MovableStage):
         if on_text is not None:
             on_text()
         try:
-            return sample_codes(self.lm, states, params, on_token=on_token, should_stop=should_stop)
+            return sample_codes(
+                self.lm, states, params, on_token=on_token, should_stop=should_stop, on_decoding=on_decoding
+            )
         finally:
             self.drop(self.lm)
 

@@ -14,6 +14,7 @@ CUDA one step is captured as a CUDA graph and replayed. The codes come back to t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -135,11 +136,22 @@ class StepRules:
         self.is_code = torch.tensor([step.is_code for step in steps], device=device)
 
     def probs(self, logits: torch.Tensor, step: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-        """The distribution of step `step` (a 0-d device tensor) from guided logits [1, V]."""
+        """The distribution of step `step` (a device tensor of one element) from guided logits [1, V]."""
         logits = logits / params.temperature
-        kind = self.kind[step]
-        restricted = torch.softmax(logits + self.bias[kind], dim=-1)
-        return torch.where(self.restricted[kind], restricted, free_probs(logits, params))
+        kind = pick(self.kind, step)
+        restricted = torch.softmax(logits + pick(self.bias, kind), dim=-1)
+        return torch.where(pick(self.restricted, kind).view(1, 1), restricted, free_probs(logits, params))
+
+    def forced(self, step: torch.Tensor) -> torch.Tensor:
+        """[1]: the id fed after step `step` (a device tensor of one element), -1 where the draw is fed."""
+        return pick(self.feed, step)
+
+
+def pick(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Row `index` of `table`, kept as a batch of one ([1, ...]). Indexing with a 0-d tensor (`table[i]`)
+    reads the index back to the host first (aten::_local_scalar_dense, a sync a CUDA graph refuses); a
+    gather does not."""
+    return table.index_select(0, index.reshape(1))
 
 
 class Decoder:
@@ -175,7 +187,7 @@ class Decoder:
         """Pick the id of the current step and record it; returns it as [1]."""
         probs = self.rules.probs(guided_logits(self.raw, self.params), self.index, self.params)
         drawn = torch.multinomial(probs, 1, generator=self.generator).view(1)
-        forced = self.rules.feed[self.index].view(1)
+        forced = self.rules.forced(self.index)
         fed = torch.where(forced >= 0, forced, drawn)
         self.ids.index_copy_(0, self.index.view(1), fed)
         return fed
@@ -194,35 +206,82 @@ class Decoder:
         return ids.clamp_(0, self.model.config.codebook_size - 1)
 
 
-def capture(decoder: Decoder) -> Callable[[], None]:
+GRAPH = "cuda graph"  # how a decoding ran, when its step was captured and replayed
+
+
+def capture(decoder: Decoder) -> tuple[Callable[[], None], str]:
     """`decoder.step` as a replayable CUDA graph, or as it is where capture is not possible (CPU, a torch
-    without graph-safe generators, a capture that fails): both run the same operations and draws."""
+    without graph-safe generators, a capture that fails): both run the same operations and draws. Also how
+    decoding will run: GRAPH, or "eager: " and why not.
+
+    The capture is thread-local (another worker thread's allocations and syncs go on while it records).
+    A capture that fails leaves nothing behind: the caller's stream is current again, the graph's memory
+    pool is freed, the buffers and the generator's state are as before it, and the draws continue on a
+    fresh generator with that state (torch 2.5-2.12 leave a generator registered with a failed graph in
+    capture mode, where its next draw raises)."""
     if decoder.raw.device.type != "cuda":
-        return decoder.step
+        return decoder.step, f"eager: the {decoder.raw.device.type} device has no CUDA graphs"
     graph = torch.cuda.CUDAGraph()
     register = getattr(graph, "register_generator_state", None)
     if register is None:
-        return decoder.step
+        return decoder.step, f"eager: torch {torch.__version__} cannot capture a generator's draws"
     buffers = (decoder.raw, decoder.ids, decoder.index, decoder.cache.tensors)
     saved = [buffer.clone() for buffer in buffers]
     state = decoder.generator.get_state()
+
+    def restore() -> None:
+        for buffer, value in zip(buffers, saved, strict=True):
+            buffer.copy_(value)
+
+    caller = torch.cuda.current_stream()
     side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
+    side.wait_stream(caller)
     with torch.cuda.stream(side):
         decoder.step()  # a warm-up step outside the graph (allocator, kernel workspaces), then undone
-    torch.cuda.current_stream().wait_stream(side)
-    for buffer, value in zip(buffers, saved, strict=True):
-        buffer.copy_(value)
+    caller.wait_stream(side)
+    restore()
     decoder.generator.set_state(state)
     try:
         register(decoder.generator)
-        with torch.cuda.graph(graph):  # records the kernels without running them
-            decoder.step()
+        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+            decoder.step()  # records the kernels without running them
     except RuntimeError as error:
-        log.warning("decoding runs without a CUDA graph: capture failed (%s)", error)
-        decoder.generator.set_state(state)
-        return decoder.step
-    return graph.replay
+        torch.cuda.set_stream(caller)  # a capture_end that raised left the capture stream current
+        with contextlib.suppress(RuntimeError):
+            graph.reset()  # its memory pool
+        restore()
+        fresh = torch.Generator(device=decoder.raw.device)
+        fresh.set_state(state)
+        decoder.generator = fresh
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log.warning("decoding runs without a CUDA graph: capture failed (%s)", reason)
+        return decoder.step, f"eager: capture failed ({reason})"
+    return graph.replay, GRAPH
+
+
+def decoding_inputs(
+    model: SemanticLM,
+    text_states: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    forced_ids: list[int] | None = None,
+) -> tuple[torch.Tensor, StepRules, torch.Generator]:
+    """What decoding one video starts from: the prefix features, the layout's rules on the model's
+    device, and the generator of its draws (by default one seeded with params.seed on that device)."""
+    config = model.config
+    params.validate(config)
+    device = model.transformer.head.weight.device
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+    micro = {"frames": float(params.num_frames), "motion_score": float(params.motion_score)}
+    prefix = model.prefix_features(text_states.to(device), micro, params.guidance)
+    steps = token_layout(config, params.num_frames)
+    if prefix.shape[1] + len(steps) > config.rope_max_len:
+        raise ValueError(
+            f"num_frames={params.num_frames} needs {prefix.shape[1] + len(steps)} positions, "
+            f"more than the model's {config.rope_max_len}"
+        )
+    return prefix, StepRules(steps, config.vocab.size, device, forced_ids), generator
 
 
 @torch.no_grad()
@@ -238,6 +297,7 @@ def sample_codes(
     use_cache: bool = True,
     on_logits: Callable[[int, torch.Tensor], None] | None = None,
     use_graph: bool = True,
+    on_decoding: Callable[[str], None] | None = None,
 ) -> torch.Tensor:
     """Generate the semantic codes of one video: int64 [num_codes], each in 0..codebook_size-1.
 
@@ -248,26 +308,23 @@ def sample_codes(
     gives the id fed after each step (-1: the draw); on_logits(step, raw [B, V]) sees the raw logits before
     guidance (a copy: it costs a transfer per step). use_cache=False recomputes the whole sequence per
     step (a reference for tests); use_graph=False keeps CUDA from capturing the decoding step.
+    on_decoding(how) is told once how the tokens are decoded: GRAPH, or "eager: " and why not.
     """
-    config = model.config
-    params.validate(config)
-    device = model.transformer.head.weight.device
-    if generator is None:
-        generator = torch.Generator(device=device).manual_seed(params.seed)
-    micro = {"frames": float(params.num_frames), "motion_score": float(params.motion_score)}
-    prefix = model.prefix_features(text_states.to(device), micro, params.guidance)
-    steps = token_layout(config, params.num_frames)
-    if prefix.shape[1] + len(steps) > config.rope_max_len:
-        raise ValueError(
-            f"num_frames={params.num_frames} needs {prefix.shape[1] + len(steps)} positions, "
-            f"more than the model's {config.rope_max_len}"
-        )
-    rules = StepRules(steps, config.vocab.size, device, forced_ids)
+    prefix, rules, generator = decoding_inputs(model, text_states, params, generator, forced_ids)
+    device = prefix.device
     if not use_cache:
+        if on_decoding is not None:
+            on_decoding("eager: without a KV cache (use_cache=False)")
         return recompute_codes(model, prefix, rules, params, generator, on_logits)
     decoder = Decoder(model, prefix, rules, params, generator)
-    advance = capture(decoder) if use_graph else decoder.step
-    total = len(steps)
+    if use_graph:
+        advance, how = capture(decoder)
+    else:
+        advance, how = decoder.step, "eager: asked for (use_graph=False)"
+    total = len(rules.feed)
+    log.info("decoding %d tokens on %s: %s", total, device, how)
+    if on_decoding is not None:
+        on_decoding(how)
     for index in range(total):
         if should_stop is not None and should_stop():
             raise SamplingCancelled(f"stopped after {index} of {total} tokens")
@@ -301,7 +358,8 @@ def recompute_codes(
         drawn = torch.multinomial(
             rules.probs(guided_logits(raw, params), step, params), 1, generator=generator
         )
-        fed = torch.where(rules.feed[step] >= 0, rules.feed[step], drawn.view(()))
+        forced = rules.forced(step).view(())
+        fed = torch.where(forced >= 0, forced, drawn.view(()))
         ids.append(fed)
         new = model.embed_tokens(fed.view(1)).to(prefix.dtype).expand(batch, 1, -1)
         sequence = torch.cat([sequence, new], dim=1)
