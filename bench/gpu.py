@@ -1,15 +1,19 @@
 """The one GPU benchmark: every stage under every memory profile, and each attention kernel's deviation.
 
-    python bench/gpu.py --json bench-gpu.json          # with CUDA: full size, about 7 minutes on an H200
+    python bench/gpu.py --json bench-gpu.json          # with CUDA: full size, within its 450 s budget
+    python bench/gpu.py --plan                         # anywhere: what each part should cost on H100/H200
     python bench/gpu.py --budget 60                    # without CUDA: the tiny spec on the CPU, a smoke test
 
 With CUDA it writes random full-size weights (bf16, about 27 GB) in the release's layout to the fastest
 folder with room (RAM-backed /dev/shm when it fits, else the temp dir), so the engine's own loaders read
-them; runs one 49-frame job per memory profile (resident, balanced, low); calls the DiT once with each
-attention kernel; prints one table (seconds per stage, tokens/s, steps/s, peak GiB, each figure's ratio
-to its floor on an H200) and writes the same as JSON. Every section records its failure and the script
-goes on; a global time budget stops what would overrun it. The weights are deleted at the end.
-Not a test; tests/test_bench_gpu.py runs the CPU smoke.
+them, and hashes them once (as the engine's first job would) outside the timed jobs; runs one 49-frame job
+of 10 denoising steps per memory profile (resident, balanced, low; balanced twice, for its steady-state
+peak), the 50-step time extrapolated from them; calls the DiT twice with each attention kernel; prints one
+table (seconds per stage, tokens/s, steps/s, peak GiB, each figure's ratio to its floor on an H200) and
+writes the same as JSON, with the torch, CUDA and cuDNN versions, the SDPA backend PyTorch picked and
+whether stage 1 replayed a CUDA graph. Every section records its failure and the script goes on; an
+optional package that is not installed is "n/a", not a failure; a global time budget stops what would
+overrun it. The weights are deleted at the end. Not a test; tests/test_bench_gpu.py runs the CPU smoke.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import gpu_plan  # noqa: E402
 from common import print_rows  # noqa: E402
 
 from engine.generation.job import JobCancelled, JobSpec  # noqa: E402
@@ -37,6 +43,7 @@ from engine.generation.pipeline import Pipeline  # noqa: E402
 from engine.generation.speed import (  # noqa: E402
     ATTENTION_BACKENDS,
     DiTOptions,
+    MissingPackage,
     SpeedOptionError,
     attention_kernel,
 )
@@ -45,6 +52,7 @@ from engine.models.llm import SemanticLM  # noqa: E402
 from engine.models.semantic_decoder import SemanticDecoder  # noqa: E402
 from engine.models.video_vae import build_vae  # noqa: E402
 from engine.specs import ModelSpec, get_spec  # noqa: E402
+from engine.weights.checksums import file_checksums  # noqa: E402
 from engine.weights.layout import ReleaseLayout, layout_for  # noqa: E402
 from engine.weights.sat_keys import sat_dit_from_ours, sat_vae_decoder_from_ours  # noqa: E402
 from engine.weights.tiny import (  # noqa: E402
@@ -57,6 +65,16 @@ from engine.weights.tiny_text import t5_config, train_tiny_sentencepiece  # noqa
 
 PROMPT = "A red fox running through a snowy forest, cinematic lighting."
 PROFILES = ("resident", "balanced", "low")
+CUDA_STEPS = 10  # denoising steps of a job on CUDA: the 50-step time is extrapolated from them
+BUDGET_S = 450.0
+# the aten op each fused SDPA backend dispatches to; none of them: the math path (matmuls and a softmax)
+SDPA_BACKENDS = {
+    "_scaled_dot_product_flash_attention": "flash",
+    "_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)",
+    "_scaled_dot_product_efficient_attention": "memory-efficient",
+    "_scaled_dot_product_cudnn_attention": "cuDNN",
+    "_scaled_dot_product_fused_attention_overrideable": "fused (overrideable)",
+}
 # Floors on one H200 (bf16 989 TFLOP/s dense, 4.8 TB/s) from issue 13: FLOPs and bytes, not measurements.
 FLOOR_S = {"tokens": 1.1, "denoise_50": 18.4, "decode": 0.3}
 
@@ -183,8 +201,10 @@ def weights_folder(need: int, chosen: Path | None) -> Path:
 # ---- sections ---------------------------------------------------------------------------------------
 
 
-def run_profile(profile, spec, layout, device, steps, budget, out_dir, compile_dit) -> dict:
-    """One job under `profile`; the floors' ratios only where they mean something (full size on CUDA)."""
+def run_profile(profile, spec, layout, device, steps, budget, out_dir, compile_dit, jobs=1) -> dict:
+    """`jobs` jobs under `profile` on one pipeline: the first's figures (the row), the peak of the later
+    ones (the steady state: balanced keeps pinned copies after the first job). The floors' ratios only
+    where they mean something (full size on CUDA)."""
     row: dict = {"section": f"job, memory {profile}", "profile": profile, "steps": steps}
     floors = spec.name == "landiff" and device.type == "cuda"
     reset_peak(device)
@@ -207,6 +227,16 @@ def run_profile(profile, spec, layout, device, steps, budget, out_dir, compile_d
     # whether stage 1 replayed a captured CUDA graph, and if not, why (engine/models/llm_sampler.py)
     row["llm_decoding"] = json.loads(result.sidecar.read_text())["stage1"]["decoding"]
     row["peak_gib"] = peak_gib(device) if device.type == "cuda" else None
+    for number in range(1, jobs):  # the same pipeline again: what it keeps between jobs is in place now
+        reset_peak(device)
+        again = JobSpec(PROMPT, out_dir / f"{profile}-{number}.mp4", seed=number, steps=steps)
+        try:
+            later = pipeline.run(again, should_stop=lambda: budget.left() < 0)
+        except JobCancelled as error:
+            raise RuntimeError(f"stopped by the time budget ({error})") from None
+        sync(device)
+        row["steady_peak_gib"] = peak_gib(device) if device.type == "cuda" else None
+        row["later_timings_s"] = dict(later.timings_s)
     tokens = int(np.load(result.tokens).size)
     row["tokens"] = tokens
     if timings.get("tokens"):
@@ -285,6 +315,26 @@ def lane_jobs(spec, layout, steps, budget, out_dir, compile_dit, single_job_s, d
     return row
 
 
+class DispatchedOps(TorchDispatchMode):
+    """The names of the aten ops a call dispatches (to see which SDPA backend PyTorch chose)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func._schema.name.split("::")[-1])
+        return func(*args, **(kwargs or {}))
+
+
+def sdpa_backend(names: set[str]) -> str:
+    """Which attention kernel ran, from the ops dispatched: a fused SDPA backend, or the math path."""
+    fused = sorted(SDPA_BACKENDS[name] for name in names if name in SDPA_BACKENDS)
+    if fused:
+        return ", ".join(fused)
+    return "math (unfused)" if "_softmax" in names or "softmax" in names else "none of SDPA's (own kernel)"
+
+
 def attention_deviation(spec, device, budget) -> list[dict]:
     """One DiT call per attention kernel on random inputs; max deviation from sdpa (the default)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -306,9 +356,11 @@ def attention_deviation(spec, device, budget) -> list[dict]:
             continue
         try:
             network.set_attention(attention_kernel(name, device, dtype))
-            with torch.no_grad():
+            with torch.no_grad(), DispatchedOps() as ops:
                 network(latents, text, timesteps, semantic)  # warm-up (kernel selection, workspaces)
                 sync(device)
+            row["sdpa_backend"] = sdpa_backend(ops.names)
+            with torch.no_grad():
                 started = time.perf_counter()
                 out = network(latents, text, timesteps, semantic).float()
                 sync(device)
@@ -320,6 +372,8 @@ def attention_deviation(spec, device, budget) -> list[dict]:
             row["max_rel_dev"] = deviation / reference.abs().max().item()
             row["peak_gib"] = peak_gib(device)
             row["status"] = "ok"
+        except MissingPackage as error:  # an optional package that is not installed: nothing to measure
+            row["status"] = f"n/a: {error}"
         except SpeedOptionError as error:
             row["status"] = f"n/a: {error}" if device.type != "cuda" else f"failed: {error}"
         except Exception as error:  # noqa: BLE001 - a kernel that cannot run is a row, not the end
@@ -333,11 +387,13 @@ def run(args: argparse.Namespace) -> dict:
     cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda") if cuda else torch.device("cpu")
     spec = get_spec(args.spec or ("landiff" if cuda else "tiny"))
-    steps = args.steps or (50 if cuda else 3)
+    steps = args.steps or (CUDA_STEPS if cuda else 3)
     compile_dit = None if cuda else False
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device": torch.cuda.get_device_name(device) if cuda else "CPU",
         "spec": spec.name,
         "steps": steps,
@@ -387,13 +443,16 @@ def run(args: argparse.Namespace) -> dict:
         written = section("write random weights", weights, 10) is not None
         if written:
             layout = layout_for(spec.name, scratch)
+            # as the engine's first job would (its sidecar names the weights' SHA-256), but not inside a job
+            section("hash random weights", lambda: {"files": len(file_checksums(layout))}, 10)
             out_dir = scratch / "videos"
             out_dir.mkdir()
             for profile in args.profiles:
+                jobs = 2 if profile == "balanced" else 1
                 section(
                     f"job, memory {profile}",
-                    lambda p=profile: run_profile(
-                        p, spec, layout, device, steps, budget, out_dir, compile_dit
+                    lambda p=profile, n=jobs: run_profile(
+                        p, spec, layout, device, steps, budget, out_dir, compile_dit, n
                     ),
                     60 if cuda else 2,
                 )
@@ -440,15 +499,18 @@ def table(report: dict) -> tuple[list[str], list[list[str]]]:
         return "" if value is None else pattern.format(value)
 
     headers = ["section", "status", "s", "text s", "tokens s", "tok/s", "x floor", "denoise s", "steps/s"]
-    headers += ["50 steps s", "x floor", "decode s", "x floor", "compile s", "peak GiB", "note"]
+    headers += ["50 steps s*", "x floor", "decode s", "x floor", "compile s", "peak GiB", "note"]
     rows = []
     for row in report["sections"]:
         t = row.get("timings_s", {})
         note = ""
         if "max_abs_dev" in row:
             note = f"max |dev| vs sdpa {row['max_abs_dev']:.3g} (rel {row['max_rel_dev']:.3g})"
+            note += f"; kernel: {row['sdpa_backend']}"
         elif "memory" in row:
             note = f"LLM decoding: {row['llm_decoding']}; {row['memory']['reason']}"
+            if row.get("steady_peak_gib") is not None:
+                note = f"second job's peak {row['steady_peak_gib']:.2f} GiB; {note}"
         elif "lane_speedup" in row:
             note = f"2 jobs in {row['wall_s']:.1f} s: {row['lane_speedup']:.2f}x the resident job's, twice"
         elif "speedup" in row:
@@ -478,12 +540,43 @@ def table(report: dict) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def print_plan(args: argparse.Namespace) -> int:
+    """The expected seconds of each part of a CUDA run (bench/gpu_plan.py); 0 when it fits the budget
+    with the margin, 1 when it does not."""
+    spec = get_spec(args.spec or "landiff")
+    steps = args.steps or CUDA_STEPS
+    rows = gpu_plan.plan(spec, steps, tuple(args.profiles), len(ATTENTION_BACKENDS))
+    gpus = list(gpu_plan.GPUS)
+    headers = ["part", *[f"{gpu} s" for gpu in gpus], "basis (estimates, not measurements)"]
+    print(
+        f"plan of bench/gpu.py: spec {spec.name}, {steps} denoising steps a job, budget {args.budget:.0f} s"
+    )
+    print_rows(headers, [[row["part"], *[f"{row[gpu]:.1f}" for gpu in gpus], row["basis"]] for row in rows])
+    allowed = (1 - gpu_plan.MARGIN) * args.budget
+    spent = ", ".join(f"{gpu} {seconds:.0f} s" for gpu, seconds in gpu_plan.totals(rows).items())
+    fits = gpu_plan.fits(rows, args.budget)
+    print(
+        f"total: {spent}; {'fits' if fits else 'does NOT fit'} {allowed:.0f} s (the budget less its margin)"
+    )
+    return 0 if fits else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--budget", type=float, default=450.0, help="seconds for everything (default 450)")
     parser.add_argument(
-        "--steps", type=int, default=None, help="DiT steps per job (default: 50 on CUDA, 3 on CPU)"
+        "--budget", type=float, default=BUDGET_S, help=f"seconds for everything (default {BUDGET_S:.0f})"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"DiT steps per job (default: {CUDA_STEPS} on CUDA, the 50-step time extrapolated; 3 on CPU)",
+    )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what each part should cost on an H100 and an H200; run nothing",
     )
     parser.add_argument("--profiles", nargs="+", choices=PROFILES, default=list(PROFILES))
     parser.add_argument("--spec", choices=("landiff", "tiny"), default=None, help="default: landiff on CUDA")
@@ -491,12 +584,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=None, help="folder for the random weights")
     parser.add_argument("--keep-weights", action="store_true", help="do not delete the random weights")
     args = parser.parse_args(argv)
+    if args.plan:
+        return print_plan(args)
     report = run(args)
     headers, rows = table(report)
     head = f"{report['device']}, torch {report['torch']}, spec {report['spec']}, {report['steps']} steps"
     print(f"{head}, {report['date']}")
     print_rows(headers, rows)
     print("floors (issue 13, H200): LLM 1.1 s, 50 DiT steps 18.4 s, VAE 0.3 s; x floor = measured / floor")
+    print(f"* extrapolated to 50 steps from the {report['steps']} run")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     failed = [row["section"] for row in report["sections"] if row.get("status", "ok").startswith("failed")]

@@ -40,6 +40,10 @@ def test_gpu_bench_smoke_on_the_cpu(tmp_path, capsys):
         assert row["llm_decoding"] == "eager: the cpu device has no CUDA graphs"  # the graph flag, and why
         assert f"job, memory {profile}" in printed
     assert rows["DiT call, attention sdpa"]["max_abs_dev"] == 0
+    assert rows["DiT call, attention sdpa"]["sdpa_backend"] in ("flash (CPU)", "math (unfused)")
+    assert rows["hash random weights"]["status"] == "ok"  # hashed once, before the jobs
+    assert rows["job, memory balanced"]["later_timings_s"]["denoise"] > 0  # balanced runs a second job
+    assert "cuda" in report and "cudnn" in report
     assert rows["job, parallel"]["status"].startswith("skipped: needs 2 or more CUDA GPUs")
     assert rows["jobs, llm lane"]["status"].startswith("skipped: needs 2 or more CUDA GPUs")
     assert "parallel, llm lane: skipped" in printed  # the reason is printed, and no speed-up is claimed
@@ -84,3 +88,14 @@ def test_the_llm_lane_section_runs_two_jobs_with_their_tokens_made_ahead(home, t
         row["section"] == "jobs, llm lane" and row["wall_s"] > 0 and row["lane_speedup"] == 2 / row["wall_s"]
     )
     assert sorted(path.name for path in tmp_path.glob("lane-*.mp4")) == ["lane-0.mp4", "lane-1.mp4"]
+
+
+def test_the_plan_shows_the_gpu_run_fits_its_budget_with_the_margin(capsys):
+    bench = load_bench()
+    assert bench.main(["--plan"]) == 0
+    printed = capsys.readouterr().out
+    for part in ("write random weights", "hash random weights", "job, balanced (second)", "attention rows"):
+        assert part in printed
+    assert "fits 338 s" in printed  # 450 s less 25 %
+    assert bench.main(["--plan", "--budget", "100"]) == 1  # and says when it does not
+    assert "does NOT fit" in capsys.readouterr().out

@@ -28,6 +28,10 @@ class SpeedOptionError(ValueError):
     """A speed option that cannot be used here; the message says what to do instead."""
 
 
+class MissingPackage(SpeedOptionError):
+    """The option's optional package is not installed (the message names the pip install)."""
+
+
 @dataclass(frozen=True)
 class DiTOptions:
     """`attention`: sdpa (PyTorch's, the exact default), cudnn, flash (flash-attn), sage (sageattention).
@@ -85,7 +89,7 @@ def attention_kernel(name: str, device: torch.device, dtype: torch.dtype) -> Att
         try:
             from flash_attn import flash_attn_func
         except ImportError as error:
-            raise SpeedOptionError(
+            raise MissingPackage(
                 f"--attention flash needs the flash-attn package ({error}): {EXTRA} or pip install flash-attn"
             ) from None
 
@@ -97,7 +101,7 @@ def attention_kernel(name: str, device: torch.device, dtype: torch.dtype) -> Att
     try:
         from sageattention import sageattn
     except ImportError as error:
-        raise SpeedOptionError(
+        raise MissingPackage(
             f"--attention sage needs the sageattention package ({error}): "
             f"{EXTRA} or pip install sageattention"
         ) from None

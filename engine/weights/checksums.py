@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from platformdirs import user_cache_dir
@@ -14,6 +15,7 @@ from engine.atomic import write_atomically
 from engine.weights.layout import ReleaseLayout
 
 CHUNK = 16 * 2**20
+HASH_THREADS = 8
 
 
 def cache_file() -> Path:
@@ -43,14 +45,17 @@ def file_checksums(layout: ReleaseLayout) -> dict[str, str]:
         cache = json.loads(store.read_text())
     except (OSError, ValueError):
         cache = {}
-    result, changed = {}, False
+    keys = {}
     for path in weight_files(layout):
         stat = path.stat()
-        key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        if key not in cache:
-            cache[key] = sha256(path)
-            changed = True
-        result[str(path.relative_to(layout.root))] = cache[key]
+        keys[path] = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    missing = [path for path, key in keys.items() if key not in cache]
+    # side by side (hashlib lets go of the GIL): the largest file sets the time, not the sum of them all
+    with ThreadPoolExecutor(max_workers=max(1, min(HASH_THREADS, len(missing)))) as pool:
+        for path, digest in zip(missing, pool.map(sha256, missing), strict=True):
+            cache[keys[path]] = digest
+    changed = bool(missing)
+    result = {str(path.relative_to(layout.root)): cache[key] for path, key in keys.items()}
     if changed:
         with contextlib.suppress(OSError):  # a read-only cache only costs re-hashing next time
             write_atomically(store, lambda partial: partial.write_text(json.dumps(cache, indent=1)))
