@@ -330,25 +330,68 @@ def test_how_the_tokens_were_decoded_is_told_once():
     }
 
 
+def test_a_step_attends_over_the_rows_written_so_far_in_whole_segments_not_the_whole_video():
+    """Each step of a ten-segment video reads the cache rows up to its own position, rounded up to a
+    whole segment's rows (a CUDA graph per size): its first segment costs what a one-segment video's does
+    (was: every step read the whole video's cache, so stage 1 grew with the square of the length)."""
+    from engine.models.llm_sampler import segment_rows
+
+    model, states = random_lm(), text_states()
+    window = segment_rows(TINY)
+
+    def rows_read(segments: int) -> tuple[int, list[int]]:
+        with AttendedRows() as attended:
+            sample_codes(model, states, params(num_frames=segments * TINY.frames_per_segment))
+        prefix = attended.rows[0]  # the prefill attends over the prefix alone
+        return prefix, attended.rows[TINY.num_blocks :: TINY.num_blocks]  # each step's first block
+
+    prefix, one = rows_read(1)
+    _, ten = rows_read(10)
+    assert len(one) == window - 1 and len(ten) == 10 * window - 1  # the last token feeds nothing
+    for steps in (one, ten):
+        for index, rows in enumerate(steps):
+            needed = prefix + index + 1  # every row written so far, its own included
+            assert needed <= rows < needed + window, (index, rows, needed)
+    assert len(set(ten)) == -(-(prefix + len(ten) + 1) // window)  # one size per window reached
+
+
+class AttendedRows(TorchDispatchMode):
+    """The key length of every attention call (how many cache rows a step reads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "scaled_dot_product" in func._schema.name:
+            self.rows.append(args[1].shape[-2])
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU never captures a graph)")
-def test_on_cuda_the_captured_step_replays_without_a_sync_and_draws_what_the_eager_step_draws():
-    """Set-up may sync (the prefix, the rules' tables, the capture itself); the replayed steps may not."""
-    from engine.models.llm_sampler import GRAPH, Decoder, capture, decoding_inputs
+def test_on_cuda_the_captured_steps_replay_without_a_sync_and_draw_what_the_eager_step_draws():
+    """Set-up may sync (the prefix, the rules' tables, each window's capture); the replayed steps may not."""
+    from engine.models.llm_sampler import GRAPH, Decoder, WindowSteps, decoding_inputs, segment_rows
 
     model, states = random_lm().cuda(), text_states().cuda()
-    knobs = params(num_frames=2 * TINY.frames_per_segment)
+    knobs = params(num_frames=3 * TINY.frames_per_segment)
     eager = sample_codes(model, states, knobs, use_graph=False)
     with torch.no_grad():
         prefix, rules, generator = decoding_inputs(model, states, knobs)
-        decoder = Decoder(model, prefix, rules, knobs, generator)
-    advance, how = capture(decoder)
-    assert how == GRAPH
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")  # a host synchronisation inside the replays raises
-    try:
-        for _ in range(len(decoder.rules.feed) - 1):
-            advance()
-        decoder.draw()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+        decoder = Decoder(model, prefix, rules, knobs, generator, window=segment_rows(TINY))
+        steps = WindowSteps(decoder, use_graph=True)
+        total = len(rules.feed)
+        for index in range(total - 1):  # each window's graph, captured at its first step
+            rows = decoder.rows(index)
+            if rows not in steps.steps:
+                steps.steps[rows] = steps.prepare(index)
+        assert steps.how == GRAPH and len(steps.steps) >= 3
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # a host synchronisation inside the replays raises
+        try:
+            for index in range(total - 1):
+                steps.advance(index)
+            decoder.draw()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(decoder.codes(), eager)

@@ -63,14 +63,15 @@ class KVCache:
         return self.tensors[block, 0, :, :, :end], self.tensors[block, 1, :, :, :end]
 
     def write(
-        self, block: int, position: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+        self, block: int, position: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store one step's [B, H, 1, D] keys/values at `position` ([1], on the device); return the whole
-        preallocated cache, whose unwritten rows the caller masks out: shapes never change while decoding."""
+        """Store one step's [B, H, 1, D] keys/values at `position` ([1], on the device); return the cache's
+        first `rows` rows (a size the caller fixes on the host), whose unwritten ones the caller masks out:
+        the shapes do not depend on the position, so a step can be captured once per `rows`."""
         keys, values = self.tensors[block, 0], self.tensors[block, 1]
         keys.index_copy_(2, position, key)
         values.index_copy_(2, position, value)
-        return keys, values
+        return keys[:, :, :rows], values[:, :, :rows]
 
 
 class LlamaBlock(nn.Module):
@@ -91,7 +92,7 @@ class LlamaBlock(nn.Module):
         index: int,
         step: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """`step` = (position [1], visible [max_len] bool) decodes one token against the whole cache."""
+        """`step` = (position [1], visible [rows] bool) decodes one token against the cache's first rows."""
         batch, length, _ = x.shape
         qkv = self.wqkv(self.norm0(x)).view(batch, length, 3, self.num_heads, -1)
         q, k, v = qkv.unbind(dim=2)
@@ -99,7 +100,7 @@ class LlamaBlock(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, n, D]
         if step is not None:
             position, visible = step
-            k, v = cache.write(index, position, k, v)
+            k, v = cache.write(index, position, k, v, visible.shape[0])
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=visible.view(1, -1))
             x = x + self.wo(attn.transpose(1, 2).reshape(batch, length, -1))
             return x + self.mlp(self.norm1(x))
@@ -158,8 +159,8 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Logits [B, vocab] after one more input [B, 1, hidden] at `position` ([1] on the device).
 
-        Static shapes and no host synchronisation: the step attends over the whole preallocated cache,
-        `visible` ([max_len] bool) masking the rows not written yet; `cis_table` is `rope_table`'s.
+        Static shapes and no host synchronisation: the step attends over the cache's first `len(visible)`
+        rows, `visible` ([rows] bool) masking those not written yet; `cis_table` is `rope_table`'s.
         """
         cis = cis_table.index_select(0, position)
         x = features.to(self.blocks[0].wqkv.weight.dtype)

@@ -15,6 +15,7 @@ CUDA one step is captured as a CUDA graph and replayed. The codes come back to t
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -159,7 +160,9 @@ class Decoder:
 
     After prefill, `raw` holds the logits of step 0; each `step()` draws that step's id into `fed` and
     `ids`, feeds it at the next position and computes the next step's logits. Only tensors change, so
-    the step can be captured once as a CUDA graph and replayed.
+    the step can be captured as a CUDA graph and replayed. A step attends over the cache rows written so
+    far rounded up to whole windows of `window` rows (`rows(index)`): its cost follows the filled length,
+    not the whole video's, with one graph per window size.
     """
 
     def __init__(
@@ -169,12 +172,14 @@ class Decoder:
         rules: StepRules,
         params: SamplingParams,
         generator: torch.Generator,
+        window: int | None = None,
     ):
         self.model, self.rules, self.params, self.generator = model, rules, params, generator
         device = prefix.device
         self.batch, self.prefix_len = prefix.shape[0], prefix.shape[1]
         total = len(rules.feed)
-        max_len = self.prefix_len + total
+        self.max_len = max_len = self.prefix_len + total
+        self.window = window or max_len
         self.cache = model.transformer.new_cache(self.batch, max_len)
         self.cis = model.transformer.rope_table(max_len, device)
         self.slots = torch.arange(max_len, device=device)
@@ -192,12 +197,18 @@ class Decoder:
         self.ids.index_copy_(0, self.index.view(1), fed)
         return fed
 
-    def step(self) -> None:
-        """Draw the current step's id, feed it, and compute the next step's logits into `raw`."""
+    def rows(self, index: int) -> int:
+        """The cache rows step `index` attends over: up to its own position, in whole windows."""
+        needed = self.prefix_len + index + 1
+        return min(self.max_len, -(-needed // self.window) * self.window)
+
+    def step(self, rows: int | None = None) -> None:
+        """Draw the current step's id, feed it, and compute the next step's logits into `raw`, attending
+        over the cache's first `rows` rows (default: all; they must reach the current position)."""
         fed = self.draw()
         position = (self.index + self.prefix_len).view(1)
         features = self.model.embed_tokens(fed).to(self.dtype).view(1, 1, -1).expand(self.batch, 1, -1)
-        visible = self.slots <= position
+        visible = self.slots[: rows or self.max_len] <= position
         self.raw.copy_(self.model.transformer.decode(features, position, visible, self.cis, self.cache))
         self.index += 1
 
@@ -206,26 +217,31 @@ class Decoder:
         return ids.clamp_(0, self.model.config.codebook_size - 1)
 
 
-GRAPH = "cuda graph"  # how a decoding ran, when its step was captured and replayed
+GRAPH = "cuda graph"  # how a decoding ran, when its steps were captured and replayed
 
 
-def capture(decoder: Decoder) -> tuple[Callable[[], None], str]:
-    """`decoder.step` as a replayable CUDA graph, or as it is where capture is not possible (CPU, a torch
-    without graph-safe generators, a capture that fails): both run the same operations and draws. Also how
-    decoding will run: GRAPH, or "eager: " and why not.
+def capture(decoder: Decoder, index: int, pool=None) -> tuple[Callable[[], None], str, object]:
+    """The step of `index`'s window (`decoder.rows(index)`) as a replayable CUDA graph, or as it is where
+    capture is not possible (CPU, a torch without graph-safe generators, a capture that fails): both run
+    the same operations and draws. Returns it, how it runs (GRAPH, or "eager: " and why not) and the
+    graph's memory pool, which the next window's capture shares (`pool`).
 
     The capture is thread-local (another worker thread's allocations and syncs go on while it records).
     A capture that fails leaves nothing behind: the caller's stream is current again, the graph's memory
-    pool is freed, the buffers and the generator's state are as before it, and the draws continue on a
-    fresh generator with that state (torch 2.5-2.12 leave a generator registered with a failed graph in
+    is freed, the buffers and the generator's state are as before it, and the draws continue on a fresh
+    generator with that state (torch 2.5-2.12 leave a generator registered with a failed graph in
     capture mode, where its next draw raises)."""
+    rows = decoder.rows(index)
+    eager = functools.partial(decoder.step, rows)
     if decoder.raw.device.type != "cuda":
-        return decoder.step, f"eager: the {decoder.raw.device.type} device has no CUDA graphs"
+        return eager, f"eager: the {decoder.raw.device.type} device has no CUDA graphs", None
     graph = torch.cuda.CUDAGraph()
     register = getattr(graph, "register_generator_state", None)
     if register is None:
-        return decoder.step, f"eager: torch {torch.__version__} cannot capture a generator's draws"
-    buffers = (decoder.raw, decoder.ids, decoder.index, decoder.cache.tensors)
+        return eager, f"eager: torch {torch.__version__} cannot capture a generator's draws", None
+    position = decoder.prefix_len + index
+    written = decoder.cache.tensors[:, :, :, :, position : position + 1]  # the rows the warm-up writes
+    buffers = (decoder.raw, decoder.ids, decoder.index, written)
     saved = [buffer.clone() for buffer in buffers]
     state = decoder.generator.get_state()
 
@@ -237,26 +253,64 @@ def capture(decoder: Decoder) -> tuple[Callable[[], None], str]:
     side = torch.cuda.Stream()
     side.wait_stream(caller)
     with torch.cuda.stream(side):
-        decoder.step()  # a warm-up step outside the graph (allocator, kernel workspaces), then undone
+        eager()  # a warm-up step outside the graph (allocator, kernel workspaces), then undone
     caller.wait_stream(side)
     restore()
     decoder.generator.set_state(state)
     try:
         register(decoder.generator)
-        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
-            decoder.step()  # records the kernels without running them
+        with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+            eager()  # records the kernels without running them
     except RuntimeError as error:
         torch.cuda.set_stream(caller)  # a capture_end that raised left the capture stream current
         with contextlib.suppress(RuntimeError):
-            graph.reset()  # its memory pool
+            graph.reset()  # its memory
         restore()
         fresh = torch.Generator(device=decoder.raw.device)
         fresh.set_state(state)
         decoder.generator = fresh
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         log.warning("decoding runs without a CUDA graph: capture failed (%s)", reason)
-        return decoder.step, f"eager: capture failed ({reason})"
-    return graph.replay, GRAPH
+        return eager, f"eager: capture failed ({reason})", None
+    return graph.replay, GRAPH, graph.pool()
+
+
+class WindowSteps:
+    """Advances a decoder one step at a time with the step of the step's window, captured on the first
+    step in it (use_graph) where capture is possible; after one capture fails, every later window runs
+    eager (a broken capture is not tried again)."""
+
+    def __init__(self, decoder: Decoder, use_graph: bool):
+        self.decoder = decoder
+        self.steps: dict[int, Callable[[], None]] = {}
+        self.eager = None if use_graph else "eager: asked for (use_graph=False)"
+        self.pool = None
+
+    def advance(self, index: int) -> None:
+        rows = self.decoder.rows(index)
+        step = self.steps.get(rows)
+        if step is None:
+            step = self.steps[rows] = self.prepare(index)
+        step()
+
+    def prepare(self, index: int) -> Callable[[], None]:
+        if self.eager is None:
+            step, how, pool = capture(self.decoder, index, self.pool)
+            if how == GRAPH:
+                self.pool = pool
+                return step
+            self.eager = how
+        return functools.partial(self.decoder.step, self.decoder.rows(index))
+
+    @property
+    def how(self) -> str:
+        """GRAPH when every window's step was captured, else "eager: " and why."""
+        return self.eager or GRAPH
+
+
+def segment_rows(config: LLMConfig) -> int:
+    """The positions one segment adds: the window the decoding cache grows by."""
+    return len(token_layout(config, config.frames_per_segment))
 
 
 def decoding_inputs(
@@ -308,7 +362,7 @@ def sample_codes(
     gives the id fed after each step (-1: the draw); on_logits(step, raw [B, V]) sees the raw logits before
     guidance (a copy: it costs a transfer per step). use_cache=False recomputes the whole sequence per
     step (a reference for tests); use_graph=False keeps CUDA from capturing the decoding step.
-    on_decoding(how) is told once how the tokens are decoded: GRAPH, or "eager: " and why not.
+    on_decoding(how) is told once, at the end, how the tokens were decoded: GRAPH, or "eager: " and why.
     """
     prefix, rules, generator = decoding_inputs(model, text_states, params, generator, forced_ids)
     device = prefix.device
@@ -316,26 +370,23 @@ def sample_codes(
         if on_decoding is not None:
             on_decoding("eager: without a KV cache (use_cache=False)")
         return recompute_codes(model, prefix, rules, params, generator, on_logits)
-    decoder = Decoder(model, prefix, rules, params, generator)
-    if use_graph:
-        advance, how = capture(decoder)
-    else:
-        advance, how = decoder.step, "eager: asked for (use_graph=False)"
+    decoder = Decoder(model, prefix, rules, params, generator, window=segment_rows(model.config))
+    steps = WindowSteps(decoder, use_graph)
     total = len(rules.feed)
-    log.info("decoding %d tokens on %s: %s", total, device, how)
-    if on_decoding is not None:
-        on_decoding(how)
     for index in range(total):
         if should_stop is not None and should_stop():
             raise SamplingCancelled(f"stopped after {index} of {total} tokens")
         if on_logits is not None:
             on_logits(index, decoder.raw.clone())
         if index + 1 < total:
-            advance()
+            steps.advance(index)
         else:
             decoder.draw()  # the last step feeds nothing
         if on_token is not None and ((index + 1) % PROGRESS_EVERY == 0 or index + 1 == total):
             on_token(index + 1, total)
+    log.info("decoded %d tokens on %s: %s", total, device, steps.how)
+    if on_decoding is not None:
+        on_decoding(steps.how)
     return decoder.codes()
 
 
