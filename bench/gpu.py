@@ -41,7 +41,7 @@ from engine.generation.job import JobCancelled, JobSpec  # noqa: E402
 from engine.generation.memory import GiB, spec_weight_sizes  # noqa: E402
 from engine.generation.pipeline import Pipeline  # noqa: E402
 from engine.generation.speed import (  # noqa: E402
-    ATTENTION_BACKENDS,
+    ATTENTION_KERNELS,
     DiTOptions,
     MissingPackage,
     SpeedOptionError,
@@ -348,7 +348,7 @@ def attention_deviation(spec, device, budget) -> list[dict]:
         semantic = torch.randn((1, *shape), generator=generator, device=device)
     timesteps = torch.tensor([999.0, 999.0], device=device)
     rows, reference = [], None
-    for name in ATTENTION_BACKENDS:
+    for name in ATTENTION_KERNELS:
         row = {"section": f"DiT call, attention {name}", "attention": name}
         rows.append(row)
         if budget.left() < 5:
@@ -545,7 +545,7 @@ def print_plan(args: argparse.Namespace) -> int:
     with the margin, 1 when it does not."""
     spec = get_spec(args.spec or "landiff")
     steps = args.steps or CUDA_STEPS
-    rows = gpu_plan.plan(spec, steps, tuple(args.profiles), len(ATTENTION_BACKENDS))
+    rows = gpu_plan.plan(spec, steps, tuple(args.profiles), len(ATTENTION_KERNELS))
     gpus = list(gpu_plan.GPUS)
     headers = ["part", *[f"{gpu} s" for gpu in gpus], "basis (estimates, not measurements)"]
     print(

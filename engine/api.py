@@ -54,15 +54,16 @@ class LanDiff:
         model: str = "landiff",
         device: str | None = None,
         memory: str = "auto",
-        attention: str = "sdpa",
+        attention: str = "auto",
         compile: bool | None = None,
         fuse_qkv: bool | None = None,
     ) -> LanDiff:
         """`root` is the weights root (default: as the engine finds it, `$LANDIFF_HOME`, then ./ckpts, then
         the user data dir); `model` a spec name (`landiff`, or `tiny`: random toy weights, written on first
         use); `device` a torch device name (default: CUDA when present); `memory` `auto`, `resident`,
-        `balanced` or `low` (see engine.generation.memory); `attention` (sdpa, cudnn, flash, sage),
-        `compile` and `fuse_qkv` (None: on with CUDA) as `landiff-engine generate` takes them."""
+        `balanced` or `low` (see engine.generation.memory); `attention` (auto, sdpa, cudnn, flash2,
+        flash3, sage), `compile` and `fuse_qkv` (None: on with CUDA) as `landiff-engine generate` takes
+        them."""
         import torch
 
         chosen = None if device is None else torch.device(device)

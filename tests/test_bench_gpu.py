@@ -47,7 +47,14 @@ def test_gpu_bench_smoke_on_the_cpu(tmp_path, capsys):
     assert rows["job, parallel"]["status"].startswith("skipped: needs 2 or more CUDA GPUs")
     assert rows["jobs, llm lane"]["status"].startswith("skipped: needs 2 or more CUDA GPUs")
     assert "parallel, llm lane: skipped" in printed  # the reason is printed, and no speed-up is claimed
-    assert rows["DiT call, attention flash"]["status"].startswith("n/a: --attention flash needs a CUDA GPU")
+    assert rows["DiT call, attention flash2"]["status"].startswith("n/a: --attention flash2 needs a CUDA GPU")
+    assert [row["attention"] for row in report["sections"] if "attention" in row] == [
+        "sdpa",
+        "cudnn",
+        "flash2",
+        "flash3",
+        "sage",
+    ]  # every kernel keeps its deviation row
 
 
 def test_a_failing_section_is_a_row_and_the_rest_runs(tmp_path, monkeypatch):

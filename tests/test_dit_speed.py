@@ -139,23 +139,63 @@ def test_streamed_blocks_give_the_same_bits_and_8bit_stays_close():
 
 def test_options_refused_with_one_line():
     cpu = torch.device("cpu")
-    assert DiTOptions().resolved(cpu) == DiTOptions("sdpa", False, False)
-    assert DiTOptions().resolved(torch.device("cuda")) == DiTOptions("sdpa", True, True)
+    assert DiTOptions().resolved(cpu) == DiTOptions(
+        "sdpa", False, False, "auto: sdpa, the cpu device has no other kernel"
+    )
+    assert DiTOptions("sdpa").resolved(torch.device("cuda")) == DiTOptions("sdpa", True, True)
+    assert DiTOptions("flash").resolved(torch.device("cuda")).attention == "flash2"  # its former name
     with pytest.raises(SpeedOptionError, match="--compile needs a CUDA GPU .* use --no-compile"):
         DiTOptions(compile=True).resolved(cpu)
-    with pytest.raises(SpeedOptionError, match="one of sdpa, cudnn, flash, sage, got 'xformers'"):
+    with pytest.raises(
+        SpeedOptionError, match="one of auto, sdpa, cudnn, flash2, flash3, sage, got 'xformers'"
+    ):
         DiTOptions(attention="xformers").resolved(cpu)
     with pytest.raises(SpeedOptionError, match="--attention cudnn needs a CUDA GPU .* use --attention sdpa"):
         attention_kernel("cudnn", cpu, torch.float32)
     assert attention_kernel("sdpa", cpu, torch.float32) is None
 
 
-@pytest.mark.parametrize(("name", "package"), [("flash", "flash_attn"), ("sage", "sageattention")])
+@pytest.mark.parametrize(
+    ("gpu", "fa3", "cudnn", "dtype", "chosen"),
+    [
+        ((9, 0), True, True, torch.bfloat16, "flash3"),
+        ((9, 0), False, True, torch.bfloat16, "cudnn"),
+        ((9, 0), False, False, torch.bfloat16, "sdpa"),
+        ((8, 0), True, True, torch.bfloat16, "sdpa"),
+        ((9, 0), True, True, torch.float32, "sdpa"),
+    ],
+)
+def test_auto_picks_the_fastest_exact_kernel_the_gpu_offers_and_says_why(
+    gpu, fa3, cudnn, dtype, chosen, monkeypatch
+):
+    import importlib.util
+
+    from engine.generation import speed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: cudnn)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        speed.importlib.util,
+        "find_spec",
+        lambda name, *a: (object() if fa3 else None) if name == "flash_attn_interface" else real(name, *a),
+    )
+    options = DiTOptions().resolved(torch.device("cuda"), dtype)
+    assert options.attention == chosen and options.chosen_because.startswith(f"auto: {chosen}, ")
+    assert options.record()["chosen_because"] == options.chosen_because  # the sidecar's dit block says why
+    assert DiTOptions("cudnn").resolved(torch.device("cuda"), dtype).chosen_because == ""  # named, not chosen
+
+
+@pytest.mark.parametrize(
+    ("name", "package"),
+    [("flash2", "flash_attn"), ("flash3", "flash_attn_interface"), ("sage", "sageattention")],
+)
 def test_missing_kernel_package_names_the_install(name, package, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, package, None)  # an import of it now fails, installed or not
-    with pytest.raises(MissingPackage, match=rf"--attention {name} needs the .*pip install"):  # bench: n/a
+    with pytest.raises(MissingPackage, match=rf"--attention {name} needs .*(pip install|not on PyPI)"):  # n/a
         attention_kernel(name, torch.device("cuda"), torch.bfloat16)
     with pytest.raises(SpeedOptionError, match="runs in bf16 or fp16"):
         attention_kernel(name, torch.device("cuda"), torch.float32)
@@ -164,9 +204,12 @@ def test_missing_kernel_package_names_the_install(name, package, monkeypatch):
 def test_cli_run_options(home, capsys):
     from engine.cli.main import ATTENTION_CHOICES, MEMORY_CHOICES, main
     from engine.generation.memory import MEMORY_PROFILES
-    from engine.generation.speed import ATTENTION_BACKENDS
+    from engine.generation.speed import ATTENTION_ALIASES, ATTENTION_BACKENDS
 
-    assert (MEMORY_CHOICES, ATTENTION_CHOICES) == (MEMORY_PROFILES, ATTENTION_BACKENDS)
+    assert (MEMORY_PROFILES, ATTENTION_BACKENDS + tuple(ATTENTION_ALIASES)) == (
+        MEMORY_CHOICES,
+        ATTENTION_CHOICES,
+    )
     argv = ["generate", "a fox", "--model", "tiny", "--ckpts", str(home), "--device", "cpu"]
     assert main([*argv, "--attention", "flash"]) == 2
     error = capsys.readouterr().err.strip()

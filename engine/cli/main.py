@@ -183,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# engine.generation.memory.MEMORY_PROFILES and speed.ATTENTION_BACKENDS (kept here so --help loads no torch)
+# engine.generation.memory.MEMORY_PROFILES and speed.ATTENTION_BACKENDS with its aliases (kept here so
+# --help loads no torch; tests/test_dit_speed.py holds them equal)
 MEMORY_CHOICES = ("auto", "resident", "balanced", "low", "offload")
-ATTENTION_CHOICES = ("sdpa", "cudnn", "flash", "sage")
+ATTENTION_CHOICES = ("auto", "sdpa", "cudnn", "flash2", "flash3", "sage", "flash")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -200,10 +201,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--attention",
-        default="sdpa",
+        default="auto",
         choices=ATTENTION_CHOICES,
-        help="DiT attention kernel: sdpa (PyTorch, exact, default), cudnn, flash (flash-attn), "
-        "sage (sageattention); all but sdpa need CUDA",
+        help="DiT attention kernel: auto (default: the fastest exact one here, recorded in the sidecar), "
+        "sdpa (PyTorch's), cudnn, flash2 (flash-attn), flash3 (FlashAttention-3, Hopper), sage "
+        "(sageattention, 8-bit); all but sdpa need CUDA; flash is flash2's former name",
     )
     parser.add_argument(
         "--compile",

@@ -89,7 +89,7 @@ class Pipeline:
         self.spec, self.layout = spec, layout
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
-        self.dit = (dit or DiTOptions()).resolved(self.device)
+        self.dit = (dit or DiTOptions()).resolved(self.device, self.dtype)
         on_gpu = self.device.type == "cuda"
         sizes = spec_weight_sizes(spec, self.dtype) if memory == "auto" and on_gpu else None
         self.memory_choice = resolve_memory_profile(memory, self.device, sizes)

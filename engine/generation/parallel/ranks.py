@@ -201,7 +201,7 @@ def helper_stage(model: str, ckpts: Path | None, device: torch.device, dit: DiTO
     decoder = load_diffusion_semantic_decoder(layout, spec.decoder, device=device, dtype=dtype)
     network = load_control_dit(layout, spec.dit, device=device, dtype=dtype)
     stage = VideoStage(spec, None, decoder, network, None, device)
-    stage.prepare(dit.resolved(device), dtype)
+    stage.prepare(dit.resolved(device, dtype), dtype)
     return stage
 
 
