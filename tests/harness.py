@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from engine.client import EngineClient
@@ -69,24 +69,28 @@ def wait_until(
 
 
 async def wait_until_async(
-    condition: Callable[[], object], what: str, timeout: float = WAIT_S, every: float = 0.01
+    condition: Callable[[], object],
+    what: str,
+    timeout: float = WAIT_S,
+    every: float = 0.01,
+    pause: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    state: Callable[[], str] = str,
 ) -> None:
-    """`wait_until` inside an event loop: sleeps without blocking it."""
+    """`wait_until` inside an event loop: `pause` lets the loop run; `state()` is added to the failure."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(every)
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{state()}")
+        await pause(every)
 
 
 async def until(pilot, condition: Callable[[], object], timeout: float = WAIT_S, what: str = "the condition"):
     """Wait in a Pilot-driven app; the failure names the app's subtitle and notifications."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            said = [str(n.message) for n in pilot.app._notifications]
-            raise AssertionError(f"timed out waiting for {what} ({pilot.app.sub_title!r}; {said})")
-        await pilot.pause(0.05)
+
+    def state() -> str:
+        return f" ({pilot.app.sub_title!r}; {[str(n.message) for n in pilot.app._notifications]})"
+
+    await wait_until_async(condition, what, timeout, 0.05, pilot.pause, state)
 
 
 def mounted(app, selector: str):
