@@ -35,7 +35,12 @@ def run(home, tmp_path, profile: str):
 def test_profiles_on_the_cpu(home, tmp_path):
     _, resident, record = run(home, tmp_path, "resident")
     assert record["memory"]["profile"] == "resident" and not record["memory"]["vae_spatial_tiling"]
-    assert record["dit"] == {"attention": "sdpa", "compile": False, "fuse_qkv": False}
+    assert record["dit"] == {
+        "attention": "sdpa",
+        "compile": False,
+        "fuse_qkv": False,
+        "chosen_because": "auto: sdpa, the cpu device has no other kernel",
+    }
 
     pipeline, balanced, record = run(home, tmp_path, "balanced")
     assert np.array_equal(balanced, resident)
