@@ -7,9 +7,10 @@ replays the reference's random stream. Codes sampled as special ids are fed back
 themselves and written out clamped to the codebook.
 
 Decoding never waits for the device: the layout's rules are tensors built once (which ids a step may
-draw, which id it is forced to), every choice is a `torch.where`, the draw is `multinomial` on the
-device's generator, and each step has the same shapes (the whole preallocated KV cache, masked), so on
-CUDA one step is captured as a CUDA graph and replayed. The codes come back to the host once, at the end.
+draw, which id it is forced to), looked up with gathers; every choice is a `torch.where`, the draw is
+`multinomial` on the device's generator. A step attends over the KV cache rows written so far, rounded up
+to whole segments, so its shapes change only from one window to the next: on CUDA each window's step is
+captured once as a CUDA graph and replayed. The codes come back to the host once, at the end.
 """
 
 from __future__ import annotations
