@@ -15,7 +15,7 @@ from engine.specs import get_spec
 # An H.264 frame at the writer's quality stays far below this share of its raw RGB bytes; the partial
 # video and the chunk being appended exist at once, hence 2 x.
 MP4_SHARE_OF_RAW = 0.25
-PREVIEW_WIDTH = 720  # chunk previews and the thumbnail (worker.py, video.write_thumbnail)
+PREVIEW_WIDTH = 720  # the widest PNG a job writes: its chunk previews (worker.py); the thumbnail is narrower
 
 
 class DiskFull(OSError):

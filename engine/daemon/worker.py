@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.daemon.devices import AUTO
-from engine.daemon.disk import DiskFull, check_room, disk_full_message, job_output_bound
+from engine.daemon.disk import PREVIEW_WIDTH, DiskFull, check_room, disk_full_message, job_output_bound
 from engine.daemon.events import Publisher
 from engine.daemon.store import JobRow, Store
 from engine.protocol import JobParams
@@ -222,7 +222,9 @@ class JobWorker(threading.Thread):
         chunk_timings: list[dict[str, Any]] = []
 
         def chunk_finished(done: ChunkDone) -> None:
-            preview = write_thumbnail(done.preview, folder / f"chunk-{done.index:03d}.png", width=720)
+            preview = write_thumbnail(
+                done.preview, folder / f"chunk-{done.index:03d}.png", width=PREVIEW_WIDTH
+            )
             chunk_timings.append({"index": done.index, **done.timings_s})
             self.store.update(job_id, chunk_timings=chunk_timings)
             log.info(
