@@ -54,13 +54,9 @@ from engine.models.video_vae import build_vae  # noqa: E402
 from engine.specs import ModelSpec, get_spec  # noqa: E402
 from engine.weights.checksums import file_checksums  # noqa: E402
 from engine.weights.layout import ReleaseLayout, layout_for  # noqa: E402
+from engine.weights.random_weights import save_atomically, save_torch_atomically  # noqa: E402
 from engine.weights.sat_keys import sat_dit_from_ours, sat_vae_decoder_from_ours  # noqa: E402
-from engine.weights.tiny import (  # noqa: E402
-    save_atomically,
-    save_torch_atomically,
-    sincos_table,
-    tokenizer_training_parts,
-)
+from engine.weights.tiny import sincos_table, tokenizer_training_parts  # noqa: E402
 from engine.weights.tiny_text import t5_config, train_tiny_sentencepiece  # noqa: E402
 
 PROMPT = "A red fox running through a snowy forest, cinematic lighting."

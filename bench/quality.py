@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.generation.quality import load_clip, probe_video  # noqa: E402
 from engine.generation.video import write_mp4  # noqa: E402
-from engine.weights.tiny import save_atomically  # noqa: E402
+from engine.weights.random_weights import save_atomically  # noqa: E402
 from engine.weights.tiny_clip import tiny_vocabulary, write_tiny_clip  # noqa: E402
 
 

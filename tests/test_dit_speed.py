@@ -14,7 +14,7 @@ from engine.generation.residency import Residency
 from engine.generation.speed import DiTOptions, MissingPackage, SpeedOptionError, attention_kernel
 from engine.models.control_dit import ControlDiT, JointAttentionProcessor
 from engine.specs import TINY
-from engine.weights.tiny import randomise
+from engine.weights.random_weights import randomise
 
 CONFIG = replace(TINY.dit, num_layers=5, control_layers=3)  # tiny's 2 + 1 are too few to tell orders apart
 

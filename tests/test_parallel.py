@@ -23,7 +23,7 @@ from engine.models.control_dit import ControlDiT
 from engine.models.dpm_sampler import DiffusionCancelled
 from engine.models.step_cache import CacheCounts, StepCache
 from engine.specs import TINY
-from engine.weights.tiny import randomise
+from engine.weights.random_weights import randomise
 from tests.harness import WAIT_S, RunningEngine, wait_until
 
 SEED, STEPS = 3, 3

@@ -48,7 +48,7 @@ def check_length(params: dict[str, Any], model: str) -> None:
     """A long video's length is checked against the model and any rounding said."""
     if params.get("frames") is None and params.get("overlap") is None:
         return
-    from engine.cli.main import describe_length
+    from engine.cli.describe import describe_length
     from engine.generation.lengths import plan_length, rules_for
 
     plan = plan_length(rules_for(model), params.get("frames"), params.get("overlap"))  # torch-free
@@ -207,7 +207,7 @@ def run_show(args: argparse.Namespace) -> int:
     if job["timings"]:
         print(f"{'timings':>12}: " + ", ".join(f"{k} {v:.1f}s" for k, v in job["timings"].items()))
     if job.get("video_path"):
-        from engine.cli.quality_commands import quality_lines
+        from engine.cli.describe import quality_lines
 
         for label, text in quality_lines(job.get("quality")):
             print(f"{label:>12}: {text}")

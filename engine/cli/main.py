@@ -228,13 +228,6 @@ def run_options(args: argparse.Namespace) -> dict:
     return {"memory": args.memory, "dit": DiTOptions(args.attention, args.compile, args.fuse_qkv)}
 
 
-def describe_length(plan) -> str:
-    chunks = "1 chunk"
-    if plan.chunks > 1:
-        chunks = f"{plan.chunks} chunks of {plan.window} latent frames, overlap {plan.overlap}"
-    return f"{plan.frames} frames ({plan.seconds:.1f} s at {plan.fps} fps) in {chunks}"
-
-
 def slug(text: str, limit: int = 40) -> str:
     words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return words[:limit].rstrip("-") or "video"
@@ -421,6 +414,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from engine.cli.client_commands import cache_text
+    from engine.cli.describe import describe_length
     from engine.generation.job import JobSpec
     from engine.generation.pipeline import Pipeline
     from engine.generation.prompt_tokens import check_prompt_fits
@@ -487,7 +481,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def record_quality(video: Path, sidecar: Path, prompt: str, root: Path, model: str, console) -> None:
     """`generate --quality`: the video measured into its sidecar, and said (a video that could not be
     read gets its error there; the video itself is made, so the exit status stays 0)."""
-    from engine.cli.quality_commands import quality_lines
+    from engine.cli.describe import quality_lines
     from engine.generation.video_quality import measure_into_sidecar
 
     with console.status("measuring the video's quality"):

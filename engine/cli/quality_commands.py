@@ -1,5 +1,5 @@
-"""`landiff-engine quality JOB`: (re)measure a finished job's quality through the engine, and the lines
-that `quality` and `show` print for a quality record.
+"""`landiff-engine quality JOB`: (re)measure a finished job's quality through the engine and print its
+record (in engine.cli.describe's words, as `show` does).
 
 Through the engine, not here: the engine is the only writer of the store and the sidecar, and its probe
 already has the CLIP loaded when there is a backlog. Measuring starts the engine as every client
@@ -10,37 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from rich.console import Console
 
+from engine.cli.describe import quality_lines
+
 EXIT_FAILED = 1
-
-
-def quality_lines(quality: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """(label, text) lines of a quality record (protocol.QualityRecord), for `show`, `quality` and
-    `generate --quality`."""
-    if quality is None:
-        return [("quality", "not measured yet (the engine's probe measures finished jobs after them)")]
-    if quality.get("error"):
-        return [("quality", f"could not be measured: {quality['error']}")]
-    lines = [
-        ("flicker", f"{quality['flicker']:.2f} luma levels (brightness jumps between frames; 0 = steady)"),
-        ("motion", f"{quality['motion']:.2f} luma levels (mean change per pixel between frames)"),
-    ]
-    clip = quality.get("clip")
-    if clip:
-        cut = ", prompt cut to 77 tokens" if clip["prompt_truncated"] else ""
-        lines.append(
-            (
-                "CLIP score",
-                f"mean {clip['mean']:.2f}, min {clip['min']:.2f} over {len(clip['scores'])} frame(s) "
-                f"({clip['model']}{cut})",
-            )
-        )
-    else:
-        lines.append(("CLIP score", f"skipped: {quality.get('skipped')}"))
-    return lines
 
 
 def run_quality(args: argparse.Namespace) -> int:

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.daemon.model_thread import free_device_memory, keep_stepping, load_torch, release_due
 from engine.daemon.store import JobRow, Store
-from engine.daemon.worker import free_device_memory, keep_stepping, load_torch, release_due
 
 if TYPE_CHECKING:  # torch loads in the lane's thread, after the socket is up
     from engine.generation.job import Progress

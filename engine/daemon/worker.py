@@ -7,7 +7,6 @@ Ray actor. Threads suffice for local workers: torch releases the GIL inside its 
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import shutil
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from engine.daemon.devices import AUTO
 from engine.daemon.disk import PREVIEW_WIDTH, DiskFull, check_room, disk_full_message, job_output_bound
 from engine.daemon.events import Publisher
+from engine.daemon.model_thread import free_device_memory, keep_stepping, load_torch, release_due
 from engine.daemon.store import JobRow, Store
 from engine.protocol import JobParams
 
@@ -387,48 +387,6 @@ class JobWorker(threading.Thread):
             peak_memory_bytes=result.peak_memory_bytes,
             weights_sha256=result.weights_sha256,
         )
-
-
-def load_torch(stopping: threading.Event, who: str) -> None:
-    """Import torch and the models' code in this thread (a worker's, the LLM lane's), not on the socket's
-    side. An OSError (out of descriptors, say) is waited out, a second at a time: the thread never dies."""
-    while not stopping.is_set():
-        try:
-            from engine.generation import pipeline  # noqa: F401
-        except OSError as error:
-            log.error("%s cannot load torch yet (%s); retrying in a second", who, error)
-            stopping.wait(1.0)
-            continue
-        return
-
-
-def keep_stepping(step: Callable[[], None], going: Callable[[], bool], who: str) -> None:
-    """A model thread's loop: `step` while `going`. The thread outlives any surprise in a step (a locked
-    database, a full disk): logged, then a second's pause."""
-    while going():
-        try:
-            step()
-        except Exception:
-            log.exception("%s error; retrying in a second", who)
-            time.sleep(1.0)
-
-
-def release_due(requested: threading.Event, pipeline: Any, last_used: float, idle_s: float) -> str | None:
-    """Why a thread's models should be let go now ("on request", "after 600 s idle"), or None."""
-    if requested.is_set():
-        return "on request"
-    if pipeline is not None and time.monotonic() - last_used > idle_s:
-        return f"after {idle_s:g} s idle"
-    return None
-
-
-def free_device_memory() -> None:
-    """After a pipeline is let go: its tensors collected, and CUDA's cache of their blocks emptied."""
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def close_pipeline(pipeline) -> None:

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import torch
 from diffusers.models.embeddings import get_3d_sincos_pos_embed
-from safetensors.torch import save_file
-from torch import nn
 
 from engine.atomic import write_atomically
 from engine.models.control_dit import ControlDiT
@@ -22,29 +20,10 @@ from engine.models.semantic_decoder import SemanticDecoder
 from engine.models.video_vae import build_vae
 from engine.specs import ModelSpec, T5Sizes
 from engine.weights.layout import TINY_CHECKSUMS, ReleaseLayout
+from engine.weights.random_weights import randomise, save_atomically, save_torch_atomically
 from engine.weights.sat_keys import sat_dit_from_ours, sat_vae_decoder_from_ours
+from engine.weights.tiny_clip import write_tiny_clip
 from engine.weights.tiny_text import write_tiny_t5
-
-
-def randomise(module: nn.Module, generator: torch.Generator, std: float = 0.02) -> nn.Module:
-    """Matrices ~ N(0, std); norm weights near 1, biases near 0; nothing left at zero."""
-    with torch.no_grad():
-        for name, tensor in module.state_dict(keep_vars=True).items():
-            if not tensor.is_floating_point():
-                continue
-            noise = torch.randn(tensor.shape, generator=generator)
-            if tensor.ndim == 1 and name.endswith("weight"):
-                tensor.copy_(1.0 + 0.1 * noise)
-            elif tensor.ndim == 1:
-                tensor.copy_(0.1 * noise)
-            else:
-                tensor.copy_(std * noise)
-    return module
-
-
-def save_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    contiguous = {key: value.contiguous() for key, value in tensors.items()}
-    write_atomically(path, lambda partial: save_file(contiguous, str(partial)))
 
 
 def tokenizer_training_parts(spec: ModelSpec, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -103,8 +82,6 @@ def write_tiny_release(layout: ReleaseLayout, spec: ModelSpec, seed: int = 0) ->
     write_t5_folder(layout.flan_t5_dir, spec.flan_t5, seed)
     write_tiny_stage2(layout, spec, generator, seed)
     write_checksum_list(layout)
-    from engine.weights.tiny_clip import write_tiny_clip  # (it builds on this module's helpers)
-
     write_tiny_clip(layout.clip_dir, seed)  # the quality probe's, optional: written last
 
 
@@ -118,10 +95,6 @@ def write_checksum_list(layout: ReleaseLayout) -> None:
         if path.is_file()
     ]
     write_atomically(layout.root / TINY_CHECKSUMS, lambda partial: partial.write_text("".join(lines)))
-
-
-def save_torch_atomically(content: dict, path: Path) -> None:
-    write_atomically(path, lambda partial: torch.save(content, partial))
 
 
 def sincos_table(spec: ModelSpec) -> torch.Tensor:

@@ -18,7 +18,7 @@ from transformers import CLIPConfig, CLIPModel
 
 from engine.atomic import write_atomically
 from engine.weights.layout import CLIP_FILES
-from engine.weights.tiny import randomise, save_atomically
+from engine.weights.random_weights import randomise, save_atomically
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 IMAGE_SIZE = 32
