@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import App, ComposeResult
-from textual.binding import Binding
 from textual.containers import Container
 
 from engine import __version__
 from engine.wire import RemoteError
 
 from .client import ABSENT, LOST, STARTING, STOPPED, EngineLink
+from .keymap import APP_BINDINGS, TABS
 from .messages import EngineConnected, EngineLost, JobEnded, message_for
 from .views.base import View
 from .views.generate import GenerateView
@@ -26,13 +26,6 @@ from .widgets.tabbed import TabbedViews
 if TYPE_CHECKING:
     from engine.protocol import AnyEvent, Exact, HelloReply, SubscribeReply
 
-TABS = [
-    ("generate", "Generate", "f1"),
-    ("queue", "Queue", "f2"),
-    ("gallery", "Gallery", "f3"),
-    ("weights", "Weights", "f4"),
-    ("engine", "Engine", "f5"),
-]
 # the other tabs' views: imported and mounted into their panes after the first frame, which shows the
 # Generate tab
 DEFERRED = {
@@ -59,12 +52,7 @@ class LanDiffApp(App):
     CSS_PATH = "app.tcss"
     COMMANDS = App.COMMANDS | {landiff_commands}
     AUTO_FOCUS = "#prompt"  # typing lands in the prompt from the first frame
-    # the tabs' titles name their keys, so the footer keeps its width for the keys of the tab shown
-    BINDINGS = [
-        *(Binding(key, f"show_tab('{tab}')", label, show=False) for tab, label, key in TABS),
-        Binding("f12,question_mark", "keys", "Keys"),  # ? types in a text field: F12 works there
-        Binding("ctrl+q", "quit", "Quit", priority=True),
-    ]
+    BINDINGS = APP_BINDINGS
 
     def __init__(
         self, model: str | None = None, link: Any = None, autostart: bool = True, gc_paused: bool = False

@@ -4,42 +4,55 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-if TYPE_CHECKING:
-    from .app import LanDiffApp
+
+class PaletteApp(Protocol):
+    """What the palette uses of the app (landiff_tui.app.LanDiffApp), named here so that this module, which
+    the app imports, imports nothing of it."""
+
+    link: Any  # .connected
+    engine_info: Any  # .model, or None before the engine said hello
+    screen: Any
+
+    def query(self, selector: str) -> Any: ...
+    def query_one(self, selector: str) -> Any: ...
+    def pop_screen(self) -> Any: ...
+    def action_show_tab(self, tab: str) -> None: ...
+    def action_keys(self) -> None: ...
+    def switch_model(self, model: str) -> Any: ...
 
 
 @dataclass
 class Entry:
     name: str
     tab: str | None  # the tab it shows first, if any
-    action: str | Callable[[LanDiffApp], Any]  # a view action's name (on `tab`), or a function of the app
-    applies: Callable[[LanDiffApp], bool] = lambda app: True
+    action: str | Callable[[PaletteApp], Any]  # a view action's name (on `tab`), or a function of the app
+    applies: Callable[[PaletteApp], bool] = lambda app: True
 
 
-def view(app: LanDiffApp, tab: str) -> Any:
+def view(app: PaletteApp, tab: str) -> Any:
     """The tab's view, or None before it is mounted (the tabs mount right after the first frame)."""
     found = app.query(f"#{tab} .view")
     return found.first() if found else None
 
 
-def selected_job(app: LanDiffApp) -> Any:
+def selected_job(app: PaletteApp) -> Any:
     gallery = view(app, "gallery")
     return gallery.selected(quiet=True) if gallery is not None else None
 
 
-def connected(app: LanDiffApp) -> bool:
+def connected(app: PaletteApp) -> bool:
     return app.link.connected
 
 
-def serving(app: LanDiffApp) -> str | None:
+def serving(app: PaletteApp) -> str | None:
     return app.engine_info.model if app.engine_info is not None and connected(app) else None
 
 
-def entries(app: LanDiffApp) -> Iterator[Entry]:
+def entries(app: PaletteApp) -> Iterator[Entry]:
     generate = view(app, "generate")
     yield Entry("Generate: go to the prompt", "generate", "focus_default")
     yield Entry("Submit the prompt", "generate", "submit")
@@ -98,7 +111,7 @@ def entries(app: LanDiffApp) -> Iterator[Entry]:
     yield Entry("Keys: every key of every tab", None, lambda app: app.action_keys())
 
 
-def choose(app: LanDiffApp, name: str) -> None:
+def choose(app: PaletteApp, name: str) -> None:
     app.query_one("#preset").value = name
 
 

@@ -122,11 +122,6 @@ def startup_violations(graph: ImportGraph) -> list[str]:
     return found
 
 
-# import circles not cut yet: any other is a violation, and test_the_known_circles_are_still_there asks
-# for one to leave this list once it is cut
-KNOWN_CIRCLES = [("landiff_tui.app", "landiff_tui.commands", "landiff_tui.screens.keys")]
-
-
 def circles(graph: ImportGraph) -> list[tuple[str, ...]]:
     """The groups of modules that import each other in a loop (lazy imports count), each sorted."""
     edges = {
@@ -161,8 +156,8 @@ def circles(graph: ImportGraph) -> list[tuple[str, ...]]:
 
 
 def circle_violations(graph: ImportGraph) -> list[str]:
-    """No modules import each other in a loop (but the known ones, still to cut): the layers are a ladder."""
-    return [f"circle: {' <-> '.join(group)}" for group in circles(graph) if group not in KNOWN_CIRCLES]
+    """No modules import each other in a loop, lazily or for types only: the layers are a ladder."""
+    return [f"circle: {' <-> '.join(group)}" for group in circles(graph)]
 
 
 RULES = [tui_violations, client_side_violations, layer_violations, startup_violations, circle_violations]
@@ -231,11 +226,6 @@ def test_each_rule_finds_a_violation(tmp_path, rule):
     for expected in EXPECTED[rule.__name__]:
         assert any(expected in line for line in found), (expected, found)
     assert found, f"{rule.__name__} found nothing in a project that breaks it"
-
-
-def test_the_known_circles_are_still_there(project):
-    """A circle that was cut leaves KNOWN_CIRCLES, so it cannot come back unnoticed."""
-    assert set(KNOWN_CIRCLES) <= set(circles(project)), f"cut, so remove from KNOWN_CIRCLES: {KNOWN_CIRCLES}"
 
 
 def test_the_running_imports_agree_with_the_graph():

@@ -8,6 +8,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from ..keymap import APP_BINDINGS, TABS
+
 NAMES = {"question_mark": "?", "slash": "/", "escape": "esc", "delete": "del"}
 
 
@@ -23,7 +25,6 @@ def key_names(binding: Binding) -> str:
 
 def sections() -> list[tuple[str, str, list[tuple[str, str]]]]:
     """(tab id, title, [(keys, what)]) for every tab, the job detail and the whole app."""
-    from ..app import TABS, LanDiffApp
     from ..views.engine_view import EngineView
     from ..views.gallery import GalleryView
     from ..views.generate import GenerateView
@@ -47,7 +48,7 @@ def sections() -> list[tuple[str, str, list[tuple[str, str]]]]:
         result.append((tab, label, rows(view.BINDINGS, extra)))
     result.append(("detail", "Job detail (enter in the Gallery)", rows(JobDetail.BINDINGS)))
     everywhere = [(key.upper(), label) for _, label, key in TABS] + [("ctrl+p", "command palette")]
-    result.append(("app", "Everywhere", rows(LanDiffApp.BINDINGS[len(TABS) :], everywhere)))
+    result.append(("app", "Everywhere", rows(APP_BINDINGS[len(TABS) :], everywhere)))
     return result
 
 
