@@ -3,10 +3,13 @@
     python bench/llm.py                 # tiny model on CPU (always), full size too when a GPU is present
     python bench/llm.py --full          # full size only (needs a GPU with ~12 GB free)
     python bench/llm.py --frames 26     # two segments
+    python bench/llm.py --ops           # what one decoding step launches, eager and compiled (CPU, bf16)
 
 Prints one table: stage, time, tokens/s (or steps/s), peak memory. Not a test; absolute times only mean
 something on a GPU. Ratios (with vs without CFG, cache vs none, the first segment of the longest video
-against a one-segment video) are measured side by side in one run.
+against a one-segment video) are measured side by side in one run. `--ops` counts one decoding step's
+launches at the release's block count (tiny widths: a block's launches do not depend on its width), eager
+and through torch.compile, as bench/step_ops.py counts them; compiling 24 blocks takes a minute on a CPU.
 """
 
 from __future__ import annotations
@@ -17,19 +20,23 @@ import itertools
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import Row, peak_memory, print_table, timed  # noqa: E402
+from common import Row, peak_memory, print_rows, print_table, timed  # noqa: E402
+from step_ops import dispatched, kernel_profile, launches  # noqa: E402
 
 from engine.models.configs import LLMConfig  # noqa: E402
 from engine.models.llm import SemanticLM  # noqa: E402
 from engine.models.llm_sampler import (  # noqa: E402
+    Decoder,
     SamplingCancelled,
     SamplingParams,
+    decoding_inputs,
     sample_codes,
     segment_rows,
 )
@@ -123,6 +130,44 @@ def bench_decoder(
     )
 
 
+def step_launches(device: torch.device) -> None:
+    """One decoding step of a release-depth model (tiny widths, bf16), eager and compiled: the aten ops
+    the dispatcher sees (views included), the launches, and how long the compile took."""
+    config = replace(get_spec("tiny").llm, num_blocks=LLMConfig().num_blocks)
+    model = random_semantic_lm(config, device, torch.bfloat16)
+    text = torch.randn(1, 24, config.text_dim, device=device)
+    lines = [counted_step(model, text, device, compiled) for compiled in (False, True)]
+    print(f"one decoding step, {config.num_blocks} blocks of width {config.hidden_dim}, bf16, {device}")
+    print_rows(["step", "aten ops", "launches", "inductor kernels", "compile", "notes"], lines)
+
+
+@torch.no_grad()
+def counted_step(model: SemanticLM, text: torch.Tensor, device: torch.device, compiled: bool) -> list[str]:
+    config = model.config
+    knobs = SamplingParams(num_frames=config.frames_per_segment, seed=1)
+    with kernel_profile():
+        prefix, rules, generator = decoding_inputs(model, text, knobs)
+        window = segment_rows(config)
+        decoder, seconds = timed(
+            device, lambda: Decoder(model, prefix, rules, knobs, generator, window, compiled=compiled)
+        )
+        decoder.step(decoder.rows(0))
+        seen = launches(lambda: decoder.step(decoder.rows(1)))
+        ops = "n/a (dynamo refuses a dispatch mode)"
+        if not compiled:
+            ops = f"{sum(dispatched(lambda: decoder.step(decoder.rows(2))).values()):,}"
+    kernels = seen.pop("inductor kernels", 0)
+    top = ", ".join(f"{name.removeprefix('aten::')} {n}" for name, n in seen.most_common(4))
+    return [
+        "compiled" if compiled else "eager",
+        ops,
+        f"{sum(seen.values()) + kernels:,}",
+        f"{kernels}",
+        f"{seconds:.1f}s" if compiled else "-",
+        f"compiled: {decoder.compiled}; most launched: {top}",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -131,7 +176,11 @@ def main() -> None:
     parser.add_argument(
         "--frames", type=int, default=None, help="semantic frames (a multiple of the segment)"
     )
+    parser.add_argument("--ops", action="store_true", help="only count one decoding step's launches")
     args = parser.parse_args()
+    if args.ops:
+        step_launches(torch.device("cpu"))
+        return
     torch.manual_seed(0)
     rows: list[Row] = []
     gpu = torch.device("cuda") if torch.cuda.is_available() else None

@@ -322,7 +322,7 @@ def test_how_the_tokens_were_decoded_is_told_once():
         "no cache": {"use_cache": False},
     }.items():
         told[name] = []
-        sample_codes(model, states, params(), on_decoding=told[name].append, **options)
+        sample_codes(model, states, params(), on_decoding=lambda d, n=name: told[n].append(d.how), **options)
     assert told == {
         "plain": ["eager: the cpu device has no CUDA graphs"],
         "no graph": ["eager: asked for (use_graph=False)"],

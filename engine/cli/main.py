@@ -211,7 +211,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="torch.compile the DiT's blocks, cached between runs (default: on with CUDA, never on CPU)",
+        help="torch.compile the DiT's blocks and the language model's decoding step, cached between runs "
+        "(default: on with CUDA, never on CPU)",
     )
     parser.add_argument(
         "--fuse-qkv",

@@ -204,9 +204,9 @@ async def run_engine(
         workers = local_workers(labels, store, model, ckpts, publish, outputs, idle_release_s, run_options)
     lane = None
     if llm_device is not None:
-        make_pipeline = pipeline_factory(
-            model, ckpts, {"memory": (run_options or {}).get("memory", "auto")}, llm_device
-        )
+        # its thread runs beside the workers' and torch.compile is not thread-safe: its step stays eager
+        lane_options = {"memory": (run_options or {}).get("memory", "auto"), "compile": False}
+        make_pipeline = pipeline_factory(model, ckpts, lane_options, llm_device)
         lane = TokenLane(store, make_pipeline, llm_device, outputs, idle_release_s, ahead=len(workers) + 1)
     pool = WorkerPool(store, workers, lane)
     pool.start()

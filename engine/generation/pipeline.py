@@ -24,12 +24,12 @@ from engine.generation.memory import resolve_memory_profile, spec_weight_sizes
 from engine.generation.outputs import load_tokens, peak_memory, save_tokens, write_record
 from engine.generation.progress import JobClock, StageClock
 from engine.generation.residency import Residency
-from engine.generation.speed import DiTOptions
+from engine.generation.speed import DiTOptions, enable_compile_cache
 from engine.generation.stage1 import SemanticStage, default_device, default_dtype
 from engine.generation.stage2 import VideoStage
 from engine.generation.video import write_thumbnail
 from engine.models.dpm_sampler import DiffusionCancelled
-from engine.models.llm_sampler import SamplingCancelled
+from engine.models.llm_sampler import Decoding, SamplingCancelled
 from engine.models.step_cache import CacheCounts
 from engine.specs import ModelSpec, get_spec
 from engine.weights.checksums import file_checksums
@@ -61,7 +61,7 @@ class SemanticTokens:
     """Stage 1's result for one job: its codes, what the stage cost, and where and when it ran."""
 
     codes: torch.Tensor
-    timings: dict[str, float]  # "text" (the flan-T5 half) and "tokens"
+    timings: dict[str, float]  # "text" (the flan-T5 half), "tokens" and its "tokens_compile" if any
     device: str
     finished_at: float  # Unix time
     decoding: str | None = None  # how the tokens were decoded: llm_sampler.GRAPH, or "eager: " and why
@@ -85,7 +85,8 @@ class Pipeline:
         dit: DiTOptions | None = None,
     ):
         """`memory`: auto, resident, balanced, low (offload: balanced); `dit`: the DiT's attention kernel,
-        torch.compile and fused q/k/v (engine-wide; default: sdpa, both on for CUDA only)."""
+        torch.compile (of the DiT's blocks and the language model's decoding step) and fused q/k/v
+        (engine-wide; default: auto, both on for CUDA only)."""
         self.spec, self.layout = spec, layout
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
@@ -166,6 +167,9 @@ class Pipeline:
         if isinstance(stage, VideoStage):
             stage.device = self.device
             stage.prepare(self.dit, self.dtype, vae_tiling=choice.vae_tiling)
+        elif self.dit.compile:
+            enable_compile_cache()
+            stage.compile_decoding = True
         if self.residency is None:
             return
         if isinstance(stage, VideoStage):
@@ -207,7 +211,7 @@ class Pipeline:
             token_clock.started = time.perf_counter()
 
         stage1 = self.active(self.stage1())
-        decoding: list[str] = []
+        decoding: list[Decoding] = []
         try:
             codes = stage1.codes(
                 job.prompt,
@@ -220,8 +224,10 @@ class Pipeline:
         finally:
             self.park(stage1)
         timings["tokens"] = token_clock.seconds()
+        if decoding and decoding[0].compile_s:
+            timings["tokens_compile"] = decoding[0].compile_s  # within "tokens", as "compile" in "denoise"
         return SemanticTokens(
-            codes, timings, str(self.device), time.time(), decoding[0] if decoding else None
+            codes, timings, str(self.device), time.time(), decoding[0].how if decoding else None
         )
 
     def run(

@@ -10,7 +10,7 @@ import torch
 from engine.generation.prompt_tokens import check_token_count
 from engine.generation.residency import MovableStage
 from engine.generation.text_encoder import FlanT5PromptEncoder, require_prompt
-from engine.models.llm_sampler import SamplingParams, sample_codes
+from engine.models.llm_sampler import Decoding, SamplingParams, sample_codes
 from engine.models.token_layout import codes_per_video
 from engine.specs import ModelSpec
 from engine.weights.downloads import refuse_failed
@@ -36,6 +36,7 @@ class SemanticStage(MovableStage):
     lm: torch.nn.Module
     decoder: torch.nn.Module
     device: torch.device
+    compile_decoding: bool = False  # the language model's decoding step through torch.compile
 
     @classmethod
     def load(
@@ -69,10 +70,10 @@ class SemanticStage(MovableStage):
         on_token: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_text: Callable[[], None] | None = None,
-        on_decoding: Callable[[str], None] | None = None,
+        on_decoding: Callable[[Decoding], None] | None = None,
     ) -> torch.Tensor:
         """Semantic codes int64 [codes_per_video] for the prompt; on_text() once flan-T5 has run;
-        on_decoding(how): llm_sampler.sample_codes's."""
+        on_decoding: llm_sampler.sample_codes's."""
         params.validate(self.spec.llm)
         ids = self.prompt_encoder.tokenizer.ids(require_prompt(prompt))
         check_token_count(ids, self.spec.llm.max_text_tokens, self.spec.name)  # refused, never cut
@@ -87,7 +88,13 @@ class SemanticStage(MovableStage):
             on_text()
         try:
             return sample_codes(
-                self.lm, states, params, on_token=on_token, should_stop=should_stop, on_decoding=on_decoding
+                self.lm,
+                states,
+                params,
+                on_token=on_token,
+                should_stop=should_stop,
+                on_decoding=on_decoding,
+                compiled=self.compile_decoding,
             )
         finally:
             self.drop(self.lm)

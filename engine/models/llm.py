@@ -92,16 +92,18 @@ class LlamaBlock(nn.Module):
         index: int,
         step: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """`step` = (position [1], visible [rows] bool) decodes one token against the cache's first rows."""
+        """`step` = (position [1], additive mask [1, rows]) decodes one token against the cache's first
+        rows; the mask (0 or -inf, in x's dtype) is built once per step for all blocks."""
         batch, length, _ = x.shape
         qkv = self.wqkv(self.norm0(x)).view(batch, length, 3, self.num_heads, -1)
-        q, k, v = qkv.unbind(dim=2)
-        q, k = apply_rope(q, cis), apply_rope(k, cis)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, n, D]
+        # q and k turn in one go: their heads side by side are one [B, n, 2 * heads, D] view
+        qk = apply_rope(qkv[:, :, :2].flatten(2, 3), cis).view(batch, length, 2, self.num_heads, -1)
+        q, k = (t.transpose(1, 2) for t in qk.unbind(dim=2))  # [B, H, n, D]
+        v = qkv[:, :, 2].transpose(1, 2)
         if step is not None:
-            position, visible = step
-            k, v = cache.write(index, position, k, v, visible.shape[0])
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=visible.view(1, -1))
+            position, mask = step
+            k, v = cache.write(index, position, k, v, mask.shape[-1])
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             x = x + self.wo(attn.transpose(1, 2).reshape(batch, length, -1))
             return x + self.mlp(self.norm1(x))
         past_len = 0
@@ -160,12 +162,14 @@ class GPT(nn.Module):
         """Logits [B, vocab] after one more input [B, 1, hidden] at `position` ([1] on the device).
 
         Static shapes and no host synchronisation: the step attends over the cache's first `len(visible)`
-        rows, `visible` ([rows] bool) masking those not written yet; `cis_table` is `rope_table`'s.
+        rows, `visible` ([rows] bool) masking those not written yet; `cis_table` is `rope_table`'s, complex
+        or its real view (under torch.compile).
         """
         cis = cis_table.index_select(0, position)
         x = features.to(self.blocks[0].wqkv.weight.dtype)
+        mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, -math.inf)
         for index, block in enumerate(self.blocks):
-            x = block(x, cis, cache, index, step=(position, visible))
+            x = block(x, cis, cache, index, step=(position, mask.view(1, -1)))
         return self.logits(x)
 
     def rope_table(self, max_len: int, device: torch.device) -> torch.Tensor:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
 
 from engine.models.configs import LLMConfig
-from engine.models.llm import SemanticLM
+from engine.models.llm import GPT, SemanticLM
 from engine.models.token_layout import Step, token_layout
 from engine.params import by_name, defaults
 
@@ -174,6 +175,7 @@ class Decoder:
         params: SamplingParams,
         generator: torch.Generator,
         window: int | None = None,
+        compiled: bool = False,
     ):
         self.model, self.rules, self.params, self.generator = model, rules, params, generator
         device = prefix.device
@@ -181,13 +183,55 @@ class Decoder:
         total = len(rules.feed)
         self.max_len = max_len = self.prefix_len + total
         self.window = window or max_len
-        self.cache = model.transformer.new_cache(self.batch, max_len)
+        # one spare row: no window spans the whole cache, whose slice alone is contiguous, so one compiled
+        # step (compile) serves every window
+        self.cache = model.transformer.new_cache(self.batch, max_len + 1)
         self.cis = model.transformer.rope_table(max_len, device)
         self.slots = torch.arange(max_len, device=device)
         self.index = torch.zeros((), dtype=torch.long, device=device)  # the step whose logits are in `raw`
         self.ids = torch.full((total,), -1, dtype=torch.long, device=device)  # the id fed after each step
         self.dtype = prefix.dtype
         self.raw = model.transformer(prefix, torch.arange(self.prefix_len, device=device), self.cache)
+        self.decode = model.transformer.decode
+        self.compiled = NOT_COMPILED
+        self.compile_s = 0.0
+        if compiled:
+            self.compile()
+
+    def compile(self) -> None:
+        """Run the network's step through torch.compile (one graph for every window size: the rows are a
+        dynamic dimension), compiled here on a warm-up call so no draw is made twice; where compiling
+        fails, the step stays eager and `compiled` says why."""
+        self.compiled = "compiling"
+        started = time.perf_counter()
+        decode = compiled_decode(self.model.transformer)
+        cis = torch.view_as_real(self.cis)  # inductor writes no kernels for complex numbers
+        for tensor, dim in ((cis, 0), (self.cache.tensors, 4)):  # the video's length: one graph for all
+            torch._dynamo.maybe_mark_dynamic(tensor, dim)
+        position = torch.tensor([self.prefix_len], device=self.raw.device)
+        features = self.features(torch.zeros_like(position))
+        try:
+            # writes its keys and values at the next position, which the first step overwrites
+            decode(features, position, self.visible(position, self.rows(0)), cis, self.cache)
+        except Exception as error:  # noqa: BLE001 - any compiler failure leaves the eager step, which works
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            log.warning("the decoding step runs without torch.compile: %s", reason)
+            self.compiled = f"failed ({reason})"
+            return
+        finally:
+            self.compile_s = time.perf_counter() - started
+        self.decode, self.cis, self.compiled = decode, cis, "yes"
+
+    def features(self, fed: torch.Tensor) -> torch.Tensor:
+        """[B, 1, hidden]: the embedding of the id `fed` ([1]), the same for every batch row."""
+        return self.model.embed_tokens(fed).to(self.dtype).view(1, 1, -1).expand(self.batch, 1, -1)
+
+    def visible(self, position: torch.Tensor, rows: int | None) -> torch.Tensor:
+        """[rows] bool: the cache rows written up to `position`; a dynamic size under torch.compile."""
+        visible = self.slots[: rows or self.max_len] <= position
+        if self.compiled != NOT_COMPILED:
+            torch._dynamo.maybe_mark_dynamic(visible, 0)
+        return visible
 
     def draw(self) -> torch.Tensor:
         """Pick the id of the current step and record it; returns it as [1]."""
@@ -208,9 +252,9 @@ class Decoder:
         over the cache's first `rows` rows (default: all; they must reach the current position)."""
         fed = self.draw()
         position = (self.index + self.prefix_len).view(1)
-        features = self.model.embed_tokens(fed).to(self.dtype).view(1, 1, -1).expand(self.batch, 1, -1)
-        visible = self.slots[: rows or self.max_len] <= position
-        self.raw.copy_(self.model.transformer.decode(features, position, visible, self.cis, self.cache))
+        features = self.features(fed)
+        visible = self.visible(position, rows)
+        self.raw.copy_(self.decode(features, position, visible, self.cis, self.cache))
         self.index += 1
 
     def codes(self) -> torch.Tensor:
@@ -219,6 +263,26 @@ class Decoder:
 
 
 GRAPH = "cuda graph"  # how a decoding ran, when its steps were captured and replayed
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How one video's tokens were decoded, told once at the end."""
+
+    how: str  # GRAPH, or "eager: " and why; then, where compiling was asked for, "; compiled: " and whether
+    compile_s: float = 0.0  # the step's torch.compile, part of the decoding's time
+
+
+NOT_COMPILED = "not asked for"  # Decoder.compiled: whether the step runs through torch.compile
+
+
+def compiled_decode(gpt: GPT) -> Callable[..., torch.Tensor]:
+    """`gpt.decode` through torch.compile, made once per model: every decoder of it shares the code."""
+    compiled = getattr(gpt, "_landiff_compiled_decode", None)
+    if compiled is None:
+        compiled = torch.compile(gpt.decode, fullgraph=True)
+        gpt._landiff_compiled_decode = compiled
+    return compiled
 
 
 def capture(decoder: Decoder, index: int, pool=None) -> tuple[Callable[[], None], str, object]:
@@ -352,7 +416,8 @@ def sample_codes(
     use_cache: bool = True,
     on_logits: Callable[[int, torch.Tensor], None] | None = None,
     use_graph: bool = True,
-    on_decoding: Callable[[str], None] | None = None,
+    on_decoding: Callable[[Decoding], None] | None = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Generate the semantic codes of one video: int64 [num_codes], each in 0..codebook_size-1.
 
@@ -363,15 +428,18 @@ def sample_codes(
     gives the id fed after each step (-1: the draw); on_logits(step, raw [B, V]) sees the raw logits before
     guidance (a copy: it costs a transfer per step). use_cache=False recomputes the whole sequence per
     step (a reference for tests); use_graph=False keeps CUDA from capturing the decoding step.
-    on_decoding(how) is told once, at the end, how the tokens were decoded: GRAPH, or "eager: " and why.
+    on_decoding is told once, at the end, how the tokens were decoded (`Decoding`); compiled runs the
+    network's step through torch.compile.
     """
     prefix, rules, generator = decoding_inputs(model, text_states, params, generator, forced_ids)
     device = prefix.device
     if not use_cache:
         if on_decoding is not None:
-            on_decoding("eager: without a KV cache (use_cache=False)")
+            on_decoding(Decoding("eager: without a KV cache (use_cache=False)"))
         return recompute_codes(model, prefix, rules, params, generator, on_logits)
-    decoder = Decoder(model, prefix, rules, params, generator, window=segment_rows(model.config))
+    decoder = Decoder(
+        model, prefix, rules, params, generator, window=segment_rows(model.config), compiled=compiled
+    )
     steps = WindowSteps(decoder, use_graph)
     total = len(rules.feed)
     for index in range(total):
@@ -385,9 +453,10 @@ def sample_codes(
             decoder.draw()  # the last step feeds nothing
         if on_token is not None and ((index + 1) % PROGRESS_EVERY == 0 or index + 1 == total):
             on_token(index + 1, total)
-    log.info("decoded %d tokens on %s: %s", total, device, steps.how)
+    how = steps.how if decoder.compiled == NOT_COMPILED else f"{steps.how}; compiled: {decoder.compiled}"
+    log.info("decoded %d tokens on %s: %s", total, device, how)
     if on_decoding is not None:
-        on_decoding(steps.how)
+        on_decoding(Decoding(how, decoder.compile_s))
     return decoder.codes()
 
 

@@ -29,7 +29,15 @@ def rope_1d(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> t
 
 
 def apply_rope(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
-    """Rotate x [..., seq, heads, head_dim] by cis [..., seq, head_dim // 2] (broadcast over heads)."""
-    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    rotated = torch.view_as_real(pairs * cis.unsqueeze(-2)).flatten(-2)
-    return rotated.type_as(x)
+    """Rotate x [..., seq, heads, head_dim] by cis [..., seq, head_dim // 2] (broadcast over heads).
+
+    cis is complex, or its real view [..., seq, head_dim // 2, 2] (cos, sin): the form for torch.compile,
+    whose inductor writes no kernels for complex numbers; eager, the complex product is fewer kernels."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    if cis.is_complex():
+        rotated = torch.view_as_real(torch.view_as_complex(pairs) * cis.unsqueeze(-2))
+    else:
+        cos, sin = cis.unsqueeze(-3).unbind(-1)
+        real, imaginary = pairs.unbind(-1)
+        rotated = torch.stack([real * cos - imaginary * sin, real * sin + imaginary * cos], dim=-1)
+    return rotated.flatten(-2).type_as(x)
