@@ -337,8 +337,9 @@ PARAMS: list[Param] = [
 
 def video_fps(params: Mapping[str, Any]) -> int:
     """A job's video frame rate (a job from before the parameter existed: the default, the model's)."""
-    fps = params.get("fps")
-    return param("fps").default if fps is None else fps
+    fps: int | None = params.get("fps")
+    default: int = param("fps").default
+    return default if fps is None else fps
 
 
 def fps_text(params: Mapping[str, Any], model: str) -> str:

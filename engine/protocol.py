@@ -14,17 +14,17 @@ what it sends at two choke points, `encode_reply` and `event`; clients parse wit
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from engine.params import PARAMS, Param
-from engine.wire import (  # noqa: F401 (the constants are re-exported)
-    JOB_STATUSES,
-    MAX_LINE_BYTES,
-    MAX_PROMPT_CHARS,
-    MAX_REPLY_BYTES,
-    PROTOCOL_VERSION,
+from engine.wire import JOB_STATUSES as JOB_STATUSES  # the constants are re-exported
+from engine.wire import MAX_LINE_BYTES as MAX_LINE_BYTES
+from engine.wire import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
+from engine.wire import MAX_REPLY_BYTES as MAX_REPLY_BYTES
+from engine.wire import PROTOCOL_VERSION as PROTOCOL_VERSION
+from engine.wire import (
     FramingError,
     RemoteError,
     decode_line,
@@ -46,12 +46,25 @@ def job_params_model(params: Sequence[Param] | None = None) -> type[Strict]:
     fields: dict[str, Any] = {}
     for param in PARAMS if params is None else params:
         kind = param.kind | None if param.optional else param.kind
-        checked = Annotated[kind, AfterValidator(param.check)]
-        fields[param.name] = (checked, ... if param.required else param.default)
+        default = ... if param.required else param.default
+        fields[param.name] = (Annotated[kind, AfterValidator(param.check)], default)
     return create_model("JobParams", __base__=Strict, __module__=__name__, **fields)
 
 
-JobParams = job_params_model()
+if TYPE_CHECKING:
+
+    class JobParams(Strict):
+        """What mypy sees of the model `job_params_model` builds: the fields the engine reads by name."""
+
+        prompt: str
+        seed: int
+        steps: int
+        frames: int | None
+        overlap: int | None
+        fps: int
+
+else:
+    JobParams = job_params_model()
 
 
 # SQLite's integers are 64-bit signed: a larger offset would fail in the database, not as a refusal
@@ -188,12 +201,13 @@ AnyRequest = Annotated[
     | ProbeQuality,
     Field(discriminator="type"),
 ]
-REQUEST_ADAPTER: TypeAdapter = TypeAdapter(AnyRequest)
+REQUEST_ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(AnyRequest)
 
 
 def type_name(model: type[BaseModel], tag: str = "type") -> str:
     """The literal a model's tag field holds: a request's `type`, an event's `event`."""
-    return get_args(model.model_fields[tag].annotation)[0]
+    literal: str = get_args(model.model_fields[tag].annotation)[0]
+    return literal
 
 
 REQUEST_MODELS: tuple[type[Request], ...] = get_args(get_args(AnyRequest)[0])
@@ -540,7 +554,7 @@ AnyEvent = Annotated[
     | VerifyCancelledEvent,
     Field(discriminator="event"),
 ]
-EVENT_ADAPTER: TypeAdapter = TypeAdapter(AnyEvent)
+EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 EVENT_MODELS: tuple[type[Event], ...] = get_args(get_args(AnyEvent)[0])
 EVENT_TYPES = [type_name(model, "event") for model in EVENT_MODELS]
 

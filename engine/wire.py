@@ -9,9 +9,9 @@ holds the models; the TUI and the blocking client import only this module at sta
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION: Final = 1
 MAX_LINE_BYTES = 2**20  # a line sent to the engine (its defence against a runaway client)
 # a line the engine sends: a page of jobs or the replay of events a client missed can pass 1 MiB, and a
 # client trusts its engine (same user), so it only guards against a line that never ends

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import sys
 
-sys.modules.setdefault("ssl", None)
+sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]  # typeshed: no None in sys.modules
 
 
 def main(argv: list[str] | None = None) -> int:

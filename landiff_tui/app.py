@@ -6,7 +6,7 @@ import argparse
 import gc
 import sys
 from asyncio import gather
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from textual import on
 from textual.app import App, ComposeResult
@@ -24,7 +24,9 @@ from .widgets.deferred import add_later_css, mount_later_view
 from .widgets.tabbed import TabbedViews
 
 if TYPE_CHECKING:
-    from engine.protocol import AnyEvent, Exact, HelloReply, SubscribeReply
+    from engine.protocol import AnyEvent, Exact, HelloReply, StatusReply, SubscribeReply, WeightsStatusReply
+
+    from .views.queue import QueueView
 
 # the other tabs' views: imported and mounted into their panes after the first frame, which shows the
 # Generate tab
@@ -72,7 +74,7 @@ class LanDiffApp(App):
                 self.engine_connected,
                 self.engine_state,
             )
-        self.link = link
+        self.link: EngineLink = link
         self.engine_info: HelloReply | None = None
         self.offered_tiny = False
 
@@ -161,7 +163,7 @@ class LanDiffApp(App):
     async def name_workers(self, hello: HelloReply) -> None:
         """The header names the engine's workers when it has several (`serve --gpus`: one a GPU)."""
         try:
-            status = await self.link.request("status")
+            status = cast("StatusReply", await self.link.request("status"))
         except RemoteError:
             return
         labels = [worker.label for worker in status.workers]
@@ -199,7 +201,7 @@ class LanDiffApp(App):
         if self.offered_tiny or self.engine_info is None or self.engine_info.model == "tiny":
             return
         try:
-            status = await self.link.request("weights_status")
+            status = cast("WeightsStatusReply", await self.link.request("weights_status"))
         except RemoteError:
             return
         if not status.complete:
@@ -210,15 +212,17 @@ class LanDiffApp(App):
 
     async def first_run_choice(self, choice: str | None) -> None:
         if choice == "download":
+            from .views.weights import WeightsView
+
             self.action_show_tab("weights")
-            await self.query_one("WeightsView").action_download()
+            await self.query_one(WeightsView).action_download()
         elif choice == "tiny":
             await self.switch_model("tiny")
 
     async def switch_model(self, model: str) -> None:
         """Stop this engine (when idle) and start one serving `model`."""
         try:
-            status = await self.link.request("status")
+            status = cast("StatusReply", await self.link.request("status"))
             if status.running or status.queue:
                 self.notify(
                     "the engine has jobs; cancel them or wait before switching model", severity="error"
@@ -250,20 +254,20 @@ class LanDiffApp(App):
         self.query_one(TabbedViews).active = tab
         views = self.query_one(f"#{tab}").query(".view")
         if views:
-            views.first().focus_default()
+            views.first(View).focus_default()
         # else: pressed before the tab mounted (right after launch); the view takes the focus on mount
 
     @on(TabbedViews.TabActivated)
     def tab_shown(self, event: TabbedViews.TabActivated) -> None:
         views = event.pane.query(".view")
         if views:
-            views.first().shown()
+            views.first(View).shown()
 
     async def action_quit(self) -> None:
         from .screens.confirm import Confirm
 
         queue = self.query("QueueView")  # not there yet when ctrl+q comes with the first frame
-        if not queue or queue.first().running is None:
+        if not queue or cast("QueueView", queue.first()).running is None:
             self.exit()
             return
 

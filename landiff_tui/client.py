@@ -60,11 +60,11 @@ class EngineLink:
         self.model, self.autostart = model, autostart
         self.path = path or socket_path()
         self.ids = itertools.count(1)
-        self.pending: dict[int, asyncio.Future] = {}
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.writer: asyncio.StreamWriter | None = None
         self.last_seq = 0
         self.instance: str | None = None
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self.closing = False
         self.starting = False
         self.held: list[AnyEvent] | None = None  # live events that came while catching up (see session)
@@ -164,10 +164,13 @@ class EngineLink:
         await self.start_engine(model, verb)
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from engine.protocol import HelloReply, SubscribeReply
+
         self.writer = writer
         listener = asyncio.get_running_loop().create_task(self.listen(reader))
         try:
             hello = await self.request("hello", client="landiff-tui", model=self.model)
+            assert isinstance(hello, HelloReply)
             self.options = hello.options
             if self.instance is None:  # first contact: the state comes with `active`, not old events
                 self.instance, self.last_seq = hello.instance, hello.seq
@@ -177,6 +180,7 @@ class EngineLink:
             # this resumes: they wait here, so the missed ones (older) are not taken for already seen
             self.held = []
             caught_up = await self.request("subscribe", since=self.last_seq)
+            assert isinstance(caught_up, SubscribeReply)
             for missed in caught_up.missed:
                 self.deliver(missed)
             self.on_connected(hello, caught_up)  # the state as of the reply, before the events after it
@@ -220,7 +224,8 @@ class EngineLink:
                     continue
                 if message.get("id") is None and not message.get("ok", True):
                     reply_result(message)  # the engine's word on this connection (too many, a timeout)
-                future = self.pending.pop(message.get("id"), None)
+                request_id = message.get("id")
+                future = self.pending.pop(request_id, None) if isinstance(request_id, int) else None
                 if future is None or future.done():
                     continue
                 try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
@@ -60,7 +61,7 @@ def entries(app: PaletteApp) -> Iterator[Entry]:
     yield Entry("Save the parameters as a preset", "generate", "save_preset")
     if generate is not None:
         for name in generate.presets:
-            yield Entry(f"Apply the preset {name!r}", "generate", lambda app, name=name: choose(app, name))
+            yield Entry(f"Apply the preset {name!r}", "generate", partial(choose, name=name))
     chosen = generate is not None and any(isinstance(box.value, str) for box in generate.query("#preset"))
     yield Entry("Delete the selected preset", "generate", "delete_preset", lambda app: chosen)
     yield Entry("Queue: running and queued jobs", "queue", "focus_default")
@@ -116,8 +117,13 @@ def choose(app: PaletteApp, name: str) -> None:
 
 
 class LanDiffCommands(Provider):
+    @property
+    def landiff(self) -> PaletteApp:
+        """The app, a LanDiffApp: it alone names this provider in its COMMANDS."""
+        return cast(PaletteApp, self.app)
+
     def applicable(self) -> list[Entry]:
-        return [entry for entry in entries(self.app) if entry.applies(self.app)]
+        return [entry for entry in entries(self.landiff) if entry.applies(self.landiff)]
 
     async def discover(self) -> Hits:
         for entry in self.applicable():
@@ -131,7 +137,7 @@ class LanDiffCommands(Provider):
                 yield Hit(score, matcher.highlight(entry.name), lambda entry=entry: self.run(entry))
 
     async def run(self, entry: Entry) -> None:
-        app = self.app
+        app = self.landiff
         from .screens.job_detail import JobDetail
 
         while isinstance(app.screen, JobDetail):  # the palette acts on the tabs, not on a job's page
@@ -143,4 +149,5 @@ class LanDiffCommands(Provider):
             if hasattr(result, "__await__"):
                 await result
         elif entry.action != "focus_default":
+            assert entry.tab is not None  # a view's action names its tab
             await view(app, entry.tab).run_action(entry.action)

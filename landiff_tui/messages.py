@@ -12,8 +12,9 @@ Imports no pydantic (the views import this before the first paint); the event mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
@@ -148,7 +149,7 @@ class TransferEnded(Message, bubble=False):
 
 
 @cache
-def message_classes() -> dict[type, type[Message]]:
+def message_classes() -> dict[type[protocol.Event], Callable[[Any], Message]]:
     """Each event model's message class (the protocol, and pydantic with it, loads on first use)."""
     from engine import protocol as p
 

@@ -73,9 +73,9 @@ def check_form(
     except ValueError as error:
         errors["prompt"] = str(error)
     for field in FIELDS:
-        value, error = check_field(field, texts.get(field.name, ""), model)
-        if error:
-            errors[field.name] = error
+        value, problem = check_field(field, texts.get(field.name, ""), model)
+        if problem:
+            errors[field.name] = problem
         elif value is not None:
             params[field.name] = value
     if model is not None and params.get("frames") is not None:

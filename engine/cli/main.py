@@ -412,7 +412,7 @@ def run_tokens(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     from engine.cli.client_commands import cache_text
     from engine.cli.describe import describe_length
@@ -444,7 +444,7 @@ def run_generate(args: argparse.Namespace) -> int:
     console.print(f"memory profile {pipeline.memory} ({pipeline.memory_choice.reason})")
     columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), RateColumn())
     with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def on_progress(event) -> None:
             name, unit = STAGES.get(event.stage, (event.stage, None))

@@ -11,6 +11,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -197,7 +198,7 @@ def run_download(args: argparse.Namespace, root: Path) -> int:
     console = Console(stderr=True)
     with progress_bar(console) as progress:
         total = progress.add_task("total", total=None)
-        current: dict[str, int] = {}
+        current: dict[str, TaskID] = {}
 
         def on_progress(event) -> None:
             if event.file not in current:

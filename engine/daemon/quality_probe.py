@@ -139,6 +139,7 @@ class QualityProbe(threading.Thread):
         """Probe one job, record and announce what was found; returns the CLIP loaded for the next."""
         from engine.generation.quality import ProbeStopped
 
+        assert row.video_path is not None  # next_job hands out only jobs with a video
         try:
             record, clip = measure_video(
                 Path(row.video_path), row.prompt, self.root, self.clip_name, clip, self.stopping.is_set

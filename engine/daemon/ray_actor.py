@@ -24,7 +24,10 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.generation.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 HASH_BLOCK = 1 << 20
@@ -88,7 +91,7 @@ class PipelineHost:
 
     def __init__(self, model: str, ckpts: str | None, run_options: dict[str, Any]):
         self.model, self.ckpts, self.run_options = model, ckpts, dict(run_options)
-        self.pipeline = None
+        self.pipeline: Pipeline | None = None
         self.stop = threading.Event()
         self.running: str | None = None  # the key of the job `run` runs: a cancel names it
 
@@ -126,7 +129,7 @@ class PipelineHost:
             torch.cuda.empty_cache()
         return self.loaded()
 
-    def make_pipeline(self):
+    def make_pipeline(self) -> Pipeline:
         from engine.generation.pipeline import Pipeline
         from engine.generation.speed import DiTOptions
 

@@ -14,25 +14,29 @@ import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from engine.atomic import partial_path, write_atomically
 from engine.daemon.ray_actor import ChunkSent, Loaded, Outcome, PipelineHost, SentFiles
 from engine.daemon.worker import WorkerLost
 
 if TYPE_CHECKING:
+    from ray.actor import ActorClass
+
     from engine.generation.job import ChunkDone, JobResult, JobSpec, Progress
 
 WAIT_S = 0.1  # how long the engine waits on the stream before it looks at should_stop again
 CANCEL_RESEND_S = 1.0  # a cancel is sent again while the job runs on (one sent before the job began is lost)
 
 
-def actor_class():
+def actor_class() -> ActorClass[PipelineHost]:
     """The Ray actor of PipelineHost: one job at a time in its default group, and cancel / release in a
     group of their own so that they reach it while a job runs."""
     import ray
 
-    return ray.remote(concurrency_groups={"control": 1}, max_restarts=0)(PipelineHost)
+    # ray's stubs type ray.remote(**options) with a remote function's options only, not an actor's
+    remote = ray.remote(concurrency_groups={"control": 1}, max_restarts=0)  # type: ignore[call-overload]
+    return remote(PipelineHost)
 
 
 def control(method):
@@ -157,7 +161,7 @@ class VideoMirror:
 
     def __init__(self, out: Path):
         self.out, self.partial = out, partial_path(out)
-        self.file = None
+        self.file: BinaryIO | None = None
         self.digest = hashlib.sha256()
         self.size = 0
 

@@ -24,7 +24,10 @@ from engine.daemon.ray_pipeline import RemotePipeline, actor_class, control, fir
 from engine.daemon.startup import StartRefused
 
 if TYPE_CHECKING:
+    from ray.actor import ActorClass
+
     from engine.daemon.pool import WorkerPool
+    from engine.daemon.ray_actor import PipelineHost
     from engine.daemon.worker import JobWorker
 
 log = logging.getLogger(__name__)
@@ -120,7 +123,7 @@ class RayWorkers(threading.Thread):
         self.started: dict[str, int] = {}  # node id -> actors started there so far (labels stay unique)
         self.retry_at: dict[str, float] = {}  # node id -> when to try again after a failed start
         self.stopping = threading.Event()
-        self.actor_class = None
+        self.actor_class: ActorClass[PipelineHost] | None = None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -164,6 +167,7 @@ class RayWorkers(threading.Thread):
     def start_actor(self, node_id: str) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        assert self.actor_class is not None  # run() makes it before its first survey
         slot = self.started.get(node_id, 0)
         self.started[node_id] = slot + 1
         placement = {"num_gpus": 1} if self.resource == "GPU" else {"resources": {self.resource: 1}}
@@ -187,11 +191,11 @@ class RayWorkers(threading.Thread):
             except Exception as error:  # it died starting (its node left, its box cannot import the engine)
                 self.failed(start, first_line(error))
                 continue
-            self.join(start, where)
+            self.admit(start, where)
         late = [ref for ref in waiting if time.monotonic() > self.starting[ref].deadline]
         self.give_up(late, f"not ready after {ACTOR_READY_TIMEOUT_S:g} s (is its resource taken elsewhere?)")
 
-    def join(self, start: Starting, where: dict[str, str]) -> None:
+    def admit(self, start: Starting, where: dict[str, str]) -> None:
         label = f"ray:{start.node_id[:8]}:{start.slot}"
         device = f"{where['ip']} {where['device']}"
         actor = start.actor

@@ -376,7 +376,8 @@ def json_size(items: list[Any]) -> int:
 def within_budget(items: list[dict[str, Any]], budget: int | None = None) -> list[dict[str, Any]]:
     """The first of `items` whose JSON fits in `budget` bytes (REPLY_BUDGET; always the first one)."""
     budget = REPLY_BUDGET if budget is None else budget
-    kept, used = [], 0
+    kept: list[dict[str, Any]] = []
+    used = 0
     for item in items:
         used += json_size([item])
         if kept and used > budget:

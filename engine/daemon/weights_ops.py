@@ -74,6 +74,7 @@ class WeightsOperations:
     def cancel(self) -> None:
         if not self.busy():
             raise NothingRunning("no download or verification is running")
+        assert self.job is not None  # busy() says it runs
         self.job.cancelled.set()
         log.info("weights %s cancel requested", self.job.kind)
 

@@ -34,7 +34,8 @@ PROGRESS_INTERVAL_S = 0.1  # at most ten progress events a second per job, plus 
 
 class ProgressThrottle:
     def __init__(self, publish: Callable[[Progress], None]):
-        self.publish, self.last, self.stage = publish, 0.0, None
+        self.publish, self.last = publish, 0.0
+        self.stage: str | None = None
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
@@ -163,6 +164,7 @@ class JobWorker(threading.Thread):
             self.wake.wait(timeout=1.0)
             self.wake.clear()
             return
+        assert row.started_at is not None  # claiming a job stamps it
         log.info("job %s started after %.1f s in the queue", row.id, row.started_at - row.created_at)
         try:
             self.run_job(row.id, JobParams(**json.loads(row.params)), row.model)

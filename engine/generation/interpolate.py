@@ -196,6 +196,7 @@ class ChunkInterpolator:
         return out
 
     def hold(self) -> np.ndarray:
+        assert self.context is not None  # held after a chunk was pushed
         self.held = True
         return np.repeat(self.context[-1:], self.factor - 1, axis=0)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import Field, dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from engine.models.llm_sampler import SamplingParams
 from engine.params import PARAMS, Param, check_params
 from engine.specs import ModelSpec
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 
 class JobRules:
     """What a job does with its parameters; `JobSpec` adds the fields, one per schema parameter."""
@@ -22,12 +25,19 @@ class JobRules:
     prompt: str
     out: Path
     tokens: Path | None
+    seed: int
+    steps: int
+    cache: float
     frames: int | None
     overlap: int | None
     fps: int
 
+    if TYPE_CHECKING:
+
+        def __init__(self, prompt: str, out: Path, **params: Any) -> None: ...
+
     @classmethod
-    def from_params(cls, values: Mapping[str, Any], out: Path, tokens: Path | None = None) -> JobSpec:
+    def from_params(cls, values: Mapping[str, Any], out: Path, tokens: Path | None = None) -> Self:
         """A job from wire or command-line parameters: checked, normalised, defaults filled."""
         return cls(**check_params(values), out=out, tokens=tokens)
 
@@ -82,7 +92,15 @@ def job_spec_class(params: Sequence[Param] | None = None) -> type:
     return spec
 
 
-JobSpec = job_spec_class()
+if TYPE_CHECKING:
+
+    class JobSpec(JobRules):
+        """`job_spec_class()`'s dataclass as mypy sees it: the fields JobRules declares."""
+
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+else:
+    JobSpec = job_spec_class()
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,6 +35,9 @@ from engine.specs import ModelSpec, get_spec
 from engine.weights.checksums import file_checksums
 from engine.weights.layout import ReleaseLayout, layout_for
 from engine.weights.tiny import ensure_tiny_release
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ class Pipeline:
         device: torch.device | None = None,
         memory: str = "auto",
         dit: DiTOptions | None = None,
-    ) -> Pipeline:
+    ) -> Self:
         """The pipeline of a model spec by name, its weights found under `root` as the engine finds them
         (None: $LANDIFF_HOME, ./ckpts, the user data dir); the tiny model's weights are written on first use.
         Nothing loads until the first job."""
@@ -204,8 +207,9 @@ class Pipeline:
         timings: dict[str, float] = {}
 
         def text_done() -> None:
-            if self.residency is not None and self._stage2 is not None:  # fetched while the LM runs
-                self.residency.prefetch(self._stage2.prompt_encoder.model)
+            stage2 = self._stage2
+            if self.residency is not None and stage2 is not None and stage2.prompt_encoder is not None:
+                self.residency.prefetch(stage2.prompt_encoder.model)  # fetched while the LM runs
             timings["text"] = text_clock.seconds()
             text_clock(1, 2)  # the flan-T5 half of the text stage; stage 2's T5 is the other
             token_clock.started = time.perf_counter()
@@ -392,9 +396,10 @@ class Pipeline:
                 )
             del frames, video
         chunks.close()
-        if compiled is not None and stage2.compile_seconds() > compiled:
+        compiled_now = stage2.compile_seconds()
+        if compiled is not None and compiled_now is not None and compiled_now > compiled:
             # the first DiT call of a new shape compiles (cached on disk for later runs); within denoise
-            timings["compile"] = stage2.compile_seconds() - compiled
+            timings["compile"] = compiled_now - compiled
 
     def _finish(self, render: Render, writer: InterpolatingWriter, partial: bool) -> JobResult:
         job, plan, codes, clock, timings = render.job, render.plan, render.codes, render.clock, render.timings
@@ -403,7 +408,9 @@ class Pipeline:
         sidecar = job.out.with_suffix(".json")
         try:
             save_tokens(codes.numpy(), tokens_path)
-            write_thumbnail(clock.thumbnail, thumbnail_path)
+            thumbnail = clock.thumbnail
+            assert thumbnail is not None  # taken from chunk 0, which every finished or partial job has
+            write_thumbnail(thumbnail, thumbnail_path)
             writer.finish()
             done = len(clock.chunk_timings)
             hashing = time.perf_counter()
@@ -429,7 +436,7 @@ class Pipeline:
                 dit_calls=sum(entry["dit_calls"] for entry in clock.chunk_timings),
                 dit_calls_skipped=sum(entry["dit_calls_skipped"] for entry in clock.chunk_timings),
             )
-            height, width = clock.thumbnail.shape[:2]
+            height, width = thumbnail.shape[:2]
             write_record(
                 result.sidecar,
                 self.sidecar_record(job, result, (writer.frames_written, height, width), render.stage1),

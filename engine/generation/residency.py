@@ -62,11 +62,13 @@ class Slot:
     dtype: torch.dtype | None = None
 
     def current(self) -> torch.Tensor:
-        return self.owner._parameters.get(self.name, self.owner._buffers.get(self.name))
+        tensor = self.owner._parameters.get(self.name, self.owner._buffers.get(self.name))
+        assert tensor is not None  # a slot is made for a registered tensor, never for a None entry
+        return tensor
 
     def point_at(self, tensor: torch.Tensor) -> None:
         if self.name in self.owner._parameters:
-            self.owner._parameters[self.name].data = tensor
+            self.current().data = tensor
         else:
             self.owner._buffers[self.name] = tensor
 

@@ -197,7 +197,7 @@ def apply_dit_options(network: ControlDiT, options: DiTOptions, device: torch.de
         for block in network.blocks():
             if not getattr(block, "_landiff_compiled", False):
                 block.forward = torch.compile(block.forward, dynamic=False)
-                block._landiff_compiled = True
+                block._landiff_compiled = True  # type: ignore[assignment]  # torch's __setattr__ stub
         log.info("transformer blocks compiled on first use; cache in %s", folder)
 
 
@@ -205,7 +205,8 @@ class FirstCallTimer:
     """Times the first network call of each input shape: with compile on, that call compiles."""
 
     def __init__(self, device: torch.device):
-        self.device, self.seen, self.seconds = device, set(), 0.0
+        self.device, self.seconds = device, 0.0
+        self.seen: set[tuple[tuple[int, ...], ...]] = set()
 
     def __call__(self, network, *args: torch.Tensor) -> torch.Tensor:
         key = tuple(tuple(a.shape) for a in args)

@@ -10,7 +10,9 @@ import torch
 from engine.generation.prompt_tokens import check_token_count
 from engine.generation.residency import MovableStage
 from engine.generation.text_encoder import FlanT5PromptEncoder, require_prompt
+from engine.models.llm import SemanticLM
 from engine.models.llm_sampler import Decoding, SamplingParams, sample_codes
+from engine.models.semantic_decoder import SemanticDecoder
 from engine.models.token_layout import codes_per_video
 from engine.specs import ModelSpec
 from engine.weights.downloads import refuse_failed
@@ -33,8 +35,8 @@ class SemanticStage(MovableStage):
 
     spec: ModelSpec
     prompt_encoder: FlanT5PromptEncoder
-    lm: torch.nn.Module
-    decoder: torch.nn.Module
+    lm: SemanticLM
+    decoder: SemanticDecoder
     device: torch.device
     compile_decoding: bool = False  # the language model's decoding step through torch.compile
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -25,16 +26,21 @@ from engine.weights.downloads import refuse_failed
 from engine.weights.layout import ReleaseLayout
 from engine.weights.loading import load_control_dit, load_diffusion_semantic_decoder, load_vae
 
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
+
+    from engine.generation.parallel.network import ParallelDiT
+
 
 @dataclass
 class VideoStage(MovableStage):
     """T5 v1.1, the semantic decoder, the control DiT and the VAE of one spec."""
 
     spec: ModelSpec
-    prompt_encoder: T5v11PromptEncoder
+    prompt_encoder: T5v11PromptEncoder | None  # None on a helper rank: rank 0 sends the prompt's states
     decoder: SemanticDecoder
     network: ControlDiT
-    vae: torch.nn.Module
+    vae: AutoencoderKLCogVideoX | None  # None on a helper rank: only rank 0 decodes
     device: torch.device
     vae_tiling: bool = False  # spatial tiles: less memory, other pixels (the low profile only)
     first_calls: FirstCallTimer | None = None  # times each shape's first DiT call (the compile)
@@ -58,10 +64,11 @@ class VideoStage(MovableStage):
         return cls(spec, encoder, decoder, network, vae, device)
 
     def modules(self) -> list[torch.nn.Module]:
-        return [self.prompt_encoder.model, self.decoder, self.network, self.vae]
+        text = None if self.prompt_encoder is None else self.prompt_encoder.model
+        return [module for module in (text, self.decoder, self.network, self.vae) if module is not None]
 
     def transient(self) -> list[torch.nn.Module]:
-        return [self.prompt_encoder.model]
+        return [] if self.prompt_encoder is None else [self.prompt_encoder.model]
 
     def prepare(self, options: DiTOptions, dtype: torch.dtype, vae_tiling: bool = False) -> None:
         """Apply the engine's DiT options (resolved for `self.device`); call before `adopt`."""
@@ -98,11 +105,13 @@ class VideoStage(MovableStage):
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """T5 v1.1 states for [uncond, cond]; the reference's uncond is zeros."""
-        self.ready(self.prompt_encoder.model)
+        encoder = self.prompt_encoder
+        assert encoder is not None, "a helper rank's stage 2 has no T5"
+        self.ready(encoder.model)
         try:
-            cond = self.prompt_encoder.encode(prompt)
+            cond = encoder.encode(prompt)
         finally:
-            self.drop(self.prompt_encoder.model)
+            self.drop(encoder.model)
         return torch.cat([torch.zeros_like(cond), cond])
 
     @torch.no_grad()
@@ -118,7 +127,7 @@ class VideoStage(MovableStage):
         should_stop: Callable[[], bool] | None = None,
         cache: float = 0.0,
         counts: CacheCounts | None = None,
-    ) -> Iterator[torch.Tensor]:
+    ) -> Generator[torch.Tensor, None, None]:
         """Yield each chunk's denoised window of latents [1, window, C, H, W] (float32), chunk by chunk.
 
         Chunk 0 is an ordinary clip. Chunk j > 0 is sampled over latent frames [j s, j s + window)
@@ -131,7 +140,9 @@ class VideoStage(MovableStage):
         `counts` adds up the DiT calls (two a step, one per CFG branch) and those the cache skipped.
         """
         self.check_codes(codes, plan.segments)
-        self.ready(self.decoder, self.network, self.vae)
+        self.ready(self.decoder, self.network)
+        if self.vae is not None:
+            self.ready(self.vae)
         windows = SemanticWindows(self.decoder, codes.to(self.device), self.spec.llm)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         shape = (1, *self.spec.latent_shape(plan.window))
@@ -176,10 +187,12 @@ class VideoStage(MovableStage):
         """A fresh step cache for one chunk's sampler run; on a parallel group, over the group's split
         (the ParallelDiT that `attach` made the network's forward)."""
         if self.parallel is not None:
-            return self.network.forward.step_cache(threshold, steps, counts, self.ready)
+            split = cast("ParallelDiT", self.network.forward)  # attach() made it the group's split call
+            return split.step_cache(threshold, steps, counts, self.ready)
         return StepCache(self.network, threshold, steps, counts, self.ready)
 
     def video_decoder(self) -> StreamingDecoder:
+        assert self.vae is not None, "a helper rank's stage 2 has no VAE"
         return StreamingDecoder(self.vae, self.spec.vae.scale_factor, tiled=self.vae_tiling)
 
     @torch.no_grad()

@@ -17,8 +17,9 @@ Speed knobs, all off by default (the default is diffusers' own attention process
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +100,7 @@ class SemanticUpsampler(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.mid.block_2(self.mid.block_1(self.conv_in(x)))
-        for level in reversed(self.up):
+        for level in reversed(cast("Sequence[UpsamplerLevel]", self.up)):
             for block in level.block:
                 h = block(h)
             if hasattr(level, "upsample"):
@@ -274,17 +275,18 @@ class ControlDiT(nn.Module):
 
     def set_attention(self, attend: Attend | None) -> None:
         """Use `attend` as every block's attention kernel; None restores diffusers' own processor."""
-        for block in self.blocks():
+        # set_processor takes any processor, though diffusers annotates it with AttnProcessor alone
+        for block in cast("list[CogVideoXBlock]", self.blocks()):
             if attend is None and not getattr(block.attn1, "fused_projections", False):
-                block.attn1.set_processor(CogVideoXAttnProcessor2_0())
+                block.attn1.set_processor(CogVideoXAttnProcessor2_0())  # type: ignore[arg-type]
             else:
-                block.attn1.set_processor(JointAttentionProcessor(attend or sdpa))
+                block.attn1.set_processor(JointAttentionProcessor(attend or sdpa))  # type: ignore[arg-type]
 
     @torch.no_grad()
     def fuse_qkv(self) -> None:
         """One [3D, D] projection per block instead of three (diffusers' `fuse_projections`); the
         separate matrices are dropped so the weights are not held twice."""
-        for block in self.blocks():
+        for block in cast("list[CogVideoXBlock]", self.blocks()):
             attn = block.attn1
             if getattr(attn, "fused_projections", False):
                 continue
@@ -292,7 +294,7 @@ class ControlDiT(nn.Module):
             attn.fuse_projections()
             del attn.to_q, attn.to_k, attn.to_v
             kernel = previous.attend if isinstance(previous, JointAttentionProcessor) else sdpa
-            attn.set_processor(JointAttentionProcessor(kernel))
+            attn.set_processor(JointAttentionProcessor(kernel))  # type: ignore[arg-type]  # see set_attention
 
     def _control_input(
         self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor

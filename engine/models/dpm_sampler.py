@@ -153,7 +153,7 @@ class DpmSolverSampler:
         for i in range(num_steps):
             if should_stop is not None and should_stop():
                 raise DiffusionCancelled(f"stopped after {i} of {num_steps} denoising steps")
-            if fixed:
+            if prefix is not None and fixed:
                 x = torch.cat([prefix, x[:, fixed:]], dim=1)
             a, a_next = alphas[i], alphas[i + 1]
             denoised = self.denoise(network, x, a, timesteps[i], num_steps, table)
@@ -174,6 +174,6 @@ class DpmSolverSampler:
             previous = denoised
             if on_step is not None:
                 on_step(i + 1, num_steps)
-        if fixed:
+        if prefix is not None and fixed:
             x = torch.cat([prefix, x[:, fixed:]], dim=1)
         return x

@@ -12,6 +12,7 @@ on a GPU), RMSNorm and the final LayerNorm + head run in float32.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,7 @@ class LlamaBlock(nn.Module):
         v = qkv[:, :, 2].transpose(1, 2)
         if step is not None:
             position, mask = step
+            assert cache is not None  # a step decodes against the cache
             k, v = cache.write(index, position, k, v, mask.shape[-1])
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             x = x + self.wo(attn.transpose(1, 2).reshape(batch, length, -1))
@@ -130,7 +132,7 @@ class GPT(nn.Module):
         self.head = nn.Linear(config.hidden_dim, config.vocab.size, bias=False)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        like = self.blocks[0].wqkv.weight
+        like = cast(LlamaBlock, self.blocks[0]).wqkv.weight
         c = self.config
         return KVCache(c.num_blocks, batch, c.num_heads, max_len, c.head_dim, like=like)
 
@@ -144,7 +146,7 @@ class GPT(nn.Module):
         """
         c = self.config
         cis = rope_1d(positions, c.head_dim, c.rope_theta)
-        x = features.to(self.blocks[0].wqkv.weight.dtype)
+        x = features.to(cast(LlamaBlock, self.blocks[0]).wqkv.weight.dtype)
         for index, block in enumerate(self.blocks):
             x = block(x, cis, cache, index)
         if cache is not None:
@@ -166,7 +168,7 @@ class GPT(nn.Module):
         or its real view (under torch.compile).
         """
         cis = cis_table.index_select(0, position)
-        x = features.to(self.blocks[0].wqkv.weight.dtype)
+        x = features.to(cast(LlamaBlock, self.blocks[0]).wqkv.weight.dtype)
         mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, -math.inf)
         for index, block in enumerate(self.blocks):
             x = block(x, cis, cache, index, step=(position, mask.view(1, -1)))
@@ -237,9 +239,10 @@ class MicroConditioner(nn.Module):
         """[len(MICRO_CONDITION_KEYS), hidden] in the MLP dtype."""
         tokens = []
         for key in MICRO_CONDITION_KEYS:
-            mlp = self.mlps[key]
-            value = torch.tensor([float(values[key])], device=mlp[0].weight.device)
-            tokens.append(mlp(sinusoidal_embedding(value, self.frequency_dim).to(mlp[0].weight.dtype)))
+            mlp = cast(nn.Sequential, self.mlps[key])
+            weight = cast(nn.Linear, mlp[0]).weight
+            value = torch.tensor([float(values[key])], device=weight.device)
+            tokens.append(mlp(sinusoidal_embedding(value, self.frequency_dim).to(weight.dtype)))
         return torch.cat(tokens, dim=0)
 
 
@@ -291,7 +294,7 @@ class SemanticLM(nn.Module):
         texts = [self.cond_model(text_states.reshape(length, -1))]
         if guidance:
             texts.append(self.cond_model.unconditional(length))
-        dtype = self.transformer.blocks[0].wqkv.weight.dtype
+        dtype = cast(LlamaBlock, self.transformer.blocks[0]).wqkv.weight.dtype
         rows = [
             torch.cat([special[:1], micro.to(special.dtype), t.to(special.dtype), special[1:]]) for t in texts
         ]

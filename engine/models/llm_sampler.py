@@ -281,7 +281,8 @@ def compiled_decode(gpt: GPT) -> Callable[..., torch.Tensor]:
     compiled = getattr(gpt, "_landiff_compiled_decode", None)
     if compiled is None:
         compiled = torch.compile(gpt.decode, fullgraph=True)
-        gpt._landiff_compiled_decode = compiled
+        # nn.Module.__setattr__ is annotated for tensors and modules only; it stores any object
+        gpt._landiff_compiled_decode = compiled  # type: ignore[assignment]
     return compiled
 
 
@@ -349,7 +350,7 @@ class WindowSteps:
         self.decoder = decoder
         self.steps: dict[int, Callable[[], None]] = {}
         self.eager = None if use_graph else "eager: asked for (use_graph=False)"
-        self.pool = None
+        self.pool: object = None
 
     def advance(self, index: int) -> None:
         rows = self.decoder.rows(index)

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Protocol, cast
 
 import torch
+from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
 from torch import nn
 
-from engine.models.control_dit import ControlDiT, Streams
+from engine.models.control_dit import Backbone, Streams
 
 
 @dataclass
@@ -79,6 +81,20 @@ def relative_change_of(sums: torch.Tensor) -> torch.Tensor:
     return change / (sums[:, 1] / sums[:, 2]).float().clamp(min=1e-12)
 
 
+class CachedModel(Protocol):
+    """What a StepCache calls: a ControlDiT, or one rank's share of one (see `StepCache`)."""
+
+    main: Backbone
+
+    def embed(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor
+    ) -> Streams: ...
+
+    def run_blocks(self, streams: Streams) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def head(self, video: torch.Tensor, temb: torch.Tensor, latents_shape: torch.Size) -> torch.Tensor: ...
+
+
 def select_rows(streams: Streams, rows: torch.Tensor) -> Streams:
     return Streams(*(getattr(streams, f.name)[rows] for f in fields(Streams)))
 
@@ -96,7 +112,7 @@ class StepCache:
 
     def __init__(
         self,
-        model: ControlDiT,
+        model: CachedModel,
         threshold: float,
         steps: int,
         counts: CacheCounts | None = None,
@@ -130,7 +146,7 @@ class StepCache:
 
     def signal(self, streams: Streams) -> torch.Tensor:
         """The first main block's timestep-modulated video input [B, N, D]."""
-        block = self.model.main.transformer_blocks[0]
+        block = cast(CogVideoXBlock, self.model.main.transformer_blocks[0])
         if self.ready is not None:
             self.ready(block)
         return block.norm1(streams.video, streams.words, streams.temb)[0]
@@ -143,6 +159,7 @@ class StepCache:
             run = torch.ones(batch, dtype=torch.bool)
             self.accumulated = torch.zeros(batch)
         else:
+            assert self.accumulated is not None  # set by the first call, which runs every branch
             self.accumulated += relative_change(signal, self.previous, self.reduce_sums).cpu()
             run = self.accumulated >= self.threshold
             self.accumulated[run] = 0.0
@@ -160,6 +177,7 @@ class StepCache:
             video, _ = self.model.run_blocks(streams)
             self.residual = video - streams.video
             return video
+        assert self.residual is not None  # set by the first call, which runs every branch
         video = streams.video + self.residual
         if bool(run.any()):
             rows = run.nonzero().flatten().to(video.device)

@@ -8,7 +8,7 @@ causal-conv caches carried between chunks: diffusers' own frame batching, tiling
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKLCogVideoX
+from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
 
 from engine.models.configs import SCALE_FACTOR, VAEConfig
 
@@ -98,20 +98,22 @@ class StreamingDecoder:
     def _tiles(self, z: torch.Tensor, bounds: list[int]) -> torch.Tensor:
         height, width = z.shape[-2:]
         rows, cols = tile_ranges(height), tile_ranges(width)
-        canvas = weights = None
+        canvas: torch.Tensor | None = None
+        weights: torch.Tensor | None = None
         for r, (top, bottom) in enumerate(rows):
             for c, (left, right) in enumerate(cols):
                 out, self.caches[(r, c)] = self._pieces(
                     z[..., top:bottom, left:right], bounds, self.caches.get((r, c))
                 )
                 factor = out.shape[-1] // (right - left)
-                if canvas is None:
+                if canvas is None or weights is None:
                     canvas = out.new_zeros((*out.shape[:3], height * factor, width * factor))
                     weights = out.new_zeros((height * factor, width * factor))
                 ramp = torch.outer(blend_ramp(rows, r, factor), blend_ramp(cols, c, factor)).to(out)
                 span = (slice(top * factor, bottom * factor), slice(left * factor, right * factor))
                 canvas[..., span[0], span[1]] += out * ramp
                 weights[span] += ramp
+        assert canvas is not None and weights is not None  # there is always at least one tile
         return canvas / weights
 
 

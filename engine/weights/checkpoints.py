@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors import safe_open
@@ -43,8 +44,15 @@ def read_safetensors(
         raise CheckpointError(f"{path} could not be read as safetensors ({error}). {fix}") from error
 
 
+class Shaped(Protocol):
+    """A tensor, or anything else that has its shape (`_Shape`: a shape from a file's header)."""
+
+    @property
+    def shape(self) -> torch.Size: ...
+
+
 def check_state_dict(
-    expected: Mapping[str, torch.Size], found: Mapping[str, torch.Tensor], *, source: Path, fix: str
+    expected: Mapping[str, torch.Size], found: Mapping[str, Shaped], *, source: Path, fix: str
 ) -> None:
     """Raise CheckpointError unless `found` has exactly the expected keys and shapes."""
     missing = set(expected) - set(found)

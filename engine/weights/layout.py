@@ -45,7 +45,9 @@ def root_candidates() -> list[RootCandidate]:
 
 
 def weights_root() -> Path:
-    return next(place.path for place in root_candidates() if place.chosen)
+    chosen = next(place for place in root_candidates() if place.chosen)
+    assert chosen.path is not None  # the chosen rule applies, so it names a place
+    return chosen.path
 
 
 def where_it_looked(ckpts: Path | None) -> list[dict]:
@@ -183,6 +185,7 @@ def release_files(checksums: dict[str, str] | None = None) -> list[WeightFile]:
     checksums = RELEASE_MD5 if checksums is None else checksums
     files = []
     for path, md5 in sorted(checksums.items()):
+        groups: tuple[str, ...]
         if path.startswith("llm/"):
             groups = ("llm",)
         elif path.startswith("tokenizer/"):

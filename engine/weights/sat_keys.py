@@ -9,6 +9,7 @@ diffusers-based modules of `engine.models.control_dit`, splitting fused tensors.
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import torch
 
@@ -164,7 +165,10 @@ def sat_dit_from_ours(state: dict[str, torch.Tensor], branch: str) -> dict[str, 
             for norm, picks in (("norm1.linear", NORM1_CHUNKS), ("norm2.linear", NORM2_CHUNKS)):
                 for pick, chunk in zip(picks, parts[norm].chunk(6), strict=True):
                     chunks[pick] = chunk
-            sat[f"mixins.adaln_layer.adaLN_modulations.{layer}.1.{kind}"] = torch.cat(chunks)
+            # the two norms' picks cover all 12 chunks
+            sat[f"mixins.adaln_layer.adaLN_modulations.{layer}.1.{kind}"] = torch.cat(
+                cast("list[torch.Tensor]", chunks)
+            )
     return sat
 
 

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import pickle
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 GUARDED_MODULES = frozenset({"os", "sys", "posix", "nt"})
 _guard_lock = threading.Lock()
 # classes built for real: plain attribute bags that run no code (SAT's training arguments)
-KEPT = [argparse.Namespace]
+KEPT: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [argparse.Namespace]
 
 
 class Skipped:

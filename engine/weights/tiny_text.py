@@ -93,11 +93,19 @@ def train_tiny_sentencepiece(out_dir: Path, vocab_size: int) -> Path:
     return out_dir / "spiece.model"
 
 
-def t5_config(**sizes: int) -> T5Config:
-    """The T5 v1.1 encoder's config at the given sizes (d_model, d_ff, num_layers, num_heads, d_kv,
-    vocab_size): gated GELU, 32 relative-position buckets, untied embeddings, as the release's encoders."""
-    return T5Config(
-        **sizes,
+def t5_config(
+    *, d_model: int, d_ff: int, num_layers: int, num_heads: int, d_kv: int, vocab_size: int
+) -> T5Config:
+    """The T5 v1.1 encoder's config at the given sizes: gated GELU, 32 relative-position buckets, untied
+    embeddings, as the release's encoders."""
+    # T5Config takes extra keyword arguments (strict(accept_kwargs=True)), which its typing does not show
+    return T5Config(  # type: ignore[call-arg]
+        d_model=d_model,
+        d_ff=d_ff,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        d_kv=d_kv,
+        vocab_size=vocab_size,
         feed_forward_proj="gated-gelu",
         relative_attention_num_buckets=32,
         relative_attention_max_distance=128,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.markup import escape
 from textual.app import App, ComposeResult
@@ -14,19 +14,24 @@ from textual.widgets import Footer, Header, Static
 
 from engine.params import fps_text, video_fps
 
+from ..views.base import EngineApp, engine_app
 from ..widgets.preview import FramePreview
 from .confirm import Confirm
 
 if TYPE_CHECKING:
-    from engine.protocol import JobSummary
+    from engine.protocol import JobReply, JobSummary, SubmitReply
 
 
 @dataclass
 class JobActions:
     app: App
 
+    @property
+    def engine(self) -> EngineApp:
+        return engine_app(self.app)
+
     async def rerun(self, job: JobSummary) -> str | None:
-        reply = await self.app.call_engine("submit", params=job.params)
+        reply = cast("SubmitReply | None", await self.engine.call_engine("submit", params=job.params))
         if reply is not None:
             self.app.notify(f"re-run queued as {reply.job_id[:8]}")
             return reply.job_id
@@ -38,7 +43,7 @@ class JobActions:
         while len(self.app.screen_stack) > 1:
             self.app.pop_screen()
         self.app.query_one(GenerateView).edit(job)
-        self.app.action_show_tab("generate")
+        self.engine.action_show_tab("generate")
         self.app.notify("the job's prompt and parameters are in the form: change them and submit (ctrl+s)")
 
     def copy(self, text: str, what: str) -> None:
@@ -53,7 +58,10 @@ class JobActions:
 
     def delete(self, job: JobSummary, after=None) -> None:
         async def answered(yes: bool | None) -> None:
-            if yes and await self.app.call_engine("delete_job", job_id=job.id, delete_files=True) is not None:
+            if (
+                yes
+                and await self.engine.call_engine("delete_job", job_id=job.id, delete_files=True) is not None
+            ):
                 self.app.notify(f"job {job.id[:8]} and its files deleted")
                 if after is not None:
                     after()
@@ -141,7 +149,7 @@ class JobDetail(Screen):
         yield Footer()
 
     async def on_mount(self) -> None:
-        reply = await self.app.call_engine("get_job", job_id=self.job_id)
+        reply = cast("JobReply | None", await engine_app(self.app).call_engine("get_job", job_id=self.job_id))
         if reply is None:
             self.app.pop_screen()
             return
@@ -180,7 +188,7 @@ class JobDetail(Screen):
 
     def action_play(self) -> None:
         preview = self.query_one(FramePreview)
-        if preview.playing:
+        if preview.playing and self.job is not None:
             preview.show_image(self.job.thumbnail_path)
         elif self.job and self.job.video_path:
             preview.play(self.job.video_path, fps=video_fps(self.job.params))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
@@ -32,8 +34,9 @@ def sections() -> list[tuple[str, str, list[tuple[str, str]]]]:
     from ..views.weights import WeightsView
     from .job_detail import JobDetail
 
-    def rows(bindings: list[Binding], extra: list[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-        return [*extra, *((key_names(b), b.description) for b in bindings if b.description)]
+    def rows(bindings: list[BindingType], extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+        described = [b for b in bindings if isinstance(b, Binding) and b.description]
+        return [*extra, *((key_names(b), b.description) for b in described)]
 
     views = {
         "generate": (GenerateView, [("up / down", "earlier prompts (first / last line)")]),

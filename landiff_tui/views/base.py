@@ -5,22 +5,47 @@ The engine's news reaches a view as the messages of `landiff_tui.messages` (`on_
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from textual.containers import Vertical
 
 if TYPE_CHECKING:
+    from textual.app import App
+
     from engine.protocol import Exact, LaneState
+
+    from ..client import EngineLink
+
+
+class EngineApp(Protocol):
+    """What the views and the job page use of the app (landiff_tui.app.LanDiffApp), named here so that they
+    import nothing of it (it imports them)."""
+
+    link: EngineLink
+
+    def action_show_tab(self, tab: str) -> None: ...
+    async def call_engine(self, kind: str, **fields: Any) -> Exact | None: ...
+    async def restart_engine(self, model: str | None = None) -> None: ...
+
+
+def engine_app(app: App[Any]) -> EngineApp:
+    """`app` as what the views and the job page use of it: they run in a LanDiffApp."""
+    return cast(EngineApp, app)
 
 
 class View(Vertical):
     DEFAULT_CLASSES = "view"
     FOCUS = ""  # the selector of the widget that gets the keys when the tab is shown
-    complete = True  # False while parts it mounts after the first frame are still to come
+
+    @property
+    def complete(self) -> bool:
+        """False while parts it mounts after the first frame are still to come."""
+        return True
 
     def on_mount(self) -> None:
         """A tab chosen before its view mounted (they mount after the first frame) gets it now."""
         tabs = self.app.query("#tabs")  # absent when a view is hosted on its own (a test, another app)
+        assert self.parent is not None
         if not tabs or getattr(tabs.first(), "active", None) == self.parent.id:
             self.call_after_refresh(self.focus_default)
             self.call_after_refresh(self.shown)
@@ -34,7 +59,11 @@ class View(Vertical):
 
     async def call(self, kind: str, **fields: Any) -> Exact | None:
         """The reply model, or None when the engine refused (the app has said why)."""
-        return await self.app.call_engine(kind, **fields)
+        return await self.engine_app.call_engine(kind, **fields)
+
+    @property
+    def engine_app(self) -> EngineApp:
+        return engine_app(self.app)
 
 
 def lane_summary(lane: LaneState) -> str:

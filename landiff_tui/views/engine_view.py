@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,7 +14,7 @@ from ..screens.confirm import Confirm
 from .base import View, lane_summary
 
 if TYPE_CHECKING:
-    from engine.protocol import LaneState, WorkerState
+    from engine.protocol import LaneState, LogTailReply, StatusReply, WorkerState
 
 LOG_LINES = 300
 
@@ -52,11 +52,14 @@ class EngineView(View):
         self.run_worker(self.action_refresh(), exclusive=True, group="engine-view")
 
     async def refresh_if_visible(self) -> None:
-        if getattr(self.app.query_one("#tabs"), "active", None) == "engine" and self.app.link.connected:
+        if (
+            getattr(self.app.query_one("#tabs"), "active", None) == "engine"
+            and self.engine_app.link.connected
+        ):
             await self.action_refresh()
 
     async def action_refresh(self) -> None:
-        status = await self.call("status")
+        status = cast("StatusReply | None", await self.call("status"))
         if status is None:
             return
         memory, total = status.memory_used_bytes, status.memory_total_bytes
@@ -75,7 +78,7 @@ class EngineView(View):
             *([f"started with: {shlex.join(status.options)} (R keeps them)"] if status.options else []),
         ]
         self.query_one("#engine-status", Static).update("\n".join(lines))
-        tail = await self.call("log_tail", lines=LOG_LINES)
+        tail = cast("LogTailReply | None", await self.call("log_tail", lines=LOG_LINES))
         if tail is not None:
             log = self.query_one("#engine-log", Log)
             log.clear()
@@ -86,7 +89,7 @@ class EngineView(View):
             self.notify("models released from memory; the next job loads them again")
 
     def action_stop(self) -> None:
-        if not self.app.link.connected:
+        if not self.engine_app.link.connected:
             self.notify("no engine is connected; R starts one", severity="warning")
             return
 
@@ -98,13 +101,13 @@ class EngineView(View):
 
     def action_restart(self) -> None:
         """Restart the engine when one is connected (asks first), else start one."""
-        if not self.app.link.connected:
-            self.app.run_worker(self.app.restart_engine(), group="engine-start")
+        if not self.engine_app.link.connected:
+            self.app.run_worker(self.engine_app.restart_engine(), group="engine-start")
             return
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.app.run_worker(self.app.restart_engine(), group="engine-start")
+                self.app.run_worker(self.engine_app.restart_engine(), group="engine-start")
 
         self.app.push_screen(Confirm(f"Restart the engine?{self.job_warning()}", "Restart"), answered)
 

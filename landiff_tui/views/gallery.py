@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from textual import events, on
 from textual.app import ComposeResult
@@ -24,7 +24,9 @@ from ..screens.job_detail import JobDetail, job_actions
 from .base import View
 
 if TYPE_CHECKING:
-    from engine.protocol import JobSummary
+    from textual.timer import Timer
+
+    from engine.protocol import JobList, JobSummary
 
 
 @lru_cache(maxsize=256)
@@ -95,7 +97,7 @@ class GalleryView(View):
         self.rows: list[JobSummary] = []
         self.total = 0
         self.generation = 0  # bumps with every new query, so late pages of an old one are dropped
-        self.search_timer = None
+        self.search_timer: Timer | None = None
         self.fetching = False
         self.dirty = True
         self.last_query_s: float | None = None
@@ -167,7 +169,7 @@ class GalleryView(View):
         started = time.perf_counter()
         self.fetching = True
         try:
-            reply = await self.call("list_jobs", offset=offset, **self.query_fields())
+            reply = cast("JobList | None", await self.call("list_jobs", offset=offset, **self.query_fields()))
         finally:
             self.fetching = False
         if reply is None or generation != self.generation:

@@ -7,7 +7,7 @@ form's checks (`landiff_tui.params`, the job schema) are imported then too.
 from __future__ import annotations
 
 from asyncio import gather
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from textual import on
 from textual.app import ComposeResult
@@ -20,7 +20,7 @@ from ..messages import EngineConnected, JobQueued
 from .base import View
 
 if TYPE_CHECKING:
-    from engine.protocol import JobSummary, Preset
+    from engine.protocol import JobList, JobSummary, Preset, PresetList, SubmitReply
 
 HISTORY_LIMIT = 200
 
@@ -108,7 +108,7 @@ class GenerateView(View):
         if not self.is_attached:  # the app quit before
             return
         notes = Static("", id="length-note"), Static("", id="form-errors")
-        presets = Select([], prompt="preset", id="preset", allow_blank=True)
+        presets: Select[str] = Select([], prompt="preset", id="preset", allow_blank=True)
         self.inputs = inputs
         await gather(
             self.mount(ParamsGrid(*fields, id="params"), *notes, after=self.query_one(PromptArea)),
@@ -131,9 +131,9 @@ class GenerateView(View):
         self.remember(message.event.prompt)
 
     async def load(self) -> None:
-        listing = await self.call("list_jobs", limit=HISTORY_LIMIT)
+        listing = cast("JobList | None", await self.call("list_jobs", limit=HISTORY_LIMIT))
         if listing is not None:
-            prompts = []
+            prompts: list[str] = []
             for job in reversed(listing.jobs):  # oldest first, like a shell history
                 if not prompts or prompts[-1] != job.prompt:
                     prompts.append(job.prompt)
@@ -142,7 +142,7 @@ class GenerateView(View):
         await self.load_presets()
 
     async def load_presets(self) -> None:
-        reply = await self.call("list_presets")
+        reply = cast("PresetList | None", await self.call("list_presets"))
         if reply is None:
             return
         self.presets = reply.presets
@@ -257,13 +257,13 @@ class GenerateView(View):
             self.notify(next(iter(errors.values())), title="not submitted", severity="error")
             return
         params = {**self.extras, **params}  # e.g. a long video's overlap, kept from the job being edited
-        reply = await self.call("submit", params=params)
+        reply = cast("SubmitReply | None", await self.call("submit", params=params))
         if reply is not None:
             self.remember(params["prompt"])
             self.draft = ""
             self.query_one(PromptArea).load_text("")  # a second ctrl+s queues nothing; up recalls it
             self.notify(f"job {reply.job_id[:8]} queued (up in the prompt recalls it)", title="submitted")
-            self.app.action_show_tab("queue")
+            self.engine_app.action_show_tab("queue")
 
     def action_random_seed(self) -> None:
         import secrets
@@ -283,6 +283,9 @@ class GenerateView(View):
         from ..screens.confirm import AskName
 
         params, _ = check_form("preset", self.texts())
+        if params is None:
+            self.notify("fix the parameters before saving them as a preset", severity="error")
+            return
 
         async def save(name: str | None) -> None:
             if name is None:
@@ -298,7 +301,7 @@ class GenerateView(View):
         from ..screens.confirm import Confirm
 
         box = self.query("#preset")
-        name = box.first().value if box else None
+        name = box.first(Select).value if box else None
         if not isinstance(name, str):
             self.notify("choose the preset to delete first", severity="warning")
             return

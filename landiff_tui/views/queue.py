@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -120,7 +120,7 @@ class QueueView(View):
         self.memory: StatusReply | None = None
 
     def compose(self) -> ComposeResult:
-        table = DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
+        table: DataTable[str] = DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("status", "worker", "job", "prompt")
         yield table
         with Vertical(id="live"):
@@ -171,7 +171,7 @@ class QueueView(View):
 
     async def catch_up(self) -> None:
         try:
-            status = await self.app.link.request("status")
+            status = cast("StatusReply", await self.engine_app.link.request("status"))
         except RemoteError:
             return
         self.memory = status
@@ -239,12 +239,12 @@ class QueueView(View):
             return
         self.following = job_id
         self.clear_live()
-        if job_id is None:
+        if job is None:
             return
-        if job_id in self.latest_chunk:
-            self.show_chunk(self.latest_chunk[job_id])
-        if job_id in self.latest:
-            self.last = self.latest[job_id]
+        if job.id in self.latest_chunk:
+            self.show_chunk(self.latest_chunk[job.id])
+        if job.id in self.latest:
+            self.last = self.latest[job.id]
             self.show_progress(self.last)
         self.draw_title(job)
 
@@ -277,12 +277,12 @@ class QueueView(View):
 
     async def tick(self) -> None:
         job = self.running
-        if job is None or not self.app.link.connected:
+        if job is None or not self.engine_app.link.connected:
             return
         self.update_info(job)
         if int(time.time()) % 3 == 0:  # memory changes slowly; asking costs the engine a call
             with contextlib.suppress(RemoteError):  # the engine went away meanwhile: the link says so
-                self.memory = await self.app.link.request("status")
+                self.memory = cast("StatusReply", await self.engine_app.link.request("status"))
                 self.draw_workers()
 
     # drawing
@@ -292,8 +292,8 @@ class QueueView(View):
         selected = self.selected_id()
         table.clear()
         ordered = sorted(self.jobs.values(), key=lambda job: (job.status != "running", job.created_at))
-        for job in ordered:
-            table.add_row(job.status, job.worker or "", job.id[:8], job.prompt[:120], key=job.id)
+        for entry in ordered:
+            table.add_row(entry.status, entry.worker or "", entry.id[:8], entry.prompt[:120], key=entry.id)
         if selected in self.jobs:  # the cursor stays on its job (the one followed live, when running)
             table.move_cursor(row=table.get_row_index(selected))
         self.follow()
@@ -390,7 +390,8 @@ class QueueView(View):
             job_id = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         except Exception:  # no row under the cursor
             job_id = None
-        job = self.jobs.get(job_id) or self.running or next(iter(self.jobs.values()))
+        under = self.jobs.get(job_id) if job_id is not None else None
+        job = under or self.running or next(iter(self.jobs.values()))
 
         async def answered(yes: bool | None) -> None:
             if yes and await self.call("cancel", job_id=job.id) is not None:

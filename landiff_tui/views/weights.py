@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -42,7 +42,7 @@ class WeightsView(View):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="weights-root")
-        table = DataTable(id="weights-table", cursor_type="row", zebra_stripes=True)
+        table: DataTable[str] = DataTable(id="weights-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("state", "size", "file")
         yield table
         yield Label("", id="weights-activity")
@@ -96,7 +96,7 @@ class WeightsView(View):
         self.run_worker(self.action_refresh(), exclusive=True, group="weights")
 
     async def action_refresh(self) -> None:
-        status = await self.call("weights_status")
+        status = cast("WeightsStatusReply | None", await self.call("weights_status"))
         if status is None:
             return
         self.status, self.busy = status, status.busy
@@ -125,7 +125,7 @@ class WeightsView(View):
     async def action_download(self) -> None:
         """Make the weights present: the tiny model's are generated here, the release's downloaded (which
         takes long and much disk, so it asks first)."""
-        status = self.status or await self.call("weights_status")
+        status = self.status or cast("WeightsStatusReply | None", await self.call("weights_status"))
         if status is None:
             return
         if status.generated:

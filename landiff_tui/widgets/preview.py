@@ -18,6 +18,7 @@ from textual.widgets import Static
 if TYPE_CHECKING:  # numpy and Pillow load on the first preview, not at start-up
     import numpy as np
     from PIL import Image
+    from textual.timer import Timer
 
 UPPER_HALF = "\u2580"
 
@@ -63,7 +64,8 @@ def video_frames(path: Path, cells_w: int, cells_h: int, limit: int = 240) -> li
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = next(reader)
     reader.close()
-    width, height = fit(*meta["size"], cells_w, cells_h)
+    source_w, source_h = meta["size"]
+    width, height = fit(source_w, source_h, cells_w, cells_h)
     reader = imageio_ffmpeg.read_frames(str(path), output_params=["-vf", f"scale={width}:{height}"])
     next(reader)
     frames = []
@@ -87,7 +89,7 @@ class FramePreview(Static):
         self.cells = cells
         self.frames: list[np.ndarray] = []
         self.index = 0
-        self.timer = None
+        self.timer: Timer | None = None
 
     def show_image(self, path: str | Path | None) -> None:
         self.stop()

@@ -9,10 +9,15 @@ shown the same way whether the strip is there yet or not.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from textual.containers import Container
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import ContentSwitcher
+
+if TYPE_CHECKING:
+    from textual.widgets import Tabs
 
 TAB_ID_PREFIX = "tab-"  # a Tab's id is its pane's, so prefixed: ids are unique in the whole DOM
 
@@ -64,7 +69,7 @@ class TabbedViews(Widget):
             raise ValueError(f"no tab {pane_id!r}; there are {', '.join(self.titles)}")
         strip = self.query("Tabs")
         if strip:
-            strip.first().active = TAB_ID_PREFIX + pane_id
+            cast("Tabs", strip.first()).active = TAB_ID_PREFIX + pane_id
         if pane_id == self.switcher.current:
             return
         self.switcher.current = pane_id

@@ -46,11 +46,12 @@ def make_group(
         os.environ[settings.NCCL_SOCKET_IFNAME.name] = settings.NCCL_SOCKET_IFNAME.raw() or "lo"
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = timeout
-        return dist.ProcessGroupNCCL(scoped, index, len(ranks), options)
-    options = dist.ProcessGroupGloo._Options()
+        # torch's stubs make the backends plain Backends, without the collectives they have
+        return dist.ProcessGroupNCCL(scoped, index, len(ranks), options)  # type: ignore[return-value]
+    options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # not in torch's stubs
     options._timeout = timeout
     options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]  # loopback only
-    return dist.ProcessGroupGloo(scoped, index, len(ranks), options)
+    return dist.ProcessGroupGloo(scoped, index, len(ranks), options)  # type: ignore[return-value]
 
 
 class ParallelGroup:

@@ -27,6 +27,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -34,6 +35,9 @@ from torch import nn
 from engine.generation.parallel.group import ParallelGroup
 from engine.models.control_dit import Attend, ControlDiT, JointAttentionProcessor, Streams, sdpa
 from engine.models.step_cache import CacheCounts, StepCache
+
+if TYPE_CHECKING:
+    from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
 
 
 class SequenceShardAttention:
@@ -90,7 +94,9 @@ def duplicate_single_rows(module: nn.Module) -> None:
 
     def before(linear: nn.Linear, args: tuple) -> tuple | None:
         x = args[0]
-        linear._landiff_doubled = x.ndim == 2 and x.shape[0] == 1 and not linear._landiff_alone
+        doubled = x.ndim == 2 and x.shape[0] == 1 and not linear._landiff_alone
+        # a plain flag: torch's Module.__setattr__ stub takes tensors and modules only
+        linear._landiff_doubled = doubled  # type: ignore[assignment]
         return (torch.cat([x, x]),) if linear._landiff_doubled else None
 
     def after(linear: nn.Linear, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
@@ -100,7 +106,7 @@ def duplicate_single_rows(module: nn.Module) -> None:
         if isinstance(layer, nn.Linear) and not getattr(layer, "_landiff_two_rows", False):
             layer.register_forward_pre_hook(before)
             layer.register_forward_hook(after)
-            layer._landiff_two_rows, layer._landiff_alone = True, False
+            layer._landiff_two_rows, layer._landiff_alone = True, False  # type: ignore[assignment]
 
 
 @contextlib.contextmanager
@@ -109,12 +115,12 @@ def rows_alone(module: nn.Module, alone: bool = True) -> Iterator[None]:
     row again, the arithmetic of a batch of one (a branch the single process runs without the other)."""
     layers = [m for m in module.modules() if getattr(m, "_landiff_two_rows", False)] if alone else []
     for layer in layers:
-        layer._landiff_alone = True
+        layer._landiff_alone = True  # type: ignore[assignment]  # see duplicate_single_rows
     try:
         yield
     finally:
         for layer in layers:
-            layer._landiff_alone = False
+            layer._landiff_alone = False  # type: ignore[assignment]
 
 
 class RankShare:
@@ -140,6 +146,7 @@ class RankShare:
         start = self.group.seq_index * self.per_rank
         own = slice(start, min(start + self.per_rank, self.tokens))
         streams.video, streams.control_video = streams.video[:, own], streams.control_video[:, own]
+        assert self.attention is not None  # ParallelDiT makes one for a sequence group
         self.attention.text_length, self.attention.tokens = streams.words.shape[1], self.tokens
         return streams
 
@@ -178,13 +185,13 @@ class ParallelDiT:
 
     def __init__(self, network: ControlDiT, group: ParallelGroup):
         self.network, self.group = network, group
-        self.attention = None
+        self.attention: SequenceShardAttention | None = None
         if group.cfg_group is not None:
             duplicate_single_rows(network)
         if group.seq_group is not None:
-            block = network.blocks()[0]
+            block = cast("CogVideoXBlock", network.blocks()[0])
             previous = block.attn1.processor
-            kernel = previous.attend if isinstance(previous, JointAttentionProcessor) else sdpa
+            kernel: Attend = previous.attend if isinstance(previous, JointAttentionProcessor) else sdpa
             if isinstance(kernel, SequenceShardAttention):
                 kernel = kernel.kernel
             split = (
@@ -254,6 +261,7 @@ class ParallelDiT:
         start = group.seq_index * per_rank
         streams.video = shard(streams.video, start, per_rank)
         streams.control_video = shard(streams.control_video, start, per_rank)
+        assert self.attention is not None  # made with the sequence group
         self.attention.text_length, self.attention.tokens = streams.words.shape[1], tokens
         video, _ = network.run_blocks(streams)
         video = group.gather(video, group.seq_group, dim=1)[:, :tokens]

@@ -127,6 +127,7 @@ class Ranks:
         if not self.processes:
             self.start()
         self.wait_ready()
+        assert self.store is not None  # start() made it with the helpers
         self.group = ParallelGroup(self.plan, 0, torch_device(self.devices[0]), self.store)
         self.group.explain = self.explain
         attach(stage, self.group)
@@ -134,9 +135,11 @@ class Ranks:
         return self.group
 
     def wait_ready(self) -> None:
+        store = self.store
+        assert store is not None  # start() made it with the helpers
         keys = [f"ready/{rank}" for rank in self.processes]
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.store.check(keys):
+        while not store.check(keys):
             for rank, code in self.dead():
                 self.stop()
                 raise RankLost(
