@@ -566,6 +566,7 @@ class HelloReply(Exact):
     protocol: int
     engine_version: str
     model: str
+    random_weights: bool = False  # the model's weights are random ones (ModelSpec.random_weights)
     instance: str  # changes when the engine restarts (its events are numbered anew)
     pid: int
     seq: int  # the last event's number
@@ -689,6 +690,7 @@ class WeightsStatusReply(Exact):
     # the files are made on this machine (the tiny model's random weights), not downloaded:
     # download_weights writes them
     generated: bool = False
+    random_weights: bool = False  # the model's weights are random ones (ModelSpec.random_weights)
 
 
 class LogTailReply(Exact):

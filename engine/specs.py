@@ -33,6 +33,10 @@ class ModelSpec:
     # latent frames a long video's chunk shares with the one before: 7 of 13 is the value the reference's
     # config names (`fixed_frames: 7`); tiny's 3-frame window takes 1, so each chunk still adds 2
     default_overlap: int = 7
+    # random weights in the release's layout, made on this machine (no download): the tiny model's
+    random_weights: bool = False
+    # where its files live under the weights root: the release directly, other specs in a folder of their own
+    weights_folder: str = ""
 
     def latent_shape(self, semantic_frames: int) -> tuple[int, int, int, int]:
         """[T, C, H, W] of one video's latents: one latent frame per semantic frame, twice its grid."""
@@ -58,6 +62,8 @@ LANDIFF = ModelSpec(
 
 TINY = ModelSpec(
     name="tiny",
+    random_weights=True,
+    weights_folder="tiny",
     llm=LLMConfig(
         hidden_dim=64,
         num_heads=4,

@@ -198,7 +198,7 @@ class LanDiffApp(App):
 
     async def check_weights(self) -> None:
         """First run with no weights: offer to download them or to try the tiny model."""
-        if self.offered_tiny or self.engine_info is None or self.engine_info.model == "tiny":
+        if self.offered_tiny or self.engine_info is None or self.engine_info.random_weights:
             return
         try:
             status = cast("WeightsStatusReply", await self.link.request("weights_status"))
@@ -211,13 +211,14 @@ class LanDiffApp(App):
             self.push_screen(NoWeights(status.root), self.first_run_choice)
 
     async def first_run_choice(self, choice: str | None) -> None:
+        """NoWeights' answer: "download", the name of a model to try instead, or None (later)."""
         if choice == "download":
             from .views.weights import WeightsView
 
             self.action_show_tab("weights")
             await self.query_one(WeightsView).action_download()
-        elif choice == "tiny":
-            await self.switch_model("tiny")
+        elif choice is not None:
+            await self.switch_model(choice)
 
     async def switch_model(self, model: str) -> None:
         """Stop this engine (when idle) and start one serving `model`."""

@@ -49,10 +49,6 @@ def connected(app: PaletteApp) -> bool:
     return app.link.connected
 
 
-def serving(app: PaletteApp) -> str | None:
-    return app.engine_info.model if app.engine_info is not None and connected(app) else None
-
-
 def entries(app: PaletteApp) -> Iterator[Entry]:
     generate = view(app, "generate")
     yield Entry("Generate: go to the prompt", "generate", "focus_default")
@@ -104,10 +100,10 @@ def entries(app: PaletteApp) -> Iterator[Entry]:
     yield Entry("Stop the engine", "engine", "stop", connected)
     yield Entry("Release the models from memory", "engine", "release", connected)
     yield Entry("Refresh the engine's status and log", "engine", "refresh", connected)
-    model = serving(app)
-    if model is not None and model != "tiny":
+    info = app.engine_info if connected(app) else None
+    if info is not None and not info.random_weights:
         yield Entry("Switch the engine to the tiny model", None, lambda app: app.switch_model("tiny"))
-    if model == "tiny":
+    if info is not None and info.random_weights:
         yield Entry("Switch the engine to the landiff model", None, lambda app: app.switch_model("landiff"))
     yield Entry("Keys: every key of every tab", None, lambda app: app.action_keys())
 

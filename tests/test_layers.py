@@ -7,6 +7,7 @@ find exactly that: a rule that cannot fail is not a check.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -247,3 +248,19 @@ def test_the_running_imports_agree_with_the_graph():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"importing the daemon, the CLI and the TUI loaded: {result.stdout}"
+
+
+MODEL_NAME_TEST = re.compile(r"""(==|!=)\s*["'](tiny|landiff)["']|["'](tiny|landiff)["']\s*(==|!=)""")
+
+
+def test_what_differs_between_models_is_read_from_their_specs_not_their_names():
+    """A model's name is compared nowhere: what differs (random weights, the weights' folder) is a field of
+    its ModelSpec, so a new spec is one entry in engine/specs.py."""
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if MODEL_NAME_TEST.search(line)
+    ]
+    assert found == []

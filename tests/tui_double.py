@@ -15,6 +15,7 @@ from typing import Any
 from engine import __version__
 from engine import protocol as p
 from engine.generation.lengths import limits, plan_length, rules_for
+from engine.specs import get_spec
 from engine.wire import RemoteError
 
 CREATED = 1_764_115_200.0  # 2025-11-26 00:00 UTC
@@ -115,6 +116,7 @@ class ScriptedLink:
             protocol=p.PROTOCOL_VERSION,
             engine_version=__version__,
             model=self.model,
+            random_weights=get_spec(self.model).random_weights,
             instance="4242-1",
             pid=4242,
             seq=self.seq,
@@ -186,7 +188,7 @@ class ScriptedLink:
     def on_weights_status(self, request: p.WeightsStatus) -> p.WeightsStatusReply:
         status = weights_status(self.weights_complete)
         if self.generated:
-            return status.model_copy(update={"model": "tiny", "generated": True})
+            return status.model_copy(update={"model": "tiny", "generated": True, "random_weights": True})
         return status
 
     def on_status(self, request: p.Status) -> p.StatusReply:

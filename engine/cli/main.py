@@ -372,7 +372,7 @@ def run_tokens(args: argparse.Namespace) -> int:
     if plan.rounded:
         console.print(f"note: {plan.note()}")
     layout = layout_for(spec.name)
-    if spec.name == "tiny" and ensure_tiny_release(layout, spec):
+    if spec.random_weights and ensure_tiny_release(layout, spec):
         console.print(f"wrote tiny random weights to {layout.root}")
     check_prompt_fits(values["prompt"], spec, layout.flan_t5_dir)
     device = parse_device(args.device)
@@ -432,7 +432,7 @@ def run_generate(args: argparse.Namespace) -> int:
     job = JobSpec.from_params(values, out=out, tokens=args.tokens)
     job.validate(spec)
     layout = layout_for(spec.name, args.ckpts)
-    if spec.name == "tiny" and ensure_tiny_release(layout, spec):
+    if spec.random_weights and ensure_tiny_release(layout, spec):
         console.print(f"wrote tiny random weights to {layout.root}")
     if job.tokens is None:  # the language model reads the prompt only when it writes the tokens
         check_prompt_fits(job.prompt, spec, layout.flan_t5_dir)

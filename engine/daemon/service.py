@@ -148,6 +148,7 @@ class EngineService:
             "protocol": PROTOCOL_VERSION,
             "engine_version": __version__,
             "model": self.model,
+            "random_weights": self.weights.spec().random_weights,
             "instance": self.instance,
             "pid": os.getpid(),
             "seq": self.hub.seq,

@@ -12,6 +12,7 @@ from engine.daemon.events import Publisher
 
 if TYPE_CHECKING:
     from engine.daemon.weights_jobs import WeightsJob
+    from engine.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ class WeightsOperations:
 
         return layout_for(self.model, self.ckpts).root
 
+    def spec(self) -> ModelSpec:
+        from engine.specs import get_spec
+
+        return get_spec(self.model)
+
     def checksums(self, root: Path) -> dict[str, str] | None:
         """The release's sums; LANDIFF_CHECKSUMS replaces them (mirrors, tests); tiny uses its own list."""
         from engine.weights.downloads import read_checksums
@@ -45,14 +51,14 @@ class WeightsOperations:
         configured = settings.CHECKSUMS.path()
         if configured is not None:
             return read_checksums(configured)
-        if self.model == "tiny" and (root / TINY_CHECKSUMS).is_file():
+        if self.spec().random_weights and (root / TINY_CHECKSUMS).is_file():
             return read_checksums(root / TINY_CHECKSUMS)
         return None
 
     def generates(self) -> bool:
         """The tiny model's weights are made here, not fetched (unless a checksum list names a bundle to
         download, as a mirror or a test does)."""
-        return self.model == "tiny" and settings.CHECKSUMS.path() is None
+        return self.spec().random_weights and settings.CHECKSUMS.path() is None
 
     def start(self, kind: str, only: str, clip: bool = False) -> dict[str, Any]:
         """Start a `download` or a `verify` of `only` (llm, diffusion, all) in its thread; a download of
@@ -92,4 +98,5 @@ class WeightsOperations:
             "complete": all(state.state in ("verified", "present") for state in states if not state.optional),
             "busy": self.busy(),
             "generated": self.generates(),
+            "random_weights": self.spec().random_weights,
         }

@@ -121,7 +121,7 @@ class Pipeline:
         Nothing loads until the first job."""
         spec = get_spec(model)
         layout = layout_for(spec.name, root)
-        if spec.name == "tiny":
+        if spec.random_weights:
             ensure_tiny_release(layout, spec)
         return cls(spec, layout, device=device, memory=memory, dit=dit)
 

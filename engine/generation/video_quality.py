@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 
 def clip_name(model: str) -> str:
     """What the record calls the CLIP that scores `model`'s videos."""
-    return CLIP_REPO if model == "landiff" else f"random {model} CLIP in the layout of {CLIP_REPO}"
+    from engine.specs import get_spec
+
+    if get_spec(model).random_weights:
+        return f"random {model} CLIP in the layout of {CLIP_REPO}"
+    return CLIP_REPO
 
 
 def clip_absence(root: Path) -> str | None:

@@ -105,9 +105,11 @@ class ReleaseLayout:
 
 
 def layout_for(model_name: str, root: Path | None = None) -> ReleaseLayout:
-    """The release model lives directly under the root; other specs in a subfolder of their name."""
+    """Where the files of spec `model_name` live: its `weights_folder` under the weights root."""
+    from engine.specs import get_spec
+
     root = weights_root() if root is None else root
-    return ReleaseLayout(root if model_name == "landiff" else root / model_name)
+    return ReleaseLayout(root / get_spec(model_name).weights_folder)
 
 
 RELEASE_SOURCE = "the Hugging Face repo yinaoxiong/LanDiff"

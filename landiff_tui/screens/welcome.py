@@ -10,6 +10,8 @@ from textual.widgets import Button, Static
 
 
 class NoWeights(ModalScreen[str | None]):
+    """Dismissed with "download", a model to try instead ("tiny"), or None."""
+
     BINDINGS = [
         Binding("d", "choose('download')", "Download"),
         Binding("t", "choose('tiny')", "Tiny model"),

@@ -107,7 +107,7 @@ class WeightsView(View):
         if status.generated:
             verdict = "generated" if status.complete else "not written yet (d: generate them)"
             head = f"{status.model} weights in {status.root}: random, made on this machine; {verdict}"
-        elif status.model == "tiny":
+        elif status.random_weights:
             verdict = "complete" if status.complete else "not there yet: the engine's first job makes them"
             head = f"tiny weights (random, made on this machine) in {status.root}: {verdict}"
         else:
@@ -140,7 +140,7 @@ class WeightsView(View):
             if yes and await self.call("download_weights", only="all") is not None:
                 self.notify("the engine is downloading; it goes on if you quit the TUI")
 
-        if status.model == "tiny":  # an engine that cannot write them itself (before `generated`)
+        if status.random_weights:  # an engine that does not write them itself (a checksum list is set)
             question = (
                 "The tiny model's random weights are made on this machine by the engine's first job (or "
                 "`landiff-engine tiny`). Fetch them from the hub (HF_ENDPOINT) instead?"
