@@ -399,12 +399,12 @@ class ChunkFinishedEvent(JobEvent):
 
 class JobFinishedEvent(JobEvent):
     """`frames` counts the model's frames, as every frame count of a job does (the `frames` parameter, at
-    the model's 8 fps); the file holds `video_frames` at `fps` (more than the model's when interpolated)."""
+    the model's fps); the file holds `video_frames` at `fps` (more than the model's when interpolated)."""
 
     event: Literal["job_finished"] = "job_finished"
     video: str | None
     frames: int
-    fps: int = 8
+    fps: int
     video_frames: int | None = None
 
 

@@ -290,7 +290,7 @@ def test_files_that_cannot_all_land_leave_none(tmp_path):
     mirror = VideoMirror(job.out)
     mirror.append(b"video")
     result = JobResult(
-        Path("/far/video.mp4"), Path("/far/video.npy"), Path("/far/video.json"), Path("/far/v.png")
+        Path("/far/video.mp4"), Path("/far/video.npy"), Path("/far/video.json"), Path("/far/v.png"), fps=8
     )
     record = {"no job": "a record without its job block cannot be rewritten"}
     files = SentFiles(result, b"tokens", b"png", record, hashlib.sha256(b"video").hexdigest(), 5)

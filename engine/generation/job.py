@@ -158,7 +158,7 @@ class JobResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int = 0
     frames: int = 0
-    fps: int = 8  # the video file's; `frames` counts the model's frames, at the model's fps
+    fps: int = field(kw_only=True)  # the video file's; `frames` counts the model's frames, at the model's fps
     video_frames: int = 0  # in the file, at `fps`
     interpolation: dict[str, Any] | None = None  # how the frames between the model's were made, if any
     chunks_done: int = 0

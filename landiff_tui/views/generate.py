@@ -187,11 +187,12 @@ class GenerateView(View):
             name: value for name, value in params.items() if name not in shown and value is not None
         }
         texts = form_texts({**defaults(), **params})
-        for name, widget in self.inputs.items():
-            if name in texts:
-                widget.value = texts[name]
-        if prompt is not None:
-            self.query_one(PromptArea).load_text(prompt)
+        with self.prevent(Input.Changed, TextArea.Changed):  # checked once below, not once per field
+            for name, widget in self.inputs.items():
+                if name in texts:
+                    widget.value = texts[name]
+            if prompt is not None:
+                self.query_one(PromptArea).load_text(prompt)
         self.check()
 
     def apply_preset(self, name: str, params: dict[str, Any]) -> None:
@@ -200,9 +201,10 @@ class GenerateView(View):
 
         shown = {field.name for field in FIELDS}
         texts = {key: text for key, text in form_texts(params).items() if key in params}
-        for key, widget in self.inputs.items():
-            if key in texts:
-                widget.value = texts[key]
+        with self.prevent(Input.Changed):  # checked once below, not once per field
+            for key, widget in self.inputs.items():
+                if key in texts:
+                    widget.value = texts[key]
         self.extras.update({key: value for key, value in params.items() if key not in shown | {"prompt"}})
         self.applied = (name, texts)
         self.check()

@@ -104,7 +104,7 @@ class FramePreview(Static):
         except OSError as error:
             self.update(f"cannot show {path}: {error}")
 
-    def play(self, video: str | Path, fps: float = 8.0) -> None:
+    def play(self, video: str | Path, fps: float) -> None:
         self.stop()
         try:
             self.frames = video_frames(Path(video), *self.cells)
