@@ -347,7 +347,7 @@ class QualityRecord(Exact):
 
 class Event(Exact):
     v: Literal[1] = PROTOCOL_VERSION
-    seq: int = Field(ge=1)
+    seq: int = Field(default=0, ge=0)  # 0 until the engine's hub numbers it as it sends it (from 1)
 
 
 class JobEvent(Event):

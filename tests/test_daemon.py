@@ -22,7 +22,7 @@ from engine.daemon.store import Store
 from engine.daemon.transport import Transport
 from engine.daemon.weights_ops import WeightsOperations
 from engine.daemon.worker import JobWorker
-from engine.protocol import parse_request
+from engine.protocol import JobQueuedEvent, parse_request
 
 JOBS = 300
 
@@ -33,7 +33,7 @@ def make_worker(store: Store, tmp_path: Path) -> JobWorker:
     def no_pipeline():
         raise AssertionError("these tests run no job")
 
-    return JobWorker(store, no_pipeline, lambda kind, **fields: None, tmp_path / "outputs", 600.0)
+    return JobWorker(store, no_pipeline, lambda event: None, tmp_path / "outputs", 600.0)
 
 
 def exclusivity_problems(store: Store, claimed: list[str], cancelled: list[str]) -> list[str]:
@@ -246,7 +246,7 @@ class SlowSubscribeService:
         if request.type == "status":
             raise ZeroDivisionError("a bug in a handler")
         seq = self.hub.seq
-        self.hub.publish("job_queued", job_id="during", prompt="a snail")
+        self.hub.publish(JobQueuedEvent(job_id="during", prompt="a snail"))
         await asyncio.sleep(0.01)
         return {"seq": seq, "instance": "test", "missed": [], "gap": False, "active": []}
 
@@ -280,7 +280,7 @@ def test_events_from_a_thread_keep_that_threads_order():
 
         def publish_many():
             for number in range(500):
-                hub.publish("job_queued", job_id=str(number), prompt="a snail")
+                hub.publish(JobQueuedEvent(job_id=str(number), prompt="a snail"))
 
         await asyncio.to_thread(publish_many)
         await asyncio.sleep(0)  # the scheduled publishes run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from engine.daemon.events import EventHub
+from engine.protocol import JobQueuedEvent
 
 
 def test_since_reports_a_gap_exactly_when_events_after_seq_were_dropped():
@@ -18,11 +19,11 @@ def test_since_reports_a_gap_exactly_when_events_after_seq_were_dropped():
         hub = EventHub(asyncio.get_running_loop(), backlog=4)  # made on its loop: publishes happen at once
         answers = {}
         for number in range(1, 4):
-            hub.publish("job_queued", job_id=f"job-{number}", prompt="a snail")
+            hub.publish(JobQueuedEvent(job_id=f"job-{number}", prompt="a snail"))
         missed, gap = hub.since(0)
         answers[-1] = ([message["seq"] for message in missed], gap)  # before the roll-over
         for number in range(4, 11):
-            hub.publish("job_queued", job_id=f"job-{number}", prompt="a snail")
+            hub.publish(JobQueuedEvent(job_id=f"job-{number}", prompt="a snail"))
         for seq in (0, 5, 6, 7, 10):
             missed, gap = hub.since(seq)
             answers[seq] = ([message["seq"] for message in missed], gap)

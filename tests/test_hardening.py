@@ -33,7 +33,7 @@ from engine.daemon.transport import Connection, Transport, read_lines
 from engine.daemon.weights_ops import WeightsOperations
 from engine.daemon.worker import JobWorker
 from engine.paths import NotTrusted, check_owned
-from engine.protocol import JobParams, parse_request
+from engine.protocol import JobParams, JobQueuedEvent, parse_request
 from tests.harness import (
     ENGINE_LEAVES_S,
     ROOT,
@@ -128,7 +128,7 @@ def test_a_subscriber_that_never_reads_is_dropped_and_leaves_the_hub(tmp_path):
             snapshot = json.loads(await asyncio.wait_for(reader.readline(), WAIT_S))
             await wait_until_async(lambda: hub.subscribers, "the subscription")
             for number in range(3000):  # each event about 2 kB: 6 MB in all
-                hub.publish("job_queued", job_id=f"{number:012x}", prompt="a snail " * 250)
+                hub.publish(JobQueuedEvent(job_id=f"{number:012x}", prompt="a snail " * 250))
                 if number % 100 == 0:
                     await asyncio.sleep(0)
             await wait_until_async(
@@ -152,7 +152,7 @@ def test_replies_are_paged_to_a_budget_and_a_replay_too_long_becomes_a_gap(tmp_p
     async def scenario():
         hub = EventHub(asyncio.get_running_loop())
         for number in range(100):
-            hub.publish("job_queued", job_id=f"{number:012x}", prompt=prompt)
+            hub.publish(JobQueuedEvent(job_id=f"{number:012x}", prompt=prompt))
         worker = JobWorker(store, lambda: None, hub.publish, tmp_path / "out", 600.0)
         weights = WeightsOperations("tiny", tmp_path / "weights", hub.publish)
         pool = WorkerPool(store, [worker])
@@ -420,7 +420,7 @@ class WritesThenFails:
 def run_one_job(tmp_path: Path, make_pipeline) -> tuple[Store, str, Path]:
     store = Store(tmp_path / "landiff.db")
     row = store.add_job(JobParams(prompt="a snail").model_dump(), "tiny", "test")
-    worker = JobWorker(store, make_pipeline, lambda kind, **fields: None, tmp_path / "outputs", 600.0)
+    worker = JobWorker(store, make_pipeline, lambda event: None, tmp_path / "outputs", 600.0)
     claimed = worker.claim()
     worker.run_job(claimed.id, JobParams(**json.loads(claimed.params)), claimed.model)
     return store, row.id, tmp_path / "outputs" / row.id

@@ -92,7 +92,7 @@ def test_a_failed_job_is_logged_with_its_id_and_error(engine_log, tmp_path):
     def broken_pipeline():
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    worker = JobWorker(store, broken_pipeline, lambda kind, **fields: None, tmp_path / "outputs", 600.0)
+    worker = JobWorker(store, broken_pipeline, lambda event: None, tmp_path / "outputs", 600.0)
     claimed = worker.claim()
     worker.run_job(claimed.id, JobParams(**json.loads(claimed.params)))
     text = engine_log.read_text()

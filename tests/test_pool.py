@@ -137,7 +137,7 @@ class LostUnderTheJob:
 def test_a_lost_worker_requeues_its_job_once_then_the_job_is_interrupted(tmp_path):
     store = Store(tmp_path / "landiff.db")
     events: list[dict] = []
-    publish = lambda kind, **fields: events.append({"event": kind, **fields})  # noqa: E731
+    publish = lambda event: events.append(event.model_dump())  # noqa: E731
     outputs = tmp_path / "outputs"
     first_lost = threading.Event()
     workers = [

@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from typing import Any, Protocol
 
-from engine.protocol import event
+from engine.protocol import Event
 
 BACKLOG = 20_000
 
@@ -15,13 +15,13 @@ BACKLOG = 20_000
 class Publisher(Protocol):
     """What the service, the worker and the weights jobs publish through (EventHub.publish)."""
 
-    def __call__(self, kind: str, /, **fields: Any) -> None: ...
+    def __call__(self, event: Event, /) -> None: ...
 
 
 class EventHub:
     """Lives on the asyncio loop; any thread may publish.
 
-    `_publish` is the one place an event is made and numbered. A publish from another thread is
+    `_publish` is the one place an event is numbered. A publish from another thread is
     scheduled on the loop (`call_soon_threadsafe` keeps each thread's order); one from the loop itself
     happens at once, so an event published by a handler precedes that handler's reply.
     """
@@ -33,15 +33,16 @@ class EventHub:
         self.log: deque[dict[str, Any]] = deque(maxlen=backlog)
         self.subscribers: set[asyncio.Queue] = set()
 
-    def publish(self, kind: str, /, **fields: Any) -> None:
+    def publish(self, event: Event, /) -> None:
+        """Send `event` (a protocol model, checked as it was made) to every subscriber, numbered."""
         if threading.get_ident() == self.loop_thread:
-            self._publish(kind, fields)
+            self._publish(event)
         else:
-            self.loop.call_soon_threadsafe(self._publish, kind, fields)
+            self.loop.call_soon_threadsafe(self._publish, event)
 
-    def _publish(self, kind: str, fields: dict[str, Any]) -> None:
-        message = event(kind, self.seq + 1, **fields)  # refused (a wrong shape) before it takes a number
+    def _publish(self, event: Event) -> None:
         self.seq += 1
+        message = event.model_copy(update={"seq": self.seq}).model_dump(mode="json")
         self.log.append(message)
         for queue in self.subscribers:
             queue.put_nowait(message)

@@ -29,6 +29,7 @@ from engine import settings
 from engine.daemon.events import Publisher
 from engine.daemon.store import JobRow, Store
 from engine.generation.video_quality import add_to_sidecar, clip_name, measure_video
+from engine.protocol import JobQualityEvent, QualityRecord
 from engine.weights.layout import CLIP_REPO
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ class QualityProbe(threading.Thread):
             self.store.update(row.id, quality=record)
         except KeyError:
             return
-        self.publish("job_quality", job_id=row.id, quality=record)
+        self.publish(JobQualityEvent(job_id=row.id, quality=QualityRecord.model_validate(record)))
         clip = record.get("clip")
         log.info(
             "job %s quality: flicker %s, motion %s, CLIP %s (%.1f s)",

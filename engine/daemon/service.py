@@ -34,7 +34,10 @@ from engine.protocol import (
     DownloadWeights,
     GetJob,
     Hello,
+    JobCancelledEvent,
+    JobDeletedEvent,
     JobParams,
+    JobQueuedEvent,
     ListJobs,
     ListPresets,
     LogTail,
@@ -46,6 +49,7 @@ from engine.protocol import (
     Submit,
     Subscribe,
     VerifyWeights,
+    WeightsPart,
     WeightsStatus,
 )
 
@@ -229,7 +233,7 @@ class EngineService:
             # before the worker can claim the job and publish job_started
             with self.store.lock:
                 row = self.store.add_job(params.model_dump(), self.model, __version__)
-                self.hub.publish("job_queued", job_id=row.id, prompt=row.prompt)
+                self.hub.publish(JobQueuedEvent(job_id=row.id, prompt=row.prompt))
             return row
 
         row = await self.db.run(add_and_announce)
@@ -264,7 +268,7 @@ class EngineService:
         job_id = await self.resolve(request.job_id)
         outcome = await self.db.run(self.workers.cancel, job_id)
         if outcome == "cancelled":
-            self.hub.publish("job_cancelled", job_id=job_id)
+            self.hub.publish(JobCancelledEvent(job_id=job_id))
             log.info("job %s cancelled while queued", job_id)
             return {"job_id": job_id, "status": "cancelled"}
         if outcome == "cancelling":
@@ -294,7 +298,7 @@ class EngineService:
         await self.db.run(self.store.delete, row.id)
         if request.delete_files:
             await asyncio.to_thread(shutil.rmtree, self.outputs / row.id, ignore_errors=True)
-        self.hub.publish("job_deleted", job_id=row.id)
+        self.hub.publish(JobDeletedEvent(job_id=row.id))
         log.info("job %s deleted%s", row.id, " with its files" if request.delete_files else "")
         return {"job_id": row.id}
 
@@ -340,7 +344,7 @@ class EngineService:
     async def on_verify_weights(self, request: VerifyWeights) -> dict[str, Any]:
         return self.start_weights("verify", request.only)
 
-    def start_weights(self, kind: str, only: str, clip: bool = False) -> dict[str, Any]:
+    def start_weights(self, kind: str, only: WeightsPart, clip: bool = False) -> dict[str, Any]:
         try:
             return self.weights.start(kind, only, clip)
         except WeightsBusy as error:

@@ -6,9 +6,25 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from engine.daemon.events import Publisher
+from engine.protocol import (
+    DownloadCancelledEvent,
+    DownloadFailedEvent,
+    DownloadFinishedEvent,
+    DownloadProgressEvent,
+    DownloadStartedEvent,
+    Event,
+    VerifyCancelledEvent,
+    VerifyFailedEvent,
+    VerifyFinishedEvent,
+    VerifyProgressEvent,
+    VerifyStartedEvent,
+    WeightsJobCancelled,
+    WeightsJobFailed,
+    WeightsJobStarted,
+    WeightsPart,
+)
 from engine.weights.downloads import (
     DownloadCancelled,
     Downloader,
@@ -28,11 +44,14 @@ class WeightsJob(threading.Thread):
     has seen that event finds the engine free for the next one."""
 
     kind = ""
+    started_event: type[WeightsJobStarted]
+    failed_event: type[WeightsJobFailed]
+    cancelled_event: type[WeightsJobCancelled]
 
     def __init__(
         self,
         root: Path,
-        only: str,
+        only: WeightsPart,
         publish: Publisher,
         checksums: dict[str, str] | None,
         clip: bool = False,
@@ -45,30 +64,33 @@ class WeightsJob(threading.Thread):
         self.last = 0.0
 
     def run(self) -> None:
-        self.publish(f"{self.kind}_started", only=self.only, root=str(self.root))
+        self.publish(self.started_event(only=self.only, root=str(self.root)))
         started = time.monotonic()
+        ended: Event
         try:
-            kind, fields = self.work()
+            outcome, ended = "finished", self.work()
         except DownloadCancelled as error:
-            kind, fields = "cancelled", {"message": str(error)}
+            outcome, ended = "cancelled", self.cancelled_event(message=str(error))
         except DownloadError as error:
-            kind, fields = "failed", {"error": str(error)}
+            outcome, ended = "failed", self.failed_event(error=str(error))
         except Exception as error:  # a download's failure is never the engine's
             log.exception("weights %s of %s failed", self.kind, self.only)
-            kind, fields = "failed", {"error": f"{type(error).__name__}: {error}"}
+            outcome, ended = "failed", self.failed_event(error=f"{type(error).__name__}: {error}")
+        fields = ended.model_dump(exclude={"v", "seq", "event"})
         log.log(
-            logging.WARNING if kind == "failed" else logging.INFO,
+            logging.WARNING if outcome == "failed" else logging.INFO,
             "weights %s of %s %s after %.1f s: %s",
             self.kind,
             self.only,
-            kind,
+            outcome,
             time.monotonic() - started,
             ", ".join(f"{key} {value}" for key, value in fields.items()) or "-",
         )
         self.done.set()
-        self.publish(f"{self.kind}_{kind}", **fields)
+        self.publish(ended)
 
-    def work(self) -> tuple[str, dict[str, Any]]:
+    def work(self) -> Event:
+        """The work, and the event that says it finished."""
         raise NotImplementedError
 
     def due(self, finished: bool) -> bool:
@@ -82,6 +104,11 @@ class WeightsJob(threading.Thread):
 
 class DownloadJob(WeightsJob):
     kind = "download"
+    started_event, failed_event, cancelled_event = (
+        DownloadStartedEvent,
+        DownloadFailedEvent,
+        DownloadCancelledEvent,
+    )
 
     def progress(self, event: DownloadProgress) -> None:
         finished_file = event.file_total is not None and event.file_done >= event.file_total
@@ -89,34 +116,33 @@ class DownloadJob(WeightsJob):
             log.info("downloaded %s (%d bytes)", event.file, event.file_done)
         if self.due(finished_file):
             self.publish(
-                "download_progress",
-                file=event.file,
-                file_done=event.file_done,
-                file_total=event.file_total,
-                done=event.done,
-                total=event.total,
-                rate=round(event.rate, 1),
-                eta_s=None if event.eta_s is None else round(event.eta_s, 1),
+                DownloadProgressEvent(
+                    file=event.file,
+                    file_done=event.file_done,
+                    file_total=event.file_total,
+                    done=event.done,
+                    total=event.total,
+                    rate=round(event.rate, 1),
+                    eta_s=None if event.eta_s is None else round(event.eta_s, 1),
+                )
             )
 
-    def work(self) -> tuple[str, dict[str, Any]]:
+    def work(self) -> Event:
         downloader = Downloader(self.root, on_progress=self.progress, should_stop=self.cancelled.is_set)
         _, report = download_release(downloader, self.only, self.checksums, self.clip)
-        return "finished", {
-            "fetched": report.fetched,
-            "skipped": len(report.skipped),
-            "refetched": report.refetched,
-            "failed": report.failed,
-        }
+        return DownloadFinishedEvent(
+            fetched=report.fetched,
+            skipped=len(report.skipped),
+            refetched=report.refetched,
+            failed=report.failed,
+        )
 
 
-class GenerateJob(WeightsJob):
+class GenerateJob(DownloadJob):
     """The tiny model's "download": its random weights are written here, in the release layout, with the
     checksum list that `verify` reads; it reports as a download does, so clients follow it the same way."""
 
-    kind = "download"
-
-    def work(self) -> tuple[str, dict[str, Any]]:
+    def work(self) -> Event:
         from engine.specs import get_spec
         from engine.weights.layout import ReleaseLayout
         from engine.weights.tiny import release_files, write_tiny_release
@@ -124,22 +150,23 @@ class GenerateJob(WeightsJob):
         layout = ReleaseLayout(self.root)
         write_tiny_release(layout, get_spec("tiny"))
         written = [str(path.relative_to(self.root)) for path in release_files(layout)]
-        return "finished", {"fetched": written, "skipped": 0, "refetched": [], "failed": {}}
+        return DownloadFinishedEvent(fetched=written, skipped=0, refetched=[], failed={})
 
 
 class VerifyJob(WeightsJob):
     """Re-reads every present file against its MD5 (about 25 GB for the release), with progress."""
 
     kind = "verify"
+    started_event, failed_event, cancelled_event = VerifyStartedEvent, VerifyFailedEvent, VerifyCancelledEvent
 
     def progress(self, name: str, done: int, total: int) -> None:
         if self.cancelled.is_set():
             raise DownloadCancelled("verification cancelled; nothing was changed")
         if self.due(done >= total):
-            self.publish("verify_progress", file=name, done=done, total=total)
+            self.publish(VerifyProgressEvent(file=name, done=done, total=total))
 
-    def work(self) -> tuple[str, dict[str, Any]]:
+    def work(self) -> Event:
         files = planned_files(self.root, self.only, self.checksums, self.clip)
         results = verify(self.root, files, self.progress)
         bad = sorted(name for name, ok in results.items() if not ok)
-        return "finished", {"checked": len(results), "mismatched": bad}
+        return VerifyFinishedEvent(checked=len(results), mismatched=bad)

@@ -12,6 +12,7 @@ from engine.daemon.events import Publisher
 
 if TYPE_CHECKING:
     from engine.daemon.weights_jobs import WeightsJob
+    from engine.protocol import WeightsPart
     from engine.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class WeightsOperations:
         download, as a mirror or a test does)."""
         return self.spec().random_weights and settings.CHECKSUMS.path() is None
 
-    def start(self, kind: str, only: str, clip: bool = False) -> dict[str, Any]:
+    def start(self, kind: str, only: WeightsPart, clip: bool = False) -> dict[str, Any]:
         """Start a `download` or a `verify` of `only` (llm, diffusion, all) in its thread; a download of
         weights this engine generates writes them instead. `clip`: the download fetches the quality
         probe's optional CLIP too (a verification of all files checks it whenever it is there)."""

@@ -21,7 +21,19 @@ from engine.daemon.disk import PREVIEW_WIDTH, DiskFull, check_room, disk_full_me
 from engine.daemon.events import Publisher
 from engine.daemon.model_thread import free_device_memory, keep_stepping, load_torch, release_due
 from engine.daemon.store import JobRow, Store
-from engine.protocol import JobParams
+from engine.protocol import (
+    ChunkFinishedEvent,
+    JobCancelledEvent,
+    JobFailedEvent,
+    JobFinishedEvent,
+    JobInterruptedEvent,
+    JobParams,
+    JobProgressEvent,
+    JobRequeuedEvent,
+    JobStartedEvent,
+    JobStoppedEvent,
+    ModelsReleasedEvent,
+)
 
 if TYPE_CHECKING:  # torch and the models load in the worker thread, after the socket is up
     from engine.daemon.token_lane import TokenLane
@@ -30,6 +42,14 @@ if TYPE_CHECKING:  # torch and the models load in the worker thread, after the s
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress events a second per job, plus each stage's last step
+
+
+def stopped(how: str, **fields: Any) -> JobStoppedEvent:
+    """The event of a job that stopped as `how` says: "interrupted" (the engine stopping, its worker lost),
+    else cancelled ("cancelled", "cancelled_partial")."""
+    if how == "interrupted":
+        return JobInterruptedEvent(**fields)
+    return JobCancelledEvent(**fields)
 
 
 class ProgressThrottle:
@@ -190,7 +210,7 @@ class JobWorker(threading.Thread):
         close_pipeline(self.pipeline)
         self.pipeline = None
         free_device_memory()
-        self.publish("models_released")
+        self.publish(ModelsReleasedEvent())
         log.info(
             "models released %s: %s (%s of weights)", why, ", ".join(loaded) or "none", mebibytes(weights)
         )
@@ -199,26 +219,27 @@ class JobWorker(threading.Thread):
         from engine.generation.job import JobCancelled, JobSpec
         from engine.generation.video import write_thumbnail
 
-        self.publish("job_started", job_id=job_id, worker=self.label)
+        self.publish(JobStartedEvent(job_id=job_id, worker=self.label))
         folder = self.outputs / job_id
         job = JobSpec.from_params(params.model_dump(), out=folder / "video.mp4")
 
         def progress(event: Progress) -> None:
             self.publish(
-                "job_progress",
-                job_id=job_id,
-                stage=event.stage,
-                step=event.step,
-                total=event.total,
-                chunk=event.chunk,
-                chunks=event.chunks,
-                rate=round(event.rate, 3),
-                eta_s=None if event.eta_s is None else round(event.eta_s, 2),
-                frames_written=event.frames_written,
-                video_seconds=round(event.video_seconds, 3),
-                job_eta_s=None if event.job_eta_s is None else round(event.job_eta_s, 2),
-                dit_calls=event.dit_calls,
-                cache_skips=event.cache_skips,
+                JobProgressEvent(
+                    job_id=job_id,
+                    stage=event.stage,
+                    step=event.step,
+                    total=event.total,
+                    chunk=event.chunk,
+                    chunks=event.chunks,
+                    rate=round(event.rate, 3),
+                    eta_s=None if event.eta_s is None else round(event.eta_s, 2),
+                    frames_written=event.frames_written,
+                    video_seconds=round(event.video_seconds, 3),
+                    job_eta_s=None if event.job_eta_s is None else round(event.job_eta_s, 2),
+                    dit_calls=event.dit_calls,
+                    cache_skips=event.cache_skips,
+                )
             )
 
         chunk_timings: list[dict[str, Any]] = []
@@ -239,17 +260,18 @@ class JobWorker(threading.Thread):
                 seconds_text(done.timings_s),
             )
             self.publish(
-                "chunk_finished",
-                job_id=job_id,
-                index=done.index,
-                chunks=done.chunks,
-                first_frame=done.first_frame,
-                last_frame=done.last_frame,
-                frames_written=done.frames_written,
-                video_seconds=round(done.video_seconds, 3),
-                preview=str(preview),
-                video_partial=str(done.partial_video),
-                timings_s=done.timings_s,
+                ChunkFinishedEvent(
+                    job_id=job_id,
+                    index=done.index,
+                    chunks=done.chunks,
+                    first_frame=done.first_frame,
+                    last_frame=done.last_frame,
+                    frames_written=done.frames_written,
+                    video_seconds=round(done.video_seconds, 3),
+                    preview=str(preview),
+                    video_partial=str(done.partial_video),
+                    timings_s=done.timings_s,
+                )
             )
 
         def should_stop() -> bool:
@@ -286,7 +308,7 @@ class JobWorker(threading.Thread):
             if cancelled.partial is None:
                 remove_job_files(folder)
                 self.store.update(job_id, status=status, finished_at=time.time())
-                self.publish(f"job_{status}", job_id=job_id)
+                self.publish(stopped(status, job_id=job_id))
                 log.info("job %s %s after %.1f s: %s", job_id, status, time.monotonic() - started, cancelled)
                 return
             # the finished chunks are a shorter, playable video: kept, and the job says so
@@ -303,14 +325,16 @@ class JobWorker(threading.Thread):
                 row.video_path,
             )
             self.publish(
-                "job_interrupted" if status == "interrupted" else "job_cancelled",
-                job_id=job_id,
-                status=status,
-                partial=True,
-                video=row.video_path,
-                frames=cancelled.partial.frames,
-                chunks_done=cancelled.partial.chunks_done,
-                chunks=cancelled.partial.chunks,
+                stopped(
+                    status,
+                    job_id=job_id,
+                    status=status,
+                    partial=True,
+                    video=row.video_path,
+                    frames=cancelled.partial.frames,
+                    chunks_done=cancelled.partial.chunks_done,
+                    chunks=cancelled.partial.chunks,
+                )
             )
             return
         except Exception as error:  # any failure is the job's, never the engine's
@@ -326,16 +350,17 @@ class JobWorker(threading.Thread):
                 exc_info=not (full or isinstance(error, ValueError)),  # a refusal or full disk: no traceback
             )
             self.store.update(job_id, status="failed", finished_at=time.time(), error=message)
-            self.publish("job_failed", job_id=job_id, error=message)
+            self.publish(JobFailedEvent(job_id=job_id, error=message))
             return
         row = self.record_result(job_id, result, "finished")
         self.publish(
-            "job_finished",
-            job_id=job_id,
-            video=row.video_path,
-            frames=result.frames,
-            fps=result.fps,
-            video_frames=result.video_frames,
+            JobFinishedEvent(
+                job_id=job_id,
+                video=row.video_path,
+                frames=result.frames,
+                fps=result.fps,
+                video_frames=result.video_frames,
+            )
         )
         log.info(
             "job %s finished in %.1f s: %d frames in %d chunk(s), %s; peak memory %s; %s",
@@ -363,14 +388,14 @@ class JobWorker(threading.Thread):
             status = "interrupted" if self.stopping.is_set() else "cancelled"
             error = f"worker {self.label} was lost ({why})"
             self.store.update(job_id, status=status, finished_at=time.time(), error=error)
-            self.publish(f"job_{status}", job_id=job_id)
+            self.publish(stopped(status, job_id=job_id))
         elif self.store.requeue(job_id):
             log.warning("job %s is queued again after losing worker %s", job_id, self.label)
-            self.publish("job_requeued", job_id=job_id, worker=self.label, error=why)
+            self.publish(JobRequeuedEvent(job_id=job_id, worker=self.label, error=why))
         else:
             error = f"worker {self.label} was lost while running it ({why}), after it had been re-queued once"
             self.store.update(job_id, status="interrupted", finished_at=time.time(), error=error)
-            self.publish("job_interrupted", job_id=job_id, status="interrupted", error=error)
+            self.publish(JobInterruptedEvent(job_id=job_id, status="interrupted", error=error))
             log.error("job %s interrupted: %s", job_id, error)
         if self.on_lost is not None:
             self.on_lost(self)

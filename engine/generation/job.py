@@ -18,6 +18,8 @@ from engine.specs import ModelSpec
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from engine.protocol import Stage
+
 
 class JobRules:
     """What a job does with its parameters; `JobSpec` adds the fields, one per schema parameter."""
@@ -112,7 +114,7 @@ class Progress:
     the whole job's remaining time (None until there is something to estimate it from).
     """
 
-    stage: str
+    stage: Stage
     step: int
     total: int
     rate: float  # steps per second in this stage so far

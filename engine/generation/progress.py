@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.generation.job import Progress
 from engine.generation.lengths import ChunkPlan
 
+if TYPE_CHECKING:
+    from engine.protocol import Stage
+
 
 class StageClock:
     """Turns step callbacks into Progress events with a rate and an ETA."""
 
-    def __init__(self, stage: str, emit: Callable[[Progress], None] | None, job: JobClock | None = None):
+    def __init__(self, stage: Stage, emit: Callable[[Progress], None] | None, job: JobClock | None = None):
         self.stage, self.emit, self.job, self.started = stage, emit, job, time.perf_counter()
 
     def __call__(self, step: int, total: int) -> None:
