@@ -236,3 +236,24 @@ def test_a_real_engine_replies_and_publishes_in_the_models(engine):
     expected |= {"job_quality"}
     assert expected <= kinds, expected - kinds
     assert [event.seq for event in replay.missed] == list(range(since + 1, since + 1 + len(replay.missed)))
+
+
+def test_the_service_handles_each_request_model_once_found_by_its_type():
+    from engine.daemon.service import EngineService, handlers
+
+    found = handlers(EngineService)
+    assert set(found) == set(p.REQUEST_MODELS)
+    assert all(found[model].__name__ == f"on_{p.type_name(model)}" for model in found)
+
+    class Forgetful(EngineService):
+        on_cancel = None  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="handles no Cancel$"):
+        handlers(Forgetful)
+
+    class Twice(EngineService):
+        async def on_stop(self, request: p.Shutdown) -> dict:
+            return {}
+
+    with pytest.raises(TypeError, match="a second handler of Shutdown"):
+        handlers(Twice)

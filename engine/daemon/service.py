@@ -8,12 +8,14 @@ write it describes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+import typing
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ from engine.daemon.store_thread import StoreThread
 from engine.daemon.weights_ops import NothingRunning, WeightsBusy, WeightsOperations
 from engine.protocol import (
     PROTOCOL_VERSION,
+    REQUEST_MODELS,
     Cancel,
     CancelDownload,
     DeleteJob,
@@ -43,6 +46,7 @@ from engine.protocol import (
     LogTail,
     ProbeQuality,
     ReleaseModels,
+    Request,
     SavePreset,
     Shutdown,
     Status,
@@ -51,6 +55,7 @@ from engine.protocol import (
     VerifyWeights,
     WeightsPart,
     WeightsStatus,
+    type_name,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +74,28 @@ class RequestFailed(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+Handler = Callable[[Any, Any], Awaitable[dict[str, Any]]]
+
+
+def handlers(service: type) -> dict[type[Request], Handler]:
+    """The service's handler of each request model: its `on_` method whose `request` parameter is
+    annotated with that model. TypeError unless every model of the protocol has exactly one."""
+    found: dict[type[Request], Handler] = {}
+    for name, method in inspect.getmembers(service, inspect.iscoroutinefunction):
+        if not name.startswith("on_"):
+            continue
+        request_type = typing.get_type_hints(method).get("request")
+        if request_type not in REQUEST_MODELS:
+            raise TypeError(f"{service.__name__}.{name} does not take a request model as `request`")
+        if request_type in found:
+            raise TypeError(f"{service.__name__}.{name}: a second handler of {request_type.__name__}")
+        found[request_type] = method
+    missing = [model.__name__ for model in REQUEST_MODELS if model not in found]
+    if missing:
+        raise TypeError(f"{service.__name__} handles no {', '.join(missing)}")
+    return found
 
 
 class EngineService:
@@ -90,17 +117,18 @@ class EngineService:
         self.quality: QualityProbe | None = None  # the server's quality probe thread
         self.started = time.time()
         self.instance = f"{os.getpid()}-{int(self.started)}"
+        self.handlers = handlers(type(self))
 
-    async def handle(self, request) -> dict[str, Any]:
-        handler = getattr(self, f"on_{request.type}")
+    async def handle(self, request: Request) -> dict[str, Any]:
+        handler = self.handlers[type(request)]
         try:
-            return await handler(request)
+            return await handler(self, request)
         except RequestFailed:
             raise
         except Exception as error:
             if is_disk_full(error):
                 folder = self.store.path.parent
-                log.error("the %s request failed: the disk of %s is full", request.type, folder)
+                log.error("the %s request failed: the disk of %s is full", type_name(type(request)), folder)
                 raise RequestFailed(
                     "disk_full",
                     f"the disk holding the data dir {folder} is full; free some space there and try again",
