@@ -311,3 +311,16 @@ def test_files_that_cannot_all_land_leave_none(tmp_path):
         "video.npy",
         "video.png",
     ]
+
+
+def test_tokens_made_elsewhere_reach_the_actor_as_a_given_tokens_file(tmp_path):
+    """RemotePipeline.run(tokens=...) (the PipelineBackend's LLM-lane entry) sends the codes as the .npy
+    a job's given tokens are, which the actor loads as such."""
+    import numpy as np
+
+    from engine.daemon.ray_pipeline import npy_bytes
+    from engine.generation.outputs import load_tokens
+
+    codes = np.arange(7, dtype=np.int64) * 3
+    (tmp_path / "given.npy").write_bytes(npy_bytes(codes))
+    assert load_tokens(tmp_path / "given.npy").tolist() == codes.tolist()

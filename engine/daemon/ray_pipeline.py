@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
 import os
 import time
@@ -16,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+import numpy as np
+
 from engine.atomic import partial_path, write_atomically
 from engine.daemon.ray_actor import ChunkSent, Loaded, Outcome, PipelineHost, SentFiles
 from engine.daemon.worker import WorkerLost
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
     from ray.actor import ActorClass
 
     from engine.generation.job import ChunkDone, JobResult, JobSpec, Progress
+    from engine.generation.pipeline import SemanticTokens
 
 WAIT_S = 0.1  # how long the engine waits on the stream before it looks at should_stop again
 CANCEL_RESEND_S = 1.0  # a cancel is sent again while the job runs on (one sent before the job began is lost)
@@ -65,7 +69,15 @@ class RemotePipeline:
     def __init__(self, actor, label: str):
         self.actor, self.label = actor, label
         self.loaded = Loaded([], 0)
-        weakref.finalize(self, release_actor, actor).atexit = False  # at exit the actors go with the engine
+        self.release = weakref.finalize(self, release_actor, actor)
+        self.release.atexit = False  # at exit the actors go with the engine
+
+    def stage2(self) -> None:
+        """Nothing to have ready here: the actor loads its models when a job reaches it."""
+
+    def close(self) -> None:
+        """The worker lets go of its models: the actor drops its own (once; dropping the handle would)."""
+        self.release()
 
     def loaded_models(self) -> list[str]:
         return list(self.loaded.models)
@@ -79,18 +91,22 @@ class RemotePipeline:
         on_progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_chunk: Callable[[ChunkDone], None] | None = None,
+        tokens: SemanticTokens | None = None,
     ) -> JobResult:
+        """`tokens` (stage 1 made elsewhere) travel to the actor as the job's given tokens would."""
         from engine.generation.job import JobCancelled
 
-        tokens = None
-        if job.tokens is not None:
+        given = None
+        if tokens is not None:
+            given = npy_bytes(tokens.codes.cpu().numpy())
+        elif job.tokens is not None:
             try:
-                tokens = job.tokens.read_bytes()
+                given = job.tokens.read_bytes()
             except OSError as error:
                 raise ValueError(f"--tokens {job.tokens} cannot be read: {error.strerror}") from None
         mirror = VideoMirror(job.out)
         try:
-            outcome = self.follow(job, tokens, mirror, on_progress, should_stop, on_chunk)
+            outcome = self.follow(job, given, mirror, on_progress, should_stop, on_chunk)
             if outcome.status == "failed":
                 raise outcome.error or RuntimeError(f"the job failed on {self.label}")
             if outcome.files is None:
@@ -238,6 +254,13 @@ def none_or_str(path: Path | None) -> str | None:
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def npy_bytes(codes: np.ndarray) -> bytes:
+    """`codes` as the .npy file a job's given tokens are (outputs.save_tokens writes the same)."""
+    buffer = io.BytesIO()
+    np.save(buffer, codes)
+    return buffer.getvalue()
 
 
 def release_actor(actor) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.daemon.backend import PipelineFactory
 from engine.daemon.ray_pipeline import RemotePipeline, actor_class, control, first_line
 from engine.daemon.startup import StartRefused
 
@@ -110,7 +111,7 @@ class RayWorkers(threading.Thread):
         model: str,
         ckpts: Path | None,
         run_options: dict[str, Any],
-        new_worker: Callable[[Callable[[], RemotePipeline], str, str], JobWorker],
+        new_worker: Callable[[PipelineFactory, str, str], JobWorker],
         pool: WorkerPool,
     ):
         """`resource`: GPU (one actor per GPU, num_gpus=1) or a custom resource name (one actor per unit);

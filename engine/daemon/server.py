@@ -14,10 +14,12 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import __version__, settings
+from engine.daemon.backend import PipelineBackend, PipelineFactory
 from engine.daemon.devices import AUTO, torch_device_name
 from engine.daemon.events import EventHub
 from engine.daemon.logs import configure_logging
@@ -49,6 +51,9 @@ from engine.paths import (
 )
 from engine.wire import STOP_WAIT_S
 
+if TYPE_CHECKING:
+    from engine.generation.pipeline import Pipeline
+
 log = logging.getLogger(__name__)
 BUILDING = threading.Lock()  # held while a worker makes its pipeline (cheap: the models load with a job)
 
@@ -67,13 +72,13 @@ def claim_socket_path(path: Path) -> None:
 
 def pipeline_factory(
     model: str, ckpts: Path | None, run_options: dict[str, Any] | None = None, device: str | None = None
-):
+) -> Callable[[], Pipeline]:
     """`run_options`: plain values (memory, attention, compile, fuse_qkv), so the socket's side imports
     no torch; they become the pipeline's options in the worker thread. `device`: a torch device's name
     (None: the default device)."""
     options = dict(run_options or {})
 
-    def make_pipeline():  # in the worker thread: torch and the models' code load there
+    def make_pipeline() -> Pipeline:  # in the worker thread: torch and the models' code load there
         import torch
 
         from engine.generation.pipeline import Pipeline
@@ -136,7 +141,9 @@ def group_workers(
     for devices in groups:
         options = dict(run_options or {})
 
-        def make_pipeline(devices=devices, options=options):  # in the worker thread, as the others
+        def make_pipeline(  # in the worker thread, as the others
+            devices: list[str] = devices, options: dict[str, Any] = options
+        ) -> PipelineBackend:
             from engine.generation.parallel.plan import parse_parallel
             from engine.generation.parallel.ranks import parallel_pipeline
             from engine.generation.speed import DiTOptions
@@ -212,7 +219,7 @@ async def run_engine(
     pool.start()
     if ray is not None:
 
-        def new_worker(make_pipeline, label: str, device: str) -> JobWorker:
+        def new_worker(make_pipeline: PipelineFactory, label: str, device: str) -> JobWorker:
             return JobWorker(store, make_pipeline, hub.publish, outputs, idle_release_s, label, device)
 
         cluster = ray_workers.RayWorkers(ray[1], model, ckpts, run_options or {}, new_worker, pool)

@@ -1,8 +1,8 @@
 """A worker: one thread that owns a device and runs queued jobs through its pipeline, one at a time.
 
-An engine has one per device it was given (engine/daemon/pool.py holds them). The pipeline may be local
-(engine.generation.pipeline.Pipeline) or anything with its `run` and `loaded_models`: a group of ranks, a
-Ray actor. Threads suffice for local workers: torch releases the GIL inside its kernels.
+An engine has one per device it was given (engine/daemon/pool.py holds them). Its pipeline is a
+PipelineBackend (engine/daemon/backend.py): local, a parallel group's, or a Ray actor's handle. Threads
+suffice for local workers: torch releases the GIL inside its kernels.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.daemon.backend import PipelineBackend, PipelineFactory
 from engine.daemon.devices import AUTO
 from engine.daemon.disk import PREVIEW_WIDTH, DiskFull, check_room, disk_full_message, job_output_bound
 from engine.daemon.events import Publisher
@@ -38,7 +39,6 @@ from engine.protocol import (
 if TYPE_CHECKING:  # torch and the models load in the worker thread, after the socket is up
     from engine.daemon.token_lane import TokenLane
     from engine.generation.job import ChunkDone, JobResult, Progress
-    from engine.generation.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress events a second per job, plus each stage's last step
@@ -77,7 +77,7 @@ class JobWorker(threading.Thread):
     def __init__(
         self,
         store: Store,
-        make_pipeline: Callable[[], Pipeline],
+        make_pipeline: PipelineFactory,
         publish: Publisher,
         outputs: Path,
         idle_release_s: float,
@@ -91,7 +91,7 @@ class JobWorker(threading.Thread):
         self.store, self.make_pipeline, self.publish, self.outputs = store, make_pipeline, publish, outputs
         self.idle_release_s = idle_release_s
         self.label, self.device = label, device
-        self.pipeline: Pipeline | None = None
+        self.pipeline: PipelineBackend | None = None
         self.torch_ready = False  # set by the worker thread once torch is imported
         self.loading = True  # torch or the pipeline is loading
         self.lost: str | None = None  # why its pipeline was lost: it claims no more jobs
@@ -416,12 +416,10 @@ class JobWorker(threading.Thread):
         )
 
 
-def close_pipeline(pipeline) -> None:
-    """A local pipeline's `close` (a parallel group's stops its helper ranks); a Ray actor's pipeline has
-    none to call (the actor outlives it)."""
-    close = getattr(pipeline, "close", None)
-    if close is not None:
-        close()
+def close_pipeline(pipeline: PipelineBackend) -> None:
+    """Its `close`: a parallel group's stops its helper ranks; a Ray actor's handle has nothing to stop
+    (the actor outlives it)."""
+    pipeline.close()
 
 
 def gpu_memory(pipeline: Any) -> tuple[int | None, int | None]:
