@@ -90,11 +90,12 @@ def test_serve_refuses_a_bad_gpus_value_before_anything_starts(tmp_path, monkeyp
 def test_several_local_workers_compile_nothing_unless_asked_and_asking_is_refused(
     tmp_path, monkeypatch, capsys
 ):
+    from engine.daemon.config import RunOptions
     from engine.daemon.server import threads_run_options
 
-    assert threads_run_options(2, {"compile": None, "memory": "auto"}) == {"compile": False, "memory": "auto"}
-    assert threads_run_options(1, {"compile": None}) == {"compile": None}  # one worker: CUDA's default
-    assert threads_run_options(2, {"compile": False}) == {"compile": False}
+    assert threads_run_options(2, RunOptions(memory="low")) == RunOptions(memory="low", compile=False)
+    assert threads_run_options(1, RunOptions()) == RunOptions()  # one worker: CUDA's default
+    assert threads_run_options(2, RunOptions(compile=False)) == RunOptions(compile=False)
     monkeypatch.setenv("LANDIFF_RUNTIME_DIR", str(tmp_path / "run"))
     assert main(["serve", "--model", "tiny", "--gpus", "cpu:2", "--compile"]) == 2
     assert "torch.compile is not thread-safe" in capsys.readouterr().err

@@ -257,6 +257,7 @@ def parse_device(name: str | None):
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from engine.daemon.config import EngineConfig, ParallelGroups, RayPlacement, RunOptions
     from engine.daemon.devices import BadGpus, parse_gpus, parse_llm_device
     from engine.daemon.server import StartRefused, serve
 
@@ -303,21 +304,19 @@ def run_serve(args: argparse.Namespace) -> int:
         except BadParallel as error:
             print(f"landiff-engine serve: {error}", file=sys.stderr)
             return EXIT_USAGE
-    # plain values: the daemon answers before torch loads, and builds the options in its worker thread
-    options = {"memory": args.memory, "attention": args.attention, "compile": args.compile}
-    options["fuse_qkv"] = args.fuse_qkv
+    config = EngineConfig(
+        args.model,
+        args.ckpts,
+        args.idle_release,
+        RunOptions(args.memory, args.attention, args.compile, args.fuse_qkv),
+        gpus=tuple(gpus),
+        ray=None if ray is None else RayPlacement(*ray),
+        parallel=None if parallel is None else ParallelGroups(parallel[0], tuple(map(tuple, parallel[1]))),
+        llm_device=llm_device,
+        command_options=tuple(args.command_options),
+    )
     try:
-        serve(
-            args.model,
-            args.ckpts,
-            args.idle_release,
-            options,
-            gpus=gpus,
-            ray=ray,
-            parallel=parallel,
-            llm_device=llm_device,
-            command_options=args.command_options,
-        )
+        serve(config)
     except StartRefused as error:  # another engine, a dir not ours or not writable, a database that fails
         print(f"landiff-engine serve: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from engine.daemon.config import RunOptions
     from engine.generation.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,8 @@ _DONE = object()
 class PipelineHost:
     """Runs jobs on one device of one box, keeping its Pipeline (and so its models) warm between them."""
 
-    def __init__(self, model: str, ckpts: str | None, run_options: dict[str, Any]):
-        self.model, self.ckpts, self.run_options = model, ckpts, dict(run_options)
+    def __init__(self, model: str, ckpts: str | None, run_options: RunOptions):
+        self.model, self.ckpts, self.run_options = model, ckpts, run_options
         self.pipeline: Pipeline | None = None
         self.stop = threading.Event()
         self.running: str | None = None  # the key of the job `run` runs: a cancel names it
@@ -131,12 +132,10 @@ class PipelineHost:
 
     def make_pipeline(self) -> Pipeline:
         from engine.generation.pipeline import Pipeline
-        from engine.generation.speed import DiTOptions
 
-        options = dict(self.run_options)
-        memory = options.pop("memory", "auto")
         ckpts = None if self.ckpts is None else Path(self.ckpts)
-        return Pipeline.for_model(self.model, ckpts, memory=memory, dit=DiTOptions(**options))
+        options = self.run_options
+        return Pipeline.for_model(self.model, ckpts, memory=options.memory, dit=options.dit())
 
     def run(self, key: str, params: dict[str, Any], out_name: str, tokens: bytes | None = None):
         """One job, streamed: Progress, ChunkSent and Loaded items, then one Outcome.

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.daemon.backend import PipelineFactory
+from engine.daemon.config import RunOptions
 from engine.daemon.ray_pipeline import RemotePipeline, actor_class, control, first_line
 from engine.daemon.startup import StartRefused
 
@@ -110,7 +111,7 @@ class RayWorkers(threading.Thread):
         resource: str,
         model: str,
         ckpts: Path | None,
-        run_options: dict[str, Any],
+        run_options: RunOptions,
         new_worker: Callable[[PipelineFactory, str, str], JobWorker],
         pool: WorkerPool,
     ):
@@ -118,7 +119,7 @@ class RayWorkers(threading.Thread):
         `new_worker(make_pipeline, label, device)` builds a JobWorker (not started) for `pool`."""
         super().__init__(name="landiff-ray-discovery", daemon=True)
         self.resource, self.new_worker, self.pool = resource, new_worker, pool
-        self.host_args = (model, None if ckpts is None else str(ckpts), dict(run_options))
+        self.host_args = (model, None if ckpts is None else str(ckpts), run_options)
         self.workers: dict[str, list[JobWorker]] = {}  # node id -> its workers in the pool
         self.starting: dict[Any, Starting] = {}  # the ready() call's ref -> the actor it waits for
         self.started: dict[str, int] = {}  # node id -> actors started there so far (labels stay unique)

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from engine import __version__, settings
 from engine.daemon.backend import PipelineBackend, PipelineFactory
+from engine.daemon.config import EngineConfig, ParallelGroups, RunOptions
 from engine.daemon.devices import AUTO, torch_device_name
-from engine.daemon.events import EventHub
+from engine.daemon.events import EventHub, Publisher
 from engine.daemon.logs import configure_logging
 from engine.daemon.pool import WorkerPool
 from engine.daemon.quality_probe import start_quality_probe
@@ -71,117 +72,113 @@ def claim_socket_path(path: Path) -> None:
 
 
 def pipeline_factory(
-    model: str, ckpts: Path | None, run_options: dict[str, Any] | None = None, device: str | None = None
+    model: str, ckpts: Path | None, options: RunOptions, device: str | None = None
 ) -> Callable[[], Pipeline]:
-    """`run_options`: plain values (memory, attention, compile, fuse_qkv), so the socket's side imports
-    no torch; they become the pipeline's options in the worker thread. `device`: a torch device's name
-    (None: the default device)."""
-    options = dict(run_options or {})
+    """A local pipeline's maker, called in the worker's thread (torch and the models' code load there).
+    `device`: a torch device's name (None: the default device)."""
 
-    def make_pipeline() -> Pipeline:  # in the worker thread: torch and the models' code load there
+    def make_pipeline() -> Pipeline:
         import torch
 
         from engine.generation.pipeline import Pipeline
-        from engine.generation.speed import DiTOptions
 
-        given = dict(options)
-        memory = given.pop("memory", "auto")
         place = None if device is None else torch.device(device)
         with BUILDING:  # the tiny model's first pipeline writes its weights: one writer at a time
-            return Pipeline.for_model(model, ckpts, device=place, memory=memory, dit=DiTOptions(**given))
+            return Pipeline.for_model(model, ckpts, device=place, memory=options.memory, dit=options.dit())
 
     return make_pipeline
 
 
-def threads_run_options(threads: int, run_options: dict[str, Any] | None) -> dict[str, Any]:
+def threads_run_options(threads: int, options: RunOptions) -> RunOptions:
     """The run options of `threads` local workers: with more than one, torch.compile is off unless asked
-    for (the CLI refuses that): it is not thread-safe (pytorch/pytorch#118260) and local workers are threads
-    of one process."""
-    options = dict(run_options or {})
-    if threads > 1 and options.get("compile") is None:
-        options["compile"] = False
+    for (the CLI refuses that): local workers are threads of one process."""
+    if threads > 1 and options.compile is None:
         log.info("torch.compile is off: %d workers share this process and it is not thread-safe", threads)
+        return options.without_compile()
     return options
 
 
-def local_workers(
-    labels: list[str],
-    store: Store,
-    model: str,
-    ckpts: Path | None,
-    publish,
-    outputs: Path,
-    idle_release_s: float,
-    run_options: dict[str, Any] | None,
-) -> list[JobWorker]:
-    """A worker thread per device label (devices.parse_gpus), each with its own pipeline on its device."""
-    options = threads_run_options(len(labels), run_options)
-    workers = []
-    for label in labels:
-        device = torch_device_name(label)
-        make_pipeline = pipeline_factory(model, ckpts, options, device)
-        workers.append(JobWorker(store, make_pipeline, publish, outputs, idle_release_s, label, device))
-    return workers
+class Workers:
+    """What the engine's workers are built with besides their pipeline: one per backend below."""
+
+    def __init__(self, config: EngineConfig, store: Store, publish: Publisher, outputs: Path):
+        self.config, self.store, self.publish, self.outputs = config, store, publish, outputs
+
+    def worker(self, make_pipeline: PipelineFactory, label: str, device: str | None) -> JobWorker:
+        idle = self.config.idle_release_s
+        return JobWorker(self.store, make_pipeline, self.publish, self.outputs, idle, label, device)
+
+    def local(self) -> list[JobWorker]:
+        """A worker thread per device label (devices.parse_gpus), each with its own pipeline on its device."""
+        config = self.config
+        labels = list(config.gpus or [AUTO])
+        options = threads_run_options(len(labels), config.run)
+        return [
+            self.worker(pipeline_factory(config.model, config.ckpts, options, device), label, device)
+            for label, device in ((label, torch_device_name(label)) for label in labels)
+        ]
+
+    def groups(self, parallel: ParallelGroups) -> list[JobWorker]:
+        """`--parallel`: a worker per device group, labelled "cuda:0+cuda:1"; rank 0 runs in its thread,
+        the other ranks in child processes its pipeline starts (engine/generation/parallel/ranks.py)."""
+        config = self.config
+
+        def factory(devices: list[str]) -> PipelineFactory:
+            def make_pipeline() -> PipelineBackend:  # in the worker thread, as the others
+                from engine.generation.parallel.plan import parse_parallel
+                from engine.generation.parallel.ranks import parallel_pipeline
+
+                folder = private_dir(runtime_dir())  # the rendezvous file: owner-only, no network
+                options = config.run
+                plan = parse_parallel(parallel.split)
+                return parallel_pipeline(
+                    config.model, config.ckpts, devices, plan, folder, options.memory, options.dit()
+                )
+
+            return make_pipeline
+
+        return [
+            self.worker(factory(list(devices)), "+".join(devices), torch_device_name(devices[0]))
+            for devices in parallel.groups
+        ]
 
 
-def group_workers(
-    split: str,
-    groups: list[list[str]],
-    store: Store,
-    model: str,
-    ckpts: Path | None,
-    publish,
-    outputs: Path,
-    idle_release_s: float,
-    run_options: dict[str, Any] | None,
-) -> list[JobWorker]:
-    """`--parallel`: a worker per device group, labelled "cuda:0+cuda:1"; rank 0 runs in its thread, the
-    other ranks in child processes its pipeline starts (engine/generation/parallel/ranks.py)."""
-    workers = []
-    for devices in groups:
-        options = dict(run_options or {})
-
-        def make_pipeline(  # in the worker thread, as the others
-            devices: list[str] = devices, options: dict[str, Any] = options
-        ) -> PipelineBackend:
-            from engine.generation.parallel.plan import parse_parallel
-            from engine.generation.parallel.ranks import parallel_pipeline
-            from engine.generation.speed import DiTOptions
-
-            given = dict(options)  # made again after each idle release: the options stay whole
-            memory = given.pop("memory", "auto")
-            folder = private_dir(runtime_dir())  # the rendezvous file: owner-only, no network
-            return parallel_pipeline(
-                model, ckpts, devices, parse_parallel(split), folder, memory, DiTOptions(**given)
-            )
-
-        label, device = "+".join(devices), torch_device_name(devices[0])
-        workers.append(JobWorker(store, make_pipeline, publish, outputs, idle_release_s, label, device))
-    return workers
-
-
-async def run_engine(
-    model: str,
-    ckpts: Path | None,
-    idle_release_s: float,
-    run_options: dict[str, Any] | None = None,
-    gpus: list[str] | None = None,
-    ray: tuple[str, str] | None = None,
-    parallel: tuple[str, list[list[str]]] | None = None,
-    llm_device: str | None = None,
-    command_options: list[str] | None = None,
-) -> None:
-    """`command_options`: serve's own command-line options but --model, which hello reports (a client
-    restarting this engine starts one alike).
-    `gpus`: the workers' device labels (devices.parse_gpus); None: one on the default device.
-    `ray`: (address, resource): the workers are Ray actors, one per unit of the resource on each node.
-    `parallel`: (split, device groups) of `--parallel`: a worker per group renders one video on it all.
-    `llm_device`: the LLM lane's device (devices.parse_llm_device): stage 1 of every job runs there."""
-    lock = hold_engine_lock(lock_path())  # before the socket: the one engine of this data dir binds it
-    if ray is not None:  # joined before the socket: no cluster, no engine (one line)
+def start_workers(config: EngineConfig, store: Store, hub: EventHub, outputs: Path) -> tuple[WorkerPool, Any]:
+    """The one place the engine's backend is picked from its configuration: Ray actors, parallel groups or
+    local threads, each worker's pipeline a PipelineBackend; with --llm-device, the LLM lane beside them.
+    Returns the started pool, and the Ray cluster's watcher (None without Ray)."""
+    made = Workers(config, store, hub.publish, outputs)
+    workers: list[JobWorker] = []  # with Ray: the actors join the pool as the cluster's nodes offer them
+    if config.ray is None:
+        workers = made.local() if config.parallel is None else made.groups(config.parallel)
+    lane = None
+    if config.llm_device is not None:
+        # its thread runs beside the workers' and torch.compile is not thread-safe: its step stays eager
+        lane_options = RunOptions(memory=config.run.memory, compile=False)
+        make_pipeline = pipeline_factory(config.model, config.ckpts, lane_options, config.llm_device)
+        lane = TokenLane(
+            store, make_pipeline, config.llm_device, outputs, config.idle_release_s, ahead=len(workers) + 1
+        )
+    pool = WorkerPool(store, workers, lane)
+    pool.start()
+    cluster = None
+    if config.ray is not None:
         from engine.daemon import ray_workers
 
-        ray_workers.connect(ray[0])
+        cluster = ray_workers.RayWorkers(
+            config.ray.resource, config.model, config.ckpts, config.run, made.worker, pool
+        )
+        cluster.start()
+    return pool, cluster
+
+
+async def run_engine(config: EngineConfig) -> None:
+    model, ckpts = config.model, config.ckpts
+    lock = hold_engine_lock(lock_path())  # before the socket: the one engine of this data dir binds it
+    if config.ray is not None:  # joined before the socket: no cluster, no engine (one line)
+        from engine.daemon import ray_workers
+
+        ray_workers.connect(config.ray.address)
     path = socket_path()
     claim_socket_path(path)
     outputs = private_dir(writable_dir(outputs_dir(), "outputs folder", settings.DATA_DIR.name))
@@ -198,35 +195,11 @@ async def run_engine(
     stopped = asyncio.Event()
     hub = EventHub(loop)
     sweep_leftovers(outputs)  # before any worker writes there
-    workers, labels = [], []  # with Ray: the actors join the pool as the cluster's nodes offer the resource
-    if ray is None and parallel is not None:
-        split, groups = parallel
-        workers = group_workers(
-            split, groups, store, model, ckpts, hub.publish, outputs, idle_release_s, run_options
-        )
-        labels = [worker.label for worker in workers]
-    elif ray is None:
-        labels = gpus or [AUTO]
-        publish = hub.publish
-        workers = local_workers(labels, store, model, ckpts, publish, outputs, idle_release_s, run_options)
-    lane = None
-    if llm_device is not None:
-        # its thread runs beside the workers' and torch.compile is not thread-safe: its step stays eager
-        lane_options = {"memory": (run_options or {}).get("memory", "auto"), "compile": False}
-        make_pipeline = pipeline_factory(model, ckpts, lane_options, llm_device)
-        lane = TokenLane(store, make_pipeline, llm_device, outputs, idle_release_s, ahead=len(workers) + 1)
-    pool = WorkerPool(store, workers, lane)
-    pool.start()
-    if ray is not None:
-
-        def new_worker(make_pipeline: PipelineFactory, label: str, device: str) -> JobWorker:
-            return JobWorker(store, make_pipeline, hub.publish, outputs, idle_release_s, label, device)
-
-        cluster = ray_workers.RayWorkers(ray[1], model, ckpts, run_options or {}, new_worker, pool)
-        cluster.start()
+    pool, cluster = start_workers(config, store, hub, outputs)
+    labels, lane = [worker.label for worker in pool.workers], pool.lane
     weights = WeightsOperations(model, ckpts, hub.publish)
     service = EngineService(model, store, hub, pool, weights, stopped.set, outputs, log_path())
-    service.command_options = command_options or []
+    service.command_options = list(config.command_options)
     service.quality = start_quality_probe(model, ckpts, store, hub, lambda: pool.torch_ready)
     server = await Transport(service, hub).listen(path)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -244,7 +217,7 @@ async def run_engine(
     async with server:
         await stopped.wait()
     log.info("stopping: waiting for the workers to leave their jobs")
-    if ray is not None:
+    if cluster is not None:
         cluster.stop()  # no worker joins from now on
     pool.stop()
     service.quality.stop()
@@ -252,7 +225,9 @@ async def run_engine(
     # a daemon thread still inside torch when the interpreter finalises aborts the process (SIGABRT); the
     # probe leaves its video at the next frame it reads, so this wait is short
     await asyncio.to_thread(service.quality.join, STOP_WAIT_S)
-    if ray is not None:
+    if cluster is not None:
+        from engine.daemon import ray_workers
+
         ray_workers.disconnect()  # the engine's actors go with it
     service.close()
     with contextlib.suppress(FileNotFoundError):
@@ -261,25 +236,11 @@ async def run_engine(
     os.close(lock)  # the last thing: a next engine may bind only once this one's socket is gone
 
 
-def serve(
-    model: str,
-    ckpts: Path | None,
-    idle_release_s: float,
-    run_options: dict[str, Any] | None = None,
-    gpus: list[str] | None = None,
-    ray: tuple[str, str] | None = None,
-    parallel: tuple[str, list[list[str]]] | None = None,
-    llm_device: str | None = None,
-    command_options: list[str] | None = None,
-) -> None:
+def serve(config: EngineConfig) -> None:
     writable_dir(data_dir(), "data dir", settings.DATA_DIR.name)  # the log lives there
     configure_logging()
     try:
-        asyncio.run(
-            run_engine(
-                model, ckpts, idle_release_s, run_options, gpus, ray, parallel, llm_device, command_options
-            )
-        )
+        asyncio.run(run_engine(config))
     except StartRefused:  # its one line is the command's to print (to engine.out when detached)
         raise
     except Exception:
