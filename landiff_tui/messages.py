@@ -3,7 +3,8 @@
 One message class per concern, not per event name: the five ways a job leaves the queue are one
 `JobEnded`, a download's and a verification's progress are one `TransferProgressed`, so a view states
 what it reacts to once and reads the typed event the message carries (`message.event`, a model of
-`engine.protocol`). The app posts each message to itself and to every view; none bubbles, so each
+`engine.protocol`). Each is a dataclass of what it carries (eq=False: a message is itself, not its
+fields). The app posts each message to itself and to every view; none bubbles, so each
 recipient handles it once. Progress messages coalesce (`can_replace`): a view that falls behind a fast
 stream draws the latest step, not every one.
 
@@ -13,6 +14,7 @@ Imports no pydantic (the views import this before the first paint); the event mo
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -39,46 +41,43 @@ if TYPE_CHECKING:
     )
 
 
+@dataclass(eq=False)
 class EngineConnected(Message, bubble=False):
     """The engine answered (again): its hello, and the jobs running or queued now."""
 
-    def __init__(self, hello: protocol.HelloReply, active: list[protocol.JobSummary], gap: bool):
-        super().__init__()
-        self.hello, self.active, self.gap = hello, active, gap
+    hello: protocol.HelloReply
+    active: list[protocol.JobSummary]
+    gap: bool
 
 
+@dataclass(eq=False)
 class EngineLost(Message, bubble=False):
     """No engine to talk to: `state` is starting, lost (it reconnects by itself) or stopped."""
 
-    def __init__(self, state: str, message: str):
-        super().__init__()
-        self.state, self.message = state, message
+    state: str
+    message: str
 
 
+@dataclass(eq=False)
 class JobQueued(Message, bubble=False):
-    def __init__(self, event: protocol.JobQueuedEvent):
-        super().__init__()
-        self.event = event
+    event: protocol.JobQueuedEvent
 
 
+@dataclass(eq=False)
 class JobStarted(Message, bubble=False):
-    def __init__(self, event: protocol.JobStartedEvent):
-        super().__init__()
-        self.event = event
+    event: protocol.JobStartedEvent
 
 
+@dataclass(eq=False)
 class JobRequeued(Message, bubble=False):
     """The job's worker was lost: the job waits in the queue again."""
 
-    def __init__(self, event: protocol.JobRequeuedEvent):
-        super().__init__()
-        self.event = event
+    event: protocol.JobRequeuedEvent
 
 
+@dataclass(eq=False)
 class JobProgressed(Message, bubble=False):
-    def __init__(self, event: protocol.JobProgressEvent):
-        super().__init__()
-        self.event = event
+    event: protocol.JobProgressEvent
 
     def can_replace(self, message: Message) -> bool:
         """A newer step of the same job's same stage supersedes this one (a stage's last step is kept)."""
@@ -89,63 +88,55 @@ class JobProgressed(Message, bubble=False):
         )
 
 
+@dataclass(eq=False)
 class ChunkFinished(Message, bubble=False):
-    def __init__(self, event: protocol.ChunkFinishedEvent):
-        super().__init__()
-        self.event = event
+    event: protocol.ChunkFinishedEvent
 
 
+@dataclass(eq=False)
 class JobEnded(Message, bubble=False):
     """The job left the queue: finished, failed, cancelled (perhaps keeping a shorter video), interrupted."""
 
-    def __init__(self, event: JobEndedEvent):
-        super().__init__()
-        self.event = event
+    event: JobEndedEvent
 
 
+@dataclass(eq=False)
 class JobDeleted(Message, bubble=False):
-    def __init__(self, event: protocol.JobDeletedEvent):
-        super().__init__()
-        self.event = event
+    event: protocol.JobDeletedEvent
 
 
+@dataclass(eq=False)
 class JobMeasured(Message, bubble=False):
     """The engine's quality probe measured a finished job (CLIP score, flicker, motion)."""
 
-    def __init__(self, event: protocol.JobQualityEvent):
-        super().__init__()
-        self.event = event
+    event: protocol.JobQualityEvent
 
 
+@dataclass(eq=False)
 class ModelsReleased(Message, bubble=False):
-    def __init__(self, event: protocol.ModelsReleasedEvent):
-        super().__init__()
-        self.event = event
+    event: protocol.ModelsReleasedEvent
 
 
+@dataclass(eq=False)
 class TransferStarted(Message, bubble=False):
     """A weights download or verification began."""
 
-    def __init__(self, event: TransferStartedEvent):
-        super().__init__()
-        self.event = event
+    event: TransferStartedEvent
 
 
+@dataclass(eq=False)
 class TransferProgressed(Message, bubble=False):
-    def __init__(self, event: TransferProgressEvent):
-        super().__init__()
-        self.event = event
+    event: TransferProgressEvent
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, TransferProgressed) and type(message.event) is type(self.event)
 
 
+@dataclass(eq=False)
 class TransferEnded(Message, bubble=False):
     """A weights download or verification finished, failed or was cancelled."""
 
-    def __init__(self, event: TransferEndedEvent):
-        super().__init__()
-        self.event = event
+    event: TransferEndedEvent
 
 
 @cache

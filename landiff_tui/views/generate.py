@@ -7,6 +7,7 @@ form's checks (`landiff_tui.params`, the job schema) are imported then too.
 from __future__ import annotations
 
 from asyncio import gather
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from textual import on
@@ -28,10 +29,9 @@ HISTORY_LIMIT = 200
 class PromptArea(TextArea):
     """A multi-line prompt; up on the first line and down on the last recall earlier prompts."""
 
+    @dataclass(eq=False)
     class Recall(Message):
-        def __init__(self, step: int):
-            super().__init__()
-            self.step = step
+        step: int  # -1: an earlier prompt, +1: a later one
 
     def action_cursor_up(self, select: bool = False) -> None:
         if not select and self.cursor_location[0] == 0:

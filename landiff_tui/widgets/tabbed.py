@@ -9,6 +9,7 @@ shown the same way whether the strip is there yet or not.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from textual.containers import Container
@@ -30,13 +31,12 @@ class TabbedViews(Widget):
     TabbedViews > ContentSwitcher > .tab-pane { height: 1fr; }
     """
 
+    @dataclass(eq=False)
     class TabActivated(Message):
         """Another pane is shown (by a key, a click on the strip, or `active`)."""
 
-        def __init__(self, tabbed: TabbedViews, pane: Widget):
-            super().__init__()
-            self.tabbed = tabbed
-            self.pane = pane
+        tabbed: TabbedViews
+        pane: Widget
 
         @property
         def control(self) -> TabbedViews:
