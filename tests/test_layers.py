@@ -30,6 +30,7 @@ CLIENT_SIDE = {
     "engine.paths",
     "engine.client",
     "engine.errors",
+    "engine.job_words",
     "engine.specs",
     "engine.generation.lengths",
     "engine.models.configs",

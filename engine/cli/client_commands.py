@@ -207,7 +207,7 @@ def run_show(args: argparse.Namespace) -> int:
     if job["timings"]:
         print(f"{'timings':>12}: " + ", ".join(f"{k} {v:.1f}s" for k, v in job["timings"].items()))
     if job.get("video_path"):
-        from engine.cli.describe import quality_lines
+        from engine.job_words import quality_lines
 
         for label, text in quality_lines(job.get("quality")):
             print(f"{label:>12}: {text}")

@@ -481,8 +481,8 @@ def run_generate(args: argparse.Namespace) -> int:
 def record_quality(video: Path, sidecar: Path, prompt: str, root: Path, model: str, console) -> None:
     """`generate --quality`: the video measured into its sidecar, and said (a video that could not be
     read gets its error there; the video itself is made, so the exit status stays 0)."""
-    from engine.cli.describe import quality_lines
     from engine.generation.video_quality import measure_into_sidecar
+    from engine.job_words import quality_lines
 
     with console.status("measuring the video's quality"):
         record = measure_into_sidecar(video, sidecar, prompt, root, model)

@@ -13,7 +13,7 @@ import json
 
 from rich.console import Console
 
-from engine.cli.describe import quality_lines
+from engine.job_words import quality_lines
 
 EXIT_FAILED = 1
 

@@ -12,6 +12,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from engine.job_words import quality_lines
 from engine.params import fps_text, video_fps
 
 from ..views.base import EngineApp, engine_app
@@ -94,33 +95,13 @@ def describe(job: JobSummary) -> str:
         lines.append(f"{'worker':>13}: {escape(job.worker)}{requeued}")
     if job.video_path:
         lines.append("")
-        lines += quality_lines(job.quality)
+        lines += [f"{label:>13}: {escape(text)}" for label, text in quality_lines(job.quality)]
     lines.append("")
     lines.append(f"{'job id':>13}: {job.id}")
     for name, path in (("video", job.video_path), ("tokens", job.tokens_path), ("sidecar", job.sidecar_path)):
         if path:
             lines.append(f"{name:>13}: {escape(path)}")
     return "\n".join(lines)
-
-
-def quality_lines(quality: dict[str, Any] | None) -> list[str]:
-    """The quality probe's findings (protocol.QualityRecord as a dict), as the README's section names them."""
-    if quality is None:
-        return [f"{'quality':>13}: being measured (CLIP score, flicker, motion) after the job"]
-    if quality.get("error"):
-        return [f"{'quality':>13}: could not be measured: {escape(quality['error'])}"]
-    lines = [
-        f"{'flicker':>13}: {quality['flicker']:.2f} luma levels (0: steady brightness)",
-        f"{'motion':>13}: {quality['motion']:.2f} luma levels per pixel and frame",
-    ]
-    clip = quality.get("clip")
-    if clip:
-        count = len(clip["scores"])
-        lines.append(f"{'CLIP score':>13}: mean {clip['mean']:.2f}, min {clip['min']:.2f} ({count} frames)")
-        lines.append(f"{'per frame':>13}: " + " ".join(f"{score:.1f}" for score in clip["scores"]))
-    else:
-        lines.append(f"{'CLIP score':>13}: skipped: {escape(quality.get('skipped') or '')}")
-    return lines
 
 
 class JobDetail(Screen):
