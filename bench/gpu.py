@@ -128,7 +128,7 @@ def random_state(module: torch.nn.Module, device: torch.device, dtype: torch.dty
 def write_t5(folder: Path, sizes, device: torch.device, dtype: torch.dtype, seed: int) -> None:
     from transformers import T5EncoderModel
 
-    config = t5_config(**vars(sizes))
+    config = t5_config(sizes)
     with torch.device("meta"):
         model = T5EncoderModel(config)
     state = random_state(model, device, dtype, seed)

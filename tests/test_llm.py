@@ -380,18 +380,24 @@ def test_on_cuda_the_captured_steps_replay_without_a_sync_and_draw_what_the_eage
         prefix, rules, generator = decoding_inputs(model, states, knobs)
         decoder = Decoder(model, prefix, rules, knobs, generator, window=segment_rows(TINY))
         steps = WindowSteps(decoder, use_graph=True)
-        total = len(rules.feed)
-        for index in range(total - 1):  # each window's graph, captured at its first step
-            rows = decoder.rows(index)
-            if rows not in steps.steps:
-                steps.steps[rows] = steps.prepare(index)
+        replay_without_a_sync(decoder, steps)
         assert steps.how == GRAPH and len(steps.steps) >= 3
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")  # a host synchronisation inside the replays raises
-        try:
-            for index in range(total - 1):
-                steps.advance(index)
-            decoder.draw()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(decoder.codes(), eager)
+
+
+def replay_without_a_sync(decoder, steps) -> None:
+    """Capture each window's graph at its first step, then decode every token by replaying them, with a
+    host synchronisation inside the replays raising (CUDA's sync debug mode)."""
+    total = len(decoder.rules.feed)
+    for index in range(total - 1):
+        rows = decoder.rows(index)
+        if rows not in steps.steps:
+            steps.steps[rows] = steps.prepare(index)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for index in range(total - 1):
+            steps.advance(index)
+        decoder.draw()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -17,7 +17,7 @@ from engine.models.llm_sampler import Decoder, decoding_inputs, sample_codes, se
 from engine.models.rope import apply_rope, rope_1d
 
 from .harness import ROOT
-from .test_llm import TINY, params, random_lm, text_states
+from .test_llm import TINY, params, random_lm, replay_without_a_sync, text_states
 
 NO_GRAPH = "eager: the cpu device has no CUDA graphs"
 
@@ -106,18 +106,6 @@ def test_on_cuda_the_compiled_step_is_captured_and_replays_without_a_sync():
         decoder = Decoder(model, prefix, rules, knobs, generator, segment_rows(TINY), compiled=True)
         assert decoder.compiled == "yes"
         steps = WindowSteps(decoder, use_graph=True)
-        total = len(rules.feed)
-        for index in range(total - 1):
-            rows = decoder.rows(index)
-            if rows not in steps.steps:
-                steps.steps[rows] = steps.prepare(index)
+        replay_without_a_sync(decoder, steps)
         assert steps.how == GRAPH
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            for index in range(total - 1):
-                steps.advance(index)
-            decoder.draw()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
     assert decoder.codes().numel() > 0

@@ -16,6 +16,7 @@ from engine.generation.text_encoder import (
     T5v11PromptEncoder,
     load_t5_encoder,
 )
+from engine.specs import T5Sizes
 from engine.weights.checkpoints import CheckpointError, expected_shapes
 from engine.weights.tiny_text import write_tiny_t5
 
@@ -32,7 +33,7 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def t5_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("t5") / "single"
-    write_tiny_t5(folder, **SIZES, seed=3)
+    write_tiny_t5(folder, T5Sizes(**SIZES), seed=3)
     return folder
 
 
@@ -56,7 +57,7 @@ def test_loaded_encoder_equals_transformers_own(t5_folder):
 
 def test_sharded_folder_loads_the_same(tmp_path, t5_folder):
     folder = tmp_path / "sharded"
-    write_tiny_t5(folder, **SIZES, seed=3, sharded=True)
+    write_tiny_t5(folder, T5Sizes(**SIZES), seed=3, sharded=True)
     assert not (folder / "model.safetensors").exists()
     ids = torch.tensor([[7, 8, 1]])
     a = load_t5_encoder(folder, dtype=torch.float32, device="cpu")

@@ -7,7 +7,6 @@ semantic encoder, quantizer training state and feature statistics that inference
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -67,7 +66,7 @@ def tokenizer_training_parts(spec: ModelSpec, generator: torch.Generator) -> dic
 
 
 def write_t5_folder(folder: Path, sizes: T5Sizes, seed: int, sharded: bool = False) -> None:
-    write_tiny_t5(folder, **asdict(sizes), seed=seed, sharded=sharded)
+    write_tiny_t5(folder, sizes, seed=seed, sharded=sharded)
 
 
 def write_tiny_release(layout: ReleaseLayout, spec: ModelSpec, seed: int = 0) -> None:

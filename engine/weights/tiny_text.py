@@ -11,12 +11,15 @@ import itertools
 import json
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import sentencepiece
 import torch
 from safetensors.torch import save_file
 from transformers import T5Config, T5EncoderModel
+
+from engine.specs import T5Sizes
 
 SUBJECTS = [
     "a snail",
@@ -93,19 +96,12 @@ def train_tiny_sentencepiece(out_dir: Path, vocab_size: int) -> Path:
     return out_dir / "spiece.model"
 
 
-def t5_config(
-    *, d_model: int, d_ff: int, num_layers: int, num_heads: int, d_kv: int, vocab_size: int
-) -> T5Config:
-    """The T5 v1.1 encoder's config at the given sizes: gated GELU, 32 relative-position buckets, untied
+def t5_config(sizes: T5Sizes) -> T5Config:
+    """The T5 v1.1 encoder's config at `sizes`: gated GELU, 32 relative-position buckets, untied
     embeddings, as the release's encoders."""
     # T5Config takes extra keyword arguments (strict(accept_kwargs=True)), which its typing does not show
     return T5Config(  # type: ignore[call-arg]
-        d_model=d_model,
-        d_ff=d_ff,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        d_kv=d_kv,
-        vocab_size=vocab_size,
+        **asdict(sizes),
         feed_forward_proj="gated-gelu",
         relative_attention_num_buckets=32,
         relative_attention_max_distance=128,
@@ -115,27 +111,9 @@ def t5_config(
     )
 
 
-def write_tiny_t5(
-    folder: Path,
-    *,
-    d_model: int,
-    d_ff: int,
-    num_layers: int,
-    num_heads: int,
-    d_kv: int,
-    vocab_size: int,
-    seed: int,
-    sharded: bool = False,
-) -> None:
+def write_tiny_t5(folder: Path, sizes: T5Sizes, *, seed: int, sharded: bool = False) -> None:
     """A random T5 encoder folder (config, weights, tokenizer) like the release's t5-v1_1-xxl."""
-    config = t5_config(
-        d_model=d_model,
-        d_ff=d_ff,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        d_kv=d_kv,
-        vocab_size=vocab_size,
-    )
+    config = t5_config(sizes)
     torch.manual_seed(seed)
     model = T5EncoderModel(config)
     generator = torch.Generator().manual_seed(seed)
@@ -161,5 +139,5 @@ def write_tiny_t5(
         )
     else:
         save_file(tensors, str(folder / "model.safetensors"))
-    train_tiny_sentencepiece(folder, min(vocab_size, 128))
+    train_tiny_sentencepiece(folder, min(sizes.vocab_size, 128))
     config.to_json_file(str(folder / "config.json"))
