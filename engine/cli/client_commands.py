@@ -123,52 +123,48 @@ def submit_and_report(client: EngineClient, params: dict[str, Any], wait: bool) 
     return follow(client, job_id) if wait else 0
 
 
-def cache_text(skipped: int, calls: int) -> str:
-    """The denoise bar's note on the step cache: DiT calls it skipped of those asked for so far."""
-    return f"cache skipped {skipped}/{calls}"
-
-
 def follow(client: EngineClient, job_id: str) -> int:
+    from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+    from engine import protocol as p
+    from engine.job_words import progress_name
 
     console = Console(stderr=True)
     columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     tasks: dict[str, TaskID] = {}
     with Progress(*columns, console=console) as progress:
-        for event in client.events():
-            if event.get("job_id") != job_id:
+        for message in client.events():
+            if message.get("job_id") != job_id:
                 continue
-            kind = event["event"]
-            if kind == "job_progress":
-                stage = event["stage"]
-                name = stage
-                if event.get("chunks", 1) > 1 and stage in ("denoise", "decode", "write"):
-                    name = f"{stage} {event['chunk']}/{event['chunks']}"
-                if stage == "denoise" and event.get("cache_skips"):
-                    name = f"{name}, {cache_text(event['cache_skips'], event['dit_calls'])}"
-                if stage not in tasks:
-                    tasks[stage] = progress.add_task(name, total=event["total"])
-                progress.update(tasks[stage], completed=event["step"], total=event["total"], description=name)
-            elif kind == "chunk_finished":
-                seconds = event["video_seconds"]
-                console.print(
-                    f"chunk {event['index'] + 1}/{event['chunks']} written: {seconds:.1f} s of video"
-                )
-            elif kind == "job_finished":
+            try:
+                event = p.parse_event(message)
+            except ValidationError:  # a kind this client does not know (a newer engine's): not its business
+                continue
+            if isinstance(event, p.JobProgressEvent):
+                name = progress_name(event)
+                if event.stage not in tasks:
+                    tasks[event.stage] = progress.add_task(name, total=event.total)
+                progress.update(tasks[event.stage], completed=event.step, total=event.total, description=name)
+            elif isinstance(event, p.ChunkFinishedEvent):
+                written = f"{event.video_seconds:.1f} s of video"
+                console.print(f"chunk {event.index + 1}/{event.chunks} written: {written}")
+            elif isinstance(event, p.JobFinishedEvent):
                 progress.stop()
-                made = event.get("video_frames")
-                rate = f" ({made} frames at {event['fps']} fps)" if made else ""
-                console.print(f"finished: {event['video']}{rate}")
+                made = event.video_frames
+                rate = f" ({made} frames at {event.fps} fps)" if made else ""
+                console.print(f"finished: {event.video}{rate}")
                 return 0
-            elif kind in ("job_failed", "job_cancelled", "job_interrupted"):
+            elif isinstance(event, p.JobStoppedEvent | p.JobFailedEvent):
                 progress.stop()
-                if event.get("partial"):
+                if isinstance(event, p.JobStoppedEvent) and event.partial:
                     console.print(
-                        f"{event['status']}: kept the {event['chunks_done']} finished chunk(s) of "
-                        f"{event['chunks']}, {event['frames']} frames: {event['video']}"
+                        f"{event.status}: kept the {event.chunks_done} finished chunk(s) of "
+                        f"{event.chunks}, {event.frames} frames: {event.video}"
                     )
                     return EXIT_FAILED
-                console.print(f"{kind.removeprefix('job_')}: {event.get('error', '')}".rstrip(": "))
+                error = getattr(event, "error", None) or ""
+                console.print(f"{message['event'].removeprefix('job_')}: {error}".rstrip(": "))
                 return EXIT_FAILED
     return EXIT_FAILED
 

@@ -17,6 +17,7 @@ from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
 from engine.cli.param_options import add_param_options, add_prompt_argument, given_params
+from engine.job_words import PROGRESS_STAGES, progress_name
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -32,17 +33,6 @@ class RateColumn(ProgressColumn):
             seconds = task.fields.get("seconds")
             return Text("" if seconds is None else f"{seconds:.1f} s", style="progress.elapsed")
         return Text(f"{task.speed:,.1f} {unit}/s" if task.speed else "", style="progress.data.speed")
-
-
-# per stage: the bar's name and its rate's unit (None: seconds); the tokens bar counts every position the
-# language model writes, the frame markers included, not only the codes
-STAGES = {
-    "text": ("text encoders", None),
-    "tokens": ("token positions", "tok"),
-    "denoise": ("denoising", "steps"),
-    "decode": ("VAE decode", None),
-    "write": ("writing mp4", None),
-}
 
 
 def check_writable(path: Path, option: str) -> None:
@@ -386,7 +376,7 @@ def run_tokens(args: argparse.Namespace) -> int:
         RateColumn(),
     )
     with Progress(*columns, TimeRemainingColumn(), console=console, transient=False) as progress:
-        name, unit = STAGES["tokens"]
+        name, unit = PROGRESS_STAGES["tokens"]
         task = progress.add_task(name, total=None, unit=unit)
         positions = [0]
 
@@ -413,9 +403,9 @@ def run_generate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-    from engine.cli.client_commands import cache_text
     from engine.cli.describe import describe_length
     from engine.generation.job import JobSpec
+    from engine.generation.job import Progress as ProgressReport
     from engine.generation.pipeline import Pipeline
     from engine.generation.prompt_tokens import check_prompt_fits
     from engine.params import check_params
@@ -445,12 +435,8 @@ def run_generate(args: argparse.Namespace) -> int:
     with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
         tasks: dict[str, TaskID] = {}
 
-        def on_progress(event) -> None:
-            name, unit = STAGES.get(event.stage, (event.stage, None))
-            if event.chunks > 1 and event.stage in ("denoise", "decode", "write"):
-                name = f"{name} {event.chunk}/{event.chunks}"
-            if event.stage == "denoise" and event.cache_skips:
-                name = f"{name}, {cache_text(event.cache_skips, event.dit_calls)}"
+        def on_progress(event: ProgressReport) -> None:
+            name, unit = progress_name(event), PROGRESS_STAGES.get(event.stage, ("", None))[1]
             if event.stage not in tasks:
                 tasks[event.stage] = progress.add_task(name, total=event.total, unit=unit)
             seconds = event.step / event.rate if event.rate else None  # the stage's own time so far

@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, ProgressBar
 
+from engine.job_words import PROGRESS_STAGES
 from engine.wire import RemoteError
 
 from ..messages import (
@@ -33,14 +34,7 @@ from .base import View, lane_summary
 if TYPE_CHECKING:
     from engine.protocol import ChunkFinishedEvent, JobProgressEvent, JobSummary, StatusReply, WorkerState
 
-STAGES = [  # the protocol's progress stages, in order, with their titles
-    ("text", "text encoding"),
-    ("tokens", "tokens"),
-    ("denoise", "denoising"),
-    ("decode", "VAE decode"),
-    ("write", "writing"),
-]
-UNITS = {"tokens": "tok/s", "denoise": "steps/s"}
+STAGES = [(stage, title) for stage, (title, _) in PROGRESS_STAGES.items()]  # in the protocol's order
 
 
 def duration(seconds: float | None) -> str:
@@ -70,8 +64,8 @@ class StageBar(Horizontal):
 
     def show(self, step: int, total: int, rate: float | None = None) -> None:
         self.query_one(ProgressBar).update(total=max(total, 1), progress=step)
-        unit = UNITS.get(self.stage, "/s")
-        detail = f"{step}/{total}" + (f"  {rate:.1f} {unit}" if rate else "")
+        unit = PROGRESS_STAGES.get(self.stage, ("", None))[1] or ""
+        detail = f"{step}/{total}" + (f"  {rate:.1f} {unit}/s" if rate else "")
         self.query_one(".stage-detail", Label).update(detail)
 
     def show_done(self) -> None:
