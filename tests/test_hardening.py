@@ -567,3 +567,27 @@ def test_a_runtime_dir_of_another_user_is_one_line_and_status_2(tmp_path):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert f"the runtime dir {theirs} belongs to uid {NOBODY}" in refused.stderr
     assert theirs.stat().st_mode & 0o777 != 0o700 or theirs.stat().st_uid == NOBODY  # left as it was
+
+
+def test_an_edited_job_id_never_names_a_path(tmp_path):
+    """A queued row whose id was edited to climb out of the outputs folder (write access to the database)
+    is refused as the store reads it: it fails, no worker runs it, and the one function that names a
+    job's folder refuses such an id wherever it comes from (was: the worker wrote the video outside)."""
+    from engine.daemon.store import FOREIGN_ID, ForeignJobId, job_folder
+
+    store = Store(tmp_path / "landiff.db")
+    edited = store.add_job({"prompt": "a snail"}, "tiny", "test").id
+    kept = store.add_job({"prompt": "a heron"}, "tiny", "test").id
+    climbing = "../../../../tmp/x"
+    with sqlite3.connect(tmp_path / "landiff.db") as connection:
+        connection.execute("UPDATE jobs SET id = ? WHERE id = ?", (climbing, edited))
+    claimed = store.claim_next("cpu")
+    assert claimed is not None and claimed.id == kept  # the queue goes on past it
+    refused = store.get(climbing)
+    assert refused.status == "failed" and refused.error == FOREIGN_ID
+    assert store.claim_next("cpu") is None
+    outputs = tmp_path / "outputs"
+    assert job_folder(outputs, kept) == outputs / kept
+    for bad in (climbing, "/etc", "ABCDEF123456", kept + "/.."):
+        with pytest.raises(ForeignJobId):
+            job_folder(outputs, bad)

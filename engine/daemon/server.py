@@ -35,7 +35,7 @@ from engine.daemon.startup import (  # noqa: F401 (EngineAlreadyRunning: the CLI
     hold_engine_lock,
     writable_dir,
 )
-from engine.daemon.store import JOB_ID, Store
+from engine.daemon.store import JOB_ID, Store, job_folder
 from engine.daemon.token_lane import TokenLane
 from engine.daemon.transport import Transport, socket_answers
 from engine.daemon.weights_ops import WeightsOperations
@@ -190,7 +190,7 @@ async def run_engine(config: EngineConfig) -> None:
     if interrupted:
         log.warning("marked %d job(s) interrupted: %s", len(interrupted), ", ".join(interrupted))
         for job_id in filter(JOB_ID.fullmatch, interrupted):  # their half-made files (chunk previews...)
-            remove_job_files(outputs / job_id)
+            remove_job_files(job_folder(outputs, job_id))
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     hub = EventHub(loop)

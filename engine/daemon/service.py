@@ -24,7 +24,7 @@ from engine.daemon import logs
 from engine.daemon.device import device_status
 from engine.daemon.disk import is_disk_full
 from engine.daemon.events import EventHub
-from engine.daemon.store import JOB_ID, Store
+from engine.daemon.store import ForeignJobId, Store, job_folder
 from engine.daemon.store_thread import StoreThread
 from engine.daemon.weights_ops import NothingRunning, WeightsBusy, WeightsOperations
 from engine.protocol import (
@@ -321,11 +321,17 @@ class EngineService:
         row = await self.job(request.job_id)
         if row.status in ("queued", "running"):
             raise RequestFailed("busy", f"job {row.id} is {row.status}; cancel it before deleting")
-        if request.delete_files and not JOB_ID.fullmatch(row.id):  # an edited row must not name a path
-            raise RequestFailed("invalid", f"job id {row.id!r} is not one this engine makes; its files stay")
-        await self.db.run(self.store.delete, row.id)
+        folder = None
         if request.delete_files:
-            await asyncio.to_thread(shutil.rmtree, self.outputs / row.id, ignore_errors=True)
+            try:
+                folder = job_folder(self.outputs, row.id)
+            except ForeignJobId:
+                raise RequestFailed(
+                    "invalid", f"job id {row.id!r} is not one this engine makes; its files stay"
+                ) from None
+        await self.db.run(self.store.delete, row.id)
+        if folder is not None:
+            await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
         self.hub.publish(JobDeletedEvent(job_id=row.id))
         log.info("job %s deleted%s", row.id, " with its files" if request.delete_files else "")
         return {"job_id": row.id}

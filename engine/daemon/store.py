@@ -8,6 +8,7 @@ before a row points at them).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -34,7 +35,20 @@ BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+log = logging.getLogger(__name__)
 JOB_ID = re.compile(r"[0-9a-f]{12}")  # what the engine makes; only such an id forms a path
+FOREIGN_ID = "refused: its id is not one the engine makes (an edited row), so it never names a folder"
+
+
+class ForeignJobId(ValueError):
+    """A job id the engine did not make (`JOB_ID`): an edited database row, never a path."""
+
+
+def job_folder(outputs: Path, job_id: str) -> Path:
+    """The one place a job's folder is named: `outputs/<id>`, for an id the engine made, else ForeignJobId."""
+    if not JOB_ID.fullmatch(job_id):
+        raise ForeignJobId(f"job id {job_id!r}: {FOREIGN_ID}")
+    return outputs / job_id
 
 
 def new_job_id() -> str:
@@ -202,6 +216,15 @@ class Store:
                 ).first()
                 if row is None:
                     return None
+                if not JOB_ID.fullmatch(row.id):  # refused as it is read: no worker sees it
+                    session.exec(
+                        update(JobRow)
+                        .where(col(JobRow.id) == row.id, col(JobRow.status) == "queued")
+                        .values(status="failed", finished_at=time.time(), error=FOREIGN_ID)
+                    )
+                    session.commit()
+                    log.warning("job %r failed: %s", row.id, FOREIGN_ID)
+                    continue
                 started = time.time()
                 claimed = session.exec(
                     update(JobRow)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.daemon.model_thread import free_device_memory, keep_stepping, load_torch, release_due
-from engine.daemon.store import JobRow, Store
+from engine.daemon.store import JobRow, Store, job_folder
 
 if TYPE_CHECKING:  # torch loads in the lane's thread, after the socket is up
     from engine.generation.job import Progress
@@ -227,7 +227,9 @@ class TokenLane(threading.Thread):
                     self.pipeline = self.make_pipeline()
                 finally:
                     self.loading = False
-            job = JobSpec.from_params(json.loads(row.params), out=self.outputs / job_id / "video.mp4")
+            job = JobSpec.from_params(
+                json.loads(row.params), out=job_folder(self.outputs, job_id) / "video.mp4"
+            )
             job.validate(self.pipeline.spec)
             result = self.pipeline.semantic_tokens(job, progress, should_stop)
             log.info(

@@ -21,7 +21,7 @@ from engine.daemon.devices import AUTO
 from engine.daemon.disk import PREVIEW_WIDTH, DiskFull, check_room, disk_full_message, job_output_bound
 from engine.daemon.events import Publisher
 from engine.daemon.model_thread import free_device_memory, keep_stepping, load_torch, release_due
-from engine.daemon.store import JobRow, Store
+from engine.daemon.store import JobRow, Store, job_folder
 from engine.protocol import (
     ChunkFinishedEvent,
     JobCancelledEvent,
@@ -220,7 +220,7 @@ class JobWorker(threading.Thread):
         from engine.generation.video import write_thumbnail
 
         self.publish(JobStartedEvent(job_id=job_id, worker=self.label))
-        folder = self.outputs / job_id
+        folder = job_folder(self.outputs, job_id)
         job = JobSpec.from_params(params.model_dump(), out=folder / "video.mp4")
 
         def progress(event: Progress) -> None:
