@@ -143,6 +143,13 @@ class Param:
     def _check_text(self, value: str) -> str:
         if self.required and not value:
             raise ValueError(f"{self.name} must not be empty: {self.help}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate ("\ud800" in JSON): not text
+            raise ValueError(
+                f"{self.name} holds {value[error.start]!r} at character {error.start + 1}, half of a UTF-16 "
+                "pair and not a character: send the text as it was typed"
+            ) from None
         if self.max_chars is not None and len(value) > self.max_chars:
             raise ValueError(
                 f"{self.name} is {len(value)} characters; at most {self.max_chars} are accepted: shorten it"

@@ -33,7 +33,10 @@ from engine.wire import (
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """What a client sends: no unknown field, and no value of another type taken for one ("24" for 24,
+    true for 1, 3.0 for an integer); an integer is a number where a float is meant, as JSON writes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 WeightsPart = Literal["llm", "diffusion", "all"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import json
 from typing import Any, get_args
 
 import pytest
@@ -257,3 +258,27 @@ def test_the_service_handles_each_request_model_once_found_by_its_type():
 
     with pytest.raises(TypeError, match="a second handler of Shutdown"):
         handlers(Twice)
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"fps": "24"}, "params.fps"),  # a string for a number
+        ({"seed": True}, "params.seed"),  # a boolean for an integer
+        ({"steps": 3.0}, "params.steps"),  # a float for an integer
+        ({"cfg": "7.5"}, "params.cfg"),
+        ({"prompt": "a heron \ud800 at dawn"}, "params.prompt"),  # a lone surrogate: not text
+    ],
+)
+def test_a_value_of_another_type_is_refused_naming_its_field(params, field):
+    """No coercion on the wire (was: "24" became 24, true became 1), and a prompt that is not text gets
+    a clear refusal, not `internal` when the store or the log cannot write it."""
+    line = json.dumps({"v": 1, "id": 1, "type": "submit", "params": {"prompt": "a heron", **params}})
+    with pytest.raises(p.ProtocolError) as refused:
+        p.parse_request(line.encode())
+    assert refused.value.code == "invalid" and str(refused.value).startswith(field), str(refused.value)
+
+
+def test_an_integer_is_a_number_where_a_float_is_meant():
+    line = json.dumps({"v": 1, "id": 1, "type": "submit", "params": {"prompt": "a heron", "cfg": 7}})
+    assert p.parse_request(line.encode()).params.cfg == 7.0
