@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.paths import (
     NotTrusted,
+    ReadOnlyDir,
     check_engine_socket,
     check_owned,
     console_path,
@@ -177,7 +178,10 @@ def start_engine(
                 f"within {timeout:.0f}s; see {log_path()}"
             )
         time.sleep(0.2)
-    private_dir(log_path().parent)
+    try:
+        private_dir(log_path().parent, "data dir")
+    except ReadOnlyDir as error:
+        raise EngineUnavailable(f"cannot start an engine: {error}") from None
     command = [sys.executable, "-m", "engine.cli", "serve", "--model", model or DEFAULT_MODEL]
     given = engine_args() if options is None else options
     command += given

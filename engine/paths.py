@@ -40,10 +40,31 @@ def console_path() -> Path:
     return data_dir() / "engine.out"
 
 
-def private_dir(path: Path) -> Path:
-    """Create `path` (and parents) readable by the owner only."""
+class ReadOnlyDir(PermissionError):
+    """A folder its owner may not write or enter (mode bits): the user's choice, which no one here undoes."""
+
+
+def check_owner_may_write(path: Path, what: str = "folder") -> None:
+    """ReadOnlyDir unless the owner's mode bits allow read, write and enter (root writes through them, so
+    the bits are read, not tried)."""
+    import stat
+
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o700 != 0o700:
+        raise ReadOnlyDir(
+            f"the {what} {path} is not writable (mode {mode:04o}): give it back to yourself (chmod u+rwx) "
+            "or choose another folder; its permissions are yours to change, not the engine's"
+        )
+
+
+def private_dir(path: Path, what: str = "folder") -> Path:
+    """Create `path` (and parents) readable by the owner only. An existing one loses what others may do
+    with it and gains nothing: one its owner made read-only is refused (ReadOnlyDir), not opened up."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
+    check_owner_may_write(path, what)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        path.chmod(mode & 0o700)
     return path
 
 

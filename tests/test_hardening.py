@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from engine.cli.main import main
 from engine.client import EngineClient, EngineUntrusted, RemoteError
 from engine.daemon import disk
 from engine.daemon.events import EventHub
@@ -549,13 +550,20 @@ def test_a_runtime_dir_too_long_for_a_socket_is_one_line_and_status_2(tmp_path):
     assert not deep.exists()  # refused before anything was made
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root writes through read-only permissions")
-def test_a_read_only_data_dir_is_one_line_and_status_2(tmp_path):
+def test_a_read_only_data_dir_is_one_line_and_status_2_and_stays_read_only(tmp_path, monkeypatch, capsys):
+    """Refused by its mode bits (root writes through them), by `serve` and by a client's autostart, and
+    left as its owner set it (was: `submit` and the TUI's autostart chmod-ed it to 0700)."""
     data = tmp_path / "data"
     data.mkdir(mode=0o500)
     refused = refused_start({"LANDIFF_DATA_DIR": str(data), "LANDIFF_RUNTIME_DIR": str(short_dir())})
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert f"the data dir {data} is not writable" in refused.stderr
+    assert f"the data dir {data} is not writable (mode 0500)" in refused.stderr
+    monkeypatch.setenv("LANDIFF_DATA_DIR", str(data))
+    monkeypatch.setenv("LANDIFF_RUNTIME_DIR", str(short_dir()))
+    assert main(["submit", "a heron", "--model", "tiny"]) == 2
+    said = capsys.readouterr().err
+    assert f"cannot start an engine: the data dir {data} is not writable" in said and "Traceback" not in said
+    assert data.stat().st_mode & 0o777 == 0o500
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="a dir of another user needs root to make")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from engine import settings
-from engine.paths import NotTrusted, check_owned, lock_holder
+from engine.paths import NotTrusted, ReadOnlyDir, check_owned, check_owner_may_write, lock_holder
 
 LOCK_RETRY_S = 0.5  # a client probing the lock (paths.lock_holder) holds it for microseconds
 # the longest path a Unix socket can be bound to: sun_path less its closing NUL (108 on Linux, 104 on BSDs)
@@ -69,6 +69,10 @@ def writable_dir(path: Path, what: str, variable: str) -> Path:
         raise StartRefused(
             f"cannot create the {what} {path} ({error.strerror}); set {variable} to a writable directory"
         ) from None
+    try:
+        check_owner_may_write(path, what)
+    except ReadOnlyDir as error:
+        raise StartRefused(f"{error}; or set {variable} to a writable directory") from None
     probe = path / f".write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
