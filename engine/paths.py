@@ -68,6 +68,14 @@ def private_dir(path: Path, what: str = "folder") -> Path:
     return path
 
 
+RENDEZVOUS = "parallel-*.store"  # a parallel group's rendezvous files (torch's FileStore), in the runtime dir
+
+
+def rendezvous_path(folder: Path, pid: int, token: str) -> Path:
+    """The rendezvous file of a group that process `pid` leads (`token` tells its groups apart)."""
+    return folder / RENDEZVOUS.replace("*", f"{pid}-{token}")
+
+
 def lock_path() -> Path:
     """The data dir's lock file: the engine holds an exclusive flock on it for its whole life."""
     return data_dir() / "engine.lock"

@@ -599,3 +599,21 @@ def test_an_edited_job_id_never_names_a_path(tmp_path):
     for bad in (climbing, "/etc", "ABCDEF123456", kept + "/.."):
         with pytest.raises(ForeignJobId):
             job_folder(outputs, bad)
+
+
+def test_rendezvous_files_a_killed_engine_left_are_removed_at_start(tmp_path, weights):
+    """A parallel group's rendezvous file outlives a kill -9 of its engine; the next engine on the runtime
+    dir removes such files as it starts, and nothing else there."""
+    from engine.paths import rendezvous_path
+
+    engine = RunningEngine(tmp_path, weights)
+    engine.runtime.mkdir(mode=0o700, exist_ok=True)
+    stale = rendezvous_path(engine.runtime, 4242, "0123456789ab")
+    stale.write_bytes(b"torch FileStore")
+    other = engine.runtime / "notes.txt"
+    other.write_text("not the engine's")
+    engine.start()
+    try:
+        assert not stale.exists() and other.read_text() == "not the engine's"
+    finally:
+        engine.stop()

@@ -41,6 +41,7 @@ from engine.daemon.transport import Transport, socket_answers
 from engine.daemon.weights_ops import WeightsOperations
 from engine.daemon.worker import JobWorker, remove_job_files, sweep_leftovers
 from engine.paths import (
+    RENDEZVOUS,
     data_dir,
     database_path,
     lock_path,
@@ -69,6 +70,13 @@ def claim_socket_path(path: Path) -> None:
                 f"an engine is already running on {path} (`landiff-engine status` shows it)"
             )
         path.unlink()
+
+
+def sweep_rendezvous(runtime: Path) -> None:
+    """Parallel groups' rendezvous files an engine killed mid-job left (kill -9 runs no clean-up)."""
+    for stale in runtime.glob(RENDEZVOUS):
+        log.info("removing %s, left by an engine that stopped without cleaning up", stale)
+        stale.unlink(missing_ok=True)
 
 
 def pipeline_factory(
@@ -181,6 +189,7 @@ async def run_engine(config: EngineConfig) -> None:
         ray_workers.connect(config.ray.address)
     path = socket_path()
     claim_socket_path(path)
+    sweep_rendezvous(path.parent)  # this engine alone serves from this runtime dir now
     outputs = private_dir(writable_dir(outputs_dir(), "outputs folder", settings.DATA_DIR.name))
     try:
         store = Store(database_path())

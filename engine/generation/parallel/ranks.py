@@ -28,6 +28,7 @@ from engine.generation.pipeline import Pipeline
 from engine.generation.speed import DiTOptions
 from engine.generation.stage1 import default_dtype
 from engine.generation.stage2 import VideoStage
+from engine.paths import rendezvous_path
 from engine.specs import get_spec
 from engine.weights.downloads import refuse_failed
 from engine.weights.layout import layout_for
@@ -82,7 +83,7 @@ class Ranks:
 
     def start(self) -> None:
         """Start the helpers (they load their models while rank 0 goes on)."""
-        self.rendezvous = self.folder / f"parallel-{os.getpid()}-{uuid.uuid4().hex[:12]}.store"
+        self.rendezvous = rendezvous_path(self.folder, os.getpid(), uuid.uuid4().hex[:12])
         threads = torch.get_num_threads()  # some CPU kernels round by thread count: same as rank 0
         for rank in range(1, self.plan.size):
             config = RankConfig(
