@@ -8,6 +8,13 @@ or, for files without a published MD5 (flan-T5's), the digest the hub names in i
 LFS files, the git blob sha1 for the others). One that fails twice is removed and recorded, and the
 loaders refuse a file whose recorded verification failed. Every file name that comes from the hub or
 a checksum list is checked to stay inside the weights folder before anything is written or deleted.
+
+No body is written past the size it must have: the hub's listing of the file (the size its HEAD names,
+recorded as the file's expected size), else the length the transfer announces, else `UNSIZED_CAP`;
+listings and metadata files (the flan-T5 index, JSON, text) never past `METADATA_CAP`. A server that
+sends or announces more than that is lying: the transfer stops one byte past the limit, the partial
+file is removed, the file fails with the sizes named, and that server is not asked again (retries are
+for cut connections, time-outs and 5xx answers only).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import time
 import urllib.error
@@ -39,12 +47,25 @@ from engine.weights.layout import (
     release_files,
 )
 
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # one read from the network: what a transfer holds in memory at a time
 RECORD = ".landiff-verified.json"
+# The most a listing or metadata file may hold (the flan-T5 index, config / tokenizer JSON, vocab, merges,
+# a checksum list): they are parsed whole, in memory. The largest the release fetches (CLIP's vocab.json)
+# is under 1 MiB and big models' tokenizer.json files about 10 MiB: one larger is refused, not read.
+METADATA_CAP = 16 * 2**20
+METADATA_SUFFIXES = (".json", ".txt", ".md5")
+# The most a file is written to when neither the hub's listing nor the transfer names its size: the largest
+# file the weights have (a flan-T5-xxl shard) is under 10 GiB; a server that streams without end is stopped
+# here instead of when the disk is full.
+UNSIZED_CAP = 32 * 2**30
 
 
 class DownloadError(CheckpointError):
     """A download that cannot go on; the message says why and what to do."""
+
+
+class ServerLied(DownloadError):
+    """A server announced or sent another size than the file has: never retried, the partial is removed."""
 
 
 class DownloadCancelled(Exception):
@@ -210,6 +231,31 @@ def inside(root: Path, local: str, origin: str) -> Path:
     return root / local
 
 
+def is_metadata(name: str) -> bool:
+    """A listing or metadata file (parsed whole, so capped at METADATA_CAP), not a weights file."""
+    return name.lower().endswith(METADATA_SUFFIXES)
+
+
+def read_capped(path: Path, what: str) -> str:
+    """The text of a listing or metadata file, refused (before reading it) when over METADATA_CAP."""
+    size = path.stat().st_size
+    if size > METADATA_CAP:
+        raise DownloadError(
+            f"{what} {path} is {size:,} bytes, over the {METADATA_CAP:,}-byte limit for such a file: it is "
+            "not what the hub publishes; delete it and download again"
+        )
+    return path.read_text()
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(read_capped(path, what))
+    except ValueError as error:
+        raise DownloadError(
+            f"{what} {path} is not valid JSON ({error}); delete it and download again"
+        ) from None
+
+
 def file_states(root: Path, files: list[WeightFile]) -> list[FileState]:
     record = VerificationRecord(root)
     states = []
@@ -302,7 +348,7 @@ def offline_refusal(root: Path) -> Callable[[int], None]:
 def read_checksums(path: Path) -> dict[str, str]:
     """A CHECKSUM.md5 file (`<md5>  <path>` lines, as md5sum writes them) -> {path: md5}."""
     sums = {}
-    for line in path.read_text().splitlines():
+    for line in read_capped(path, "the checksum list").splitlines():
         if line.strip() and not line.startswith("#"):
             md5, name = line.split(maxsplit=1)
             name = name.strip().lstrip("*").removeprefix("./")
@@ -324,7 +370,7 @@ def planned_files(
             files += flan_t5_files([])[: len(FLAN_T5_FILES)]
             files.append(WeightFile(FLAN_T5_REPO, SLIM_NAME, f"flan-t5-xxl/{SLIM_NAME}", ("llm",)))
         else:
-            shards = encoder_shards(json.loads(index.read_text())) if index.is_file() else []
+            shards = encoder_shards(read_json(index, "the index")) if index.is_file() else []
             files += flan_t5_files(shards)
     return files + (clip_files() if clip else [])
 
@@ -349,12 +395,13 @@ def slim_flan_t5(root: Path) -> int:
         raise DownloadError(
             f"{index} is missing: download flan-T5 first (landiff-engine weights download --only llm)"
         )
-    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    listing = read_json(index, "the index")
+    shards = sorted(set(listing["weight_map"].values()))
     for shard in shards:
         inside(folder, shard, f"the index {index}")
     before = sum((folder / shard).stat().st_size for shard in shards if (folder / shard).is_file())
     tensors = {}
-    for shard in encoder_shards(json.loads(index.read_text())):
+    for shard in encoder_shards(listing):
         with safe_open(str(folder / shard), framework="pt") as handle:
             for key in handle.keys():
                 if key.startswith("encoder.") or key == "shared.weight":
@@ -418,8 +465,11 @@ class Downloader:
             ) from None
 
     def fetch_json(self, item: WeightFile) -> dict:
-        self.fetch(item, expected=None, total_hint=0)
-        return json.loads((self.root / item.local).read_text())
+        """A listing the hub does not size for us (the flan-T5 index): never written past METADATA_CAP."""
+        target = inside(self.root, item.local, item_origin(item))
+        self.fetch(item, expected=None)
+        os.replace(partial_of(target), target)
+        return read_json(target, "the index")
 
     # downloading
 
@@ -435,12 +485,19 @@ class Downloader:
                 todo.append(item)
         if todo:
             require_online(len(todo))
-        sizes = {}
-        for item in todo:
+        sizes: dict[str, int | None] = {}
+        for item in list(todo):
             metadata = self.metadata(item)
-            sizes[item.local] = metadata.size or 0
+            if is_metadata(item.path) and metadata.size is not None and metadata.size > METADATA_CAP:
+                todo.remove(item)  # parsed whole, so never fetched past the cap: refused before any byte
+                report.failed[item.local] = (
+                    f"{self.endpoint} lists {item.repo}/{item.path} at {metadata.size:,} bytes, over the "
+                    f"{METADATA_CAP:,}-byte limit for a metadata file; not fetched"
+                )
+                continue
+            sizes[item.local] = metadata.size
             self.record.expect(item.local, metadata.size, digest_from_etag(metadata.etag))
-        needed = sum(max(sizes[i.local] - self.partial_size(i), 0) for i in todo)
+        needed = sum(max((sizes[i.local] or 0) - self.partial_size(i), 0) for i in todo)
         self.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.root).free
         if needed > free:
@@ -450,11 +507,17 @@ class Downloader:
             )
         self.started, self.done, self.total = time.monotonic(), 0, needed
         for item in todo:
-            ok = self.fetch_verified(item, sizes[item.local])
-            if not ok:
-                ok = self.fetch_verified(item, sizes[item.local], again=True)
-                if ok:
-                    report.refetched.append(item.local)
+            try:
+                ok = self.fetch_verified(item, sizes[item.local])
+                if not ok:
+                    ok = self.fetch_verified(item, sizes[item.local], again=True)
+                    if ok:
+                        report.refetched.append(item.local)
+            except ServerLied as lie:  # its partial is gone; a file that was there failed before
+                (self.root / item.local).unlink(missing_ok=True)
+                self.record.remember(self.root, item.local, False, item.md5)
+                report.failed[item.local] = str(lie)
+                continue
             if ok:
                 report.fetched.append(item.local)
             else:
@@ -465,12 +528,12 @@ class Downloader:
         partial = partial_of(self.root / item.local)
         return partial.stat().st_size if partial.is_file() else 0
 
-    def fetch_verified(self, item: WeightFile, size: int, again: bool = False) -> bool:
+    def fetch_verified(self, item: WeightFile, size: int | None, again: bool = False) -> bool:
         target = self.root / item.local
         partial = partial_of(target)
         if again:
             partial.unlink(missing_ok=True)
-        self.fetch(item, expected=size, total_hint=size)
+        self.fetch(item, expected=size)
         if not intact(partial, item, self.record):
             partial.unlink()  # never leave a file that failed verification where a loader looks
             target.unlink(missing_ok=True)
@@ -480,13 +543,17 @@ class Downloader:
         self.record.remember(self.root, item.local, True, item.md5)
         return True
 
-    def fetch(self, item: WeightFile, expected: int | None, total_hint: int) -> None:
-        """Stream the file into `<file>.partial`, resuming from its current size; retries cut connections."""
+    def fetch(self, item: WeightFile, expected: int | None) -> None:
+        """Stream the file into `<file>.partial`, resuming from its current size when `expected` (the hub's
+        listing) is known; retries cut connections, time-outs and 5xx answers, never a server that lies
+        about the size (ServerLied: the partial file is removed)."""
         target = inside(self.root, item.local, item_origin(item))
         partial = partial_of(target)
         partial.parent.mkdir(parents=True, exist_ok=True)
         attempts = 0
         while True:
+            if expected is None:
+                partial.unlink(missing_ok=True)  # no size to resume against: start over
             offset = partial.stat().st_size if partial.is_file() else 0
             if expected is not None and offset == expected:
                 return
@@ -494,7 +561,10 @@ class Downloader:
                 partial.unlink()
                 continue
             try:
-                self.stream(item, partial, offset, expected)
+                complete = self.stream(item, partial, offset, expected)
+            except ServerLied:
+                partial.unlink(missing_ok=True)
+                raise
             except urllib.error.HTTPError as error:
                 if error.code not in (408, 429, 500, 502, 503, 504):
                     raise DownloadError(
@@ -505,8 +575,7 @@ class Downloader:
             except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
                 problem = error
             else:
-                if expected is None:
-                    os.replace(partial, target)
+                if complete:
                     return
                 problem = "the server closed the connection early"
             attempts += 1
@@ -517,7 +586,10 @@ class Downloader:
                 )
             time.sleep(min(0.2 * attempts, 2.0))
 
-    def stream(self, item: WeightFile, partial: Path, offset: int, expected: int | None) -> None:
+    def stream(self, item: WeightFile, partial: Path, offset: int, expected: int | None) -> bool:
+        """One transfer into `partial` from `offset`, never past the file's limit (`limit_of`); whether the
+        file is complete. Raises ServerLied for a server that announces another size than the hub lists,
+        or sends more than its limit: reading stops one byte past it."""
         url = self.url(item)
         headers = {"Accept-Encoding": "identity", "User-Agent": "landiff-tui"}
         if offset:
@@ -528,15 +600,27 @@ class Downloader:
         with urllib.request.build_opener(token_for).open(request, timeout=self.timeout) as response:
             if offset and response.status != 206:
                 offset = 0  # the server ignored the range: start over
+            name = f"{item.repo}/{item.path}"
+            announced = announced_size(response.headers, offset, name)
+            limit, source = limit_of(name, expected, announced)
+            sized = expected is not None or announced is not None
             with open(partial, "r+b" if offset else "wb") as handle:
                 handle.seek(offset)
                 handle.truncate()
-                while chunk := response.read1(CHUNK):  # whatever has arrived: progress and cancel stay live
+                # whatever has arrived, one byte past the limit at most: progress and cancel stay live
+                while chunk := response.read1(min(CHUNK, limit + 1 - offset)):
                     if self.should_stop is not None and self.should_stop():
                         raise DownloadCancelled(f"cancelled while fetching {item.path}; run again to resume")
+                    if offset + len(chunk) > limit:
+                        raise ServerLied(
+                            f"{name}: the server sent more than the {limit:,} bytes {source} (at least "
+                            f"{offset + len(chunk):,} received); stopped there and removed the partial file, "
+                            "and a server that sends more than it announces is not asked again"
+                        )
                     handle.write(chunk)
                     offset += len(chunk)
-                    self.report(item.local, offset, expected, len(chunk))
+                    self.report(item.local, offset, limit if sized else None, len(chunk))
+            return offset == limit or not sized  # with no size named, the end of the body is the end
 
     def report(self, local: str, file_done: int, file_total: int | None, advanced: int) -> None:
         self.done = getattr(self, "done", 0) + advanced
@@ -547,6 +631,49 @@ class Downloader:
         total = getattr(self, "total", 0)
         eta = (total - self.done) / rate if rate > 0 and total else None
         self.on_progress(DownloadProgress(local, file_done, file_total, self.done, total, rate, eta))
+
+
+def limit_of(name: str, expected: int | None, announced: int | None) -> tuple[int, str]:
+    """The most bytes a file may have, and where that comes from: the hub's listing (`expected`), else
+    what the transfer announced, else a cap (METADATA_CAP for a metadata file, which is never larger,
+    UNSIZED_CAP for any other). Raises ServerLied when the transfer announces another size than the hub
+    lists, or a metadata file over its cap, before anything is written."""
+    if expected is not None and announced is not None and announced != expected:
+        raise ServerLied(
+            f"{name}: the transfer announces {announced:,} bytes but the hub lists the file at {expected:,}; "
+            "refused before writing anything, and not asked again"
+        )
+    metadata = is_metadata(name)
+    known = expected if expected is not None else announced
+    if known is None:
+        if metadata:
+            return METADATA_CAP, "allowed for a metadata file (METADATA_CAP)"
+        return UNSIZED_CAP, "allowed for a file whose size nothing named (UNSIZED_CAP)"
+    if metadata and known > METADATA_CAP:
+        raise ServerLied(
+            f"{name}: {known:,} bytes announced, over the {METADATA_CAP:,}-byte limit for a metadata file; "
+            "refused before writing anything"
+        )
+    return known, "the hub lists" if expected is not None else "the transfer announced"
+
+
+def announced_size(headers, offset: int, name: str) -> int | None:
+    """The whole file's size as a transfer from `offset` announces it (Content-Length, or a partial
+    answer's Content-Range total); None when it names none. Headers that contradict each other, or a range
+    that starts elsewhere than asked, are a lie (ServerLied)."""
+    length = (headers.get("Content-Length") or "").strip()
+    body = int(length) if length.isdigit() else None
+    if not offset:
+        return body
+    whole = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (headers.get("Content-Range") or "").strip())
+    total = int(whole[3]) if whole and whole[3] != "*" else None
+    if whole and int(whole[1]) != offset:
+        raise ServerLied(f"{name}: asked for bytes from {offset:,}, the server answered from {whole[1]}")
+    if body is not None and total is not None and offset + body != total:
+        raise ServerLied(
+            f"{name}: the server announces {body:,} bytes from {offset:,} of a {total:,}-byte file; refused"
+        )
+    return total if total is not None else None if body is None else offset + body
 
 
 class TokenOnlyForEndpoint(urllib.request.HTTPRedirectHandler):
