@@ -57,11 +57,7 @@ def check_state_dict(
     """Raise CheckpointError unless `found` has exactly the expected keys and shapes."""
     missing = set(expected) - set(found)
     unexpected = set(found) - set(expected)
-    wrong_shape = [
-        f"{key} is {list(found[key].shape)}, expected {list(expected[key])}"
-        for key in sorted(set(expected) & set(found))
-        if tuple(found[key].shape) != tuple(expected[key])
-    ]
+    wrong_shape = _wrong_shapes(expected, found)
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
@@ -71,6 +67,39 @@ def check_state_dict(
         problems.append(f"{len(wrong_shape)} wrong shape(s): " + "; ".join(wrong_shape[:SHOWN_KEYS]))
     if problems:
         raise CheckpointError(f"{source} does not fit the model: " + ". ".join(problems) + f". {fix}")
+
+
+def _wrong_shapes(
+    expected: Mapping[str, torch.Size], found: Mapping[str, Shaped], prefix: str = ""
+) -> list[str]:
+    return [
+        f"{prefix}{key} is {list(found[key].shape)}, expected {list(expected[key])}"
+        for key in sorted(set(expected) & set(found))
+        if tuple(found[key].shape) != tuple(expected[key])
+    ]
+
+
+def check_shapes(
+    expected: Mapping[str, torch.Size],
+    found: Mapping[str, Shaped],
+    *,
+    source: Path,
+    fix: str,
+    prefix: str = "",
+) -> None:
+    """Raise CheckpointError if a tensor of `found` that `expected` names has another shape.
+
+    Keys are not compared: this is the check made before tensors are converted (split, concatenated,
+    cast), so that nothing of a shape the model does not expect is ever materialised. `prefix` is how
+    the file names the keys, for the message.
+    """
+    wrong_shape = _wrong_shapes(expected, found, prefix)
+    if wrong_shape:
+        raise CheckpointError(
+            f"{source} does not fit the model: {len(wrong_shape)} wrong shape(s): "
+            + "; ".join(wrong_shape[:SHOWN_KEYS])
+            + f". {fix}"
+        )
 
 
 def safetensors_shapes(

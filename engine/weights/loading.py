@@ -17,13 +17,14 @@ from engine.models.semantic_decoder import SemanticDecoder
 from engine.models.video_vae import build_vae
 from engine.weights.checkpoints import (
     CheckpointError,
+    check_shapes,
     check_state_dict,
     expected_shapes,
     require_file,
     stream_safetensors_into,
 )
 from engine.weights.layout import ReleaseLayout, redownload_hint
-from engine.weights.sat_keys import convert_dit, convert_vae_decoder
+from engine.weights.sat_keys import convert_dit, convert_vae_decoder, is_fused, sat_dit_shapes
 from engine.weights.sat_pickle import UNREADABLE, load_sat_pickle
 
 # Parts of tokenizer/model.safetensors that text-to-video never uses: the semantic
@@ -116,21 +117,54 @@ def is_main_dit_key(key: str) -> bool:
     return key.startswith(("main.", "norm_final.", "norm_out.", "proj_out."))
 
 
+MAIN_DIT_PREFIX = "model.diffusion_model."
+CONTROL_DIT_PREFIX = "model.control_model.diffusion_model."
+
+
+def check_sat_dit(
+    tensors: dict[str, torch.Tensor],
+    expected: dict[str, torch.Size],
+    branch: str,
+    *,
+    source: Path,
+    fix: str,
+    prefix: str,
+) -> None:
+    """Refuse a SAT tensor whose shape differs from the model's before `convert_dit` splits or copies any.
+
+    The file's tensors are views of a memory-mapped file; converting one (the adaLN concatenation) or
+    casting it materialises it, so every tensor the model expects is checked here first, and a fused one
+    it does not expect (another layer's qkv or adaLN) is refused as unexpected.
+    """
+    wanted = sat_dit_shapes(expected, branch)
+    check_shapes(wanted, tensors, source=source, fix=fix, prefix=prefix)
+    surplus = sorted(prefix + key for key in tensors if is_fused(key) and key not in wanted)
+    if surplus:
+        shown = ", ".join(surplus[:5]) + (f" (and {len(surplus) - 5} more)" if len(surplus) > 5 else "")
+        raise CheckpointError(
+            f"{source} does not fit the model: {len(surplus)} unexpected key(s): {shown}. {fix}"
+        )
+
+
 def load_control_dit(layout: ReleaseLayout, config: DiTConfig, *, device, dtype: torch.dtype) -> ControlDiT:
     """Main CogVideoX-2b transformer from transformer/<latest>, control branch from diffusion/<latest>."""
     main_fix = redownload_hint(layout.dit_file.parents[1])
     control_fix = redownload_hint(layout.control_file.parents[1])
     main_file = checkpoint_step_file(layout.dit_file.parents[1], main_fix)
     control_file = checkpoint_step_file(layout.control_file.parents[1], control_fix)
-    main_sat = strip_prefix(read_sat_checkpoint(main_file, "module", fix=main_fix), "model.diffusion_model.")
-    control_module = read_sat_checkpoint(control_file, "module", fix=control_fix)
-    # diffusion/1 may also carry copies of the main DiT, T5, VAE: only the control branch is read from it.
-    control_sat = strip_prefix(control_module, "model.control_model.diffusion_model.")
-    main, unknown_main = convert_dit(main_sat, "main")
-    control, unknown_control = convert_dit(control_sat, "control")
     with torch.device("meta"):
         model = ControlDiT(config)
     expected = expected_shapes(model)
+    main_sat = strip_prefix(read_sat_checkpoint(main_file, "module", fix=main_fix), MAIN_DIT_PREFIX)
+    check_sat_dit(main_sat, expected, "main", source=main_file, fix=main_fix, prefix=MAIN_DIT_PREFIX)
+    control_module = read_sat_checkpoint(control_file, "module", fix=control_fix)
+    # diffusion/1 may also carry copies of the main DiT, T5, VAE: only the control branch is read from it.
+    control_sat = strip_prefix(control_module, CONTROL_DIT_PREFIX)
+    check_sat_dit(
+        control_sat, expected, "control", source=control_file, fix=control_fix, prefix=CONTROL_DIT_PREFIX
+    )
+    main, unknown_main = convert_dit(main_sat, "main")
+    control, unknown_control = convert_dit(control_sat, "control")
     for source, part, unknown, fix, from_main_file in (
         (main_file, main, unknown_main, main_fix, True),
         (control_file, control, unknown_control, control_fix, False),

@@ -9,6 +9,7 @@ diffusers-based modules of `engine.models.control_dit`, splitting fused tensors.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import cast
 
 import torch
@@ -52,8 +53,25 @@ QKV = re.compile(r"transformer\.layers\.(\d+)\.attention\.query_key_value\.(weig
 ADALN = re.compile(r"mixins\.adaln_layer\.adaLN_modulations\.(\d+)\.1\.(weight|bias)$")
 
 
+def is_fused(key: str) -> bool:
+    """Whether `convert_dit` splits (qkv) or regroups (adaLN: a concatenation, a copy) this SAT tensor."""
+    return bool(QKV.match(key) or ADALN.match(key))
+
+
+def sat_dit_shapes(expected: Mapping[str, torch.Size], branch: str) -> dict[str, torch.Size]:
+    """The SAT keys and shapes of one branch that `convert_dit` turns into `expected` (our keys and shapes).
+
+    Computed on the meta device, so a loader can check a file's tensors before converting any.
+    """
+    meta = {key: torch.empty(shape, device="meta") for key, shape in expected.items()}
+    return {key: value.shape for key, value in sat_dit_from_ours(meta, branch).items()}
+
+
 def convert_dit(tensors: dict[str, torch.Tensor], branch: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """SAT keys of one transformer (`branch` = "main" or "control") -> (our keys, SAT keys not understood)."""
+    """SAT keys of one transformer (`branch` = "main" or "control") -> (our keys, SAT keys not understood).
+
+    The adaLN tensors are concatenated (copied): check their shapes first (`sat_dit_shapes`).
+    """
     assert branch in ("main", "control")
     converted: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
