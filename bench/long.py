@@ -54,13 +54,11 @@ def bench_tiny(rows: list[Row], chunks: int) -> None:
         started = time.perf_counter()
         result = pipeline.run(job)
         seconds = time.perf_counter() - started
-    for entry in result.chunk_timings:
-        total = entry["denoise_s"] + entry["decode_s"] + entry["write_s"]
-        detail = (
-            f"denoise {entry['denoise_s']:.2f} decode {entry['decode_s']:.2f} write {entry['write_s']:.2f}"
-        )
-        rows.append(Row(f"tiny chunk {entry['index']} ({detail})", total, "", peak_memory(cpu)))
-    per_chunk = sum(sum(e[k] for k in ("denoise_s", "decode_s", "write_s")) for e in result.chunk_timings)
+    for timing in result.chunk_timings:
+        total = sum(timing.stage_seconds().values())
+        detail = f"denoise {timing.denoise_s:.2f} decode {timing.decode_s:.2f} write {timing.write_s:.2f}"
+        rows.append(Row(f"tiny chunk {timing.index} ({detail})", total, "", peak_memory(cpu)))
+    per_chunk = sum(sum(timing.stage_seconds().values()) for timing in result.chunk_timings)
     rows.append(
         Row(
             f"tiny job, {result.frames} frames",

@@ -1,7 +1,8 @@
 """A blocking client of the engine's socket, and starting the engine when none answers.
 
 Imports only the wire's framing (`engine.wire`) and the standard library, so it is cheap for command-line
-use. Replies and events come back as the plain dicts the CLI prints; `engine.protocol` has their models.
+use. `call(Status())` returns the reply's model (`engine.protocol`, imported on the first call); events
+come as the plain dicts of the wire, which `engine.protocol.parse_event` reads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.paths import (
     NotTrusted,
@@ -30,7 +31,11 @@ from engine.paths import (
     socket_path,
 )
 from engine.settings import ENGINE_ARGS, LOG_STDERR
-from engine.wire import MAX_REPLY_BYTES, RemoteError, decode_line, is_event, reply_result, request_line
+from engine.wire import MAX_REPLY_BYTES, RemoteError, decode_line, is_event, reply_result
+from engine.wire import request_line as raw_request_line
+
+if TYPE_CHECKING:
+    from engine.protocol import AnyEvent, R, Request
 
 
 class EngineUnavailable(ConnectionError):
@@ -86,10 +91,24 @@ class EngineClient:
             raise EngineUnavailable("the engine closed the connection")
         return decode_line(line, MAX_REPLY_BYTES)
 
-    def request(self, kind: str, **fields: Any) -> dict[str, Any]:
+    def call(self, request: Request[R]) -> R:
+        """The engine's reply to `request` as its reply model; RemoteError when the engine refuses it."""
+        from engine.protocol import read_reply, request_line
+
         request_id = next(self.ids)
+        return read_reply(
+            request, self.exchange(request_id, request_line(request_id, request)), "landiff-engine"
+        )
+
+    def request(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """A request as raw fields and its raw result: for tests and tools that speak the wire itself
+        (a field of the wrong type, an unknown type); programs use `call`."""
+        request_id = next(self.ids)
+        return self.exchange(request_id, raw_request_line(request_id, kind, **fields))
+
+    def exchange(self, request_id: int, line: bytes) -> dict[str, Any]:
         try:
-            self.send_raw(request_line(request_id, kind, **fields))
+            self.send_raw(line)
         except (BrokenPipeError, ConnectionResetError):
             # an engine that refuses a connection (too many, another uid) says why at once and closes:
             # its one line is still here to read
@@ -106,6 +125,19 @@ class EngineClient:
             if answer.get("id") is None and answer.get("ok") is False:
                 reply_result(answer)  # the engine's word on the connection itself (refused, timed out)
 
+    def event_models(self) -> Iterator[AnyEvent]:
+        """`events()` as their protocol models; one this version cannot read (another version's engine,
+        which hello names) is skipped."""
+        from pydantic import ValidationError
+
+        from engine.protocol import parse_event
+
+        for message in self.events():
+            try:
+                yield parse_event(message)
+            except ValidationError:
+                continue
+
     def events(self) -> Iterator[dict[str, Any]]:
         """Events of a subscribed connection, in order, forever (until the engine goes away)."""
         while True:
@@ -119,7 +151,9 @@ class EngineClient:
 def connect(model: str | None = None) -> EngineClient:
     client = EngineClient()
     try:
-        client.request("hello", client="landiff-engine cli", model=model)
+        from engine.protocol import Hello
+
+        client.call(Hello(client="landiff-engine cli", model=model))
     except BaseException:
         client.close()
         raise

@@ -1,30 +1,46 @@
-"""How a client words a job, the CLI and the TUI alike: its progress bars' names (for the generation
-layer's Progress and the wire's JobProgressEvent) and its quality record (protocol.QualityRecord, as a
-dict: the CLI's `show`, `quality`, `generate --quality` and the TUI's job page)."""
+"""How a client words a job, the CLI and the TUI alike: its progress (protocol.ProgressReport, which the
+generation layer reports and the wire's JobProgressEvent is: `progress_words`) and its quality record
+(protocol.QualityRecord: the CLI's `show`, `quality`, `generate --quality` and the TUI's job page).
+
+Torch-free and pydantic-free at import: the protocol's models are named for the type checker only."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.protocol import ProgressReport, QualityRecord
 
 
-def quality_lines(quality: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """(label, text) lines; the caller aligns the labels and escapes the text for its screen."""
+def quality_lines(quality: QualityRecord | Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(label, text) lines; the caller aligns the labels and escapes the text for its screen.
+
+    A mapping is read as a QualityRecord: a job summary (`JobSummary.quality`) and `generate --quality`
+    hold the record as plain data."""
+    if isinstance(quality, Mapping):
+        from engine.protocol import QualityRecord
+
+        quality = QualityRecord.model_validate(quality)
     if quality is None:
         return [("quality", "being measured (CLIP score, flicker, motion) after the job")]
-    if quality.get("error"):
-        return [("quality", f"could not be measured: {quality['error']}")]
+    if quality.error:
+        return [("quality", f"could not be measured: {quality.error}")]
     lines = [
-        ("flicker", f"{quality['flicker']:.2f} luma levels (brightness jumps between frames; 0: steady)"),
-        ("motion", f"{quality['motion']:.2f} luma levels (mean change per pixel between frames)"),
+        ("flicker", f"{luma(quality.flicker)} luma levels (brightness jumps between frames; 0: steady)"),
+        ("motion", f"{luma(quality.motion)} luma levels (mean change per pixel between frames)"),
     ]
-    clip = quality.get("clip")
+    clip = quality.clip
     if not clip:
-        return [*lines, ("CLIP score", f"skipped: {quality.get('skipped') or ''}")]
-    cut = ", prompt cut to 77 tokens" if clip["prompt_truncated"] else ""
-    scores = clip["scores"]
-    summary = f"mean {clip['mean']:.2f}, min {clip['min']:.2f} over {len(scores)} frame(s)"
-    summary += f" ({clip['model']}{cut})"
-    return [*lines, ("CLIP score", summary), ("per frame", " ".join(f"{score:.1f}" for score in scores))]
+        return [*lines, ("CLIP score", f"skipped: {quality.skipped or ''}")]
+    cut = ", prompt cut to 77 tokens" if clip.prompt_truncated else ""
+    summary = f"mean {clip.mean:.2f}, min {clip.min:.2f} over {len(clip.scores)} frame(s) ({clip.model}{cut})"
+    return [*lines, ("CLIP score", summary), ("per frame", " ".join(f"{score:.1f}" for score in clip.scores))]
+
+
+def luma(levels: float | None) -> str:
+    return "-" if levels is None else f"{levels:.2f}"
 
 
 # the protocol's progress stages, in their order: each one's title and the unit its rate counts (None: the
@@ -39,26 +55,36 @@ PROGRESS_STAGES: dict[str, tuple[str, str | None]] = {
 CHUNKED_STAGES = ("denoise", "decode", "write")  # run again for each chunk of a long video
 
 
-class ProgressLike(Protocol):
-    """A progress report: the generation layer's Progress or the wire's JobProgressEvent."""
+@dataclass(frozen=True)
+class ProgressWords:
+    """One progress report in words; `progress_words` makes it."""
+
+    title: str  # the stage's own: "denoising"
+    name: str  # one bar's: the title, the chunk of a long video, what the step cache skipped
+    unit: str | None  # what the stage's rate counts (None: the stage's own steps)
+    count: str  # "20/50"
+    rate: str  # "4.0 steps/s"; "" before the stage has a rate
+    eta_s: float | None  # the whole job's remaining seconds once estimated, else the stage's
 
     @property
-    def stage(self) -> str: ...
-    @property
-    def chunk(self) -> int: ...
-    @property
-    def chunks(self) -> int: ...
-    @property
-    def cache_skips(self) -> int: ...
-    @property
-    def dit_calls(self) -> int: ...
+    def detail(self) -> str:
+        """The count and the rate: "20/50  4.0 steps/s"."""
+        return f"{self.count}  {self.rate}" if self.rate else self.count
 
 
-def progress_name(progress: ProgressLike) -> str:
-    """A progress bar's name: its stage, the chunk of a long video, what the step cache skipped."""
-    name = PROGRESS_STAGES.get(progress.stage, (progress.stage, None))[0]
+def progress_words(progress: ProgressReport) -> ProgressWords:
+    """A report of the generation layer or the wire's JobProgressEvent (a ProgressReport too) in words."""
+    title, unit = PROGRESS_STAGES.get(progress.stage, (progress.stage, None))
+    name = title
     if progress.chunks > 1 and progress.stage in CHUNKED_STAGES:
         name = f"{name} {progress.chunk}/{progress.chunks}"
     if progress.stage == "denoise" and progress.cache_skips:
         name = f"{name}, cache skipped {progress.cache_skips}/{progress.dit_calls}"
-    return name
+    return ProgressWords(
+        title=title,
+        name=name,
+        unit=unit,
+        count=f"{progress.step}/{progress.total}",
+        rate=f"{progress.rate:.1f} {unit or ''}/s" if progress.rate else "",
+        eta_s=progress.job_eta_s if progress.job_eta_s is not None else progress.eta_s,
+    )

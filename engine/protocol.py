@@ -14,7 +14,7 @@ what it sends at two choke points, `encode_reply` and `event`; clients parse wit
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
@@ -37,6 +37,12 @@ class Strict(BaseModel):
     true for 1, 3.0 for an integer); an integer is a number where a float is meant, as JSON writes it."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def type_name(model: type[BaseModel], tag: str = "type") -> str:
+    """The literal a model's tag field holds: a request's `type`, an event's `event`."""
+    literal: str = get_args(model.model_fields[tag].annotation)[0]
+    return literal
 
 
 WeightsPart = Literal["llm", "diffusion", "all"]
@@ -70,159 +76,15 @@ else:
     JobParams = job_params_model()
 
 
-# SQLite's integers are 64-bit signed: a larger offset would fail in the database, not as a refusal
-MAX_OFFSET = 2**62
-
-
-class Request(Strict):
-    v: Literal[1] = PROTOCOL_VERSION
-    id: int | str
-
-
-class Hello(Request):
-    type: Literal["hello"]
-    client: str = Field(default="", max_length=200)
-    model: str | None = Field(default=None, max_length=100)  # the spec the client expects, if any
-
-
-class Submit(Request):
-    type: Literal["submit"]
-    params: JobParams
-
-
-class Cancel(Request):
-    type: Literal["cancel"]
-    job_id: str = Field(max_length=64)
-
-
-class ListJobs(Request):
-    type: Literal["list_jobs"]
-    search: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    status: JobStatus | None = None
-    sort: Literal["newest", "oldest"] = "newest"
-    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
-    limit: int = Field(default=50, ge=1, le=500)
-
-
-class GetJob(Request):
-    type: Literal["get_job"]
-    job_id: str = Field(max_length=64)
-
-
-class DeleteJob(Request):
-    type: Literal["delete_job"]
-    job_id: str = Field(max_length=64)
-    delete_files: bool = False
-
-
-class ListPresets(Request):
-    type: Literal["list_presets"]
-
-
-class SavePreset(Request):
-    type: Literal["save_preset"]
-    name: str = Field(min_length=1, max_length=100)
-    params: dict[str, Any]
-
-
-class DeletePreset(Request):
-    type: Literal["delete_preset"]
-    name: str = Field(min_length=1, max_length=100)
-
-
-class Status(Request):
-    type: Literal["status"]
-
-
-class Subscribe(Request):
-    type: Literal["subscribe"]
-    since: int = Field(default=0, ge=0)  # the last sequence number this client saw
-
-
-class ReleaseModels(Request):
-    type: Literal["release_models"]
-
-
-class Shutdown(Request):
-    type: Literal["shutdown"]
-
-
-class DownloadWeights(Request):
-    type: Literal["download_weights"]
-    only: WeightsPart = "all"
-    clip: bool = False  # the quality probe's optional CLIP too
-
-
-class CancelDownload(Request):
-    """Cancels the running download or verification."""
-
-    type: Literal["cancel_download"]
-
-
-class WeightsStatus(Request):
-    type: Literal["weights_status"]
-    only: WeightsPart = "all"
-
-
-class VerifyWeights(Request):
-    type: Literal["verify_weights"]
-    only: WeightsPart = "all"
-
-
-class LogTail(Request):
-    type: Literal["log_tail"]
-    lines: int = Field(default=200, ge=1, le=5000)
-
-
-class ProbeQuality(Request):
-    """(Re)measure a finished job's quality: the engine's probe takes it next; a job_quality event says
-    what it found."""
-
-    type: Literal["probe_quality"]
-    job_id: str = Field(max_length=64)
-
-
-AnyRequest = Annotated[
-    Hello
-    | Submit
-    | Cancel
-    | ListJobs
-    | GetJob
-    | DeleteJob
-    | ListPresets
-    | SavePreset
-    | DeletePreset
-    | Status
-    | Subscribe
-    | ReleaseModels
-    | Shutdown
-    | DownloadWeights
-    | CancelDownload
-    | WeightsStatus
-    | VerifyWeights
-    | LogTail
-    | ProbeQuality,
-    Field(discriminator="type"),
-]
-REQUEST_ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(AnyRequest)
-
-
-def type_name(model: type[BaseModel], tag: str = "type") -> str:
-    """The literal a model's tag field holds: a request's `type`, an event's `event`."""
-    literal: str = get_args(model.model_fields[tag].annotation)[0]
-    return literal
-
-
-REQUEST_MODELS: tuple[type[Request], ...] = get_args(get_args(AnyRequest)[0])
-REQUEST_TYPES = [type_name(model) for model in REQUEST_MODELS]
-
-
 # What the engine sends: replies, events and their parts. No unknown fields and no coercion: a string
 # where a number belongs is the engine's bug, found where it is made rather than in a client.
 
 
 class Exact(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+R = TypeVar("R", bound=Exact)  # a reply model
 
 
 Stage = Literal["text", "tokens", "denoise", "decode", "write"]
@@ -254,17 +116,33 @@ class LengthRecord(Exact):
     rounded: str | None  # what the rounding did, in words; None when nothing was rounded
 
 
+def rounded(digits: int) -> AfterValidator:
+    """A reported float kept to `digits` decimals, as its model is made: the one place such a number is
+    rounded, whoever makes the model (the pipeline, the store reading a row, a client reading the wire)."""
+    return AfterValidator(lambda value: None if value is None else round(value, digits))
+
+
+StageSeconds = Annotated[float, rounded(4)]
+STAGE_SECONDS = ("denoise_s", "decode_s", "write_s")  # a chunk's stages, as ChunkTiming names them
+
+
 class ChunkTiming(Exact):
-    """Seconds per stage of one chunk of a long video; the frame range once the job has ended."""
+    """One chunk of a long video: its frames (inclusive), seconds per stage and diffusion calls. The job's
+    row (chunk_timings), the summary and the sidecar's chunks.timings_s hold these; rows an older engine
+    wrote may lack the frame range and the calls (None)."""
 
     index: int
     first_frame: int | None = None
     last_frame: int | None = None
-    denoise_s: float
-    decode_s: float
-    write_s: float
+    denoise_s: StageSeconds
+    decode_s: StageSeconds
+    write_s: StageSeconds
     dit_calls: int | None = None  # the chunk's diffusion calls, one per CFG branch and step (None: older)
     dit_calls_skipped: int | None = None  # of those, answered by the step cache
+
+    def stage_seconds(self) -> dict[str, float]:
+        """{"denoise_s": ..., "decode_s": ..., "write_s": ...}: a chunk_finished event's timings_s."""
+        return {stage: getattr(self, stage) for stage in STAGE_SECONDS}
 
 
 class JobSummary(Exact):
@@ -367,37 +245,54 @@ class JobStartedEvent(JobEvent):
     worker: str | None = None  # the worker running it ("cuda:1", "cpu:0")
 
 
-class JobProgressEvent(JobEvent):
-    """step/total count inside the stage (denoise: inside the current chunk); chunk/chunks are 1-based."""
+class ProgressReport(Exact):
+    """Where a running job stands, as the generation layer reports it (engine.generation.progress); with
+    the job's id it is the job_progress event. step/total count inside the stage (denoise: inside the
+    current chunk); chunk/chunks are 1-based; frames_written and video_seconds: the video on disk so far."""
 
-    event: Literal["job_progress"] = "job_progress"
     stage: Stage
     step: int
     total: int
     chunk: int
     chunks: int
-    rate: float  # steps per second in this stage so far
-    eta_s: float | None
+    rate: Annotated[float, rounded(3)]  # steps per second in this stage so far
+    eta_s: Annotated[float | None, rounded(2)]
     frames_written: int
-    video_seconds: float
-    job_eta_s: float | None  # the whole job's remaining time, once there is something to estimate it from
+    video_seconds: Annotated[float, rounded(3)]
+    # the whole job's remaining time, once there is something to estimate it from
+    job_eta_s: Annotated[float | None, rounded(2)]
     dit_calls: int = 0  # diffusion network calls so far in the job, one per CFG branch and denoising step
     cache_skips: int = 0  # of those, answered by the step cache (job parameter `cache`) instead of the blocks
 
+    def for_job(self, job_id: str) -> JobProgressEvent:
+        return JobProgressEvent(job_id=job_id, **dict(self))
 
-class ChunkFinishedEvent(JobEvent):
-    """A chunk of a long video is in the (growing, playable) file; index is 0-based, frames inclusive."""
 
-    event: Literal["chunk_finished"] = "chunk_finished"
+class JobProgressEvent(ProgressReport, JobEvent):
+    event: Literal["job_progress"] = "job_progress"
+
+
+class ChunkReport(Exact):
+    """A chunk of a long video is in the (growing, playable) file, as the generation layer reports it;
+    index is 0-based, frames inclusive. With the job's id and the files the engine shows of it, it is the
+    chunk_finished event."""
+
     index: int
     chunks: int
     first_frame: int
     last_frame: int
     frames_written: int
-    video_seconds: float
+    video_seconds: Annotated[float, rounded(3)]
+    timings_s: dict[str, float]  # ChunkTiming.stage_seconds()
+
+    def for_job(self, job_id: str, preview: str, video_partial: str) -> ChunkFinishedEvent:
+        return ChunkFinishedEvent(job_id=job_id, preview=preview, video_partial=video_partial, **dict(self))
+
+
+class ChunkFinishedEvent(ChunkReport, JobEvent):
+    event: Literal["chunk_finished"] = "chunk_finished"
     preview: str  # a PNG of the chunk's last frame
-    video_partial: str
-    timings_s: dict[str, float]
+    video_partial: str  # the growing video
 
 
 class JobFinishedEvent(JobEvent):
@@ -701,27 +596,163 @@ class LogTailReply(Exact):
     lines: list[str]
 
 
-REPLIES: dict[type[Request], type[Exact]] = {
-    Hello: HelloReply,
-    Submit: SubmitReply,
-    Cancel: CancelReply,
-    ListJobs: JobList,
-    GetJob: JobReply,
-    DeleteJob: JobIdReply,
-    ListPresets: PresetList,
-    SavePreset: PresetNameReply,
-    DeletePreset: PresetNameReply,
-    Status: StatusReply,
-    Subscribe: SubscribeReply,
-    ReleaseModels: EmptyReply,
-    Shutdown: ShutdownReply,
-    DownloadWeights: WeightsJobReply,
-    CancelDownload: CancelDownloadReply,
-    WeightsStatus: WeightsStatusReply,
-    VerifyWeights: WeightsJobReply,
-    LogTail: LogTailReply,
-    ProbeQuality: JobIdReply,
-}
+# SQLite's integers are 64-bit signed: a larger offset would fail in the database, not as a refusal
+MAX_OFFSET = 2**62
+
+
+class Request(Strict, Generic[R]):
+    """What a client asks; `R` is the model of the engine's reply to it (`reply_type`).
+
+    A client builds one without an id (`Status()`), and its connection numbers it as it sends it; the
+    engine refuses a line without one (`parse_request`)."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    id: int | str | None = None
+
+
+class Hello(Request[HelloReply]):
+    type: Literal["hello"] = "hello"
+    client: str = Field(default="", max_length=200)
+    model: str | None = Field(default=None, max_length=100)  # the spec the client expects, if any
+
+
+class Submit(Request[SubmitReply]):
+    type: Literal["submit"] = "submit"
+    params: JobParams
+
+
+class Cancel(Request[CancelReply]):
+    type: Literal["cancel"] = "cancel"
+    job_id: str = Field(max_length=64)
+
+
+class ListJobs(Request[JobList]):
+    type: Literal["list_jobs"] = "list_jobs"
+    search: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    status: JobStatus | None = None
+    sort: Literal["newest", "oldest"] = "newest"
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class GetJob(Request[JobReply]):
+    type: Literal["get_job"] = "get_job"
+    job_id: str = Field(max_length=64)
+
+
+class DeleteJob(Request[JobIdReply]):
+    type: Literal["delete_job"] = "delete_job"
+    job_id: str = Field(max_length=64)
+    delete_files: bool = False
+
+
+class ListPresets(Request[PresetList]):
+    type: Literal["list_presets"] = "list_presets"
+
+
+class SavePreset(Request[PresetNameReply]):
+    type: Literal["save_preset"] = "save_preset"
+    name: str = Field(min_length=1, max_length=100)
+    params: dict[str, Any]
+
+
+class DeletePreset(Request[PresetNameReply]):
+    type: Literal["delete_preset"] = "delete_preset"
+    name: str = Field(min_length=1, max_length=100)
+
+
+class Status(Request[StatusReply]):
+    type: Literal["status"] = "status"
+
+
+class Subscribe(Request[SubscribeReply]):
+    type: Literal["subscribe"] = "subscribe"
+    since: int = Field(default=0, ge=0)  # the last sequence number this client saw
+
+
+class ReleaseModels(Request[EmptyReply]):
+    type: Literal["release_models"] = "release_models"
+
+
+class Shutdown(Request[ShutdownReply]):
+    type: Literal["shutdown"] = "shutdown"
+
+
+class DownloadWeights(Request[WeightsJobReply]):
+    type: Literal["download_weights"] = "download_weights"
+    only: WeightsPart = "all"
+    clip: bool = False  # the quality probe's optional CLIP too
+
+
+class CancelDownload(Request[CancelDownloadReply]):
+    """Cancels the running download or verification."""
+
+    type: Literal["cancel_download"] = "cancel_download"
+
+
+class WeightsStatus(Request[WeightsStatusReply]):
+    type: Literal["weights_status"] = "weights_status"
+    only: WeightsPart = "all"
+
+
+class VerifyWeights(Request[WeightsJobReply]):
+    type: Literal["verify_weights"] = "verify_weights"
+    only: WeightsPart = "all"
+
+
+class LogTail(Request[LogTailReply]):
+    type: Literal["log_tail"] = "log_tail"
+    lines: int = Field(default=200, ge=1, le=5000)
+
+
+class ProbeQuality(Request[JobIdReply]):
+    """(Re)measure a finished job's quality: the engine's probe takes it next; a job_quality event says
+    what it found."""
+
+    type: Literal["probe_quality"] = "probe_quality"
+    job_id: str = Field(max_length=64)
+
+
+AnyRequest = Annotated[
+    Hello
+    | Submit
+    | Cancel
+    | ListJobs
+    | GetJob
+    | DeleteJob
+    | ListPresets
+    | SavePreset
+    | DeletePreset
+    | Status
+    | Subscribe
+    | ReleaseModels
+    | Shutdown
+    | DownloadWeights
+    | CancelDownload
+    | WeightsStatus
+    | VerifyWeights
+    | LogTail
+    | ProbeQuality,
+    Field(discriminator="type"),
+]
+REQUEST_ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(AnyRequest)
+
+
+REQUEST_MODELS: tuple[type[Request[Any]], ...] = get_args(get_args(AnyRequest)[0])
+REQUEST_TYPES = [type_name(model) for model in REQUEST_MODELS]
+
+
+def reply_type(request: type[Request[R]]) -> type[R]:
+    """The model of the engine's reply to a request model: the `R` its class gives `Request`."""
+    for base in request.__mro__:
+        metadata = getattr(base, "__pydantic_generic_metadata__", None)
+        if metadata and metadata["origin"] is Request and metadata["args"]:
+            reply: type[R] = metadata["args"][0]
+            return reply
+    raise TypeError(f"{request.__name__} does not say its reply model (Request[...])")
+
+
+REPLIES: dict[type[Request[Any]], type[Exact]] = {model: reply_type(model) for model in REQUEST_MODELS}
 REPLY_MODELS: dict[str, type[Exact]] = {type_name(request): reply for request, reply in REPLIES.items()}
 
 
@@ -750,6 +781,8 @@ def parse_request(line: bytes) -> AnyRequest:
             f"protocol version {data.get('v')!r} is not supported (this engine speaks {PROTOCOL_VERSION})",
             request_id,
         )
+    if request_id is None:
+        raise ProtocolError("invalid", "id: a request needs an id, a number or a string, echoed by its reply")
     if data.get("type") not in REQUEST_TYPES:
         raise ProtocolError(
             "unknown_type",
@@ -766,7 +799,10 @@ def describe_validation(error: ValidationError, what: str = "request") -> str:
     tags = {*REQUEST_TYPES, *EVENT_TYPES}  # a tagged union's member name in the location says nothing new
     parts = []
     for problem in error.errors()[:5]:
-        where = ".".join(str(part) for part in problem["loc"] if part not in tags)
+        location = problem["loc"]
+        if error.title.startswith("tagged-union") and location and location[0] in tags:
+            location = location[1:]  # only where the union puts it ("status" is a field name too)
+        where = ".".join(str(part) for part in location)
         parts.append(f"{where or what}: {problem['msg']}")
     more = len(error.errors()) - 5
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
@@ -776,25 +812,19 @@ def encode(message: dict[str, Any]) -> bytes:
     return encode_line(message)
 
 
-def reply_model(request_type: str, result: BaseModel | dict[str, Any] | None) -> Exact:
-    """A handler's result as its request type's reply model; WireShapeError when it has another shape."""
+def reply_model(request_type: str, result: object) -> Exact:
+    """A handler's result, checked to be its request type's reply model (its fields were checked when it
+    was made); WireShapeError when it is anything else."""
     model = REPLY_MODELS[request_type]
-    if isinstance(result, model):
-        return result
-    if isinstance(result, BaseModel):
+    if not isinstance(result, model):
         raise WireShapeError(
             f"the reply to {request_type} must be a {model.__name__}, not {type(result).__name__}"
         )
-    try:
-        return model.model_validate(result or {})
-    except ValidationError as error:
-        raise WireShapeError(f"the reply to {request_type}: {describe_validation(error, 'result')}") from None
+    return result
 
 
-def encode_reply(
-    request_type: str, request_id: int | str | None, result: BaseModel | dict[str, Any] | None
-) -> bytes:
-    """A success reply whose result is checked against the request type's reply model first."""
+def encode_reply(request_type: str, request_id: int | str | None, result: object) -> bytes:
+    """A success reply whose result is checked to be the request type's reply model first."""
     checked = reply_model(request_type, result)
     return encode({"id": request_id, "ok": True, "result": checked.model_dump(mode="json")})
 
@@ -820,3 +850,22 @@ def parse_event(message: dict[str, Any]) -> AnyEvent:
 def parse_reply(request_type: str, result: dict[str, Any]) -> Exact:
     """A received reply's result -> its request type's reply model (clients)."""
     return REPLY_MODELS[request_type].model_validate(result)
+
+
+def request_line(request_id: int, request: Request[Any]) -> bytes:
+    """A request model as the line a client sends, numbered `request_id`."""
+    return encode({**request.model_dump(mode="json", exclude={"v", "id"}), "id": request_id})
+
+
+def read_reply(request: Request[R], result: dict[str, Any], client: str) -> R:
+    """A received reply's result as the request's reply model (clients). A shape this version cannot read
+    is a RemoteError that says why and what to do; `client` names the program in that message."""
+    try:
+        return reply_type(type(request)).model_validate(result)
+    except ValidationError as error:
+        problem = describe_validation(error, "result")
+        raise RemoteError(
+            "bad_reply",
+            f"the engine's reply to {type_name(type(request))} does not fit this {client} ({problem}); it is "
+            f"probably another version: stop it (landiff-engine stop) and start {client} again",
+        ) from None

@@ -16,7 +16,7 @@ from engine import __version__
 from engine.wire import RemoteError
 
 from .client import ABSENT, LOST, STARTING, STOPPED, EngineLink
-from .keymap import APP_BINDINGS, TABS
+from .keymap import PALETTE, TABS, bindings, key_of, tab_key
 from .messages import EngineConnected, EngineLost, JobEnded, message_for
 from .views.base import View
 from .views.generate import GenerateView
@@ -24,7 +24,7 @@ from .widgets.deferred import add_later_css, mount_later_view
 from .widgets.tabbed import TabbedViews
 
 if TYPE_CHECKING:
-    from engine.protocol import AnyEvent, Exact, HelloReply, StatusReply, SubscribeReply, WeightsStatusReply
+    from engine.protocol import AnyEvent, HelloReply, R, Request, SubscribeReply
 
     from .views.queue import QueueView
 
@@ -38,7 +38,8 @@ DEFERRED = {
 }
 
 
-START_HINT = "R on the Engine tab (F5) starts one"
+def start_hint() -> str:
+    return f"{key_of('engine', 'restart')} on the Engine tab ({tab_key('engine')}) starts one"
 
 
 def landiff_commands() -> type:
@@ -54,7 +55,8 @@ class LanDiffApp(App):
     CSS_PATH = "app.tcss"
     COMMANDS = App.COMMANDS | {landiff_commands}
     AUTO_FOCUS = "#prompt"  # typing lands in the prompt from the first frame
-    BINDINGS = APP_BINDINGS
+    BINDINGS = bindings("app")
+    COMMAND_PALETTE_BINDING = PALETTE.keys[0]
 
     def __init__(
         self, model: str | None = None, link: Any = None, autostart: bool = True, gc_paused: bool = False
@@ -84,7 +86,7 @@ class LanDiffApp(App):
         yield Container(id="header-row")
         panes = [Container(GenerateView(), id="generate", classes="tab-pane")]
         panes += [Container(id=tab, classes="tab-pane") for tab in DEFERRED]
-        yield TabbedViews({tab: tab_title(tab) for tab, _, _ in TABS}, *panes, initial="generate", id="tabs")
+        yield TabbedViews({tab: tab_title(tab) for tab, _ in TABS}, *panes, initial="generate", id="tabs")
 
     def on_mount(self) -> None:
         self.sub_title = "connecting to the engine..."
@@ -152,7 +154,7 @@ class LanDiffApp(App):
         if hello.engine_version != __version__:  # a detached engine outlives an upgrade of landiff-tui
             self.notify(
                 f"the engine runs version {hello.engine_version}, this landiff-tui {__version__}: "
-                "restart the engine (Engine tab: R)",
+                f"restart the engine (Engine tab: {key_of('engine', 'restart')})",
                 severity="warning",
                 timeout=15,
             )
@@ -162,8 +164,10 @@ class LanDiffApp(App):
 
     async def name_workers(self, hello: HelloReply) -> None:
         """The header names the engine's workers when it has several (`serve --gpus`: one a GPU)."""
+        from engine.protocol import Status
+
         try:
-            status = cast("StatusReply", await self.link.request("status"))
+            status = await self.link.call(Status())
         except RemoteError:
             return
         labels = [worker.label for worker in status.workers]
@@ -175,8 +179,8 @@ class LanDiffApp(App):
         self.sub_title = {
             STARTING: message,
             LOST: "engine lost: reconnecting...",
-            ABSENT: f"no engine is running: {START_HINT}",
-        }.get(state, f"engine stopped: {START_HINT}")
+            ABSENT: f"no engine is running: {start_hint()}",
+        }.get(state, f"engine stopped: {start_hint()}")
         self.broadcast(lambda: EngineLost(state, message))
         if state == STOPPED:
             self.notify(message or "the engine stopped", severity="error", timeout=15)
@@ -188,7 +192,7 @@ class LanDiffApp(App):
 
         event = message.event
         if isinstance(event, JobFinishedEvent):
-            self.notify("a video is ready: see the Gallery (F3)", title="job finished")
+            self.notify(f"a video is ready: see the Gallery ({tab_key('gallery')})", title="job finished")
         elif isinstance(event, JobCancelledEvent) and event.partial:
             self.notify(
                 "cancelled: the finished chunks are kept as a shorter video in the Gallery", timeout=8
@@ -200,8 +204,10 @@ class LanDiffApp(App):
         """First run with no weights: offer to download them or to try the tiny model."""
         if self.offered_tiny or self.engine_info is None or self.engine_info.random_weights:
             return
+        from engine.protocol import WeightsStatus
+
         try:
-            status = cast("WeightsStatusReply", await self.link.request("weights_status"))
+            status = await self.link.call(WeightsStatus())
         except RemoteError:
             return
         if not status.complete:
@@ -222,8 +228,10 @@ class LanDiffApp(App):
 
     async def switch_model(self, model: str) -> None:
         """Stop this engine (when idle) and start one serving `model`."""
+        from engine.protocol import Status
+
         try:
-            status = cast("StatusReply", await self.link.request("status"))
+            status = await self.link.call(Status())
             if status.running or status.queue:
                 self.notify(
                     "the engine has jobs; cancel them or wait before switching model", severity="error"
@@ -280,22 +288,25 @@ class LanDiffApp(App):
             Confirm("A job is running. It continues in the engine after you quit. Quit?", "Quit"), answered
         )
 
-    async def call_engine(self, kind: str, **fields: Any) -> Exact | None:
-        """A request's reply model; a refusal becomes a notification with the engine's message (and None).
+    async def call_engine(self, request: Request[R]) -> R | None:
+        """The request's reply model; a refusal becomes a notification with the engine's message (and None).
 
         None too when the app began to close meanwhile: the widgets that would show the reply are going.
         """
         try:
-            reply = await self.link.request(kind, **fields)
+            reply = await self.link.call(request)
         except RemoteError as error:
-            self.notify(str(error), title=kind.replace("_", " "), severity="error", timeout=10)
+            from engine.protocol import type_name
+
+            title = type_name(type(request)).replace("_", " ")
+            self.notify(str(error), title=title, severity="error", timeout=10)
             return None
         return reply if self.is_running else None
 
 
 def tab_title(tab: str) -> str:
-    _, label, key = next(entry for entry in TABS if entry[0] == tab)
-    return f"{key.upper()} {label}"
+    label = next(label for tab_id, label in TABS if tab_id == tab)
+    return f"{tab_key(tab)} {label}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,10 @@ from engine.wire import (
     decode_line,
     is_event,
     reply_result,
-    request_line,
 )
 
 if TYPE_CHECKING:
-    from engine.protocol import AnyEvent, Exact, HelloReply, SubscribeReply
+    from engine.protocol import AnyEvent, HelloReply, R, Request, SubscribeReply
 
 RETRY_S = 1.0
 
@@ -143,7 +142,9 @@ class EngineLink:
         verb = "starting"
         if self.connected:
             verb = "restarting"
-            await self.request("shutdown")
+            from engine.protocol import Shutdown
+
+            await self.call(Shutdown())
         # the old engine holds its lock until it has left: a new one started before then refuses to
         # serve; its workers may take a while (one inside a torch import cannot be hurried)
         self.starting = True
@@ -164,13 +165,12 @@ class EngineLink:
         await self.start_engine(model, verb)
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from engine.protocol import HelloReply, SubscribeReply
+        from engine.protocol import Hello, Subscribe
 
         self.writer = writer
         listener = asyncio.get_running_loop().create_task(self.listen(reader))
         try:
-            hello = await self.request("hello", client="landiff-tui", model=self.model)
-            assert isinstance(hello, HelloReply)
+            hello = await self.call(Hello(client="landiff-tui", model=self.model))
             self.options = hello.options
             if self.instance is None:  # first contact: the state comes with `active`, not old events
                 self.instance, self.last_seq = hello.instance, hello.seq
@@ -179,8 +179,7 @@ class EngineLink:
             # live events can follow the subscribe reply in the same read, and the listener reads on before
             # this resumes: they wait here, so the missed ones (older) are not taken for already seen
             self.held = []
-            caught_up = await self.request("subscribe", since=self.last_seq)
-            assert isinstance(caught_up, SubscribeReply)
+            caught_up = await self.call(Subscribe(since=self.last_seq))
             for missed in caught_up.missed:
                 self.deliver(missed)
             self.on_connected(hello, caught_up)  # the state as of the reply, before the events after it
@@ -246,36 +245,22 @@ class EngineLink:
         self.last_seq = event.seq
         self.on_event(event)
 
-    async def request(self, kind: str, **fields: Any) -> Exact:
-        """The engine's reply as the request type's model; RemoteError when it refuses or is away."""
+    async def call(self, request: Request[R]) -> R:
+        """The engine's reply as the request's reply model; RemoteError when it refuses or is away (made
+        while disconnected, at once)."""
+        from engine.protocol import read_reply, request_line
+
         if self.writer is None:
             raise RemoteError("disconnected", "the engine is not connected; it is starting or was stopped")
         request_id = next(self.ids)
         future = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
         try:
-            self.writer.write(request_line(request_id, kind, **fields))
+            self.writer.write(request_line(request_id, request))
             await self.writer.drain()
         except (ConnectionError, OSError):
             self.pending.pop(request_id, None)
             raise RemoteError(
                 "disconnected", "the engine went away; it reconnects when the engine is back"
             ) from None
-        return typed_reply(kind, await future)
-
-
-def typed_reply(kind: str, result: dict[str, Any]) -> Exact:
-    """A reply's result as its model; a shape this version cannot read is a RemoteError that says why."""
-    from pydantic import ValidationError
-
-    from engine.protocol import describe_validation, parse_reply
-
-    try:
-        return parse_reply(kind, result)
-    except ValidationError as error:
-        problem = describe_validation(error, "result")
-        raise RemoteError(
-            "bad_reply",
-            f"the engine's reply to {kind} does not fit this landiff-tui ({problem}); it is probably another "
-            "version: stop it (landiff-engine stop) and start landiff-tui again",
-        ) from None
+        return read_reply(request, await future, "landiff-tui")

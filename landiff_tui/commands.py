@@ -1,4 +1,5 @@
-"""Command-palette entries: every action of every tab, by name, offered only where it applies now."""
+"""Command-palette entries: every action of every tab, by name and with its key (from the keymap), offered
+only where it applies now."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from functools import partial
 from typing import Any, Protocol, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.content import Content
+
+from .keymap import KEYMAP, key_name, show_tab
 
 
 class PaletteApp(Protocol):
@@ -32,6 +36,20 @@ class Entry:
     tab: str | None  # the tab it shows first, if any
     action: str | Callable[[PaletteApp], Any]  # a view action's name (on `tab`), or a function of the app
     applies: Callable[[PaletteApp], bool] = lambda app: True
+    bound: tuple[str, str] | None = None  # (scope, action) of the keymap, for a function's key
+
+    def key(self) -> str | None:
+        """The key that does the same outside the palette, as the keymap has it now; None if there is none."""
+        if self.bound is not None:
+            scope, action = self.bound
+        elif self.tab is None or callable(self.action):
+            return None
+        elif self.action == "focus_default":  # the tab's own entry: showing it
+            scope, action = "app", show_tab(self.tab)
+        else:
+            scope, action = self.tab, self.action
+        keys = KEYMAP.get(scope, {}).get(action)
+        return key_name(keys.keys[0]) if keys is not None else None
 
 
 def view(app: PaletteApp, tab: str) -> Any:
@@ -105,11 +123,17 @@ def entries(app: PaletteApp) -> Iterator[Entry]:
         yield Entry("Switch the engine to the tiny model", None, lambda app: app.switch_model("tiny"))
     if info is not None and info.random_weights:
         yield Entry("Switch the engine to the landiff model", None, lambda app: app.switch_model("landiff"))
-    yield Entry("Keys: every key of every tab", None, lambda app: app.action_keys())
+    yield Entry("Keys: every key of every tab", None, lambda app: app.action_keys(), bound=("app", "keys"))
 
 
 def choose(app: PaletteApp, name: str) -> None:
     app.query_one("#preset").value = name
+
+
+def with_key(name: Content, entry: Entry) -> Content:
+    """An entry as the palette lists it: "Cancel a queued or running job  [x]"."""
+    key = entry.key()
+    return name if key is None else Content.assemble(name, "  ", (f"[{key}]", "dim"))
 
 
 class LanDiffCommands(Provider):
@@ -123,14 +147,16 @@ class LanDiffCommands(Provider):
 
     async def discover(self) -> Hits:
         for entry in self.applicable():
-            yield DiscoveryHit(entry.name, lambda entry=entry: self.run(entry))
+            shown = with_key(Content(entry.name), entry)
+            yield DiscoveryHit(shown, lambda entry=entry: self.run(entry), text=entry.name)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for entry in self.applicable():
             score = matcher.match(entry.name)
             if score > 0:
-                yield Hit(score, matcher.highlight(entry.name), lambda entry=entry: self.run(entry))
+                shown = with_key(matcher.highlight(entry.name), entry)
+                yield Hit(score, shown, lambda entry=entry: self.run(entry), text=entry.name)
 
     async def run(self, entry: Entry) -> None:
         app = self.landiff

@@ -1,20 +1,140 @@
-"""The app's tabs and its app-wide keys, as data: the app binds them, the key list (F12) reads them."""
+"""Every key of the app, as data: the app, the tabs' views and the job page bind from `KEYMAP`, the key list
+(F12) lists it and the command palette names each entry's key from it, so a key changed here changes
+everywhere. Imported by the first frame: nothing here but Textual's `Binding`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual.binding import Binding, BindingType
 
-# (tab id, title, key)
+
+@dataclass(frozen=True)
+class ActionKeys:
+    """An action's keys (Textual's names; the palette names the first) and its word in the footer and the
+    key list."""
+
+    keys: tuple[str, ...]
+    description: str
+    footer: bool = True
+    priority: bool = False  # the key wins over the focused widget's own use of it (a text field's ctrl+e)
+    # more keys for it, out of the footer and without priority: the Gallery's delete key, which the search
+    # box keeps for deleting text while it has the focus
+    also: tuple[str, ...] = ()
+
+
+# (tab id, title), in the strip's order; each tab's key is its `show_tab` action's in KEYMAP["app"]
 TABS = [
-    ("generate", "Generate", "f1"),
-    ("queue", "Queue", "f2"),
-    ("gallery", "Gallery", "f3"),
-    ("weights", "Weights", "f4"),
-    ("engine", "Engine", "f5"),
+    ("generate", "Generate"),
+    ("queue", "Queue"),
+    ("gallery", "Gallery"),
+    ("weights", "Weights"),
+    ("engine", "Engine"),
 ]
-# the tabs' titles name their keys, so the footer keeps its width for the keys of the tab shown
-APP_BINDINGS: list[BindingType] = [
-    *(Binding(key, f"show_tab('{tab}')", label, show=False) for tab, label, key in TABS),
-    Binding("f12,question_mark", "keys", "Keys"),  # ? types in a text field: F12 works there
-    Binding("ctrl+q", "quit", "Quit", priority=True),
-]
+
+
+def show_tab(tab: str) -> str:
+    """The app's action that shows a tab."""
+    return f"show_tab('{tab}')"
+
+
+# scope (the app, a tab's view, the job page) -> action -> its keys; in the footer's order
+KEYMAP: dict[str, dict[str, ActionKeys]] = {
+    # the tabs' titles name their keys, so the footer keeps its width for the keys of the tab shown
+    "app": {
+        show_tab("generate"): ActionKeys(("f1",), "Generate", footer=False),
+        show_tab("queue"): ActionKeys(("f2",), "Queue", footer=False),
+        show_tab("gallery"): ActionKeys(("f3",), "Gallery", footer=False),
+        show_tab("weights"): ActionKeys(("f4",), "Weights", footer=False),
+        show_tab("engine"): ActionKeys(("f5",), "Engine", footer=False),
+        "keys": ActionKeys(("f12", "question_mark"), "Keys"),  # ? types in a text field: F12 works there
+        "quit": ActionKeys(("ctrl+q",), "Quit", priority=True),
+    },
+    "generate": {
+        "submit": ActionKeys(("ctrl+s",), "Submit"),
+        "random_seed": ActionKeys(("ctrl+r",), "Random seed"),
+        "save_preset": ActionKeys(("ctrl+o",), "Save preset"),
+        "delete_preset": ActionKeys(("ctrl+b",), "Delete preset", footer=False),
+    },
+    "queue": {
+        "cancel_job": ActionKeys(("x",), "Cancel job"),
+    },
+    # typing always reaches the Gallery's search box: its actions take keys that text never produces, and
+    # win over the box's own ctrl+e (end) and ctrl+d (delete right), which have the end and delete keys
+    "gallery": {
+        "open": ActionKeys(("enter",), "Details", footer=False),
+        "rerun": ActionKeys(("ctrl+r",), "Re-run", priority=True),
+        "edit": ActionKeys(("ctrl+e",), "Edit", priority=True),
+        "copy_prompt": ActionKeys(("ctrl+t",), "Copy prompt", footer=False, priority=True),
+        "copy_path": ActionKeys(("ctrl+y",), "Copy path", footer=False, priority=True),
+        "delete": ActionKeys(("ctrl+d",), "Delete", priority=True, also=("delete",)),
+        "clear_search": ActionKeys(("escape",), "Clear the search", footer=False),
+    },
+    "weights": {
+        "download": ActionKeys(("d",), "Download"),
+        "verify": ActionKeys(("v",), "Verify"),
+        "cancel": ActionKeys(("x",), "Cancel"),
+        "refresh": ActionKeys(("r",), "Refresh"),
+    },
+    "engine": {
+        "restart": ActionKeys(("R",), "Start/restart"),
+        "stop": ActionKeys(("S",), "Stop"),
+        "release": ActionKeys(("m",), "Release"),
+        "refresh": ActionKeys(("r",), "Refresh"),
+    },
+    # the Gallery's keys, and here (no text to type) letters too; re-running takes ctrl+r, deleting asks
+    "detail": {
+        "app.pop_screen": ActionKeys(("escape", "q"), "Back"),
+        "rerun": ActionKeys(("ctrl+r",), "Re-run"),
+        "edit": ActionKeys(("e", "ctrl+e"), "Edit"),
+        "copy_prompt": ActionKeys(("c", "ctrl+t"), "Copy prompt"),
+        "copy_path": ActionKeys(("y", "ctrl+y"), "Copy path", footer=False),
+        "play": ActionKeys(("p",), "Play/stop"),
+        "delete": ActionKeys(("d", "delete", "ctrl+d"), "Delete"),
+    },
+}
+
+# Textual binds it itself (App.COMMAND_PALETTE_BINDING): listed, not in KEYMAP
+PALETTE = ActionKeys(("ctrl+p",), "command palette")
+
+# keys the widgets handle themselves, listed beside the bound ones
+WIDGET_KEYS: dict[str, list[tuple[str, str]]] = {
+    "generate": [("up / down", "earlier prompts (first / last line)")],
+    "queue": [("up / down", "choose a job")],
+    "gallery": [("type", "search prompts"), ("down / up", "the list / the search box")],
+}
+
+
+def bindings(scope: str) -> list[BindingType]:
+    """The bindings of a scope of KEYMAP, for a class's BINDINGS."""
+    made: list[BindingType] = []
+    for action, keys in KEYMAP[scope].items():
+        made.append(
+            Binding(",".join(keys.keys), action, keys.description, show=keys.footer, priority=keys.priority)
+        )
+        if keys.also:
+            made.append(Binding(",".join(keys.also), action, keys.description, show=False))
+    return made
+
+
+NAMES = {"question_mark": "?", "slash": "/", "escape": "esc", "delete": "del"}
+
+
+def key_name(key: str) -> str:
+    """A key as the key list and the palette show it: "F5", "?", "ctrl+s"."""
+    key = NAMES.get(key, key)
+    return key.upper() if key[:1] == "f" and key[1:].isdigit() else key
+
+
+def all_key_names(keys: ActionKeys) -> str:
+    return " / ".join(key_name(key) for key in (*keys.keys, *keys.also))
+
+
+def key_of(scope: str, action: str) -> str:
+    """The name of an action's first key, for the hints that name it: key_of("engine", "restart") is "R"."""
+    return key_name(KEYMAP[scope][action].keys[0])
+
+
+def tab_key(tab: str) -> str:
+    """A tab's key by name: "F3"."""
+    return key_of("app", show_tab(tab))

@@ -16,7 +16,7 @@ import pytest
 from engine.cli.client_commands import describe_status
 from engine.cli.main import main
 
-from .harness import ENGINE_LEAVES_S, PROMPT, RunningEngine, wait_until
+from .harness import ENGINE_LEAVES_S, PROMPT, RunningEngine, short_dir, wait_until
 
 
 @pytest.fixture
@@ -92,32 +92,50 @@ def test_generate_speaks_each_stages_unit(home, tmp_path, capsys, monkeypatch):
 
 
 def test_status_as_text_names_what_matters():
-    status = {
-        "model": "tiny",
-        "engine_version": "0.1.0",
-        "pid": 7,
-        "uptime_s": 3725.0,
-        "running": None,
-        "queue": ["a", "b"],
-        "models_loaded": [],
-        "downloading": False,
-        "device": "cpu",
-        "memory_used_bytes": 2**30,
-        "memory_total_bytes": None,
-    }
+    from engine.protocol import StatusReply
+
+    status = StatusReply.model_validate(
+        {
+            "model": "tiny",
+            "engine_version": "0.1.0",
+            "pid": 7,
+            "uptime_s": 3725.0,
+            "running": None,
+            "queue": ["a", "b"],
+            "models_loaded": [],
+            "downloading": False,
+            "seq": 0,
+            "limits": {
+                "fps": 8,
+                "overlap": 1,
+                "clip_frames": 13,
+                "chunk_frames": 12,
+                "max_frames": 97,
+                "max_seconds": 12.1,
+                "max_chunks": 8,
+            },
+            "device": "cpu",
+            "memory_used_bytes": 2**30,
+            "memory_total_bytes": None,
+        }
+    )
     lines = dict(describe_status(status))
     assert lines["engine"] == "0.1.0, pid 7, up 1:02" and lines["queue"] == "2 job(s): a, b"
     assert lines["device"] == "cpu, memory 1.0 GiB" and lines["running"] == "nothing"
     assert lines["options"] == "none (serve's defaults)"
-    assert dict(describe_status({**status, "options": ["--ckpts", "/my w"]}))["options"] == "--ckpts '/my w'"
+    with_options = status.model_copy(update={"options": ["--ckpts", "/my w"]})
+    assert dict(describe_status(with_options))["options"] == "--ckpts '/my w'"
 
 
 def test_weights_status_ends_with_one_summary_line_and_the_next_command():
     from engine.cli.weights_commands import weights_summary
-    from engine.weights.downloads import FileState
+    from engine.protocol import WeightFileState
 
     def states(*names):
-        return [FileState(f"f{i}", name, None, f"/w/f{i}") for i, name in enumerate(names)]
+        return [
+            WeightFileState(local=f"f{i}", state=name, size=None, path=f"/w/f{i}")
+            for i, name in enumerate(names)
+        ]
 
     line = weights_summary(states("verified", "missing", "partial", "present"))
     assert line.startswith("1 of 4 file(s) verified; 1 present but not checked; 1 missing, 1 partly")
@@ -126,6 +144,19 @@ def test_weights_status_ends_with_one_summary_line_and_the_next_command():
         "Next: `landiff-engine weights verify` checks them"
     )
     assert weights_summary(states("verified")) == "1 of 1 file(s) verified. Next: ready"
+
+
+def test_a_request_the_model_refuses_is_one_line_naming_the_field_before_any_engine_starts(
+    tmp_path, monkeypatch, capsys
+):
+    data = tmp_path / "data"
+    monkeypatch.setenv("LANDIFF_DATA_DIR", str(data))
+    monkeypatch.setenv("LANDIFF_RUNTIME_DIR", str(short_dir()))
+    assert main(["jobs", "--limit", "0"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("landiff-engine jobs: limit: ") and "greater than or equal to 1" in error
+    assert len(error.strip().splitlines()) == 1 and "Traceback" not in error
+    assert not data.exists()  # refused here: no engine was started to refuse it
 
 
 def test_the_short_ids_the_tui_shows_work_in_show_cancel_and_rerun(no_engine):

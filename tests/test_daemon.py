@@ -22,7 +22,7 @@ from engine.daemon.store import Store
 from engine.daemon.transport import Transport
 from engine.daemon.weights_ops import WeightsOperations
 from engine.daemon.worker import JobWorker
-from engine.protocol import JobQueuedEvent, parse_request
+from engine.protocol import JobQueuedEvent, LogTailReply, SubscribeReply, parse_request
 
 JOBS = 300
 
@@ -205,9 +205,9 @@ def test_every_handler_leaves_the_event_loop_for_the_store(tmp_path, monkeypatch
         results = []
         for number, fields in enumerate(requests):
             results.append(await service.handle(parse_request(json.dumps({"v": 1, "id": number, **fields}))))
-        first, second = results[1]["job_id"], results[2]["job_id"]
+        first, second = results[1].job_id, results[2].job_id
         cancel = parse_request(json.dumps({"v": 1, "id": 99, "type": "cancel", "job_id": first}))
-        assert (await service.handle(cancel))["status"] == "cancelled"
+        assert (await service.handle(cancel)).status == "cancelled"
         delete = parse_request(json.dumps({"v": 1, "id": 100, "type": "delete_job", "job_id": first}))
         await service.handle(delete)
         with pytest.raises(RequestFailed, match="no job"):
@@ -223,7 +223,7 @@ def test_every_handler_leaves_the_event_loop_for_the_store(tmp_path, monkeypatch
     assert [name for name, thread in store.threads if thread == loop_thread] == []
     kinds = [message["event"] for message in hub.log]
     assert kinds == ["job_queued", "job_queued", "job_cancelled", "job_deleted"]
-    assert [job["id"] for job in results[5]["active"]] == [results[1]["job_id"], second]
+    assert [job.id for job in results[5].active] == [results[1].job_id, second]
 
 
 def connect_and_send(path: Path, *lines: bytes):
@@ -248,7 +248,7 @@ class SlowSubscribeService:
         seq = self.hub.seq
         self.hub.publish(JobQueuedEvent(job_id="during", prompt="a snail"))
         await asyncio.sleep(0.01)
-        return {"seq": seq, "instance": "test", "missed": [], "gap": False, "active": []}
+        return SubscribeReply(seq=seq, instance="test", missed=[], gap=False, active=[])
 
 
 def test_a_subscriber_gets_its_snapshot_before_the_events_after_it_and_a_bug_fails_one_request(tmp_path):
@@ -290,11 +290,12 @@ def test_events_from_a_thread_keep_that_threads_order():
 
 
 def test_a_reply_of_the_wrong_shape_is_an_internal_error_not_a_broken_client(tmp_path):
-    """The transport checks each handler's result against its reply model before it goes out."""
+    """The transport checks that each handler's result is its request type's reply model before it goes
+    out (the model checked the fields as it was made)."""
 
     class WrongShapes:
         async def handle(self, request):
-            return {"seq": "not a number"}
+            return LogTailReply(path="engine.log", lines=[])
 
     async def scenario() -> dict:
         hub = EventHub(asyncio.get_running_loop())
@@ -308,4 +309,4 @@ def test_a_reply_of_the_wrong_shape_is_an_internal_error_not_a_broken_client(tmp
 
     answer = asyncio.run(scenario())
     assert answer["id"] == 7 and answer["ok"] is False and answer["error"]["code"] == "internal"
-    assert "the reply to subscribe" in answer["error"]["message"]
+    assert "the reply to subscribe must be a SubscribeReply, not LogTailReply" in answer["error"]["message"]

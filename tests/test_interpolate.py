@@ -125,9 +125,10 @@ def test_a_two_chunk_video_at_16_fps_plays_after_each_chunk_and_says_its_rate(pi
     assert playable == [(17, 16.0), (34, 16.0)]  # 9 model frames -> 17; then 8 more -> 16 + the hold
     assert probe(result.video) == (34, 16.0)
     assert (result.frames, result.video_frames, result.fps) == (17, 34, 16)
-    assert [(c.first_frame, c.last_frame, c.frames_written) for c in chunks] == [(0, 8, 9), (9, 16, 17)]
+    reports = [c.report for c in chunks]
+    assert [(c.first_frame, c.last_frame, c.frames_written) for c in reports] == [(0, 8, 9), (9, 16, 17)]
     assert [len(c.frames) for c in chunks] == [9, 8] and [len(c.video_frames) for c in chunks] == [17, 17]
-    assert [c.video_seconds for c in chunks] == [9 / 8, 17 / 8]
+    assert [c.video_seconds for c in reports] == [9 / 8, 17 / 8]
     model_frames = np.concatenate([c.frames for c in chunks])
     assert np.array_equal(np.concatenate([c.video_frames for c in chunks])[::2], model_frames)
     record = json.loads(result.sidecar.read_text())

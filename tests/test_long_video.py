@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from engine.cli.main import main
 from engine.generation import lengths
@@ -125,9 +126,9 @@ def test_three_chunks_make_the_expected_frames_in_order(pipeline, tmp_path):
     )
     frames, fps = read_mp4(result.video)
     assert frames.shape[0] == plan.frames == 25 and fps == TINY.fps and result.frames == 25
-    assert [c.index for c in done] == [0, 1, 2] and playable == [9, 17, 25]
-    assert [(c.first_frame, c.last_frame) for c in done] == [(0, 8), (9, 16), (17, 24)]
-    assert [c.video_seconds for c in done] == [9 / 8, 17 / 8, 25 / 8]
+    assert [c.report.index for c in done] == [0, 1, 2] and playable == [9, 17, 25]
+    assert [(c.report.first_frame, c.report.last_frame) for c in done] == [(0, 8), (9, 16), (17, 24)]
+    assert [c.report.video_seconds for c in done] == [9 / 8, 17 / 8, 25 / 8]
     denoise = [(e.chunk, e.step, e.total) for e in progress if e.stage == "denoise"]
     assert denoise == [(c, s, 2) for c in (1, 2, 3) for s in (1, 2)]
     assert all(e.chunks == 3 for e in progress)
@@ -141,6 +142,7 @@ def test_three_chunks_make_the_expected_frames_in_order(pipeline, tmp_path):
     assert record["status"] == "finished" and record["video"]["frames"] == 25
     assert record["length"]["chunks"] == 3 and record["length"]["overlap"] == 1
     assert [c["index"] for c in record["chunks"]["timings_s"]] == [0, 1, 2]
+    assert record["chunks"]["timings_s"] == [c.timing.model_dump() for c in done]  # as each chunk said it
     assert len(np.load(result.tokens)) == plan.segments * 11
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.json", "long.mp4", "long.npy", "long.png"]
     # chunk 0 is exactly the clip a one-clip job makes from the same tokens and seed
@@ -268,8 +270,12 @@ def test_store_migrates_to_chunk_timings_and_knows_cancelled_partial(tmp_path):
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     row = store.add_job(JobParams(prompt="long", frames=241).model_dump(), "tiny", "0")
-    store.update(row.id, status="cancelled_partial", chunk_timings=[{"index": 0, "denoise_s": 1.0}])
-    assert store.get(row.id).summary()["chunk_timings"] == [{"index": 0, "denoise_s": 1.0}]
+    entry = {"index": 0, "denoise_s": 1.0, "decode_s": 0.5, "write_s": 0.25}  # as older engines wrote mid-job
+    store.update(row.id, status="cancelled_partial", chunk_timings=[entry])
+    (timing,) = store.get(row.id).to_summary().chunk_timings
+    assert (timing.index, timing.denoise_s, timing.first_frame, timing.dit_calls) == (0, 1.0, None, None)
+    with pytest.raises(ValidationError):  # a shape the summary could not read is refused as it is written
+        store.update(row.id, chunk_timings=[{"index": 0, "denoise_s": 1.0}])
     assert [r.id for r in store.list_jobs(status="cancelled_partial")[0]] == [row.id]
     assert "cancelled_partial" in JOB_STATUSES
     request = parse_request(b'{"v": 1, "id": 1, "type": "list_jobs", "status": "cancelled_partial"}')

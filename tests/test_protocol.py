@@ -3,12 +3,13 @@ neither the TUI's test double nor a real engine drifts from the models."""
 
 from __future__ import annotations
 
-import ast
 import asyncio
+import inspect
 import json
-from typing import Any, get_args
+from typing import Any, get_args, get_type_hints
 
 import pytest
+from pydantic import ValidationError
 
 from engine import protocol as p
 from engine.generation.lengths import limits, plan_length, rules_for
@@ -16,18 +17,31 @@ from engine.wire import MAX_LINE_BYTES, FramingError, RemoteError, decode_line, 
 from landiff_tui.messages import message_classes
 from landiff_tui.views.queue import STAGES
 
-from .harness import ENGINE_LEAVES_S, PROMPT, ROOT, RunningEngine
+from .harness import ENGINE_LEAVES_S, PROMPT, RunningEngine
 from .tui_double import ScriptedLink, job
 
-# the fields a request type needs besides its type, for sending one of each
-SAMPLE_FIELDS: dict[str, dict[str, Any]] = {
-    "submit": {"params": {"prompt": PROMPT, "steps": 2}},
-    "cancel": {"job_id": job(1).id},
-    "get_job": {"job_id": job(1).id},
-    "delete_job": {"job_id": job(2).id},
-    "save_preset": {"name": "mine", "params": {"steps": 4}},
-    "delete_preset": {"name": "mine"},
-}
+# one of each request the TUI sends, as it makes them
+TUI_REQUESTS: list[p.Request[Any]] = [
+    p.Hello(client="landiff-tui", model="tiny"),
+    p.Subscribe(since=3),
+    p.Status(),
+    p.ListJobs(limit=200),
+    p.ListJobs(search="snail", status="finished", offset=100, limit=100),
+    p.GetJob(job_id=job(1).id),
+    p.Submit.model_validate({"params": {"prompt": PROMPT, "steps": 2}}),
+    p.Cancel(job_id=job(1).id),
+    p.DeleteJob(job_id=job(2).id, delete_files=True),
+    p.ListPresets(),
+    p.SavePreset(name="mine", params={"steps": 4}),
+    p.DeletePreset(name="mine"),
+    p.WeightsStatus(),
+    p.DownloadWeights(only="all"),
+    p.VerifyWeights(only="all"),
+    p.CancelDownload(),
+    p.LogTail(lines=300),
+    p.ReleaseModels(),
+    p.Shutdown(),
+]
 
 
 def test_every_request_type_has_a_reply_model_and_every_event_a_message_for_the_views():
@@ -82,7 +96,7 @@ BAD_SHAPES = {  # what a slip in a handler or a publisher looks like
 
 
 def test_a_valid_reply_and_event_encode_as_one_line_that_parses_back():
-    line = p.encode_reply("status", 7, status_result())
+    line = p.encode_reply("status", 7, p.StatusReply.model_validate(status_result()))
     message = decode_line(line)
     assert line.endswith(b"\n") and line.count(b"\n") == 1 and message["v"] == p.PROTOCOL_VERSION
     assert message["id"] == 7 and p.parse_reply("status", reply_result(message)).memory_total_bytes is None
@@ -92,14 +106,16 @@ def test_a_valid_reply_and_event_encode_as_one_line_that_parses_back():
 
 
 @pytest.mark.parametrize("slip", BAD_SHAPES, ids=list(BAD_SHAPES))
-def test_a_reply_with_a_missing_extra_or_wrong_typed_field_is_refused(slip):
-    with pytest.raises(p.WireShapeError, match="the reply to status"):
-        p.encode_reply("status", 7, status_result(**BAD_SHAPES[slip]))
+def test_a_reply_with_a_missing_extra_or_wrong_typed_field_is_refused_as_it_is_made(slip):
+    with pytest.raises(ValidationError, match="StatusReply"):
+        p.StatusReply.model_validate(status_result(**BAD_SHAPES[slip]))
 
 
-def test_a_reply_of_another_request_type_is_refused():
+def test_a_reply_of_another_request_type_or_not_a_model_is_refused():
     with pytest.raises(p.WireShapeError, match="must be a StatusReply, not LogTailReply"):
         p.encode_reply("status", 7, p.LogTailReply(path="/x", lines=[]))
+    with pytest.raises(p.WireShapeError, match="must be a StatusReply, not dict"):
+        p.encode_reply("status", 7, status_result())
 
 
 @pytest.mark.parametrize(
@@ -134,43 +150,45 @@ def test_framing_refuses_what_is_not_one_json_object_within_the_limit():
     assert (refused.value.code, str(refused.value)) == ("busy", "later")
 
 
-def requests_the_tui_sends() -> set[str]:
-    """Every request type the TUI's source names: `.request("x", ...)`, `.call(...)`, `.call_engine(...)`."""
-    kinds = set()
-    for path in (ROOT / "landiff_tui").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr in ("request", "call", "call_engine")
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)
-            ):
-                kinds.add(node.args[0].value)
-    return kinds
-
-
-def test_the_double_answers_every_request_the_tui_sends_with_a_valid_reply():
-    sent = requests_the_tui_sends()
-    assert {"hello", "subscribe", "list_jobs", "submit", "weights_status", "log_tail"} <= sent
-    assert sent <= set(p.REQUEST_TYPES), sent - set(p.REQUEST_TYPES)
+def test_the_double_answers_as_the_protocol_says_each_request_the_tui_sends():
+    """The TUI's requests are typed (mypy checks each `call` gets a request model and gives its reply
+    model); the double must not drift from the protocol either: each of its `on_<type>` methods takes a
+    request model and is annotated to return that model's reply model, and returns one that goes over
+    the wire."""
+    answers = {
+        name: get_type_hints(method)
+        for name, method in inspect.getmembers(ScriptedLink, inspect.isfunction)
+        if name.startswith("on_")
+    }
+    scripted = set()
+    for name, hints in answers.items():
+        model = hints.get("request")
+        assert model in p.REQUEST_MODELS, f"{name} takes a {model}, not a request model of the protocol"
+        assert name == f"on_{p.type_name(model)}", f"{name} answers {model.__name__}"
+        reply = p.reply_type(model)
+        assert hints.get("return") is reply, f"{name} must be annotated to return {reply.__name__}"
+        scripted.add(model)
+    assert scripted == {type(request) for request in TUI_REQUESTS}, "one sample of each scripted request"
     link = ScriptedLink([job(0, "running"), job(1, "queued"), job(2)])
 
-    async def ask_each() -> dict[str, Any]:
-        return {kind: await link.request(kind, **SAMPLE_FIELDS.get(kind, {})) for kind in sorted(sent)}
+    async def ask_each() -> list[tuple[p.Request[Any], p.Exact]]:
+        return [(request, await link.call(request)) for request in TUI_REQUESTS]
 
-    replies = asyncio.run(ask_each())
-    for kind, reply in replies.items():
-        assert type(reply) is p.REPLY_MODELS[kind], kind
-        p.encode_reply(kind, 1, reply.model_dump(mode="json"))  # and it survives the wire
+    for request, reply in asyncio.run(ask_each()):
+        kind = p.type_name(type(request))
+        assert type(reply) is p.reply_type(type(request)), kind
+        line = p.encode_reply(kind, 1, reply)  # and it survives the wire
+        assert p.read_reply(request, reply_result(decode_line(line)), "tests") == reply, kind
+    parsed = [request.model_copy(update={"id": None}) for request in link.requests]
+    assert parsed == TUI_REQUESTS  # each as the engine parsed it: the request sent
 
 
 def test_the_double_refuses_a_request_the_engine_would_refuse():
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError, match="limit"):
-        asyncio.run(ScriptedLink([]).request("list_jobs", limit=0))
+    with pytest.raises(ValidationError, match="limit"):  # a client cannot make one...
+        p.ListJobs(limit=0)
+    with pytest.raises(p.ProtocolError, match="limit") as refused:  # ...and the double refuses one forced
+        asyncio.run(ScriptedLink([]).call(p.ListJobs.model_construct(limit=0)))
+    assert refused.value.code == "invalid"
 
 
 @pytest.fixture(scope="module")
@@ -253,11 +271,31 @@ def test_the_service_handles_each_request_model_once_found_by_its_type():
         handlers(Forgetful)
 
     class Twice(EngineService):
-        async def on_stop(self, request: p.Shutdown) -> dict:
-            return {}
+        async def on_stop(self, request: p.Shutdown) -> p.ShutdownReply:
+            return p.ShutdownReply(stopping=False)
 
     with pytest.raises(TypeError, match="a second handler of Shutdown"):
         handlers(Twice)
+
+
+def test_a_handler_must_be_annotated_to_return_its_request_types_reply_model():
+    from engine.daemon.service import EngineService, handlers
+
+    class Misannotated(EngineService):
+        async def on_shutdown(self, request: p.Shutdown) -> p.EmptyReply:  # type: ignore[override]
+            return p.EmptyReply()
+
+    with pytest.raises(TypeError, match="on_shutdown must be annotated to return ShutdownReply.*EmptyReply$"):
+        handlers(Misannotated)
+
+    class Untyped(EngineService):
+        async def on_shutdown(self, request: p.Shutdown) -> dict:  # type: ignore[override]
+            return {"stopping": True}
+
+    with pytest.raises(TypeError, match="return ShutdownReply, the reply model of Shutdown, not dict$"):
+        handlers(Untyped)
+    with pytest.raises(TypeError, match="return ShutdownReply"):
+        Untyped("tiny", None, None, None, None, lambda: None, None, None)  # refused as it is set up
 
 
 @pytest.mark.parametrize(
@@ -282,3 +320,14 @@ def test_a_value_of_another_type_is_refused_naming_its_field(params, field):
 def test_an_integer_is_a_number_where_a_float_is_meant():
     line = json.dumps({"v": 1, "id": 1, "type": "submit", "params": {"prompt": "a heron", "cfg": 7}})
     assert p.parse_request(line.encode()).params.cfg == 7.0
+
+
+def test_a_refused_field_named_like_a_request_type_is_still_named():
+    """`status` is a request type and a field of list_jobs: the message names the field either way."""
+    from pydantic import ValidationError
+
+    with pytest.raises(p.ProtocolError, match="^status: Input should be 'queued'"):
+        p.parse_request(b'{"v": 1, "id": 1, "type": "list_jobs", "status": "bogus"}')
+    with pytest.raises(ValidationError) as built:
+        p.ListJobs.model_validate({"status": "bogus"})
+    assert p.describe_validation(built.value).startswith("status: Input should be 'queued'")

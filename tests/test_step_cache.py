@@ -112,7 +112,7 @@ def test_the_skips_reach_the_progress_events_the_record_and_the_sidecar(pipeline
     assert [e.dit_calls for e in denoise] == [2 * n for n in range(1, steps + 1)]
     assert progress[-1].cache_skips == result.dit_calls_skipped  # decode and write events carry it on
     (chunk,) = result.chunk_timings
-    assert (chunk["dit_calls"], chunk["dit_calls_skipped"]) == (2 * steps, result.dit_calls_skipped)
+    assert (chunk.dit_calls, chunk.dit_calls_skipped) == (2 * steps, result.dit_calls_skipped)
     record = json.loads(result.sidecar.read_text())
     assert record["job"]["cache"] == 0.5
     assert record["step_cache"] == {

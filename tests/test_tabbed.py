@@ -23,7 +23,7 @@ class Host(App):
         yield TabbedViews(TITLES, *panes, initial="first", id="tabs")
 
     def on_tabbed_views_tab_activated(self, event: TabbedViews.TabActivated) -> None:
-        self.shown.append(event.pane.id)
+        self.shown.append(event.pane.id or "")
 
 
 def visible(app: App) -> list[str]:

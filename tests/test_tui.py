@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine import protocol as p
 from engine.client import EngineClient
 from engine.paths import lock_holder, lock_path
 from engine.wire import RemoteError
@@ -267,7 +268,7 @@ async def test_invalid_values_are_shown_inline_and_nothing_is_sent():
         assert app.query_one("#param-cfg").has_class("-invalid")
         assert app.query_one("#submit").disabled
         await pilot.press("ctrl+s")
-        assert not [kind for kind, _ in link.requests if kind == "submit"]
+        assert not link.sent(p.Submit)
         await set_field(pilot, "frames", "100000")  # beyond the tiny model's token budget: says its maximum
         assert "at most 2825 frames" in str(app.query_one("#form-errors").render())
         await set_field(pilot, "frames", "10")
@@ -277,9 +278,9 @@ async def test_invalid_values_are_shown_inline_and_nothing_is_sent():
         assert not app.query_one("#submit").disabled
         await pilot.press("ctrl+s")
         await pilot.pause(0.1)
-        submitted = [fields for kind, fields in link.requests if kind == "submit"]
-        assert submitted and submitted[0]["params"]["cfg"] == 9.0 and "top_p" not in submitted[0]["params"]
-        assert submitted[0]["params"]["frames"] == 10  # the engine rounds it up, and records that it did
+        submitted = link.sent(p.Submit)
+        assert submitted and submitted[0].params.cfg == 9.0 and submitted[0].params.top_p is None
+        assert submitted[0].params.frames == 10  # the engine rounds it up, and records that it did
 
 
 async def test_prompt_history_recalls_earlier_prompts_with_up_and_down():
@@ -387,7 +388,7 @@ async def test_the_command_palette_runs_view_actions_and_engine_errors_become_no
     busy = RemoteError(
         "busy", "a weights download or verification is running; follow its events or cancel it"
     )
-    link = ScriptedLink([job(2)], refusals={"verify_weights": busy})
+    link = ScriptedLink([job(2)], refusals={p.VerifyWeights: busy})
     app = LanDiffApp(link=link)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: mounted(app, "#param-seed") and app.query_one("#param-seed").value)
@@ -507,16 +508,29 @@ async def test_typing_in_the_gallery_searches_and_no_letter_runs_an_action():
         await pilot.press("d", "y")
         assert app.query_one("#search").value == "reddy" and app.focused.id == "search"
         assert type(app.screen).__name__ == "Screen" and app.query_one("#tabs").active == "gallery"
-        assert not [kind for kind, _ in link.requests if kind in ("submit", "delete_job")]
+        assert not link.sent(p.Submit) and not link.sent(p.DeleteJob)
         app.query_one("#search").value = ""
         await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, what="the whole list again")
         await pilot.press("ctrl+d")  # deleting takes a chord and asks first
         assert type(app.screen).__name__ == "Confirm"
         await pilot.press("n")
         await pilot.press("ctrl+r")  # the chord re-runs the highlighted job
-        await until(pilot, lambda: [f for k, f in link.requests if k == "submit"], what="the re-run")
-        assert [f for k, f in link.requests if k == "submit"][0]["params"] == job(0).params
-        assert not [kind for kind, _ in link.requests if kind == "delete_job"]
+        await until(pilot, lambda: link.sent(p.Submit), what="the re-run")
+        rerun = link.sent(p.Submit)[0].params
+        assert rerun.model_dump(include=set(job(0).params)) == job(0).params
+        assert not link.sent(p.DeleteJob)
+
+
+async def test_a_past_job_whose_parameters_make_no_request_is_not_rerun_and_the_app_says_why():
+    old = job(0, params={**job(0).params, "steps": "30"})  # a value of another type: the protocol refuses it
+    link = ScriptedLink([old])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("f3")
+        await until(pilot, lambda: app.query_one("GalleryView").rows, what="the gallery")
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: notified(app, "params.steps: Input should be a valid integer"), what="why")
+        assert not link.sent(p.Submit) and app.is_running
 
 
 async def test_keys_typed_right_after_launch_land_in_the_prompt():
@@ -560,8 +574,7 @@ async def test_the_tiny_models_weights_show_as_generated_and_d_makes_them():
             app.query_one("#weights-root").render()
         )
         await pilot.press("d")  # cheap and local: no question
-        asked = lambda: [k for k, _ in link.requests if k == "download_weights"]  # noqa: E731
-        await until(pilot, asked, what="the request")
+        await until(pilot, lambda: link.sent(p.DownloadWeights), what="the request")
         assert notified(app, "writing the tiny model's random weights")
 
 
@@ -576,7 +589,7 @@ async def test_downloading_the_release_asks_first():
         assert type(app.screen).__name__ == "Confirm"
         assert "25 GB" in str(app.screen.query_one("Static").render())
         await pilot.press("n")
-        assert not [k for k, _ in link.requests if k == "download_weights"]
+        assert not link.sent(p.DownloadWeights)
 
 
 def progress(stage: str, step: int, total: int, chunk: int, chunks: int = 3) -> dict:
@@ -696,7 +709,7 @@ async def test_a_submitted_prompt_clears_and_up_brings_it_back():
         await pilot.press("ctrl+s")
         await until(pilot, lambda: app.query_one("#prompt").text == "", what="the prompt to clear")
         await pilot.press("ctrl+s")  # a second one: nothing to submit
-        assert len([k for k, _ in link.requests if k == "submit"]) == 1
+        assert len(link.sent(p.Submit)) == 1
         await pilot.press("f1", "up")
         assert app.query_one("#prompt").text == "A heron"
 
@@ -709,6 +722,7 @@ def palette_names(app) -> list[str]:
 
 async def test_the_palette_has_every_action_of_every_tab_where_it_applies():
     from landiff_tui.commands import entries
+    from landiff_tui.keymap import KEYMAP, TABS
     from landiff_tui.views.base import View
 
     link = ScriptedLink([job(0, "queued", thumbnail_path=None), job(1)])
@@ -718,10 +732,9 @@ async def test_the_palette_has_every_action_of_every_tab_where_it_applies():
         await pilot.press("f3")
         await until(pilot, lambda: app.query_one("GalleryView").rows, what="the gallery")
         offered = {(entry.tab, entry.action) for entry in entries(app)}
-        for view in app.query(View):
-            tab = view.parent.id
-            for binding in view.BINDINGS:
-                assert (tab, binding.action) in offered, f"{tab}: {binding.action} is not in the palette"
+        for tab, _ in TABS:
+            for action in KEYMAP[tab]:
+                assert (tab, action) in offered, f"{tab}: {action} is not in the palette"
         names = palette_names(app)
         assert "Switch the engine to the tiny model" not in names  # it serves tiny
         assert "Switch the engine to the landiff model" in names
@@ -735,7 +748,51 @@ async def test_the_palette_has_every_action_of_every_tab_where_it_applies():
         assert "Start the engine" in names and "Stop the engine" not in names
         link.connect()
         await pilot.press("ctrl+p", *"re-run job", "enter")  # runs it
-        await until(pilot, lambda: [k for k, _ in link.requests if k == "submit"], what="the re-run")
+        await until(pilot, lambda: link.sent(p.Submit), what="the re-run")
+
+
+async def test_a_key_changed_in_the_keymap_changes_the_bindings_the_palette_and_the_key_list(monkeypatch):
+    from dataclasses import replace
+
+    from textual.binding import Binding
+    from textual.command import CommandList
+
+    from landiff_tui import keymap
+    from landiff_tui.screens.job_detail import JobDetail
+    from landiff_tui.views.engine_view import EngineView
+    from landiff_tui.views.gallery import GalleryView
+    from landiff_tui.views.generate import GenerateView
+    from landiff_tui.views.queue import QueueView
+    from landiff_tui.views.weights import WeightsView
+
+    bound = {"app": LanDiffApp, "generate": GenerateView, "queue": QueueView, "gallery": GalleryView}
+    bound |= {"weights": WeightsView, "engine": EngineView, "detail": JobDetail}
+    assert set(bound) == set(keymap.KEYMAP)
+    for scope, owner in bound.items():  # each binds its keys from the keymap
+        assert keymap.bindings(scope) == owner.BINDINGS, scope
+    cancel = keymap.KEYMAP["queue"]["cancel_job"]
+    assert cancel.keys == ("x",)
+    monkeypatch.setitem(keymap.KEYMAP["queue"], "cancel_job", replace(cancel, keys=("c",)))
+    made = [b for b in keymap.bindings("queue") if isinstance(b, Binding) and b.action == "cancel_job"]
+    assert [binding.key for binding in made] == ["c"]
+
+    app = LanDiffApp(link=ScriptedLink([job(0, "queued")]))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: len(app.views) == 5 and app.query_one("QueueView").jobs, what="the queue")
+        await pilot.press("ctrl+p", *"cancel a queued")
+
+        def shown() -> list[str]:
+            found = app.screen.query(CommandList)
+            if not found:
+                return []
+            commands = found.first()
+            return [str(commands.get_option_at_index(i).prompt) for i in range(commands.option_count)]
+
+        await until(pilot, lambda: "Cancel a queued or running job  [c]" in shown(), what="the palette's hit")
+        await pilot.press("escape", "f12")
+        await until(pilot, lambda: type(app.screen).__name__ == "Keys", what="the key list")
+        listed = str(app.screen.query_one("#keys-list").render())
+        assert f"  {'c':<16} Cancel job" in listed and f"  {'x':<16} Cancel job" not in listed
 
 
 async def test_keys_lists_every_key_and_the_footer_fits_the_tabs_keys_at_80x24():

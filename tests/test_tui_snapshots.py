@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from engine import protocol as p
 from landiff_tui.app import LanDiffApp
 
 from .tui_double import ScriptedLink, job
@@ -63,7 +64,7 @@ def show(tab: str):
         await settle(pilot)
         if tab == "f2":
             queue = pilot.app.query_one("QueueView")
-            queue.memory = await pilot.app.link.request("status")  # what its timer asks every few seconds
+            queue.memory = await pilot.app.link.call(p.Status())  # what its timer asks every few seconds
             for stage, step, total in (("text", 2, 2), ("tokens", 17, 17), ("denoise", 20, 50)):
                 pilot.app.link.publish(
                     "job_progress",

@@ -1,22 +1,27 @@
 """A scripted stand-in for the engine link, for snapshot tests that need fixed, repeatable content.
 
 The Pilot tests in test_tui.py drive the real engine; this double only feeds the screens known data. It
-speaks the protocol's models both ways: each request the TUI sends is parsed as the engine would parse
-it, and each reply and event is built from `engine.protocol`, so a changed shape fails here too.
+speaks the protocol's models both ways: each request the TUI sends goes through the wire and is parsed as
+the engine would parse it, each reply and event is built from `engine.protocol`, and each answer must be
+the request's reply model, so a changed shape fails here too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engine import __version__
 from engine import protocol as p
 from engine.generation.lengths import limits, plan_length, rules_for
+from engine.protocol import R
 from engine.specs import get_spec
 from engine.wire import RemoteError
+
+Q = TypeVar("Q", bound=p.Request[Any])
 
 CREATED = 1_764_115_200.0  # 2025-11-26 00:00 UTC
 PROMPTS = ["A snail crawling on green moss.", "A red kite over a windy beach at dusk.", "Waves at night."]
@@ -53,7 +58,7 @@ def job(index: int, status: str = "finished", **extra: Any) -> p.JobSummary:
 
 
 def weights_status(complete: bool) -> p.WeightsStatusReply:
-    state = "verified" if complete else "missing"
+    state: p.FileState = "verified" if complete else "missing"
     names = [
         "LanDiff/llm/model.safetensors",
         "LanDiff/tokenizer/model.safetensors",
@@ -80,18 +85,21 @@ def weights_status(complete: bool) -> p.WeightsStatusReply:
 
 
 class ScriptedLink:
-    """What LanDiffApp needs of an EngineLink: start/close, `connected`, and `request` returning models."""
+    """What LanDiffApp needs of an EngineLink: start/close, `connected`, and `call` returning reply models.
+
+    Each scripted request model has its `on_<type>` method, which gets the request as the engine parsed it
+    and returns its reply model (test_protocol checks the methods against the protocol)."""
 
     def __init__(
         self,
         jobs: list[p.JobSummary],
         weights_complete: bool = True,
-        refusals: dict[str, RemoteError] | None = None,
+        refusals: dict[type[p.Request[Any]], RemoteError] | None = None,
     ):
         self.jobs = jobs
         self.weights_complete = weights_complete
-        self.refusals = refusals or {}  # request type -> the error the engine answers it with
-        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.refusals = refusals or {}  # request model -> the error the engine answers it with
+        self.requests: list[p.Request[Any]] = []  # as the engine parsed them, in order
         self.ids = itertools.count(1)
         self.model = "tiny" if weights_complete else "landiff"  # the first-run offer is for the release
         self.autostart = False
@@ -103,6 +111,10 @@ class ScriptedLink:
         self.progress: p.JobProgressEvent | None = None  # what `status` says of the running job
         self.last_chunk: p.ChunkFinishedEvent | None = None
         self.generated = False  # weights made on this machine (the tiny model), not downloaded
+        # the app's callbacks, set by the app it is given to (as on an EngineLink)
+        self.on_event: Callable[[p.AnyEvent], None] = lambda event: None
+        self.on_connected: Callable[[p.HelloReply, p.SubscribeReply], None] = lambda hello, caught_up: None
+        self.on_state: Callable[[str, str], None] = lambda state, message: None
 
     def start(self) -> None:
         asyncio.get_running_loop().call_soon(self.connect)
@@ -145,15 +157,26 @@ class ScriptedLink:
         self.restarts.append(model)
         await self.start_engine(model)
 
-    async def request(self, kind: str, **fields: Any) -> p.Exact:
-        request = p.REQUEST_ADAPTER.validate_python({"v": 1, "id": next(self.ids), "type": kind, **fields})
-        self.requests.append((kind, fields))
-        if kind in self.refusals:
-            raise self.refusals[kind]
-        answer = getattr(self, f"on_{kind}", None)
+    async def call(self, request: p.Request[R]) -> R:
+        """The scripted answer to the request as the engine would get it (through the wire, parsed by its
+        `parse_request`, which refuses what it refuses); a ProtocolError like the engine's otherwise."""
+        parsed = p.parse_request(p.request_line(next(self.ids), request))
+        self.requests.append(parsed)
+        model = type(parsed)
+        if model in self.refusals:
+            raise self.refusals[model]
+        answer = getattr(self, f"on_{p.type_name(model)}", None)
         if answer is None:
-            raise RemoteError("unknown", f"the double does not script {kind}")
-        return p.reply_model(kind, answer(request))
+            raise RemoteError("unknown", f"the double does not script {model.__name__}")
+        reply = answer(parsed)
+        expected = p.reply_type(type(request))
+        if not isinstance(reply, expected):
+            raise TypeError(f"the double answered {model.__name__} with a {type(reply).__name__}")
+        return reply
+
+    def sent(self, model: type[Q]) -> list[Q]:
+        """The requests of one model the TUI sent, in order."""
+        return [request for request in self.requests if isinstance(request, model)]
 
     # one method per scripted request type: it gets the parsed request, returns the reply model
 

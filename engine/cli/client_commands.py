@@ -11,7 +11,8 @@ import json
 import shlex
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +22,9 @@ from engine.client import DEFAULT_MODEL, EngineClient, EngineUnavailable, connec
 from engine.params import check_params, fps_text
 from engine.paths import lock_holder, lock_path, log_path
 from engine.wire import LEAVES_WITHIN_S
+
+if TYPE_CHECKING:
+    from engine.protocol import JobSummary, LaneState, StatusReply, WorkerState
 
 EXIT_FAILED = 1
 
@@ -61,12 +65,14 @@ def job_params(
     client: EngineClient, base: dict[str, Any], given: dict[str, Any], args: argparse.Namespace, model: str
 ) -> dict[str, Any]:
     """The earlier job's (or just the prompt), then the preset's, then the given parameters, checked."""
+    from engine.protocol import ListPresets
+
     params = dict(base)
     if args.preset is not None:
-        presets = client.request("list_presets")["presets"]
+        presets = client.call(ListPresets()).presets
         if args.preset not in presets:
             raise ValueError(f"no preset named {args.preset!r}; known: {', '.join(sorted(presets))}")
-        params.update(presets[args.preset]["params"])
+        params.update(presets[args.preset].params)
     params = check_params({**params, **given}, complete=False)
     check_length(params, model)
     return params
@@ -80,7 +86,9 @@ def engine_for(args: argparse.Namespace) -> EngineClient:
 
 
 def served_model(client: EngineClient) -> str:
-    return client.request("status")["model"]
+    from engine.protocol import Status
+
+    return client.call(Status()).model
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -100,49 +108,48 @@ def run_rerun(args: argparse.Namespace) -> int:
             given["prompt"] = args.prompt
         return check_params(given, complete=False)
 
+    from engine.protocol import GetJob
+
     given_for(args.model or DEFAULT_MODEL)
+    request = GetJob(job_id=args.job)  # built first: a refused id starts no engine
     with engine_for(args) as client:
-        job = client.request("get_job", job_id=args.job)["job"]
+        job = client.call(request).job
         serving = served_model(client)
-        if job["model"] != serving:  # a re-run uses its job's model, which this engine cannot switch to
+        if job.model != serving:  # a re-run uses its job's model, which this engine cannot switch to
             raise ValueError(
-                f"job {job['id']} ran on the {job['model']!r} model and this engine serves {serving!r}: "
+                f"job {job.id} ran on the {job.model!r} model and this engine serves {serving!r}: "
                 f"stop it (`landiff-engine stop`), then `landiff-engine rerun {args.job} --model "
-                f"{job['model']}` starts one with {job['model']!r}"
+                f"{job.model}` starts one with {job.model!r}"
             )
-        params = job_params(client, dict(job["params"]), given_for(serving), args, serving)
+        params = job_params(client, dict(job.params), given_for(serving), args, serving)
         return submit_and_report(client, params, args.wait)
 
 
 def submit_and_report(client: EngineClient, params: dict[str, Any], wait: bool) -> int:
-    if wait:
-        since = client.request("subscribe", since=0)["seq"]  # only what happens from now on
-        del since
-    job_id = client.request("submit", params=params)["job_id"]
+    from engine.protocol import Submit, Subscribe
+
+    if wait:  # the events of what happens from now on (the reply holds the earlier ones)
+        client.call(Subscribe(since=0))
+    job_id = client.call(Submit.model_validate({"params": params})).job_id
     print(job_id)
     return follow(client, job_id) if wait else 0
 
 
 def follow(client: EngineClient, job_id: str) -> int:
-    from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     from engine import protocol as p
-    from engine.job_words import progress_name
+    from engine.job_words import progress_words
 
     console = Console(stderr=True)
     columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     tasks: dict[str, TaskID] = {}
     with Progress(*columns, console=console) as progress:
-        for message in client.events():
-            if message.get("job_id") != job_id:
-                continue
-            try:
-                event = p.parse_event(message)
-            except ValidationError:  # a kind this client does not know (a newer engine's): not its business
+        for event in client.event_models():
+            if not isinstance(event, p.JobEvent) or event.job_id != job_id:
                 continue
             if isinstance(event, p.JobProgressEvent):
-                name = progress_name(event)
+                name = progress_words(event).name
                 if event.stage not in tasks:
                     tasks[event.stage] = progress.add_task(name, total=event.total)
                 progress.update(tasks[event.stage], completed=event.step, total=event.total, description=name)
@@ -163,129 +170,160 @@ def follow(client: EngineClient, job_id: str) -> int:
                         f"{event.chunks}, {event.frames} frames: {event.video}"
                     )
                     return EXIT_FAILED
-                error = getattr(event, "error", None) or ""
-                console.print(f"{message['event'].removeprefix('job_')}: {error}".rstrip(": "))
+                error = event.error if isinstance(event, p.JobFailedEvent | p.JobInterruptedEvent) else None
+                console.print(f"{event.event.removeprefix('job_')}: {error or ''}".rstrip(": "))
                 return EXIT_FAILED
     return EXIT_FAILED
 
 
 def run_jobs(args: argparse.Namespace) -> int:
+    from engine.protocol import ListJobs
+
+    # from a dict: --status is any text until the model checks it; a refused request starts no engine
+    request = ListJobs.model_validate({"status": args.status, "search": args.search, "limit": args.limit})
     with engine_for(args) as client:
-        result = client.request("list_jobs", status=args.status, search=args.search, limit=args.limit)
+        result = client.call(request)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
         return 0
     table = Table("id", "status", "created", "steps", "seed", "prompt")
-    import time
-
-    for job in result["jobs"]:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created_at"]))
-        params = job["params"]
-        table.add_row(
-            job["id"], job["status"], created, str(params["steps"]), str(params["seed"]), job["prompt"][:60]
-        )
+    for job in result.jobs:
+        table.add_row(*job_row(job))
     Console().print(table)
-    print(f"{len(result['jobs'])} of {result['total']} job(s)")
+    print(f"{len(result.jobs)} of {result.total} job(s)")
     return 0
+
+
+def job_row(job: JobSummary) -> tuple[str, str, str, str, str, str]:
+    """A job as the `jobs` table's row: id, status, created, steps, seed, prompt (cut to 60 characters)."""
+    created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at))
+    # `params` as submitted (JobSummary keeps them as plain data)
+    steps, seed = str(job.params["steps"]), str(job.params["seed"])
+    return job.id, job.status, created, steps, seed, job.prompt[:60]
 
 
 def run_show(args: argparse.Namespace) -> int:
-    with engine_for(args) as client:
-        job = client.request("get_job", job_id=args.job)["job"]
-    if args.json:
-        print(json.dumps(job, indent=2))
-        return 0
-    for key in ("id", "status", "prompt", "model", "worker", "video_path", "tokens_path", "error"):
-        if job.get(key) is not None:
-            print(f"{key:>12}: {job[key]}")
-    print(f"{'fps':>12}: {fps_text(job['params'], job['model'])}")
-    print(f"{'params':>12}: {json.dumps(job['params'])}")
-    if job["timings"]:
-        print(f"{'timings':>12}: " + ", ".join(f"{k} {v:.1f}s" for k, v in job["timings"].items()))
-    if job.get("video_path"):
-        from engine.job_words import quality_lines
+    from engine.protocol import GetJob
 
-        for label, text in quality_lines(job.get("quality")):
-            print(f"{label:>12}: {text}")
+    request = GetJob(job_id=args.job)
+    with engine_for(args) as client:
+        job = client.call(request).job
+    if args.json:
+        print(json.dumps(job.model_dump(mode="json"), indent=2))
+        return 0
+    for label, text in describe_job(job):
+        print(f"{label:>12}: {text}")
     return 0
 
 
+def describe_job(job: JobSummary) -> list[tuple[str, str]]:
+    """A job as (label, text) lines: what is known of it, its parameters and timings, its quality."""
+    from engine.job_words import quality_lines
+
+    known = {
+        "id": job.id,
+        "status": job.status,
+        "prompt": job.prompt,
+        "model": job.model,
+        "worker": job.worker,
+        "video_path": job.video_path,
+        "tokens_path": job.tokens_path,
+        "error": job.error,
+    }
+    lines = [(label, text) for label, text in known.items() if text is not None]
+    lines += [("fps", fps_text(job.params, job.model)), ("params", json.dumps(job.params))]
+    if job.timings:
+        lines.append(("timings", ", ".join(f"{k} {v:.1f}s" for k, v in job.timings.items())))
+    if job.video_path:
+        lines += quality_lines(job.quality)
+    return lines
+
+
 def run_cancel(args: argparse.Namespace) -> int:
+    from engine.protocol import Cancel
+
+    request = Cancel(job_id=args.job)
     with engine_for(args) as client:
-        result = client.request("cancel", job_id=args.job)
-    print(f"{result['job_id']}: {result['status']}")
+        result = client.call(request)
+    print(f"{result.job_id}: {result.status}")
     return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from engine.protocol import Status
+
     with engine_for(args) as client:
-        status = client.request("status")
+        status = client.call(Status())
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps(status.model_dump(mode="json"), indent=2))
         return 0
     for label, text in describe_status(status):
         print(f"{label:>10}: {text}")
     return 0
 
 
-def describe_status(status: dict[str, Any]) -> list[tuple[str, str]]:
+def describe_status(status: StatusReply) -> list[tuple[str, str]]:
     """The status reply as a few readable lines (`--json` gives every field)."""
-    used, total = status.get("memory_used_bytes"), status.get("memory_total_bytes")
+    used, total = status.memory_used_bytes, status.memory_total_bytes
     memory = "-" if used is None else f"{used / 2**30:.1f} GiB"
     if used is not None and total:
         memory += f" of {total / 2**30:.1f} GiB"
-    up = int(status.get("uptime_s") or 0)
-    queue = status.get("queue") or []
+    up = int(status.uptime_s)
+    queue = status.queue
     waiting = f"{len(queue)} job(s)" + (": " + ", ".join(queue[:5]) if queue else "")
-    loaded = ", ".join(status.get("models_loaded") or []) or "none (they load with the next job)"
-    workers = status.get("workers") or []
-    running = [worker["job_id"] for worker in workers if worker["job_id"]] or [status.get("running")]
+    loaded = ", ".join(status.models_loaded) or "none (they load with the next job)"
+    workers = status.workers
+    running = [worker.job_id for worker in workers if worker.job_id]
+    if not running and status.running:
+        running = [status.running]
     return [
-        ("engine", f"{status['engine_version']}, pid {status['pid']}, up {up // 3600}:{up // 60 % 60:02d}"),
-        ("model", status["model"]),
-        ("device", f"{status['device']}, memory {memory}"),
+        ("engine", f"{status.engine_version}, pid {status.pid}, up {up // 3600}:{up // 60 % 60:02d}"),
+        ("model", status.model),
+        ("device", f"{status.device}, memory {memory}"),
         ("loaded", loaded),
         ("workers", f"{len(workers)}" if workers else "none (every one was lost; jobs wait for one)"),
-        *[(worker["label"], describe_worker(worker)) for worker in workers],
-        *([("LLM lane", describe_lane(status["llm_lane"]))] if status.get("llm_lane") else []),
-        ("running", ", ".join(job for job in running if job) or "nothing"),
+        *[(worker.label, describe_worker(worker)) for worker in workers],
+        *([("LLM lane", describe_lane(status.llm_lane))] if status.llm_lane else []),
+        ("running", ", ".join(running) or "nothing"),
         ("queue", waiting + (" ..." if len(queue) > 5 else "")),
-        ("weights", "downloading" if status.get("downloading") else "idle"),
-        ("options", shlex.join(status.get("options") or []) or "none (serve's defaults)"),
+        ("weights", "downloading" if status.downloading else "idle"),
+        ("options", shlex.join(status.options) or "none (serve's defaults)"),
     ]
 
 
-def describe_worker(worker: dict[str, Any]) -> str:
+def describe_worker(worker: WorkerState) -> str:
     """What a worker does, as "running 3f2a9c1b0d4e, models stage1, stage2" or "idle, no models loaded"."""
-    doing = f"running {worker['job_id']}" if worker["job_id"] else worker["state"]
-    models = ", ".join(worker["models_loaded"])
-    used, total = worker.get("memory_used_bytes"), worker.get("memory_total_bytes")
+    doing = f"running {worker.job_id}" if worker.job_id else worker.state
+    models = ", ".join(worker.models_loaded)
+    used, total = worker.memory_used_bytes, worker.memory_total_bytes
     memory = f", memory {used / 2**30:.1f} of {total / 2**30:.1f} GiB" if used is not None and total else ""
     return f"{doing}, " + (f"models {models}" if models else "no models loaded") + memory
 
 
-def describe_lane(lane: dict[str, Any]) -> str:
+def describe_lane(lane: LaneState) -> str:
     """The LLM lane, as "cuda:2, making 3f2a9c1b0d4e, tokens ready for 1 job(s), models stage1"."""
-    doing = f"making {lane['job_id']}" if lane["job_id"] else lane["state"]
-    ready = f", tokens ready for {len(lane['ready'])} job(s)" if lane["ready"] else ""
-    models = ", ".join(lane["models_loaded"]) or "none loaded"
-    return f"{lane['label']}, {doing}{ready}, models {models}"
+    doing = f"making {lane.job_id}" if lane.job_id else lane.state
+    ready = f", tokens ready for {len(lane.ready)} job(s)" if lane.ready else ""
+    models = ", ".join(lane.models_loaded) or "none loaded"
+    return f"{lane.label}, {doing}{ready}, models {models}"
 
 
 def run_presets(args: argparse.Namespace) -> int:
+    from engine.protocol import DeletePreset, ListPresets, SavePreset
+
     with engine_for(args) as client:
         if args.save:
-            client.request("save_preset", name=args.save, params=given_params(args))
+            client.call(SavePreset(name=args.save, params=given_params(args)))
             print(f"saved preset {args.save!r}")
             return 0
         if args.delete:
-            client.request("delete_preset", name=args.delete)
+            client.call(DeletePreset(name=args.delete))
             print(f"deleted preset {args.delete!r}")
             return 0
-        presets = client.request("list_presets")["presets"]
+        presets = client.call(ListPresets()).presets
     for name, preset in presets.items():
-        kind = "built in" if preset["builtin"] else "saved"
-        print(f"{name:<24} {kind:<9} {json.dumps(preset['params'])}")
+        kind = "built in" if preset.builtin else "saved"
+        print(f"{name:<24} {kind:<9} {json.dumps(preset.params)}")
     return 0
 
 
@@ -295,8 +333,10 @@ def run_stop(args: argparse.Namespace) -> int:
     except EngineUnavailable:
         print("no engine is running; nothing to stop")
         return 0
+    from engine.protocol import Shutdown
+
     with client:
-        client.request("shutdown")
+        client.call(Shutdown())
     print("engine stopping (a running job is marked interrupted)...", flush=True)
     # it has left once it lets go of the data dir's lock (its workers may first finish a torch import), so
     # a `serve` or a client started after this finds the data dir free
@@ -310,7 +350,9 @@ def run_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_client_commands(commands) -> dict:
+def add_client_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> dict[str, Callable[[argparse.Namespace], int]]:
     submit = commands.add_parser("submit", help="queue a job on the engine (starting it if needed)")
     add_prompt_argument(submit)
     add_job_options(submit)

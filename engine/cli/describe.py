@@ -3,8 +3,13 @@ engine/job_words.py, shared with the TUI."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def describe_length(plan) -> str:
+if TYPE_CHECKING:
+    from engine.generation.lengths import ChunkPlan
+
+
+def describe_length(plan: ChunkPlan) -> str:
     chunks = "1 chunk"
     if plan.chunks > 1:
         chunks = f"{plan.chunks} chunks of {plan.window} latent frames, overlap {plan.overlap}"

@@ -11,13 +11,20 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
 from engine.cli.param_options import add_param_options, add_prompt_argument, given_params
-from engine.job_words import PROGRESS_STAGES, progress_name
+from engine.job_words import PROGRESS_STAGES, progress_words
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from rich.console import Console
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -46,7 +53,7 @@ def check_writable(path: Path, option: str) -> None:
         raise ValueError(f"{option} {path}: {folder} cannot be written by this user; choose another {option}")
 
 
-client_handlers: dict = {}
+client_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +219,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_options(args: argparse.Namespace) -> dict:
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Pipeline's keyword arguments for the run options `add_run_options` parsed."""
     from engine.generation.speed import DiTOptions
 
@@ -224,7 +231,7 @@ def slug(text: str, limit: int = 40) -> str:
     return words[:limit].rstrip("-") or "video"
 
 
-def save_npy_atomically(array, path: Path) -> None:
+def save_npy_atomically(array: np.ndarray, path: Path) -> None:
     import numpy as np
 
     from engine.atomic import write_atomically
@@ -232,7 +239,7 @@ def save_npy_atomically(array, path: Path) -> None:
     write_atomically(path, lambda partial: np.save(partial, array))
 
 
-def parse_device(name: str | None):
+def parse_device(name: str | None) -> torch.device | None:
     import torch
 
     if name is None:
@@ -405,10 +412,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from engine.cli.describe import describe_length
     from engine.generation.job import JobSpec
-    from engine.generation.job import Progress as ProgressReport
     from engine.generation.pipeline import Pipeline
     from engine.generation.prompt_tokens import check_prompt_fits
     from engine.params import check_params
+    from engine.protocol import ProgressReport
     from engine.specs import get_spec
     from engine.weights.layout import layout_for
     from engine.weights.tiny import ensure_tiny_release
@@ -436,12 +443,16 @@ def run_generate(args: argparse.Namespace) -> int:
         tasks: dict[str, TaskID] = {}
 
         def on_progress(event: ProgressReport) -> None:
-            name, unit = progress_name(event), PROGRESS_STAGES.get(event.stage, ("", None))[1]
+            words = progress_words(event)
             if event.stage not in tasks:
-                tasks[event.stage] = progress.add_task(name, total=event.total, unit=unit)
+                tasks[event.stage] = progress.add_task(words.name, total=event.total, unit=words.unit)
             seconds = event.step / event.rate if event.rate else None  # the stage's own time so far
             progress.update(
-                tasks[event.stage], completed=event.step, total=event.total, description=name, seconds=seconds
+                tasks[event.stage],
+                completed=event.step,
+                total=event.total,
+                description=words.name,
+                seconds=seconds,
             )
 
         with console.status(f"loading the {spec.name} models on {pipeline.device}"):
@@ -464,7 +475,7 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def record_quality(video: Path, sidecar: Path, prompt: str, root: Path, model: str, console) -> None:
+def record_quality(video: Path, sidecar: Path, prompt: str, root: Path, model: str, console: Console) -> None:
     """`generate --quality`: the video measured into its sidecar, and said (a video that could not be
     read gets its error there; the video itself is made, so the exit status stays 0)."""
     from engine.generation.video_quality import measure_into_sidecar
@@ -492,6 +503,15 @@ def serve_command_options(argv: list[str]) -> list[str]:
     return kept
 
 
+def user_mistake(error: Exception) -> str:
+    """A refusal in one line: a model's ValidationError (several lines of pydantic's) names each field."""
+    from pydantic import ValidationError
+
+    from engine.protocol import describe_validation
+
+    return describe_validation(error, "request") if isinstance(error, ValidationError) else str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
@@ -510,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"landiff-engine {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, CheckpointError) as error:
-        print(f"landiff-engine {args.command}: {error}", file=sys.stderr)
+        print(f"landiff-engine {args.command}: {user_mistake(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"landiff-engine {args.command}: interrupted", file=sys.stderr)

@@ -1,5 +1,5 @@
 """`landiff-engine quality JOB`: (re)measure a finished job's quality through the engine and print its
-record (in engine.cli.describe's words, as `show` does).
+record (in engine.job_words' words, as `show` does).
 
 Through the engine, not here: the engine is the only writer of the store and the sidecar, and its probe
 already has the CLIP loaded when there is a backlog. Measuring starts the engine as every client
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 from rich.console import Console
 
@@ -20,32 +21,36 @@ EXIT_FAILED = 1
 
 def run_quality(args: argparse.Namespace) -> int:
     from engine.cli.client_commands import engine_for
+    from engine.protocol import JobQualityEvent, ProbeQuality, QualityRecord, Status, Subscribe
 
     console = Console(stderr=True)
+    request = ProbeQuality(job_id=args.job)
     with engine_for(args) as client:
-        client.request("subscribe", since=client.request("status")["seq"])
-        job_id = client.request("probe_quality", job_id=args.job)["job_id"]
+        client.call(Subscribe(since=client.call(Status()).seq))
+        job_id = client.call(request).job_id
         console.print(f"measuring job {job_id} (Ctrl-C detaches; the engine records it all the same)")
+        quality: QualityRecord | None = None
         try:
-            quality = next(
-                event["quality"]
-                for event in client.events()
-                if event["event"] == "job_quality" and event["job_id"] == job_id
-            )
+            for event in client.event_models():
+                if isinstance(event, JobQualityEvent) and event.job_id == job_id:
+                    quality = event.quality
+                    break
         except KeyboardInterrupt:
             console.print(f"detached; `landiff-engine show {job_id}` shows it once measured")
             return 0
-        except StopIteration:  # pragma: no cover - events() ends only when the engine goes away
-            return EXIT_FAILED
+    if quality is None:  # pragma: no cover - the events end only when the engine goes away
+        return EXIT_FAILED
     if args.json:
-        print(json.dumps(quality, indent=2))
+        print(json.dumps(quality.model_dump(mode="json"), indent=2))
     else:
         for label, text in quality_lines(quality):
             print(f"{label:>12}: {text}")
-    return EXIT_FAILED if quality.get("error") else 0
+    return EXIT_FAILED if quality.error else 0
 
 
-def add_quality_commands(commands) -> dict:
+def add_quality_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> dict[str, Callable[[argparse.Namespace], int]]:
     from engine.cli.client_commands import add_engine_options
 
     quality = commands.add_parser(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -19,9 +21,10 @@ from rich.progress import (
 from rich.table import Table
 
 from engine import settings
-from engine.client import EngineUnavailable, connect
+from engine.client import EngineClient, EngineUnavailable, connect
 from engine.weights.downloads import (
     Downloader,
+    DownloadProgress,
     download_release,
     file_states,
     planned_files,
@@ -32,10 +35,15 @@ from engine.weights.downloads import (
 )
 from engine.weights.layout import HOME_ENV, weights_root, where_it_looked
 
+if TYPE_CHECKING:
+    from engine.protocol import RootCandidate, WeightFileState
+
 EXIT_FAILED = 1
 
 
-def add_weights_commands(commands) -> dict:
+def add_weights_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> dict[str, Callable[[argparse.Namespace], int]]:
     weights = commands.add_parser("weights", help="see, download and verify the model weights")
     verbs = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     common = argparse.ArgumentParser(add_help=False)
@@ -82,8 +90,10 @@ def checksums_of(args: argparse.Namespace) -> dict[str, str] | None:
 def run_weights(args: argparse.Namespace) -> int:
     root = args.ckpts or weights_root()
     if args.weights_command == "cancel":
+        from engine.protocol import CancelDownload
+
         with connect() as client:
-            client.request("cancel_download")
+            client.call(CancelDownload())
         print("download cancelling; run `landiff-engine weights download` to resume")
         return 0
     if args.weights_command == "slim-flan":
@@ -98,37 +108,50 @@ def run_weights(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace, root: Path) -> int:
+    from engine.protocol import RootCandidate, WeightFileState
+
     # the optional CLIP is listed with all files, not with one stage's
     states = file_states(root, planned_files(root, args.only, checksums_of(args), clip=args.only == "all"))
-    looked = where_it_looked(args.ckpts)
+    # as the engine's weights_status reply holds them
+    files = [WeightFileState.model_validate(vars(state)) for state in states]
+    looked = [RootCandidate.model_validate(place) for place in where_it_looked(args.ckpts)]
     if args.json:
-        report = {"root": str(root), "looked": looked, "files": [vars(state) for state in states]}
+        report = {
+            "root": str(root),
+            "looked": [place.model_dump(mode="json") for place in looked],
+            "files": [file.model_dump(mode="json") for file in files],
+        }
         print(json.dumps(report, indent=2))
     else:
-        console = Console()
-        table = Table("file", "state", "size", title=f"weights in {root}")
-        for state in states:
-            size = "" if state.size is None else f"{state.size / 2**20:,.1f} MiB"
-            table.add_row(state.local, state.state + (" (optional)" if state.optional else ""), size)
-        console.print(table)
-        console.print("where it looked, in order:")
-        for place in looked:
-            verdict = "used" if place["chosen"] else ("outranked" if place["applies"] else "not there")
-            where = f"{place['path']} ({verdict})" if place["path"] else "not set"
-            console.print(f"  {place['rule']}: {where}", highlight=False, soft_wrap=True)
-    complete = all(state.state in ("verified", "present") for state in states if not state.optional)
-    if not args.json:
-        print(weights_summary(states))
+        print_weights(Console(), str(root), files, looked)
+        print(weights_summary(files))
+    complete = all(file.state in ("verified", "present") for file in files if not file.optional)
     return 0 if complete else EXIT_FAILED
 
 
-def weights_summary(states) -> str:
+def print_weights(
+    console: Console, root: str, files: Sequence[WeightFileState], looked: Sequence[RootCandidate]
+) -> None:
+    """A table of the files and their states, then where the weights root was looked for."""
+    table = Table("file", "state", "size", title=f"weights in {root}")
+    for file in files:
+        size = "" if file.size is None else f"{file.size / 2**20:,.1f} MiB"
+        table.add_row(file.local, file.state + (" (optional)" if file.optional else ""), size)
+    console.print(table)
+    console.print("where it looked, in order:")
+    for place in looked:
+        verdict = "used" if place.chosen else ("outranked" if place.applies else "not there")
+        where = f"{place.path} ({verdict})" if place.path else "not set"
+        console.print(f"  {place.rule}: {where}", highlight=False, soft_wrap=True)
+
+
+def weights_summary(files: Sequence[WeightFileState]) -> str:
     """One line: how many files are verified, what is missing or damaged, and the command to run next;
     then, when they are not all there, the optional CLIP's state (the quality probe's)."""
-    optional = [state for state in states if state.optional]
-    states = [state for state in states if not state.optional]
-    count = {name: sum(state.state == name for state in states) for name in STATES}
-    parts = [f"{count['verified']} of {len(states)} file(s) verified"]
+    optional = [file for file in files if file.optional]
+    required = [file for file in files if not file.optional]
+    count = {name: sum(file.state == name for file in required) for name in STATES}
+    parts = [f"{count['verified']} of {len(required)} file(s) verified"]
     if count["present"]:
         parts.append(f"{count['present']} present but not checked")
     lacking = count["missing"] + count["partial"] + count["corrupt"]
@@ -142,7 +165,7 @@ def weights_summary(states) -> str:
     else:
         step = "ready"
     line = "; ".join(parts) + f". Next: {step}"
-    lacking_clip = [state for state in optional if state.state not in ("verified", "present")]
+    lacking_clip = [file for file in optional if file.state not in ("verified", "present")]
     if lacking_clip:
         line += (
             f"\nThe quality probe's optional CLIP lacks {len(lacking_clip)} of {len(optional)} file(s): "
@@ -200,7 +223,7 @@ def run_download(args: argparse.Namespace, root: Path) -> int:
         total = progress.add_task("total", total=None)
         current: dict[str, TaskID] = {}
 
-        def on_progress(event) -> None:
+        def on_progress(event: DownloadProgress) -> None:
             if event.file not in current:
                 current[event.file] = progress.add_task(event.file, total=event.file_total)
             progress.update(current[event.file], completed=event.file_done)
@@ -219,27 +242,29 @@ def run_download(args: argparse.Namespace, root: Path) -> int:
     return EXIT_FAILED if report.failed else 0
 
 
-def follow_engine_download(client, only: str, clip: bool = False) -> int:
+def follow_engine_download(client: EngineClient, only: str, clip: bool = False) -> int:
+    from engine import protocol as p
+
     console = Console(stderr=True)
-    client.request("subscribe", since=client.request("status")["seq"])
-    started = client.request("download_weights", only=only, clip=clip)
-    console.print(f"the engine is downloading into {started['root']} (Ctrl-C detaches; the download goes on)")
+    client.call(p.Subscribe(since=client.call(p.Status()).seq))
+    # validated from a dict: `only` is --only's text, one of the choices argparse allows
+    started = client.call(p.DownloadWeights.model_validate({"only": only, "clip": clip}))
+    console.print(f"the engine is downloading into {started.root} (Ctrl-C detaches; the download goes on)")
     try:
         with progress_bar(console) as progress:
             total = progress.add_task("total", total=None)
-            for event in client.events():
-                kind = event["event"]
-                if kind == "download_progress":
-                    progress.update(total, completed=event["done"], total=event["total"] or None)
-                elif kind == "download_finished":
+            for event in client.event_models():
+                if isinstance(event, p.DownloadProgressEvent):
+                    progress.update(total, completed=event.done, total=event.total or None)
+                elif isinstance(event, p.DownloadFinishedEvent):
                     progress.stop()
-                    console.print(f"{len(event['fetched'])} fetched, {event['skipped']} already present")
-                    for name, why in event["failed"].items():
+                    console.print(f"{len(event.fetched)} fetched, {event.skipped} already present")
+                    for name, why in event.failed.items():
                         console.print(f"{name}: {why}; removed, run the download again")
-                    return EXIT_FAILED if event["failed"] else 0
-                elif kind in ("download_failed", "download_cancelled"):
+                    return EXIT_FAILED if event.failed else 0
+                elif isinstance(event, p.DownloadFailedEvent | p.DownloadCancelledEvent):
                     progress.stop()
-                    console.print(event.get("error") or event.get("message"))
+                    console.print(event.error if isinstance(event, p.DownloadFailedEvent) else event.message)
                     return EXIT_FAILED
     except KeyboardInterrupt:
         console.print("detached; the engine keeps downloading (`landiff-engine weights cancel` stops it)")

@@ -8,15 +8,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from engine.generation.job import ChunkDone, JobResult, JobSpec, Progress
+    from engine.generation.job import ChunkDone, JobResult, JobSpec
     from engine.generation.pipeline import SemanticTokens
+    from engine.protocol import ProgressReport
 
 
 class PipelineBackend(Protocol):
     def run(
         self,
         job: JobSpec,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: Callable[[ProgressReport], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_chunk: Callable[[ChunkDone], None] | None = None,
         tokens: SemanticTokens | None = None,

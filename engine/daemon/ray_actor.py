@@ -2,7 +2,7 @@
 
 `PipelineHost` is a plain class; ray_pipeline.actor_class makes it a Ray actor (so importing this module
 loads neither ray nor torch). One job at a time: `run` is a generator that Ray streams back to the engine,
-item by item: the pipeline's `Progress` reports, a `ChunkSent` per finished chunk, `Loaded` when the warm
+item by item: the pipeline's progress reports, a `ChunkSent` per finished chunk, `Loaded` when the warm
 models change, and one last `Outcome`. `cancel` runs beside it (the actor's second concurrency group) and
 stops the job it names at its next step, as a local cancel does.
 
@@ -22,7 +22,7 @@ import queue
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,17 +36,10 @@ HASH_BLOCK = 1 << 20
 
 @dataclass(frozen=True)
 class ChunkSent:
-    """A finished chunk, as engine.generation.job.ChunkDone says it, less its frames: the preview frame (the
-    chunk's last, uint8 [H, W, 3]) and the bytes the chunk appended to the growing video."""
+    """A finished chunk: the pipeline's ChunkDone with only its preview frame (the chunk's last) for frames,
+    and the bytes the chunk appended to the growing video."""
 
-    index: int
-    chunks: int
-    first_frame: int
-    last_frame: int
-    frames_written: int
-    video_seconds: float
-    timings_s: dict[str, float]
-    preview: Any  # np.ndarray
+    done: Any  # engine.generation.job.ChunkDone; its partial_video names the actor's scratch file
     video_tail: bytes
 
 
@@ -138,7 +131,7 @@ class PipelineHost:
         return Pipeline.for_model(self.model, ckpts, memory=options.memory, dit=options.dit())
 
     def run(self, key: str, params: dict[str, Any], out_name: str, tokens: bytes | None = None):
-        """One job, streamed: Progress, ChunkSent and Loaded items, then one Outcome.
+        """One job, streamed: progress reports, ChunkSent and Loaded items, then one Outcome.
 
         The pipeline runs in a thread of this actor; its callbacks queue what this generator yields."""
         self.stop.clear()
@@ -193,19 +186,7 @@ class PipelineHost:
                 video.seek(sent[0])
                 tail = video.read()
             sent[0] += len(tail)
-            items.put(
-                ChunkSent(
-                    done.index,
-                    done.chunks,
-                    done.first_frame,
-                    done.last_frame,
-                    done.frames_written,
-                    done.video_seconds,
-                    dict(done.timings_s),
-                    done.preview.copy(),
-                    tail,
-                )
-            )
+            items.put(ChunkSent(replace(done, frames=done.preview[None].copy(), video_frames=None), tail))
 
         if self.pipeline is None:
             self.pipeline = self.make_pipeline()

@@ -22,11 +22,12 @@ import numpy as np
 from engine.atomic import partial_path, write_atomically
 from engine.daemon.ray_actor import ChunkSent, Loaded, Outcome, PipelineHost, SentFiles
 from engine.daemon.worker import WorkerLost
+from engine.protocol import ProgressReport
 
 if TYPE_CHECKING:
     from ray.actor import ActorClass
 
-    from engine.generation.job import ChunkDone, JobResult, JobSpec, Progress
+    from engine.generation.job import ChunkDone, JobResult, JobSpec
     from engine.generation.pipeline import SemanticTokens
 
 WAIT_S = 0.1  # how long the engine waits on the stream before it looks at should_stop again
@@ -88,7 +89,7 @@ class RemotePipeline:
     def run(
         self,
         job: JobSpec,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: Callable[[ProgressReport], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_chunk: Callable[[ChunkDone], None] | None = None,
         tokens: SemanticTokens | None = None,
@@ -124,8 +125,6 @@ class RemotePipeline:
         import ray
         from ray.exceptions import RayTaskError
 
-        from engine.generation.job import ChunkDone, Progress
-
         lost = lost_errors()
         key = uuid.uuid4().hex  # what a cancel names: this job, not the actor's next one
         cancel_sent = -math.inf
@@ -146,13 +145,13 @@ class RemotePipeline:
                     item = ray.get(next(stream))
                 except StopIteration:
                     raise WorkerLost("its Ray actor's stream ended without the job's outcome") from None
-                if isinstance(item, Progress):
+                if isinstance(item, ProgressReport):
                     if on_progress is not None:
                         on_progress(item)
                 elif isinstance(item, ChunkSent):
                     mirror.append(item.video_tail)
-                    if on_chunk is not None:
-                        on_chunk(chunk_done(ChunkDone, item, mirror.partial))
+                    if on_chunk is not None:  # its frames are the preview only: what the engine uses of them
+                        on_chunk(replace(item.done, partial_video=mirror.partial))
                 elif isinstance(item, Loaded):
                     self.loaded = item
                 elif isinstance(item, Outcome):
@@ -206,22 +205,6 @@ class VideoMirror:
         if self.file is not None:
             self.file.close()
         self.partial.unlink(missing_ok=True)
-
-
-def chunk_done(chunk_class, sent: ChunkSent, partial_video: Path) -> ChunkDone:
-    """The engine's ChunkDone for a chunk the actor finished: its frames are the preview frame only (what
-    the engine uses of them), its partial video the engine's copy."""
-    return chunk_class(
-        index=sent.index,
-        chunks=sent.chunks,
-        first_frame=sent.first_frame,
-        last_frame=sent.last_frame,
-        frames_written=sent.frames_written,
-        video_seconds=sent.video_seconds,
-        timings_s=sent.timings_s,
-        frames=sent.preview[None],
-        partial_video=partial_video,
-    )
 
 
 def land(job: JobSpec, files: SentFiles, mirror: VideoMirror, label: str) -> JobResult:

@@ -1,5 +1,6 @@
-"""The engine's request handlers. They know no sockets: each takes a request model and returns the
-result's fields, or raises RequestFailed with a code and a message that says what to do.
+"""The engine's request handlers. They know no sockets: each takes a request model and returns its reply
+model (`reply_type` of the request's), or raises RequestFailed with a code and a message that says what to
+do.
 
 Store calls run on the store thread, never on the event loop. An event is published after the store
 write it describes.
@@ -15,9 +16,11 @@ import os
 import shutil
 import time
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
 
 from engine import __version__
 from engine.daemon import logs
@@ -32,29 +35,57 @@ from engine.protocol import (
     REQUEST_MODELS,
     Cancel,
     CancelDownload,
+    CancelDownloadReply,
+    CancelReply,
+    ChunkFinishedEvent,
     DeleteJob,
     DeletePreset,
     DownloadWeights,
+    EmptyReply,
+    Event,
+    Exact,
     GetJob,
     Hello,
+    HelloReply,
     JobCancelledEvent,
     JobDeletedEvent,
+    JobIdReply,
+    JobList,
     JobParams,
+    JobProgressEvent,
     JobQueuedEvent,
+    JobReply,
+    JobSummary,
+    LaneState,
+    LengthLimits,
+    LengthRecord,
     ListJobs,
     ListPresets,
     LogTail,
+    LogTailReply,
+    Preset,
+    PresetList,
+    PresetNameReply,
     ProbeQuality,
     ReleaseModels,
     Request,
     SavePreset,
     Shutdown,
+    ShutdownReply,
     Status,
+    StatusReply,
     Submit,
+    SubmitReply,
     Subscribe,
+    SubscribeReply,
     VerifyWeights,
+    WeightsJobReply,
     WeightsPart,
     WeightsStatus,
+    WeightsStatusReply,
+    WorkerState,
+    parse_event,
+    reply_type,
     type_name,
 )
 
@@ -64,10 +95,15 @@ if TYPE_CHECKING:
     from engine.daemon.store import JobRow
 
 log = logging.getLogger(__name__)
+E = TypeVar("E", bound=Event)
 ACTIVE_LIMIT = 100  # queued jobs a subscriber's snapshot lists at most (list_jobs status=queued pages on)
 # the most a page of jobs or a snapshot holds, in JSON bytes: far below what a client reads
-# (wire.MAX_REPLY_BYTES) and what the transport queues per client (transport.MAX_QUEUED_BYTES)
-REPLY_BUDGET = 4 * 2**20
+# (wire.MAX_REPLY_BYTES), and what a client that asks and does not read holds of the engine's memory (the
+# transport reads its next request only once it has read this one): ~120 long jobs
+REPLY_BUDGET = 2**20
+# pages of jobs made at once (each in the store's thread): more wait their turn, and the small requests
+# of other clients (status) pass them instead of waiting behind a crowd of pages
+PAGES_AT_ONCE = 2
 
 
 class RequestFailed(Exception):
@@ -76,21 +112,31 @@ class RequestFailed(Exception):
         self.code = code
 
 
-Handler = Callable[[Any, Any], Awaitable[dict[str, Any]]]
+# (service, request) -> the reply model of the request's type, which `handlers` checks each one returns
+Handler = Callable[[Any, Any], Awaitable[Exact]]
 
 
-def handlers(service: type) -> dict[type[Request], Handler]:
+def handlers(service: type) -> dict[type[Request[Any]], Handler]:
     """The service's handler of each request model: its `on_` method whose `request` parameter is
-    annotated with that model. TypeError unless every model of the protocol has exactly one."""
-    found: dict[type[Request], Handler] = {}
+    annotated with that model, and whose return is annotated with exactly the model's reply model.
+    TypeError unless every model of the protocol has exactly one."""
+    found: dict[type[Request[Any]], Handler] = {}
     for name, method in inspect.getmembers(service, inspect.iscoroutinefunction):
         if not name.startswith("on_"):
             continue
-        request_type = typing.get_type_hints(method).get("request")
+        hints = typing.get_type_hints(method)
+        request_type = hints.get("request")
         if request_type not in REQUEST_MODELS:
             raise TypeError(f"{service.__name__}.{name} does not take a request model as `request`")
         if request_type in found:
             raise TypeError(f"{service.__name__}.{name}: a second handler of {request_type.__name__}")
+        reply = reply_type(request_type)
+        if hints.get("return") is not reply:
+            returned = hints.get("return", "nothing")
+            raise TypeError(
+                f"{service.__name__}.{name} must be annotated to return {reply.__name__}, the reply model of "
+                f"{request_type.__name__}, not {getattr(returned, '__name__', returned)}"
+            )
         found[request_type] = method
     missing = [model.__name__ for model in REQUEST_MODELS if model not in found]
     if missing:
@@ -110,16 +156,17 @@ class EngineService:
         outputs: Path,
         log_file: Path,
     ):
+        self.handlers = handlers(type(self))  # first: a service with a wrong handler is refused at once
         self.model, self.store, self.hub, self.workers, self.weights = model, store, hub, workers, weights
         self.stop, self.outputs, self.log_file = stop, outputs, log_file
         self.command_options: list[str] = []  # serve's options but --model: hello reports them
         self.db = StoreThread()
+        self.pages = asyncio.Semaphore(PAGES_AT_ONCE)
         self.quality: QualityProbe | None = None  # the server's quality probe thread
         self.started = time.time()
         self.instance = f"{os.getpid()}-{int(self.started)}"
-        self.handlers = handlers(type(self))
 
-    async def handle(self, request: Request) -> dict[str, Any]:
+    async def handle(self, request: Request[Any]) -> Exact:
         handler = self.handlers[type(request)]
         try:
             return await handler(self, request)
@@ -162,59 +209,71 @@ class EngineService:
             )
         return matches[0]
 
-    def limits(self) -> dict[str, Any]:
+    def limits(self) -> LengthLimits:
         from engine.generation.lengths import limits, rules_for
 
-        return limits(rules_for(self.model))
+        return LengthLimits.model_validate(limits(rules_for(self.model)))
+
+    def latest(self, model: type[E], job_id: str | None) -> E | None:
+        """The newest event of `model`'s kind about `job_id` still in the hub's backlog."""
+        message = self.hub.latest(type_name(model, "event"), job_id) if job_id else None
+        return None if message is None else model.model_validate(message)
+
+    def worker_state(self, view: dict[str, Any]) -> WorkerState:
+        """A worker's view with where its running job stands, so a view opened mid-job draws it at once."""
+        state = WorkerState.model_validate(view)
+        return state.model_copy(
+            update={
+                "progress": self.latest(JobProgressEvent, state.job_id),
+                "last_chunk": self.latest(ChunkFinishedEvent, state.job_id),
+            }
+        )
 
     # the engine
 
-    async def on_hello(self, request: Hello) -> dict[str, Any]:
+    async def on_hello(self, request: Hello) -> HelloReply:
         if request.model is not None and request.model != self.model:
             raise RequestFailed(
                 "wrong_model",
                 f"this engine serves the {self.model!r} model, not {request.model!r}; "
                 "stop it (landiff-engine stop) to start one with another model",
             )
-        return {
-            "protocol": PROTOCOL_VERSION,
-            "engine_version": __version__,
-            "model": self.model,
-            "random_weights": self.weights.spec().random_weights,
-            "instance": self.instance,
-            "pid": os.getpid(),
-            "seq": self.hub.seq,
-            "limits": self.limits(),
-            "options": self.command_options,
-        }
+        return HelloReply(
+            protocol=PROTOCOL_VERSION,
+            engine_version=__version__,
+            model=self.model,
+            random_weights=self.weights.spec().random_weights,
+            instance=self.instance,
+            pid=os.getpid(),
+            seq=self.hub.seq,
+            limits=self.limits(),
+            options=self.command_options,
+        )
 
-    async def on_status(self, request: Status) -> dict[str, Any]:
-        workers = self.workers.view()
-        for worker in workers:  # where each running job stands, so a view opened mid-job draws it at once
-            job_id = worker["job_id"]
-            worker["progress"] = self.hub.latest("job_progress", job_id) if job_id else None
-            worker["last_chunk"] = self.hub.latest("chunk_finished", job_id) if job_id else None
-        running = next((worker for worker in workers if worker["job_id"]), None)
-        return {
-            "model": self.model,
-            "engine_version": __version__,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started, 1),
-            "running": running and running["job_id"],
-            "progress": running and running["progress"],
-            "last_chunk": running and running["last_chunk"],
-            "workers": workers,
-            "llm_lane": self.workers.lane_view(),
-            "queue": await self.db.run(self.store.queued_ids),
-            "models_loaded": self.workers.loaded_models(),
-            "downloading": self.weights.busy(),
-            "seq": self.hub.seq,
-            "limits": self.limits(),
-            "options": self.command_options,
+    async def on_status(self, request: Status) -> StatusReply:
+        workers = [self.worker_state(view) for view in self.workers.view()]
+        running = next((worker for worker in workers if worker.job_id), None)
+        lane = self.workers.lane_view()
+        return StatusReply(
+            model=self.model,
+            engine_version=__version__,
+            pid=os.getpid(),
+            uptime_s=round(time.time() - self.started, 1),
+            running=running.job_id if running else None,
+            progress=running.progress if running else None,
+            last_chunk=running.last_chunk if running else None,
+            workers=workers,
+            llm_lane=None if lane is None else LaneState.model_validate(lane),
+            queue=await self.db.run(self.store.queued_ids),
+            models_loaded=self.workers.loaded_models(),
+            downloading=self.weights.busy(),
+            seq=self.hub.seq,
+            limits=self.limits(),
+            options=self.command_options,
             **device_status(self.workers.torch_ready),
-        }
+        )
 
-    async def on_subscribe(self, request: Subscribe) -> dict[str, Any]:
+    async def on_subscribe(self, request: Subscribe) -> SubscribeReply:
         # The snapshot's seq and missed events are taken before any await: the transport subscribed this
         # connection just before, so every later event reaches it. `active` is read after, so it may
         # already show what an event after `seq` says; a client applies both (they agree).
@@ -223,30 +282,31 @@ class EngineService:
         if json_size(missed) > REPLY_BUDGET:  # more than a reply holds: the client reloads, as after a gap
             missed, gap = [], True
 
-        def active_jobs() -> list[dict[str, Any]]:
+        def active_jobs() -> list[JobSummary]:
             running = self.store.list_jobs(status="running")[0]
             queued = self.store.list_jobs(status="queued", sort="oldest", limit=ACTIVE_LIMIT)[0]
-            return within_budget([row.summary() for row in running + queued])
+            return within_budget([summary(row) for row in running + queued])
 
         active = await self.db.run(active_jobs)
-        return {"seq": seq, "instance": self.instance, "missed": missed, "gap": gap, "active": active}
+        events = [parse_event(message) for message in missed]  # the hub's backlog holds them as sent
+        return SubscribeReply(seq=seq, instance=self.instance, missed=events, gap=gap, active=active)
 
-    async def on_log_tail(self, request: LogTail) -> dict[str, Any]:
+    async def on_log_tail(self, request: LogTail) -> LogTailReply:
         lines = await asyncio.to_thread(logs.tail, self.log_file, request.lines)
-        return {"path": str(self.log_file), "lines": lines}
+        return LogTailReply(path=str(self.log_file), lines=lines)
 
-    async def on_release_models(self, request: ReleaseModels) -> dict[str, Any]:
+    async def on_release_models(self, request: ReleaseModels) -> EmptyReply:
         self.workers.request_release()
-        return {}
+        return EmptyReply()
 
-    async def on_shutdown(self, request: Shutdown) -> dict[str, Any]:
+    async def on_shutdown(self, request: Shutdown) -> ShutdownReply:
         log.info("shutdown requested by a client")
         asyncio.get_running_loop().call_later(0.05, self.stop)  # after this reply has gone out
-        return {"stopping": True}
+        return ShutdownReply(stopping=True)
 
     # jobs
 
-    async def on_submit(self, request: Submit) -> dict[str, Any]:
+    async def on_submit(self, request: Submit) -> SubmitReply:
         from engine.generation.lengths import plan_length, rules_for
 
         params = request.params
@@ -275,7 +335,7 @@ class EngineService:
             shorten(params.prompt),
         )
         self.workers.notify()
-        return {"job_id": row.id, "length": plan.record()}
+        return SubmitReply(job_id=row.id, length=LengthRecord.model_validate(plan.record()))
 
     async def check_prompt(self, prompt: str) -> None:
         """A prompt longer than the language model reads is refused now (never cut when the job runs)."""
@@ -292,32 +352,36 @@ class EngineService:
         except CheckpointError:
             pass  # no tokenizer yet: the job itself fails at load, naming the file to download
 
-    async def on_cancel(self, request: Cancel) -> dict[str, Any]:
+    async def on_cancel(self, request: Cancel) -> CancelReply:
         job_id = await self.resolve(request.job_id)
         outcome = await self.db.run(self.workers.cancel, job_id)
         if outcome == "cancelled":
             self.hub.publish(JobCancelledEvent(job_id=job_id))
             log.info("job %s cancelled while queued", job_id)
-            return {"job_id": job_id, "status": "cancelled"}
+            return CancelReply(job_id=job_id, status="cancelled")
         if outcome == "cancelling":
             log.info("job %s cancel requested while running", job_id)
-            return {"job_id": job_id, "status": "cancelling"}
+            return CancelReply(job_id=job_id, status="cancelling")
         row = await self.job(job_id)
         raise RequestFailed(
             "not_cancellable", f"job {row.id} is {row.status}; only queued or running jobs cancel"
         )
 
-    async def on_list_jobs(self, request: ListJobs) -> dict[str, Any]:
-        rows, total = await self.db.run(
-            self.store.list_jobs, request.search, request.status, request.sort, request.offset, request.limit
-        )
-        # a page stops short of `limit` rather than pass the budget: the next starts at offset + len(jobs)
-        return {"jobs": within_budget([row.summary() for row in rows]), "total": total}
+    async def on_list_jobs(self, request: ListJobs) -> JobList:
+        def page() -> JobList:
+            rows, total = self.store.list_jobs(
+                request.search, request.status, request.sort, request.offset, request.limit
+            )
+            # a page stops short of `limit` rather than pass the budget: the next starts at offset + len(jobs)
+            return JobList(jobs=within_budget(summary(row) for row in rows), total=total)
 
-    async def on_get_job(self, request: GetJob) -> dict[str, Any]:
-        return {"job": (await self.job(request.job_id)).summary()}
+        async with self.pages:
+            return await self.db.run(page)
 
-    async def on_delete_job(self, request: DeleteJob) -> dict[str, Any]:
+    async def on_get_job(self, request: GetJob) -> JobReply:
+        return JobReply(job=summary(await self.job(request.job_id)))
+
+    async def on_delete_job(self, request: DeleteJob) -> JobIdReply:
         row = await self.job(request.job_id)
         if row.status in ("queued", "running"):
             raise RequestFailed("busy", f"job {row.id} is {row.status}; cancel it before deleting")
@@ -334,14 +398,15 @@ class EngineService:
             await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
         self.hub.publish(JobDeletedEvent(job_id=row.id))
         log.info("job %s deleted%s", row.id, " with its files" if request.delete_files else "")
-        return {"job_id": row.id}
+        return JobIdReply(job_id=row.id)
 
     # presets
 
-    async def on_list_presets(self, request: ListPresets) -> dict[str, Any]:
-        return {"presets": await self.db.run(self.store.presets)}
+    async def on_list_presets(self, request: ListPresets) -> PresetList:
+        presets = await self.db.run(self.store.presets)
+        return PresetList(presets={name: Preset.model_validate(preset) for name, preset in presets.items()})
 
-    async def on_save_preset(self, request: SavePreset) -> dict[str, Any]:
+    async def on_save_preset(self, request: SavePreset) -> PresetNameReply:
         unknown = set(request.params) - set(JobParams.model_fields)
         if "prompt" in request.params or unknown:
             bad = sorted(unknown | ({"prompt"} & set(request.params)))
@@ -356,35 +421,35 @@ class EngineService:
             await self.db.run(self.store.save_preset, request.name, request.params)
         except ValueError as error:
             raise RequestFailed("builtin", str(error)) from None
-        return {"name": request.name}
+        return PresetNameReply(name=request.name)
 
-    async def on_delete_preset(self, request: DeletePreset) -> dict[str, Any]:
+    async def on_delete_preset(self, request: DeletePreset) -> PresetNameReply:
         try:
             found = await self.db.run(self.store.delete_preset, request.name)
         except ValueError as error:
             raise RequestFailed("builtin", str(error)) from None
         if not found:
             raise RequestFailed("not_found", f"no preset named {request.name!r}")
-        return {"name": request.name}
+        return PresetNameReply(name=request.name)
 
     # weights
 
-    async def on_weights_status(self, request: WeightsStatus) -> dict[str, Any]:
+    async def on_weights_status(self, request: WeightsStatus) -> WeightsStatusReply:
         return await asyncio.to_thread(self.weights.status, request.only)
 
-    async def on_download_weights(self, request: DownloadWeights) -> dict[str, Any]:
+    async def on_download_weights(self, request: DownloadWeights) -> WeightsJobReply:
         return self.start_weights("download", request.only, request.clip)
 
-    async def on_verify_weights(self, request: VerifyWeights) -> dict[str, Any]:
+    async def on_verify_weights(self, request: VerifyWeights) -> WeightsJobReply:
         return self.start_weights("verify", request.only)
 
-    def start_weights(self, kind: str, only: WeightsPart, clip: bool = False) -> dict[str, Any]:
+    def start_weights(self, kind: str, only: WeightsPart, clip: bool = False) -> WeightsJobReply:
         try:
             return self.weights.start(kind, only, clip)
         except WeightsBusy as error:
             raise RequestFailed("busy", str(error)) from None
 
-    async def on_probe_quality(self, request: ProbeQuality) -> dict[str, Any]:
+    async def on_probe_quality(self, request: ProbeQuality) -> JobIdReply:
         from engine.daemon.quality_probe import PROBED_STATUSES
 
         row = await self.job(request.job_id)
@@ -398,24 +463,37 @@ class EngineService:
             raise RequestFailed("unavailable", "this engine runs no quality probe")
         self.quality.request(row.id)
         log.info("job %s quality probe requested", row.id)
-        return {"job_id": row.id}
+        return JobIdReply(job_id=row.id)
 
-    async def on_cancel_download(self, request: CancelDownload) -> dict[str, Any]:
+    async def on_cancel_download(self, request: CancelDownload) -> CancelDownloadReply:
         try:
             self.weights.cancel()
         except NothingRunning as error:
             raise RequestFailed("not_running", str(error)) from None
-        return {"cancelling": True}
+        return CancelDownloadReply(cancelling=True)
+
+
+def summary(row: JobRow) -> JobSummary:
+    return JobSummary.model_validate(row.summary())
 
 
 def json_size(items: list[Any]) -> int:
-    return sum(len(json.dumps(item, separators=(",", ":"))) + 1 for item in items)
+    """`items`' size in a reply: JSON as the wire writes it (engine.wire.encode_line: non-ASCII escaped)."""
+    return sum(len(json.dumps(json_data(item), separators=(",", ":"))) + 1 for item in items)
 
 
-def within_budget(items: list[dict[str, Any]], budget: int | None = None) -> list[dict[str, Any]]:
-    """The first of `items` whose JSON fits in `budget` bytes (REPLY_BUDGET; always the first one)."""
+def json_data(item: Any) -> Any:
+    return item.model_dump(mode="json") if isinstance(item, BaseModel) else item
+
+
+M = TypeVar("M", bound=BaseModel | dict[str, Any])
+
+
+def within_budget(items: Iterable[M], budget: int | None = None) -> list[M]:
+    """The first of `items` whose JSON fits in `budget` bytes (REPLY_BUDGET; always the first one). Taken
+    one at a time: a generator's items past the budget are never made."""
     budget = REPLY_BUDGET if budget is None else budget
-    kept: list[dict[str, Any]] = []
+    kept: list[M] = []
     used = 0
     for item in items:
         used += json_size([item])

@@ -15,11 +15,17 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pydantic import ConfigDict, TypeAdapter
 from sqlalchemy import event as sa_event
 from sqlalchemy import text, update
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
+
+from engine.protocol import JobSummary
+
+if TYPE_CHECKING:
+    from engine.generation.job import JobResult
 
 SCHEMA_VERSION = 3
 
@@ -80,15 +86,55 @@ class JobRow(SQLModel, table=True):
     requeues: int = 0  # times a lost worker put it back in the queue (schema 3)
     quality: str | None = None  # JSON of the quality probe's findings, once it ran (schema 3)
 
-    def summary(self) -> dict[str, Any]:
+    def to_summary(self) -> JobSummary:
+        """The row as the wire shows it: its JSON columns read into the summary's fields (ChunkTiming...)."""
         data = self.model_dump()
-        for key in ("params", "weights_sha256", "timings", "chunk_timings"):
-            data[key] = json.loads(data[key])
-        data["quality"] = None if data["quality"] is None else json.loads(data["quality"])
-        return data
+        for key in JSON_FIELDS:
+            data[key] = None if data[key] is None else json.loads(data[key])
+        return JobSummary.model_validate(data)
+
+    def summary(self) -> dict[str, Any]:
+        """`to_summary()` as plain data (what a reply's list of jobs holds)."""
+        return self.to_summary().model_dump()
 
 
-JSON_FIELDS = ("timings", "weights_sha256", "chunk_timings", "quality")
+# The row's JSON columns: each written as the JobSummary field of its name reads it back, so a value of
+# another shape fails where it is written, not when a page of jobs holding it is listed.
+JSON_FIELDS = ("params", "timings", "weights_sha256", "chunk_timings", "quality")
+
+
+def column_shape(key: str) -> TypeAdapter[Any]:
+    annotation = JobSummary.model_fields[key].annotation
+    assert annotation is not None
+    return TypeAdapter(annotation, config=ConfigDict(strict=True))
+
+
+COLUMN_SHAPES = {key: column_shape(key) for key in JSON_FIELDS}
+
+
+def column_values(fields: dict[str, Any]) -> dict[str, Any]:
+    """Values for the row's columns: those of a JSON column checked against its shape and encoded (None
+    stays NULL: the quality probe looks for rows without findings)."""
+    values = dict(fields)
+    for key in JSON_FIELDS:
+        if values.get(key) is not None:
+            shape = COLUMN_SHAPES[key]
+            values[key] = shape.dump_json(shape.validate_python(values[key])).decode()
+    return values
+
+
+def result_columns(result: JobResult) -> dict[str, Any]:
+    """What a job's result puts in its row: the one place JobResult's fields meet the store's columns."""
+    return {
+        "video_path": str(result.video),
+        "tokens_path": str(result.tokens),
+        "sidecar_path": str(result.sidecar),
+        "thumbnail_path": str(result.thumbnail),
+        "timings": result.timings_s,
+        "chunk_timings": result.chunk_timings,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "weights_sha256": result.weights_sha256,
+    }
 
 
 class PresetRow(SQLModel, table=True):
@@ -193,15 +239,31 @@ class Store:
             return session.get(JobRow, job_id)
 
     def update(self, job_id: str, **fields: Any) -> JobRow:
+        values = column_values(fields)
         with self.lock, self.session() as session:
             row = session.get(JobRow, job_id)
             if row is None:
                 raise KeyError(job_id)
-            for key, value in fields.items():
-                setattr(row, key, json.dumps(value) if key in JSON_FIELDS else value)
+            for key, value in values.items():
+                setattr(row, key, value)
             session.add(row)
             session.commit()
             return row
+
+    def update_running(self, job_id: str, worker: str | None, **fields: Any) -> bool:
+        """Change the job's row only while it runs on `worker` (one conditional update, as a claim is);
+        whether it did. A job's transitions (engine/daemon/lifecycle.py) write through this."""
+        with self.lock, self.engine.begin() as connection:
+            changed = connection.execute(
+                update(JobRow)
+                .where(
+                    col(JobRow.id) == job_id,
+                    col(JobRow.status) == "running",
+                    col(JobRow.worker).is_not_distinct_from(worker),
+                )
+                .values(**column_values(fields))
+            )
+            return changed.rowcount == 1
 
     def claim_next(self, worker: str | None = None) -> JobRow | None:
         """The oldest queued job, marked running (on `worker`, the claiming worker's label).

@@ -23,8 +23,8 @@ from engine.daemon.model_thread import free_device_memory, keep_stepping, load_t
 from engine.daemon.store import JobRow, Store, job_folder
 
 if TYPE_CHECKING:  # torch loads in the lane's thread, after the socket is up
-    from engine.generation.job import Progress
     from engine.generation.pipeline import Pipeline, SemanticTokens
+    from engine.protocol import ProgressReport
 
 log = logging.getLogger(__name__)
 WAIT_S = 0.1  # how often a worker waiting for its tokens looks at its cancel
@@ -58,10 +58,11 @@ class TokenLane(threading.Thread):
         # all below under `changed`
         self.changed = threading.Condition()
         self.made: dict[str, SemanticTokens | str] = {}  # a job's tokens, or why they could not be made
-        self.last_progress: dict[str, dict[str, Progress]] = {}  # a made job's last event of each stage
+        # a made job's last progress report of each stage
+        self.last_progress: dict[str, dict[str, ProgressReport]] = {}
         self.making: str | None = None
         self.wanted: list[str] = []  # jobs claimed by a worker that waits for their tokens, first first
-        self.watchers: dict[str, Callable[[Progress], None]] = {}  # a waiting worker's progress callback
+        self.watchers: dict[str, Callable[[ProgressReport], None]] = {}  # a waiting worker's progress sink
         self.dropped: set[str] = set()  # jobs whose tokens are no longer wanted (cancelled, deleted)
 
     # called from the workers' threads
@@ -74,7 +75,7 @@ class TokenLane(threading.Thread):
                 self.changed.notify_all()
 
     def take(
-        self, job_id: str, on_progress: Callable[[Progress], None], should_stop: Callable[[], bool]
+        self, job_id: str, on_progress: Callable[[ProgressReport], None], should_stop: Callable[[], bool]
     ) -> SemanticTokens:
         """The job's tokens, made ahead or now (it goes first); its stage-1 progress reaches `on_progress`
         (the last event of each stage when they were made ahead). Raises JobCancelled when `should_stop`
@@ -206,9 +207,9 @@ class TokenLane(threading.Thread):
         with self.changed:
             self.making = job_id
             self.dropped.discard(job_id)
-        last: dict[str, Progress] = {}
+        last: dict[str, ProgressReport] = {}
 
-        def progress(event: Progress) -> None:
+        def progress(event: ProgressReport) -> None:
             last[event.stage] = event
             with self.changed:
                 watcher = self.watchers.get(job_id)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine import settings
 from engine.daemon.events import Publisher
+from engine.protocol import RootCandidate, WeightFileState, WeightsJobReply, WeightsPart, WeightsStatusReply
 
 if TYPE_CHECKING:
     from engine.daemon.weights_jobs import WeightsJob
-    from engine.protocol import WeightsPart
     from engine.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class WeightsOperations:
         download, as a mirror or a test does)."""
         return self.spec().random_weights and settings.CHECKSUMS.path() is None
 
-    def start(self, kind: str, only: WeightsPart, clip: bool = False) -> dict[str, Any]:
+    def start(self, kind: str, only: WeightsPart, clip: bool = False) -> WeightsJobReply:
         """Start a `download` or a `verify` of `only` (llm, diffusion, all) in its thread; a download of
         weights this engine generates writes them instead. `clip`: the download fetches the quality
         probe's optional CLIP too (a verification of all files checks it whenever it is there)."""
@@ -76,7 +76,7 @@ class WeightsOperations:
         self.job = job_class(root, only, self.publish, self.checksums(root), clip)
         self.job.start()
         log.info("weights %s of %s started under %s", "generation" if generated else kind, only, root)
-        return {"root": str(root), "only": only, "generated": generated}
+        return WeightsJobReply(root=str(root), only=only, generated=generated)
 
     def cancel(self) -> None:
         if not self.busy():
@@ -85,19 +85,19 @@ class WeightsOperations:
         self.job.cancelled.set()
         log.info("weights %s cancel requested", self.job.kind)
 
-    def status(self, only: str) -> dict[str, Any]:
+    def status(self, only: WeightsPart) -> WeightsStatusReply:
         from engine.weights.downloads import file_states, planned_files
         from engine.weights.layout import where_it_looked
 
         root = self.root()
         states = file_states(root, planned_files(root, only, self.checksums(root), clip=only == "all"))
-        return {
-            "root": str(root),
-            "model": self.model,
-            "looked": where_it_looked(self.ckpts),
-            "files": [vars(state) for state in states],
-            "complete": all(state.state in ("verified", "present") for state in states if not state.optional),
-            "busy": self.busy(),
-            "generated": self.generates(),
-            "random_weights": self.spec().random_weights,
-        }
+        return WeightsStatusReply(
+            root=str(root),
+            model=self.model,
+            looked=[RootCandidate.model_validate(candidate) for candidate in where_it_looked(self.ckpts)],
+            files=[WeightFileState.model_validate(vars(state)) for state in states],
+            complete=all(state.state in ("verified", "present") for state in states if not state.optional),
+            busy=self.busy(),
+            generated=self.generates(),
+            random_weights=self.spec().random_weights,
+        )

@@ -20,44 +20,25 @@ from engine.daemon.backend import PipelineBackend, PipelineFactory
 from engine.daemon.devices import AUTO
 from engine.daemon.disk import PREVIEW_WIDTH, DiskFull, check_room, disk_full_message, job_output_bound
 from engine.daemon.events import Publisher
+from engine.daemon.lifecycle import JobLifecycle, mebibytes
 from engine.daemon.model_thread import free_device_memory, keep_stepping, load_torch, release_due
 from engine.daemon.store import JobRow, Store, job_folder
-from engine.protocol import (
-    ChunkFinishedEvent,
-    JobCancelledEvent,
-    JobFailedEvent,
-    JobFinishedEvent,
-    JobInterruptedEvent,
-    JobParams,
-    JobProgressEvent,
-    JobRequeuedEvent,
-    JobStartedEvent,
-    JobStoppedEvent,
-    ModelsReleasedEvent,
-)
+from engine.protocol import JobParams, ModelsReleasedEvent, ProgressReport
 
 if TYPE_CHECKING:  # torch and the models load in the worker thread, after the socket is up
     from engine.daemon.token_lane import TokenLane
-    from engine.generation.job import ChunkDone, JobResult, Progress
+    from engine.generation.job import ChunkDone, JobResult
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress events a second per job, plus each stage's last step
 
 
-def stopped(how: str, **fields: Any) -> JobStoppedEvent:
-    """The event of a job that stopped as `how` says: "interrupted" (the engine stopping, its worker lost),
-    else cancelled ("cancelled", "cancelled_partial")."""
-    if how == "interrupted":
-        return JobInterruptedEvent(**fields)
-    return JobCancelledEvent(**fields)
-
-
 class ProgressThrottle:
-    def __init__(self, publish: Callable[[Progress], None]):
+    def __init__(self, publish: Callable[[ProgressReport], None]):
         self.publish, self.last = publish, 0.0
         self.stage: str | None = None
 
-    def __call__(self, progress: Progress) -> None:
+    def __call__(self, progress: ProgressReport) -> None:
         now = time.monotonic()
         if (
             progress.stage != self.stage
@@ -216,164 +197,69 @@ class JobWorker(threading.Thread):
         )
 
     def run_job(self, job_id: str, params: JobParams, model: str | None = None) -> None:
-        from engine.generation.job import JobCancelled, JobSpec
-        from engine.generation.video import write_thumbnail
+        """Run a job this worker claimed, to one of its ends (engine/daemon/lifecycle.py says each)."""
+        from engine.generation.job import JobCancelled
 
-        self.publish(JobStartedEvent(job_id=job_id, worker=self.label))
+        lifecycle = JobLifecycle(self.store, self.publish, job_id, self.label)
+        lifecycle.started()
         folder = job_folder(self.outputs, job_id)
-        job = JobSpec.from_params(params.model_dump(), out=folder / "video.mp4")
-
-        def progress(event: Progress) -> None:
-            self.publish(
-                JobProgressEvent(
-                    job_id=job_id,
-                    stage=event.stage,
-                    step=event.step,
-                    total=event.total,
-                    chunk=event.chunk,
-                    chunks=event.chunks,
-                    rate=round(event.rate, 3),
-                    eta_s=None if event.eta_s is None else round(event.eta_s, 2),
-                    frames_written=event.frames_written,
-                    video_seconds=round(event.video_seconds, 3),
-                    job_eta_s=None if event.job_eta_s is None else round(event.job_eta_s, 2),
-                    dit_calls=event.dit_calls,
-                    cache_skips=event.cache_skips,
-                )
-            )
-
-        chunk_timings: list[dict[str, Any]] = []
-
-        def chunk_finished(done: ChunkDone) -> None:
-            preview = write_thumbnail(
-                done.preview, folder / f"chunk-{done.index:03d}.png", width=PREVIEW_WIDTH
-            )
-            chunk_timings.append({"index": done.index, **done.timings_s})
-            self.store.update(job_id, chunk_timings=chunk_timings)
-            log.info(
-                "job %s chunk %d/%d written: frames %d-%d (%s)",
-                job_id,
-                done.index + 1,
-                done.chunks,
-                done.first_frame,
-                done.last_frame,
-                seconds_text(done.timings_s),
-            )
-            self.publish(
-                ChunkFinishedEvent(
-                    job_id=job_id,
-                    index=done.index,
-                    chunks=done.chunks,
-                    first_frame=done.first_frame,
-                    last_frame=done.last_frame,
-                    frames_written=done.frames_written,
-                    video_seconds=round(done.video_seconds, 3),
-                    preview=str(preview),
-                    video_partial=str(done.partial_video),
-                    timings_s=done.timings_s,
-                )
-            )
-
-        def should_stop() -> bool:
-            return self.cancel_requested.is_set() or self.stopping.is_set()
-
-        started = time.monotonic()
         try:
-            if model is not None:  # before any model loads: a job that cannot fit fails now, saying so
-                check_room(self.outputs, job_output_bound(model, params.frames, params.overlap, params.fps))
-            if self.pipeline is None:
-                self.loading = True
-                try:
-                    self.pipeline = self.make_pipeline()
-                finally:
-                    self.loading = False
-            throttle = ProgressThrottle(progress)
-            made = {}  # stage 1 made by the LLM lane: this worker runs stage 2 only
-            if self.lane is not None and job.tokens is None:
-                self.lane.want(job_id)
-                try:  # its models load while the lane makes the tokens (the first job, after a release)
-                    self.pipeline.stage2()
-                except BaseException:
-                    self.lane.drop(job_id)
-                    raise
-                made["tokens"] = self.lane.take(job_id, throttle, should_stop)
-            result = self.pipeline.run(
-                job, on_progress=throttle, should_stop=should_stop, on_chunk=chunk_finished, **made
-            )
+            result = self.render(lifecycle, folder, params, model)
         except WorkerLost as lost:
-            self.lose(job_id, folder, lost)
-            return
+            self.lose(lifecycle, folder, lost)
         except JobCancelled as cancelled:
-            status = "interrupted" if self.stopping.is_set() else "cancelled"
             if cancelled.partial is None:
                 remove_job_files(folder)
-                self.store.update(job_id, status=status, finished_at=time.time())
-                self.publish(stopped(status, job_id=job_id))
-                log.info("job %s %s after %.1f s: %s", job_id, status, time.monotonic() - started, cancelled)
-                return
-            # the finished chunks are a shorter, playable video: kept, and the job says so
-            status = "interrupted" if self.stopping.is_set() else "cancelled_partial"
-            row = self.record_result(job_id, cancelled.partial, status)
-            log.info(
-                "job %s %s after %.1f s: kept %d of %d chunk(s), %d frames in %s",
-                job_id,
-                status,
-                time.monotonic() - started,
-                cancelled.partial.chunks_done,
-                cancelled.partial.chunks,
-                cancelled.partial.frames,
-                row.video_path,
-            )
-            self.publish(
-                stopped(
-                    status,
-                    job_id=job_id,
-                    status=status,
-                    partial=True,
-                    video=row.video_path,
-                    frames=cancelled.partial.frames,
-                    chunks_done=cancelled.partial.chunks_done,
-                    chunks=cancelled.partial.chunks,
-                )
-            )
-            return
+            lifecycle.stopped(self.stopping.is_set(), str(cancelled), cancelled.partial)
         except Exception as error:  # any failure is the job's, never the engine's
             remove_job_files(folder)  # a failed job keeps no file (chunk previews, a partial video)
             full = error.strerror if isinstance(error, DiskFull) else disk_full_message(error, self.outputs)
             described = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
-            message = full or described
-            log.error(
-                "job %s failed after %.1f s: %s",
-                job_id,
-                time.monotonic() - started,
-                message,
-                exc_info=not (full or isinstance(error, ValueError)),  # a refusal or full disk: no traceback
-            )
-            self.store.update(job_id, status="failed", finished_at=time.time(), error=message)
-            self.publish(JobFailedEvent(job_id=job_id, error=message))
-            return
-        row = self.record_result(job_id, result, "finished")
-        self.publish(
-            JobFinishedEvent(
-                job_id=job_id,
-                video=row.video_path,
-                frames=result.frames,
-                fps=result.fps,
-                video_frames=result.video_frames,
-            )
-        )
-        log.info(
-            "job %s finished in %.1f s: %d frames in %d chunk(s), %s; peak memory %s; %s",
-            job_id,
-            time.monotonic() - started,
-            result.frames,
-            result.chunks_done,
-            seconds_text(result.timings_s),
-            mebibytes(result.peak_memory_bytes),
-            row.video_path,
+            # a refusal or a full disk says it all; anything else keeps its traceback in the log
+            lifecycle.failed(full or described, None if full or isinstance(error, ValueError) else error)
+        else:
+            lifecycle.finished(result)
+
+    def render(
+        self, lifecycle: JobLifecycle, folder: Path, params: JobParams, model: str | None
+    ) -> JobResult:
+        """The job through this worker's pipeline (loaded first if need be), its stage 1 from the LLM lane
+        when there is one; its progress and chunks go to `lifecycle` as they come."""
+        from engine.generation.job import JobSpec
+        from engine.generation.video import write_thumbnail
+
+        job = JobSpec.from_params(params.model_dump(), out=folder / "video.mp4")
+
+        def chunk_finished(done: ChunkDone) -> None:
+            preview = folder / f"chunk-{done.report.index:03d}.png"
+            lifecycle.chunk_recorded(done, write_thumbnail(done.preview, preview, width=PREVIEW_WIDTH))
+
+        def should_stop() -> bool:
+            return self.cancel_requested.is_set() or self.stopping.is_set()
+
+        if model is not None:  # before any model loads: a job that cannot fit fails now, saying so
+            check_room(self.outputs, job_output_bound(model, params.frames, params.overlap, params.fps))
+        if self.pipeline is None:
+            self.loading = True
+            try:
+                self.pipeline = self.make_pipeline()
+            finally:
+                self.loading = False
+        throttle = ProgressThrottle(lifecycle.progress)
+        made = {}  # stage 1 made by the LLM lane: this worker runs stage 2 only
+        if self.lane is not None and job.tokens is None:
+            self.lane.want(lifecycle.job_id)
+            try:  # its models load while the lane makes the tokens (the first job, after a release)
+                self.pipeline.stage2()
+            except BaseException:
+                self.lane.drop(lifecycle.job_id)
+                raise
+            made["tokens"] = self.lane.take(lifecycle.job_id, throttle, should_stop)
+        return self.pipeline.run(
+            job, on_progress=throttle, should_stop=should_stop, on_chunk=chunk_finished, **made
         )
 
-    def lose(self, job_id: str, folder: Path, lost: WorkerLost) -> None:
+    def lose(self, lifecycle: JobLifecycle, folder: Path, lost: WorkerLost) -> None:
         """The pipeline died under the job: its files go, the job goes back to the queue once (unless its
         cancel or the engine's stop was asked: then it ends so), and this worker leaves the pool."""
         why = str(lost) or type(lost).__name__
@@ -383,37 +269,13 @@ class JobWorker(threading.Thread):
             self.lost = why
             self.current = None
             cancelled = self.cancel_requested.is_set()
-        log.error("worker %s was lost running job %s: %s; it takes no more jobs", self.label, job_id, why)
-        if cancelled or self.stopping.is_set():
-            status = "interrupted" if self.stopping.is_set() else "cancelled"
-            error = f"worker {self.label} was lost ({why})"
-            self.store.update(job_id, status=status, finished_at=time.time(), error=error)
-            self.publish(stopped(status, job_id=job_id))
-        elif self.store.requeue(job_id):
-            log.warning("job %s is queued again after losing worker %s", job_id, self.label)
-            self.publish(JobRequeuedEvent(job_id=job_id, worker=self.label, error=why))
-        else:
-            error = f"worker {self.label} was lost while running it ({why}), after it had been re-queued once"
-            self.store.update(job_id, status="interrupted", finished_at=time.time(), error=error)
-            self.publish(JobInterruptedEvent(job_id=job_id, status="interrupted", error=error))
-            log.error("job %s interrupted: %s", job_id, error)
+        log.error(
+            "worker %s was lost running job %s: %s; it takes no more jobs", self.label, lifecycle.job_id, why
+        )
+        ending = "interrupted" if self.stopping.is_set() else "cancelled" if cancelled else None
+        lifecycle.lost(why, ending)
         if self.on_lost is not None:
             self.on_lost(self)
-
-    def record_result(self, job_id: str, result: JobResult, status: str) -> JobRow:
-        return self.store.update(
-            job_id,
-            status=status,
-            finished_at=time.time(),
-            video_path=str(result.video),
-            tokens_path=str(result.tokens),
-            sidecar_path=str(result.sidecar),
-            thumbnail_path=str(result.thumbnail),
-            timings=result.timings_s,
-            chunk_timings=result.chunk_timings,
-            peak_memory_bytes=result.peak_memory_bytes,
-            weights_sha256=result.weights_sha256,
-        )
 
 
 def close_pipeline(pipeline: PipelineBackend) -> None:
@@ -457,12 +319,3 @@ def remove_job_files(folder: Path) -> None:
     if folder.is_dir():
         log.info("removing %s and its files", folder)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def seconds_text(timings_s: dict[str, float]) -> str:
-    """{"denoise_s": 1.234, "decode": 0.5} -> "denoise 1.23 s, decode 0.50 s"."""
-    return ", ".join(f"{stage.removesuffix('_s')} {seconds:.2f} s" for stage, seconds in timings_s.items())
-
-
-def mebibytes(count: int | None) -> str:
-    return "unknown" if count is None else f"{count / 2**20:,.1f} MiB"

@@ -13,12 +13,11 @@ from engine.generation.interpolate import interpolation_factor
 from engine.generation.lengths import ChunkPlan, plan_length, rules_for
 from engine.models.llm_sampler import SamplingParams
 from engine.params import PARAMS, Param, check_params
+from engine.protocol import ChunkReport, ChunkTiming, ProgressReport
 from engine.specs import ModelSpec
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
-    from engine.protocol import Stage
 
 
 class JobRules:
@@ -105,42 +104,21 @@ else:
     JobSpec = job_spec_class()
 
 
-@dataclass(frozen=True)
-class Progress:
-    """One progress report: `stage` is text, tokens, denoise, decode or write.
-
-    step/total count inside the stage (for denoise: inside the current chunk); chunk/chunks are
-    1-based; frames_written and video_seconds say how much video is on disk; job_eta_s estimates
-    the whole job's remaining time (None until there is something to estimate it from).
-    """
-
-    stage: Stage
-    step: int
-    total: int
-    rate: float  # steps per second in this stage so far
-    eta_s: float | None
-    chunk: int = 1
-    chunks: int = 1
-    frames_written: int = 0
-    video_seconds: float = 0.0
-    job_eta_s: float | None = None
-    dit_calls: int = 0  # so far in the job, one per CFG branch and denoising step
-    cache_skips: int = 0  # of those, answered by the step cache instead of the blocks
+# A progress report is the wire's model itself (the job_progress event less the job's id): a field added
+# there is one the pipeline fills and every client gets.
+Progress = ProgressReport
 
 
 @dataclass(frozen=True)
 class ChunkDone:
-    """A chunk whose frames are in the video file: index is 0-based, the frame range inclusive. Frame
-    counts and `frames` are the model's (at its fps, as the `frames` parameter); `video_frames` are what the
-    chunk added to the file at the job's fps (the same array when that is the model's)."""
+    """A chunk whose frames are in the video file. `report` is what the wire says of it (a chunk_finished
+    event less the job's id and the files the engine makes of it), `timing` what the job's record keeps of
+    it; the rest stays in the process. Frame counts and `frames` are the model's (at its fps, as the
+    `frames` parameter); `video_frames` are what the chunk added to the file at the job's fps (the same
+    array when that is the model's)."""
 
-    index: int
-    chunks: int
-    first_frame: int
-    last_frame: int
-    frames_written: int
-    video_seconds: float
-    timings_s: dict[str, float]
+    report: ChunkReport
+    timing: ChunkTiming
     frames: np.ndarray  # the model's frames this chunk added to the video, uint8 [n, H, W, 3]
     partial_video: Path  # the growing file (renamed to the job's `out` at the end)
     video_frames: np.ndarray | None = None  # uint8 [m, H, W, 3]; None: `frames`
@@ -153,6 +131,10 @@ class ChunkDone:
 
 @dataclass
 class JobResult:
+    """What a finished (or partly finished, then cancelled) job made. The engine's job row takes its
+    fields in one place (engine.daemon.store.result_columns); the sidecar beside the video records them
+    under its own keys (Pipeline.sidecar_record)."""
+
     video: Path
     tokens: Path
     sidecar: Path
@@ -165,7 +147,7 @@ class JobResult:
     interpolation: dict[str, Any] | None = None  # how the frames between the model's were made, if any
     chunks_done: int = 0
     chunks: int = 1
-    chunk_timings: list[dict[str, Any]] = field(default_factory=list)
+    chunk_timings: list[ChunkTiming] = field(default_factory=list)
     length: dict[str, Any] = field(default_factory=dict)
     partial: bool = False  # cancelled after some chunks: the video holds only those
     weights_sha256: dict[str, str] = field(default_factory=dict)  # {file under the weights root: SHA-256}

@@ -18,7 +18,7 @@ import torch
 
 from engine import __version__
 from engine.generation.interpolate import InterpolatingWriter
-from engine.generation.job import ChunkDone, JobCancelled, JobResult, JobSpec, Progress
+from engine.generation.job import ChunkDone, JobCancelled, JobResult, JobSpec
 from engine.generation.lengths import ChunkPlan
 from engine.generation.memory import resolve_memory_profile, spec_weight_sizes
 from engine.generation.outputs import load_tokens, peak_memory, save_tokens, write_record
@@ -31,6 +31,7 @@ from engine.generation.video import write_thumbnail
 from engine.models.dpm_sampler import DiffusionCancelled
 from engine.models.llm_sampler import Decoding, SamplingCancelled
 from engine.models.step_cache import CacheCounts
+from engine.protocol import ChunkReport, ChunkTiming, ProgressReport
 from engine.specs import ModelSpec, get_spec
 from engine.weights.checksums import file_checksums
 from engine.weights.layout import ReleaseLayout, layout_for
@@ -53,7 +54,7 @@ class Render:
     codes: torch.Tensor
     clock: JobClock
     timings: dict[str, float]
-    on_progress: Callable[[Progress], None] | None
+    on_progress: Callable[[ProgressReport], None] | None
     stop: Callable[[], bool]
     on_chunk: Callable[[ChunkDone], None] | None
     stage1: dict[str, Any]  # where its tokens were made (the sidecar's "stage1")
@@ -195,7 +196,7 @@ class Pipeline:
     def semantic_tokens(
         self,
         job: JobSpec,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: Callable[[ProgressReport], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         clock: JobClock | None = None,
     ) -> SemanticTokens:
@@ -237,7 +238,7 @@ class Pipeline:
     def run(
         self,
         job: JobSpec,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: Callable[[ProgressReport], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_chunk: Callable[[ChunkDone], None] | None = None,
         tokens: SemanticTokens | None = None,
@@ -363,37 +364,34 @@ class Pipeline:
             write(1, 1)
             written = time.perf_counter()
             clock.finish_s.append(written - denoised)
-            entry = {
-                "index": index,
-                "first_frame": first,
-                "last_frame": writer.frames_written - 1,
-                "denoise_s": round(denoised - started, 4),
-                "decode_s": round(decoded - denoised, 4),
-                "write_s": round(written - decoded, 4),
-                "dit_calls": counts.calls - calls_before,  # one per CFG branch and step
-                "dit_calls_skipped": counts.skipped - skipped_before,  # answered by the step cache
-            }
-            clock.chunk_timings.append(entry)
-            for stage, key in (("denoise", "denoise_s"), ("decode", "decode_s"), ("write", "write_s")):
-                timings[stage] = timings.get(stage, 0.0) + entry[key]
+            timing = ChunkTiming(
+                index=index,
+                first_frame=first,
+                last_frame=writer.frames_written - 1,
+                denoise_s=denoised - started,
+                decode_s=decoded - denoised,
+                write_s=written - decoded,
+                dit_calls=counts.calls - calls_before,  # one per CFG branch and step
+                dit_calls_skipped=counts.skipped - skipped_before,  # answered by the step cache
+            )
+            clock.chunk_timings.append(timing)
+            for key, seconds in timing.stage_seconds().items():
+                stage = key.removesuffix("_s")
+                timings[stage] = timings.get(stage, 0.0) + seconds
             self.learned["denoise_step_s"] = clock.step_seconds() or 0.0
             self.learned["chunk_finish_s"] = clock.finish_seconds() or 0.0
             clock.finished = index + 1
             if on_chunk is not None:
-                on_chunk(
-                    ChunkDone(
-                        index=index,
-                        chunks=plan.chunks,
-                        first_frame=first,
-                        last_frame=writer.frames_written - 1,
-                        frames_written=writer.frames_written,
-                        video_seconds=writer.seconds,
-                        timings_s={k: entry[k] for k in ("denoise_s", "decode_s", "write_s")},
-                        frames=frames,
-                        partial_video=writer.partial,
-                        video_frames=video,
-                    )
+                report = ChunkReport(
+                    index=index,
+                    chunks=plan.chunks,
+                    first_frame=first,
+                    last_frame=writer.frames_written - 1,
+                    frames_written=writer.frames_written,
+                    video_seconds=writer.seconds,
+                    timings_s=timing.stage_seconds(),
                 )
+                on_chunk(ChunkDone(report, timing, frames, writer.partial, video_frames=video))
             del frames, video
         chunks.close()
         compiled_now = stage2.compile_seconds()
@@ -433,8 +431,8 @@ class Pipeline:
                 length=plan.record(),
                 partial=partial,
                 weights_sha256=weights_sha256,
-                dit_calls=sum(entry["dit_calls"] for entry in clock.chunk_timings),
-                dit_calls_skipped=sum(entry["dit_calls_skipped"] for entry in clock.chunk_timings),
+                dit_calls=sum(timing.dit_calls or 0 for timing in clock.chunk_timings),
+                dit_calls_skipped=sum(timing.dit_calls_skipped or 0 for timing in clock.chunk_timings),
             )
             height, width = thumbnail.shape[:2]
             write_record(
@@ -478,7 +476,7 @@ class Pipeline:
             "chunks": {
                 "done": result.chunks_done,
                 "planned": result.chunks,
-                "timings_s": result.chunk_timings,
+                "timings_s": [timing.model_dump() for timing in result.chunk_timings],
             },
             "tokens": str(result.tokens),
             "device": str(self.device),

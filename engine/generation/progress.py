@@ -1,24 +1,25 @@
-"""Progress clocks: step callbacks -> Progress reports with rates, and the whole job's time left."""
+"""Progress clocks: step callbacks -> progress reports (protocol.ProgressReport) with rates, and the whole
+job's time left."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.generation.job import Progress
 from engine.generation.lengths import ChunkPlan
+from engine.protocol import ChunkTiming, ProgressReport
 
 if TYPE_CHECKING:
     from engine.protocol import Stage
 
 
 class StageClock:
-    """Turns step callbacks into Progress events with a rate and an ETA."""
+    """Turns step callbacks into progress reports with a rate and an ETA."""
 
-    def __init__(self, stage: Stage, emit: Callable[[Progress], None] | None, job: JobClock | None = None):
+    def __init__(self, stage: Stage, emit: Callable[[ProgressReport], None] | None, job: JobClock):
         self.stage, self.emit, self.job, self.started = stage, emit, job, time.perf_counter()
 
     def __call__(self, step: int, total: int) -> None:
@@ -27,19 +28,16 @@ class StageClock:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         rate = step / elapsed
         eta = (total - step) / rate if rate > 0 else None
-        if self.job is None:
-            self.emit(Progress(self.stage, step, total, rate, eta))
-            return
         job = self.job
         self.emit(
-            Progress(
-                self.stage,
-                step,
-                total,
-                rate,
-                eta,
+            ProgressReport(
+                stage=self.stage,
+                step=step,
+                total=total,
                 chunk=job.chunk + 1,
                 chunks=job.plan.chunks,
+                rate=rate,
+                eta_s=eta,
                 frames_written=job.frames_written,
                 video_seconds=job.frames_written / job.plan.fps,
                 job_eta_s=job.eta(self.stage, step, total, eta),
@@ -63,7 +61,7 @@ class JobClock:
         self.plan, self.steps, self.learned = plan, steps, learned
         self.chunk, self.frames_written = 0, 0  # the chunk being made (0-based), frames on disk
         self.finished = 0  # chunks in the video file
-        self.chunk_timings: list[dict[str, Any]] = []
+        self.chunk_timings: list[ChunkTiming] = []
         self.thumbnail: np.ndarray | None = None  # the middle frame of chunk 0
         self.denoise_s = 0.0
         self.denoise_steps = 0

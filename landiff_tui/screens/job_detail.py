@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from textual.app import App, ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
@@ -15,12 +14,13 @@ from textual.widgets import Footer, Header, Static
 from engine.job_words import quality_lines
 from engine.params import fps_text, video_fps
 
-from ..views.base import EngineApp, engine_app
+from ..keymap import bindings, key_of
+from ..views.base import EngineApp, checked, engine_app
 from ..widgets.preview import FramePreview
 from .confirm import Confirm
 
 if TYPE_CHECKING:
-    from engine.protocol import JobReply, JobSummary, SubmitReply
+    from engine.protocol import JobSummary
 
 
 @dataclass
@@ -32,7 +32,10 @@ class JobActions:
         return engine_app(self.app)
 
     async def rerun(self, job: JobSummary) -> str | None:
-        reply = cast("SubmitReply | None", await self.engine.call_engine("submit", params=job.params))
+        from engine.protocol import Submit
+
+        request = checked(self.app, lambda: Submit.model_validate({"params": job.params}))
+        reply = await self.engine.call_engine(request) if request is not None else None
         if reply is not None:
             self.app.notify(f"re-run queued as {reply.job_id[:8]}")
             return reply.job_id
@@ -45,7 +48,8 @@ class JobActions:
             self.app.pop_screen()
         self.app.query_one(GenerateView).edit(job)
         self.engine.action_show_tab("generate")
-        self.app.notify("the job's prompt and parameters are in the form: change them and submit (ctrl+s)")
+        submit = key_of("generate", "submit")
+        self.app.notify(f"the job's prompt and parameters are in the form: change them and submit ({submit})")
 
     def copy(self, text: str, what: str) -> None:
         if not text:
@@ -58,11 +62,10 @@ class JobActions:
         )
 
     def delete(self, job: JobSummary, after=None) -> None:
+        from engine.protocol import DeleteJob
+
         async def answered(yes: bool | None) -> None:
-            if (
-                yes
-                and await self.engine.call_engine("delete_job", job_id=job.id, delete_files=True) is not None
-            ):
+            if yes and await self.engine.call_engine(DeleteJob(job_id=job.id, delete_files=True)) is not None:
                 self.app.notify(f"job {job.id[:8]} and its files deleted")
                 if after is not None:
                     after()
@@ -105,16 +108,7 @@ def describe(job: JobSummary) -> str:
 
 
 class JobDetail(Screen):
-    # the Gallery's keys, and here (no text to type) letters too; re-running takes ctrl+r, deleting asks
-    BINDINGS = [
-        Binding("escape,q", "app.pop_screen", "Back"),
-        Binding("ctrl+r", "rerun", "Re-run"),
-        Binding("e,ctrl+e", "edit", "Edit"),
-        Binding("c,ctrl+t", "copy_prompt", "Copy prompt"),
-        Binding("y,ctrl+y", "copy_path", "Copy path", show=False),
-        Binding("p", "play", "Play/stop"),
-        Binding("d,delete,ctrl+d", "delete", "Delete"),
-    ]
+    BINDINGS = bindings("detail")
 
     def __init__(self, job_id: str, play: bool = False):
         super().__init__()
@@ -130,7 +124,9 @@ class JobDetail(Screen):
         yield Footer()
 
     async def on_mount(self) -> None:
-        reply = cast("JobReply | None", await engine_app(self.app).call_engine("get_job", job_id=self.job_id))
+        from engine.protocol import GetJob
+
+        reply = await engine_app(self.app).call_engine(GetJob(job_id=self.job_id))
         if reply is None:
             self.app.pop_screen()
             return

@@ -1,62 +1,31 @@
-"""Every key of every tab on one page (`?` or F12), the tab being shown first."""
+"""Every key of every tab on one page (`?` or F12), the tab being shown first: read from the keymap."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from ..keymap import APP_BINDINGS, TABS
-
-NAMES = {"question_mark": "?", "slash": "/", "escape": "esc", "delete": "del"}
-
-
-def key_names(binding: Binding) -> str:
-    if binding.key_display:
-        return binding.key_display
-    keys = []
-    for key in binding.key.split(","):
-        key = NAMES.get(key.strip(), key.strip())
-        keys.append(key.upper() if key[:1] == "f" and key[1:].isdigit() else key)
-    return " / ".join(keys)
+from ..keymap import KEYMAP, PALETTE, TABS, WIDGET_KEYS, all_key_names, key_of
 
 
 def sections() -> list[tuple[str, str, list[tuple[str, str]]]]:
-    """(tab id, title, [(keys, what)]) for every tab, the job detail and the whole app."""
-    from ..views.engine_view import EngineView
-    from ..views.gallery import GalleryView
-    from ..views.generate import GenerateView
-    from ..views.queue import QueueView
-    from ..views.weights import WeightsView
-    from .job_detail import JobDetail
+    """(scope, title, [(keys, what)]) for every tab, the job detail and the whole app."""
 
-    def rows(bindings: list[BindingType], extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-        described = [b for b in bindings if isinstance(b, Binding) and b.description]
-        return [*extra, *((key_names(b), b.description) for b in described)]
+    def rows(scope: str) -> list[tuple[str, str]]:
+        bound = [*KEYMAP[scope].values(), *([PALETTE] if scope == "app" else [])]
+        return [*WIDGET_KEYS.get(scope, []), *((all_key_names(keys), keys.description) for keys in bound)]
 
-    views = {
-        "generate": (GenerateView, [("up / down", "earlier prompts (first / last line)")]),
-        "queue": (QueueView, [("up / down", "choose a job")]),
-        "gallery": (GalleryView, [("type", "search prompts"), ("down / up", "the list / the search box")]),
-        "weights": (WeightsView, []),
-        "engine": (EngineView, []),
-    }
-    result = []
-    for tab, label, _ in TABS:
-        view, extra = views[tab]
-        result.append((tab, label, rows(view.BINDINGS, extra)))
-    result.append(("detail", "Job detail (enter in the Gallery)", rows(JobDetail.BINDINGS)))
-    everywhere = [(key.upper(), label) for _, label, key in TABS] + [("ctrl+p", "command palette")]
-    result.append(("app", "Everywhere", rows(APP_BINDINGS[len(TABS) :], everywhere)))
+    result = [(tab, label, rows(tab)) for tab, label in TABS]
+    result.append(("detail", f"Job detail ({key_of('gallery', 'open')} in the Gallery)", rows("detail")))
+    result.append(("app", "Everywhere", rows("app")))
     return result
 
 
 class Keys(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,question_mark,f12", "dismiss", "Close")]
+    BINDINGS = [Binding(",".join(("escape", "q", *KEYMAP["app"]["keys"].keys)), "dismiss", "Close")]
 
     def __init__(self, tab: str = "generate"):
         super().__init__()

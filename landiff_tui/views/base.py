@@ -5,16 +5,19 @@ The engine's news reaches a view as the messages of `landiff_tui.messages` (`on_
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from textual.containers import Vertical
 
 if TYPE_CHECKING:
     from textual.app import App
 
-    from engine.protocol import Exact, LaneState
+    from engine.protocol import LaneState, R, Request
 
     from ..client import EngineLink
+
+Q = TypeVar("Q", bound="Request[Any]")
 
 
 class EngineApp(Protocol):
@@ -24,13 +27,27 @@ class EngineApp(Protocol):
     link: EngineLink
 
     def action_show_tab(self, tab: str) -> None: ...
-    async def call_engine(self, kind: str, **fields: Any) -> Exact | None: ...
+    async def call_engine(self, request: Request[R]) -> R | None: ...
     async def restart_engine(self, model: str | None = None) -> None: ...
 
 
 def engine_app(app: App[Any]) -> EngineApp:
     """`app` as what the views and the job page use of it: they run in a LanDiffApp."""
     return cast(EngineApp, app)
+
+
+def checked(app: App[Any], make: Callable[[], Q]) -> Q | None:
+    """A request made from what the user gave (the form, a past job's parameters, a name typed), or None
+    when that makes none: the app says why, in the words the engine would have refused it with."""
+    from pydantic import ValidationError
+
+    from engine.protocol import describe_validation
+
+    try:
+        return make()
+    except ValidationError as error:
+        app.notify(describe_validation(error), title="not sent", severity="error", timeout=10)
+        return None
 
 
 class View(Vertical):
@@ -57,9 +74,9 @@ class View(Vertical):
     def shown(self) -> None:
         pass
 
-    async def call(self, kind: str, **fields: Any) -> Exact | None:
+    async def call(self, request: Request[R]) -> R | None:
         """The reply model, or None when the engine refused (the app has said why)."""
-        return await self.engine_app.call_engine(kind, **fields)
+        return await self.engine_app.call_engine(request)
 
     @property
     def engine_app(self) -> EngineApp:

@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.widgets import Label, Log, Static
 
+from ..keymap import bindings, key_of
 from ..messages import EngineConnected, EngineLost, ModelsReleased
 from ..screens.confirm import Confirm
 from .base import View, lane_summary
 
 if TYPE_CHECKING:
-    from engine.protocol import LaneState, LogTailReply, StatusReply, WorkerState
+    from engine.protocol import LaneState, WorkerState
 
 LOG_LINES = 300
 
 
 class EngineView(View):
     FOCUS = "#engine-log"
-    BINDINGS = [
-        Binding("R", "restart", "Start/restart"),
-        Binding("S", "stop", "Stop"),
-        Binding("m", "release", "Release"),
-        Binding("r", "refresh", "Refresh"),
-    ]
+    BINDINGS = bindings("engine")
 
     def compose(self) -> ComposeResult:
         yield Static("not connected", id="engine-status")
@@ -45,7 +40,7 @@ class EngineView(View):
     def on_engine_lost(self, message: EngineLost) -> None:
         text = f"engine {message.state}" + (f": {message.message}" if message.message else "")
         if message.state in ("absent", "stopped"):
-            text += "\nR starts one"
+            text += f"\n{key_of('engine', 'restart')} starts one"
         self.query_one("#engine-status", Static).update(text)
 
     def on_models_released(self, message: ModelsReleased) -> None:
@@ -59,7 +54,9 @@ class EngineView(View):
             await self.action_refresh()
 
     async def action_refresh(self) -> None:
-        status = cast("StatusReply | None", await self.call("status"))
+        from engine.protocol import LogTail, Status
+
+        status = await self.call(Status())
         if status is None:
             return
         memory, total = status.memory_used_bytes, status.memory_total_bytes
@@ -75,27 +72,40 @@ class EngineView(View):
             *([lane_line(status.llm_lane)] if status.llm_lane is not None else []),
             f"running: {', '.join(running) or 'nothing'}   queued: {len(status.queue)}"
             + ("   downloading weights" if status.downloading else ""),
-            *([f"started with: {shlex.join(status.options)} (R keeps them)"] if status.options else []),
+            *(
+                [f"started with: {shlex.join(status.options)} ({key_of('engine', 'restart')} keeps them)"]
+                if status.options
+                else []
+            ),
         ]
         self.query_one("#engine-status", Static).update("\n".join(lines))
-        tail = cast("LogTailReply | None", await self.call("log_tail", lines=LOG_LINES))
+        tail = await self.call(LogTail(lines=LOG_LINES))
         if tail is not None:
             log = self.query_one("#engine-log", Log)
             log.clear()
             log.write_lines(tail.lines)
 
     async def action_release(self) -> None:
-        if await self.call("release_models") is not None:
+        from engine.protocol import ReleaseModels
+
+        if await self.call(ReleaseModels()) is not None:
             self.notify("models released from memory; the next job loads them again")
 
     def action_stop(self) -> None:
         if not self.engine_app.link.connected:
-            self.notify("no engine is connected; R starts one", severity="warning")
+            self.notify(
+                f"no engine is connected; {key_of('engine', 'restart')} starts one", severity="warning"
+            )
             return
 
+        from engine.protocol import Shutdown
+
         async def answered(yes: bool | None) -> None:
-            if yes and await self.call("shutdown") is not None:
-                self.notify("the engine is stopping (a running job is marked interrupted); R starts it again")
+            if yes and await self.call(Shutdown()) is not None:
+                self.notify(
+                    "the engine is stopping (a running job is marked interrupted); "
+                    f"{key_of('engine', 'restart')} starts it again"
+                )
 
         self.app.push_screen(Confirm(f"Stop the engine?{self.job_warning()}", "Stop"), answered)
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from textual import events, on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select
 
 from engine.params import video_fps
-from engine.wire import JOB_STATUSES
+from engine.wire import JOB_STATUSES, MAX_PROMPT_CHARS
 
+from ..keymap import bindings, key_of
 from ..messages import EngineConnected, JobDeleted, JobEnded, JobMeasured, JobQueued
 from ..screens.job_detail import JobDetail, job_actions
 from .base import View
@@ -26,7 +26,7 @@ from .base import View
 if TYPE_CHECKING:
     from textual.timer import Timer
 
-    from engine.protocol import JobList, JobSummary
+    from engine.protocol import JobSummary, ListJobs
 
 
 @lru_cache(maxsize=256)
@@ -79,18 +79,7 @@ class GalleryTable(DataTable):
 
 class GalleryView(View):
     FOCUS = "#search"
-    # priority: these win over the search box's own ctrl+e (end) and ctrl+d (delete right), which have
-    # the end and delete keys besides
-    BINDINGS = [
-        Binding("enter", "open", "Details", show=False),
-        Binding("ctrl+r", "rerun", "Re-run", priority=True),
-        Binding("ctrl+e", "edit", "Edit", priority=True),
-        Binding("ctrl+t", "copy_prompt", "Copy prompt", priority=True, show=False),
-        Binding("ctrl+y", "copy_path", "Copy path", priority=True, show=False),
-        Binding("ctrl+d", "delete", "Delete", priority=True),
-        Binding("delete", "delete", "Delete", show=False),
-        Binding("escape", "clear_search", "Clear the search", show=False),
-    ]
+    BINDINGS = bindings("gallery")
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,7 +93,12 @@ class GalleryView(View):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="gallery-filters"):
-            yield Input(placeholder="type to search prompts", id="search", select_on_focus=False)
+            yield Input(
+                placeholder="type to search prompts",
+                id="search",
+                select_on_focus=False,
+                max_length=MAX_PROMPT_CHARS,  # what the engine searches for at most
+            )
             yield Select([(status, status) for status in JOB_STATUSES], prompt="any status", id="status")
         table = GalleryTable(id="gallery-table", cursor_type="row", zebra_stripes=True)
         self.columns = table.add_columns(
@@ -155,21 +149,20 @@ class GalleryView(View):
         self.generation += 1
         self.run_worker(self.load(self.generation, 0), group="gallery", exclusive=True)
 
-    def query_fields(self) -> dict[str, Any]:
+    def page(self, offset: int) -> ListJobs:
+        """The request of the page at `offset` of what the search box and the status box ask for."""
+        from engine.protocol import ListJobs
+
         search = self.query_one("#search", Input).value.strip()
         status = self.query_one("#status", Select).value
-        fields: dict[str, Any] = {"limit": PAGE}
-        if search:
-            fields["search"] = search
-        if isinstance(status, str):
-            fields["status"] = status
-        return fields
+        chosen = status if isinstance(status, str) else None
+        return ListJobs(search=search or None, status=chosen, offset=offset, limit=PAGE)
 
     async def load(self, generation: int, offset: int) -> None:
         started = time.perf_counter()
         self.fetching = True
         try:
-            reply = cast("JobList | None", await self.call("list_jobs", offset=offset, **self.query_fields()))
+            reply = await self.call(self.page(offset))
         finally:
             self.fetching = False
         if reply is None or generation != self.generation:
@@ -200,7 +193,8 @@ class GalleryView(View):
             if self.total > len(self.rows)
             else f"{self.total} job(s)"
         )
-        self.query_one("#gallery-count", Label).update(shown + "   enter: details   F12: keys")
+        hint = f"   {key_of('gallery', 'open')}: details   {key_of('app', 'keys')}: keys"
+        self.query_one("#gallery-count", Label).update(shown + hint)
         self.last_query_s = time.perf_counter() - started
 
     @on(Input.Changed, "#search")

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 from asyncio import gather
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Grid, Horizontal
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
+from ..keymap import bindings, key_of
 from ..messages import EngineConnected, JobQueued
-from .base import View
+from .base import View, checked
 
 if TYPE_CHECKING:
-    from engine.protocol import JobList, JobSummary, Preset, PresetList, SubmitReply
+    from engine.protocol import JobSummary, Preset
 
 HISTORY_LIMIT = 200
 
@@ -56,12 +56,7 @@ class ParamsGrid(Grid):
 
 class GenerateView(View):
     FOCUS = "#prompt"
-    BINDINGS = [
-        Binding("ctrl+s", "submit", "Submit"),
-        Binding("ctrl+r", "random_seed", "Random seed"),
-        Binding("ctrl+o", "save_preset", "Save preset"),
-        Binding("ctrl+b", "delete_preset", "Delete preset", show=False),
-    ]
+    BINDINGS = bindings("generate")
 
     def __init__(self) -> None:
         super().__init__()
@@ -82,7 +77,7 @@ class GenerateView(View):
         # before Submit, right after the first frame (`mount_form`), which shows the prompt with the focus
         yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False)
         with Horizontal(id="preset-row"):
-            yield Button("Submit (ctrl+s)", variant="primary", id="submit")
+            yield Button(f"Submit ({key_of('generate', 'submit')})", variant="primary", id="submit")
 
     def on_mount(self) -> None:
         self.query_one(PromptArea).border_title = "prompt (up/down on the first/last line: history)"
@@ -131,7 +126,9 @@ class GenerateView(View):
         self.remember(message.event.prompt)
 
     async def load(self) -> None:
-        listing = cast("JobList | None", await self.call("list_jobs", limit=HISTORY_LIMIT))
+        from engine.protocol import ListJobs
+
+        listing = await self.call(ListJobs(limit=HISTORY_LIMIT))
         if listing is not None:
             prompts: list[str] = []
             for job in reversed(listing.jobs):  # oldest first, like a shell history
@@ -142,7 +139,9 @@ class GenerateView(View):
         await self.load_presets()
 
     async def load_presets(self) -> None:
-        reply = cast("PresetList | None", await self.call("list_presets"))
+        from engine.protocol import ListPresets
+
+        reply = await self.call(ListPresets())
         if reply is None:
             return
         self.presets = reply.presets
@@ -258,8 +257,11 @@ class GenerateView(View):
         if params is None:
             self.notify(next(iter(errors.values())), title="not submitted", severity="error")
             return
+        from engine.protocol import Submit
+
         params = {**self.extras, **params}  # e.g. a long video's overlap, kept from the job being edited
-        reply = cast("SubmitReply | None", await self.call("submit", params=params))
+        request = checked(self.app, lambda: Submit.model_validate({"params": params}))
+        reply = await self.call(request) if request is not None else None
         if reply is not None:
             self.remember(params["prompt"])
             self.draft = ""
@@ -289,11 +291,14 @@ class GenerateView(View):
             self.notify("fix the parameters before saving them as a preset", severity="error")
             return
 
+        from engine.protocol import SavePreset
+
         async def save(name: str | None) -> None:
             if name is None:
                 return
             values = {key: value for key, value in params.items() if key != "prompt"}
-            if await self.call("save_preset", name=name, params=values) is not None:
+            request = checked(self.app, lambda: SavePreset(name=name, params=values))
+            if request is not None and await self.call(request) is not None:
                 self.notify(f"preset {name!r} saved")
                 await self.load_presets()
 
@@ -308,8 +313,10 @@ class GenerateView(View):
             self.notify("choose the preset to delete first", severity="warning")
             return
 
+        from engine.protocol import DeletePreset
+
         async def delete(yes: bool | None) -> None:
-            if yes and await self.call("delete_preset", name=name) is not None:
+            if yes and await self.call(DeletePreset(name=name)) is not None:
                 self.notify(f"preset {name!r} deleted")
                 self.query_one("#preset", Select).clear()
                 await self.load_presets()

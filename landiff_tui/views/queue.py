@@ -6,16 +6,16 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, ProgressBar
 
-from engine.job_words import PROGRESS_STAGES
+from engine.job_words import PROGRESS_STAGES, progress_words
 from engine.wire import RemoteError
 
+from ..keymap import bindings
 from ..messages import (
     ChunkFinished,
     EngineConnected,
@@ -62,11 +62,9 @@ class StageBar(Horizontal):
         yield ProgressBar(total=1, show_eta=False, show_percentage=False)
         yield Label("", classes="stage-detail")
 
-    def show(self, step: int, total: int, rate: float | None = None) -> None:
-        self.query_one(ProgressBar).update(total=max(total, 1), progress=step)
-        unit = PROGRESS_STAGES.get(self.stage, ("", None))[1] or ""
-        detail = f"{step}/{total}" + (f"  {rate:.1f} {unit}/s" if rate else "")
-        self.query_one(".stage-detail", Label).update(detail)
+    def show(self, event: JobProgressEvent) -> None:
+        self.query_one(ProgressBar).update(total=max(event.total, 1), progress=event.step)
+        self.query_one(".stage-detail", Label).update(progress_words(event).detail)
 
     def show_done(self) -> None:
         """A stage already passed, its numbers unknown (this view joined later): a full bar."""
@@ -101,7 +99,7 @@ class QueueEntry:
 
 class QueueView(View):
     FOCUS = "#queue-table"
-    BINDINGS = [Binding("x", "cancel_job", "Cancel job")]
+    BINDINGS = bindings("queue")
 
     def __init__(self) -> None:
         super().__init__()
@@ -164,8 +162,10 @@ class QueueView(View):
             self.run_worker(self.catch_up(), exclusive=True, group="queue-catch-up")
 
     async def catch_up(self) -> None:
+        from engine.protocol import Status
+
         try:
-            status = cast("StatusReply", await self.engine_app.link.request("status"))
+            status = await self.engine_app.link.call(Status())
         except RemoteError:
             return
         self.memory = status
@@ -275,8 +275,10 @@ class QueueView(View):
             return
         self.update_info(job)
         if int(time.time()) % 3 == 0:  # memory changes slowly; asking costs the engine a call
+            from engine.protocol import Status
+
             with contextlib.suppress(RemoteError):  # the engine went away meanwhile: the link says so
-                self.memory = cast("StatusReply", await self.engine_app.link.request("status"))
+                self.memory = await self.engine_app.link.call(Status())
                 self.draw_workers()
 
     # drawing
@@ -332,7 +334,7 @@ class QueueView(View):
                 continue
             where = order.index(bar.stage)
             if where == at:
-                bar.show(event.step, event.total, event.rate)
+                bar.show(event)
             elif where < at:
                 bar.show_done()
             else:
@@ -356,7 +358,7 @@ class QueueView(View):
     def update_info(self, job: QueueEntry) -> None:
         last = self.last if self.last is not None and self.last.job_id == job.id else None
         elapsed = time.time() - job.started_at if job.started_at else None
-        eta = None if last is None else last.job_eta_s if last.job_eta_s is not None else last.eta_s
+        eta = None if last is None else progress_words(last).eta_s
         parts = [f"elapsed {duration(elapsed)}", f"ETA {duration(eta)}"]
         if last is not None:
             parts.append(f"video so far {last.video_seconds:.1f} s")
@@ -387,8 +389,10 @@ class QueueView(View):
         under = self.jobs.get(job_id) if job_id is not None else None
         job = under or self.running or next(iter(self.jobs.values()))
 
+        from engine.protocol import Cancel
+
         async def answered(yes: bool | None) -> None:
-            if yes and await self.call("cancel", job_id=job.id) is not None:
+            if yes and await self.call(Cancel(job_id=job.id)) is not None:
                 self.notify(f"job {job.id[:8]} cancelling")
 
         question = f"Cancel the {job.status} job {job.id[:8]} ({job.prompt[:40]!r})?"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.widgets import DataTable, Label, ProgressBar, Static
 
+from ..keymap import bindings, key_of
 from ..messages import EngineConnected, TransferEnded, TransferProgressed, TransferStarted
 from ..screens.confirm import Confirm
 from .base import View
@@ -28,12 +28,7 @@ GENERATED_STATES = {"verified": "generated", "present": "generated", "missing": 
 
 class WeightsView(View):
     FOCUS = "#weights-table"
-    BINDINGS = [
-        Binding("d", "download", "Download"),
-        Binding("v", "verify", "Verify"),
-        Binding("x", "cancel", "Cancel"),
-        Binding("r", "refresh", "Refresh"),
-    ]
+    BINDINGS = bindings("weights")
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,7 +60,10 @@ class WeightsView(View):
         bar.display = True
         bar.update(total=None, progress=0)
         doing = "downloading" if isinstance(message.event, DownloadStartedEvent) else "verifying"
-        self.query_one("#weights-activity", Label).update(f"{doing} into {message.event.root} (x: cancel)")
+        cancel = key_of("weights", "cancel")
+        self.query_one("#weights-activity", Label).update(
+            f"{doing} into {message.event.root} ({cancel}: cancel)"
+        )
 
     def on_transfer_progressed(self, message: TransferProgressed) -> None:
         from engine.protocol import DownloadProgressEvent
@@ -96,7 +94,9 @@ class WeightsView(View):
         self.run_worker(self.action_refresh(), exclusive=True, group="weights")
 
     async def action_refresh(self) -> None:
-        status = cast("WeightsStatusReply | None", await self.call("weights_status"))
+        from engine.protocol import WeightsStatus
+
+        status = await self.call(WeightsStatus())
         if status is None:
             return
         self.status, self.busy = status, status.busy
@@ -104,14 +104,15 @@ class WeightsView(View):
             f"{p.rule} ({'used' if p.chosen else 'there' if p.applies else 'not there'})"
             for p in status.looked
         )
+        download = key_of("weights", "download")
         if status.generated:
-            verdict = "generated" if status.complete else "not written yet (d: generate them)"
+            verdict = "generated" if status.complete else f"not written yet ({download}: generate them)"
             head = f"{status.model} weights in {status.root}: random, made on this machine; {verdict}"
         elif status.random_weights:
             verdict = "complete" if status.complete else "not there yet: the engine's first job makes them"
             head = f"tiny weights (random, made on this machine) in {status.root}: {verdict}"
         else:
-            verdict = "complete" if status.complete else "INCOMPLETE (d: download)"
+            verdict = "complete" if status.complete else f"INCOMPLETE ({download}: download)"
             head = f"{status.model} weights in {status.root}: {verdict}"
         self.query_one("#weights-root", Static).update(f"{head}\nlooked at: {looked}")
         table = self.query_one("#weights-table", DataTable)
@@ -125,19 +126,23 @@ class WeightsView(View):
     async def action_download(self) -> None:
         """Make the weights present: the tiny model's are generated here, the release's downloaded (which
         takes long and much disk, so it asks first)."""
-        status = self.status or cast("WeightsStatusReply | None", await self.call("weights_status"))
+        from engine.protocol import DownloadWeights, WeightsStatus
+
+        status = self.status or await self.call(WeightsStatus())
         if status is None:
             return
         if status.generated:
-            if await self.call("download_weights", only="all") is not None:
+            if await self.call(DownloadWeights(only="all")) is not None:
                 self.notify("the engine is writing the tiny model's random weights")
             return
         if status.complete:
-            self.notify("every file is there; v verifies them", severity="information")
+            self.notify(
+                f"every file is there; {key_of('weights', 'verify')} verifies them", severity="information"
+            )
             return
 
         async def answered(yes: bool | None) -> None:
-            if yes and await self.call("download_weights", only="all") is not None:
+            if yes and await self.call(DownloadWeights(only="all")) is not None:
                 self.notify("the engine is downloading; it goes on if you quit the TUI")
 
         if status.random_weights:  # an engine that does not write them itself (a checksum list is set)
@@ -153,11 +158,15 @@ class WeightsView(View):
         self.app.push_screen(Confirm(question, "Download"), answered)
 
     async def action_verify(self) -> None:
-        if await self.call("verify_weights", only="all") is not None:
+        from engine.protocol import VerifyWeights
+
+        if await self.call(VerifyWeights(only="all")) is not None:
             self.notify("verifying every present file (it reads them all)")
 
     async def action_cancel(self) -> None:
-        if await self.call("cancel_download") is not None:
+        from engine.protocol import CancelDownload
+
+        if await self.call(CancelDownload()) is not None:
             self.notify("cancelling; partial files stay and resume next time")
 
 
