@@ -1,10 +1,15 @@
 """The engine's socket: a Unix-domain listener, the peer's uid check, JSON-lines framing, one send loop
 per connection, and event forwarding to subscribed connections.
 
-What one client can cost is bounded: the connections held at once (LANDIFF_MAX_CONNECTIONS, and fewer
-when the open-files limit would leave the worker short), the bytes queued for a client that does not
-read (past MAX_QUEUED_BYTES it is dropped; it resumes with `subscribe since`), and the time a line may
-stay half-sent.
+What clients can cost is bounded: the connections held at once (LANDIFF_MAX_CONNECTIONS, and fewer
+when the open-files limit would leave the worker short), the time a line may stay half-sent, and the
+memory of what was sent to them and not yet read:
+- a connection's next request is read only once less than TAKEN_BYTES of what it was sent waits for it,
+  so a client that asks for pages and never reads holds one (service.REPLY_BUDGET); a client that sends
+  many requests before reading their answers must read as it goes, as with any pipelined protocol;
+- a subscriber that stops reading is dropped past MAX_QUEUED_BYTES of events (it resumes with
+  `subscribe since`);
+- all connections together hold at most MAX_UNSENT_BYTES, past which the ones holding most are dropped.
 
 It hands each parsed request to the service and knows nothing of what the requests do. A handler's
 result becomes a reply in one place, `Connection.answer`; an event becomes a line in one place,
@@ -15,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
+import gc
 import itertools
 import logging
 import os
@@ -23,7 +30,7 @@ import resource
 import socket
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from engine import settings
 from engine.daemon.events import EventHub
@@ -31,6 +38,7 @@ from engine.daemon.service import EngineService, RequestFailed
 from engine.paths import peer_uid
 from engine.protocol import (
     MAX_LINE_BYTES,
+    Exact,
     Hello,
     ProtocolError,
     Subscribe,
@@ -46,6 +54,12 @@ READ_CHUNK = 64 * 1024
 # replies and events queued for one client and not yet taken by it: past this it is dropped (a reply is
 # paged to well under it: service.REPLY_BUDGET)
 MAX_QUEUED_BYTES = 16 * 2**20
+# what every connection together holds unsent; with one page per reading-stalled client, it takes 64
+# clients that ask for a full page and never read to reach it
+MAX_UNSENT_BYTES = 64 * 2**20
+# a client is taking what it is sent while less than this waits for it: its next request is read then
+# (small replies keep flowing to a client that sends many requests before reading any)
+TAKEN_BYTES = 128 * 1024
 HALF_LINE_TIMEOUT_S = 30.0  # a line begun and not finished within this is dropped with its connection
 # descriptors kept free for the worker (torch's imports, weights, videos, previews, SQLite) and the engine
 FD_RESERVE = 128
@@ -53,6 +67,8 @@ BACKLOG = 128
 ACCEPT_BATCH = 16  # connections accepted per wake-up, each checked before the next
 ACCEPT_RETRY_S = 1.0
 REFUSAL_LOG_INTERVAL_S = 60.0
+RETURN_MEMORY_AFTER_BYTES = 128 * 1024  # a connection that held this much unsent: memory is given back
+TRIM_DELAY_S = 0.5
 
 
 class Peer(NamedTuple):
@@ -147,12 +163,15 @@ class Transport:
         max_connections: int | None = None,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
         half_line_timeout: float = HALF_LINE_TIMEOUT_S,
+        max_unsent_bytes: int = MAX_UNSENT_BYTES,
     ):
         self.service, self.hub = service, hub
         self.expected_uid = os.getuid() if expected_uid is None else expected_uid
         self.numbers = itertools.count(1)
         self.capacity = settings.max_connections() if max_connections is None else max_connections
         self.max_queued_bytes, self.half_line_timeout = max_queued_bytes, half_line_timeout
+        self.max_unsent_bytes = max_unsent_bytes
+        self.trim_scheduled = False
         self.open: set[Connection] = set()
         self.serving = 0  # accepted and not yet closed (`open` plus those still being set up)
         self.refusals = OnceIn(REFUSAL_LOG_INTERVAL_S)
@@ -222,6 +241,25 @@ class Transport:
             await connection.run(reader)
         finally:
             self.open.discard(connection)
+            if connection.held_most >= RETURN_MEMORY_AFTER_BYTES and not self.trim_scheduled:
+                # once for a crowd of clients leaving together
+                self.trim_scheduled = True
+                asyncio.get_running_loop().call_later(TRIM_DELAY_S, self.return_freed_memory)
+
+    def return_freed_memory(self) -> None:
+        self.trim_scheduled = False
+        return_freed_memory()
+
+    def make_room(self, size: int) -> None:
+        """Before `size` more bytes are queued: past MAX_UNSENT_BYTES in all, the connections holding the
+        most unsent bytes are dropped (each is a client that does not read) until it fits."""
+        unsent = sum(connection.unsent() for connection in self.open)
+        while unsent + size > self.max_unsent_bytes:
+            holder = max(self.open, key=Connection.unsent, default=None)
+            if holder is None or holder.unsent() == 0:
+                return
+            unsent -= holder.unsent()
+            holder.drop(f"the engine holds {self.max_unsent_bytes // 2**20} MiB unsent for all clients")
 
 
 def turn_away(connection: socket.socket, code: str, message: str) -> bool:
@@ -300,10 +338,15 @@ class Connection:
             transport.max_queued_bytes,
             transport.half_line_timeout,
         )
+        self.transport = transport
         self.client = "a client"  # what its hello calls it
         self.outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.queued_bytes = 0  # in `outgoing`: taken out by the send loop as the client reads
+        self.taken = asyncio.Event()  # set while less than TAKEN_BYTES waits for the client
+        self.taken.set()
+        self.held_most = 0  # the most it held unsent at once
         self.dropped = False
+        self.closed = False  # the client went away: nothing more is read from it or sent to it
         self.subscription: asyncio.Queue | None = None
         self.forwarder: asyncio.Task | None = None
         self.requests = 0
@@ -315,7 +358,10 @@ class Connection:
         try:
             async for line in read_lines(reader, self.half_line_timeout):
                 await self.receive(line)
-                if self.dropped:
+                # the next request is read (and its reply made) once the client has taken this one's
+                # (nearly: TAKEN_BYTES)
+                await self.taken.wait()
+                if self.dropped or self.closed:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -381,7 +427,7 @@ class Connection:
         if self.subscription is not None and self.forwarder is None:
             self.forwarder = asyncio.create_task(self.forward(self.subscription))
 
-    def answer(self, request, result: dict[str, Any]) -> None:
+    def answer(self, request, result: Exact) -> None:
         """The one place a handler's result is encoded as a reply, checked against its reply model."""
         try:
             line = encode_reply(request.type, request.id, result)
@@ -413,40 +459,68 @@ class Connection:
         while True:
             self.send(encode(await subscription.get()))
 
+    def unsent(self) -> int:
+        """Bytes sent to this client and not yet taken by it: queued here, or in the socket's buffer."""
+        if self.dropped or self.closed:
+            return 0
+        return self.queued_bytes + self.writer.transport.get_write_buffer_size()
+
     def send(self, line: bytes) -> None:
         """Queue a line for the client, or drop the client when it has left too much unread."""
+        if self.dropped or self.closed:
+            return
+        if self.unsent() + len(line) > self.max_queued_bytes:
+            self.drop(f"it left over {self.max_queued_bytes // 2**20} MiB of replies and events unread")
+            return
+        self.transport.make_room(len(line))
         if self.dropped:
             return
-        if self.queued_bytes + len(line) > self.max_queued_bytes:
-            self.drop()
-            return
         self.queued_bytes += len(line)
+        self.held_most = max(self.held_most, self.unsent())
+        if self.unsent() > TAKEN_BYTES:
+            self.taken.clear()
         self.outgoing.put_nowait(line)
 
-    def drop(self) -> None:
+    def drop(self, why: str) -> None:
         """A client that does not read what it asked for: closed, its queue freed. A subscriber resumes with
         `subscribe since` its last sequence number."""
         self.dropped = True
-        log.warning(
-            "connection %d (%s, pid %d) dropped: it left over %d MiB of replies and events unread",
-            self.number,
-            self.client,
-            self.peer.pid,
-            self.max_queued_bytes // 2**20,
-        )
+        log.warning("connection %d (%s, pid %d) dropped: %s", self.number, self.client, self.peer.pid, why)
         while not self.outgoing.empty():
             self.outgoing.get_nowait()
         self.queued_bytes = 0
         self.outgoing.put_nowait(None)
         self.writer.transport.abort()
+        self.taken.set()  # its reader leaves at once
 
     async def send_loop(self) -> None:
         try:
             while (message := await self.outgoing.get()) is not None:
+                self.writer.write(message)  # into the socket's buffer, where `unsent` still counts it
                 self.queued_bytes -= len(message)
-                self.writer.write(message)
                 await self.writer.drain()
+                if self.unsent() <= TAKEN_BYTES:
+                    self.taken.set()
         except ConnectionError:
             pass
         finally:
+            self.closed = True
+            while not self.outgoing.empty():
+                self.outgoing.get_nowait()
+            self.queued_bytes = 0
+            self.taken.set()
             self.writer.close()
+
+
+def return_freed_memory() -> None:
+    """Give the pages freed with a big client's replies back to the system. glibc keeps freed heap memory
+    for reuse (a page of replies is made of many small objects, not one mapping it could unmap), so an
+    engine that once paged for many clients would stay that size; malloc_trim releases it. Elsewhere,
+    nothing to do."""
+    gc.collect()  # a closed connection's streams, tasks and exceptions form cycles holding its replies
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
