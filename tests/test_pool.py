@@ -351,7 +351,7 @@ async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_
         ]
         header = "engine: tiny model, pid 4242, 2 workers: cuda:0, cuda:1"
         await until(pilot, lambda: app.sub_title == header, what="the header to name the workers")
-        queue.memory = await link.request("status")  # what its timer asks every few seconds
+        queue.memory = await link.call(p.Status())  # what its timer asks every few seconds
         queue.draw_workers()
         assert str(queue.query_one("#workers-line").render()) == (
             f"workers: cuda:0 running {first.id[:8]}  ·  cuda:1 running {second.id[:8]}"

@@ -198,7 +198,7 @@ async def test_the_engine_tab_shows_the_llm_lane_and_what_it_makes():
         assert "started with: --gpus 0,1 --llm-device 2 (R keeps them)" in shown()
         await pilot.press("f2")  # the Queue tab's workers line names the lane too
         queue = app.query_one("QueueView")
-        queue.memory = await app.link.request("status")  # what its timer asks every few seconds
+        queue.memory = await app.link.call(p.Status())  # what its timer asks every few seconds
         queue.draw_workers()
         assert str(queue.query_one("#workers-line").render()) == (
             f"workers: cpu running {job(1).id[:8]}  ·  LLM lane cuda:2 making {job(2).id[:8]}, 1 ahead"
