@@ -29,7 +29,7 @@ from engine.daemon import disk
 from engine.daemon.events import EventHub
 from engine.daemon.pool import WorkerPool
 from engine.daemon.service import REPLY_BUDGET, EngineService, RequestFailed, within_budget
-from engine.daemon.store import Store
+from engine.daemon.store import SCHEMA_VERSION, Store
 from engine.daemon.transport import Connection, Transport, read_lines
 from engine.daemon.weights_ops import WeightsOperations
 from engine.daemon.worker import JobWorker
@@ -230,7 +230,7 @@ def test_stores_opened_together_migrate_once(tmp_path):
             process.join(WAIT_S)
         assert [process.exitcode for process in processes] == [0, 0, 0, 0]
         with sqlite3.connect(path) as connection:
-            assert connection.execute("PRAGMA user_version").fetchone() == (3,)
+            assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
 # descriptors
@@ -412,7 +412,7 @@ class WritesThenFails:
     def __init__(self, error: Exception):
         self.error = error
 
-    def run(self, job, on_progress, should_stop, on_chunk):
+    def run(self, job, on_progress, should_stop, on_chunk, checkpoints=None):
         job.out.parent.mkdir(parents=True, exist_ok=True)
         (job.out.parent / "chunk-000.png").write_bytes(b"\x89PNG preview")
         (job.out.parent / ".video.mp4.partial").write_bytes(b"half a video")

@@ -234,3 +234,33 @@ def test_a_job_that_no_longer_runs_here_is_neither_written_nor_announced(store, 
     assert row is not None and (row.status, row.error, row.video_path) == ("failed", "the first end", None)
     assert [event["event"] for event in wire(events)] == ["job_failed"]
     assert "no longer runs on worker cpu:0: its end as finished is not recorded" in caplog.text
+
+
+def test_a_resumed_start_keeps_the_chunks_before_and_a_suspend_queues_the_job_again(store):
+    """A long video resumed from its checkpoint (engine/generation/resume.py): its row says where and keeps
+    the chunks made before; the engine stopping after a later chunk puts it back in the queue."""
+    lifecycle, events = claim(store)
+    lifecycle.started(resumed_at_chunk=1, chunks=3, chunk_timings=[timing(0)])
+    lifecycle.chunk_recorded(chunk(1, chunks=3), Path("/out/job/chunk-001.png"))
+    row = store.get(lifecycle.job_id)
+    assert row is not None and row.resumed_at_chunk == 1
+    assert row.to_summary().chunk_timings == [timing(0), timing(1)]
+    started = wire(events)[0]
+    assert (started["event"], started["resumed_at_chunk"], started["chunks"]) == ("job_started", 1, 3)
+    lifecycle.suspended("the engine stopped", chunks_done=2, chunks=3)
+    row = store.get(lifecycle.job_id)
+    assert row is not None and (row.status, row.started_at, row.finished_at) == ("queued", None, None)
+    stopped = wire(events)[-1]
+    assert (stopped["event"], stopped["status"], stopped["chunks_done"], stopped["chunks"]) == (
+        "job_interrupted",
+        "queued",
+        2,
+        3,
+    )
+    again = store.claim_next("cuda:0")  # at its old place, by any worker
+    assert again is not None and again.id == lifecycle.job_id
+    fresh, fresh_events = claim(store)
+    fresh.started()
+    assert wire(fresh_events)[0]["resumed_at_chunk"] is None
+    row = store.get(fresh.job_id)
+    assert row is not None and row.resumed_at_chunk is None

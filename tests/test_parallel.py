@@ -304,10 +304,10 @@ def test_uneven_shards_are_padded_and_the_padding_never_attended(split, grid, at
         assert ((got - reference).abs().max() / reference.abs().max()) < 1e-5
 
 
-def guidance_parallel_render(single, job, **render) -> list:
+def guidance_parallel_render(single, job, chunks: int = 2, **render) -> list:
     """The two-chunk job's latents rendered by cfg=2 over two ranks: threads on one gloo store, running
     the processes' render loop (rank 0 leads, the helper follows its header). `render`: render_chunks's
-    steps and options."""
+    steps and options; `chunks`: how many it renders (fewer from a resumed render's cursor)."""
     from copy import copy, deepcopy
 
     import torch.distributed as dist
@@ -332,7 +332,7 @@ def guidance_parallel_render(single, job, **render) -> list:
             rendered[1] = True
 
     on_threads(rank, 2)
-    assert rendered.get(1) is True and len(rendered[0]) == 2
+    assert rendered.get(1) is True and len(rendered[0]) == chunks
     return rendered[0]
 
 
@@ -342,6 +342,23 @@ def test_guidance_parallel_renders_the_single_process_latents_bit_for_bit(single
     reference = job[3]
     rendered = guidance_parallel_render(single, job, steps=STEPS)
     assert all(torch.equal(a, b) for a, b in zip(reference, rendered, strict=True))
+
+
+def test_guidance_parallel_resumes_a_render_at_its_cursor_bit_for_bit(single, job):
+    """A long video resumed on a group (engine/generation/resume.py): rank 0 sends the helpers where the
+    render stands (the next chunk, the generator's state, the overlap latents), and the chunks after it
+    equal the single process's uninterrupted ones, bit for bit."""
+    from engine.generation.cursor import RenderCursor
+
+    text, codes, plan, reference = job
+    cursor = RenderCursor()
+    chunks = single.stage2().render_chunks(text, codes, plan, seed=SEED, steps=STEPS, cursor=cursor)
+    next(chunks)
+    chunks.close()
+    assert cursor.index == 1 and cursor.generator is not None
+    resumed = RenderCursor(cursor.index, cursor.generator, cursor.prefix)
+    (rendered,) = guidance_parallel_render(single, job, chunks=1, steps=STEPS, cursor=resumed)
+    assert torch.equal(rendered, reference[1])
 
 
 # step caching (cache > 0) on a group

@@ -125,7 +125,7 @@ class LostUnderTheJob:
     def __init__(self, label: str, started: threading.Event):
         self.label, self.started = label, started
 
-    def run(self, job, on_progress, should_stop, on_chunk):
+    def run(self, job, on_progress, should_stop, on_chunk, checkpoints=None):
         job.out.parent.mkdir(parents=True, exist_ok=True)
         (job.out.parent / "chunk-000.png").write_bytes(b"\x89PNG preview")
         self.started.set()

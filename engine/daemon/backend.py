@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from engine.generation.job import ChunkDone, JobResult, JobSpec
     from engine.generation.pipeline import SemanticTokens
+    from engine.generation.resume import Checkpoints
     from engine.protocol import ProgressReport
 
 
@@ -21,8 +22,10 @@ class PipelineBackend(Protocol):
         should_stop: Callable[[], bool] | None = None,
         on_chunk: Callable[[ChunkDone], None] | None = None,
         tokens: SemanticTokens | None = None,
+        checkpoints: Checkpoints | None = None,
     ) -> JobResult:
-        """One job, its events through the callbacks; `tokens`: stage 1 made elsewhere (an LLM lane)."""
+        """One job, its events through the callbacks; `tokens`: stage 1 made elsewhere (an LLM lane);
+        `checkpoints`: resume checkpoints in the job's folder (a backend that writes elsewhere gets None)."""
         ...
 
     def stage2(self) -> object:

@@ -24,7 +24,8 @@ class DiskFull(OSError):
 
 def job_output_bound(model: str, frames: int | None, overlap: int | None, fps: int | None = None) -> int:
     """Bytes a job may write at most: its mp4 (twice, while a chunk is appended; `fps` frames a second, the
-    model's by default), a PNG preview per chunk, the thumbnail, the tokens and its record."""
+    model's by default), a PNG preview per chunk, the thumbnail, the tokens and its record, and a long
+    video's resume checkpoint (every chunk's latents, float32, and the state: twice while it is replaced)."""
     spec = get_spec(model)
     per_model_frame = 1 if fps is None else max(1, fps // spec.fps)  # interpolated frames
     plan = plan_length(rules_for(model), frames, overlap)
@@ -34,7 +35,10 @@ def job_output_bound(model: str, frames: int | None, overlap: int | None, fps: i
     preview = PREVIEW_WIDTH * PREVIEW_WIDTH * 3  # a PNG never much exceeds its raw pixels
     tokens = 8 * 1024 * 1024  # int64 codes of the longest plan, with room
     video = 2 * plan.frames * per_model_frame * raw_frame * MP4_SHARE_OF_RAW
-    return int(video) + (plan.chunks + 1) * preview + tokens
+    _, channels, rows, cols = spec.latent_shape(plan.window)
+    resume = 0 if plan.chunks == 1 else 4 * channels * rows * cols * (plan.latent_frames + 2 * plan.overlap)
+    resume += 0 if plan.chunks == 1 else 2 * (2 * raw_frame + tokens)
+    return int(video) + (plan.chunks + 1) * preview + tokens + resume
 
 
 def free_bytes(folder: Path) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,8 @@ def stopped(how: str, **fields: Any) -> JobStoppedEvent:
 
 class JobLifecycle:
     """The transitions of one job that `worker` claimed: started, progress, chunk_recorded, then one end:
-    finished, stopped (cancelled or interrupted, with or without the kept chunks), failed or lost."""
+    finished, stopped (cancelled or interrupted, with or without the kept chunks), suspended (back in the
+    queue to resume), failed or lost."""
 
     def __init__(self, store: Store, publish: Publisher, job_id: str, worker: str):
         self.store, self.publish, self.job_id, self.worker = store, publish, job_id, worker
@@ -67,9 +69,24 @@ class JobLifecycle:
         """The job leaves `running` as `status`, stamped now."""
         return self.write(f"end as {status}", status=status, finished_at=time.time(), **fields)
 
-    def started(self) -> None:
-        """The claim made the row running; this says so."""
-        self.publish(JobStartedEvent(job_id=self.job_id, worker=self.worker))
+    def started(
+        self,
+        resumed_at_chunk: int | None = None,
+        chunks: int | None = None,
+        chunk_timings: Sequence[ChunkTiming] = (),
+    ) -> None:
+        """The claim made the row running; this says so. A long video resumed from its checkpoint after
+        `resumed_at_chunk` of its `chunks` chunks: its row says so and keeps those chunks' `chunk_timings`
+        (the chunks it makes now join them)."""
+        if resumed_at_chunk is not None:
+            self.chunk_timings = list(chunk_timings)
+            self.write("resume", resumed_at_chunk=resumed_at_chunk, chunk_timings=self.chunk_timings)
+            log.info("job %s resumes after chunk %d of %s", self.job_id, resumed_at_chunk, chunks)
+        self.publish(
+            JobStartedEvent(
+                job_id=self.job_id, worker=self.worker, resumed_at_chunk=resumed_at_chunk, chunks=chunks
+            )
+        )
 
     def progress(self, report: ProgressReport) -> None:
         """Not stored: the events say where a running job stands (status shows the latest)."""
@@ -150,6 +167,17 @@ class JobLifecycle:
                 chunks_done=partial.chunks_done,
                 chunks=partial.chunks,
             )
+        )
+
+    def suspended(self, why: str, chunks_done: int, chunks: int) -> None:
+        """The engine stopped after `chunks_done` of the job's `chunks` chunks, whose resume checkpoint and
+        partial video stay in its folder: it waits in the queue again, at its old place, and the next engine
+        continues it after those chunks."""
+        if not self.write("suspend", status="queued", started_at=None):
+            return
+        log.info("job %s back in the queue after %.1f s: %s", self.job_id, self.elapsed(), why)
+        self.publish(
+            JobInterruptedEvent(job_id=self.job_id, status="queued", chunks_done=chunks_done, chunks=chunks)
         )
 
     def failed(self, message: str, error: BaseException | None = None) -> None:

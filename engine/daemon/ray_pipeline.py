@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from engine.generation.job import ChunkDone, JobResult, JobSpec
     from engine.generation.pipeline import SemanticTokens
+    from engine.generation.resume import Checkpoints
 
 WAIT_S = 0.1  # how long the engine waits on the stream before it looks at should_stop again
 CANCEL_RESEND_S = 1.0  # a cancel is sent again while the job runs on (one sent before the job began is lost)
@@ -93,8 +94,10 @@ class RemotePipeline:
         should_stop: Callable[[], bool] | None = None,
         on_chunk: Callable[[ChunkDone], None] | None = None,
         tokens: SemanticTokens | None = None,
+        checkpoints: Checkpoints | None = None,
     ) -> JobResult:
-        """`tokens` (stage 1 made elsewhere) travel to the actor as the job's given tokens would."""
+        """`tokens` (stage 1 made elsewhere) travel to the actor as the job's given tokens would.
+        `checkpoints` are not written: the actor renders in its own folder (its workers pass None)."""
         from engine.generation.job import JobCancelled
 
         given = None

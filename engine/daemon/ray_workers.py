@@ -202,6 +202,7 @@ class RayWorkers(threading.Thread):
         device = f"{where['ip']} {where['device']}"
         actor = start.actor
         worker = self.new_worker(lambda: RemotePipeline(actor, label), label, device)
+        worker.checkpoints = False  # the actor writes the job's files in its own folder
         self.workers.setdefault(start.node_id, []).append(worker)
         self.pool.add(worker)
         log.info("worker %s added: an actor on %s (Ray node %s)", label, device, start.node_id[:8])

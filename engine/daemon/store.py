@@ -13,7 +13,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from engine.protocol import JobSummary
 if TYPE_CHECKING:
     from engine.generation.job import JobResult
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
     "reference defaults": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 50, "seed": 42},
@@ -85,6 +85,7 @@ class JobRow(SQLModel, table=True):
     worker: str | None = None  # the worker that ran it last: "cpu", "cuda:1", a Ray node's GPU (schema 3)
     requeues: int = 0  # times a lost worker put it back in the queue (schema 3)
     quality: str | None = None  # JSON of the quality probe's findings, once it ran (schema 3)
+    resumed_at_chunk: int | None = None  # chunks made before it last resumed from its checkpoint (schema 4)
 
     def to_summary(self) -> JobSummary:
         """The row as the wire shows it: its JSON columns read into the summary's fields (ChunkTiming...)."""
@@ -169,8 +170,15 @@ def _migrate_to_3(connection) -> None:
             connection.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}"))
 
 
+def _migrate_to_4(connection) -> None:
+    """Where a long job last resumed from its checkpoint (engine/generation/resume.py)."""
+    columns = {row[1] for row in connection.execute(text("PRAGMA table_info(jobs)"))}
+    if "resumed_at_chunk" not in columns:
+        connection.execute(text("ALTER TABLE jobs ADD COLUMN resumed_at_chunk INTEGER"))
+
+
 # MIGRATIONS[n] takes a database at version n to version n + 1.
-MIGRATIONS: list[Callable] = [_migrate_to_1, _migrate_to_2, _migrate_to_3]
+MIGRATIONS: list[Callable] = [_migrate_to_1, _migrate_to_2, _migrate_to_3, _migrate_to_4]
 
 
 class Store:
@@ -320,16 +328,26 @@ class Store:
             )
             return cancelled.rowcount == 1
 
-    def interrupt_running(self) -> list[str]:
-        """Jobs a dead engine left running: marked interrupted. Returns their ids."""
+    def running(self) -> list[JobRow]:
+        with self.session() as session:
+            return list(session.exec(select(JobRow).where(JobRow.status == "running")).all())
+
+    def interrupt_running(self, resume: Collection[str] = ()) -> list[str]:
+        """Jobs a dead engine left running: those in `resume` back in the queue at their old place (to
+        continue from their checkpoints), the others marked interrupted. Returns the interrupted ids."""
         with self.lock, self.session() as session:
             rows = session.exec(select(JobRow).where(JobRow.status == "running")).all()
+            interrupted = []
             for row in rows:
-                row.status, row.finished_at = "interrupted", time.time()
-                row.error = "the engine stopped while this job was running"
+                if row.id in resume:
+                    row.status, row.started_at = "queued", None
+                else:
+                    row.status, row.finished_at = "interrupted", time.time()
+                    row.error = "the engine stopped while this job was running"
+                    interrupted.append(row.id)
                 session.add(row)
             session.commit()
-            return [row.id for row in rows]
+            return interrupted
 
     def list_jobs(
         self,

@@ -16,18 +16,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.atomic import partial_path
 from engine.daemon.backend import PipelineBackend, PipelineFactory
 from engine.daemon.devices import AUTO
 from engine.daemon.disk import PREVIEW_WIDTH, DiskFull, check_room, disk_full_message, job_output_bound
 from engine.daemon.events import Publisher
 from engine.daemon.lifecycle import JobLifecycle, mebibytes
 from engine.daemon.model_thread import free_device_memory, keep_stepping, load_torch, release_due
-from engine.daemon.store import JobRow, Store, job_folder
+from engine.daemon.store import JOB_ID, JobRow, Store, job_folder
+from engine.generation.resume_point import FOLDER, VIDEO, NotResumable, discard, has_checkpoint, resume_point
 from engine.protocol import JobParams, ModelsReleasedEvent, ProgressReport
 
 if TYPE_CHECKING:  # torch and the models load in the worker thread, after the socket is up
     from engine.daemon.token_lane import TokenLane
     from engine.generation.job import ChunkDone, JobResult
+    from engine.generation.resume import Checkpoint
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress events a second per job, plus each stage's last step
@@ -85,6 +88,9 @@ class JobWorker(threading.Thread):
         self.current: str | None = None
         self.lock = threading.Lock()
         self.lane: TokenLane | None = None  # the LLM lane that makes its jobs' tokens (`serve --llm-device`)
+        # its long jobs write resume checkpoints and continue from them (engine/generation/resume.py); not
+        # where the pipeline writes elsewhere (a Ray actor's)
+        self.checkpoints = True
 
     # called from the asyncio side
 
@@ -197,16 +203,23 @@ class JobWorker(threading.Thread):
         )
 
     def run_job(self, job_id: str, params: JobParams, model: str | None = None) -> None:
-        """Run a job this worker claimed, to one of its ends (engine/daemon/lifecycle.py says each)."""
-        from engine.generation.job import JobCancelled
+        """Run a job this worker claimed, to one of its ends (engine/daemon/lifecycle.py says each); a long
+        video with a resume checkpoint continues from it."""
+        from engine.generation.job import JobCancelled, JobSuspended
 
         lifecycle = JobLifecycle(self.store, self.publish, job_id, self.label)
-        lifecycle.started()
         folder = job_folder(self.outputs, job_id)
+        start = self.checkpoint(job_id, folder, params, model)
+        if start is None:
+            lifecycle.started()
+        else:
+            lifecycle.started(start.chunks_done, start.chunks, start.chunk_timings)
         try:
-            result = self.render(lifecycle, folder, params, model)
+            result = self.render(lifecycle, folder, params, model, start)
         except WorkerLost as lost:
             self.lose(lifecycle, folder, lost)
+        except JobSuspended as suspended:  # the engine stops: the next one resumes it
+            lifecycle.suspended(str(suspended), suspended.chunks_done, suspended.chunks)
         except JobCancelled as cancelled:
             if cancelled.partial is None:
                 remove_job_files(folder)
@@ -220,15 +233,52 @@ class JobWorker(threading.Thread):
         else:
             lifecycle.finished(result)
 
+    def checkpoint(
+        self, job_id: str, folder: Path, params: JobParams, model: str | None
+    ) -> Checkpoint | None:
+        """The job's resume checkpoint when it has one this worker continues from, checked; else None (the
+        job starts from its first chunk; a checkpoint that does not fit is removed, the log says why)."""
+        if not has_checkpoint(folder):
+            return None
+        if not self.checkpoints or model is None:
+            log.warning(
+                "job %s: not resumed, starting from its first chunk: this worker does not resume", job_id
+            )
+            discard(folder)
+            return None
+        from engine.generation.job import JobSpec
+        from engine.generation.resume import load_or_none
+
+        try:
+            job = JobSpec.from_params(params.model_dump(), out=folder / VIDEO)
+        except ValueError:
+            return None  # the job fails as it starts, saying why
+        return load_or_none(folder, job, model, self.device_type(), f"job {job_id}")
+
+    def device_type(self) -> str:
+        """The kind of device its pipeline runs on ("cuda", "cpu"); torch is loaded."""
+        import torch
+
+        if self.device is not None:
+            return torch.device(self.device).type
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
     def render(
-        self, lifecycle: JobLifecycle, folder: Path, params: JobParams, model: str | None
+        self,
+        lifecycle: JobLifecycle,
+        folder: Path,
+        params: JobParams,
+        model: str | None,
+        start: Checkpoint | None = None,
     ) -> JobResult:
         """The job through this worker's pipeline (loaded first if need be), its stage 1 from the LLM lane
-        when there is one; its progress and chunks go to `lifecycle` as they come."""
+        when there is one (none when it resumes from `start`: the checkpoint holds its tokens); its progress
+        and chunks go to `lifecycle` as they come."""
         from engine.generation.job import JobSpec
+        from engine.generation.resume import Checkpoints
         from engine.generation.video import write_thumbnail
 
-        job = JobSpec.from_params(params.model_dump(), out=folder / "video.mp4")
+        job = JobSpec.from_params(params.model_dump(), out=folder / VIDEO)
 
         def chunk_finished(done: ChunkDone) -> None:
             preview = folder / f"chunk-{done.report.index:03d}.png"
@@ -236,6 +286,9 @@ class JobWorker(threading.Thread):
 
         def should_stop() -> bool:
             return self.cancel_requested.is_set() or self.stopping.is_set()
+
+        def suspend() -> bool:  # a stop that is the engine's, not a cancel: the next engine resumes the job
+            return self.stopping.is_set() and not self.cancel_requested.is_set()
 
         if model is not None:  # before any model loads: a job that cannot fit fails now, saying so
             check_room(self.outputs, job_output_bound(model, params.frames, params.overlap, params.fps))
@@ -247,7 +300,9 @@ class JobWorker(threading.Thread):
                 self.loading = False
         throttle = ProgressThrottle(lifecycle.progress)
         made = {}  # stage 1 made by the LLM lane: this worker runs stage 2 only
-        if self.lane is not None and job.tokens is None:
+        if self.lane is not None and start is not None:
+            self.lane.drop(lifecycle.job_id)  # made ahead, maybe: the checkpoint holds its tokens
+        elif self.lane is not None and job.tokens is None:
             self.lane.want(lifecycle.job_id)
             try:  # its models load while the lane makes the tokens (the first job, after a release)
                 self.pipeline.stage2()
@@ -255,8 +310,14 @@ class JobWorker(threading.Thread):
                 self.lane.drop(lifecycle.job_id)
                 raise
             made["tokens"] = self.lane.take(lifecycle.job_id, throttle, should_stop)
+        checkpoints = Checkpoints(folder, start, suspend) if self.checkpoints else None
         return self.pipeline.run(
-            job, on_progress=throttle, should_stop=should_stop, on_chunk=chunk_finished, **made
+            job,
+            on_progress=throttle,
+            should_stop=should_stop,
+            on_chunk=chunk_finished,
+            checkpoints=checkpoints,
+            **made,
         )
 
     def lose(self, lifecycle: JobLifecycle, folder: Path, lost: WorkerLost) -> None:
@@ -303,13 +364,42 @@ def default_label() -> str:
     return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
 
 
+def recover_running(store: Store, outputs: Path) -> list[str]:
+    """At start, before any worker runs: the jobs a dead engine left running go back to the queue where
+    their resume checkpoints let them continue (engine/generation/resume.py), the others are marked
+    interrupted. A job resumes after a chunk it has not resumed after before: one that kills its engine
+    each time it resumes there ends interrupted. Returns the interrupted ids (their files are the caller's
+    to remove)."""
+    resume = []
+    for row in store.running():
+        if not JOB_ID.fullmatch(row.id):
+            continue  # marked interrupted: its id names no folder
+        try:
+            point = resume_point(job_folder(outputs, row.id))
+            if point.model != row.model:
+                raise NotResumable(f"its resume checkpoint is of model {point.model}, the job of {row.model}")
+            if row.resumed_at_chunk is not None and point.chunks_done <= row.resumed_at_chunk:
+                raise NotResumable(f"it resumed after chunk {point.chunks_done} before and got no further")
+        except Exception as error:  # a checkpoint that cannot be resumed never keeps the engine from starting
+            if has_checkpoint(job_folder(outputs, row.id)):
+                log.warning("job %s is not resumed: %s", row.id, error)
+            continue
+        done, chunks = point.chunks_done, point.chunks
+        log.info("job %s goes back to the queue: it resumes after chunk %d of %d", row.id, done, chunks)
+        resume.append(row.id)
+    return store.interrupt_running(resume)
+
+
 def sweep_leftovers(outputs: Path) -> None:
-    """Half-written outputs of an engine that died mid-job (a growing long video, its scratch chunk).
-    Called once at start, before any worker runs: then every one is a leftover."""
+    """Half-written outputs of an engine that died mid-job (a growing long video, its scratch chunk), but
+    not the growing video of a job that resumes from its checkpoint. Called once at start, before any
+    worker runs: then every one is a leftover."""
     if not outputs.is_dir():
         return
-    for path in outputs.glob("*/.*"):
+    for path in [*outputs.glob("*/.*"), *outputs.glob(f"*/{FOLDER}/.*")]:
         if ".partial" in path.name or path.name.endswith(".chunk.mp4"):
+            if path.name == partial_path(path.parent / VIDEO).name and has_checkpoint(path.parent):
+                continue  # cut back to its checkpoint when the job resumes
             log.info("removing %s, left by an engine that stopped mid-job", path)
             path.unlink(missing_ok=True)
 

@@ -1,4 +1,5 @@
 """A job as the GPU runs it: both stages, progress clocks, outputs, video writing, and length rules.
 
-Only `lengths` is torch-free (clients import it); everything else here loads torch.
+Only `lengths` (clients import it) and `resume_point` (a starting engine reads checkpoints with it) are
+torch-free; everything else here loads torch.
 """

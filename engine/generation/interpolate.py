@@ -29,7 +29,7 @@ from typing import Any
 import imageio_ffmpeg
 import numpy as np
 
-from engine.generation.video import StreamingMp4Writer
+from engine.generation.video import Mp4Point, StreamingMp4Writer
 
 # model frames before a chunk that it is interpolated with: the previous chunk's last, so the step across
 # the boundary is interpolated from the frames on both sides. More would not make a chunked video equal one
@@ -200,6 +200,20 @@ class ChunkInterpolator:
         self.held = True
         return np.repeat(self.context[-1:], self.factor - 1, axis=0)
 
+    def point(self) -> InterpolationPoint:
+        assert self.context is not None and not self.held  # between two chunks
+        return InterpolationPoint(self.model_frames, self.video_frames, self.seconds, self.context.copy())
+
+    def resume(self, point: InterpolationPoint) -> None:
+        """Continue after the chunks that `point` was taken after (by a ChunkInterpolator of this kind)."""
+        check_frames(point.context)
+        self.model_frames, self.video_frames, self.seconds = (
+            point.model_frames,
+            point.video_frames,
+            point.seconds,
+        )
+        self.context = point.context[-CONTEXT:].copy()
+
     def record(self) -> dict[str, Any]:
         """What the sidecar says of the interpolation."""
         return {
@@ -213,6 +227,26 @@ class ChunkInterpolator:
         }
 
 
+@dataclass(frozen=True)
+class InterpolationPoint:
+    """A ChunkInterpolator between two chunks: its counts, and the model frames the next chunk is
+    interpolated with (the previous chunk's last `CONTEXT`)."""
+
+    model_frames: int
+    video_frames: int
+    seconds: float
+    context: np.ndarray  # uint8 [CONTEXT, H, W, 3]
+
+
+@dataclass(frozen=True)
+class WriterPoint:
+    """An InterpolatingWriter between two chunks (`InterpolatingWriter.point`): what resumes it exactly."""
+
+    frames_written: int  # the model's frames
+    mp4: Mp4Point
+    interpolation: InterpolationPoint | None  # None at the model's fps
+
+
 class InterpolatingWriter:
     """The job's growing mp4 at `fps`, fed the model's frames chunk by chunk: above the model's fps they are
     interpolated on the way (each chunk's new frames appended at once, so the file stays playable); at the
@@ -220,15 +254,33 @@ class InterpolatingWriter:
 
     `frames_written` and `seconds` count the model's frames, `video_frames` the file's."""
 
-    def __init__(self, path: Path, fps: int, model_fps: int, interpolator: Interpolator | None = None):
+    def __init__(
+        self,
+        path: Path,
+        fps: int,
+        model_fps: int,
+        interpolator: Interpolator | None = None,
+        resume: WriterPoint | None = None,
+    ):
+        """`resume`: continue the partial file a writer of the same path and rates left at that point (it is
+        cut back to it; ValueError when it is not that file)."""
         self.fps, self.model_fps = fps, model_fps
         factor = interpolation_factor(fps, model_fps)
         self.frames = (
             None if factor == 1 else ChunkInterpolator(fps, model_fps, interpolator or FfmpegMinterpolate())
         )
-        self.mp4 = StreamingMp4Writer(path, fps)
+        if resume is not None and (resume.interpolation is None) != (self.frames is None):
+            raise ValueError("the point to resume was taken at another frame rate")
+        if resume is not None and self.frames is not None and resume.interpolation is not None:
+            self.frames.resume(resume.interpolation)
+        self.mp4 = StreamingMp4Writer(path, fps, None if resume is None else resume.mp4)
         self.partial = self.mp4.partial
-        self.frames_written = 0
+        self.frames_written = 0 if resume is None else resume.frames_written
+
+    def point(self) -> WriterPoint:
+        """Where the writer stands after the chunk appended last."""
+        interpolation = None if self.frames is None else self.frames.point()
+        return WriterPoint(self.frames_written, self.mp4.point(), interpolation)
 
     @property
     def seconds(self) -> float:
@@ -254,6 +306,10 @@ class InterpolatingWriter:
 
     def abort(self) -> None:
         self.mp4.abort()
+
+    def close(self) -> None:
+        """Stop here, leaving the partial file to be resumed."""
+        self.mp4.close()
 
     def record(self) -> dict[str, Any] | None:
         """The sidecar's `interpolation`: None at the model's fps."""

@@ -153,6 +153,7 @@ class JobResult:
     weights_sha256: dict[str, str] = field(default_factory=dict)  # {file under the weights root: SHA-256}
     dit_calls: int = 0  # of the chunks kept: one per CFG branch and denoising step
     dit_calls_skipped: int = 0  # of those, answered by the step cache instead of the blocks
+    resumes: list[int] = field(default_factory=list)  # chunks done when each resume began (none: one go)
 
 
 class JobCancelled(Exception):
@@ -162,3 +163,13 @@ class JobCancelled(Exception):
     def __init__(self, message: str, partial: JobResult | None = None):
         super().__init__(message)
         self.partial = partial
+
+
+class JobSuspended(JobCancelled):
+    """The job was stopped after `chunks_done` of its `chunks` chunks by an engine that is stopping: its
+    partial video and resume checkpoint stay in its folder for the next engine to continue from
+    (engine/generation/resume.py); nothing was renamed into place."""
+
+    def __init__(self, message: str, chunks_done: int, chunks: int):
+        super().__init__(message)
+        self.chunks_done, self.chunks = chunks_done, chunks

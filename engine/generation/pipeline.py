@@ -7,6 +7,7 @@ temporary names and renamed when complete, so no half-written file is ever left 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine import __version__
+from engine.generation.cursor import RenderCursor
 from engine.generation.interpolate import InterpolatingWriter
-from engine.generation.job import ChunkDone, JobCancelled, JobResult, JobSpec
+from engine.generation.job import ChunkDone, JobCancelled, JobResult, JobSpec, JobSuspended
 from engine.generation.lengths import ChunkPlan
 from engine.generation.memory import resolve_memory_profile, spec_weight_sizes
 from engine.generation.outputs import load_tokens, peak_memory, save_tokens, write_record
 from engine.generation.progress import JobClock, StageClock
 from engine.generation.residency import Residency
+from engine.generation.resume import Checkpoint, Checkpoints, CheckpointWriter, fingerprint, frames_sha256
 from engine.generation.speed import DiTOptions, enable_compile_cache
 from engine.generation.stage1 import SemanticStage, default_device, default_dtype
 from engine.generation.stage2 import VideoStage
@@ -58,6 +61,8 @@ class Render:
     stop: Callable[[], bool]
     on_chunk: Callable[[ChunkDone], None] | None
     stage1: dict[str, Any]  # where its tokens were made (the sidecar's "stage1")
+    checkpoints: Checkpoints | None = None  # an engine job's: checkpointed after each chunk, maybe resumed
+    saving: CheckpointWriter | None = None
 
 
 @dataclass
@@ -242,12 +247,19 @@ class Pipeline:
         should_stop: Callable[[], bool] | None = None,
         on_chunk: Callable[[ChunkDone], None] | None = None,
         tokens: SemanticTokens | None = None,
+        checkpoints: Checkpoints | None = None,
     ) -> JobResult:
         """Run one job: tokens, then chunk after chunk denoised, decoded and appended to the mp4.
 
         `tokens`: stage 1's result made elsewhere (an LLM lane, engine/daemon/token_lane.py): only stage 2
         runs here. A cancel after some chunks finished raises JobCancelled whose `partial` result points at
         a shorter video of those chunks (renamed into place, with its tokens, thumbnail and record).
+
+        `checkpoints` (an engine job's, engine/generation/resume.py): a resume checkpoint is written into
+        its folder after each chunk but the last (before `on_chunk` hears of the chunk), and removed when
+        the job ends; with `checkpoints.start` the job continues after that checkpoint's chunks instead of
+        from the start (stage 1 does not run again). A stop after a chunk that `checkpoints.suspend` agrees
+        to raises JobSuspended and leaves the checkpoint and the partial video to be resumed.
         """
         job.validate(self.spec)
         plan = job.plan(self.spec)
@@ -258,12 +270,17 @@ class Pipeline:
         text_steps = 1 if job.tokens is not None else 2
         text_clock = StageClock("text", on_progress, clock)
         stage1 = {"device": "file" if job.tokens is not None else str(self.device), "ahead": False}
+        start = None if checkpoints is None else checkpoints.start
 
         def stop() -> bool:
             return should_stop is not None and should_stop()
 
         try:
-            if tokens is not None:
+            if start is not None:  # the tokens the run that wrote the checkpoint used
+                codes = start.codes
+                timings.update(start.timings)
+                stage1 = start.stage1
+            elif tokens is not None:
                 codes = tokens.codes
                 timings.update(tokens.timings)
                 stage1 = tokens.record()
@@ -284,20 +301,56 @@ class Pipeline:
             text = stage2.encode_prompt(job.prompt)
             timings["text"] = timings.get("text", 0.0) + time.perf_counter() - started
             text_clock(text_steps, text_steps)
-            return self._render_and_finish(
-                Render(job, plan, stage2, text, codes, clock, timings, on_progress, stop, on_chunk, stage1)
+            render = Render(
+                job, plan, stage2, text, codes, clock, timings, on_progress, stop, on_chunk, stage1
             )
+            if checkpoints is not None and plan.chunks > 1:
+                render.checkpoints = checkpoints
+                render.saving = CheckpointWriter(
+                    checkpoints.folder,
+                    fingerprint(job, self.spec.name, self.device.type),
+                    self.options(),
+                    start,
+                )
+            return self._render_and_finish(render)
         finally:
             self.park(stage2)
 
+    def options(self) -> dict[str, Any]:
+        """What a checkpoint records of how this pipeline runs: a run resumed under other options makes other
+        bits than an uninterrupted one would (said in the log, not refused)."""
+        options = {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "dit": self.dit.record(),
+            "vae_spatial_tiling": self.memory_choice.vae_tiling,
+            "dit_weights_8bit": self.memory_choice.weights_8bit,
+        }
+        return json.loads(json.dumps(options))  # as a checkpoint's record holds them
+
     def _render_and_finish(self, render: Render) -> JobResult:
-        writer = InterpolatingWriter(render.job.out, render.job.fps, self.spec.fps)
+        start = None if render.checkpoints is None else render.checkpoints.start
+        resume = None if start is None else start.writer
+        writer = InterpolatingWriter(render.job.out, render.job.fps, self.spec.fps, resume=resume)
         try:
             self._render(render, writer)
         except DiffusionCancelled as error:
             if not render.clock.finished:
                 writer.abort()
                 raise JobCancelled(str(error)) from error
+            saving, checkpoints = render.saving, render.checkpoints
+            if (
+                saving is not None
+                and checkpoints is not None
+                and saving.saved == render.clock.finished
+                and checkpoints.suspend()
+            ):
+                writer.close()
+                done, chunks = render.clock.finished, render.plan.chunks
+                raise JobSuspended(
+                    f"{error}; it resumes after chunk {done} of {chunks} when the engine starts again",
+                    chunks_done=done,
+                    chunks=chunks,
+                ) from error
             result = self._finish(render, writer, partial=True)
             raise JobCancelled(
                 f"{error}; kept the {render.clock.finished} finished chunk(s)", result
@@ -320,6 +373,11 @@ class Pipeline:
         denoise = StageClock("denoise", on_progress, clock)
         step_started = [time.perf_counter()]
         counts = CacheCounts()
+        cursor = RenderCursor()
+        start = None if render.checkpoints is None else render.checkpoints.start
+        if start is not None:
+            cursor = RenderCursor(start.cursor.index, start.cursor.generator, start.cursor.prefix)
+            self._resume(render, start, decoder, counts)
 
         def on_step(index: int, step: int, total: int) -> None:
             now = time.perf_counter()
@@ -339,9 +397,10 @@ class Pipeline:
             should_stop=stop,
             cache=job.cache,
             counts=counts,
+            cursor=cursor,
         )
         compiled = stage2.compile_seconds()
-        for index in range(plan.chunks):
+        for index in range(cursor.index, plan.chunks):
             clock.chunk = index
             denoise.started = step_started[0] = started = time.perf_counter()
             calls_before, skipped_before = counts.calls, counts.skipped
@@ -352,12 +411,15 @@ class Pipeline:
             decode = StageClock("decode", on_progress, clock)
             new = latents if index == 0 else latents[:, plan.overlap :]
             frames = stage2.frames(decoder, new).numpy()
+            last = index == plan.chunks - 1
+            if render.saving is not None and not last:
+                render.saving.chunk(index, new, frames)
             del latents, new
             decode(1, 1)
             decoded = time.perf_counter()
             write = StageClock("write", on_progress, clock)
             first = writer.frames_written
-            video = writer.append(frames, last=index == plan.chunks - 1)
+            video = writer.append(frames, last=last)
             if index == 0:
                 clock.thumbnail = frames[frames.shape[0] // 2].copy()
             clock.frames_written = writer.frames_written
@@ -381,6 +443,17 @@ class Pipeline:
             self.learned["denoise_step_s"] = clock.step_seconds() or 0.0
             self.learned["chunk_finish_s"] = clock.finish_seconds() or 0.0
             clock.finished = index + 1
+            if render.saving is not None and not last:  # after the chunk is in the file, before it is told
+                assert clock.thumbnail is not None  # taken from chunk 0
+                render.saving.state(
+                    clock.finished,
+                    plan.chunks,
+                    codes,
+                    cursor,
+                    writer.point(),
+                    clock.thumbnail,
+                    self._resume_record(render),
+                )
             if on_chunk is not None:
                 report = ChunkReport(
                     index=index,
@@ -398,6 +471,72 @@ class Pipeline:
         if compiled is not None and compiled_now is not None and compiled_now > compiled:
             # the first DiT call of a new shape compiles (cached on disk for later runs); within denoise
             timings["compile"] = compiled_now - compiled
+
+    def _resume(self, render: Render, start: Checkpoint, decoder, counts: CacheCounts) -> None:
+        """Continue after the checkpoint's chunks: the clock as it was, and the VAE decoder's causal cache
+        made again by decoding their latents as the first run did (their frames checked against the first
+        run's). A stop meanwhile raises DiffusionCancelled: the job then holds the checkpoint's chunks."""
+        stage2, clock, plan = render.stage2, render.clock, render.plan
+        done = start.chunks_done
+        clock.chunk = clock.finished = done
+        clock.chunk_timings = list(start.chunk_timings)
+        clock.frames_written = start.writer.frames_written
+        clock.thumbnail = start.thumbnail.copy()
+        clock.denoise_s = float(start.clock["denoise_s"])
+        clock.denoise_steps = int(start.clock["denoise_steps"])
+        clock.finish_s = [float(seconds) for seconds in start.clock["finish_s"]]
+        counts.calls = sum(timing.dit_calls or 0 for timing in start.chunk_timings)
+        counts.skipped = sum(timing.dit_calls_skipped or 0 for timing in start.chunk_timings)
+        clock.dit_calls, clock.dit_calls_skipped = counts.calls, counts.skipped
+        options = self.options()
+        if start.options != options:
+            changed = sorted(key for key in options if start.options.get(key) != options[key])
+            log.warning(
+                "resumed under other options than the first run (%s): its frames may differ in their last "
+                "bits from an uninterrupted run's",
+                ", ".join(changed),
+            )
+        started = time.perf_counter()
+        if stage2.vae is not None:
+            stage2.ready(stage2.vae)
+        differ = []
+        for index in range(done):
+            if render.stop():
+                raise DiffusionCancelled(f"stopped while resuming after chunk {done} of {plan.chunks}")
+            frames = stage2.frames(decoder, start.latents(index)).numpy()
+            if frames_sha256(frames) != start.frames_sha256[index]:
+                differ.append(index + 1)
+            del frames
+        seconds = time.perf_counter() - started
+        render.timings["resume"] = render.timings.get("resume", 0.0) + seconds  # with earlier resumes
+        log.info(
+            "resuming after chunk %d of %d: its VAE cache made again from %d chunk(s) in %.1f s",
+            done,
+            plan.chunks,
+            done,
+            seconds,
+        )
+        if differ:
+            log.warning(
+                "the VAE decodes chunk(s) %s to other pixels than the first run did: the resumed chunks may "
+                "differ slightly from an uninterrupted run's",
+                ", ".join(map(str, differ)),
+            )
+
+    @staticmethod
+    def _resume_record(render: Render) -> dict[str, Any]:
+        """The job's record so far, as a checkpoint keeps it (JSON values)."""
+        clock = render.clock
+        return {
+            "chunk_timings": [timing.model_dump() for timing in clock.chunk_timings],
+            "timings": dict(render.timings),
+            "stage1": render.stage1,
+            "clock": {
+                "denoise_s": clock.denoise_s,
+                "denoise_steps": clock.denoise_steps,
+                "finish_s": clock.finish_s,
+            },
+        }
 
     def _finish(self, render: Render, writer: InterpolatingWriter, partial: bool) -> JobResult:
         job, plan, codes, clock, timings = render.job, render.plan, render.codes, render.clock, render.timings
@@ -433,12 +572,15 @@ class Pipeline:
                 weights_sha256=weights_sha256,
                 dit_calls=sum(timing.dit_calls or 0 for timing in clock.chunk_timings),
                 dit_calls_skipped=sum(timing.dit_calls_skipped or 0 for timing in clock.chunk_timings),
+                resumes=[] if render.saving is None else list(render.saving.resumes),
             )
             height, width = thumbnail.shape[:2]
             write_record(
                 result.sidecar,
                 self.sidecar_record(job, result, (writer.frames_written, height, width), render.stage1),
             )
+            if render.saving is not None:  # the job has ended: nothing of it is resumed any more
+                render.saving.discard()
         except BaseException:
             writer.abort()
             for path in (
@@ -492,6 +634,7 @@ class Pipeline:
                 "dit_calls_skipped": result.dit_calls_skipped,
             },
             "weights_sha256": result.weights_sha256,
+            "resumed_after_chunks": result.resumes,
         }
 
 

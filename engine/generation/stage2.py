@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
+from engine.generation.cursor import RenderCursor
 from engine.generation.lengths import ChunkPlan
 from engine.generation.parallel.group import ParallelGroup
 from engine.generation.parallel.render import lead_render
@@ -127,6 +128,7 @@ class VideoStage(MovableStage):
         should_stop: Callable[[], bool] | None = None,
         cache: float = 0.0,
         counts: CacheCounts | None = None,
+        cursor: RenderCursor | None = None,
     ) -> Generator[torch.Tensor, None, None]:
         """Yield each chunk's denoised window of latents [1, window, C, H, W] (float32), chunk by chunk.
 
@@ -138,21 +140,27 @@ class VideoStage(MovableStage):
         cache > 0: step caching (engine.models.step_cache), a fresh cache for each chunk (its first
         and last steps always run the blocks), on a parallel group too; 0 calls the network as it is.
         `counts` adds up the DiT calls (two a step, one per CFG branch) and those the cache skipped.
+
+        `cursor`: where to start (a resumed render: its next chunk, generator state and prefix) and where it
+        stands after each chunk (moved on before the chunk is yielded); None: from chunk 0, not told.
         """
         self.check_codes(codes, plan.segments)
         self.ready(self.decoder, self.network)
         if self.vae is not None:
             self.ready(self.vae)
         windows = SemanticWindows(self.decoder, codes.to(self.device), self.spec.llm)
+        cursor = cursor if cursor is not None else RenderCursor()
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        if cursor.generator is not None:
+            generator.set_state(cursor.generator.cpu())
         shape = (1, *self.spec.latent_shape(plan.window))
         sampler = DpmSolverSampler()
-        prefix = None
+        prefix = None if cursor.prefix is None else cursor.prefix.to(self.device)
         if self.parallel is not None:  # every rank of the group renders these chunks, in step with rank 0
             if self.parallel.rank == 0:
-                lead_render(self.parallel, text, codes, plan, seed, steps, cache)
+                lead_render(self.parallel, text, codes, plan, seed, steps, cache, cursor)
             should_stop = self.parallel.agreed(should_stop)
-        for index in range(plan.chunks):
+        for index in range(cursor.index, plan.chunks):
             semantic = self.network.semantic_conditioner(windows.window(*plan.latent_range(index)))
             model = self.network if not cache else self.step_cache(cache, steps, counts)
 
@@ -181,6 +189,7 @@ class VideoStage(MovableStage):
             )
             del semantic, network, model
             prefix = latents[:, plan.stride :].clone() if plan.overlap else None
+            cursor.index, cursor.generator, cursor.prefix = index + 1, generator.get_state(), prefix
             yield latents
 
     def step_cache(self, threshold: float, steps: int, counts: CacheCounts | None) -> Callable:

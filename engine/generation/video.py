@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -99,14 +101,30 @@ def _child(data: bytes, parent: tuple[str, int, int, int], kind: str) -> tuple[s
     raise ValueError(f"MP4 box {parent[0]} has no {kind}")
 
 
+@dataclass(frozen=True)
+class Mp4Point:
+    """Where a growing video stands between two chunks: its first `size` bytes (their SHA-256) hold
+    `frames` frames, and the next fragment continues the numbering. A writer resumed here cuts the file
+    back to `size` (a chunk half-appended after it goes) and appends the same bytes a writer that never
+    stopped would: each chunk is encoded by its own ffmpeg run, so no encoder state crosses chunks."""
+
+    size: int
+    sha256: str
+    frames: int
+    next_sequence: int
+    next_time: int
+    ticks_per_frame: int
+
+
 class StreamingMp4Writer:
     """Appends chunks of uint8 frames [F, H, W, 3] to `.name.partial.mp4` beside `path`.
 
-    `finish()` renames it to `path`; `abort()` removes it. The encoder settings are write_mp4's
-    (imageio's defaults: libx264, yuv420p, quality 5); every chunk starts with a key frame.
+    `finish()` renames it to `path`; `abort()` removes it; `close()` leaves it to be resumed (`resume`: an
+    `Mp4Point` of that file). The encoder settings are write_mp4's (imageio's defaults: libx264, yuv420p,
+    quality 5); every chunk starts with a key frame.
     """
 
-    def __init__(self, path: Path, fps: int):
+    def __init__(self, path: Path, fps: int, resume: Mp4Point | None = None):
         self.path, self.fps = path, fps
         self.partial = partial_path(path)
         self.frames_written = 0
@@ -114,8 +132,48 @@ class StreamingMp4Writer:
         self.next_sequence = 1
         self.next_time = 0  # in the track's timescale
         self.ticks_per_frame = 0
+        self.size = 0
+        self.digest = hashlib.sha256()  # of the file's bytes so far
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.partial, "wb")  # noqa: SIM115 - closed by finish() or abort()
+        if resume is not None:
+            self.file = self._reopen(resume)
+        else:
+            self.file = open(self.partial, "wb")  # noqa: SIM115 - closed by finish(), abort() or close()
+
+    def _reopen(self, point: Mp4Point):
+        """The partial file cut back to `point`, checked against its hash; ValueError when it does not fit."""
+        file = open(self.partial, "r+b")  # noqa: SIM115 - closed by finish(), abort() or close()
+        try:
+            prefix = file.read(point.size)
+            if len(prefix) != point.size or hashlib.sha256(prefix).hexdigest() != point.sha256:
+                raise ValueError(f"{self.partial.name} does not begin with the {point.size} bytes it had")
+            boxes = _boxes(prefix)
+            if [box[0] for box in boxes[:2]] != ["ftyp", "moov"]:
+                raise ValueError(f"{self.partial.name} does not begin with an MP4 stream header")
+            file.truncate(point.size)
+            file.seek(point.size)
+            file.flush()
+            os.fsync(file.fileno())
+        except BaseException:
+            file.close()
+            raise
+        self.header = prefix[: boxes[1][1] + boxes[1][2]]
+        self.digest.update(prefix)
+        self.size, self.frames_written = point.size, point.frames
+        self.next_sequence, self.next_time = point.next_sequence, point.next_time
+        self.ticks_per_frame = point.ticks_per_frame
+        return file
+
+    def point(self) -> Mp4Point:
+        """Where the file stands now (after the last chunk appended)."""
+        return Mp4Point(
+            self.size,
+            self.digest.hexdigest(),
+            self.frames_written,
+            self.next_sequence,
+            self.next_time,
+            self.ticks_per_frame,
+        )
 
     @property
     def seconds(self) -> float:
@@ -133,7 +191,7 @@ class StreamingMp4Writer:
         if self.header is None:
             self.header = header
             self.ticks_per_frame = self._timescale(data, boxes[1]) // self.fps
-            self.file.write(header)
+            self._write(header)
         elif header != self.header:
             raise ValueError("a chunk was encoded with a different stream header than the first")
         out = bytearray()
@@ -147,11 +205,16 @@ class StreamingMp4Writer:
                 if following is None or following[0] != "mdat":
                     raise ValueError("an MP4 fragment without its media data")
                 out += data[following[1] : following[1] + following[2]]
-        self.file.write(out)
+        self._write(bytes(out))
         self.file.flush()
         os.fsync(self.file.fileno())
         self.frames_written += len(frames)
         self.next_time += len(frames) * self.ticks_per_frame
+
+    def _write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.digest.update(data)
+        self.size += len(data)
 
     def _encode(self, frames: np.ndarray) -> bytes:
         scratch = self.partial.with_name(f".{self.path.name}.chunk.mp4")
@@ -199,3 +262,7 @@ class StreamingMp4Writer:
     def abort(self) -> None:
         self.file.close()
         self.partial.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Close the file and leave it where it is, to be resumed."""
+        self.file.close()

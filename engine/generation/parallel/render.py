@@ -1,6 +1,7 @@
 """Rank 0 and the helpers render the same chunks, step for step: rank 0 sends the job's stage-2 inputs
-(prompt states, semantic tokens, chunk plan, seed, steps, step-cache threshold), each helper runs the
-same `render_chunks` on them and throws its latents away; only rank 0 decodes and writes."""
+(prompt states, semantic tokens, chunk plan, seed, steps, step-cache threshold, and for a resumed render
+where it starts), each helper runs the same `render_chunks` on them and throws its latents away; only
+rank 0 decodes and writes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import asdict
 
 import torch
 
+from engine.generation.cursor import RenderCursor
 from engine.generation.lengths import ChunkPlan
 from engine.generation.parallel.group import EXIT, RENDER, STOP, ParallelGroup, RankLost
 from engine.models.dpm_sampler import DiffusionCancelled
@@ -24,11 +26,17 @@ def lead_render(
     seed: int,
     steps: int,
     cache: float = 0.0,
+    cursor: RenderCursor | None = None,
 ) -> None:
     """Rank 0: start the helpers on the render that rank 0 is about to do (`cache`: the step cache's
-    threshold, 0 for none)."""
-    header = {"plan": asdict(plan), "seed": seed, "steps": steps, "cache": cache}
-    group.lead(header, [text, codes], plan.chunks * steps)
+    threshold, 0 for none; `cursor`: a resumed render's start)."""
+    start = 0 if cursor is None else cursor.index
+    header = {"plan": asdict(plan), "seed": seed, "steps": steps, "cache": cache, "start": start}
+    tensors = [text, codes]
+    if cursor is not None and cursor.generator is not None:
+        header["resumed"] = {"prefix": cursor.prefix is not None}
+        tensors += [cursor.generator, *([] if cursor.prefix is None else [cursor.prefix])]
+    group.lead(header, tensors, (plan.chunks - start) * steps)
 
 
 def follow_renders(stage, group: ParallelGroup) -> None:
@@ -41,8 +49,12 @@ def follow_renders(stage, group: ParallelGroup) -> None:
             continue
         if command != RENDER:
             raise RankLost(f"rank {group.rank}: unknown command {command} from rank 0")
-        header, (text, codes) = group.receive()
+        header, (text, codes, *resumed) = group.receive()
         plan = ChunkPlan(**header["plan"])
+        cursor = None
+        if "resumed" in header:
+            prefix = resumed[1] if header["resumed"]["prefix"] else None
+            cursor = RenderCursor(header["start"], resumed[0].cpu(), prefix)
         try:
             for _ in stage.render_chunks(
                 text,
@@ -52,6 +64,7 @@ def follow_renders(stage, group: ParallelGroup) -> None:
                 steps=header["steps"],
                 should_stop=None,
                 cache=header["cache"],
+                cursor=cursor,
             ):
                 pass
         except DiffusionCancelled as stopped:
