@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ import torch
 
 from engine.generation.quality import (
     CLIP_MAX_FRAMES,
+    FfmpegTimeout,
+    NotARegularFile,
     ProbeStopped,
     clip_scores,
     load_clip,
@@ -28,7 +31,7 @@ from engine.protocol import QualityRecord
 from engine.weights.layout import CLIP_FOLDER, CLIP_REPO, CLIP_REVISION, clip_files, layout_for
 from engine.weights.tiny_clip import write_tiny_clip
 from tests.fake_hub import FakeHub
-from tests.harness import PROMPT, RunningEngine, subscribed
+from tests.harness import PROMPT, RunningEngine, subscribed, wait_until
 
 HEIGHT, WIDTH = 48, 64
 
@@ -137,6 +140,111 @@ def test_a_stopping_engine_stops_the_probe_at_the_next_frame(tmp_path):
     assert len(reads) == 4
 
 
+LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc")
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie nobody reaped has ended too)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def children(pid: int) -> list[str]:
+    """The command lines of process `pid`'s live children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.fixture
+def hanging_ffmpeg(tmp_path, monkeypatch) -> tuple[Path, Path, Path]:
+    """(an ffmpeg, the flag that makes it hang, the file its pids go to). While the flag exists, asked to
+    read as the probe asks (-noautorotate), it writes its pid and a child's and waits for that child (a
+    long sleep); anything else goes to the real ffmpeg. IMAGEIO_FFMPEG_EXE names it, here and for engines
+    started from the test's environment. The sleeps left behind, if any, are ended at the test's end."""
+    import imageio_ffmpeg
+
+    flag, pids, script = tmp_path / "hang", tmp_path / "ffmpeg.pids", tmp_path / "ffmpeg"
+    pids.touch()
+    script.write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *-noautorotate*) if [ -e "{flag}" ]; then\n'
+        f'  echo $$ >> "{pids}"; sleep 120 & echo $! >> "{pids}"; wait; exit 1\n'
+        "fi;; esac\n"
+        f'exec "{imageio_ffmpeg.get_ffmpeg_exe()}" "$@"\n'
+    )
+    script.chmod(0o700)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(script))
+    yield script, flag, pids
+    for pid in map(int, pids.read_text().split()):
+        if not gone(pid):
+            os.kill(pid, 9)
+
+
+def started(pids: Path) -> list[int]:
+    return [int(pid) for pid in pids.read_text().split()]
+
+
+def test_a_fifo_or_a_folder_is_refused_as_a_video_before_any_process_opens_it(tmp_path, hanging_ffmpeg):
+    from engine.generation.video_quality import measure_video
+
+    _, flag, pids = hanging_ffmpeg
+    flag.touch()  # an ffmpeg started would hang: none is
+    fifo = tmp_path / "video.mp4"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.mp4").mkdir()
+    (tmp_path / "link.mp4").symlink_to(fifo)
+    for name, kind in [("video.mp4", "a FIFO"), ("folder.mp4", "a directory"), ("link.mp4", "a FIFO")]:
+        with pytest.raises(NotARegularFile, match=f"is not a regular file \\({kind}\\)"):
+            probe_video(tmp_path / name, PROMPT, None, "no CLIP here")
+        record, _ = measure_video(tmp_path / name, PROMPT, tmp_path, "tiny")
+        assert "not a regular file" in record["error"]
+    assert started(pids) == []
+
+
+@LINUX_PROC
+def test_an_ffmpeg_past_its_bound_is_killed_with_its_process_group(tmp_path, hanging_ffmpeg, monkeypatch):
+    from engine.generation import quality
+
+    _, flag, pids = hanging_ffmpeg
+    video = write_mp4(moving_square(9), tmp_path / "video.mp4", fps=8)
+    flag.touch()
+    monkeypatch.setattr(quality, "FFMPEG_START_S", 0.1)  # the real bounds are minutes
+    monkeypatch.setattr(quality, "FFMPEG_S_PER_MIB", 0.0)
+
+    def hung_past_the_bound() -> bool:  # asked while the probe waits: once ffmpeg hangs, its bound passes
+        wait_until(lambda: len(started(pids)) == 2, "ffmpeg to hang")
+        time.sleep(2 * quality.FFMPEG_START_S)
+        return False
+
+    with pytest.raises(FfmpegTimeout, match=r"ffmpeg took over 0 s counting the frames of .*video.mp4"):
+        probe_video(video, PROMPT, None, "no CLIP here", should_stop=hung_past_the_bound)
+    wait_until(lambda: all(map(gone, started(pids))), "ffmpeg and its child to be gone")
+
+
+@LINUX_PROC
+def test_a_stopping_probe_kills_the_ffmpeg_it_waits_for(tmp_path, hanging_ffmpeg):
+    _, flag, pids = hanging_ffmpeg
+    video = write_mp4(moving_square(9), tmp_path / "video.mp4", fps=8)
+    flag.touch()
+
+    def stopping() -> bool:  # the engine stops once ffmpeg hangs (its pid and its child's are written)
+        return len(started(pids)) == 2
+
+    with pytest.raises(ProbeStopped):
+        probe_video(video, PROMPT, None, "no CLIP here", should_stop=stopping)
+    wait_until(lambda: all(map(gone, started(pids))), "ffmpeg and its child to be gone")
+
+
 def test_the_clip_downloads_on_request_checked_by_the_hubs_digests(tiny_clip, tmp_path):
     from engine.cli.main import build_parser
     from engine.generation.video_quality import clip_absence
@@ -213,7 +321,8 @@ def test_an_engine_measures_a_finished_job_and_again_without_clip_weights(engine
 def test_measuring_a_job_without_a_video_is_refused_in_one_line(engine):
     with engine.client() as client:
         client.request("hello", client="tests")
-        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 2})["job_id"]
+        # long enough to be still queued or running when the command asks (cancelled then)
+        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 1000})["job_id"]
         refused = engine.cli("quality", job_id)  # queued or running: no video yet
         client.request("cancel", job_id=job_id)
     assert refused.returncode != 0 and "no video to measure" in refused.stderr
@@ -274,3 +383,39 @@ async def test_the_gallery_shows_each_jobs_clip_score_and_updates_it_when_measur
         assert clip_cells() == ["27.5", "-", ""]  # measured; measured without CLIP; not measured yet
         link.publish("job_quality", job_id=jobs[2].id, quality=measured)
         await until(pilot, lambda: clip_cells()[2] == "27.5", what="the new score")
+
+
+@LINUX_PROC
+def test_a_fifo_video_gets_its_error_the_probe_goes_on_and_a_stop_kills_its_ffmpeg(
+    tmp_path, home, hanging_ffmpeg
+):
+    """A job whose video became a FIFO: its quality error comes at once, the next job is measured, and an
+    engine stopped while its probe waits for a hung ffmpeg stops without waiting for it, the ffmpeg killed
+    (not left to pid 1)."""
+    _, flag, pids = hanging_ffmpeg
+    engine = RunningEngine(tmp_path / "engine", home)
+    engine.env["LANDIFF_QUALITY_PROBE"] = "on"
+    engine.start()
+    try:
+        client, _ = subscribed(engine)
+        with client:
+            first = client.request("submit", params={"prompt": PROMPT, "steps": 2, "seed": 1})["job_id"]
+            assert events_until_quality(client, first)[-1]["quality"]["error"] is None
+            video = Path(client.request("get_job", job_id=first)["job"]["video_path"])
+            video.unlink()
+            os.mkfifo(video)
+            refused = engine.cli("quality", first, "--json")
+            assert refused.returncode != 0 and "is not a regular file (a FIFO)" in refused.stdout, refused
+            second = client.request("submit", params={"prompt": PROMPT, "steps": 2, "seed": 2})["job_id"]
+            assert events_until_quality(client, second)[-1]["quality"]["error"] is None  # the probe goes on
+            assert not [line for line in children(engine.process.pid) if "ffmpeg" in line]
+            flag.touch()
+            client.request("probe_quality", job_id=second)
+            wait_until(lambda: len(started(pids)) == 2, "the probe's ffmpeg to hang")
+    finally:
+        engine.stop()
+    assert engine.process.returncode == 0
+    wait_until(lambda: all(map(gone, started(pids))), "ffmpeg and its child to be gone")
+    log = (tmp_path / "engine" / "data" / "engine.log").read_text()
+    assert f"quality probe of job {second} left for the next start" in log
+    assert "the quality probe did not stop" not in log

@@ -7,7 +7,10 @@ client asked to measure again before those. For each it reads the video back
 (engine/generation/quality.py), writes the store's `quality` column and the sidecar's `quality` block
 (atomically, only when the sidecar is still there), and publishes `job_quality`. Without the CLIP
 weights the CLIP score is skipped, saying how to get them; flicker and motion need no weights. A video
-that cannot be read is recorded with its error, so no job is tried again and again.
+that cannot be read is recorded with its error, so no job is tried again and again: one that is not a
+regular file (a FIFO, a device, a folder) is refused before any process opens it, and every ffmpeg the
+probe starts is bounded in time by the video's size and killed with its process group past that bound or
+as soon as the engine stops (engine/generation/quality.py), so the probe's one thread never hangs.
 """
 
 from __future__ import annotations

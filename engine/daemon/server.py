@@ -9,7 +9,6 @@ worker threads load it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from engine.daemon.logs import configure_logging
 from engine.daemon.pool import WorkerPool
 from engine.daemon.quality_probe import start_quality_probe
 from engine.daemon.service import EngineService
+from engine.daemon.socket_watch import SocketWatch
 from engine.daemon.startup import (  # noqa: F401 (EngineAlreadyRunning: the CLI's name for it)
     EngineAlreadyRunning,
     StartRefused,
@@ -39,7 +39,7 @@ from engine.daemon.store import JOB_ID, Store, job_folder
 from engine.daemon.token_lane import TokenLane
 from engine.daemon.transport import Transport, socket_answers
 from engine.daemon.weights_ops import WeightsOperations
-from engine.daemon.worker import JobWorker, remove_job_files, sweep_leftovers
+from engine.daemon.worker import JobWorker, recover_running, remove_job_files, sweep_leftovers
 from engine.paths import (
     RENDEZVOUS,
     data_dir,
@@ -193,7 +193,7 @@ async def run_engine(config: EngineConfig) -> None:
     outputs = private_dir(writable_dir(outputs_dir(), "outputs folder", settings.DATA_DIR.name))
     try:
         store = Store(database_path())
-        interrupted = store.interrupt_running()
+        interrupted = recover_running(store, outputs)  # those with a resume checkpoint go back to the queue
     except Exception as error:  # read-only, locked, damaged or full: one line, not SQLite's traceback
         raise database_refusal(database_path(), error) from None
     if interrupted:
@@ -210,7 +210,9 @@ async def run_engine(config: EngineConfig) -> None:
     service = EngineService(model, store, hub, pool, weights, stopped.set, outputs, log_path())
     service.command_options = list(config.command_options)
     service.quality = start_quality_probe(model, ckpts, store, hub, lambda: pool.torch_ready)
-    server = await Transport(service, hub).listen(path)
+    transport = Transport(service, hub)
+    watch = SocketWatch(path, transport.listen, stopped.set)  # a removed socket is bound again
+    await watch.listen()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
     log.info(
@@ -223,8 +225,10 @@ async def run_engine(config: EngineConfig) -> None:
         "" if lane is None else f"; stage 1 on the LLM lane's {lane.label}",
     )
     print(f"ready {path}", flush=True)
-    async with server:
+    try:
         await stopped.wait()
+    finally:
+        watch.close()  # no new client from now on
     log.info("stopping: waiting for the workers to leave their jobs")
     if cluster is not None:
         cluster.stop()  # no worker joins from now on
@@ -234,13 +238,14 @@ async def run_engine(config: EngineConfig) -> None:
     # a daemon thread still inside torch when the interpreter finalises aborts the process (SIGABRT); the
     # probe leaves its video at the next frame it reads, so this wait is short
     await asyncio.to_thread(service.quality.join, STOP_WAIT_S)
+    if service.quality.is_alive():
+        log.warning("the quality probe did not stop within %.0f s: the engine stops without it", STOP_WAIT_S)
     if cluster is not None:
         from engine.daemon import ray_workers
 
         ray_workers.disconnect()  # the engine's actors go with it
     service.close()
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    watch.remove()  # only while the path is still this engine's socket
     log.info("engine stopped")
     os.close(lock)  # the last thing: a next engine may bind only once this one's socket is gone
 

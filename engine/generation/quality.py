@@ -12,13 +12,23 @@
   first (so a global brightness change is flicker, not motion). 0 for a still picture.
 
 Frames are read back from the mp4 one at a time (a long video never sits in memory whole): each frame
-leaves its brightness and a small luma picture, and the frames CLIP scores are kept whole.
+leaves its brightness and a small luma picture, and the frames CLIP scores are kept whole. Two ffmpeg
+runs read it (one counts its frames, one streams them as RGB), each bounded in time (`ffmpeg_bound_s`)
+and killed with its process group when the bound passes or the engine stops; only a regular file is
+given to them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import re
+import selectors
+import signal
+import stat
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -196,31 +206,257 @@ class ProbeStopped(Exception):
     """The engine is stopping: the probe left its video unmeasured (it is measured at the next start)."""
 
 
+# Every ffmpeg the probe starts runs in a process group of its own, is read without ever blocking for
+# longer than FFMPEG_POLL_S, and is killed with its group when its time bound passes, when `should_stop()`
+# says so (the engine stops) or when the probe leaves it early for any other reason: none outlives the
+# read that started it. The bound grows with the video; a free core needs a small fraction of it.
+# ffmpeg's start and a short clip's decode, at nice 19 (the probe's priority, which ffmpeg inherits) on a
+# machine whose every core a job keeps busy: a free core needs well under a second for it
+FFMPEG_START_S = 60.0
+# decoding one MiB of H.264 (seconds of the engine's video): a free core takes a fraction of a second;
+# this leaves room for a hundred times less CPU while a job runs beside the probe
+FFMPEG_S_PER_MIB = 30.0
+# the reading pass is paced by the probe's own work on each frame (its luma, a small picture, a copy
+# for CLIP): a few milliseconds a frame on a free core, at most a few hundred behind a job
+FFMPEG_S_PER_FRAME = 0.5
+FFMPEG_POLL_S = 0.1  # how soon a waiting probe sees the engine stop or a bound pass
+FFMPEG_LOG_KEEP = 64 * 1024  # of ffmpeg's stderr, the first and the last this many bytes are kept
+READ_BYTES = 1 << 20
+
+
+class NotARegularFile(ValueError):
+    """A video path that names a FIFO, a device, a socket or a directory (itself or through a symlink):
+    refused before any process opens it (ffmpeg would wait for ever on a FIFO without a writer)."""
+
+
+class FfmpegTimeout(TimeoutError):
+    """An ffmpeg the probe started outlived its bound: it was killed with its process group."""
+
+
+def ffmpeg_bound_s(size: int, frames: int = 0) -> float:
+    """How long an ffmpeg may take on a video of `size` bytes, `frames` frames of which the probe reads."""
+    return FFMPEG_START_S + FFMPEG_S_PER_MIB * size / 2**20 + FFMPEG_S_PER_FRAME * frames
+
+
+def file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISDIR: "a directory",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a file")
+
+
+def open_regular(path: Path) -> tuple[int, int]:
+    """(a read-only descriptor of `path`, its size), or NotARegularFile when `path` is anything else than
+    a regular file (a symlink is followed: one to a FIFO is a FIFO). The kind is checked before the file is
+    opened (opening a device may act), and again on the descriptor (the path may have changed between)."""
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+        raise NotARegularFile(f"{path} is not a regular file ({file_kind(status.st_mode)}): not measured")
+    # O_NONBLOCK: were it swapped for a FIFO meanwhile, the open still returns at once
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (status.st_dev, status.st_ino):
+        os.close(fd)
+        raise NotARegularFile(f"{path} is not a regular file (it changed while opened): not measured")
+    os.set_blocking(fd, True)
+    return fd, opened.st_size
+
+
+def ffmpeg_input(fd: int, path: Path) -> str:
+    """What ffmpeg opens: the descriptor checked by open_regular (no second look-up of the path), or,
+    without /dev/fd, the path, as a file (never read as a protocol: "concat:", "http:")."""
+    return f"/dev/fd/{fd}" if os.path.isdir("/dev/fd") else f"file:{path}"
+
+
+class BoundedFfmpeg:
+    """One ffmpeg run on a descriptor open_regular gave: its stdout read on demand, its stderr kept (the
+    head and the tail), both read through a selector that never waits past FFMPEG_POLL_S. Raises
+    ProbeStopped when `should_stop()` says so and FfmpegTimeout past `bound_s`, the process killed with its
+    group first; `close()` (the context's exit) kills it too when it is still running."""
+
+    def __init__(
+        self,
+        arguments: list[str],
+        source: int,
+        bound_s: float,
+        what: str,
+        should_stop: Callable[[], bool] | None = None,
+    ):
+        import imageio_ffmpeg
+
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", *arguments]
+        self.bound_s, self.what = bound_s, what
+        self.should_stop = should_stop or (lambda: False)
+        self.deadline = time.monotonic() + bound_s
+        self.output, self.log, self.log_cut = bytearray(), bytearray(), False
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(source,),
+            start_new_session=True,  # its own process group: killed whole, never left to run on
+        )
+        self.closed = False
+        self.selector = selectors.DefaultSelector()
+        try:
+            for pipe in (self.process.stdout, self.process.stderr):
+                assert pipe is not None
+                os.set_blocking(pipe.fileno(), False)
+                self.selector.register(pipe, selectors.EVENT_READ)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> BoundedFfmpeg:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def check(self) -> float:
+        """The seconds left to it; ProbeStopped or FfmpegTimeout (it killed first) when none are."""
+        if self.should_stop():
+            self.close()
+            raise ProbeStopped(self.what)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.close()
+            raise FfmpegTimeout(f"ffmpeg took over {self.bound_s:.0f} s {self.what}: killed")
+        return left
+
+    def pump(self) -> None:
+        """Take what ffmpeg wrote within FFMPEG_POLL_S (less when its time is nearly up)."""
+        for key, _ in self.selector.select(min(FFMPEG_POLL_S, self.check())):
+            try:
+                data = os.read(key.fd, READ_BYTES)
+            except BlockingIOError:
+                continue
+            if not data:
+                self.selector.unregister(key.fileobj)
+            elif key.fileobj is self.process.stdout:
+                self.output += data
+            else:
+                self.log += data
+                if len(self.log) > 2 * FFMPEG_LOG_KEEP:
+                    del self.log[FFMPEG_LOG_KEEP:-FFMPEG_LOG_KEEP]
+                    self.log_cut = True
+
+    def open_pipes(self) -> bool:
+        return bool(self.selector.get_map())
+
+    def read(self, size: int) -> bytes:
+        """The next `size` bytes of its output; fewer only at its end."""
+        self.check()
+        while len(self.output) < size and self.open_pipes():
+            self.pump()
+        data = bytes(self.output[:size])
+        del self.output[:size]
+        return data
+
+    def wait(self) -> int:
+        """Its exit status, once its output is all read and it has exited."""
+        while self.open_pipes():
+            self.pump()
+        while True:
+            try:
+                return self.process.wait(min(FFMPEG_POLL_S, self.check()))
+            except subprocess.TimeoutExpired:
+                continue
+
+    def log_text(self) -> str:
+        text = self.log.decode(errors="replace")
+        if self.log_cut:
+            middle = len(self.log[:FFMPEG_LOG_KEEP].decode(errors="replace"))
+            text = f"{text[:middle]}\n[...]\n{text[middle:]}"
+        return text
+
+    def failure(self, code: int) -> RuntimeError:
+        last = " / ".join(line.strip() for line in self.log_text().splitlines()[-3:] if line.strip())
+        return RuntimeError(f"ffmpeg failed {self.what} (exit status {code}): {last}")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.selector.close()
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@dataclass
+class VideoStream:
+    frames: int
+    width: int
+    height: int
+    fps: float
+
+
+def count_frames(path: Path, source: int, size: int, should_stop: Callable[[], bool] | None) -> VideoStream:
+    """The first pass: ffmpeg decodes the video stream to nowhere and says its frame count, its size and
+    its rate."""
+    os.lseek(source, 0, os.SEEK_SET)
+    arguments = ["-noautorotate", "-i", ffmpeg_input(source, path), "-map", "0:v:0", "-f", "null", "-"]
+    what = f"counting the frames of {path} ({size / 2**20:.1f} MiB)"
+    with BoundedFfmpeg(arguments, source, ffmpeg_bound_s(size), what, should_stop) as ffmpeg:
+        code = ffmpeg.wait()
+        if code != 0:
+            raise ffmpeg.failure(code)
+        log = ffmpeg.log_text()
+    counts = re.findall(r"frame=\s*(\d+)", log)
+    stream = re.search(r"Stream #\d+:\d+\S*: Video: (.*)", log)
+    shape = stream and re.search(r",\s(\d+)x(\d+)(?=[\s,]|$)", stream.group(1))
+    if not counts or not shape:
+        raise ValueError(f"ffmpeg found no video stream in {path}")
+    assert stream is not None
+    rate = re.search(r"([\d.]+)\s+fps\b", stream.group(1))
+    width, height = int(shape.group(1)), int(shape.group(2))
+    return VideoStream(int(counts[-1]), width, height, float(rate.group(1)) if rate else 0.0)
+
+
 def read_for_probe(
     path: Path, most: int = CLIP_MAX_FRAMES, should_stop: Callable[[], bool] | None = None
 ) -> VideoSample:
-    """Stream an mp4 with imageio-ffmpeg: each frame's brightness and small luma, the sampled frames."""
-    import imageio_ffmpeg
-
-    total, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-    wanted = set(sampled_indices(total, most))
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    width, height = meta["size"]
-    sample = VideoSample(fps=float(meta["fps"]))
+    """Stream a video through ffmpeg: each frame's brightness and small luma, the sampled frames. Only a
+    regular file is opened (NotARegularFile); each ffmpeg run is bounded (FfmpegTimeout) and stops with
+    the engine (ProbeStopped)."""
+    source, size = open_regular(path)
     try:
-        for index, data in enumerate(reader):
-            if should_stop is not None and should_stop():
-                raise ProbeStopped(str(path))
-            frame = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).reshape(1, height, width, 3).copy())
-            sample.brightness.append(float(luma(frame).mean()))
-            sample.small.append(small_luma(frame)[0])
-            if index in wanted:
-                sample.kept_indices.append(index)
-                sample.kept.append(frame[0])
-            sample.count = index + 1
+        stream = count_frames(path, source, size, should_stop)
+        wanted = set(sampled_indices(stream.frames, most))
+        sample = VideoSample(fps=stream.fps)
+        frame_bytes = stream.width * stream.height * 3
+        os.lseek(source, 0, os.SEEK_SET)
+        arguments = ["-loglevel", "error", "-noautorotate", "-i", ffmpeg_input(source, path)]
+        arguments += ["-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+        bound = ffmpeg_bound_s(size, stream.frames)
+        what = f"reading the {stream.frames} frames of {path} ({size / 2**20:.1f} MiB)"
+        with BoundedFfmpeg(arguments, source, bound, what, should_stop) as ffmpeg:
+            while data := ffmpeg.read(frame_bytes):
+                if len(data) < frame_bytes:
+                    raise ValueError(f"{path}: ffmpeg's frames end in the middle of frame {sample.count}")
+                shape = (1, stream.height, stream.width, 3)
+                frame = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).reshape(shape).copy())
+                sample.brightness.append(float(luma(frame).mean()))
+                sample.small.append(small_luma(frame)[0])
+                if sample.count in wanted:
+                    sample.kept_indices.append(sample.count)
+                    sample.kept.append(frame[0])
+                sample.count += 1
+            code = ffmpeg.wait()
+            if code != 0:
+                raise ffmpeg.failure(code)
     finally:
-        reader.close()
+        os.close(source)
     return sample
 
 

@@ -379,12 +379,57 @@ SLIM_NAME = "model.safetensors"
 
 
 def is_slimmed(root: Path) -> bool:
+    """Whether flan-T5 is the slim encoder: its one file there and the index (which names shards) gone."""
     folder = root / "flan-t5-xxl"
     return (folder / SLIM_NAME).is_file() and not (folder / FLAN_T5_INDEX).is_file()
 
 
+def slim_shards(folder: Path, index: Path, listing: dict) -> list[str]:
+    """The shard files the index names, each checked to be a shard: a file right in `folder` whose name
+    ends in .safetensors and is not the slim file's. Anything else (spiece.model, config.json, a tokenizer
+    file, a path elsewhere) is a damaged or tampered index, refused before anything is read or deleted:
+    slimming deletes the shards, and only them."""
+    weight_map = listing.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+        raise DownloadError(
+            f"the index {index} has no weight map of file names; delete it and download again"
+        )
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        inside(folder, shard, f"the index {index}")
+        if "/" in shard or "\\" in shard or not shard.endswith(".safetensors") or shard == SLIM_NAME:
+            raise DownloadError(
+                f"the index {index} names {shard!r} as a weights shard, which it is not (a shard is a "
+                f".safetensors file of the folder other than {SLIM_NAME}); slimming would delete it: that "
+                "index is damaged or was tampered with: delete it and download again"
+            )
+    return shards
+
+
+def check_slim_file(path: Path, tensors: dict) -> None:
+    """The slim file just written, read back: exactly `tensors`' keys, each with its dtype, shape and
+    values. DownloadError otherwise (the shards it was to replace are kept)."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        keys = set(handle.keys())
+        if keys != set(tensors):
+            raise DownloadError(f"{path} does not hold the tensors written to it; the shards are kept")
+        for key in keys:
+            read = handle.get_tensor(key)
+            if read.dtype != tensors[key].dtype or not torch.equal(read, tensors[key]):
+                raise DownloadError(f"{path} reads back {key} otherwise than written; the shards are kept")
+
+
 def slim_flan_t5(root: Path) -> int:
-    """Keep only the encoder of the downloaded flan-T5, in bf16, as one file; returns the bytes freed."""
+    """Keep only the encoder of the downloaded flan-T5, in bf16, as one file; returns the bytes freed.
+
+    The slim file is written under a temporary name, read back and compared with what was written, and
+    only then takes its name; the index and the shard files it lists are deleted after that, nothing else
+    (the tokenizer and config files stay: the encoder needs them)."""
+    from stat import S_ISLNK, S_ISREG
+
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -396,21 +441,43 @@ def slim_flan_t5(root: Path) -> int:
             f"{index} is missing: download flan-T5 first (landiff-engine weights download --only llm)"
         )
     listing = read_json(index, "the index")
-    shards = sorted(set(listing["weight_map"].values()))
-    for shard in shards:
-        inside(folder, shard, f"the index {index}")
-    before = sum((folder / shard).stat().st_size for shard in shards if (folder / shard).is_file())
+    shards = slim_shards(folder, index, listing)
+    wanted = {key for key in listing["weight_map"] if key.startswith("encoder.") or key == "shared.weight"}
     tensors = {}
     for shard in encoder_shards(listing):
         with safe_open(str(folder / shard), framework="pt") as handle:
             for key in handle.keys():
                 if key.startswith("encoder.") or key == "shared.weight":
                     tensors[key] = handle.get_tensor(key).to(torch.bfloat16)
-    write_atomically(folder / SLIM_NAME, lambda partial: save_file(tensors, str(partial)))
+    lacking = sorted(wanted - set(tensors))
+    if not tensors or lacking:
+        what = (
+            f"lack encoder tensors the index names ({', '.join(lacking[:3])})"
+            if lacking
+            else "hold no encoder"
+        )
+        raise DownloadError(
+            f"the shards under {folder} {what}: "
+            "download flan-T5 again (landiff-engine weights download --only llm)"
+        )
+
+    def write_checked(partial: Path) -> None:
+        save_file(tensors, str(partial))
+        check_slim_file(partial, tensors)
+
+    write_atomically(folder / SLIM_NAME, write_checked)
+    freed = 0
     index.unlink()
     for shard in shards:
-        (folder / shard).unlink(missing_ok=True)
-    return before - (folder / SLIM_NAME).stat().st_size
+        path = folder / shard
+        try:
+            status = path.lstat()
+        except FileNotFoundError:
+            continue
+        if S_ISREG(status.st_mode) or S_ISLNK(status.st_mode):  # never a folder
+            path.unlink()
+            freed += status.st_size if S_ISREG(status.st_mode) else 0
+    return freed - (folder / SLIM_NAME).stat().st_size
 
 
 def download_release(
