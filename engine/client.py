@@ -184,14 +184,9 @@ def engine_args() -> list[str]:
         ) from None
 
 
-def start_engine(
-    model: str | None, ckpts: Path | None, timeout: float = 120.0, options: list[str] | None = None
-) -> EngineClient:
-    """Connect to the engine, starting one in the background (detached) if none answers.
-
-    `model`: the model the engine must serve (a running engine serving another refuses); None takes
-    whichever engine runs, and starts one serving the release when none does. `options`: the new
-    engine's other `serve` options (a restarted engine's own); None: those of LANDIFF_ENGINE_ARGS."""
+def running_engine(model: str | None = None, timeout: float = 120.0) -> EngineClient | None:
+    """The engine that runs, connected (`model`: it must serve that one, else RemoteError "wrong_model");
+    None when none runs. Starts nothing: for the commands that only read (status, jobs, show)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -205,13 +200,26 @@ def start_engine(
         # refused, so wait until it answers or lets go
         holder = lock_holder(lock_path())
         if holder is None:
-            break
+            return None
         if time.monotonic() > deadline:
             raise EngineUnavailable(
                 f"an engine (pid {holder}) holds the data dir {lock_path().parent} but did not answer "
                 f"within {timeout:.0f}s; see {log_path()}"
             )
         time.sleep(0.2)
+
+
+def start_engine(
+    model: str | None, ckpts: Path | None, timeout: float = 120.0, options: list[str] | None = None
+) -> EngineClient:
+    """Connect to the engine, starting one in the background (detached) if none answers.
+
+    `model`: the model the engine must serve (a running engine serving another refuses); None takes
+    whichever engine runs, and starts one serving the release when none does. `options`: the new
+    engine's other `serve` options (a restarted engine's own); None: those of LANDIFF_ENGINE_ARGS."""
+    running = running_engine(model, timeout)
+    if running is not None:
+        return running
     try:
         private_dir(log_path().parent, "data dir")
     except ReadOnlyDir as error:

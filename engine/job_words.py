@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.protocol import ProgressReport, QualityRecord
+    from engine.protocol import (
+        DownloadFinishedEvent,
+        JobStartedEvent,
+        JobSummary,
+        ProgressReport,
+        QualityRecord,
+    )
 
 
 def quality_lines(quality: QualityRecord | Mapping[str, Any] | None) -> list[tuple[str, str]]:
@@ -63,7 +69,7 @@ class ProgressWords:
     name: str  # one bar's: the title, the chunk of a long video, what the step cache skipped
     unit: str | None  # what the stage's rate counts (None: the stage's own steps)
     count: str  # "20/50"
-    rate: str  # "4.0 steps/s"; "" before the stage has a rate
+    rate: str  # "4.0 steps/s"; a stage without a unit, its seconds so far: "2.1 s"; "" before it has a rate
     eta_s: float | None  # the whole job's remaining seconds once estimated, else the stage's
 
     @property
@@ -85,6 +91,56 @@ def progress_words(progress: ProgressReport) -> ProgressWords:
         name=name,
         unit=unit,
         count=f"{progress.step}/{progress.total}",
-        rate=f"{progress.rate:.1f} {unit or ''}/s" if progress.rate else "",
+        rate=rate_text(progress.step, progress.rate, unit),
         eta_s=progress.job_eta_s if progress.job_eta_s is not None else progress.eta_s,
     )
+
+
+def rate_text(step: int, rate: float, unit: str | None) -> str:
+    """A stage's speed: its rate in its unit ("4.0 steps/s"), or, for a stage whose steps are not a unit
+    anyone counts (text encoding's two encoders, a chunk's one decode), the seconds it has taken so far."""
+    if not rate:
+        return ""
+    return f"{rate:.1f} {unit}/s" if unit else f"{step / rate:.1f} s"
+
+
+def resumed_words(job: JobStartedEvent | JobSummary | Mapping[str, Any]) -> str | None:
+    """Words for a long video that continued from its resume checkpoint after a killed or stopped engine:
+    "resumed at chunk 4 of 7 (chunks 1-3 kept)"; None for one that ran in one go. `job`: a job_started
+    event (its `resumed_at_chunk` and `chunks`) or a job's summary (its `resumed_at_chunk`; its chunks from
+    its model and parameters), as models or plain data."""
+    fields = job if isinstance(job, Mapping) else job.model_dump()
+    done = fields.get("resumed_at_chunk")
+    if done is None:
+        return None
+    chunks = fields.get("chunks")
+    if chunks is None and "params" in fields:
+        chunks = planned_chunks(str(fields.get("model")), fields["params"] or {})
+    kept = "chunk 1 kept" if done == 1 else f"chunks 1-{done} kept"
+    of = "" if chunks is None else f" of {chunks}"
+    return f"resumed at chunk {done + 1}{of} ({kept})"
+
+
+def planned_chunks(model: str, params: Mapping[str, Any]) -> int | None:
+    """The chunks a job of `model` with these parameters renders; None when they do not say."""
+    from engine.generation.lengths import plan_length, rules_for
+
+    try:
+        return plan_length(rules_for(model), params.get("frames"), params.get("overlap")).chunks
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def generated_words(written: int, kept: int) -> str:
+    """What making a generated model's weights did, in true words (nothing is fetched)."""
+    if not written:
+        return "the tiny model's weights are all there; nothing written"
+    there = f"; {kept} already there" if kept else ""
+    return f"wrote {written} generated file{'s' if written != 1 else ''}{there}"
+
+
+def download_words(event: DownloadFinishedEvent) -> str:
+    """A finished download (or a generated model's making) in one line: what was fetched or written."""
+    if event.generated:
+        return generated_words(len(event.written), event.skipped)
+    return f"{len(event.fetched)} fetched, {event.skipped} already present"

@@ -171,6 +171,9 @@ class JobSummary(Exact):
     worker: str | None  # which worker ran it last ("cpu", "cuda:1", a Ray node's GPU); None: not yet run
     requeues: int  # times a lost worker (a dead Ray actor) put it back in the queue
     quality: dict[str, Any] | None  # the quality probe's findings, once it has run
+    # chunks already made when it last resumed from its checkpoint (after a killed or stopped engine);
+    # None: it ran in one go (or has not run)
+    resumed_at_chunk: int | None = None
 
 
 class Preset(Exact):
@@ -243,6 +246,10 @@ class JobQueuedEvent(JobEvent):
 class JobStartedEvent(JobEvent):
     event: Literal["job_started"] = "job_started"
     worker: str | None = None  # the worker running it ("cuda:1", "cpu:0")
+    # a long video resumed from its checkpoint (a killed or stopped engine left it half-made): the chunks
+    # already in its video (it continues with the next) and its chunks in all; None: it starts from the start
+    resumed_at_chunk: int | None = None
+    chunks: int | None = None
 
 
 class ProgressReport(Exact):
@@ -392,6 +399,10 @@ class DownloadFinishedEvent(Event):
     skipped: int  # files already there
     refetched: list[str]
     failed: dict[str, str]  # file -> why; those files were removed
+    # the engine made the files (the tiny model's random weights), none fetched: `fetched` is empty and
+    # `written` names the files it wrote (empty: all were there and checked out, nothing was written)
+    generated: bool = False
+    written: list[str] = Field(default_factory=list)
 
 
 class DownloadFailedEvent(WeightsJobFailed):

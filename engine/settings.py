@@ -46,7 +46,8 @@ RUNTIME_DIR = Variable(
 DATA_DIR = Variable(
     "LANDIFF_DATA_DIR",
     "the user data dir, e.g. ~/.local/share/landiff",
-    "the job history landiff.db, outputs/, and the engine's log",
+    "the job history landiff.db, outputs/, the engine's log, and the weights (weights/) unless LANDIFF_HOME "
+    "or ./ckpts holds them",
 )
 CACHE_DIR = Variable(
     "LANDIFF_CACHE_DIR",

@@ -16,8 +16,8 @@ from engine import __version__
 from engine.wire import RemoteError
 
 from .client import ABSENT, LOST, STARTING, STOPPED, EngineLink
-from .keymap import PALETTE, TABS, bindings, key_of, tab_key
-from .messages import EngineConnected, EngineLost, JobEnded, message_for
+from .keymap import PALETTE, TABS, bindings, key_name, key_of, tab_key
+from .messages import EngineConnected, EngineLost, JobEnded, TransferEnded, message_for
 from .views.base import View
 from .views.generate import GenerateView
 from .widgets.deferred import add_later_css, mount_later_view
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from engine.protocol import AnyEvent, HelloReply, R, Request, SubscribeReply
 
     from .views.queue import QueueView
+    from .widgets.weights_banner import WeightsBanner
 
 # the other tabs' views: imported and mounted into their panes after the first frame, which shows the
 # Generate tab
@@ -78,7 +79,7 @@ class LanDiffApp(App):
             )
         self.link: EngineLink = link
         self.engine_info: HelloReply | None = None
-        self.offered_tiny = False
+        self.weights_offer_declined = False  # the banner's Later: not offered again
 
     def compose(self) -> ComposeResult:
         # the first frame has the Generate tab's pane; the header, the tab strip, the footer and the other
@@ -194,15 +195,22 @@ class LanDiffApp(App):
         if isinstance(event, JobFinishedEvent):
             self.notify(f"a video is ready: see the Gallery ({tab_key('gallery')})", title="job finished")
         elif isinstance(event, JobCancelledEvent) and event.partial:
-            self.notify(
-                "cancelled: the finished chunks are kept as a shorter video in the Gallery", timeout=8
-            )
+            kept = "the finished chunks are kept"
+            if event.chunks_done is not None and event.chunks is not None:
+                kept = f"{event.chunks_done} of {event.chunks} chunks kept"
+                kept += f" ({event.frames} frames)" if event.frames is not None else ""
+            self.notify(f"cancelled: {kept} as a shorter video in the Gallery", timeout=8)
         elif isinstance(event, JobFailedEvent):
             self.notify(event.error, title="job failed", severity="error", timeout=10)
 
     async def check_weights(self) -> None:
-        """First run with no weights: offer to download them or to try the tiny model."""
-        if self.offered_tiny or self.engine_info is None or self.engine_info.random_weights:
+        """Weights missing for the model served: a banner offers to download them or to try the tiny model
+        (`WeightsBanner`: it takes no key, as the engine answers while the user may be typing a prompt); it
+        goes once they are complete, or the engine serves the tiny model."""
+        if self.engine_info is None:
+            return
+        if self.engine_info.random_weights:
+            await self.hide_weights_banner()
             return
         from engine.protocol import WeightsStatus
 
@@ -210,21 +218,47 @@ class LanDiffApp(App):
             status = await self.link.call(WeightsStatus())
         except RemoteError:
             return
-        if not status.complete:
-            self.offered_tiny = True
-            from .screens.welcome import NoWeights
+        if status.complete:
+            await self.hide_weights_banner()
+        elif not self.weights_offer_declined:
+            await self.show_weights_banner(status.root)
 
-            self.push_screen(NoWeights(status.root), self.first_run_choice)
+    async def show_weights_banner(self, root: str) -> None:
+        from .widgets.weights_banner import WeightsBanner
 
-    async def first_run_choice(self, choice: str | None) -> None:
-        """NoWeights' answer: "download", the name of a model to try instead, or None (later)."""
-        if choice == "download":
+        main = self.screen_stack[0]
+        shown = main.query(WeightsBanner)
+        if shown:
+            shown.first().show_root(root)
+            return
+        add_later_css(self)
+        await main.mount(WeightsBanner(root), after=main.query_one("#header-row"))
+
+    async def hide_weights_banner(self) -> None:
+        for banner in self.screen_stack[0].query("#weights-banner"):
+            await banner.remove()
+
+    async def on_weights_banner_chosen(self, message: WeightsBanner.Chosen) -> None:
+        """The banner's answer (WeightsBanner.Chosen): "download", the name of a model to try instead, or
+        None (later: not offered again while this TUI runs; the Weights tab and the palette still do)."""
+        if message.choice is None:
+            self.weights_offer_declined = True
+            await self.hide_weights_banner()
+            self.notify(
+                f"the Weights tab ({tab_key('weights')}) downloads them when you want; the command palette "
+                f"({key_name(PALETTE.keys[0])}) switches the engine to the tiny model"
+            )
+        elif message.choice == "download":
             from .views.weights import WeightsView
 
             self.action_show_tab("weights")
             await self.query_one(WeightsView).action_download()
-        elif choice is not None:
-            await self.switch_model(choice)
+        else:
+            await self.switch_model(message.choice)
+
+    def on_transfer_ended(self, message: TransferEnded) -> None:
+        """A download finished (or failed): the banner goes if the weights are complete now."""
+        self.run_worker(self.check_weights(), exclusive=True, group="weights-check")
 
     async def switch_model(self, model: str) -> None:
         """Stop this engine (when idle) and start one serving `model`."""
@@ -273,8 +307,15 @@ class LanDiffApp(App):
             views.first(View).shown()
 
     async def action_quit(self) -> None:
+        """Quit; with a job running, ask first (it goes on in the engine). One question at most: ctrl+q
+        again while it is open leaves it as it is, and a dialog open before (another question, the key list,
+        the palette) gives way to it rather than lying under it."""
+        from textual.screen import ModalScreen
+
         from .screens.confirm import Confirm
 
+        if any(isinstance(screen, Confirm) and screen.purpose == "quit" for screen in self.screen_stack):
+            return
         queue = self.query("QueueView")  # not there yet when ctrl+q comes with the first frame
         if not queue or cast("QueueView", queue.first()).running is None:
             self.exit()
@@ -284,9 +325,11 @@ class LanDiffApp(App):
             if yes:
                 self.exit(message="the running job continues in the engine; `landiff-tui` shows it again")
 
-        self.push_screen(
-            Confirm("A job is running. It continues in the engine after you quit. Quit?", "Quit"), answered
-        )
+        question = Confirm("A job is running. It continues in the engine after you quit. Quit?", "Quit")
+        question.purpose = "quit"
+        while isinstance(self.screen, ModalScreen) and len(self.screen_stack) > 1:
+            self.screen.dismiss(None)  # its No (a question), its cancel (a name asked for)
+        self.push_screen(question, answered)
 
     async def call_engine(self, request: Request[R]) -> R | None:
         """The request's reply model; a refusal becomes a notification with the engine's message (and None).

@@ -4,7 +4,7 @@ everywhere. Imported by the first frame: nothing here but Textual's `Binding`.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from textual.binding import Binding, BindingType
 
@@ -38,7 +38,18 @@ def show_tab(tab: str) -> str:
     return f"show_tab('{tab}')"
 
 
-# scope (the app, a tab's view, the job page) -> action -> its keys; in the footer's order
+# a past job's actions: the same keys in the Gallery's list (where typing goes to the search box, so they
+# win over its own uses of them) and on the job's page
+JOB_KEYS: dict[str, ActionKeys] = {
+    "rerun": ActionKeys(("ctrl+r",), "Re-run", priority=True),
+    "edit": ActionKeys(("ctrl+e",), "Edit", priority=True),
+    "copy_prompt": ActionKeys(("ctrl+t",), "Copy prompt", footer=False, priority=True),
+    "copy_path": ActionKeys(("ctrl+y",), "Copy path", footer=False, priority=True),
+    "play": ActionKeys(("ctrl+g",), "Play/stop", footer=False, priority=True),
+    "delete": ActionKeys(("ctrl+d",), "Delete", priority=True, also=("delete",)),
+}
+
+# scope (the app, a tab's view, the job page, a question) -> action -> its keys; in the footer's order
 KEYMAP: dict[str, dict[str, ActionKeys]] = {
     # the tabs' titles name their keys, so the footer keeps its width for the keys of the tab shown
     "app": {
@@ -63,11 +74,7 @@ KEYMAP: dict[str, dict[str, ActionKeys]] = {
     # win over the box's own ctrl+e (end) and ctrl+d (delete right), which have the end and delete keys
     "gallery": {
         "open": ActionKeys(("enter",), "Details", footer=False),
-        "rerun": ActionKeys(("ctrl+r",), "Re-run", priority=True),
-        "edit": ActionKeys(("ctrl+e",), "Edit", priority=True),
-        "copy_prompt": ActionKeys(("ctrl+t",), "Copy prompt", footer=False, priority=True),
-        "copy_path": ActionKeys(("ctrl+y",), "Copy path", footer=False, priority=True),
-        "delete": ActionKeys(("ctrl+d",), "Delete", priority=True, also=("delete",)),
+        **JOB_KEYS,
         "clear_search": ActionKeys(("escape",), "Clear the search", footer=False),
     },
     "weights": {
@@ -82,15 +89,16 @@ KEYMAP: dict[str, dict[str, ActionKeys]] = {
         "release": ActionKeys(("m",), "Release"),
         "refresh": ActionKeys(("r",), "Refresh"),
     },
-    # the Gallery's keys, and here (no text to type) letters too; re-running takes ctrl+r, deleting asks
+    # a job's page: the Gallery's keys for the same actions (its footer has room for playing too)
     "detail": {
         "app.pop_screen": ActionKeys(("escape", "q"), "Back"),
-        "rerun": ActionKeys(("ctrl+r",), "Re-run"),
-        "edit": ActionKeys(("e", "ctrl+e"), "Edit"),
-        "copy_prompt": ActionKeys(("c", "ctrl+t"), "Copy prompt"),
-        "copy_path": ActionKeys(("y", "ctrl+y"), "Copy path", footer=False),
-        "play": ActionKeys(("p",), "Play/stop"),
-        "delete": ActionKeys(("d", "delete", "ctrl+d"), "Delete"),
+        **{name: replace(keys, footer=keys.footer or name == "play") for name, keys in JOB_KEYS.items()},
+    },
+    # a question (delete, download, stop, quit...): yes counts only once the question has been on the
+    # screen a moment (`screens.confirm.GUARD_S`), so a y typed on with the key that asked is not an answer
+    "confirm": {
+        "answer(True)": ActionKeys(("y",), "Yes (a moment after it asks)"),
+        "answer(False)": ActionKeys(("n", "escape"), "No"),
     },
 }
 
@@ -99,9 +107,14 @@ PALETTE = ActionKeys(("ctrl+p",), "command palette")
 
 # keys the widgets handle themselves, listed beside the bound ones
 WIDGET_KEYS: dict[str, list[tuple[str, str]]] = {
-    "generate": [("up / down", "earlier prompts (first / last line)")],
+    "generate": [
+        ("up / down", "earlier prompts (first / last line)"),
+        ("tab / shift+tab", "the next / previous field"),
+    ],
     "queue": [("up / down", "choose a job")],
     "gallery": [("type", "search prompts"), ("down / up", "the list / the search box")],
+    "engine": [("up / down / pgup / pgdn / end", "scroll the log; at its end it follows new lines")],
+    "confirm": [("tab / enter", "choose a button / press it")],
 }
 
 

@@ -173,6 +173,50 @@ def test_flan_t5_can_be_slimmed_to_its_bf16_encoder(tmp_path, hub_files):
     assert report.fetched == [] and not any(method == "GET" for method, _, _ in hub.log)
 
 
+def flan_folder_contents(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+
+
+def test_slimming_never_deletes_what_the_encoder_needs_even_when_the_index_names_it(tmp_path, hub_files):
+    """A hostile index naming the tokenizer and the config as shards: slimming would delete them with the
+    shards. The index is refused before anything is read, written or deleted."""
+    from engine.weights.downloads import slim_flan_t5
+    from engine.weights.layout import FLAN_T5_INDEX
+
+    repos, checksums = hub_files
+    with FakeHub(repos) as hub:
+        download_release(Downloader(tmp_path, endpoint=hub.endpoint), "llm", checksums)
+    folder = tmp_path / "flan-t5-xxl"
+    index = json.loads((folder / FLAN_T5_INDEX).read_text())
+    index["weight_map"]["decoder.final_layer_norm.weight"] = "spiece.model"
+    index["weight_map"]["decoder.block.0.layer.0.SelfAttention.q.weight"] = "config.json"
+    (folder / FLAN_T5_INDEX).write_text(json.dumps(index))
+    before = flan_folder_contents(folder)
+    with pytest.raises(DownloadError, match=r"names 'config.json' as a weights shard, which it is not"):
+        slim_flan_t5(tmp_path)
+    assert flan_folder_contents(folder) == before  # nothing deleted, nothing written
+
+
+def test_the_shards_are_deleted_only_once_the_slim_file_reads_back_as_written(
+    tmp_path, hub_files, monkeypatch
+):
+    from engine.weights.downloads import slim_flan_t5
+
+    repos, checksums = hub_files
+    with FakeHub(repos) as hub:
+        download_release(Downloader(tmp_path, endpoint=hub.endpoint), "llm", checksums)
+    folder = tmp_path / "flan-t5-xxl"
+    before = flan_folder_contents(folder)
+
+    def unreadable(path: Path, tensors: dict) -> None:
+        raise DownloadError(f"{path} reads back otherwise than written; the shards are kept")
+
+    monkeypatch.setattr(downloads, "check_slim_file", unreadable)
+    with pytest.raises(DownloadError, match="the shards are kept"):
+        slim_flan_t5(tmp_path)
+    assert flan_folder_contents(folder) == before and not list(folder.glob("*.partial*"))
+
+
 def test_offline_mode_refuses_to_download_but_runs_when_complete(tmp_path, hub_files, monkeypatch):
     repos, checksums = hub_files
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -257,3 +301,116 @@ def test_the_root_is_landiff_home_then_ckpts_beside_then_the_user_data_dir(tmp_p
     assert main(["weights", "status"]) == 1
     text = capsys.readouterr().out
     assert f"{tmp_path / 'elsewhere'} (used)" in text and f"{tmp_path / 'ckpts'} (outranked)" in text
+
+
+@pytest.mark.timeout(60)
+def test_the_weights_root_moves_with_landiff_data_dir(tmp_path, monkeypatch, capsys):
+    """Issue 26, point 6: the default root is weights/ in the data dir, which honours LANDIFF_DATA_DIR (a
+    data dir moved to a big disk takes the 25 GB with it), after $LANDIFF_HOME and ./ckpts as before."""
+    from engine.cli.main import main
+    from engine.weights.layout import layout_for, root_candidates, weights_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LANDIFF_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    big = tmp_path / "big-disk" / "landiff"
+    monkeypatch.setenv("LANDIFF_DATA_DIR", str(big))
+    assert weights_root() == big / "weights"
+    assert layout_for("tiny").root == big / "weights" / "tiny"
+    last = root_candidates()[-1]
+    assert last.chosen and last.path == big / "weights" and "$LANDIFF_DATA_DIR" in last.rule
+    capsys.readouterr()
+    assert main(["weights", "status", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["root"] == str(big / "weights")
+    assert [place["path"] for place in report["looked"]] == [
+        None,
+        str(tmp_path / "ckpts"),
+        str(big / "weights"),
+    ]
+    assert main(["weights", "status"]) == 1
+    assert f"$LANDIFF_DATA_DIR: {big / 'weights'} (used)" in capsys.readouterr().out
+    assert not (tmp_path / "xdg").exists()  # nothing looked for, let alone put, in the home's data dir
+    (tmp_path / "ckpts" / "LanDiff").mkdir(parents=True)  # the documented order holds
+    assert weights_root() == tmp_path / "ckpts"
+    monkeypatch.setenv("LANDIFF_HOME", str(tmp_path / "elsewhere"))
+    assert weights_root() == tmp_path / "elsewhere"
+    monkeypatch.delenv("LANDIFF_HOME")
+    (tmp_path / "ckpts" / "LanDiff").rmdir()
+    monkeypatch.setenv("LANDIFF_DATA_DIR", "")  # empty counts as unset: the user data dir
+    assert weights_root() == tmp_path / "xdg" / "landiff" / "weights"
+    assert root_candidates()[-1].rule == "weights/ in the user data dir"
+
+
+@pytest.mark.timeout(120)
+def test_generating_the_tiny_weights_writes_only_what_lacks_and_says_so(tmp_path):
+    """Issue 26, point 12: the tiny model's "download" rewrites nothing when all is there and checks out,
+    writes only the missing or damaged files otherwise, and never reports anything as fetched."""
+    from safetensors.torch import load_file
+
+    from engine.daemon.weights_jobs import generated_words
+    from engine.daemon.weights_ops import WeightsOperations
+    from engine.protocol import DownloadFinishedEvent
+    from engine.weights.downloads import read_checksums
+    from engine.weights.layout import TINY_CHECKSUMS
+    from engine.weights.tiny import tiny_file_names
+
+    events: list = []
+    ops = WeightsOperations("tiny", tmp_path, events.append)
+    root = ops.root()
+
+    def generate() -> DownloadFinishedEvent:
+        events.clear()
+        assert ops.start("download", "all").generated
+        assert ops.job is not None
+        ops.job.join(90)
+        assert not ops.job.is_alive()
+        (finished,) = [event for event in events if isinstance(event, DownloadFinishedEvent)]
+        assert (
+            finished.generated
+            and finished.fetched == []
+            and finished.refetched == [] == list(finished.failed)
+        )
+        return finished
+
+    def stamps() -> dict[str, tuple[int, int]]:
+        return {name: ((root / name).stat().st_ino, (root / name).stat().st_mtime_ns) for name in names}
+
+    names = tiny_file_names()
+    first = generate()
+    assert first.written == names and first.skipped == 0 and len(names) == 27
+    assert generated_words(len(first.written), first.skipped) == "wrote 27 generated files"
+    written = {str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()}
+    assert written - {downloads.RECORD} == set(names)  # the list names all it writes; no scratch left
+    status = ops.status("all")
+    assert status.complete and {file.state for file in status.files} == {"verified"}
+    before = stamps()
+    llm = load_file(str(root / "LanDiff/llm/model.safetensors"))
+
+    again = generate()
+    assert again.written == [] and again.skipped == 27
+    assert generated_words(0, again.skipped) == "the tiny model's weights are all there; nothing written"
+    assert stamps() == before  # not one file rewritten
+
+    gone = ["LanDiff/llm/model.safetensors", "clip-vit-base-patch32/vocab.json"]
+    for name in gone:
+        (root / name).unlink()
+    damaged = [
+        "LanDiff/CogVideoX-2b-sat/vae/3d-vae.pt",
+        "flan-t5-xxl/model.safetensors",
+    ]  # by MD5, by SHA-256
+    for name in damaged:
+        data = bytearray((root / name).read_bytes())
+        data[-1] ^= 0xFF  # same size, other bytes
+        (root / name).write_bytes(bytes(data))
+    third = generate()
+    assert third.written == sorted([*gone, *damaged, TINY_CHECKSUMS]) and third.skipped == 27 - 5
+    assert generated_words(5, third.skipped) == "wrote 5 generated files; 22 already there"
+    after = stamps()
+    assert {name for name in names if after[name] != before[name]} == set(third.written)
+    regenerated = load_file(str(root / "LanDiff/llm/model.safetensors"))
+    assert regenerated.keys() == llm.keys() and all(torch.equal(regenerated[k], llm[k]) for k in llm)
+    sums = read_checksums(root / TINY_CHECKSUMS)
+    assert all(downloads.md5_of(root / "LanDiff" / name) == md5 for name, md5 in sums.items())
+    assert all(verify(root, planned_files(root, "all", sums, clip=True)).values())
+    assert {file.state for file in ops.status("all").files} == {"verified"}

@@ -31,6 +31,7 @@ CLIENT_SIDE = {
     "engine.client",
     "engine.errors",
     "engine.job_words",
+    "engine.durations",
     "engine.specs",
     "engine.generation.lengths",
     "engine.models.configs",

@@ -94,3 +94,33 @@ def test_an_empty_variable_counts_as_unset(monkeypatch, tmp_path):
     assert settings.HF_HUB_OFFLINE.flag()
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9/")
     assert settings.hub_endpoint() == "http://127.0.0.1:9"
+
+
+def test_readme_starts_with_the_two_fresh_machine_commands_and_ci_runs_the_test_one():
+    """Issue 26, point 15: the README's first two commands install and run the app, then install and run the
+    tests; torch comes from PyTorch's CPU index (the public index's Linux wheels pull CUDA packages whatever
+    the pin); the README says where to run them; .ci/run installs the same pin and runs the same tests."""
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    top = readme.split("\n## ")[0]
+    commands = [line.strip() for line in top.splitlines() if line.startswith("    ")]
+    assert len(commands) == 2, commands
+    app, tests = (command.split(" && ") for command in commands)
+    torch_step = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+    assert app == [torch_step, "pip install -e .", "landiff-tui --model tiny"]
+    assert tests == [torch_step, "pip install -e '.[test]'", "python -m pytest"]
+    assert "git clone" in top and "cd landiff-tui" in top and "python3 -m venv .venv" in top
+    assert "`pip install torch==2.13.0` as the first step instead" in top  # a GPU box: the public index
+    ci = [
+        shlex.split(line)
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if re.match(r"python -m (pip|pytest)", line)
+    ]
+    pin = shlex.split(torch_step)[2]
+    assert ci == [
+        ["python", "-m", "pip", "install", "--quiet", pin],
+        ["python", "-m", "pip", "install", "--quiet", "-e", ".[test]"],
+        ["python", "-m", "pytest"],
+    ]

@@ -86,6 +86,29 @@ def engine_job(engine: RunningEngine, job_id: str) -> dict:
         return client.request("get_job", job_id=job_id)["job"]
 
 
+async def answer_yes(pilot) -> None:
+    """Yes to the question on the screen, once it counts (a yes right after the key that asked is no
+    answer: `screens.confirm.GUARD_S`)."""
+    app = pilot.app
+    await until(
+        pilot,
+        lambda: type(app.screen).__name__ == "Confirm" and not app.screen.guarded,
+        what="the question to take a yes",
+    )
+    await pilot.press("y")
+
+
+def laid_out(app, selector: str) -> bool:
+    """The widget is mounted and has its place on the screen (a click finds it there)."""
+    widget = mounted(app, selector)
+    return widget is not None and bool(widget.region.width)
+
+
+def screen_text(app) -> str:
+    """What the terminal shows now, as text (the top screen, with what a dialog leaves visible beneath)."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
 async def type_prompt(pilot, text: str) -> None:
     app = pilot.app
     app.action_show_tab("generate")
@@ -120,7 +143,7 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
         app.query_one("#search").value = "heron"
         await until(pilot, lambda: [r.id for r in gallery.rows] == [job_id], what="the search result")
         table = app.query_one("#gallery-table")
-        assert table.get_row_at(0)[2] == "1.1 s (9)"  # the tiny model's one clip: 9 frames at 8 fps
+        assert table.get_row_at(0)[2] == "1.1 s"  # the tiny model's one clip: 9 frames at 8 fps
         await pilot.press("ctrl+r")
         await until(pilot, lambda: len(events.of("job_finished")) == 2, what="the re-run")
         rerun_id = events.of("job_finished")[1].job_id
@@ -144,7 +167,7 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
             pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, what="details"
         )
         assert app.screen.job.id == gallery.rows[0].id
-        await pilot.press("p")
+        await pilot.press("ctrl+g")  # the Gallery's key for it too
         preview = app.screen.query_one("FramePreview")
         assert preview.playing and len(preview.frames) == len(read_mp4_frames(app.screen.job.video_path))
         await pilot.press("escape")
@@ -153,7 +176,7 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
         index = [r.id for r in gallery.rows].index(job_id)
         app.query_one("#gallery-table").move_cursor(row=index)
         await pilot.press("ctrl+d")
-        await pilot.press("y")
+        await answer_yes(pilot)
         await until(pilot, lambda: events.of("job_deleted"), what="the deletion")
         with engine.client() as client, pytest.raises(RemoteError, match="no job"):
             client.request("get_job", job_id=job_id)
@@ -176,7 +199,7 @@ async def test_cancel_a_running_job_after_confirming(engine):
         await pilot.pause(0.2)
         assert engine_job(engine, job_id)["status"] == "running"
         await pilot.press("x")
-        await pilot.press("y")
+        await answer_yes(pilot)
         await until(pilot, lambda: events.of("job_cancelled", job_id), what="the cancellation")
         assert engine_job(engine, job_id)["status"] == "cancelled"
         await until(pilot, lambda: not app.query_one("QueueView").jobs, what="the queue to empty")
@@ -206,7 +229,7 @@ async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engi
         await pilot.press("f5")
         await pilot.press("R")
         assert type(app.screen).__name__ == "Confirm"
-        await pilot.press("y")
+        await answer_yes(pilot)
         try:
             await until(pilot, lambda: "restarting the engine (tiny" in app.sub_title, what="the header")
             await until(
@@ -215,7 +238,8 @@ async def test_engine_killed_then_restarted_the_tui_shows_it_and_reconnects(engi
             assert app.engine_info.options == ["--idle-release", "900"]  # the new engine's own hello
             # stopped (S here, or `landiff-engine stop` elsewhere): the header says so, and R starts one
             old_pid = app.engine_info.pid
-            await pilot.press("S", "y")
+            await pilot.press("S")
+            await answer_yes(pilot)
             await until(pilot, lambda: "no engine is running: R" in app.sub_title, what="the stop")
             await pilot.press("R")
             assert type(app.screen).__name__ != "Confirm"  # nothing to interrupt: no question
@@ -243,8 +267,8 @@ async def test_first_run_without_weights_offers_the_tiny_model(tmp_path, monkeyp
     app = LanDiffApp()
     try:
         async with app.run_test(size=(80, 24)) as pilot:
-            await until(pilot, lambda: type(app.screen).__name__ == "NoWeights", what="the first-run dialog")
-            await pilot.press("t")
+            await until(pilot, lambda: laid_out(app, "#banner-tiny"), what="the first-run offer")
+            assert await pilot.click("#banner-tiny")
             await until(
                 pilot,
                 lambda: app.link.connected and app.engine_info.model == "tiny",
@@ -305,7 +329,7 @@ async def test_quitting_while_a_job_runs_says_it_continues():
         await pilot.press("ctrl+q")
         assert type(app.screen).__name__ == "Confirm"
         assert "continues in the engine" in str(app.screen.query_one("Static").render())
-        await pilot.press("y")
+        await answer_yes(pilot)
         await pilot.pause(0.1)
     assert app.return_code == 0 and not app.is_running
 
@@ -451,7 +475,7 @@ async def test_the_weights_tab_downloads_through_the_engine(tmp_path, monkeypatc
                 await until(pilot, lambda: states() == {"missing"}, what="the missing files listed")
                 await pilot.press("d")
                 assert type(app.screen).__name__ == "Confirm"  # gigabytes for the release: it asks first
-                await pilot.press("y")
+                await answer_yes(pilot)
                 await until(pilot, lambda: events.of("download_finished"), what="the download")
                 assert events.of("download_started") and events.of("download_progress")
                 assert events.of("download_finished")[0].failed == {}
@@ -561,7 +585,7 @@ async def test_restart_asks_while_an_engine_answers_and_starts_one_when_none_doe
         await until(pilot, lambda: link.restarts == ["tiny"] and link.connected, what="a start")
 
 
-async def test_the_tiny_models_weights_show_as_generated_and_d_makes_them():
+async def test_the_tiny_models_weights_show_as_generated_and_d_makes_them_after_asking():
     link = ScriptedLink([job(0)], weights_complete=False)
     link.generated, link.model = True, "tiny"
     app = LanDiffApp(link=link)
@@ -573,7 +597,13 @@ async def test_the_tiny_models_weights_show_as_generated_and_d_makes_them():
         assert "random, made on this machine; not written yet (d: generate them)" in str(
             app.query_one("#weights-root").render()
         )
-        await pilot.press("d")  # cheap and local: no question
+        await pilot.press("d")  # cheap and local, but written over what is there: it asks first
+        assert type(app.screen).__name__ == "Confirm"
+        assert "3 files (none is there yet)" in str(app.screen.query_one("Static").render())
+        await pilot.press("n")
+        assert not link.sent(p.DownloadWeights)
+        await pilot.press("d")
+        await answer_yes(pilot)
         await until(pilot, lambda: link.sent(p.DownloadWeights), what="the request")
         assert notified(app, "writing the tiny model's random weights")
 
@@ -582,14 +612,241 @@ async def test_downloading_the_release_asks_first():
     link = ScriptedLink([job(0)], weights_complete=False)  # the release, missing
     app = LanDiffApp(link=link)
     async with app.run_test(size=(100, 32)) as pilot:
-        await until(pilot, lambda: type(app.screen).__name__ == "NoWeights", what="the first-run dialog")
-        await pilot.press("escape", "f4")
+        await until(pilot, lambda: app.query("#weights-banner"), what="the first-run offer")
+        await pilot.press("f4")
         await until(pilot, lambda: app.query_one("WeightsView").status is not None, what="the states")
         await pilot.press("d")
         assert type(app.screen).__name__ == "Confirm"
         assert "25 GB" in str(app.screen.query_one("Static").render())
         await pilot.press("n")
         assert not link.sent(p.DownloadWeights)
+
+
+# issue 26: the first hour
+
+
+async def test_a_prompt_typed_while_the_first_run_offer_appears_keeps_every_key_and_downloads_nothing():
+    """No weights: the engine answers a few seconds after launch, while the user types. A dialog there took
+    the d of "dog" as Download and the rest of the prompt was lost; the offer is a banner that takes no
+    key."""
+    link = ScriptedLink([], weights_complete=False)
+    link.start = lambda: None  # the engine answers once "a red " is typed (the test connects it)
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: (field := mounted(app, "#param-cfg")) and field.value, what="the form")
+        await pilot.press(*"a red ")
+        link.connect()
+        offered = lambda: app.query("#weights-banner") or len(app.screen_stack) > 1  # noqa: E731
+        await until(pilot, offered, what="the first-run offer")  # (once a dialog: now a banner)
+        await pilot.press(*"dog, yes: a ready dog")
+        await pilot.pause(0.6)  # a pause, then more: still the prompt's
+        await pilot.press(*" yes")
+        prompt = app.query_one("#prompt")
+        assert prompt.text == "a red dog, yes: a ready dog yes"
+        assert app.focused is prompt and type(app.screen).__name__ == "Screen"
+        assert not link.sent(p.DownloadWeights) and link.restarts == []
+        offer = "The LanDiff weights are not (all) in"
+        await until(pilot, lambda: offer in screen_text(app), timeout=30, what="the offer in view")
+        assert await pilot.click("#banner-download")  # chosen: it asks, with the size
+        assert type(app.screen).__name__ == "Confirm"
+        assert "25 GB" in str(app.screen.query_one("Static").render())
+        await pilot.press("n")
+        assert await pilot.click("#banner-later")
+        await until(pilot, lambda: not app.query("#weights-banner"), what="the offer to go")
+        assert not link.sent(p.DownloadWeights)
+
+
+async def test_a_question_takes_no_yes_typed_on_right_after_the_key_that_asked(monkeypatch):
+    """Typing "ready" into the Weights tab by mistake: its d asks to download 25 GB and the y typed right
+    after is not an answer; a y once the question has been read is."""
+    from landiff_tui.screens import confirm
+
+    guard = getattr(confirm, "GUARD_S", 0)
+    # here long enough that however loaded this machine is, the y typed right after the d falls inside it
+    monkeypatch.setattr(confirm, "GUARD_S", 30.0, raising=False)
+    link = ScriptedLink([job(0)], weights_complete=False)
+    link.model = "tiny"  # an engine serving the tiny model: no first-run offer
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("f4")
+        await until(
+            pilot,
+            lambda: (
+                (tab := mounted(app, "WeightsView"))
+                and tab.status
+                and app.focused is tab.query_one("#weights-table")
+            ),
+            what="the Weights tab and its states",
+        )
+        await pilot.press(*"ready")
+        assert type(app.screen).__name__ == "Confirm"
+        assert not link.sent(p.DownloadWeights)
+        monkeypatch.setattr(confirm, "GUARD_S", 0.2)  # a while later: read
+        await pilot.pause(0.3)
+        await pilot.press("y")
+        await until(pilot, lambda: link.sent(p.DownloadWeights), what="the download, asked for")
+    assert guard >= 0.3  # longer than between two keys of a word
+
+
+async def test_one_keymap_the_job_page_takes_the_gallerys_keys_and_question_mark_works_in_the_list():
+    link = ScriptedLink([job(0), job(1)])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("f3")
+        await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 2, what="the gallery")
+        await pilot.press("down")  # the list: no text field, so ? is the key list's, as everywhere
+        assert app.focused.id == "gallery-table"
+        await pilot.press("question_mark")
+        assert type(app.screen).__name__ == "Keys" and app.query_one("#search").value == ""
+        listed = str(app.screen.query_one("#keys-list").render())
+        for names in ("F1", "F5", "ctrl+p", "ctrl+q", "F12 / ?", "ctrl+g", "ctrl+d / del", "y", "n / esc"):
+            assert f"  {names:<16} " in listed, names
+        assert "Job detail" in listed and "Questions" in listed and "Everywhere" in listed
+        await pilot.press("escape", "enter")
+        await until(pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, what="detail")
+        await pilot.press("e", "d", "c")  # the list's keys are chords; letters do nothing here
+        assert type(app.screen).__name__ == "JobDetail"
+        assert not notified(app, "clipboard")
+        await pilot.press("ctrl+d")
+        assert type(app.screen).__name__ == "Confirm"
+        await pilot.press("n", "ctrl+e")
+        await until(pilot, lambda: app.query_one("#tabs").active == "generate", what="the form")
+        assert app.query_one("#prompt").text == job(0).prompt
+        assert not link.sent(p.DeleteJob)
+    from landiff_tui.keymap import JOB_KEYS, KEYMAP
+
+    for action, keys in JOB_KEYS.items():  # the same keys for the same action, both places
+        assert KEYMAP["gallery"][action].keys == KEYMAP["detail"][action].keys == keys.keys, action
+
+
+async def test_the_engine_log_follows_its_newest_line_unless_scrolled_up():
+    link = ScriptedLink([job(0)])
+    link.log_lines = [f"line {index}" for index in range(100)]
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: len(app.views) == 5 and link.connected, what="the tabs")
+        await pilot.press("f5")
+        view, log = app.query_one("EngineView"), app.query_one("#engine-log")
+
+        async def more(*lines: str) -> None:
+            link.log_lines += lines
+            await view.action_refresh()
+            await pilot.pause(0.1)
+            await pilot.wait_for_scheduled_animations()
+
+        def at_end() -> bool:
+            return log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y
+
+        async def showing(line: str, count: int) -> None:  # at the end, the line on the screen
+            condition = lambda: log.line_count == count and at_end() and line in screen_text(app)  # noqa: E731
+            await until(pilot, condition, timeout=30, what=f"{line} shown at the end")
+
+        await showing("line 99", 100)
+        await more("line 100", "line 101")
+        await showing("line 101", 102)
+        assert app.focused is log
+        await pilot.press("pageup")  # the user reads further up: new lines leave them there
+        await pilot.wait_for_scheduled_animations()
+        where = log.scroll_y
+        assert where < log.max_scroll_y
+        await more("line 102")
+        assert log.line_count == 103 and log.scroll_y == where
+        await pilot.press("end")  # back at the end: it follows again
+        await pilot.wait_for_scheduled_animations()
+        await more("line 103", "line 104")
+        await showing("line 104", 105)
+        await pilot.press("f1", "f5")  # shown again: still at the newest line
+        await more("line 105")
+        await showing("line 105", 106)
+
+
+async def test_ctrl_q_asks_once_and_the_question_is_on_the_screen():
+    link = ScriptedLink([job(0, "running")])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: mounted(app, "QueueView") and app.query_one("QueueView").running)
+        for step in range(1, 4):  # the running job reports while the user quits
+            link.publish("job_progress", **progress("denoise", step, 50, chunk=1))
+        await pilot.press("ctrl+q")
+        for step in range(4, 8):
+            link.publish("job_progress", **progress("denoise", step, 50, chunk=1))
+        await pilot.press("ctrl+q")  # again: the question stays, alone
+        await pilot.pause()
+
+        def questions() -> list:
+            return [screen for screen in app.screen_stack if type(screen).__name__ == "Confirm"]
+
+        assert len(questions()) == 1 and app.screen is questions()[0]
+        drawn = "A job is running. It continues in the engine"
+        await until(pilot, lambda: drawn in screen_text(app), timeout=30, what="the question drawn")
+        await pilot.press("n")
+        await pilot.press("f3")
+        await until(pilot, lambda: app.query_one("GalleryView").rows, what="the gallery")
+        await pilot.press("ctrl+d")  # another question open: ctrl+q takes its place
+        await until(pilot, lambda: "Delete job" in screen_text(app), timeout=30, what="the other question")
+        await pilot.press("ctrl+q")
+        await until(pilot, lambda: "Quit?" in screen_text(app), timeout=30, what="the quit question drawn")
+        assert len(questions()) == 1 and "Delete job" not in screen_text(app)
+        await answer_yes(pilot)
+        await pilot.pause(0.1)
+    assert app.return_code == 0 and not app.is_running and not link.sent(p.DeleteJob)
+
+
+def partial_job(index: int = 0) -> p.JobSummary:
+    """A tiny-model job of 40 frames (5 chunks, 41 frames) cancelled after its second chunk."""
+    chunks = [p.ChunkTiming(index=i, denoise_s=1.0, decode_s=0.5, write_s=0.1) for i in range(2)]
+    params = {**job(index).params, "frames": 40, "top_k": None, "top_p": 0.9, "cache": 0.0}
+    return job(index, "cancelled_partial", params=params, chunk_timings=chunks)
+
+
+async def test_the_gallery_fits_80_columns_and_gives_the_prompt_the_room():
+    jobs = [partial_job(0), job(1), job(2, "interrupted"), job(3, "failed", error="out of memory")]
+    app = LanDiffApp(link=ScriptedLink(jobs))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f3")
+        await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 4, what="the gallery")
+        table = app.query_one("#gallery-table")
+
+        def columns() -> dict[str, int]:
+            return {str(column.label): column.get_render_width(table) for column in table.columns.values()}
+
+        await pilot.pause()
+        shown = columns()
+        assert sum(shown.values()) <= table.scrollable_content_region.width, shown  # no sideways scrolling
+        assert shown["prompt"] >= 32 and shown["status"] <= 10, shown
+        statuses = [str(table.get_row_at(index)[0]) for index in range(4)]
+        assert statuses == ["kept 2/5", "done", "intr", "failed"]
+        assert str(table.get_row_at(0)[2]) == "2.1 s"  # what it kept: 17 frames at 8 fps
+        count = str(app.query_one("#gallery-count").render())
+        assert "kept n/m: cancelled, n of m chunks kept" in count and "intr: interrupted" in count
+        await pilot.resize_terminal(120, 40)  # wider: every column, the prompt still the widest
+        await until(pilot, lambda: len(columns()) == 8, what="every column")
+        shown = columns()
+        assert sum(shown.values()) <= table.scrollable_content_region.width
+        assert shown["prompt"] == max(shown.values())
+
+
+async def test_the_job_page_words_its_parameters_and_what_a_cancelled_job_kept():
+    app = LanDiffApp(link=ScriptedLink([partial_job(0)]))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f3")
+        await until(pilot, lambda: app.query_one("GalleryView").rows, what="the gallery")
+        await pilot.press("enter")
+        await until(pilot, lambda: type(app.screen).__name__ == "JobDetail" and app.screen.job, what="detail")
+        body = str(app.screen.query_one("#detail-body").render())
+        assert "None" not in body and "cancelled_partial" not in body and "top_k" not in body
+        assert "cancelled, part kept" in body.splitlines()[0]
+        for line in (
+            "length: 5.1 s: 41 frames at 8 fps in 5 chunks (asked for 40, rounded up to a chunk boundary)",
+            "kept: 2 of 5 chunks, 2.1 s (17 frames) as a shorter video",
+            "LLM CFG: 7.5 (default)",
+            "top-k: off (default)",
+            "top-p: 0.9",
+            "step cache: off (default)",
+            "overlap: 1 latent frame (the model's default)",
+            "fps: 8 fps",
+        ):
+            assert line in body, line
 
 
 def progress(stage: str, step: int, total: int, chunk: int, chunks: int = 3) -> dict:
@@ -758,6 +1015,7 @@ async def test_a_key_changed_in_the_keymap_changes_the_bindings_the_palette_and_
     from textual.command import CommandList
 
     from landiff_tui import keymap
+    from landiff_tui.screens.confirm import Confirm
     from landiff_tui.screens.job_detail import JobDetail
     from landiff_tui.views.engine_view import EngineView
     from landiff_tui.views.gallery import GalleryView
@@ -766,7 +1024,7 @@ async def test_a_key_changed_in_the_keymap_changes_the_bindings_the_palette_and_
     from landiff_tui.views.weights import WeightsView
 
     bound = {"app": LanDiffApp, "generate": GenerateView, "queue": QueueView, "gallery": GalleryView}
-    bound |= {"weights": WeightsView, "engine": EngineView, "detail": JobDetail}
+    bound |= {"weights": WeightsView, "engine": EngineView, "detail": JobDetail, "confirm": Confirm}
     assert set(bound) == set(keymap.KEYMAP)
     for scope, owner in bound.items():  # each binds its keys from the keymap
         assert keymap.bindings(scope) == owner.BINDINGS, scope
@@ -833,7 +1091,7 @@ async def test_a_failed_jobs_detail_shows_its_error_and_copy_says_where_it_went(
         body = str(app.screen.query_one("#detail-body").render())
         assert "failed: CUDA out of memory" in body.splitlines()[2]  # at the top, not at the end
         assert str(app.screen.query_one("#detail-preview").render()).startswith("no video: the job failed")
-        await pilot.press("c")
+        await pilot.press("ctrl+t")  # the Gallery's key for it
         assert notified(app, "prompt sent to the terminal's clipboard (OSC 52")
 
 

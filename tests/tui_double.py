@@ -111,6 +111,7 @@ class ScriptedLink:
         self.progress: p.JobProgressEvent | None = None  # what `status` says of the running job
         self.last_chunk: p.ChunkFinishedEvent | None = None
         self.generated = False  # weights made on this machine (the tiny model), not downloaded
+        self.log_lines = ["2025-11-26 00:00:00,000 INFO engine listening"]  # the engine's log, oldest first
         # the app's callbacks, set by the app it is given to (as on an EngineLink)
         self.on_event: Callable[[p.AnyEvent], None] = lambda event: None
         self.on_connected: Callable[[p.HelloReply, p.SubscribeReply], None] = lambda hello, caught_up: None
@@ -248,9 +249,7 @@ class ScriptedLink:
         )
 
     def on_log_tail(self, request: p.LogTail) -> p.LogTailReply:
-        return p.LogTailReply(
-            path="/data/engine.log", lines=["2025-11-26 00:00:00,000 INFO engine listening"]
-        )
+        return p.LogTailReply(path="/data/engine.log", lines=self.log_lines[-request.lines :])
 
     def on_submit(self, request: p.Submit) -> p.SubmitReply:
         plan = plan_length(rules_for(self.model), request.params.frames, request.params.overlap)

@@ -1,12 +1,17 @@
-"""The command-line verbs that talk to the engine: submit, jobs, show, cancel, rerun, status, presets, stop.
+"""The command-line verbs that talk to the engine: submit, rerun, jobs, show, cancel, delete, status, presets,
+stop.
 
-All of them start an engine in the background when none answers (as the TUI does), except `stop`.
-`--model` names the model an engine must serve; without it they use whichever engine runs.
+Those that change something (submit, rerun, cancel, delete, presets --save/--delete) start an engine in
+the background when none answers, as the TUI does. Those that only read (status, jobs, show, presets) start
+none: with no engine running they say so and answer from the job history on disk (engine/cli/history.py),
+unless `--model` names the engine to use, which is then started as for a change. `--model` names the model
+an engine must serve; without it they use whichever engine runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -17,14 +22,25 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from engine.cli.output import OutputConsole
 from engine.cli.param_options import add_param_options, add_prompt_argument, given_params
-from engine.client import DEFAULT_MODEL, EngineClient, EngineUnavailable, connect, start_engine
+from engine.client import (
+    DEFAULT_MODEL,
+    EngineClient,
+    EngineError,
+    EngineUnavailable,
+    connect,
+    running_engine,
+    start_engine,
+)
+from engine.durations import duration_text
 from engine.params import check_params, fps_text
 from engine.paths import lock_holder, lock_path, log_path
 from engine.wire import LEAVES_WITHIN_S
 
 if TYPE_CHECKING:
-    from engine.protocol import JobSummary, LaneState, StatusReply, WorkerState
+    from engine.cli.history import History
+    from engine.protocol import JobList, JobSummary, LaneState, ListJobs, PresetList, StatusReply, WorkerState
 
 EXIT_FAILED = 1
 
@@ -44,6 +60,18 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the model the engine must serve: refused if a running engine serves another (default: the "
         f"running engine's; {DEFAULT_MODEL} when one must be started)",
+    )
+    parser.add_argument("--ckpts", default=None, help="weights root for an engine started here")
+
+
+def add_reading_engine_options(parser: argparse.ArgumentParser) -> None:
+    """A command that only reads starts no engine, unless --model names one."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="the model the engine must serve: refused if a running engine serves another; given, an "
+        "engine serving it is started when none runs (default: the running engine's, and none is started: "
+        "without one the job history on disk answers)",
     )
     parser.add_argument("--ckpts", default=None, help="weights root for an engine started here")
 
@@ -78,11 +106,30 @@ def job_params(
     return params
 
 
-def engine_for(args: argparse.Namespace) -> EngineClient:
+def engine_for(args: argparse.Namespace, model: str | None = None) -> EngineClient:
+    """The engine serving `model` (default: --model's; None: whichever runs), started if none runs."""
     from pathlib import Path
 
     ckpts = getattr(args, "ckpts", None)
-    return start_engine(getattr(args, "model", None), Path(ckpts) if ckpts else None)
+    return start_engine(model or getattr(args, "model", None), Path(ckpts) if ckpts else None)
+
+
+def reading_engine(args: argparse.Namespace) -> EngineClient | None:
+    """The engine for a command that only reads: the running one, or None (none is started for a look);
+    with --model, that model's engine, started if none runs (the user named it)."""
+    if args.model is not None:
+        return engine_for(args)
+    return running_engine()
+
+
+def history_without_engine(command: str) -> History | None:
+    """With no engine running: the job history read-only (None: there is none yet), after one line on
+    stderr saying so and how to start an engine."""
+    from engine.cli.history import no_engine_note, open_history
+
+    history = open_history()
+    print(no_engine_note(command, history), file=sys.stderr)
+    return history
 
 
 def served_model(client: EngineClient) -> str:
@@ -94,11 +141,26 @@ def served_model(client: EngineClient) -> str:
 def run_submit(args: argparse.Namespace) -> int:
     # checked before any engine starts (the length in seconds against the model that would be started)
     check_params({"prompt": args.prompt, **given_params(args, args.model or DEFAULT_MODEL)}, complete=False)
-    with engine_for(args) as client:
+    running = running_engine(args.model)
+    with running or engine_for(args) as client:
         model = served_model(client)
         given = check_params({"prompt": args.prompt, **given_params(args, model)}, complete=False)
         params = job_params(client, {}, given, args, model)
-        return submit_and_report(client, params, args.wait)
+        try:
+            return submit_and_report(client, params, args.wait)
+        except EngineError as error:
+            if error.code == "no_weights" and running is None:
+                stop_started_engine(client)
+            raise
+
+
+def stop_started_engine(client: EngineClient) -> None:
+    """Stop the engine this command started for a job it refused (its model has no weights here), so the
+    way out it names (`--model tiny`) is not refused next by an engine serving the other model."""
+    from engine.protocol import Shutdown
+
+    with contextlib.suppress(EngineError, EngineUnavailable):  # it may have been stopped meanwhile
+        client.call(Shutdown())
 
 
 def run_rerun(args: argparse.Namespace) -> int:
@@ -112,17 +174,47 @@ def run_rerun(args: argparse.Namespace) -> int:
 
     given_for(args.model or DEFAULT_MODEL)
     request = GetJob(job_id=args.job)  # built first: a refused id starts no engine
-    with engine_for(args) as client:
+    client, started = rerun_engine(args)
+    with client:
         job = client.call(request).job
         serving = served_model(client)
-        if job.model != serving:  # a re-run uses its job's model, which this engine cannot switch to
+        if job.model != serving and args.model is None:  # its job's model, which this engine cannot serve
             raise ValueError(
                 f"job {job.id} ran on the {job.model!r} model and this engine serves {serving!r}: "
                 f"stop it (`landiff-engine stop`), then `landiff-engine rerun {args.job} --model "
-                f"{job.model}` starts one with {job.model!r}"
+                f"{job.model}` starts one with {job.model!r}; or `--model {serving}` re-runs it on this one"
+            )
+        if job.model != serving:  # --model said so: it wins over the job's
+            print(
+                f"note: job {job.id} ran on the {job.model!r} model; re-running it on {serving!r}",
+                file=sys.stderr,
             )
         params = job_params(client, dict(job.params), given_for(serving), args, serving)
-        return submit_and_report(client, params, args.wait)
+        try:
+            return submit_and_report(client, params, args.wait)
+        except EngineError as error:
+            if error.code == "no_weights" and started:
+                stop_started_engine(client)
+            raise
+
+
+def rerun_engine(args: argparse.Namespace) -> tuple[EngineClient, bool]:
+    """--model's engine, used or started (one serving another model refuses, naming it); without --model
+    the running engine, else one started for the job's own model (read from the history). And whether
+    this command started it."""
+    running = running_engine(args.model)
+    if running is not None:
+        return running, False
+    if args.model is not None:
+        return engine_for(args), True
+    from engine.cli.history import open_history
+
+    history = open_history()
+    if history is None:
+        raise ValueError(f"no job {args.job!r} (there is no job history yet)")
+    with history:
+        model = history.job(args.job).model
+    return engine_for(args, model), True
 
 
 def submit_and_report(client: EngineClient, params: dict[str, Any], wait: bool) -> int:
@@ -139,7 +231,7 @@ def follow(client: EngineClient, job_id: str) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     from engine import protocol as p
-    from engine.job_words import progress_words
+    from engine.job_words import progress_words, resumed_words
 
     console = Console(stderr=True)
     columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -153,6 +245,8 @@ def follow(client: EngineClient, job_id: str) -> int:
                 if event.stage not in tasks:
                     tasks[event.stage] = progress.add_task(name, total=event.total)
                 progress.update(tasks[event.stage], completed=event.step, total=event.total, description=name)
+            elif isinstance(event, p.JobStartedEvent) and (resumed := resumed_words(event)):
+                console.print(resumed)
             elif isinstance(event, p.ChunkFinishedEvent):
                 written = f"{event.video_seconds:.1f} s of video"
                 console.print(f"chunk {event.index + 1}/{event.chunks} written: {written}")
@@ -181,17 +275,31 @@ def run_jobs(args: argparse.Namespace) -> int:
 
     # from a dict: --status is any text until the model checks it; a refused request starts no engine
     request = ListJobs.model_validate({"status": args.status, "search": args.search, "limit": args.limit})
-    with engine_for(args) as client:
-        result = client.call(request)
+    client = reading_engine(args)
+    if client is None:
+        result = jobs_from_history(request)
+    else:
+        with client:
+            result = client.call(request)
     if args.json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
         return 0
     table = Table("id", "status", "created", "steps", "seed", "prompt")
     for job in result.jobs:
         table.add_row(*job_row(job))
-    Console().print(table)
+    OutputConsole().print(table)
     print(f"{len(result.jobs)} of {result.total} job(s)")
     return 0
+
+
+def jobs_from_history(request: ListJobs) -> JobList:
+    from engine.protocol import JobList
+
+    history = history_without_engine("jobs")
+    if history is None:
+        return JobList(jobs=[], total=0)
+    with history:
+        return history.list_jobs(request.search, request.status, request.sort, request.offset, request.limit)
 
 
 def job_row(job: JobSummary) -> tuple[str, str, str, str, str, str]:
@@ -206,8 +314,21 @@ def run_show(args: argparse.Namespace) -> int:
     from engine.protocol import GetJob
 
     request = GetJob(job_id=args.job)
-    with engine_for(args) as client:
-        job = client.call(request).job
+    client = reading_engine(args)
+    if client is None:
+        from engine.cli.history import no_engine_note, open_history
+
+        history = open_history()
+        if history is None:
+            raise ValueError(
+                f"no job {request.job_id!r}: no engine is running and there is no job history yet"
+            )
+        print(no_engine_note("show", history), file=sys.stderr)
+        with history:
+            job = history.job(request.job_id)
+    else:
+        with client:
+            job = client.call(request).job
     if args.json:
         print(json.dumps(job.model_dump(mode="json"), indent=2))
         return 0
@@ -218,7 +339,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def describe_job(job: JobSummary) -> list[tuple[str, str]]:
     """A job as (label, text) lines: what is known of it, its parameters and timings, its quality."""
-    from engine.job_words import quality_lines
+    from engine.job_words import quality_lines, resumed_words
 
     known = {
         "id": job.id,
@@ -231,6 +352,8 @@ def describe_job(job: JobSummary) -> list[tuple[str, str]]:
         "error": job.error,
     }
     lines = [(label, text) for label, text in known.items() if text is not None]
+    if resumed := resumed_words(job):
+        lines.append(("resumed", resumed))
     lines += [("fps", fps_text(job.params, job.model)), ("params", json.dumps(job.params))]
     if job.timings:
         lines.append(("timings", ", ".join(f"{k} {v:.1f}s" for k, v in job.timings.items())))
@@ -252,7 +375,10 @@ def run_cancel(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from engine.protocol import Status
 
-    with engine_for(args) as client:
+    client = reading_engine(args)
+    if client is None:
+        return status_without_engine(args.json)
+    with client:
         status = client.call(Status())
     if args.json:
         print(json.dumps(status.model_dump(mode="json"), indent=2))
@@ -262,13 +388,41 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def status_without_engine(as_json: bool) -> int:
+    """No engine runs: said (with --json, on stderr only: there is no status to give), with what the
+    history holds; status 1, so that `landiff-engine status && ...` asks whether one runs."""
+    from engine.cli.history import START_HINT, HistoryUnreadable, open_history
+    from engine.paths import data_dir
+
+    if as_json:
+        print(f"landiff-engine status: no engine is running; {START_HINT}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        history = open_history()
+        held = "none yet"
+        if history is not None:
+            with history:
+                total, queued = history.list_jobs(None, None, limit=1).total, history.queued()
+            held = f"{total} job(s)" + (
+                f", {queued} queued: they run when an engine starts" if queued else ""
+            )
+    except HistoryUnreadable as error:
+        held = str(error)
+    for label, text in [
+        ("engine", f"not running; {START_HINT}"),
+        ("history", held),
+        ("data dir", str(data_dir())),
+    ]:
+        print(f"{label:>10}: {text}")
+    return EXIT_FAILED
+
+
 def describe_status(status: StatusReply) -> list[tuple[str, str]]:
     """The status reply as a few readable lines (`--json` gives every field)."""
     used, total = status.memory_used_bytes, status.memory_total_bytes
     memory = "-" if used is None else f"{used / 2**30:.1f} GiB"
     if used is not None and total:
         memory += f" of {total / 2**30:.1f} GiB"
-    up = int(status.uptime_s)
     queue = status.queue
     waiting = f"{len(queue)} job(s)" + (": " + ", ".join(queue[:5]) if queue else "")
     loaded = ", ".join(status.models_loaded) or "none (they load with the next job)"
@@ -277,7 +431,7 @@ def describe_status(status: StatusReply) -> list[tuple[str, str]]:
     if not running and status.running:
         running = [status.running]
     return [
-        ("engine", f"{status.engine_version}, pid {status.pid}, up {up // 3600}:{up // 60 % 60:02d}"),
+        ("engine", f"{status.engine_version}, pid {status.pid}, up {duration_text(status.uptime_s)}"),
         ("model", status.model),
         ("device", f"{status.device}, memory {memory}"),
         ("loaded", loaded),
@@ -311,19 +465,47 @@ def describe_lane(lane: LaneState) -> str:
 def run_presets(args: argparse.Namespace) -> int:
     from engine.protocol import DeletePreset, ListPresets, SavePreset
 
-    with engine_for(args) as client:
-        if args.save:
-            client.call(SavePreset(name=args.save, params=given_params(args)))
-            print(f"saved preset {args.save!r}")
-            return 0
-        if args.delete:
-            client.call(DeletePreset(name=args.delete))
-            print(f"deleted preset {args.delete!r}")
-            return 0
-        presets = client.call(ListPresets()).presets
+    if args.save or args.delete:  # a change: the engine makes it (started if none runs)
+        with engine_for(args) as client:
+            if args.save:
+                client.call(SavePreset(name=args.save, params=given_params(args)))
+                print(f"saved preset {args.save!r}")
+            else:
+                client.call(DeletePreset(name=args.delete))
+                print(f"deleted preset {args.delete!r}")
+        return 0
+    reading = reading_engine(args)
+    if reading is None:
+        presets = presets_from_history().presets
+    else:
+        with reading:
+            presets = reading.call(ListPresets()).presets
     for name, preset in presets.items():
         kind = "built in" if preset.builtin else "saved"
         print(f"{name:<24} {kind:<9} {json.dumps(preset.params)}")
+    return 0
+
+
+def presets_from_history() -> PresetList:
+    from engine.cli.history import builtin_presets
+    from engine.protocol import PresetList
+
+    history = history_without_engine("presets")
+    if history is None:
+        found = builtin_presets()
+    else:
+        with history:
+            found = history.presets()
+    return PresetList.model_validate({"presets": found})
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    from engine.protocol import DeleteJob
+
+    request = DeleteJob(job_id=args.job, delete_files=args.files)  # built first: a refused id starts nothing
+    with engine_for(args) as client:
+        deleted = client.call(request).job_id  # a queued or running job is refused: cancel it first
+    print(f"deleted job {deleted}" + (" and its files" if args.files else " (its files stay)"))
     return 0
 
 
@@ -371,23 +553,37 @@ def add_client_commands(
         help="queued, running, finished, failed, cancelled, cancelled_partial, interrupted",
     )
     jobs.add_argument("--search", default=None, help="text the prompt contains")
-    jobs.add_argument("--limit", type=int, default=50)
-    jobs.add_argument("--json", action="store_true")
-
-    add_engine_options(jobs)
+    jobs.add_argument(
+        "--limit", type=int, default=50, help="list at most this many, newest first (default 50)"
+    )
+    jobs.add_argument("--json", action="store_true", help="the jobs in full and their total, as JSON")
+    add_reading_engine_options(jobs)
 
     show = commands.add_parser("show", help="one job in full")
     show.add_argument("job", help="job id, or its first 4+ characters")
-    show.add_argument("--json", action="store_true")
-    add_engine_options(show)
+    show.add_argument("--json", action="store_true", help="every field, as JSON")
+    add_reading_engine_options(show)
 
     cancel = commands.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job", help="job id, or its first 4+ characters")
     add_engine_options(cancel)
 
-    status = commands.add_parser("status", help="the engine: device, memory, models loaded, queue")
+    delete = commands.add_parser(
+        "delete",
+        help="delete a job from the history, asking nothing (a queued or running one is refused: cancel it)",
+    )
+    delete.add_argument("job", help="job id, or its first 4+ characters")
+    delete.add_argument(
+        "--files", action="store_true", help="also delete its folder: the video, tokens and record"
+    )
+    add_engine_options(delete)
+
+    status = commands.add_parser(
+        "status",
+        help="the engine: device, memory, models loaded, queue (exit status 1 when none runs)",
+    )
     status.add_argument("--json", action="store_true", help="every field, as JSON")
-    add_engine_options(status)
+    add_reading_engine_options(status)
 
     presets = commands.add_parser("presets", help="list presets, or save or delete one")
     action = presets.add_mutually_exclusive_group()
@@ -396,7 +592,7 @@ def add_client_commands(
     )
     action.add_argument("--delete", metavar="NAME", default=None, help="delete a saved preset")
     add_param_options(presets, seconds=False)  # a preset is for any model: its length is in frames
-    add_engine_options(presets)
+    add_reading_engine_options(presets)
 
     commands.add_parser(
         "stop", help="stop the engine and wait until it has left (a running job is marked interrupted)"
@@ -407,6 +603,7 @@ def add_client_commands(
         "jobs": run_jobs,
         "show": run_show,
         "cancel": run_cancel,
+        "delete": run_delete,
         "status": run_status,
         "presets": run_presets,
         "stop": run_stop,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
+from engine.cli.output import output_closed
 from engine.cli.param_options import add_param_options, add_prompt_argument, given_params
 from engine.job_words import PROGRESS_STAGES, progress_words
 
@@ -43,14 +44,33 @@ class RateColumn(ProgressColumn):
 
 
 def check_writable(path: Path, option: str) -> None:
-    """Refuse before any work an output path that cannot be written (one line, exit 2, no traceback)."""
+    """Refuse before any work an output path that cannot be written (one line, exit 2, no traceback).
+
+    Tried, not inferred from mode bits (root passes every access() check, and /proc or /sys refuse what
+    their bits allow): a file is made and removed in the folder the output goes to, or, when that folder
+    does not exist yet, a folder in the first one up that does (the run makes the missing ones there)."""
     if path.is_dir():
         raise ValueError(f"{option} {path} is a folder: give a file name inside it")
     folder = path.parent
     while not folder.exists():
-        folder = folder.parent  # the folders that do not exist yet are made inside the first that does
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path}: {folder} cannot be written by this user; choose another {option}")
+        folder = folder.parent
+    refusal = f"{option} {path} cannot be written"
+    if not folder.is_dir():
+        raise ValueError(f"{refusal}: {folder} is not a folder; choose another {option}")
+    probe = folder / f".landiff-write-check-{os.getpid()}"
+    making = "a file" if folder == path.parent else "a folder"
+    try:
+        if folder == path.parent:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            probe.unlink()
+        else:
+            probe.mkdir(mode=0o700)
+            probe.rmdir()
+    except OSError as error:
+        said = error.strerror or str(error)
+        raise ValueError(
+            f"{refusal}: making {making} in {folder} failed ({said}); choose another {option}"
+        ) from None
 
 
 client_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -504,15 +524,26 @@ def serve_command_options(argv: list[str]) -> list[str]:
 
 
 def user_mistake(error: Exception) -> str:
-    """A refusal in one line: a model's ValidationError (several lines of pydantic's) names each field."""
+    """A refusal in one line: a model's ValidationError (several lines of pydantic's) names each field in
+    plain words (engine.cli.describe.plain_validation), the one place the CLI words them."""
     from pydantic import ValidationError
 
-    from engine.protocol import describe_validation
+    from engine.cli.describe import plain_validation
 
-    return describe_validation(error, "request") if isinstance(error, ValidationError) else str(error)
+    return plain_validation(error) if isinstance(error, ValidationError) else str(error)
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return run_command(argv)
+        finally:  # a reader that left (`| head -1`) is found here, not in Python's own flush at exit
+            sys.stdout.flush()
+    except BrokenPipeError:  # the reader of the output left: quietly, status 141 (engine/cli/output.py)
+        return output_closed()
+
+
+def run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         args.command_options = serve_command_options(sys.argv[1:] if argv is None else argv)

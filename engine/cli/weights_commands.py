@@ -21,7 +21,9 @@ from rich.progress import (
 from rich.table import Table
 
 from engine import settings
+from engine.cli.output import OutputConsole
 from engine.client import EngineClient, EngineUnavailable, connect
+from engine.job_words import download_words
 from engine.weights.downloads import (
     Downloader,
     DownloadProgress,
@@ -123,7 +125,7 @@ def run_status(args: argparse.Namespace, root: Path) -> int:
         }
         print(json.dumps(report, indent=2))
     else:
-        print_weights(Console(), str(root), files, looked)
+        print_weights(OutputConsole(), str(root), files, looked)
         print(weights_summary(files))
     complete = all(file.state in ("verified", "present") for file in files if not file.optional)
     return 0 if complete else EXIT_FAILED
@@ -258,7 +260,7 @@ def follow_engine_download(client: EngineClient, only: str, clip: bool = False) 
                     progress.update(total, completed=event.done, total=event.total or None)
                 elif isinstance(event, p.DownloadFinishedEvent):
                     progress.stop()
-                    console.print(f"{len(event.fetched)} fetched, {event.skipped} already present")
+                    console.print(download_words(event))
                     for name, why in event.failed.items():
                         console.print(f"{name}: {why}; removed, run the download again")
                     return EXIT_FAILED if event.failed else 0

@@ -9,6 +9,7 @@ write it describes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -314,6 +315,7 @@ class EngineService:
             plan = plan_length(rules_for(self.model), params.frames, params.overlap)
         except ValueError as error:
             raise RequestFailed("invalid", str(error)) from None
+        await self.check_weights()
         await self.check_prompt(params.prompt)
 
         def add_and_announce():
@@ -337,6 +339,40 @@ class EngineService:
         self.workers.notify()
         return SubmitReply(job_id=row.id, length=LengthRecord.model_validate(plan.record()))
 
+    async def check_weights(self) -> None:
+        """A job this engine's weights cannot run is refused now ("no_weights"), naming what is missing and
+        the two ways out, not accepted to fail seconds later at load ("T5 config not found"). The check
+        is `weights_status`'s (a stat of each needed file, the small verification record and flan-T5's
+        index): no weights file is read. The tiny model's random weights are made at load when absent, so
+        they never refuse."""
+        if self.weights.spec().random_weights:
+            return
+        status = await asyncio.to_thread(self.weights.status, "all")
+        if status.complete:
+            return
+        needed = [file for file in status.files if not file.optional]
+        lacking = [file for file in needed if file.state not in ("verified", "present")]
+        if self.weights.busy():
+            raise RequestFailed(
+                "no_weights",
+                f"the {self.model} model's weights are still downloading into {status.root} "
+                f"({len(lacking)} of {len(needed)} file(s) to go): submit again once "
+                "`landiff-engine weights status` says they are complete, or use `--model tiny` (the tiny "
+                "test model, random weights made here) meanwhile",
+            )
+        counts: dict[str, int] = {}
+        for file in lacking:
+            counts[file.state] = counts.get(file.state, 0) + 1
+        words = {"missing": "missing", "partial": "partly downloaded", "corrupt": "damaged"}
+        said = ", ".join(f"{count} {words.get(state, state)}" for state, count in counts.items())
+        names = ", ".join(file.local for file in lacking[:3]) + (", ..." if len(lacking) > 3 else "")
+        raise RequestFailed(
+            "no_weights",
+            f"the {self.model} model's weights are not here: of its {len(needed)} file(s) under "
+            f"{status.root}, {said} ({names}). `landiff-engine weights download` fetches them, or "
+            "`--model tiny` runs the tiny test model instead (random weights, made here)",
+        )
+
     async def check_prompt(self, prompt: str) -> None:
         """A prompt longer than the language model reads is refused now (never cut when the job runs)."""
         from engine.errors import CheckpointError
@@ -356,6 +392,8 @@ class EngineService:
         job_id = await self.resolve(request.job_id)
         outcome = await self.db.run(self.workers.cancel, job_id)
         if outcome == "cancelled":
+            with contextlib.suppress(ForeignJobId):  # a queued job's folder: a checkpoint to resume from
+                await asyncio.to_thread(shutil.rmtree, job_folder(self.outputs, job_id), ignore_errors=True)
             self.hub.publish(JobCancelledEvent(job_id=job_id))
             log.info("job %s cancelled while queued", job_id)
             return CancelReply(job_id=job_id, status="cancelled")

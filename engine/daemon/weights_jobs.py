@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from engine.daemon.events import Publisher
+from engine.job_words import generated_words
 from engine.protocol import (
     DownloadCancelledEvent,
     DownloadFailedEvent,
@@ -139,18 +140,27 @@ class DownloadJob(WeightsJob):
 
 
 class GenerateJob(DownloadJob):
-    """The tiny model's "download": its random weights are written here, in the release layout, with the
-    checksum list that `verify` reads; it reports as a download does, so clients follow it the same way."""
+    """The tiny model's "download": its random weights are made here, in the release layout, with the
+    checksum list that `verify` reads; it reports as a download does, so clients follow it the same way,
+    in its own words: nothing is `fetched`; `generated` is set and `written` names the files written. Only
+    the files that are missing or damaged are written (all of the tiny model's, whatever `only` says: they
+    are made together in about a second); when all are there and check out, nothing is."""
 
     def work(self) -> Event:
         from engine.specs import get_spec
         from engine.weights.layout import ReleaseLayout
-        from engine.weights.tiny import release_files, write_tiny_release
+        from engine.weights.tiny import make_tiny_release
 
-        layout = ReleaseLayout(self.root)
-        write_tiny_release(layout, get_spec("tiny"))
-        written = [str(path.relative_to(self.root)) for path in release_files(layout)]
-        return DownloadFinishedEvent(fetched=written, skipped=0, refetched=[], failed={})
+        outcome = make_tiny_release(ReleaseLayout(self.root), get_spec("tiny"), remember=True)
+        log.info("%s", generated_words(len(outcome.written), len(outcome.kept)))
+        return DownloadFinishedEvent(
+            fetched=[],
+            skipped=len(outcome.kept),
+            refetched=[],
+            failed={},
+            generated=True,
+            written=outcome.written,
+        )
 
 
 class VerifyJob(WeightsJob):

@@ -1,9 +1,10 @@
 """Where the weights live on disk, and what the release consists of.
 
 The root is `$LANDIFF_HOME` when set, else `./ckpts` when it holds a `LanDiff` folder (the
-reference's own location, beside the working directory), else `weights/` in the user data
-dir. The LanDiff bundle (Hugging Face repo yinaoxiong/LanDiff) sits in `<root>/LanDiff/`;
-the flan-T5 encoder that stage 1 needs is not part of that bundle and sits in
+reference's own location, beside the working directory), else `weights/` in the data dir
+(`$LANDIFF_DATA_DIR` when set, else the user data dir: engine.paths.data_dir), so a data dir moved
+to a big disk takes the weights with it. The LanDiff bundle (Hugging Face repo yinaoxiong/LanDiff)
+sits in `<root>/LanDiff/`; the flan-T5 encoder that stage 1 needs is not part of that bundle and sits in
 `<root>/flan-t5-xxl/` (Hugging Face layout of google/flan-t5-xxl). The `tiny` model uses
 the same layout under `<root>/tiny/`.
 """
@@ -31,14 +32,16 @@ class RootCandidate:
 
 def root_candidates() -> list[RootCandidate]:
     """Every place the weights may live, in the order they are tried; exactly one is chosen."""
-    from platformdirs import user_data_dir
+    from engine.paths import data_dir
 
     configured = settings.HOME.raw()
     beside = Path.cwd() / "ckpts"
+    # the data dir as the engine keeps its database there: $LANDIFF_DATA_DIR, else the user data dir
+    data = "$" + settings.DATA_DIR.name if settings.DATA_DIR.raw() else "the user data dir"
     places = [
         (f"${HOME_ENV}", Path(configured).expanduser() if configured else None, bool(configured)),
         ("./ckpts holding LanDiff/", beside, (beside / "LanDiff").is_dir()),
-        ("the user data dir", Path(user_data_dir("landiff")) / "weights", True),
+        (f"weights/ in {data}", data_dir() / "weights", True),
     ]
     first = next(index for index, (_, _, applies) in enumerate(places) if applies)
     return [RootCandidate(*place, chosen=index == first) for index, place in enumerate(places)]

@@ -7,6 +7,10 @@ semantic encoder, quantizer training state and feature statistics that inference
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,7 +22,14 @@ from engine.models.llm import SemanticLM
 from engine.models.semantic_decoder import SemanticDecoder
 from engine.models.video_vae import build_vae
 from engine.specs import ModelSpec, T5Sizes
-from engine.weights.layout import TINY_CHECKSUMS, ReleaseLayout
+from engine.weights.layout import (
+    CLIP_FILES,
+    CLIP_FOLDER,
+    FLAN_T5_FILES,
+    RELEASE_MD5,
+    TINY_CHECKSUMS,
+    ReleaseLayout,
+)
 from engine.weights.random_weights import randomise, save_atomically, save_torch_atomically
 from engine.weights.sat_keys import sat_dit_from_ours, sat_vae_decoder_from_ours
 from engine.weights.tiny_clip import write_tiny_clip
@@ -145,10 +156,102 @@ def release_files(layout: ReleaseLayout) -> list[Path]:
 
 
 def ensure_tiny_release(layout: ReleaseLayout, spec: ModelSpec) -> bool:
-    """Write the tiny weights unless all of them are there; True when something was written."""
-    if all(path.is_file() for path in release_files(layout)):
-        if not (layout.root / TINY_CHECKSUMS).is_file():  # written by a version before the list existed
-            write_checksum_list(layout)
+    """Write the tiny weights unless all of them are there (only the missing ones: `make_tiny_release`);
+    True when something was written. A quick check (no file is read): the pipeline calls it on every start."""
+    if all(path.is_file() for path in release_files(layout)) and (layout.root / TINY_CHECKSUMS).is_file():
         return False
-    write_tiny_release(layout, spec)
-    return True
+    return bool(make_tiny_release(layout, spec).written)
+
+
+BUNDLE = "LanDiff/"
+# The release's files the tiny bundle has no counterpart for (its T5 tokenizer adds no tokens).
+NOT_IN_TINY = ("CogVideoX-2b-sat/t5-v1_1-xxl/added_tokens.json",)
+
+
+def tiny_file_names() -> list[str]:
+    """Every file of the tiny model's weights, relative to its root (all that `write_tiny_release` writes):
+    the bundle in the release's layout file for file, flan-T5's encoder as one file, the CLIP, the list."""
+    bundle = [BUNDLE + name for name in RELEASE_MD5 if name not in NOT_IN_TINY]
+    flan = [f"flan-t5-xxl/{name}" for name in (*FLAN_T5_FILES, "model.safetensors")]
+    clip = [f"{CLIP_FOLDER}/{name}" for name in CLIP_FILES]
+    return sorted([*bundle, *flan, *clip, TINY_CHECKSUMS])
+
+
+def lacking_tiny_files(root: Path) -> list[str]:
+    """The tiny model's files under `root` that must be written: missing, or not matching their sum (the
+    bundle's own CHECKSUM.md5; for the others the digest recorded when the engine wrote them, if any);
+    the list itself when it is missing, unreadable or misses a bundle file. [] when all are there."""
+    from engine.weights.downloads import DownloadError, VerificationRecord, intact, read_checksums
+    from engine.weights.layout import WeightFile
+
+    try:
+        sums: dict[str, str] | None = read_checksums(root / TINY_CHECKSUMS)
+    except (OSError, ValueError, DownloadError):
+        sums = None  # missing or damaged: written again, from the bundle's files
+    record = VerificationRecord(root)
+    lacking = []
+    for name in tiny_file_names():
+        if name == TINY_CHECKSUMS:
+            continue
+        path = root / name
+        md5 = (sums or {}).get(name.removeprefix(BUNDLE)) if name.startswith(BUNDLE) else None
+        checked = WeightFile("tiny", name, name, (), md5)
+        if not path.is_file() or record.result(root, name) is False or not intact(path, checked, record):
+            lacking.append(name)
+    bundle = {name.removeprefix(BUNDLE) for name in tiny_file_names() if name.startswith(BUNDLE)}
+    if sums is None or not bundle <= set(sums) or any(name.startswith(BUNDLE) for name in lacking):
+        lacking.append(TINY_CHECKSUMS)
+    return sorted(lacking)
+
+
+@dataclass
+class TinyOutcome:
+    """What `make_tiny_release` did: the files it wrote and those it found there and kept (root-relative)."""
+
+    written: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+def make_tiny_release(
+    layout: ReleaseLayout, spec: ModelSpec, seed: int = 0, remember: bool = False
+) -> TinyOutcome:
+    """Write the tiny model's files that are missing or damaged (`lacking_tiny_files`), and only those: the
+    whole set is generated in a scratch folder beside them (the same seed gives the same tensors, so new
+    files match the kept ones) and the lacking files are renamed into place. Nothing is written when all
+    are there and check out. `remember`: record each written file as verified, with its digest, as a
+    download does (so `weights status` says verified and `weights verify` checks them)."""
+    root = layout.root
+    names = tiny_file_names()
+    lacking = lacking_tiny_files(root)
+    if not lacking:
+        return TinyOutcome(written=[], kept=names)
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".tiny-scratch-", dir=root))  # same disk: the renames are atomic
+    try:
+        write_tiny_release(ReleaseLayout(scratch), spec, seed)
+        for name in lacking:
+            if name != TINY_CHECKSUMS:
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(scratch / name, root / name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if TINY_CHECKSUMS in lacking:
+        write_checksum_list(layout)
+    if remember:
+        remember_written(root, [name for name in lacking if name != TINY_CHECKSUMS])
+    return TinyOutcome(written=lacking, kept=[name for name in names if name not in lacking])
+
+
+def remember_written(root: Path, names: list[str]) -> None:
+    """Record freshly written files as verified: the bundle's by their MD5 (the list names it), the others
+    by their SHA-256 (as the hub's digest would be) and size."""
+    from engine.weights.downloads import VerificationRecord, digest_of
+
+    record = VerificationRecord(root)
+    for name in names:
+        path = root / name
+        if name.startswith(BUNDLE):
+            record.remember(root, name, True, digest_of(path, "md5"))
+        else:
+            record.expect(name, path.stat().st_size, f"sha256:{digest_of(path, 'sha256')}")
+            record.remember(root, name, True, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,12 +12,13 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from engine.job_words import quality_lines
-from engine.params import fps_text, video_fps
+from engine.job_words import quality_lines, resumed_words
+from engine.params import video_fps
 
 from ..keymap import bindings, key_of
 from ..views.base import EngineApp, checked, engine_app
 from ..widgets.preview import FramePreview
+from ..words import param_lines, status_words
 from .confirm import Confirm
 
 if TYPE_CHECKING:
@@ -81,13 +83,14 @@ def job_actions(app: App) -> JobActions:
 
 
 def describe(job: JobSummary) -> str:
-    lines = [f"[b]{job.id}[/b]  {job.status}  ({job.model} model, engine {job.engine_version})", ""]
+    status = escape(status_words(job))
+    lines = [f"[b]{job.id}[/b]  {status}  ({job.model} model, engine {job.engine_version})", ""]
     if job.error:
         lines += [f"[red]{job.status}: {escape(job.error)}[/red]", ""]
     lines.append(escape(job.prompt))
     lines.append("")
-    shown = {**job.params, "fps": fps_text(job.params, job.model)}  # an older job's too: the model's
-    lines += [f"{name:>13}: {escape(str(value))}" for name, value in shown.items() if name != "prompt"]
+    lines += [f"{name:>13}: {escape(text)}" for name, text in param_lines(job)]
+    lines.append(f"{'created':>13}: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(job.created_at))}")
     if job.timings:
         lines.append("")
         lines += [f"{name:>13}: {value:.2f} s" for name, value in job.timings.items()]
@@ -96,6 +99,8 @@ def describe(job: JobSummary) -> str:
     if job.worker:
         requeued = f" (re-queued {job.requeues} time(s): a worker was lost)" if job.requeues else ""
         lines.append(f"{'worker':>13}: {escape(job.worker)}{requeued}")
+    if resumed := resumed_words(job):
+        lines.append(f"{'resumed':>13}: {escape(resumed)}")
     if job.video_path:
         lines.append("")
         lines += [f"{label:>13}: {escape(text)}" for label, text in quality_lines(job.quality)]
@@ -137,7 +142,7 @@ class JobDetail(Screen):
             preview.show_image(self.job.thumbnail_path)
         else:
             why = " (its error is beside)" if self.job.error else ""
-            preview.update(f"no video: the job {self.job.status}{why}")
+            preview.update(f"no video: the job {status_words(self.job)}{why}")
         if self.play_at_once:
             self.action_play()
 

@@ -1,4 +1,5 @@
-"""Every key of every tab on one page (`?` or F12), the tab being shown first: read from the keymap."""
+"""Every key of every tab on one page (`?` or F12), the tab being shown first, then the job's page, the
+questions and the keys that work everywhere: read from the keymap, so it lists every key bound."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ..keymap import KEYMAP, PALETTE, TABS, WIDGET_KEYS, all_key_names, key_of
 
 
 def sections() -> list[tuple[str, str, list[tuple[str, str]]]]:
-    """(scope, title, [(keys, what)]) for every tab, the job detail and the whole app."""
+    """(scope, title, [(keys, what)]) for every tab, the job detail, the questions and the whole app."""
 
     def rows(scope: str) -> list[tuple[str, str]]:
         bound = [*KEYMAP[scope].values(), *([PALETTE] if scope == "app" else [])]
@@ -20,6 +21,7 @@ def sections() -> list[tuple[str, str, list[tuple[str, str]]]]:
 
     result = [(tab, label, rows(tab)) for tab, label in TABS]
     result.append(("detail", f"Job detail ({key_of('gallery', 'open')} in the Gallery)", rows("detail")))
+    result.append(("confirm", "Questions (delete, download, stop, quit...)", rows("confirm")))
     result.append(("app", "Everywhere", rows("app")))
     return result
 

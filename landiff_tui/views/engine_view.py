@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
 from textual.widgets import Label, Log, Static
+
+from engine.durations import duration_text
 
 from ..keymap import bindings, key_of
 from ..messages import EngineConnected, EngineLost, ModelsReleased
@@ -19,6 +21,63 @@ if TYPE_CHECKING:
 LOG_LINES = 300
 
 
+class TailLog(Log):
+    """The engine's log, `tail -f` style: it shows the newest line and follows new ones, unless the user
+    scrolled up, where it stays until they scroll back to the end."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.follow = True
+        self.writing = False  # our own changes move the scroll position too: they decide nothing
+        self.tail: list[str] = []  # the engine's lines shown, as it sent them
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if not self.writing and self.size.height:  # a hidden log (another tab) has no position to keep
+            self.follow = new_value >= self.max_scroll_y
+
+    def show_tail(self, lines: list[str]) -> None:
+        """The engine's latest lines: those not shown yet are added (all of them again when nothing of
+        what is shown is in them), and the view follows them unless the user scrolled up."""
+        new = lines_after(self.tail, lines)
+        self.writing = True
+        try:
+            if new is None:
+                self.clear()
+                new = lines
+            self.write_lines(new, scroll_end=False)
+        finally:
+            self.writing = False
+        self.tail = list(lines)
+        if self.follow:
+            self.to_end()
+
+    def to_end(self) -> None:
+        """At the newest line, once the layout knows the log's size (it may have just been shown)."""
+
+        def scroll() -> None:
+            self.writing = True
+            try:
+                self.scroll_end(animate=False, immediate=True, x_axis=False)
+            finally:
+                self.writing = False
+
+        self.call_after_refresh(scroll)
+
+
+def lines_after(shown: list[str], lines: list[str]) -> list[str] | None:
+    """The lines of `lines` that come after what `shown` ends with; None when `lines` does not continue
+    `shown` (the log was rotated, another engine answers): show them all anew."""
+    if not shown:
+        return None
+    for start in range(len(lines)):  # the longest overlap first: `lines` may repeat a line
+        overlap = len(lines) - start
+        if overlap <= len(shown) and shown[-overlap:] == lines[:overlap]:
+            return lines[overlap:]
+    # no line in common: the tail may have moved on by more than it holds
+    return None
+
+
 class EngineView(View):
     FOCUS = "#engine-log"
     BINDINGS = bindings("engine")
@@ -26,12 +85,15 @@ class EngineView(View):
     def compose(self) -> ComposeResult:
         yield Static("not connected", id="engine-status")
         yield Label("log", classes="section")
-        yield Log(id="engine-log", max_lines=LOG_LINES)
+        yield TailLog(id="engine-log", max_lines=LOG_LINES)
 
     def on_mount(self) -> None:
         self.set_interval(2.0, self.refresh_if_visible)
 
     def shown(self) -> None:
+        log = self.query_one(TailLog)
+        if log.follow:
+            log.to_end()
         self.run_worker(self.action_refresh(), exclusive=True, group="engine-view")
 
     def on_engine_connected(self, message: EngineConnected) -> None:
@@ -64,7 +126,7 @@ class EngineView(View):
         running = [job_id for job_id in running if job_id]
         lines = [
             f"model {status.model}   engine {status.engine_version}   pid {status.pid}   "
-            f"up {status.uptime_s:.0f} s",
+            f"up {duration_text(status.uptime_s)}",
             f"device {status.device}   memory {memory / 2**30 if memory else 0:.2f} GiB"
             + (f" of {total / 2**30:.1f} GiB" if total else ""),
             f"models loaded: {', '.join(status.models_loaded) or 'none'}",
@@ -81,9 +143,7 @@ class EngineView(View):
         self.query_one("#engine-status", Static).update("\n".join(lines))
         tail = await self.call(LogTail(lines=LOG_LINES))
         if tail is not None:
-            log = self.query_one("#engine-log", Log)
-            log.clear()
-            log.write_lines(tail.lines)
+            self.query_one(TailLog).show_tail(tail.lines)
 
     async def action_release(self) -> None:
         from engine.protocol import ReleaseModels

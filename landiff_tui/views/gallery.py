@@ -7,6 +7,8 @@ actions take keys that text never produces, and deleting asks first.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -18,27 +20,16 @@ from textual.widgets import DataTable, Input, Label, Select
 from engine.params import video_fps
 from engine.wire import JOB_STATUSES, MAX_PROMPT_CHARS
 
-from ..keymap import bindings, key_of
+from ..keymap import KEYMAP, bindings, key_of
 from ..messages import EngineConnected, JobDeleted, JobEnded, JobMeasured, JobQueued
 from ..screens.job_detail import JobDetail, job_actions
+from ..words import legend, length_cell, short_status
 from .base import View
 
 if TYPE_CHECKING:
     from textual.timer import Timer
 
     from engine.protocol import JobSummary, ListJobs
-
-
-@lru_cache(maxsize=256)
-def length_text(model: str, frames: int | None, overlap: int | None) -> str:
-    """A job's video length as its parameters ask for it: seconds (frames), by the model's rules."""
-    from engine.generation.lengths import plan_length, rules_for
-
-    try:
-        plan = plan_length(rules_for(model), frames, overlap)
-    except (KeyError, ValueError):
-        return "?" if frames is None else f"{frames} fr"
-    return f"{plan.seconds:.1f} s ({plan.frames})"
 
 
 def clip_text(quality: dict[str, Any] | None) -> str:
@@ -50,8 +41,51 @@ def clip_text(quality: dict[str, Any] | None) -> str:
     return "-" if clip is None else f"{clip['mean']:.1f}"
 
 
-def job_length(job: JobSummary) -> str:
-    return length_text(job.model, job.params.get("frames"), job.params.get("overlap"))
+def created_text(job: JobSummary) -> str:
+    return time.strftime("%m-%d %H:%M", time.localtime(job.created_at))
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    cell: Callable[[JobSummary], str]
+
+
+# in the table's order; the prompt takes what the others leave
+COLUMNS = [
+    Column("status", "status", short_status),
+    Column("created", "created", created_text),
+    Column("length", "length", length_cell),
+    Column("fps", "fps", lambda job: str(video_fps(job.params))),
+    Column("seed", "seed", lambda job: str(job.params.get("seed", ""))),
+    Column("steps", "steps", lambda job: str(job.params.get("steps", ""))),
+    Column("clip", "CLIP", lambda job: clip_text(job.quality)),
+    Column("prompt", "prompt", lambda job: job.prompt.replace("\n", " ")[:200]),
+]
+# the columns a narrow terminal drops, the last first, so that the prompt keeps MIN_PROMPT cells (the job's
+# page has them all)
+OPTIONAL = ("clip", "seed", "steps", "fps")
+MIN_PROMPT = 30
+
+
+def fit_columns(width: int, widths: dict[str, int], padding: int) -> tuple[list[str], int]:
+    """The columns shown in `width` cells, in the table's order, and the prompt's width: every column but
+    the optional ones, then those that leave the prompt MIN_PROMPT cells, in OPTIONAL's order. `widths`:
+    each column's content (its label or its widest cell); `padding`: a column's cells beside its content."""
+    shown = {column.key for column in COLUMNS if column.key not in OPTIONAL}
+    used = sum(widths[key] + padding for key in shown if key != "prompt") + padding
+    for key in OPTIONAL:
+        if width - used - widths[key] - padding < MIN_PROMPT:
+            break
+        shown.add(key)
+        used += widths[key] + padding
+    return [column.key for column in COLUMNS if column.key in shown], max(width - used, 8)
+
+
+@lru_cache(maxsize=1)
+def app_keys() -> frozenset[str]:
+    return frozenset(key for keys in KEYMAP["app"].values() for key in (*keys.keys, *keys.also))
 
 
 PAGE = 100
@@ -59,10 +93,11 @@ SEARCH_DELAY_S = 0.15
 
 
 class GalleryTable(DataTable):
-    """The list of jobs; a printable key typed here goes to the search box, as does up on the first row."""
+    """The list of jobs; a printable key typed here goes to the search box, as does up on the first row; a
+    key the whole app binds (?: the key list) does what it does everywhere outside a text field."""
 
     def on_key(self, event: events.Key) -> None:
-        if event.is_printable and event.character:
+        if event.is_printable and event.character and event.key not in app_keys():
             event.stop()
             event.prevent_default()
             search = self.screen.query_one("#search", Input)
@@ -90,6 +125,8 @@ class GalleryView(View):
         self.fetching = False
         self.dirty = True
         self.last_query_s: float | None = None
+        self.widths: dict[str, int] = {}  # each column's widest content among the rows (its label at least)
+        self.drawn: tuple[tuple[str, ...], tuple[int, ...]] | None = None  # the table's columns and widths
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="gallery-filters"):
@@ -100,11 +137,7 @@ class GalleryView(View):
                 max_length=MAX_PROMPT_CHARS,  # what the engine searches for at most
             )
             yield Select([(status, status) for status in JOB_STATUSES], prompt="any status", id="status")
-        table = GalleryTable(id="gallery-table", cursor_type="row", zebra_stripes=True)
-        self.columns = table.add_columns(
-            "status", "created", "length", "fps", "seed", "steps", "CLIP", "prompt"
-        )
-        yield table
+        yield GalleryTable(id="gallery-table", cursor_type="row", zebra_stripes=True)
         yield Label("", id="gallery-count")
 
     # loading
@@ -123,11 +156,14 @@ class GalleryView(View):
         self.list_changed()
 
     def on_job_measured(self, message: JobMeasured) -> None:
-        table = self.query_one("#gallery-table", DataTable)
-        if message.event.job_id in table.rows:  # its CLIP cell, at once
-            table.update_cell(
-                message.event.job_id, self.columns[6], clip_text(message.event.quality.model_dump())
-            )
+        quality = message.event.quality.model_dump()
+        for index, row in enumerate(self.rows):
+            if row.id == message.event.job_id:  # its CLIP cell, at once
+                self.rows[index] = row.model_copy(update={"quality": quality})
+                self.measure_rows([self.rows[index]])
+                if self.draw_columns() and "clip" in (self.drawn or ((), ()))[0]:
+                    table = self.query_one("#gallery-table", DataTable)
+                    table.update_cell(row.id, "clip", clip_text(quality))
         for screen in self.app.screen_stack:  # a job's detail open on top of the Gallery shows it at once
             if isinstance(screen, JobDetail) and screen.job_id == message.event.job_id:
                 screen.show_quality(message.event.quality.model_dump())
@@ -167,35 +203,75 @@ class GalleryView(View):
             self.fetching = False
         if reply is None or generation != self.generation:
             return
-        table = self.query_one("#gallery-table", DataTable)
         if offset == 0:
-            table.clear()
-            self.rows = []
+            self.rows, self.widths = [], {}
+            self.query_one("#gallery-table", DataTable).clear()
         self.total = reply.total
+        added = []
         for job in reply.jobs:
             if any(row.id == job.id for row in self.rows[-PAGE:]):
                 continue  # a job added meanwhile shifted the pages
             self.rows.append(job)
-            created = time.strftime("%m-%d %H:%M", time.localtime(job.created_at))
-            table.add_row(
-                job.status,
-                created,
-                job_length(job),
-                str(video_fps(job.params)),
-                str(job.params.get("seed", "")),
-                str(job.params.get("steps", "")),
-                clip_text(job.quality),
-                job.prompt.replace("\n", " ")[:200],
-                key=job.id,
-            )
+            added.append(job)
+        self.measure_rows(added)
+        if self.draw_columns():
+            self.add_job_rows(added)
         shown = (
             f"{len(self.rows)} of {self.total} job(s)"
             if self.total > len(self.rows)
             else f"{self.total} job(s)"
         )
         hint = f"   {key_of('gallery', 'open')}: details   {key_of('app', 'keys')}: keys"
-        self.query_one("#gallery-count", Label).update(shown + hint)
+        words = legend(self.rows)
+        self.query_one("#gallery-count", Label).update(shown + hint + (f"\n{words}" if words else ""))
         self.last_query_s = time.perf_counter() - started
+
+    # the table's columns: those that fit, the prompt taking the room they leave
+
+    def measure_rows(self, jobs: list[JobSummary]) -> None:
+        """Widens the columns' recorded widths to these jobs' cells."""
+        for column in COLUMNS:
+            if column.key != "prompt":
+                widest = max((len(column.cell(job)) for job in jobs), default=0)
+                self.widths[column.key] = max(self.widths.get(column.key, 0), len(column.label), widest)
+
+    def column_layout(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The columns that fit the table's width now, and each one's width."""
+        table = self.query_one("#gallery-table", DataTable)
+        width = table.size.width or self.app.size.width - 2  # not laid out yet: the screen's, less padding
+        width -= table.styles.scrollbar_size_vertical  # kept free: the list scrolls once it is long
+        widths = {**{column.key: len(column.label) for column in COLUMNS}, **self.widths}
+        keys, prompt = fit_columns(width, widths, 2 * table.cell_padding)
+        return tuple(keys), tuple(prompt if key == "prompt" else widths[key] for key in keys)
+
+    def draw_columns(self) -> bool:
+        """The table's columns as `column_layout` has them; a changed layout draws every row again (and
+        returns False: nothing is left to add)."""
+        layout = self.column_layout()
+        if layout == self.drawn:
+            return True
+        table = self.query_one("#gallery-table", DataTable)
+        cursor = table.cursor_row
+        table.clear(columns=True)
+        labels = {column.key: column.label for column in COLUMNS}
+        for key, width in zip(*layout, strict=True):
+            table.add_column(labels[key], width=width, key=key)
+        self.drawn = layout
+        self.add_job_rows(self.rows)
+        if self.rows:
+            table.move_cursor(row=min(cursor, len(self.rows) - 1))
+        return False
+
+    def add_job_rows(self, jobs: list[JobSummary]) -> None:
+        assert self.drawn is not None
+        cells = [column.cell for key in self.drawn[0] for column in COLUMNS if column.key == key]
+        table = self.query_one("#gallery-table", DataTable)
+        for job in jobs:
+            table.add_row(*(cell(job) for cell in cells), key=job.id)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.drawn is not None:
+            self.draw_columns()
 
     @on(Input.Changed, "#search")
     def search_changed(self) -> None:

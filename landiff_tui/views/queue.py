@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, ProgressBar
 
-from engine.job_words import PROGRESS_STAGES, progress_words
+from engine.job_words import PROGRESS_STAGES, progress_words, resumed_words
 from engine.wire import RemoteError
 
 from ..keymap import bindings
@@ -196,6 +196,8 @@ class QueueView(View):
         if job is None:
             return
         job.status, job.started_at, job.worker = "running", time.time(), message.event.worker
+        if resumed := resumed_words(message.event):
+            self.app.notify(f"{job.id[:8]}: {resumed}", title="resumed")
         self.redraw()
 
     def on_job_requeued(self, message: JobRequeued) -> None:

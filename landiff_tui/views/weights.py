@@ -124,16 +124,15 @@ class WeightsView(View):
             table.add_row(state, mib(item.size), item.local, key=item.local)
 
     async def action_download(self) -> None:
-        """Make the weights present: the tiny model's are generated here, the release's downloaded (which
-        takes long and much disk, so it asks first)."""
+        """Make the weights present: the tiny model's are generated here, the release's downloaded; either
+        asks first (a download takes long and much disk; writing files over others is not undone)."""
         from engine.protocol import DownloadWeights, WeightsStatus
 
         status = self.status or await self.call(WeightsStatus())
         if status is None:
             return
         if status.generated:
-            if await self.call(DownloadWeights(only="all")) is not None:
-                self.notify("the engine is writing the tiny model's random weights")
+            self.ask_to_generate(status)
             return
         if status.complete:
             self.notify(
@@ -157,6 +156,30 @@ class WeightsView(View):
             )
         self.app.push_screen(Confirm(question, "Download"), answered)
 
+    def ask_to_generate(self, status: WeightsStatusReply) -> None:
+        """The tiny model's weights: made on this machine in seconds, but written over what is there, so
+        it asks first, saying how many files there are and how many are missing."""
+        from engine.protocol import DownloadWeights
+
+        async def answered(yes: bool | None) -> None:
+            if yes and await self.call(DownloadWeights(only="all")) is not None:
+                self.notify("the engine is writing the tiny model's random weights")
+
+        count = len(status.files)
+        missing = sum(item.state == "missing" for item in status.files)
+        there = (
+            "none is there yet"
+            if missing == count
+            else f"{missing} missing; those there that do not check out are written again"
+            if missing
+            else "all are there; those that do not check out are written again"
+        )
+        question = (
+            f"Write the tiny model's random weights into {status.root}? {count} files ({there}). They are "
+            "toy weights that make noise videos, made on this machine in a few seconds."
+        )
+        self.app.push_screen(Confirm(question, "Write"), answered)
+
     async def action_verify(self) -> None:
         from engine.protocol import VerifyWeights
 
@@ -171,13 +194,14 @@ class WeightsView(View):
 
 
 def describe_end(event: TransferEndedEvent) -> str:
+    from engine.job_words import download_words
     from engine.protocol import DownloadFinishedEvent, VerifyFinishedEvent, WeightsJobFailed
 
     if isinstance(event, DownloadFinishedEvent):
-        text = f"download finished: {len(event.fetched)} fetched, {event.skipped} already there"
+        text = download_words(event)
         if event.failed:
             text += f"; failed (removed, download again): {', '.join(event.failed)}"
-        return text
+        return text if event.generated else f"download finished: {text}"
     if isinstance(event, VerifyFinishedEvent):
         bad = event.mismatched
         return f"verified {event.checked} file(s)" + (
