@@ -82,22 +82,15 @@ class History:
         self, search: str | None, status: str | None, sort: str = "newest", offset: int = 0, limit: int = 50
     ) -> JobList:
         """As the engine's list_jobs answers (engine/daemon/store.py `Store.list_jobs`): newest first."""
-        from sqlmodel import Session, col, func, select
+        from sqlmodel import Session
 
-        from engine.daemon.store import JobRow
+        from engine.daemon.store import page_of_jobs
         from engine.protocol import JobList
 
         if not self.readable():
             return JobList(jobs=[], total=0)
-        query = select(JobRow)
-        if search:
-            query = query.where(col(JobRow.prompt).contains(search))
-        if status:
-            query = query.where(JobRow.status == status)
-        order = col(JobRow.created_at).desc() if sort == "newest" else col(JobRow.created_at)
         with self.reading(), Session(self.engine) as session:
-            total = session.exec(select(func.count()).select_from(query.subquery())).one()
-            rows = session.exec(query.order_by(order).offset(offset).limit(limit)).all()
+            rows, total = page_of_jobs(session, search, status, sort, offset, limit)
             return JobList(jobs=[row.to_summary() for row in rows], total=int(total))
 
     def job(self, given: str) -> JobSummary:

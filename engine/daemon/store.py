@@ -101,6 +101,22 @@ class JobRow(SQLModel, table=True):
 
 # The row's JSON columns: each written as the JobSummary field of its name reads it back, so a value of
 # another shape fails where it is written, not when a page of jobs holding it is listed.
+def page_of_jobs(
+    session: Session, search: str | None, status: str | None, sort: str, offset: int, limit: int
+) -> tuple[list[JobRow], int]:
+    """One page of the jobs matching a prompt search and a status, newest or oldest first, and how many
+    match in all: the engine's list_jobs and the CLI's history without an engine read the same."""
+    query = select(JobRow)
+    if search:
+        query = query.where(col(JobRow.prompt).contains(search))
+    if status:
+        query = query.where(JobRow.status == status)
+    order = col(JobRow.created_at).desc() if sort == "newest" else col(JobRow.created_at)
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = session.exec(query.order_by(order).offset(offset).limit(limit)).all()
+    return list(rows), int(total)
+
+
 JSON_FIELDS = ("params", "timings", "weights_sha256", "chunk_timings", "quality")
 
 
@@ -357,16 +373,8 @@ class Store:
         offset: int = 0,
         limit: int = 50,
     ) -> tuple[list[JobRow], int]:
-        query = select(JobRow)
-        if search:
-            query = query.where(col(JobRow.prompt).contains(search))
-        if status:
-            query = query.where(JobRow.status == status)
-        order = col(JobRow.created_at).desc() if sort == "newest" else col(JobRow.created_at)
         with self.session() as session:
-            total = session.exec(select(func.count()).select_from(query.subquery())).one()
-            rows = session.exec(query.order_by(order).offset(offset).limit(limit)).all()
-        return list(rows), int(total)
+            return page_of_jobs(session, search, status, sort, offset, limit)
 
     def queued_ids(self) -> list[str]:
         rows, _ = self.list_jobs(status="queued", sort="oldest", limit=500)
