@@ -382,3 +382,44 @@ async def test_the_queue_shows_each_running_job_with_its_worker_and_follows_the_
         assert tuple(table.get_row_at(2)[:3]) == ("queued", "", second.id[:8])  # back at its place by age
         assert title().startswith(f"running {first.id[:8]} on cuda:0: ") and "+1" not in title()
         assert any("queued again: its worker cuda:1 was lost" in str(n.message) for n in app._notifications)
+
+
+# a cancel that the engine acknowledged ("cancelling") wins, even when the job's last step had just ended
+
+
+class CancelledAsItEnds:
+    """A pipeline whose job is cancelled after its last step checked for a stop: it returns a whole
+    result, with the cancel already acknowledged."""
+
+    def __init__(self):
+        self.worker: JobWorker | None = None
+        self.answer: str | None = None
+
+    def run(self, job, on_progress, should_stop, on_chunk, checkpoints=None):
+        from engine.generation.job import JobResult
+
+        job.out.parent.mkdir(parents=True, exist_ok=True)
+        job.out.write_bytes(b"a whole video")
+        assert self.worker is not None and self.worker.current is not None
+        self.answer = self.worker.cancel(self.worker.current)
+        folder = job.out.parent
+        made = {"tokens": folder / "t.npy", "sidecar": folder / "s.json", "thumbnail": folder / "p.png"}
+        return JobResult(video=job.out, fps=8, **made)
+
+
+def test_a_cancel_answered_cancelling_wins_over_a_job_that_ends_at_that_moment(tmp_path):
+    """Was: with --gpus cpu:2, 2 of 8 cancels answered "cancelling" ended as finished."""
+    store = Store(tmp_path / "landiff.db")
+    row = store.add_job(JobParams(prompt="a snail").model_dump(), "tiny", "test")
+    events: list[p.Event] = []
+    pipeline = CancelledAsItEnds()
+    worker = JobWorker(store, lambda: pipeline, events.append, tmp_path / "outputs", 600.0)
+    pipeline.worker = worker
+    claimed = worker.claim()
+    assert claimed is not None
+    worker.run_job(claimed.id, JobParams(prompt="a snail"), claimed.model)
+    assert pipeline.answer == "cancelling"
+    assert store.get(row.id).status == "cancelled"
+    assert [type(event).__name__ for event in events][-1] == "JobCancelledEvent"
+    assert not (tmp_path / "outputs" / row.id).exists()
+    assert worker.cancel(row.id) is None  # and a cancel after that is told it is no longer running

@@ -401,6 +401,8 @@ class EngineService:
             log.info("job %s cancel requested while running", job_id)
             return CancelReply(job_id=job_id, status="cancelling")
         row = await self.job(job_id)
+        if row.status == "running":  # its worker has finished it and is writing its end
+            raise RequestFailed("too_late", f"job {row.id} has just finished: too late to cancel")
         raise RequestFailed(
             "not_cancellable", f"job {row.id} is {row.status}; only queued or running jobs cancel"
         )

@@ -231,7 +231,14 @@ class JobWorker(threading.Thread):
             # a refusal or a full disk says it all; anything else keeps its traceback in the log
             lifecycle.failed(full or described, None if full or isinstance(error, ValueError) else error)
         else:
-            lifecycle.finished(result)
+            with self.lock:  # from here a cancel finds the job no longer running here: too late, it is told
+                cancelled = self.cancel_requested.is_set()
+                self.current = None
+            if cancelled:  # answered "cancelling" before its last step ended: the cancel wins
+                remove_job_files(folder)
+                lifecycle.stopped(False, "cancelled as its last step ended", None)
+            else:
+                lifecycle.finished(result)
 
     def checkpoint(
         self, job_id: str, folder: Path, params: JobParams, model: str | None
