@@ -232,9 +232,9 @@ class JobWorker(threading.Thread):
             lifecycle.failed(full or described, None if full or isinstance(error, ValueError) else error)
         else:
             with self.lock:  # from here a cancel finds the job no longer running here: too late, it is told
-                cancelled = self.cancel_requested.is_set()
+                cancel_won = self.cancel_requested.is_set()
                 self.current = None
-            if cancelled:  # answered "cancelling" before its last step ended: the cancel wins
+            if cancel_won:  # answered "cancelling" before its last step ended: the cancel wins
                 remove_job_files(folder)
                 lifecycle.stopped(False, "cancelled as its last step ended", None)
             else:
