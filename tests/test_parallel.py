@@ -5,10 +5,12 @@ helper outlives its group."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,143 @@ def test_parallel_values_parse_and_bad_ones_are_refused_in_one_line():
     ]
     with pytest.raises(BadParallel, match="do not split into groups of 4"):
         device_groups(ParallelPlan(2, 2), ["cuda:0", "cuda:1", "cuda:2"])
+
+
+def listening(pid: int | str = "self") -> list[str]:
+    """The addresses `pid`'s listening TCP sockets are bound to (from /proc)."""
+    import ipaddress
+
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:[") : -1])
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address = bytes.fromhex(fields[1].split(":")[0])
+                # the kernel writes each 32-bit word of the address in host (little-endian) order
+                words = b"".join(address[i : i + 4][::-1] for i in range(0, len(address), 4))
+                found.append(str(ipaddress.ip_address(words)))
+    return found
+
+
+def off_loopback(addresses: list[str]) -> list[str]:
+    import ipaddress
+
+    def loopback(text: str) -> bool:
+        address = ipaddress.ip_address(text)
+        mapped = getattr(address, "ipv4_mapped", None)
+        return (mapped or address).is_loopback
+
+    return [a for a in addresses if not loopback(a)]
+
+
+def network_interface() -> str | None:
+    """The interface of this machine's default route (one with an address, facing the network), if any."""
+    for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == "00000000":
+            return fields[0]
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="reads the sockets from /proc")
+def test_a_group_listens_on_loopback_only_whatever_gloo_socket_ifname_says(monkeypatch):
+    """The gloo group's sockets are on loopback, even where the environment names a network interface
+    for gloo (unset, gloo takes the address the hostname resolves to, which may face the network)."""
+    import torch.distributed as dist
+
+    from engine.generation.parallel.group import make_group
+
+    interface = network_interface()
+    if interface is not None:
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", interface)
+    before = set(listening())
+    store, groups, sums = dist.HashStore(), {}, {}
+
+    def rank(index: int) -> None:
+        groups[index] = make_group(store, "w", index, [0, 1], torch.device("cpu"), timedelta(seconds=30))
+        tensor = torch.tensor([index + 1.0])
+        groups[index].allreduce([tensor]).wait()
+        sums[index] = tensor
+
+    on_threads(rank, 2)
+    opened = [a for a in listening() if a not in before]
+    for group in groups.values():
+        group.shutdown()
+    assert sums == {0: torch.tensor([3.0]), 1: torch.tensor([3.0])}  # the group works
+    assert opened and not off_loopback(opened), opened
+
+
+def test_a_collective_waits_for_a_missing_rank_no_longer_than_the_groups_timeout():
+    """make_group hands its timeout to torch: a collective whose peer never comes fails after it."""
+    import threading
+    import time
+
+    import torch.distributed as dist
+
+    from engine.generation.parallel.group import make_group
+
+    store, groups, failed = dist.HashStore(), {}, {}
+
+    def rank(index: int) -> None:
+        groups[index] = make_group(store, "w", index, [0, 1], torch.device("cpu"), timedelta(seconds=1))
+
+    on_threads(rank, 2)
+    started = time.monotonic()
+
+    def wait() -> None:
+        try:
+            groups[0].allreduce([torch.ones(1)]).wait()  # rank 1 never joins this one
+        except RuntimeError as error:
+            failed["after"], failed["error"] = time.monotonic() - started, str(error)
+
+    waiting = threading.Thread(target=wait, daemon=True)
+    waiting.start()
+    waiting.join(20)
+    for group in groups.values():
+        with contextlib.suppress(RuntimeError):
+            group.shutdown()
+    assert "after" in failed, "the collective was still waiting after 20 s: the 1 s timeout was lost"
+    assert failed["after"] < 10, failed
+
+
+def test_the_group_touches_no_private_torch_api():
+    """The parallel package reaches torch.distributed through public names only: no `_name` attribute
+    (but its own `_landiff_` flags on modules, and the standard library's `os._exit`), no private module.
+    The constructors it calls still take a timeout, for NCCL too where this torch has it."""
+    import ast
+
+    import torch.distributed as dist
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.startswith("__")
+
+    found = []
+    for path in sorted((Path(__file__).parents[1] / "engine/generation/parallel").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and private(node.attr):
+                text = ast.unparse(node)
+                if not text.startswith(("self.", "cls.", "os._exit")) and "._landiff_" not in text:
+                    found.append(f"{path.name}:{node.lineno}: {text}")
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            found += [
+                f"{path.name}:{node.lineno}: import {m}"
+                for m in modules
+                if any(private(part) for part in m.split("."))
+            ]
+    assert not found, found
+    assert "timeout: datetime.timedelta" in (dist.ProcessGroupGloo.__init__.__doc__ or "")
+    if dist.is_nccl_available():
+        assert "timeout: datetime.timedelta" in (dist.ProcessGroupNCCL.__init__.__doc__ or "")
 
 
 @torch.no_grad()
@@ -206,12 +345,17 @@ def test_a_parallel_group_fed_by_the_llm_lane_renders_as_one_process_and_survive
     tmp_path, home, single
 ):
     """`serve --parallel 2 --llm-device cpu` on a machine without GPU: two CPU ranks (cfg=2) render with the
-    step cache from the lane's tokens; the frames and skip counts are one process's from the same tokens."""
+    step cache from the lane's tokens, listening on loopback only; the frames and skip counts are one
+    process's from the same tokens."""
     from engine.generation.job import JobSpec
     from engine.generation.video import read_mp4
 
     serve_args = ("--parallel", "2", "--llm-device", "cpu")
-    engine = RunningEngine(tmp_path / "engine", home, serve_args=serve_args).start()
+    engine = RunningEngine(tmp_path / "engine", home, serve_args=serve_args)
+    interface = network_interface()
+    if interface is not None:  # what a user may have set for other torch jobs: the group stays on loopback
+        engine.env["GLOO_SOCKET_IFNAME"] = interface
+    engine.start()
     try:
         with engine.client() as client:
             client.request("hello", client="tests")
@@ -224,6 +368,8 @@ def test_a_parallel_group_fed_by_the_llm_lane_renders_as_one_process_and_survive
             record = json.loads(Path(job["sidecar_path"]).read_text())
             assert record["stage1"]["ahead"] and record["step_cache"]["dit_calls_skipped"] > 0
             (helper,) = helper_ranks(engine.process.pid)
+            sockets = listening(helper)
+            assert sockets and not off_loopback(sockets + listening(engine.process.pid))
 
             killed = []
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -30,28 +31,41 @@ from engine.generation.parallel.plan import ParallelPlan
 
 GO, STOP, RENDER, EXIT = 0, 1, 2, 3
 COLLECTIVE_TIMEOUT = timedelta(hours=2)  # a helper waits this long for rank 0's next command
+GLOO_SOCKET_IFNAME = "GLOO_SOCKET_IFNAME"  # set for torch's gloo, never read here (see make_group)
 
 
 class RankLost(RuntimeError):
     """A rank of the group stopped answering; the message names it. The group must be rebuilt."""
 
 
+def loopback_interface() -> str:
+    """The name of this machine's loopback interface: lo (Linux) or lo0 (macOS, the BSDs)."""
+    names = {name for _, name in socket.if_nameindex()}
+    for name in ("lo", "lo0"):
+        if name in names:
+            return name
+    raise RuntimeError(f"no loopback interface (lo, lo0) among {sorted(names)}: a parallel group needs one")
+
+
 def make_group(
     store: dist.Store, name: str, rank: int, ranks: list[int], device: torch.device, timeout: timedelta
 ) -> dist.ProcessGroup:
+    """One process group of `ranks` on `store`, listening on loopback only: the backends' public
+    constructors with a timeout, not torch.distributed.new_group, which needs the process-wide default
+    group where one engine process leads a group per worker."""
     scoped = dist.PrefixStore(f"{name}/", store)
     index = ranks.index(rank)
     if device.type == "cuda":
         # NCCL's bootstrap listens on this interface (read when the group is made): loopback by default
         os.environ[settings.NCCL_SOCKET_IFNAME.name] = settings.NCCL_SOCKET_IFNAME.raw() or "lo"
-        options = dist.ProcessGroupNCCL.Options()
-        options._timeout = timeout
-        # torch's stubs make the backends plain Backends, without the collectives they have
-        return dist.ProcessGroupNCCL(scoped, index, len(ranks), options)  # type: ignore[return-value]
-    options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]  # not in torch's stubs
-    options._timeout = timeout
-    options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]  # loopback only
-    return dist.ProcessGroupGloo(scoped, index, len(ranks), options)  # type: ignore[return-value]
+        # torch's stubs list only the Options constructor, and make the backends plain Backends,
+        # without the collectives they have
+        return dist.ProcessGroupNCCL(scoped, index, len(ranks), timeout)  # type: ignore[arg-type, return-value]
+    # gloo listens on the interfaces GLOO_SOCKET_IFNAME names (read when the group is made); unset, on
+    # the address the machine's hostname resolves to, which may face the network. A single-box group
+    # has no use for anything but loopback, whatever the environment says.
+    os.environ[GLOO_SOCKET_IFNAME] = loopback_interface()
+    return dist.ProcessGroupGloo(scoped, index, len(ranks), timeout)  # type: ignore[return-value]
 
 
 class ParallelGroup:
