@@ -4,7 +4,7 @@
 
     landiff = LanDiff.from_pretrained(model="tiny")  # model="landiff" (the default) is the release
     video = landiff("A red kite over a windy beach at dusk.", seed=7, steps=4)
-    print(video.frames.shape, video.tokens.shape, video.record["timings_s"])
+    print(video.frames.shape, video.tokens.shape, video.record["timings"])
     landiff("A heron in the rain.", quality=True).record["quality"]  # CLIP score, flicker, motion
 
 It runs the engine's own pipeline (`engine.generation.pipeline.Pipeline`), so a seed gives the frames a

@@ -20,15 +20,8 @@ if TYPE_CHECKING:
     )
 
 
-def quality_lines(quality: QualityRecord | Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    """(label, text) lines; the caller aligns the labels and escapes the text for its screen.
-
-    A mapping is read as a QualityRecord: a job summary (`JobSummary.quality`) and `generate --quality`
-    hold the record as plain data."""
-    if isinstance(quality, Mapping):
-        from engine.protocol import QualityRecord
-
-        quality = QualityRecord.model_validate(quality)
+def quality_lines(quality: QualityRecord | None) -> list[tuple[str, str]]:
+    """(label, text) lines; the caller aligns the labels and escapes the text for its screen."""
     if quality is None:
         return [("quality", "being measured (CLIP score, flicker, motion) after the job")]
     if quality.error:
@@ -71,6 +64,7 @@ class ProgressWords:
     count: str  # "20/50"
     rate: str  # "4.0 steps/s"; a stage without a unit, its seconds so far: "2.1 s"; "" before it has a rate
     eta_s: float | None  # the whole job's remaining seconds once estimated, else the stage's
+    job_eta: bool = False  # eta_s is the whole job's (else the stage's: no cost of the job is known yet)
 
     @property
     def detail(self) -> str:
@@ -93,6 +87,7 @@ def progress_words(progress: ProgressReport) -> ProgressWords:
         count=f"{progress.step}/{progress.total}",
         rate=rate_text(progress.step, progress.rate, unit),
         eta_s=progress.job_eta_s if progress.job_eta_s is not None else progress.eta_s,
+        job_eta=progress.job_eta_s is not None,
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.wire import MAX_PROMPT_CHARS
+from engine.wire import MAX_PROMPT_CHARS, MODEL_FPS
 
 STAGES = ("stage1", "stage2")  # stage 1: prompt -> semantic tokens; stage 2: tokens -> video
 SEED_LIMIT = 2**63  # torch generators take seeds below this
@@ -331,13 +331,13 @@ PARAMS: list[Param] = [
     Param(
         "fps",
         int,
-        8,
-        "frames a second of the video; above the model's 8, frames are interpolated between the model's "
-        "(ffmpeg's motion-compensated minterpolate), the length in seconds unchanged",
+        MODEL_FPS,
+        f"frames a second of the video; above the model's {MODEL_FPS}, frames are interpolated between the "
+        "model's (ffmpeg's motion-compensated minterpolate), the length in seconds unchanged",
         "fps",
-        choices=(8, 16, 24),
+        choices=(MODEL_FPS, 2 * MODEL_FPS, 3 * MODEL_FPS),
         stages=("stage2",),
-        note="8 is the model's own frames, as the reference writes them",
+        note=f"{MODEL_FPS} is the model's own frames, as the reference writes them",
     ),
 ]
 

@@ -46,6 +46,7 @@ def type_name(model: type[BaseModel], tag: str = "type") -> str:
 
 
 WeightsPart = Literal["llm", "diffusion", "all"]
+WeightsSource = Literal["huggingface", "modelscope"]  # engine.weights.layout.SOURCES
 JobStatus = Literal[JOB_STATUSES]  # type: ignore[valid-type]
 
 
@@ -145,8 +146,51 @@ class ChunkTiming(Exact):
         return {stage: getattr(self, stage) for stage in STAGE_SECONDS}
 
 
-class JobSummary(Exact):
-    """A job as the store holds it (daemon.store.JobRow.summary)."""
+class ClipQuality(Exact):
+    """CLIP scores of a video's frames against its prompt: 100 x cosine of their embeddings."""
+
+    model: str
+    mean: float
+    min: float
+    frames: list[int]  # the frames scored (at most 32, evenly spaced), 0-based
+    scores: list[float]  # one per frame in `frames`
+    prompt_tokens: int  # the prompt's CLIP tokens read
+    prompt_truncated: bool  # the prompt was longer than CLIP reads (77 tokens)
+
+
+class QualityRecord(Exact):
+    """The quality probe's findings for a job (engine/generation/quality.py says what each one means).
+    `error`: nothing could be measured; `skipped`: why there are no CLIP scores."""
+
+    frames: int | None = None
+    fps: float | None = None
+    flicker: float | None = None  # 8-bit luma levels
+    motion: float | None = None  # 8-bit luma levels
+    clip: ClipQuality | None = None
+    skipped: str | None = None
+    error: str | None = None
+    seconds: float | None = None  # how long the probe took
+
+
+class JobOutcome(Exact):
+    """What a job made and what it cost, under the names its store row, its summary and the sidecar beside
+    its video all use: the one record of a result (generation.job.JobResult.outcome makes it). A field
+    added here reaches the summary and the sidecar as it is, and the store through a column of its name
+    (tests/test_lifecycle.py checks each has one)."""
+
+    video_path: str | None = None
+    tokens_path: str | None = None
+    sidecar_path: str | None = None
+    thumbnail_path: str | None = None
+    timings: dict[str, float] = {}  # seconds per stage: text, tokens, denoise, decode, write (compile...)
+    peak_memory_bytes: int | None = None
+    weights_sha256: dict[str, str] = {}  # {file under the weights root: SHA-256}
+    chunk_timings: list[ChunkTiming] = []  # one per finished chunk of a long video
+
+
+class JobSummary(JobOutcome):
+    """A job as the store holds it (daemon.store.JobRow.summary): its outcome, once it has one, and the
+    row's own bookkeeping."""
 
     id: str
     created_at: float
@@ -159,18 +203,10 @@ class JobSummary(Exact):
     params: dict[str, Any]
     model: str
     engine_version: str
-    weights_sha256: dict[str, str]
-    timings: dict[str, float]
-    peak_memory_bytes: int | None
     error: str | None
-    video_path: str | None
-    tokens_path: str | None
-    sidecar_path: str | None
-    thumbnail_path: str | None
-    chunk_timings: list[ChunkTiming]
     worker: str | None  # which worker ran it last ("cpu", "cuda:1", a Ray node's GPU); None: not yet run
     requeues: int  # times a lost worker (a dead Ray actor) put it back in the queue
-    quality: dict[str, Any] | None  # the quality probe's findings, once it has run
+    quality: QualityRecord | None  # the quality probe's findings, once it has run
     # chunks already made when it last resumed from its checkpoint (after a killed or stopped engine);
     # None: it ran in one go (or has not run)
     resumed_at_chunk: int | None = None
@@ -198,32 +234,6 @@ class WeightFileState(Exact):
     size: int | None
     path: str
     optional: bool = False  # the quality probe's CLIP: the weights are complete without it
-
-
-class ClipQuality(Exact):
-    """CLIP scores of a video's frames against its prompt: 100 x cosine of their embeddings."""
-
-    model: str
-    mean: float
-    min: float
-    frames: list[int]  # the frames scored (at most 32, evenly spaced), 0-based
-    scores: list[float]  # one per frame in `frames`
-    prompt_tokens: int  # the prompt's CLIP tokens read
-    prompt_truncated: bool  # the prompt was longer than CLIP reads (77 tokens)
-
-
-class QualityRecord(Exact):
-    """The quality probe's findings for a job (engine/generation/quality.py says what each one means).
-    `error`: nothing could be measured; `skipped`: why there are no CLIP scores."""
-
-    frames: int | None = None
-    fps: float | None = None
-    flicker: float | None = None  # 8-bit luma levels
-    motion: float | None = None  # 8-bit luma levels
-    clip: ClipQuality | None = None
-    skipped: str | None = None
-    error: str | None = None
-    seconds: float | None = None  # how long the probe took
 
 
 # events: {"v": 1, "event": name, "seq": n, ...}, discriminated on `event`
@@ -365,6 +375,14 @@ class ModelsReleasedEvent(Event):
     event: Literal["models_released"] = "models_released"
 
 
+class QueueChangedEvent(Event):
+    """The queue's order or its pause changed (a job moved, the queue paused or resumed)."""
+
+    event: Literal["queue_changed"] = "queue_changed"
+    queue: list[str]  # the queued jobs' ids in the order workers take them
+    paused: bool
+
+
 class WeightsJobStarted(Event):
     only: WeightsPart
     root: str
@@ -451,6 +469,7 @@ AnyEvent = Annotated[
     | JobDeletedEvent
     | JobQualityEvent
     | ModelsReleasedEvent
+    | QueueChangedEvent
     | DownloadStartedEvent
     | DownloadProgressEvent
     | DownloadFinishedEvent
@@ -546,7 +565,8 @@ class StatusReply(Exact):
     pid: int
     uptime_s: float
     running: str | None  # a running job's id (the first worker's); `workers` lists every one
-    queue: list[str]  # queued job ids, oldest first
+    queue: list[str]  # queued job ids, in the order workers take them
+    queue_paused: bool = False  # nothing new starts until the queue is resumed
     models_loaded: list[str]
     downloading: bool
     seq: int
@@ -560,7 +580,13 @@ class StatusReply(Exact):
     last_chunk: ChunkFinishedEvent | None = None
     workers: list[WorkerState] = []  # each worker and the job it runs
     llm_lane: LaneState | None = None  # None: each worker runs stage 1 itself
+    no_worker: str | None = None  # with no worker: why queued jobs wait (a Ray cluster without the resource)
     options: list[str] = Field(default_factory=list)  # as hello's: the serve options it was started with
+
+
+class QueueReply(Exact):
+    queue: list[str]  # the queued jobs' ids in the order workers take them
+    paused: bool  # a paused queue starts no job until it is resumed (the running ones finish)
 
 
 class SubscribeReply(Exact):
@@ -641,7 +667,7 @@ class ListJobs(Request[JobList]):
     type: Literal["list_jobs"] = "list_jobs"
     search: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     status: JobStatus | None = None
-    sort: Literal["newest", "oldest"] = "newest"
+    sort: Literal["newest", "oldest", "queue"] = "newest"  # queue: the order workers take queued jobs
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     limit: int = Field(default=50, ge=1, le=500)
 
@@ -655,6 +681,22 @@ class DeleteJob(Request[JobIdReply]):
     type: Literal["delete_job"] = "delete_job"
     job_id: str = Field(max_length=64)
     delete_files: bool = False
+
+
+class MoveJob(Request[QueueReply]):
+    """Move a queued job to place `to` of the queue (0: next; past the end: last), or by a word."""
+
+    type: Literal["move_job"] = "move_job"
+    job_id: str = Field(max_length=64)
+    to: Annotated[int, Field(ge=0, le=MAX_OFFSET)] | Literal["top", "bottom", "up", "down"]
+
+
+class PauseQueue(Request[QueueReply]):
+    """Pause the queue (`paused`: true) or resume it (false). Paused, no queued job starts and no tokens
+    are made ahead; the running jobs finish. It stays paused when the engine restarts."""
+
+    type: Literal["pause_queue"] = "pause_queue"
+    paused: bool = True
 
 
 class ListPresets(Request[PresetList]):
@@ -693,6 +735,7 @@ class DownloadWeights(Request[WeightsJobReply]):
     type: Literal["download_weights"] = "download_weights"
     only: WeightsPart = "all"
     clip: bool = False  # the quality probe's optional CLIP too
+    source: WeightsSource = "huggingface"  # where the files come from; older clients send none
 
 
 class CancelDownload(Request[CancelDownloadReply]):
@@ -731,6 +774,8 @@ AnyRequest = Annotated[
     | ListJobs
     | GetJob
     | DeleteJob
+    | MoveJob
+    | PauseQueue
     | ListPresets
     | SavePreset
     | DeletePreset

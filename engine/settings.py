@@ -94,6 +94,16 @@ HF_HUB_OFFLINE = Variable(
     "0",
     "1: never download; a complete weights folder runs as it is",
 )
+MODELSCOPE_ENDPOINT = Variable(
+    "MODELSCOPE_ENDPOINT",
+    "https://www.modelscope.cn",
+    "the ModelScope server `weights download --source modelscope` fetches from (a mirror, a test server)",
+)
+MODELSCOPE_DOMAIN = Variable(
+    "MODELSCOPE_DOMAIN",
+    "www.modelscope.cn",
+    "ModelScope's older way to name its server (a host; https:// is assumed); MODELSCOPE_ENDPOINT wins",
+)
 INDUCTOR_CACHE_DIR = Variable(
     "TORCHINDUCTOR_CACHE_DIR",
     "torchinductor/ in the user cache dir",
@@ -103,6 +113,21 @@ NCCL_SOCKET_IFNAME = Variable(
     "NCCL_SOCKET_IFNAME",
     "lo",
     "the interface NCCL's bootstrap listens on for a --parallel group's GPUs (loopback: off the network)",
+)
+RAY_AUTH_MODE = Variable(
+    "RAY_AUTH_MODE",
+    "token for the engine",
+    "Ray's own: `serve --ray` sets it to token and refuses any other value; the cluster's nodes need it too",
+)
+RAY_AUTH_TOKEN_PATH = Variable(
+    "RAY_AUTH_TOKEN_PATH",
+    "~/.ray/auth_token",
+    "Ray's own: the file holding the Ray cluster's token (`serve --ray` refuses one other users can read)",
+)
+RAY_AUTH_TOKEN = Variable(
+    "RAY_AUTH_TOKEN",
+    "none",
+    "Ray's own: the Ray cluster's token itself (a file is safer: an environment can be listed)",
 )
 ENGINE_ARGS = Variable(
     "LANDIFF_ENGINE_ARGS",
@@ -136,8 +161,13 @@ VARIABLES = (
     HF_ENDPOINT,
     HF_TOKEN,
     HF_HUB_OFFLINE,
+    MODELSCOPE_ENDPOINT,
+    MODELSCOPE_DOMAIN,
     INDUCTOR_CACHE_DIR,
     NCCL_SOCKET_IFNAME,
+    RAY_AUTH_MODE,
+    RAY_AUTH_TOKEN_PATH,
+    RAY_AUTH_TOKEN,
     ENGINE_ARGS,
     QUALITY_PROBE,
     GOLDEN_DIRS,
@@ -191,6 +221,22 @@ def quality_probe_on() -> bool:
 
 def hub_endpoint() -> str:
     return (HF_ENDPOINT.raw() or "https://huggingface.co").rstrip("/")
+
+
+def modelscope_endpoint() -> str:
+    """MODELSCOPE_ENDPOINT (a URL), else MODELSCOPE_DOMAIN (a host; https:// assumed), else ModelScope's."""
+    value = MODELSCOPE_ENDPOINT.raw() or MODELSCOPE_DOMAIN.raw() or "www.modelscope.cn"
+    value = value.strip()
+    if not value.startswith(("http://", "https://")):
+        value = "https://" + value
+    return value.rstrip("/")
+
+
+def modelscope_endpoint_variable() -> str:
+    """The variable that set the ModelScope endpoint now (the one to change), MODELSCOPE_ENDPOINT if none."""
+    if MODELSCOPE_DOMAIN.raw() and not MODELSCOPE_ENDPOINT.raw():
+        return MODELSCOPE_DOMAIN.name
+    return MODELSCOPE_ENDPOINT.name
 
 
 def help_epilog() -> str:

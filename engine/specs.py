@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.models.configs import DiTConfig, LLMConfig, SemanticDecoderConfig, VAEConfig
+from engine.wire import MODEL_FPS
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class ModelSpec:
     vae: VAEConfig
     t5: T5Sizes  # the diffusion side's T5 v1.1 encoder
     text_tokens: int = 226  # the diffusion side's fixed prompt length
-    fps: int = 8
+    fps: int = MODEL_FPS
     # latent frames a long video's chunk shares with the one before: 7 of 13 is the value the reference's
     # config names (`fixed_frames: 7`); tiny's 3-frame window takes 1, so each chunk still adds 2
     default_overlap: int = 7

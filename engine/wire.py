@@ -17,6 +17,7 @@ MAX_LINE_BYTES = 2**20  # a line sent to the engine (its defence against a runaw
 # client trusts its engine (same user), so it only guards against a line that never ends
 MAX_REPLY_BYTES = 2**26
 MAX_PROMPT_CHARS = 2000
+MODEL_FPS = 8  # frames a second the LanDiff models make (the release's and tiny's): the fps default
 # an engine asked to stop waits at most this long for its model threads to leave (one may be inside a
 # torch import or a step), then as long again for the quality probe; a client restarting it waits out both
 STOP_WAIT_S = 30.0

@@ -175,6 +175,8 @@ class LanDiffApp(App):
         said = f"engine: {hello.model} model, pid {hello.pid}"
         if len(labels) > 1 and self.sub_title == said:  # still connected to the engine that said hello
             self.sub_title = f"{said}, {len(labels)} workers: {', '.join(labels)}"
+        elif not labels and status.no_worker and self.sub_title == said:
+            self.sub_title = f"{said}, no worker: {status.no_worker}"
 
     def engine_state(self, state: str, message: str) -> None:
         self.sub_title = {

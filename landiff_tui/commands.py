@@ -82,6 +82,14 @@ def entries(app: PaletteApp) -> Iterator[Entry]:
     queue = view(app, "queue")
     has_jobs = queue is not None and bool(queue.jobs)
     yield Entry("Cancel a queued or running job", "queue", "cancel_job", lambda app: has_jobs)
+    queued = queue is not None and any(job.status == "queued" for job in queue.jobs.values())
+    yield Entry("Move the chosen queued job up", "queue", "move_job('up')", lambda app: queued)
+    yield Entry("Move the chosen queued job down", "queue", "move_job('down')", lambda app: queued)
+    yield Entry("Run the chosen queued job next", "queue", "move_job('top')", lambda app: queued)
+    paused = queue is not None and queue.paused
+    yield Entry(
+        "Resume the queue" if paused else "Pause the queue (the running job finishes)", "queue", "pause_queue"
+    )
     yield Entry("Gallery: past jobs", "gallery", "focus_default")
     yield Entry("Search the prompts of past jobs", "gallery", "focus_search")
     yield Entry("Clear the gallery's search", "gallery", "clear_search")
@@ -104,6 +112,12 @@ def entries(app: PaletteApp) -> Iterator[Entry]:
         "weights",
         "download",
         connected,
+    )
+    yield Entry(
+        "Download the weights from ModelScope",
+        "weights",
+        "download('modelscope')",
+        lambda app: connected(app) and not generated,
     )
     yield Entry("Verify the weights", "weights", "verify", connected)
     yield Entry(

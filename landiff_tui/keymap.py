@@ -69,6 +69,10 @@ KEYMAP: dict[str, dict[str, ActionKeys]] = {
     },
     "queue": {
         "cancel_job": ActionKeys(("x",), "Cancel job"),
+        "move_job('up')": ActionKeys(("shift+up",), "Move the job up", footer=False, also=("K",)),
+        "move_job('down')": ActionKeys(("shift+down",), "Move the job down", footer=False, also=("J",)),
+        "move_job('top')": ActionKeys(("t",), "Run the job next", footer=False),
+        "pause_queue": ActionKeys(("p",), "Pause/resume"),
     },
     # typing always reaches the Gallery's search box: its actions take keys that text never produces, and
     # win over the box's own ctrl+e (end) and ctrl+d (delete right), which have the end and delete keys
@@ -79,6 +83,7 @@ KEYMAP: dict[str, dict[str, ActionKeys]] = {
     },
     "weights": {
         "download": ActionKeys(("d",), "Download"),
+        "download('modelscope')": ActionKeys(("D",), "Download from ModelScope", footer=False),
         "verify": ActionKeys(("v",), "Verify"),
         "cancel": ActionKeys(("x",), "Cancel"),
         "refresh": ActionKeys(("r",), "Refresh"),

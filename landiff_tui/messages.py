@@ -118,6 +118,13 @@ class ModelsReleased(Message, bubble=False):
 
 
 @dataclass(eq=False)
+class QueueChanged(Message, bubble=False):
+    """The queue's order or its pause changed (a job moved; the queue paused or resumed)."""
+
+    event: protocol.QueueChangedEvent
+
+
+@dataclass(eq=False)
 class TransferStarted(Message, bubble=False):
     """A weights download or verification began."""
 
@@ -157,6 +164,7 @@ def message_classes() -> dict[type[protocol.Event], Callable[[Any], Message]]:
         p.JobDeletedEvent: JobDeleted,
         p.JobQualityEvent: JobMeasured,
         p.ModelsReleasedEvent: ModelsReleased,
+        p.QueueChangedEvent: QueueChanged,
         p.DownloadStartedEvent: TransferStarted,
         p.VerifyStartedEvent: TransferStarted,
         p.DownloadProgressEvent: TransferProgressed,

@@ -125,6 +125,8 @@ def test_status_as_text_names_what_matters():
     assert lines["options"] == "none (serve's defaults)"
     with_options = status.model_copy(update={"options": ["--ckpts", "/my w"]})
     assert dict(describe_status(with_options))["options"] == "--ckpts '/my w'"
+    paused = dict(describe_status(status.model_copy(update={"queue_paused": True})))["queue"]
+    assert paused == "2 job(s): a, b; paused: none starts until `landiff-engine queue resume`"
 
 
 def test_weights_status_ends_with_one_summary_line_and_the_next_command():

@@ -18,6 +18,7 @@ from engine.cli.client_commands import describe_status
 from engine.cli.main import main
 from engine.cli.output import EXIT_OUTPUT_CLOSED
 from engine.durations import duration_text
+from engine.generation.progress import prior_costs
 from engine.paths import lock_holder
 
 from .harness import ENGINE_LEAVES_S, PROMPT, ROOT, WAIT_S, RunningEngine, short_dir, wait_until
@@ -84,12 +85,17 @@ def test_reading_commands_start_no_engine_and_read_the_history(no_engine):
     assert presets.returncode == 0 and "quick draft" in presets.stdout
     shown = no_engine.cli("show", "abcd1234")
     assert shown.returncode == 2 and shown.stderr.count("\n") == 1 and "no job 'abcd1234'" in shown.stderr
+    cancelled = no_engine.cli("cancel", "abcd1234")  # no engine: no job runs, and none is started
+    assert cancelled.returncode == 1 and "no engine is running, so no job is running" in cancelled.stderr
+    assert "no job 'abcd1234'" in cancelled.stderr, cancelled.stderr
     assert not data.exists() and not no_engine.socket.exists()  # nothing started, nothing created
 
     submitted = no_engine.cli("submit", PROMPT, "--steps", "2", "--model", "tiny", "--wait")
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.split()[0]
     assert no_engine.cli("stop").returncode == 0
+    costs = prior_costs("tiny", "cpu", database(no_engine))  # what the next engine's first ETA starts from
+    assert set(costs) == {"denoise_step_s", "chunk_finish_s", "text_s", "tokens_segment_s"}, costs
     with sqlite3.connect(database(no_engine)) as connection:
         before = connection.execute("PRAGMA user_version").fetchone()[0]
     status = no_engine.cli("status")
@@ -101,6 +107,8 @@ def test_reading_commands_start_no_engine_and_read_the_history(no_engine):
     shown = no_engine.cli("show", job_id[:6], "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "finished"
     assert f"read from the job history {database(no_engine)}" in shown.stderr
+    cancelled = no_engine.cli("cancel", job_id[:6])
+    assert cancelled.returncode == 1 and f"job {job_id} is finished" in cancelled.stderr, cancelled.stderr
     assert not engine_runs(no_engine) and not no_engine.socket.exists()
 
     with sqlite3.connect(database(no_engine)) as connection:  # an older engine's history: left as it is

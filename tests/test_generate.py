@@ -53,7 +53,7 @@ def test_generate_writes_a_playable_video_its_tokens_and_record(home, tmp_path):
     assert tokens.shape == (11,) and tokens.dtype == np.int64
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["job"]["prompt"] == PROMPT and record["job"]["seed"] == 3 and record["job"]["steps"] == 6
-    assert set(record["timings_s"]) == {"text", "tokens", "denoise", "decode", "write"}
+    assert set(record["timings"]) == {"text", "tokens", "denoise", "decode", "write"}
     assert record["peak_memory_bytes"] > 0 and record["video"]["frames"] == frames.shape[0]
     assert "LanDiff/diffusion/1/mp_rank_00_model_states.pt" in record["weights_sha256"]
     assert all(len(digest) == 64 for digest in record["weights_sha256"].values())

@@ -36,4 +36,6 @@ def test_a_stage_with_a_unit_shows_its_rate_and_one_without_shows_its_seconds():
 
 def test_a_long_videos_bar_names_its_chunk_and_the_job_eta_wins_over_the_stages():
     words = progress_words(progress("denoise", 3, 10, 2.0, chunk=2, chunks=4, eta_s=3.5, job_eta_s=90.0))
-    assert words.name == "denoising 2/4" and words.eta_s == 90.0
+    assert words.name == "denoising 2/4" and words.eta_s == 90.0 and words.job_eta
+    stage_only = progress_words(progress("tokens", 3, 10, 2.0, eta_s=3.5))  # no cost of the job known yet
+    assert stage_only.eta_s == 3.5 and not stage_only.job_eta

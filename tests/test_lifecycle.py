@@ -11,7 +11,7 @@ import pytest
 from engine.daemon.lifecycle import JobLifecycle
 from engine.daemon.store import Store, result_columns
 from engine.generation.job import ChunkDone, JobResult
-from engine.protocol import EVENT_ADAPTER, ChunkReport, ChunkTiming, JobParams, ProgressReport
+from engine.protocol import EVENT_ADAPTER, ChunkReport, ChunkTiming, JobOutcome, JobParams, ProgressReport
 
 WORKER = "cpu:0"
 
@@ -150,10 +150,18 @@ def test_finished_writes_the_results_columns_then_says_so(store):
     assert (finished["frames"], finished["fps"], finished["video_frames"]) == (18, 8, 18)
 
 
-def test_result_columns_name_only_columns_of_the_row():
+def test_the_outcome_is_one_record_each_field_in_a_column_of_its_name(store):
     from engine.daemon.store import JobRow
 
-    assert set(result_columns(result())) <= set(JobRow.model_fields)
+    assert set(JobOutcome.model_fields) <= set(JobRow.model_fields)  # a new field without a column fails
+    assert set(result_columns(result())) == set(JobOutcome.model_fields)
+    lifecycle, _ = claim(store)
+    made = result()
+    lifecycle.finished(made)
+    row = store.get(lifecycle.job_id)
+    assert row is not None
+    kept = row.to_summary().model_dump(include=set(JobOutcome.model_fields))
+    assert JobOutcome.model_validate(kept) == made.outcome()
 
 
 @pytest.mark.parametrize(

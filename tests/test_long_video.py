@@ -141,8 +141,8 @@ def test_three_chunks_make_the_expected_frames_in_order(pipeline, tmp_path):
     record = json.loads(result.sidecar.read_text())
     assert record["status"] == "finished" and record["video"]["frames"] == 25
     assert record["length"]["chunks"] == 3 and record["length"]["overlap"] == 1
-    assert [c["index"] for c in record["chunks"]["timings_s"]] == [0, 1, 2]
-    assert record["chunks"]["timings_s"] == [c.timing.model_dump() for c in done]  # as each chunk said it
+    assert [c["index"] for c in record["chunk_timings"]] == [0, 1, 2]
+    assert record["chunk_timings"] == [c.timing.model_dump() for c in done]  # as each chunk said it
     assert len(np.load(result.tokens)) == plan.segments * 11
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.json", "long.mp4", "long.npy", "long.png"]
     # chunk 0 is exactly the clip a one-clip job makes from the same tokens and seed
@@ -269,7 +269,7 @@ def test_store_migrates_to_chunk_timings_and_knows_cancelled_partial(tmp_path):
     assert old["chunk_timings"] == [] and (old["worker"], old["requeues"], old["quality"]) == (None, 0, None)
     assert old["resumed_at_chunk"] is None
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     row = store.add_job(JobParams(prompt="long", frames=241).model_dump(), "tiny", "0")
     entry = {"index": 0, "denoise_s": 1.0, "decode_s": 0.5, "write_s": 0.25}  # as older engines wrote mid-job
     store.update(row.id, status="cancelled_partial", chunk_timings=[entry])

@@ -180,7 +180,7 @@ def test_generate_takes_the_sampling_options(home, tmp_path, monkeypatch, capsys
     job = runs["sampled"]["job"]
     assert (job["temperature"], job["top_k"], job["top_p"]) == (0.5, 4, 0.9)
     assert set(runs["plain"]["job"]) >= {p.name for p in PARAMS}  # the sidecar lists every parameter
-    tokens = {name: np.load(run["tokens"]) for name, run in runs.items()}
+    tokens = {name: np.load(run["tokens_path"]) for name, run in runs.items()}
     assert not np.array_equal(tokens["plain"], tokens["sampled"])  # the options reach the sampler
 
 

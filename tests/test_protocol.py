@@ -31,6 +31,8 @@ TUI_REQUESTS: list[p.Request[Any]] = [
     p.Submit.model_validate({"params": {"prompt": PROMPT, "steps": 2}}),
     p.Cancel(job_id=job(1).id),
     p.DeleteJob(job_id=job(2).id, delete_files=True),
+    p.MoveJob(job_id=job(1).id, to="up"),
+    p.PauseQueue(paused=True),
     p.ListPresets(),
     p.SavePreset(name="mine", params={"steps": 4}),
     p.DeletePreset(name="mine"),
@@ -48,7 +50,7 @@ def test_every_request_type_has_a_reply_model_and_every_event_a_message_for_the_
     assert set(p.REPLIES) == set(p.REQUEST_MODELS)
     assert list(p.REPLY_MODELS) == [p.type_name(request) for request in p.REPLIES]
     assert set(message_classes()) == set(p.EVENT_MODELS)
-    assert len(set(p.EVENT_TYPES)) == len(p.EVENT_TYPES) == 22
+    assert len(set(p.EVENT_TYPES)) == len(p.EVENT_TYPES) == 23
     assert [stage for stage, _ in STAGES] == list(get_args(p.Stage))  # the queue draws every stage
 
 
@@ -222,6 +224,14 @@ def test_a_real_engine_replies_and_publishes_in_the_models(engine):
         for event in client.events():
             if event["event"] in ("job_cancelled", "job_interrupted") and event["job_id"] == long:
                 break
+        assert ask("pause_queue", paused=True).paused  # the two below wait, in the order they are moved to
+        first = ask("submit", params={"prompt": PROMPT, "steps": 2}).job_id
+        second = ask("submit", params={"prompt": PROMPT, "steps": 2}).job_id
+        assert ask("move_job", job_id=second, to="top").queue == [second, first]
+        assert ask("status").queue_paused and asked["status"].queue == [second, first]
+        for queued in (first, second):
+            ask("cancel", job_id=queued)
+        assert ask("pause_queue", paused=False).paused is False
         done = ask("submit", params={"prompt": PROMPT, "steps": 2}).job_id
         for event in client.events():
             if event["event"] == "job_finished":
@@ -252,7 +262,7 @@ def test_a_real_engine_replies_and_publishes_in_the_models(engine):
     kinds = {event.event for event in replay.missed}
     expected = {"job_queued", "job_started", "job_progress", "chunk_finished", "job_finished"}
     expected |= {"job_cancelled", "job_deleted", "models_released", "verify_started", "verify_finished"}
-    expected |= {"job_quality"}
+    expected |= {"job_quality", "queue_changed"}
     assert expected <= kinds, expected - kinds
     assert [event.seq for event in replay.missed] == list(range(since + 1, since + 1 + len(replay.missed)))
 

@@ -27,7 +27,7 @@ from engine.generation.quality import (
     sampled_indices,
 )
 from engine.generation.video import write_mp4
-from engine.protocol import QualityRecord
+from engine.protocol import JobOutcome, QualityRecord
 from engine.weights.layout import CLIP_FOLDER, CLIP_REPO, CLIP_REVISION, clip_files, layout_for
 from engine.weights.tiny_clip import write_tiny_clip
 from tests.fake_hub import FakeHub
@@ -298,7 +298,10 @@ def test_an_engine_measures_a_finished_job_and_again_without_clip_weights(engine
     kinds = [event["event"] for event in events]
     assert kinds[-2:] == ["job_finished", "job_quality"], kinds
     found = events[-1]["quality"]
-    assert job["quality"] == found and json.loads(Path(job["sidecar_path"]).read_text())["quality"] == found
+    sidecar = json.loads(Path(job["sidecar_path"]).read_text())
+    assert job["quality"] == found and sidecar["quality"] == found
+    outcome = set(JobOutcome.model_fields)  # one record: the summary and the sidecar say the same
+    assert {key: sidecar[key] for key in outcome} == {key: job[key] for key in outcome}
     assert found["frames"] == 9 and found["skipped"] is None and found["error"] is None
     assert found["clip"]["frames"] == list(range(9)) and "random tiny CLIP" in found["clip"]["model"]
     assert "CLIP score: mean" in engine.cli("show", job_id[:8]).stdout

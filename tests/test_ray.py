@@ -1,7 +1,8 @@
 """`serve --ray`: a real engine whose workers are Ray actors on a local cluster (a head and two worker nodes
 in processes of their own; a custom resource stands in for the GPUs, the head has none), driven through its
 socket. One cluster and one engine for the module, so the tests run in order: four jobs across both workers,
-a cancel, a node killed mid-job, a node that joins."""
+a cancel, a node killed mid-job, a node that joins, actors that die idle and busy. The cluster has Ray's token
+authentication on (the engine joins no other): a node without the token is refused."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,13 +32,42 @@ NODE = {
     "node_ip_address": LOOPBACK,
 }
 FINAL = ("job_finished", "job_failed", "job_cancelled", "job_interrupted")
+SCRATCH: list[Path] = []  # the folder the cluster's processes take as TMPDIR: the actors' job scratch folders
+# a node of someone who lacks the cluster's token, offering the engine's resource (Ray's own node start, as
+# ray.cluster_utils adds a node); prints "refused ..." or "joined"
+INTRUDER = """
+import sys
+import ray._private.node
+from ray._private.parameter import RayParams
+params = RayParams(
+    gcs_address=sys.argv[1], node_ip_address="127.0.0.1", num_cpus=1, num_gpus=0,
+    resources={"landiff_gpu": 1}, object_store_memory=80 * 2**20, include_log_monitor=False,
+    node_manager_port=0, min_worker_port=0, max_worker_port=0, temp_dir=sys.argv[2],
+)
+params.dashboard_agent_listen_port = None
+try:
+    node = ray._private.node.Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)
+except Exception as error:
+    print("refused", type(error).__name__, flush=True)
+    sys.exit(3)
+print("joined", flush=True)
+sys.stdin.read()
+"""
+
+
+def refresh_ray_config() -> None:
+    """This process's Ray reads RAY_AUTH_MODE and the token when it is imported: again, after a change."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 class RayEngine(RunningEngine):
     """An engine started with `serve --ray ADDRESS --ray-resource landiff_gpu` on the tiny model."""
 
-    def __init__(self, base: Path, weights: Path, address: str):
-        serve_args = ("--ckpts", str(weights), "--ray", address, "--ray-resource", RESOURCE)
+    def __init__(self, base: Path, weights: Path, address: str, resource: str = RESOURCE):
+        serve_args = ("--ckpts", str(weights), "--ray", address, "--ray-resource", resource)
         super().__init__(base, weights, serve_args)
         self.address = address
 
@@ -59,11 +91,24 @@ class RayEngine(RunningEngine):
 def cluster():
     """A head (no landiff_gpu) and two worker nodes with one landiff_gpu each. Their processes get the
     environment set here: the engine's code importable, nothing from the network, every file Ray writes
-    (its address file, sessions, sockets) in a folder of its own that goes with the cluster."""
+    (its address file, sessions, sockets) in a folder of its own that goes with the cluster, Ray's token
+    authentication on with a token file of its own (the engine inherits the variables), and a TMPDIR of its
+    own (where the actors make their job scratch folders)."""
     temp = short_dir()  # short: Ray's socket paths under it must fit 107 bytes
     local = None
+    tempfile.gettempdir()  # this process keeps its own, whatever TMPDIR says from here on
     with pytest.MonkeyPatch.context() as patch:  # undone however the set-up ends
         try:
+            (temp / "tmp").mkdir(parents=True)
+            token = temp / "token"
+            token.write_text(os.urandom(32).hex())
+            token.chmod(0o600)
+            patch.setenv("RAY_AUTH_MODE", "token")
+            patch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+            patch.delenv("RAY_AUTH_TOKEN", raising=False)
+            patch.setenv("TMPDIR", str(temp / "tmp"))
+            SCRATCH[:] = [temp / "tmp"]
+            refresh_ray_config()
             patch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
             patch.setenv("HF_HUB_OFFLINE", "1")
             patch.setenv("LANDIFF_CACHE_DIR", str(temp / "cache"))
@@ -95,6 +140,7 @@ def cluster():
             if local is not None:
                 local.shutdown()
             shutil.rmtree(temp, ignore_errors=True)
+    refresh_ray_config()
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +203,7 @@ def test_four_jobs_run_across_both_workers_with_live_progress(engine, cluster):
         frames, fps = read_mp4(video)
         assert frames.shape == (9, 64, 96, 3) and fps == 8
         record = json.loads(Path(row["sidecar_path"]).read_text())
-        assert record["job"]["out"] == str(video) and record["tokens"] == row["tokens_path"]
+        assert record["job"]["out"] == str(video) and record["tokens_path"] == row["tokens_path"]
         assert record["worker"] == row["worker"] and row["weights_sha256"]
         assert Path(row["thumbnail_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert not [path for path in video.parent.iterdir() if ".partial" in path.name]
@@ -180,6 +226,130 @@ def test_a_cancel_stops_a_running_remote_job(engine):
     assert max(steps, default=0) < 1000  # stopped between steps, not run to its end
     assert not (engine.base / "data" / "outputs" / job_id).exists()
     engine.wait_for_workers(2)  # both workers stay, and take the next jobs
+
+
+def wait_until(check, what: str, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"waited {timeout:g} s for {what}")
+
+
+def scratch_folders() -> list[Path]:
+    return sorted(SCRATCH[0].glob("landiff-ray-job-*"))
+
+
+def actor_pids() -> list[int]:
+    """The processes of this module's cluster's PipelineHost actors (by their TMPDIR: other runs' differ)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if command.startswith(b"ray::PipelineHost") and f"TMPDIR={SCRATCH[0]}".encode() in environ:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_node_without_the_cluster_token_is_refused(engine, cluster):
+    """Someone on the box (another user) without the token starts a node offering the engine's resource:
+    the cluster refuses it, and the engine's workers stay its own."""
+    local, _ = cluster
+    before = sorted(worker["label"] for worker in engine.workers())
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RAY_AUTH")}
+    home = SCRATCH[0] / "intruder"
+    home.mkdir()
+    env.update(RAY_AUTH_MODE="disabled", HOME=str(home))  # no token in any of Ray's places
+    env["RAY_NUM_REDIS_GET_RETRIES"] = "3"  # it gives up after 3 refusals, not Ray's 20 (a second each)
+    command = [sys.executable, "-c", INTRUDER, local.address, str(home / "ray")]
+    intruder = subprocess.Popen(
+        command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        said = intruder.stdout.readline()
+    finally:
+        intruder.stdin.close()  # a node that joined leaves
+        errors = intruder.stderr.read()
+        intruder.wait(WAIT_S)
+    assert said.startswith("refused") and intruder.returncode == 3, (said, errors[-2000:])
+    assert "Authentication token is missing or incorrect" in errors
+    assert sorted(worker["label"] for worker in engine.workers()) == before
+
+
+def test_an_actor_that_dies_idle_is_replaced_before_any_job(engine):
+    """Ray's own signal (the actor's pending watch call fails) takes its worker out and starts another on
+    its node: no job is spent finding out."""
+    before = {worker["label"] for worker in engine.wait_for_workers(2)}
+    pids = actor_pids()
+    assert len(pids) == 2, pids
+    os.kill(pids[0], signal.SIGKILL)
+
+    def replaced():
+        labels = {worker["label"] for worker in engine.workers()}
+        return len(labels) == 2 and len(labels & before) == 1 and labels
+
+    after = wait_until(replaced, "a new worker in place of the killed actor's")
+    (gone,) = before - after
+    (new,) = after - before
+    assert new.rsplit(":", 1)[0] == gone.rsplit(":", 1)[0]  # on the same node, the next slot
+    assert "its Ray actor died" in engine.stderr.read_text()
+    with subscribed(engine) as client:
+        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 2})["job_id"]
+        kinds = [event["event"] for event in wait_for(client, job_id, FINAL)]
+        row = client.request("get_job", job_id=job_id)["job"]
+    assert kinds[-1] == "job_finished" and row["requeues"] == 0
+
+
+def test_an_actor_killed_mid_job_leaves_no_scratch_folder(engine):
+    """Its job goes back to the queue once; the folder it rendered in goes when the next actor starts on the
+    box (its process is gone: the folder is named after it)."""
+    engine.wait_for_workers(2)
+    assert scratch_folders() == []
+    with subscribed(engine) as client:
+        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 1000})["job_id"]
+        seen = []
+        for event in client.events():
+            if event.get("job_id") == job_id:
+                seen.append(event)
+                if event.get("stage") == "denoise":
+                    break
+        (folder,) = scratch_folders()
+        pid = int(folder.name.split("-")[3])
+        os.kill(pid, signal.SIGKILL)
+        requeued = False
+        for event in client.events():  # until it runs again, on the other worker
+            if event.get("job_id") == job_id:
+                seen.append(event)
+                requeued = requeued or event["event"] == "job_requeued"
+                if event["event"] in FINAL or (requeued and event.get("stage") == "denoise"):
+                    break
+        client.request("cancel", job_id=job_id)
+        seen += wait_for(client, job_id, FINAL)
+    kinds = [event["event"] for event in seen]
+    assert kinds.count("job_requeued") == 1 and kinds[-1] == "job_cancelled", kinds
+    engine.wait_for_workers(2)  # the killed actor's node has a new one, which swept the folder
+    wait_until(lambda: not folder.exists(), f"{folder} to go")
+    wait_until(lambda: scratch_folders() == [] or None, "no job scratch folder left")
+
+
+def test_a_cluster_without_the_resource_says_so(cluster, tmp_path, home):
+    """`--ray-resource` that no node offers: no worker, and the log says why queued jobs wait."""
+    local, _ = cluster
+    idle = RayEngine(tmp_path, home, local.address, resource="landiff_none").start()
+    try:
+        wait_until(lambda: "offer no landiff_none" in idle.stderr.read_text(), "the log to say it")
+        with idle.client() as client:
+            job_id = client.request("submit", params={"prompt": PROMPT, "steps": 2})["job_id"]
+            status = client.request("status")
+        assert status["workers"] == [] and status["queue"] == [job_id]
+        assert status["no_worker"].startswith("the Ray cluster offers no landiff_none: queued jobs wait")
+    finally:
+        idle.stop()
+    assert idle.stderr.read_text().count("offer no landiff_none") == 1  # said once, not every second
 
 
 def test_a_node_killed_mid_job_requeues_its_job_on_the_other_worker(engine, cluster):
@@ -240,14 +410,26 @@ def test_a_node_that_leaves_idle_takes_no_job_with_it(engine, cluster):
 
 
 def test_the_engine_leaves_the_cluster_and_stops_cleanly(engine):
+    with subscribed(engine) as client:  # a job running as it stops: its actor's scratch folder goes too
+        job_id = client.request("submit", params={"prompt": PROMPT, "steps": 1000})["job_id"]
+        for event in client.events():
+            if event.get("job_id") == job_id and event.get("stage") == "denoise":
+                break
+    assert len(scratch_folders()) == 1
     engine.stop()  # within its own bound (harness.ENGINE_LEAVES_S)
+    assert scratch_folders() == []
     assert engine.process.returncode == 0
     log = engine.stderr.read_text()
     assert "engine stopped" in log and "local Ray instance" not in log  # it joins a cluster, never starts one
+    assert "token authentication on" in log and "SIGTERM handler" not in log
 
 
 def test_serve_ray_without_a_cluster_says_so(tmp_path, home):
     engine = RunningEngine(tmp_path, home)
+    token = tmp_path / "token"  # the token passes: the closed port is what is refused
+    token.write_text("0" * 64)
+    token.chmod(0o600)
+    engine.env.update(RAY_AUTH_TOKEN_PATH=str(token), RAY_AUTH_MODE="token")
     command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", "--ray", "127.0.0.1:1"]
     done = subprocess.run(command, env=engine.env, capture_output=True, text=True, timeout=WAIT_S)
     assert done.returncode == 2

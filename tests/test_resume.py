@@ -84,8 +84,8 @@ def test_a_long_video_resumed_from_a_killed_runs_checkpoint_equals_the_uninterru
     assert (whole.frames, whole.video_frames, whole.resumes, resumed.resumes) == (33, 66, [], [KILLED_AFTER])
     record, first = json.loads(resumed.sidecar.read_text()), json.loads(whole.sidecar.read_text())
     assert record["video"] == first["video"] and record["chunks"]["done"] == 4
-    assert [c["index"] for c in record["chunks"]["timings_s"]] == [0, 1, 2, 3]  # the killed run's two too
-    assert record["chunks"]["timings_s"][:2] == first["chunks"]["timings_s"][:2]
+    assert [c["index"] for c in record["chunk_timings"]] == [0, 1, 2, 3]  # the killed run's two too
+    assert record["chunk_timings"][:2] == first["chunk_timings"][:2]
     assert record["resumed_after_chunks"] == [KILLED_AFTER] and first["resumed_after_chunks"] == []
     assert record["step_cache"]["dit_calls"] == first["step_cache"]["dit_calls"]
     assert sorted(p.name for p in folder.iterdir()) == ["video.json", "video.mp4", "video.npy", "video.png"]

@@ -120,7 +120,7 @@ def test_the_skips_reach_the_progress_events_the_record_and_the_sidecar(pipeline
         "dit_calls": 2 * steps,
         "dit_calls_skipped": result.dit_calls_skipped,
     }
-    assert p.ChunkTiming(**record["chunks"]["timings_s"][0]).dit_calls_skipped == result.dit_calls_skipped
+    assert p.ChunkTiming(**record["chunk_timings"][0]).dit_calls_skipped == result.dit_calls_skipped
 
 
 def test_first_and_last_calls_run_and_a_skip_reuses_the_branch_residual(stage2, text):

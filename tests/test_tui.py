@@ -608,7 +608,7 @@ async def test_the_tiny_models_weights_show_as_generated_and_d_makes_them_after_
         assert notified(app, "writing the tiny model's random weights")
 
 
-async def test_downloading_the_release_asks_first():
+async def test_downloading_the_release_asks_first_from_either_source():
     link = ScriptedLink([job(0)], weights_complete=False)  # the release, missing
     app = LanDiffApp(link=link)
     async with app.run_test(size=(100, 32)) as pilot:
@@ -620,6 +620,11 @@ async def test_downloading_the_release_asks_first():
         assert "25 GB" in str(app.screen.query_one("Static").render())
         await pilot.press("n")
         assert not link.sent(p.DownloadWeights)
+        await pilot.press("D")  # the second source: named in the question, sent with the request
+        assert "from ModelScope (MODELSCOPE_ENDPOINT)" in str(app.screen.query_one("Static").render())
+        await answer_yes(pilot)
+        await until(pilot, lambda: link.sent(p.DownloadWeights), what="the download from ModelScope")
+        assert [request.source for request in link.sent(p.DownloadWeights)] == ["modelscope"]
 
 
 # issue 26: the first hour
@@ -1251,3 +1256,110 @@ async def test_missed_events_are_not_lost_to_live_ones_in_the_same_read(tmp_path
             await asyncio.sleep(0.05)
         await link.close()
     assert order == ["job_finished", "connected", "job_deleted"]
+
+
+# issue 26, point 9: the progress lines
+
+
+async def test_stage_twos_text_report_keeps_the_tokens_bar_and_a_notification_leaves_the_lines_visible():
+    link = ScriptedLink([job(0, "running")])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await until(pilot, lambda: len(app.query("QueueView")) == 1 and link.connected, what="the queue tab")
+        await pilot.press("f2")
+        queue = app.query_one("QueueView")
+        fields = dict(job_id=job(0).id, chunk=1, chunks=1, rate=4.0, frames_written=0, video_seconds=0.0)
+
+        def bar(stage: str):
+            return queue.query_one(f"#stage-{stage} ProgressBar")
+
+        link.publish("job_progress", stage="text", step=1, total=2, eta_s=1.0, job_eta_s=None, **fields)
+        link.publish("job_progress", stage="tokens", step=17, total=17, eta_s=0.0, job_eta_s=None, **fields)
+        await until(pilot, lambda: bar("tokens").progress == 17, what="the tokens bar full")
+        info = queue.query_one("#live-info")
+        assert "tokens ETA 0:00" in str(info.render())  # the stage's own, named so: no job ETA yet
+        link.publish("job_progress", stage="text", step=2, total=2, eta_s=0.0, job_eta_s=95.0, **fields)
+        await until(pilot, lambda: "2/2" in str(queue.query_one("#stage-text .stage-detail").render()))
+        assert bar("tokens").progress == bar("tokens").total == 17  # stage 2's text encoder empties nothing
+        assert bar("denoise").progress == 0
+        assert "   ETA 1:35" in str(info.render())
+        link.publish("job_progress", stage="denoise", step=20, total=50, eta_s=7.5, job_eta_s=95.0, **fields)
+        await until(pilot, lambda: bar("denoise").progress == 20, what="the denoising bar")
+
+        app.notify("job 12345678 cancelling: a notification long enough to take its two lines", title="t")
+        await until(pilot, lambda: any(t.region for t in app.screen.query("Toast")), what="the toast")
+        toasts = [toast.region for toast in app.screen.query("Toast")]
+        lines = [
+            widget.region for widget in queue.query(".stage, .stage-detail, #live-info") if widget.display
+        ]
+        assert len(lines) >= 11 and all(line.right <= 80 for line in lines)
+        assert not [(t, line) for t in toasts for line in lines if t.overlaps(line)], (toasts, lines)
+
+
+async def test_the_release_files_of_one_name_are_told_apart_at_80_columns(monkeypatch):
+    """Issue 26, point 14: three special_tokens_map.json (the release's T5's, flan-T5's, CLIP's), each a
+    file of its own: their folders show within the table, not past its right edge."""
+    from engine.weights.downloads import planned_files
+
+    from . import tui_double
+
+    files = planned_files(Path("/nonexistent"), "all", clip=True)
+    plain = tui_double.weights_status
+
+    def release_status(complete: bool) -> p.WeightsStatusReply:
+        states = [
+            p.WeightFileState(
+                local=item.local, state="missing", size=None, path=item.local, optional=item.optional
+            )
+            for item in files
+        ]
+        return plain(complete).model_copy(update={"files": states})
+
+    monkeypatch.setattr(tui_double, "weights_status", release_status)
+    link = ScriptedLink([job(0)], weights_complete=False)
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f4")
+        table = app.query_one("#weights-table")
+        await until(pilot, lambda: table.row_count == len(files), what="the files")
+        keys = [key.value for key in table.rows]
+        assert sorted(keys) == sorted(item.local for item in files)  # each file once
+        column = list(table.columns.values())
+        start = sum(col.get_render_width(table) for col in column[:2]) + 1  # the file's text begins here
+        named = [table.get_row_at(index)[2] for index in range(table.row_count)]
+        same = [text for text in named if text.endswith("/special_tokens_map.json")]
+        assert len(same) == 3 and len(set(same)) == 3, named
+        assert {text.split("/")[0] for text in same} == {"LanDiff", "flan-t5-xxl", "clip-vit-base-patch32"}
+        assert "t5-v1_1-xxl/special_tokens_map.json" in " ".join(same)
+        assert all(start + len(text) <= table.scrollable_content_region.width for text in same), (start, same)
+
+
+async def test_the_queue_moves_the_chosen_job_and_pauses_and_resumes_with_keys():
+    link = ScriptedLink([job(0, "running"), job(1, "queued"), job(2, "queued"), job(3, "queued")])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("f2")
+        await until(pilot, lambda: (queue := mounted(app, "QueueView")) and len(queue.jobs) == 4, what="jobs")
+        queue = app.query_one("QueueView")
+        table = queue.query_one("#queue-table")
+
+        def rows() -> list[str]:
+            return [str(row.value) for row in table.rows]
+
+        assert rows() == [job(n).id for n in (0, 1, 2, 3)]
+        table.move_cursor(row=3)
+        await pilot.press("t")  # job 3 runs next
+        await until(pilot, lambda: rows() == [job(n).id for n in (0, 3, 1, 2)], what="job 3 moved to the top")
+        assert (link.sent(p.MoveJob)[-1].job_id, link.sent(p.MoveJob)[-1].to) == (job(3).id, "top")
+        assert table.cursor_row == 1  # the cursor went with it
+        await pilot.press("J")  # and one place down again
+        await until(pilot, lambda: rows() == [job(n).id for n in (0, 1, 3, 2)], what="job 3 moved down")
+        table.move_cursor(row=0)
+        await pilot.press("t")  # the running job has left the queue: nothing is asked
+        await pilot.pause()
+        assert len(link.sent(p.MoveJob)) == 2
+        await pilot.press("p")
+        await until(pilot, lambda: queue.paused, what="the queue paused")
+        await pilot.press("p")
+        await until(pilot, lambda: not queue.paused, what="the queue resumed")
+        assert [request.paused for request in link.sent(p.PauseQueue)] == [True, False]

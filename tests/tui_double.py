@@ -111,6 +111,7 @@ class ScriptedLink:
         self.progress: p.JobProgressEvent | None = None  # what `status` says of the running job
         self.last_chunk: p.ChunkFinishedEvent | None = None
         self.generated = False  # weights made on this machine (the tiny model), not downloaded
+        self.paused = False  # the queue's pause (pause_queue)
         self.log_lines = ["2025-11-26 00:00:00,000 INFO engine listening"]  # the engine's log, oldest first
         # the app's callbacks, set by the app it is given to (as on an EngineLink)
         self.on_event: Callable[[p.AnyEvent], None] = lambda event: None
@@ -223,6 +224,7 @@ class ScriptedLink:
             uptime_s=80.0,
             running=next((j.id for j in self.jobs if j.status == "running"), None),
             queue=[j.id for j in self.jobs if j.status == "queued"],
+            queue_paused=self.paused,
             models_loaded=["stage1", "stage2"],
             downloading=False,
             seq=self.seq,
@@ -259,6 +261,26 @@ class ScriptedLink:
 
     def on_cancel(self, request: p.Cancel) -> p.CancelReply:
         return p.CancelReply(job_id=request.job_id, status="cancelling")
+
+    def on_move_job(self, request: p.MoveJob) -> p.QueueReply:
+        queued = [j for j in self.jobs if j.status == "queued"]
+        moving = next(j for j in queued if j.id == request.job_id)
+        at = queued.index(moving)
+        to = {"top": 0, "bottom": len(queued), "up": at - 1, "down": at + 1}.get(str(request.to), request.to)
+        queued.remove(moving)
+        queued.insert(max(0, min(int(to), len(queued))), moving)
+        self.jobs = [j for j in self.jobs if j.status != "queued"] + queued
+        return self.queue_changed()
+
+    def on_pause_queue(self, request: p.PauseQueue) -> p.QueueReply:
+        self.paused = request.paused
+        return self.queue_changed()
+
+    def queue_changed(self) -> p.QueueReply:
+        """The queue as it is now, said as the engine says it: a reply, and a queue_changed event."""
+        queue = [j.id for j in self.jobs if j.status == "queued"]
+        self.publish("queue_changed", queue=queue, paused=self.paused)
+        return p.QueueReply(queue=queue, paused=self.paused)
 
     def on_delete_job(self, request: p.DeleteJob) -> p.JobIdReply:
         self.jobs = [j for j in self.jobs if j.id != request.job_id]

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from engine.protocol import JobList, JobSummary, LaneState, ListJobs, PresetList, StatusReply, WorkerState
 
 EXIT_FAILED = 1
+PAUSED = "; paused: none starts until `landiff-engine queue resume`"
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -363,13 +364,41 @@ def describe_job(job: JobSummary) -> list[tuple[str, str]]:
 
 
 def run_cancel(args: argparse.Namespace) -> int:
+    """Cancel a job on the running engine. None is started for it (with --model, as for the reading
+    commands: the user named one) unless the history holds the job queued: with no engine no job runs,
+    and a queued one would run when the next engine starts, so one is started to cancel it."""
     from engine.protocol import Cancel
 
-    request = Cancel(job_id=args.job)
-    with engine_for(args) as client:
+    request = Cancel(job_id=args.job)  # built first: a refused id starts nothing
+    client = reading_engine(args)
+    if client is None:
+        queued, said = job_without_engine(args.job)
+        if not queued:
+            print(
+                f"landiff-engine cancel: no engine is running, so no job is running: {said}", file=sys.stderr
+            )
+            return EXIT_FAILED
+        print(f"{said}: starting an engine to cancel it", file=sys.stderr)
+        client = engine_for(args)
+    with client:
         result = client.call(request)
     print(f"{result.job_id}: {result.status}")
     return 0
+
+
+def job_without_engine(given: str) -> tuple[bool, str]:
+    """With no engine running: whether the history holds the job `given` queued, and what it holds of it."""
+    from engine.cli.history import HistoryUnreadable, open_history
+
+    try:
+        history = open_history()
+        if history is None:
+            return False, f"no job {given!r} (no job history yet)"
+        with history:
+            job = history.job(given)
+    except (HistoryUnreadable, ValueError) as error:
+        return False, str(error)
+    return job.status == "queued", f"job {job.id} is {job.status}"
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -439,7 +468,7 @@ def describe_status(status: StatusReply) -> list[tuple[str, str]]:
         *[(worker.label, describe_worker(worker)) for worker in workers],
         *([("LLM lane", describe_lane(status.llm_lane))] if status.llm_lane else []),
         ("running", ", ".join(running) or "nothing"),
-        ("queue", waiting + (" ..." if len(queue) > 5 else "")),
+        ("queue", waiting + (" ..." if len(queue) > 5 else "") + (PAUSED if status.queue_paused else "")),
         ("weights", "downloading" if status.downloading else "idle"),
         ("options", shlex.join(status.options) or "none (serve's defaults)"),
     ]
@@ -566,7 +595,7 @@ def add_client_commands(
 
     cancel = commands.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job", help="job id, or its first 4+ characters")
-    add_engine_options(cancel)
+    add_reading_engine_options(cancel)  # no engine runs: no job runs either (a queued one starts one)
 
     delete = commands.add_parser(
         "delete",

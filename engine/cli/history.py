@@ -121,6 +121,17 @@ class History:
     def queued(self) -> int:
         return self.list_jobs(None, "queued", limit=1).total
 
+    def queue_paused(self) -> bool:
+        """Whether the queue was left paused (Store.pause_queue): the next engine starts none of it."""
+        from sqlmodel import Session
+
+        from engine.daemon.store import QUEUE_PAUSED, EngineStateRow
+
+        if not self.readable():
+            return False
+        with self.reading(), Session(self.engine) as session:
+            return session.get(EngineStateRow, QUEUE_PAUSED) is not None
+
     def presets(self) -> dict[str, dict[str, Any]]:
         """The saved and built-in presets, as the engine's list_presets holds them."""
         import json

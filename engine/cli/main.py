@@ -178,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
         "box joined with `ray start`) or the head's address (HOST:6379); the cluster must be running",
     )
     serve.add_argument(
+        "--on-finish",
+        default=None,
+        metavar="COMMAND",
+        help="run COMMAND as each job ends (finished, failed, cancelled, interrupted), the job's record as "
+        "JSON on its stdin: a notification, a webhook (curl --data-binary @- URL); split as a shell "
+        "would, run without one (default: none)",
+    )
+    serve.add_argument(
         "--ray-resource",
         default="GPU",
         metavar="NAME",
@@ -194,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli.quality_commands import add_quality_commands
 
     client_handlers.update(add_quality_commands(commands))
+    from engine.cli.queue_commands import add_queue_commands
+
+    client_handlers.update(add_queue_commands(commands))
 
     tiny = commands.add_parser("tiny", help="write the random-weight tiny model in the release layout")
     tiny.add_argument("--force", action="store_true", help="rewrite even if the files exist")
@@ -299,6 +310,10 @@ def run_serve(args: argparse.Namespace) -> int:
             refusal = "--gpus and --ray exclude each other: with --ray the workers are the cluster's GPUs"
         elif not args.ray.strip() or not args.ray_resource.strip():
             refusal = "--ray needs auto or the head's address (HOST:6379), --ray-resource a name (GPU)"
+        else:
+            from engine.daemon.ray_workers import resource_refusal
+
+            refusal = resource_refusal(args.ray_resource.strip())
         if refusal is not None:
             print(f"landiff-engine serve: {refusal}", file=sys.stderr)
             return EXIT_USAGE
@@ -321,6 +336,13 @@ def run_serve(args: argparse.Namespace) -> int:
         except BadParallel as error:
             print(f"landiff-engine serve: {error}", file=sys.stderr)
             return EXIT_USAGE
+    from engine.daemon.on_finish import BadHook, hook_command
+
+    try:
+        on_finish = () if args.on_finish is None else hook_command(args.on_finish)
+    except BadHook as error:
+        print(f"landiff-engine serve: {error}", file=sys.stderr)
+        return EXIT_USAGE
     config = EngineConfig(
         args.model,
         args.ckpts,
@@ -330,6 +352,7 @@ def run_serve(args: argparse.Namespace) -> int:
         ray=None if ray is None else RayPlacement(*ray),
         parallel=None if parallel is None else ParallelGroups(parallel[0], tuple(map(tuple, parallel[1]))),
         llm_device=llm_device,
+        on_finish=on_finish,
         command_options=tuple(args.command_options),
     )
     try:
@@ -500,10 +523,11 @@ def record_quality(video: Path, sidecar: Path, prompt: str, root: Path, model: s
     read gets its error there; the video itself is made, so the exit status stays 0)."""
     from engine.generation.video_quality import measure_into_sidecar
     from engine.job_words import quality_lines
+    from engine.protocol import QualityRecord
 
     with console.status("measuring the video's quality"):
         record = measure_into_sidecar(video, sidecar, prompt, root, model)
-    for label, text in quality_lines(record):
+    for label, text in quality_lines(QualityRecord.model_validate(record)):
         console.print(f"{label:>12}: {text}", markup=False, highlight=False)
 
 

@@ -25,9 +25,9 @@ from engine.cli.output import OutputConsole
 from engine.client import EngineClient, EngineUnavailable, connect
 from engine.job_words import download_words
 from engine.weights.downloads import (
-    Downloader,
     DownloadProgress,
     download_release,
+    downloader_for,
     file_states,
     planned_files,
     read_checksums,
@@ -35,7 +35,7 @@ from engine.weights.downloads import (
     slim_flan_t5,
     verify,
 )
-from engine.weights.layout import HOME_ENV, weights_root, where_it_looked
+from engine.weights.layout import HOME_ENV, SOURCES, weights_root, where_it_looked
 
 if TYPE_CHECKING:
     from engine.protocol import RootCandidate, WeightFileState
@@ -70,6 +70,13 @@ def add_weights_commands(
         "--clip",
         action="store_true",
         help="also the quality probe's optional CLIP (openai/clip-vit-base-patch32, ~600 MB)",
+    )
+    download.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="huggingface",
+        help="where the files come from: the Hugging Face hub (HF_ENDPOINT) or ModelScope "
+        "(MODELSCOPE_ENDPOINT); checked against the same checksums either way (default: huggingface)",
     )
     verbs.add_parser(
         "slim-flan",
@@ -219,7 +226,7 @@ def run_download(args: argparse.Namespace, root: Path) -> int:
             client = None
         if client is not None:  # the engine downloads, so the transfer outlives this terminal
             with client:
-                return follow_engine_download(client, args.only, args.clip)
+                return follow_engine_download(client, args.only, args.clip, args.source)
     console = Console(stderr=True)
     with progress_bar(console) as progress:
         total = progress.add_task("total", total=None)
@@ -231,7 +238,7 @@ def run_download(args: argparse.Namespace, root: Path) -> int:
             progress.update(current[event.file], completed=event.file_done)
             progress.update(total, completed=event.done, total=event.total or None)
 
-        downloader = Downloader(root, on_progress=on_progress)
+        downloader = downloader_for(args.source, root, on_progress=on_progress)
         files, report = download_release(downloader, args.only, checksums_of(args), args.clip)
     for name in report.refetched:
         console.print(f"{name}: checksum mismatch on the first try, fetched again and verified")
@@ -244,14 +251,19 @@ def run_download(args: argparse.Namespace, root: Path) -> int:
     return EXIT_FAILED if report.failed else 0
 
 
-def follow_engine_download(client: EngineClient, only: str, clip: bool = False) -> int:
+def follow_engine_download(
+    client: EngineClient, only: str, clip: bool = False, source: str = "huggingface"
+) -> int:
     from engine import protocol as p
 
     console = Console(stderr=True)
     client.call(p.Subscribe(since=client.call(p.Status()).seq))
-    # validated from a dict: `only` is --only's text, one of the choices argparse allows
-    started = client.call(p.DownloadWeights.model_validate({"only": only, "clip": clip}))
-    console.print(f"the engine is downloading into {started.root} (Ctrl-C detaches; the download goes on)")
+    # validated from a dict: `only` and `source` are --only's and --source's text, choices argparse allows
+    request = {"only": only, "clip": clip, "source": source}
+    started = client.call(p.DownloadWeights.model_validate(request))
+    console.print(
+        f"the engine is downloading from {source} into {started.root} (Ctrl-C detaches; the download goes on)"
+    )
     try:
         with progress_bar(console) as progress:
             total = progress.add_task("total", total=None)

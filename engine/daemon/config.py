@@ -65,4 +65,5 @@ class EngineConfig:
     ray: RayPlacement | None = None
     parallel: ParallelGroups | None = None
     llm_device: str | None = None
+    on_finish: tuple[str, ...] = ()  # a command run as each job ends (engine/daemon/on_finish.py)
     command_options: tuple[str, ...] = ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from engine.protocol import Event
@@ -32,6 +33,8 @@ class EventHub:
         self.seq = 0
         self.log: deque[dict[str, Any]] = deque(maxlen=backlog)
         self.subscribers: set[asyncio.Queue] = set()
+        # called on the loop with each event as numbered (they must not block: serve --on-finish queues)
+        self.listeners: list[Callable[[Event], None]] = []
 
     def publish(self, event: Event, /) -> None:
         """Send `event` (a protocol model, checked as it was made) to every subscriber, numbered."""
@@ -42,10 +45,13 @@ class EventHub:
 
     def _publish(self, event: Event) -> None:
         self.seq += 1
-        message = event.model_copy(update={"seq": self.seq}).model_dump(mode="json")
+        numbered = event.model_copy(update={"seq": self.seq})
+        message = numbered.model_dump(mode="json")
         self.log.append(message)
         for queue in self.subscribers:
             queue.put_nowait(message)
+        for listener in self.listeners:
+            listener(numbered)
 
     def latest(self, kind: str, job_id: str) -> dict[str, Any] | None:
         """The newest `kind` event of `job_id` still in the backlog, or None (for a fresh view's status)."""

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,28 @@ def release_due(requested: threading.Event, pipeline: Any, last_used: float, idl
     if pipeline is not None and time.monotonic() - last_used > idle_s:
         return f"after {idle_s:g} s idle"
     return None
+
+
+P = TypeVar("P")
+
+
+class HoldsPipeline(Protocol[P]):
+    """A model thread's hold on its pipeline: none until its first job, `loading` while it is made."""
+
+    pipeline: P | None
+    loading: bool
+    make_pipeline: Callable[[], P]
+
+
+def warm_pipeline(holder: HoldsPipeline[P]) -> P:
+    """The holder's pipeline, made first if it has none (its `loading` says so meanwhile, for status)."""
+    if holder.pipeline is None:
+        holder.loading = True
+        try:
+            holder.pipeline = holder.make_pipeline()
+        finally:
+            holder.loading = False
+    return holder.pipeline
 
 
 def free_device_memory() -> None:

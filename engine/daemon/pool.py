@@ -27,6 +27,7 @@ class WorkerPool:
         self.store, self.lane = store, lane
         self.lock = threading.Lock()
         self.workers: list[JobWorker] = []
+        self.no_worker: str | None = None  # why it has none, where its owner knows (ray_workers.RayWorkers)
         for worker in workers:
             self.include(worker)
 

@@ -10,19 +10,27 @@ The actor renders into a scratch folder on its own box and sends the files back:
 disk as a rule. Each chunk carries the bytes it added to the growing video (the engine appends them to its own
 copy, which is playable after every chunk, as a local job's is); the end carries the small files (tokens,
 thumbnail, record) and the video's SHA-256, which the engine checks against its copy before renaming it.
+
+What the actor streams is `bytes` only, each item one frame of `pack`: a JSON header (plain types) and raw
+blobs. The engine reads it with `unpack` and rebuilds its own objects from checked fields (ray_pipeline.
+read_item), so nothing the actor sends becomes an object of a class it chose. A scratch folder is named after
+its actor's process: one whose process died (killed with its job) is removed by the next actor that starts on
+that box, and `tidy` removes an actor's own when the engine stops.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
-import pickle
+import os
 import queue
 import shutil
+import struct
 import tempfile
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +40,67 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HASH_BLOCK = 1 << 20
+SCRATCH_PREFIX = "landiff-ray-job-"  # then the actor's pid and a dash: landiff-ray-job-<pid>-<random>
+TIDY_WAIT_S = 10.0  # how long `tidy` waits for a running job's thread to leave its scratch folder
+# the bounds of one streamed item: a chunk's share of the video is its largest part
+MAX_ITEM_BYTES = 512 << 20
+MAX_HEADER_BYTES = 4 << 20
+HEADER_LENGTH = struct.Struct(">I")
+ITEM_KINDS = ("progress", "chunk", "loaded", "outcome")
+
+
+class BadItem(ValueError):
+    """An item of an actor's stream that is not a frame the engine reads."""
+
+
+def pack(kind: str, fields: dict[str, Any], blobs: dict[str, bytes] | None = None) -> bytes:
+    """One item of the stream: a JSON header {kind, fields, blob sizes} then the blobs' bytes, in order."""
+    blobs = blobs or {}
+    header = json.dumps(
+        {"kind": kind, "fields": fields, "blobs": [[name, len(data)] for name, data in blobs.items()]},
+        allow_nan=False,
+    ).encode()
+    return b"".join([HEADER_LENGTH.pack(len(header)), header, *blobs.values()])
+
+
+def unpack(item: object) -> tuple[str, dict[str, Any], dict[str, bytes]]:
+    """The kind, fields and blobs of a frame `pack` made; BadItem for anything else (not bytes, too large,
+    a header that is not the JSON object it must be, blobs that do not add up)."""
+    if type(item) is not bytes:
+        raise BadItem(f"an item of type {type(item).__name__}, not bytes")
+    if len(item) > MAX_ITEM_BYTES:
+        raise BadItem(f"an item of {len(item)} bytes (at most {MAX_ITEM_BYTES})")
+    if len(item) < HEADER_LENGTH.size:
+        raise BadItem("an item too short for its header")
+    (size,) = HEADER_LENGTH.unpack_from(item)
+    start = HEADER_LENGTH.size + size
+    if size > MAX_HEADER_BYTES or start > len(item):
+        raise BadItem(f"a header of {size} bytes")
+    try:
+        header = json.loads(item[HEADER_LENGTH.size : start])
+    except ValueError as error:
+        raise BadItem(f"a header that is not JSON ({error})") from None
+    if not isinstance(header, dict) or set(header) != {"kind", "fields", "blobs"}:
+        raise BadItem("a header without exactly kind, fields and blobs")
+    kind, fields, sizes = header["kind"], header["fields"], header["blobs"]
+    if kind not in ITEM_KINDS or not isinstance(fields, dict) or not isinstance(sizes, list):
+        raise BadItem(f"an item of kind {str(kind)[:40]!r}")
+    blobs: dict[str, bytes] = {}
+    for entry in sizes:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and type(entry[1]) is int
+            and 0 <= entry[1] <= len(item) - start
+        ):
+            raise BadItem("a blob entry that is not [name, size]")
+        name, length = entry
+        blobs[name] = item[start : start + length]
+        start += length
+    if start != len(item) or len(blobs) != len(sizes):
+        raise BadItem("blobs that do not add up to the item")
+    return kind, fields, blobs
 
 
 @dataclass(frozen=True)
@@ -74,10 +143,106 @@ class Outcome:
     status: str  # "finished", "cancelled" or "failed"
     files: SentFiles | None = None
     message: str = ""
-    error: BaseException | None = field(default=None)
+    error: BaseException | None = None
+
+
+MAX_MESSAGE_CHARS = 4000  # of a failed job's error text
+
+
+def progress_item(report) -> bytes:
+    return pack("progress", {"report": report.model_dump(mode="json")})
+
+
+def loaded_item(loaded: Loaded) -> bytes:
+    return pack("loaded", {"models": list(loaded.models), "weight_bytes": int(loaded.weight_bytes)})
+
+
+def chunk_item(done, video_tail: bytes) -> bytes:
+    """A finished chunk: its report and timing, its preview frame (raw uint8 [H, W, 3]) and the bytes it
+    added to the video."""
+    import numpy as np
+
+    preview = np.ascontiguousarray(done.preview, dtype=np.uint8)
+    fields = {
+        "report": done.report.model_dump(mode="json"),
+        "timing": done.timing.model_dump(mode="json"),
+        "preview_shape": list(preview.shape),
+    }
+    return pack("chunk", fields, {"preview": preview.tobytes(), "video": video_tail})
+
+
+def outcome_item(
+    status: str, files: SentFiles | None = None, message: str = "", error: BaseException | None = None
+) -> bytes:
+    """The last item: how the job ended, its files' contents (tokens, thumbnail) and their checks; a
+    failure's type name and text (the error itself stays here, its traceback in this actor's log)."""
+    fields: dict[str, Any] = {"status": status, "message": message[:MAX_MESSAGE_CHARS], "files": None}
+    fields["error"] = None
+    if error is not None:
+        fields["error"] = {
+            "type": type(error).__name__,
+            "message": str(error)[:MAX_MESSAGE_CHARS],
+            "value_error": isinstance(error, ValueError),  # a refusal: the engine shows its text alone
+        }
+    blobs = {}
+    if files is not None:
+        from pydantic import TypeAdapter
+
+        from engine.generation.job import JobResult
+
+        fields["files"] = {
+            "result": TypeAdapter(JobResult).dump_python(files.result, mode="json"),
+            "record": files.record,
+            "video_sha256": files.video_sha256,
+            "video_size": files.video_size,
+        }
+        blobs = {"tokens": files.tokens, "thumbnail": files.thumbnail}
+    return pack("outcome", fields, blobs)
 
 
 _DONE = object()
+
+
+def scratch_owner(folder: Path) -> int | None:
+    """The pid of the actor a scratch folder (SCRATCH_PREFIX<pid>-...) belongs to; None: not one."""
+    pid, dash, _ = folder.name.removeprefix(SCRATCH_PREFIX).partition("-")
+    if not folder.name.startswith(SCRATCH_PREFIX) or not dash or not pid.isdigit():
+        return None
+    return int(pid)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
+
+
+def sweep_scratch(root: Path, dead_only: bool = True, pid: int | None = None) -> list[Path]:
+    """Remove this user's job scratch folders under `root` whose actor process is gone (`dead_only`), or
+    those of actor `pid`. Returns those removed."""
+    removed: list[Path] = []
+    try:
+        folders = list(root.glob(f"{SCRATCH_PREFIX}*"))
+    except OSError:
+        return removed
+    for folder in folders:
+        owner = scratch_owner(folder)
+        if owner is None or (pid is not None and owner != pid):
+            continue
+        if dead_only and process_alive(owner):
+            continue
+        try:
+            if folder.lstat().st_uid != os.getuid() or not folder.is_dir() or folder.is_symlink():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 class PipelineHost:
@@ -88,18 +253,41 @@ class PipelineHost:
         self.pipeline: Pipeline | None = None
         self.stop = threading.Event()
         self.running: str | None = None  # the key of the job `run` runs: a cancel names it
+        self.job_thread: threading.Thread | None = None
+        self.gone = threading.Event()  # never set: `watch` waits on it for as long as the actor lives
 
     def ready(self) -> dict[str, str]:
         """Where this actor runs: its node, its address and its device. The pipeline's code (torch, diffusers,
-        transformers) loads here, before the actor joins the pool; its models load with its first job."""
+        transformers) loads here, before the actor joins the pool; its models load with its first job.
+        The scratch folders of actors that died on this box (killed under a job) go first."""
         import ray
         import torch
 
         import engine.generation.pipeline  # noqa: F401
 
+        for folder in sweep_scratch(Path(tempfile.gettempdir())):
+            log.warning("removed %s, left by an actor that died", folder)
         device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
         context = ray.get_runtime_context()
-        return {"node_id": context.get_node_id(), "ip": ray.util.get_node_ip_address(), "device": device}
+        return {
+            "node_id": context.get_node_id(),
+            "ip": ray.util.get_node_ip_address(),
+            "device": device,
+            "pid": str(os.getpid()),
+        }
+
+    def watch(self) -> None:
+        """Never returns while the actor lives (its own concurrency group): the engine waits on this call,
+        and Ray fails it when the actor dies, busy or idle."""
+        self.gone.wait()
+
+    def tidy(self) -> None:
+        """The engine stops: the running job stops, and this actor's scratch folders go."""
+        self.stop.set()
+        thread = self.job_thread
+        if thread is not None:
+            thread.join(TIDY_WAIT_S)
+        sweep_scratch(Path(tempfile.gettempdir()), dead_only=False, pid=os.getpid())
 
     def loaded(self) -> Loaded:
         pipeline = self.pipeline
@@ -113,7 +301,7 @@ class PipelineHost:
         if key == self.running:
             self.stop.set()
 
-    def release(self) -> Loaded:
+    def release(self) -> None:
         """Drop the warm models (the engine's worker released them after its idle time)."""
         self.pipeline = None
         gc.collect()
@@ -121,7 +309,6 @@ class PipelineHost:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        return self.loaded()
 
     def make_pipeline(self) -> Pipeline:
         from engine.generation.pipeline import Pipeline
@@ -131,16 +318,17 @@ class PipelineHost:
         return Pipeline.for_model(self.model, ckpts, memory=options.memory, dit=options.dit())
 
     def run(self, key: str, params: dict[str, Any], out_name: str, tokens: bytes | None = None):
-        """One job, streamed: progress reports, ChunkSent and Loaded items, then one Outcome.
+        """One job, streamed as `pack` frames: progress reports, chunks and loaded models, then its outcome.
 
         The pipeline runs in a thread of this actor; its callbacks queue what this generator yields."""
         self.stop.clear()
         self.running = key
-        scratch = Path(tempfile.mkdtemp(prefix="landiff-ray-job-"))
+        scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         items: queue.Queue = queue.Queue()
         thread = threading.Thread(
             target=self._render, args=(params, scratch, out_name, tokens, items), daemon=True
         )
+        self.job_thread = thread
         thread.start()
         try:
             while (item := items.get()) is not _DONE:
@@ -155,11 +343,17 @@ class PipelineHost:
         try:
             items.put(self._outcome(params, scratch, out_name, tokens, items))
         except BaseException as error:  # anything, so that the generator always ends
-            items.put(Outcome("failed", error=sendable(error)))
+            log.exception("the job failed")
+            try:
+                items.put(outcome_item("failed", error=error))
+            except BaseException:  # its text cannot be sent (a str() that raises): its type can
+                items.put(outcome_item("failed", error=RuntimeError(type(error).__name__)))
         finally:
             items.put(_DONE)
 
-    def _outcome(self, params, scratch: Path, out_name: str, tokens: bytes | None, items: queue.Queue):
+    def _outcome(
+        self, params, scratch: Path, out_name: str, tokens: bytes | None, items: queue.Queue
+    ) -> bytes:
         from engine.daemon.worker import ProgressThrottle
         from engine.generation.job import JobCancelled, JobSpec
 
@@ -175,18 +369,18 @@ class PipelineHost:
             now = self.loaded()
             if now != loaded[0]:
                 loaded[0] = now
-                items.put(now)
+                items.put(loaded_item(now))
 
         def on_progress(progress) -> None:
             report_loaded()
-            items.put(progress)
+            items.put(progress_item(progress))
 
         def on_chunk(done) -> None:
             with open(done.partial_video, "rb") as video:
                 video.seek(sent[0])
                 tail = video.read()
             sent[0] += len(tail)
-            items.put(ChunkSent(replace(done, frames=done.preview[None].copy(), video_frames=None), tail))
+            items.put(chunk_item(done, tail))
 
         if self.pipeline is None:
             self.pipeline = self.make_pipeline()
@@ -199,16 +393,14 @@ class PipelineHost:
             )
         except JobCancelled as cancelled:
             partial = None if cancelled.partial is None else collect(cancelled.partial)
-            return Outcome("cancelled", partial, message=str(cancelled))
+            return outcome_item("cancelled", partial, message=str(cancelled))
         finally:
             report_loaded()
-        return Outcome("finished", collect(result))
+        return outcome_item("finished", collect(result))
 
 
 def collect(result) -> SentFiles:
     """The files of a result on this box, read for sending."""
-    import json
-
     digest = hashlib.sha256()
     with open(result.video, "rb") as video:
         while block := video.read(HASH_BLOCK):
@@ -221,13 +413,3 @@ def collect(result) -> SentFiles:
         video_sha256=digest.hexdigest(),
         video_size=Path(result.video).stat().st_size,
     )
-
-
-def sendable(error: BaseException) -> BaseException:
-    """The error itself when it survives pickling (the engine re-raises it as a local failure would be),
-    else a RuntimeError carrying its type and text."""
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:
-        return RuntimeError(f"{type(error).__name__}: {error}")
-    return error

@@ -1,6 +1,10 @@
 """The engine's side of one job on a Ray actor: `RemotePipeline` has Pipeline's `run` and replays what the
 actor (engine/daemon/ray_actor.py) streams back through the engine's callbacks; the files it sends back land
-beside job.out as a local job's do (VideoMirror, land). ray is imported only inside the calls."""
+beside job.out as a local job's do (VideoMirror, land). ray is imported only inside the calls.
+
+What comes back is read by `read_item`: frames of bytes (ray_actor.pack) whose fields are checked here
+(pydantic models, explicit types and bounds) before they become the engine's objects; the video is checked by
+its size and SHA-256 (VideoMirror). An item of any other shape fails the job (BadItem)."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from engine.atomic import partial_path, write_atomically
-from engine.daemon.ray_actor import ChunkSent, Loaded, Outcome, PipelineHost, SentFiles
+from engine.daemon.ray_actor import BadItem, ChunkSent, Loaded, Outcome, PipelineHost, SentFiles, unpack
 from engine.daemon.worker import WorkerLost
 from engine.protocol import ProgressReport
 
@@ -36,12 +40,14 @@ CANCEL_RESEND_S = 1.0  # a cancel is sent again while the job runs on (one sent 
 
 
 def actor_class() -> ActorClass[PipelineHost]:
-    """The Ray actor of PipelineHost: one job at a time in its default group, and cancel / release in a
-    group of their own so that they reach it while a job runs."""
+    """The Ray actor of PipelineHost: one job at a time in its default group, cancel / release / tidy in a
+    group of their own so that they reach it while a job runs, and `watch` (pending for the actor's life)
+    in a third."""
     import ray
 
+    groups = {"control": 1, "watch": 1}
     # ray's stubs type ray.remote(**options) with a remote function's options only, not an actor's
-    remote = ray.remote(concurrency_groups={"control": 1}, max_restarts=0)  # type: ignore[call-overload]
+    remote = ray.remote(concurrency_groups=groups, max_restarts=0)  # type: ignore[call-overload]
     return remote(PipelineHost)
 
 
@@ -145,9 +151,13 @@ class RemotePipeline:
                 if not ready:
                     continue
                 try:
-                    item = ray.get(next(stream))
+                    sent = ray.get(next(stream))
                 except StopIteration:
                     raise WorkerLost("its Ray actor's stream ended without the job's outcome") from None
+                try:
+                    item = read_item(sent)
+                except BadItem as error:
+                    raise RuntimeError(f"{self.label} sent what the engine refuses: {error}") from None
                 if isinstance(item, ProgressReport):
                     if on_progress is not None:
                         on_progress(item)
@@ -221,16 +231,104 @@ def land(job: JobSpec, files: SentFiles, mirror: VideoMirror, label: str) -> Job
         write_atomically(tokens, lambda partial: partial.write_bytes(files.tokens))
         write_atomically(thumbnail, lambda partial: partial.write_bytes(files.thumbnail))
         mirror.finish(files.video_size, files.video_sha256)
+        result = replace(files.result, video=job.out, tokens=tokens, sidecar=sidecar, thumbnail=thumbnail)
         record = dict(files.record)
         record["job"] = {**record["job"], "out": str(job.out), "tokens": none_or_str(job.tokens)}
-        record["tokens"] = str(tokens)
+        record.update(result.outcome().model_dump(mode="json"))  # the engine's paths, not the actor's
         record["worker"] = label
         write_record(sidecar, record)
     except BaseException:
         for path in (job.out, tokens, thumbnail):  # a video without its record is not reproducible
             path.unlink(missing_ok=True)
         raise
-    return replace(files.result, video=job.out, tokens=tokens, sidecar=sidecar, thumbnail=thumbnail)
+    return result
+
+
+MAX_PREVIEW_SIDE = 8192
+HEX64 = frozenset("0123456789abcdef")
+
+
+class RemoteFailure(Exception):
+    """A job that failed on an actor: named after the error the actor's pipeline raised (its type's name
+    only; its traceback is in that actor's log)."""
+
+
+def read_item(sent: object) -> ProgressReport | ChunkSent | Loaded | Outcome:
+    """One streamed item as the engine's own object, every field checked; BadItem when it is not one."""
+    kind, fields, blobs = unpack(sent)
+    try:
+        if kind == "progress":
+            return ProgressReport.model_validate(fields["report"])
+        if kind == "loaded":
+            models, weight_bytes = fields["models"], fields["weight_bytes"]
+            if not (isinstance(models, list) and all(isinstance(name, str) for name in models)):
+                raise BadItem("loaded models that are not names")
+            if type(weight_bytes) is not int or weight_bytes < 0:
+                raise BadItem("a weight size that is not a count of bytes")
+            return Loaded(models, weight_bytes)
+        if kind == "chunk":
+            return read_chunk(fields, blobs)
+        return read_outcome(fields, blobs)
+    except (KeyError, TypeError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+        if isinstance(error, BadItem):
+            raise
+        raise BadItem(f"a {kind} item with bad fields ({first_line(error)})") from None
+
+
+def read_chunk(fields: dict, blobs: dict[str, bytes]) -> ChunkSent:
+    from engine.generation.job import ChunkDone
+    from engine.protocol import ChunkReport, ChunkTiming
+
+    shape = fields["preview_shape"]
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(type(side) is int and 0 < side <= MAX_PREVIEW_SIDE for side in shape[:2])
+        and shape[2] == 3
+    ):
+        raise BadItem(f"a preview frame of shape {str(shape)[:40]}")
+    preview = blobs["preview"]
+    if len(preview) != shape[0] * shape[1] * 3:
+        raise BadItem("a preview frame whose bytes do not match its shape")
+    frames = np.frombuffer(preview, dtype=np.uint8).reshape(1, *shape).copy()
+    done = ChunkDone(
+        report=ChunkReport.model_validate(fields["report"]),
+        timing=ChunkTiming.model_validate(fields["timing"]),
+        frames=frames,
+        partial_video=Path(),  # the engine's copy's, set where it is used
+    )
+    return ChunkSent(done, blobs["video"])
+
+
+def read_outcome(fields: dict, blobs: dict[str, bytes]) -> Outcome:
+    status, message, error, files = fields["status"], fields["message"], fields["error"], fields["files"]
+    if status not in ("finished", "cancelled", "failed") or not isinstance(message, str):
+        raise BadItem(f"an outcome {str(status)[:20]!r}")
+    failure: BaseException | None = None
+    if status == "failed":
+        if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+            raise BadItem("a failure without its error")
+        name, text = error.get("type"), error["message"]
+        if error.get("value_error") is True:  # a refusal: shown as a local one is, its text alone
+            failure = ValueError(text)
+        elif isinstance(name, str) and name.isidentifier() and len(name) <= 80:
+            failure = type(name, (RemoteFailure,), {})(text)  # named as the actor's error (a name only)
+        else:
+            failure = RemoteFailure(text)
+    sent = None
+    if files is not None:
+        from pydantic import TypeAdapter
+
+        from engine.generation.job import JobResult
+
+        digest, size, record = files["video_sha256"], files["video_size"], files["record"]
+        if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= HEX64):
+            raise BadItem("a video hash that is not a SHA-256")
+        if type(size) is not int or size < 0 or not isinstance(record, dict):
+            raise BadItem("a video size or record of the wrong type")
+        result = TypeAdapter(JobResult).validate_python(files["result"])
+        sent = SentFiles(result, blobs["tokens"], blobs["thumbnail"], record, digest, size)
+    return Outcome(status, sent, message, failure)
 
 
 def none_or_str(path: Path | None) -> str | None:

@@ -23,6 +23,7 @@ from engine.daemon.config import EngineConfig, ParallelGroups, RunOptions
 from engine.daemon.devices import AUTO, torch_device_name
 from engine.daemon.events import EventHub, Publisher
 from engine.daemon.logs import configure_logging
+from engine.daemon.on_finish import OnFinish
 from engine.daemon.pool import WorkerPool
 from engine.daemon.quality_probe import start_quality_probe
 from engine.daemon.service import EngineService
@@ -210,6 +211,11 @@ async def run_engine(config: EngineConfig) -> None:
     service = EngineService(model, store, hub, pool, weights, stopped.set, outputs, log_path())
     service.command_options = list(config.command_options)
     service.quality = start_quality_probe(model, ckpts, store, hub, lambda: pool.torch_ready)
+    on_finish = None
+    if config.on_finish:
+        on_finish = OnFinish(config.on_finish, store)
+        on_finish.start()
+        hub.listeners.append(on_finish.notice)
     transport = Transport(service, hub)
     watch = SocketWatch(path, transport.listen, stopped.set)  # a removed socket is bound again
     await watch.listen()
@@ -240,9 +246,13 @@ async def run_engine(config: EngineConfig) -> None:
     await asyncio.to_thread(service.quality.join, STOP_WAIT_S)
     if service.quality.is_alive():
         log.warning("the quality probe did not stop within %.0f s: the engine stops without it", STOP_WAIT_S)
+    if on_finish is not None:  # the hooks of the jobs that ended as the workers left
+        on_finish.stop()
+        await asyncio.to_thread(on_finish.join, STOP_WAIT_S)
     if cluster is not None:
         from engine.daemon import ray_workers
 
+        cluster.tidy()  # the actors' scratch folders go first
         ray_workers.disconnect()  # the engine's actors go with it
     service.close()
     watch.remove()  # only while the path is still this engine's socket

@@ -64,10 +64,14 @@ from engine.protocol import (
     ListPresets,
     LogTail,
     LogTailReply,
+    MoveJob,
+    PauseQueue,
     Preset,
     PresetList,
     PresetNameReply,
     ProbeQuality,
+    QueueChangedEvent,
+    QueueReply,
     ReleaseModels,
     Request,
     SavePreset,
@@ -265,7 +269,9 @@ class EngineService:
             last_chunk=running.last_chunk if running else None,
             workers=workers,
             llm_lane=None if lane is None else LaneState.model_validate(lane),
+            no_worker=None if workers else self.workers.no_worker,
             queue=await self.db.run(self.store.queued_ids),
+            queue_paused=await self.db.run(self.store.queue_paused),
             models_loaded=self.workers.loaded_models(),
             downloading=self.weights.busy(),
             seq=self.hub.seq,
@@ -285,7 +291,7 @@ class EngineService:
 
         def active_jobs() -> list[JobSummary]:
             running = self.store.list_jobs(status="running")[0]
-            queued = self.store.list_jobs(status="queued", sort="oldest", limit=ACTIVE_LIMIT)[0]
+            queued = self.store.list_jobs(status="queued", sort="queue", limit=ACTIVE_LIMIT)[0]
             return within_budget([summary(row) for row in running + queued])
 
         active = await self.db.run(active_jobs)
@@ -440,6 +446,33 @@ class EngineService:
         log.info("job %s deleted%s", row.id, " with its files" if request.delete_files else "")
         return JobIdReply(job_id=row.id)
 
+    # the queue
+
+    async def queue_state(self) -> QueueReply:
+        def read() -> QueueReply:
+            return QueueReply(queue=self.store.queued_ids(), paused=self.store.queue_paused())
+
+        return await self.db.run(read)
+
+    async def on_move_job(self, request: MoveJob) -> QueueReply:
+        job_id = await self.resolve(request.job_id)
+        if not await self.db.run(self.store.move_queued, job_id, request.to):
+            row = await self.job(job_id)
+            raise RequestFailed("not_queued", f"job {row.id} is {row.status}; only queued jobs move")
+        state = await self.queue_state()
+        self.hub.publish(QueueChangedEvent(queue=state.queue, paused=state.paused))
+        log.info("job %s moved to place %d of the queue", job_id, state.queue.index(job_id) + 1)
+        self.workers.notify()  # a lane making tokens ahead follows the new order
+        return state
+
+    async def on_pause_queue(self, request: PauseQueue) -> QueueReply:
+        await self.db.run(self.store.pause_queue, request.paused)
+        state = await self.queue_state()
+        self.hub.publish(QueueChangedEvent(queue=state.queue, paused=state.paused))
+        log.info("queue %s", "paused: no new job starts" if request.paused else "resumed")
+        self.workers.notify()
+        return state
+
     # presets
 
     async def on_list_presets(self, request: ListPresets) -> PresetList:
@@ -478,14 +511,16 @@ class EngineService:
         return await asyncio.to_thread(self.weights.status, request.only)
 
     async def on_download_weights(self, request: DownloadWeights) -> WeightsJobReply:
-        return self.start_weights("download", request.only, request.clip)
+        return self.start_weights("download", request.only, request.clip, request.source)
 
     async def on_verify_weights(self, request: VerifyWeights) -> WeightsJobReply:
         return self.start_weights("verify", request.only)
 
-    def start_weights(self, kind: str, only: WeightsPart, clip: bool = False) -> WeightsJobReply:
+    def start_weights(
+        self, kind: str, only: WeightsPart, clip: bool = False, source: str = "huggingface"
+    ) -> WeightsJobReply:
         try:
-            return self.weights.start(kind, only, clip)
+            return self.weights.start(kind, only, clip, source)
         except WeightsBusy as error:
             raise RequestFailed("busy", str(error)) from None
 

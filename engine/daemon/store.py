@@ -27,7 +27,7 @@ from engine.protocol import JobSummary
 if TYPE_CHECKING:
     from engine.generation.job import JobResult
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
     "reference defaults": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 50, "seed": 42},
@@ -86,10 +86,13 @@ class JobRow(SQLModel, table=True):
     requeues: int = 0  # times a lost worker put it back in the queue (schema 3)
     quality: str | None = None  # JSON of the quality probe's findings, once it ran (schema 3)
     resumed_at_chunk: int | None = None  # chunks made before it last resumed from its checkpoint (schema 4)
+    # its place in the queue: workers take the queued job of the lowest rank first; a new job's is its
+    # created_at (last), a move gives it one between its new neighbours' (schema 5)
+    queue_rank: float = Field(default=0.0, index=True)
 
     def to_summary(self) -> JobSummary:
         """The row as the wire shows it: its JSON columns read into the summary's fields (ChunkTiming...)."""
-        data = self.model_dump()
+        data = self.model_dump(exclude={"queue_rank"})  # the queue's order is its own reply's
         for key in JSON_FIELDS:
             data[key] = None if data[key] is None else json.loads(data[key])
         return JobSummary.model_validate(data)
@@ -111,9 +114,13 @@ def page_of_jobs(
         query = query.where(col(JobRow.prompt).contains(search))
     if status:
         query = query.where(JobRow.status == status)
-    order = col(JobRow.created_at).desc() if sort == "newest" else col(JobRow.created_at)
+    orders: dict[str, list[Any]] = {
+        "newest": [col(JobRow.created_at).desc()],
+        "oldest": [col(JobRow.created_at)],
+        "queue": [col(JobRow.queue_rank), col(JobRow.created_at)],  # the order workers take queued jobs
+    }
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
-    rows = session.exec(query.order_by(order).offset(offset).limit(limit)).all()
+    rows = session.exec(query.order_by(*orders[sort]).offset(offset).limit(limit)).all()
     return list(rows), int(total)
 
 
@@ -141,17 +148,20 @@ def column_values(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_columns(result: JobResult) -> dict[str, Any]:
-    """What a job's result puts in its row: the one place JobResult's fields meet the store's columns."""
-    return {
-        "video_path": str(result.video),
-        "tokens_path": str(result.tokens),
-        "sidecar_path": str(result.sidecar),
-        "thumbnail_path": str(result.thumbnail),
-        "timings": result.timings_s,
-        "chunk_timings": result.chunk_timings,
-        "peak_memory_bytes": result.peak_memory_bytes,
-        "weights_sha256": result.weights_sha256,
-    }
+    """What a job's result puts in its row: its outcome, each field in the column of its name."""
+    return dict(result.outcome())
+
+
+class EngineStateRow(SQLModel, table=True):
+    """What the engine keeps between runs that is not a job's: whether the queue is paused."""
+
+    __tablename__ = "engine_state"
+
+    key: str = Field(primary_key=True)
+    value: str
+
+
+QUEUE_PAUSED = "queue_paused"
 
 
 class PresetRow(SQLModel, table=True):
@@ -193,8 +203,18 @@ def _migrate_to_4(connection) -> None:
         connection.execute(text("ALTER TABLE jobs ADD COLUMN resumed_at_chunk INTEGER"))
 
 
+def _migrate_to_5(connection) -> None:
+    """The queue's own order (a job moved up or down keeps its new place) and its pause."""
+    columns = {row[1] for row in connection.execute(text("PRAGMA table_info(jobs)"))}
+    if "queue_rank" not in columns:
+        connection.execute(text("ALTER TABLE jobs ADD COLUMN queue_rank FLOAT NOT NULL DEFAULT 0"))
+        connection.execute(text("UPDATE jobs SET queue_rank = created_at"))
+    connection.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_queue_rank ON jobs (queue_rank)"))
+    SQLModel.metadata.create_all(connection, tables=[EngineStateRow.__table__])  # type: ignore[attr-defined]
+
+
 # MIGRATIONS[n] takes a database at version n to version n + 1.
-MIGRATIONS: list[Callable] = [_migrate_to_1, _migrate_to_2, _migrate_to_3, _migrate_to_4]
+MIGRATIONS: list[Callable] = [_migrate_to_1, _migrate_to_2, _migrate_to_3, _migrate_to_4, _migrate_to_5]
 
 
 class Store:
@@ -244,9 +264,11 @@ class Store:
     # jobs
 
     def add_job(self, params: dict[str, Any], model: str, engine_version: str) -> JobRow:
+        now = time.time()
         row = JobRow(
             id=new_job_id(),
-            created_at=time.time(),
+            created_at=now,
+            queue_rank=now,
             status="queued",
             prompt=params["prompt"],
             params=json.dumps(params),
@@ -298,9 +320,11 @@ class Store:
         with self.lock, self.session() as session:
             while True:
                 row = session.exec(
-                    select(JobRow).where(JobRow.status == "queued").order_by(col(JobRow.created_at))
+                    select(JobRow)
+                    .where(JobRow.status == "queued")
+                    .order_by(col(JobRow.queue_rank), col(JobRow.created_at))
                 ).first()
-                if row is None:
+                if row is None or self.queue_paused(session):
                     return None
                 if not JOB_ID.fullmatch(row.id):  # refused as it is read: no worker sees it
                     session.exec(
@@ -325,7 +349,7 @@ class Store:
     def requeue(self, job_id: str) -> bool:
         """Put a running job whose worker was lost back in the queue, once: one conditional update that
         changes the row only while it runs and was never re-queued. Whether it did (False: the caller
-        marks the job interrupted). It keeps its place: the queue runs oldest first by creation."""
+        marks the job interrupted). It keeps its place in the queue (its queue_rank)."""
         with self.lock, self.engine.begin() as connection:
             requeued = connection.execute(
                 update(JobRow)
@@ -377,8 +401,55 @@ class Store:
             return page_of_jobs(session, search, status, sort, offset, limit)
 
     def queued_ids(self) -> list[str]:
-        rows, _ = self.list_jobs(status="queued", sort="oldest", limit=500)
+        """The queued jobs' ids (500 at most), in the order workers take them."""
+        rows, _ = self.list_jobs(status="queued", sort="queue", limit=500)
         return [row.id for row in rows]
+
+    # the queue: its order and its pause
+
+    def move_queued(self, job_id: str, to: int | str) -> bool:
+        """Move a queued job to place `to` of the queue (0: next; past the end: last) or by a word: top,
+        bottom, up, down. Whether it moved: False when the job is not queued (a worker took it, say).
+        One transaction under the lock a claim takes, so a claim sees the old order or the new one."""
+        with self.lock, self.session() as session:
+            ranks = session.exec(
+                select(JobRow.id, JobRow.queue_rank)
+                .where(JobRow.status == "queued")
+                .order_by(col(JobRow.queue_rank), col(JobRow.created_at))
+            ).all()
+            order = [queued for queued, _ in ranks]
+            if job_id not in order:
+                return False
+            at = order.index(job_id)
+            place = {"top": 0, "bottom": len(order), "up": at - 1, "down": at + 1}.get(str(to), to)
+            order.remove(job_id)
+            order.insert(max(0, min(int(place), len(order))), job_id)
+            # the queued jobs' ranks dealt out again in the new order: all stay within the span they had,
+            # so a job submitted later (ranked by its creation time) still comes after them
+            for queued, rank in zip(order, sorted(rank for _, rank in ranks), strict=True):
+                session.exec(
+                    update(JobRow)
+                    .where(col(JobRow.id) == queued, col(JobRow.status) == "queued")
+                    .values(queue_rank=rank)
+                )
+            session.commit()
+            return True
+
+    def queue_paused(self, session: Session | None = None) -> bool:
+        if session is None:
+            with self.session() as own:
+                return own.get(EngineStateRow, QUEUE_PAUSED) is not None
+        return session.get(EngineStateRow, QUEUE_PAUSED) is not None
+
+    def pause_queue(self, paused: bool) -> None:
+        """A paused queue starts no job (nor makes tokens ahead) until it is resumed, across restarts."""
+        with self.lock, self.session() as session:
+            state = session.get(EngineStateRow, QUEUE_PAUSED)
+            if paused and state is None:
+                session.add(EngineStateRow(key=QUEUE_PAUSED, value="1"))
+            elif not paused and state is not None:
+                session.delete(state)
+            session.commit()
 
     def ids_starting(self, prefix: str, limit: int = 6) -> list[str]:
         """Job ids that begin with `prefix`, at most `limit` (a prefix that matches more is ambiguous)."""

@@ -19,7 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.daemon.model_thread import free_device_memory, keep_stepping, load_torch, release_due
+from engine.daemon.model_thread import (
+    free_device_memory,
+    keep_stepping,
+    load_torch,
+    release_due,
+    warm_pipeline,
+)
 from engine.daemon.store import JobRow, Store, job_folder
 
 if TYPE_CHECKING:  # torch loads in the lane's thread, after the socket is up
@@ -177,15 +183,18 @@ class TokenLane(threading.Thread):
         self.last_used = time.monotonic()
 
     def next_job(self) -> JobRow | None:
-        """A job waited for by a worker first; else the oldest queued one within `ahead` not made yet."""
+        """A job waited for by a worker first; else the next queued one within `ahead` not made yet (none
+        while the queue is paused)."""
         with self.changed:
             wanted = [job_id for job_id in self.wanted if job_id not in self.made]
         if wanted:
             row = self.store.get(wanted[0])
             if row is not None:
                 return row
-        queued, _ = self.store.list_jobs(status="queued", sort="oldest", limit=self.ahead)
+        queued, _ = self.store.list_jobs(status="queued", sort="queue", limit=self.ahead)
         self.forget_gone({row.id for row in queued})
+        if self.store.queue_paused():
+            return None
         with self.changed:
             return next((row for row in queued if row.id not in self.made), None)
 
@@ -222,17 +231,12 @@ class TokenLane(threading.Thread):
         started = time.monotonic()
         result: SemanticTokens | str | None
         try:
-            if self.pipeline is None:
-                self.loading = True
-                try:
-                    self.pipeline = self.make_pipeline()
-                finally:
-                    self.loading = False
+            pipeline = warm_pipeline(self)
             job = JobSpec.from_params(
                 json.loads(row.params), out=job_folder(self.outputs, job_id) / "video.mp4"
             )
-            job.validate(self.pipeline.spec)
-            result = self.pipeline.semantic_tokens(job, progress, should_stop)
+            job.validate(pipeline.spec)
+            result = pipeline.semantic_tokens(job, progress, should_stop)
             log.info(
                 "LLM lane %s: tokens of job %s made in %.1f s", self.label, job_id, time.monotonic() - started
             )

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.daemon.events import Publisher
 from engine.job_words import generated_words
@@ -28,13 +29,16 @@ from engine.protocol import (
 )
 from engine.weights.downloads import (
     DownloadCancelled,
-    Downloader,
     DownloadError,
     DownloadProgress,
     download_release,
+    downloader_for,
     planned_files,
     verify,
 )
+
+if TYPE_CHECKING:
+    from engine.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.25
@@ -56,8 +60,12 @@ class WeightsJob(threading.Thread):
         publish: Publisher,
         checksums: dict[str, str] | None,
         clip: bool = False,
+        source: str = "huggingface",
+        spec: ModelSpec | None = None,
     ):
         super().__init__(name=f"landiff-{self.kind}", daemon=True)
+        self.source = source  # a download's: huggingface or modelscope
+        self.spec = spec  # the model whose weights these are (a generation makes them from it)
         self.root, self.only, self.publish, self.checksums = root, only, publish, checksums
         self.clip = clip  # the quality probe's optional CLIP too
         self.cancelled = threading.Event()
@@ -129,7 +137,9 @@ class DownloadJob(WeightsJob):
             )
 
     def work(self) -> Event:
-        downloader = Downloader(self.root, on_progress=self.progress, should_stop=self.cancelled.is_set)
+        downloader = downloader_for(
+            self.source, self.root, on_progress=self.progress, should_stop=self.cancelled.is_set
+        )
         _, report = download_release(downloader, self.only, self.checksums, self.clip)
         return DownloadFinishedEvent(
             fetched=report.fetched,
@@ -147,11 +157,11 @@ class GenerateJob(DownloadJob):
     are made together in about a second); when all are there and check out, nothing is."""
 
     def work(self) -> Event:
-        from engine.specs import get_spec
         from engine.weights.layout import ReleaseLayout
         from engine.weights.tiny import make_tiny_release
 
-        outcome = make_tiny_release(ReleaseLayout(self.root), get_spec("tiny"), remember=True)
+        assert self.spec is not None and self.spec.random_weights  # WeightsOperations.start gives it
+        outcome = make_tiny_release(ReleaseLayout(self.root), self.spec, remember=True)
         log.info("%s", generated_words(len(outcome.written), len(outcome.kept)))
         return DownloadFinishedEvent(
             fetched=[],

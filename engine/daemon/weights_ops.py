@@ -61,10 +61,13 @@ class WeightsOperations:
         download, as a mirror or a test does)."""
         return self.spec().random_weights and settings.CHECKSUMS.path() is None
 
-    def start(self, kind: str, only: WeightsPart, clip: bool = False) -> WeightsJobReply:
+    def start(
+        self, kind: str, only: WeightsPart, clip: bool = False, source: str = "huggingface"
+    ) -> WeightsJobReply:
         """Start a `download` or a `verify` of `only` (llm, diffusion, all) in its thread; a download of
         weights this engine generates writes them instead. `clip`: the download fetches the quality
-        probe's optional CLIP too (a verification of all files checks it whenever it is there)."""
+        probe's optional CLIP too (a verification of all files checks it whenever it is there). `source`:
+        where a download fetches from (huggingface or modelscope)."""
         from engine.daemon.weights_jobs import DownloadJob, GenerateJob, VerifyJob
 
         if self.busy():
@@ -73,9 +76,10 @@ class WeightsOperations:
         generated = kind == "download" and self.generates()
         job_class = GenerateJob if generated else {"download": DownloadJob, "verify": VerifyJob}[kind]
         clip = clip or (kind == "verify" and only == "all")  # a stage's files (--only) are not the CLIP
-        self.job = job_class(root, only, self.publish, self.checksums(root), clip)
+        self.job = job_class(root, only, self.publish, self.checksums(root), clip, source, self.spec())
         self.job.start()
-        log.info("weights %s of %s started under %s", "generation" if generated else kind, only, root)
+        what = "generation" if generated else f"download from {source}" if kind == "download" else kind
+        log.info("weights %s of %s started under %s", what, only, root)
         return WeightsJobReply(root=str(root), only=only, generated=generated)
 
     def cancel(self) -> None:

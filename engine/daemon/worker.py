@@ -22,7 +22,13 @@ from engine.daemon.devices import AUTO
 from engine.daemon.disk import PREVIEW_WIDTH, DiskFull, check_room, disk_full_message, job_output_bound
 from engine.daemon.events import Publisher
 from engine.daemon.lifecycle import JobLifecycle, mebibytes
-from engine.daemon.model_thread import free_device_memory, keep_stepping, load_torch, release_due
+from engine.daemon.model_thread import (
+    free_device_memory,
+    keep_stepping,
+    load_torch,
+    release_due,
+    warm_pipeline,
+)
 from engine.daemon.store import JOB_ID, JobRow, Store, job_folder
 from engine.generation.resume_point import FOLDER, VIDEO, NotResumable, discard, has_checkpoint, resume_point
 from engine.protocol import JobParams, ModelsReleasedEvent, ProgressReport
@@ -299,12 +305,7 @@ class JobWorker(threading.Thread):
 
         if model is not None:  # before any model loads: a job that cannot fit fails now, saying so
             check_room(self.outputs, job_output_bound(model, params.frames, params.overlap, params.fps))
-        if self.pipeline is None:
-            self.loading = True
-            try:
-                self.pipeline = self.make_pipeline()
-            finally:
-                self.loading = False
+        pipeline = warm_pipeline(self)
         throttle = ProgressThrottle(lifecycle.progress)
         made = {}  # stage 1 made by the LLM lane: this worker runs stage 2 only
         if self.lane is not None and start is not None:
@@ -312,13 +313,13 @@ class JobWorker(threading.Thread):
         elif self.lane is not None and job.tokens is None:
             self.lane.want(lifecycle.job_id)
             try:  # its models load while the lane makes the tokens (the first job, after a release)
-                self.pipeline.stage2()
+                pipeline.stage2()
             except BaseException:
                 self.lane.drop(lifecycle.job_id)
                 raise
             made["tokens"] = self.lane.take(lifecycle.job_id, throttle, should_stop)
         checkpoints = Checkpoints(folder, start, suspend) if self.checkpoints else None
-        return self.pipeline.run(
+        return pipeline.run(
             job,
             on_progress=throttle,
             should_stop=should_stop,

@@ -13,7 +13,7 @@ from engine.generation.interpolate import interpolation_factor
 from engine.generation.lengths import ChunkPlan, plan_length, rules_for
 from engine.models.llm_sampler import SamplingParams
 from engine.params import PARAMS, Param, check_params
-from engine.protocol import ChunkReport, ChunkTiming, ProgressReport
+from engine.protocol import ChunkReport, ChunkTiming, JobOutcome, ProgressReport
 from engine.specs import ModelSpec
 
 if TYPE_CHECKING:
@@ -131,9 +131,9 @@ class ChunkDone:
 
 @dataclass
 class JobResult:
-    """What a finished (or partly finished, then cancelled) job made. The engine's job row takes its
-    fields in one place (engine.daemon.store.result_columns); the sidecar beside the video records them
-    under its own keys (Pipeline.sidecar_record)."""
+    """What a finished (or partly finished, then cancelled) job made. Its `outcome()` is the record the
+    engine's job row, the job's summary and the sidecar beside the video all hold; the rest (frames,
+    chunks, interpolation...) the sidecar records in blocks of its own (Pipeline.sidecar_record)."""
 
     video: Path
     tokens: Path
@@ -154,6 +154,19 @@ class JobResult:
     dit_calls: int = 0  # of the chunks kept: one per CFG branch and denoising step
     dit_calls_skipped: int = 0  # of those, answered by the step cache instead of the blocks
     resumes: list[int] = field(default_factory=list)  # chunks done when each resume began (none: one go)
+
+    def outcome(self) -> JobOutcome:
+        """The result as its store row, its summary and its sidecar name it."""
+        return JobOutcome(
+            video_path=str(self.video),
+            tokens_path=str(self.tokens),
+            sidecar_path=str(self.sidecar),
+            thumbnail_path=str(self.thumbnail),
+            timings=self.timings_s,
+            peak_memory_bytes=self.peak_memory_bytes,
+            weights_sha256=self.weights_sha256,
+            chunk_timings=self.chunk_timings,
+        )
 
 
 class JobCancelled(Exception):

@@ -24,7 +24,7 @@ from engine.generation.job import ChunkDone, JobCancelled, JobResult, JobSpec, J
 from engine.generation.lengths import ChunkPlan
 from engine.generation.memory import resolve_memory_profile, spec_weight_sizes
 from engine.generation.outputs import load_tokens, peak_memory, save_tokens, write_record
-from engine.generation.progress import JobClock, StageClock
+from engine.generation.progress import JobClock, StageClock, prior_costs
 from engine.generation.residency import Residency
 from engine.generation.resume import Checkpoint, Checkpoints, CheckpointWriter, fingerprint, frames_sha256
 from engine.generation.speed import DiTOptions, enable_compile_cache
@@ -111,7 +111,8 @@ class Pipeline:
         )
         self._stage1: SemanticStage | None = None
         self._stage2: VideoStage | None = None
-        self.learned: dict[str, float] = {}  # stage-2 costs of the last job, for the next one's ETA
+        # the ETA's costs (progress.JobClock): the history's of this model on this device, then the last job's
+        self.learned: dict[str, float] = prior_costs(spec.name, str(self.device))
 
     @classmethod
     def for_model(
@@ -236,6 +237,7 @@ class Pipeline:
         timings["tokens"] = token_clock.seconds()
         if decoding and decoding[0].compile_s:
             timings["tokens_compile"] = decoding[0].compile_s  # within "tokens", as "compile" in "denoise"
+        clock.learn_tokens(timings["tokens"] - timings.get("tokens_compile", 0.0))
         return SemanticTokens(
             codes, timings, str(self.device), time.time(), decoding[0].how if decoding else None
         )
@@ -300,6 +302,8 @@ class Pipeline:
             started = time.perf_counter()
             text = stage2.encode_prompt(job.prompt)
             timings["text"] = timings.get("text", 0.0) + time.perf_counter() - started
+            if job.tokens is None and start is None:  # both text encoders' time
+                clock.learn("text_s", timings["text"])
             text_clock(text_steps, text_steps)
             render = Render(
                 job, plan, stage2, text, codes, clock, timings, on_progress, stop, on_chunk, stage1
@@ -615,17 +619,10 @@ class Pipeline:
             },
             "interpolation": result.interpolation,
             "length": result.length,
-            "chunks": {
-                "done": result.chunks_done,
-                "planned": result.chunks,
-                "timings_s": [timing.model_dump() for timing in result.chunk_timings],
-            },
-            "tokens": str(result.tokens),
+            "chunks": {"done": result.chunks_done, "planned": result.chunks},
             "device": str(self.device),
             "stage1": stage1,
             "dtype": str(self.dtype).removeprefix("torch."),
-            "timings_s": result.timings_s,
-            "peak_memory_bytes": result.peak_memory_bytes,
             "memory": self.memory_choice.record(),
             "dit": self.dit.record(),
             "step_cache": {
@@ -633,8 +630,8 @@ class Pipeline:
                 "dit_calls": result.dit_calls,
                 "dit_calls_skipped": result.dit_calls_skipped,
             },
-            "weights_sha256": result.weights_sha256,
             "resumed_after_chunks": result.resumes,
+            **result.outcome().model_dump(mode="json"),  # under the names the job's summary uses
         }
 
 

@@ -1,7 +1,9 @@
 """Fetching, resuming and verifying the weight files.
 
 Files come from the Hugging Face hub (`HF_ENDPOINT` and `HF_TOKEN` respected): huggingface_hub
-resolves each file's URL, size and redirect; we stream it into `<file>.partial` with byte ranges,
+resolves each file's URL, size and redirect; or, with `--source modelscope`, from ModelScope
+(`ModelScopeDownloader`: its documented file API, the repo ids in layout.MODELSCOPE_REPOS, its file list's
+Size and Sha256 in place of the hub's HEAD). Either way we stream it into `<file>.partial` with byte ranges,
 so a cut connection, a cancel or a killed process resumes where it stopped. A file reaches its
 final name only after it checked out: its size against the hub's, its MD5 against the release's list,
 or, for files without a published MD5 (flan-T5's), the digest the hub names in its ETag (sha256 for
@@ -31,7 +33,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, quote_plus, urlparse
 
 from engine import settings
 from engine.atomic import write_atomically
@@ -40,6 +42,9 @@ from engine.weights.layout import (
     FLAN_T5_FILES,
     FLAN_T5_INDEX,
     FLAN_T5_REPO,
+    MODELSCOPE_REPOS,
+    MODELSCOPE_REVISION,
+    SOURCES,
     WeightFile,
     clip_files,
     encoder_shards,
@@ -66,6 +71,11 @@ class DownloadError(CheckpointError):
 
 class ServerLied(DownloadError):
     """A server announced or sent another size than the file has: never retried, the partial is removed."""
+
+
+class SourcesDisagree(DownloadError):
+    """Two sources' claims about one file differ (ModelScope's Sha256 against the release's MD5 or the hub's
+    digest): never retried, nothing of it is kept."""
 
 
 class DownloadCancelled(Exception):
@@ -139,10 +149,17 @@ class VerificationRecord:
         """'sha256:<hex>' or 'git-sha1:<hex>' from the hub's ETag, when it named one."""
         return (self.entries.get(local) or {}).get("digest")
 
-    def expect(self, local: str, size: int | None, digest: str | None) -> None:
-        """What the hub says the file is, recorded before it is fetched."""
+    def claims(self, local: str) -> dict[str, str]:
+        """{source: digest} each source said the file has, as recorded when it was fetched from there."""
+        return dict((self.entries.get(local) or {}).get("claims") or {})
+
+    def expect(self, local: str, size: int | None, digest: str | None, source: str | None = None) -> None:
+        """What the hub says the file is, recorded before it is fetched (and, with `source`, kept as that
+        source's claim, which another source's is checked against)."""
         entry = self.entries.setdefault(local, {"ok": None, "md5": None, "size": None, "mtime_ns": None})
         entry["expected_size"], entry["digest"] = size, digest
+        if source is not None and digest is not None:
+            entry.setdefault("claims", {})[source] = digest
         self.save()
 
     def remember(self, root: Path, local: str, ok: bool, md5: str | None) -> None:
@@ -161,6 +178,25 @@ class VerificationRecord:
 
 def md5_of(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
     return digest_of(path, "md5", on_bytes)
+
+
+def digests_of(path: Path, kinds: tuple[str, ...]) -> dict[str, str]:
+    """Several digests of a file (md5, sha256, git-sha1) in one read."""
+    size = path.stat().st_size
+    hashers = {}
+    for kind in kinds:
+        if kind == "md5":
+            hashers[kind] = hashlib.md5(usedforsecurity=False)
+        elif kind == "sha256":
+            hashers[kind] = hashlib.sha256()
+        else:
+            hashers[kind] = hashlib.sha1(usedforsecurity=False)
+            hashers[kind].update(b"blob %d\0" % size)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            for hasher in hashers.values():
+                hasher.update(chunk)
+    return {kind: hasher.hexdigest() for kind, hasher in hashers.items()}
 
 
 def digest_of(path: Path, kind: str, on_bytes: Callable[[int], None] | None = None) -> str:
@@ -496,6 +532,12 @@ def download_release(
 
 
 class Downloader:
+    """Fetches files from the Hugging Face hub; `ModelScopeDownloader` swaps where the files and what they
+    must be come from, and keeps the rest (resume, caps, verification, cancel) as it is."""
+
+    source = "huggingface"
+    access_hint = "check HF_TOKEN and that the repo is accessible"
+
     def __init__(
         self,
         root: Path,
@@ -531,6 +573,19 @@ class Downloader:
                 "and run the download again; finished files are kept."
             ) from None
 
+    def expectation(self, item: WeightFile) -> tuple[int | None, str | None]:
+        """The file's size and digest ('sha256:<hex>' / 'git-sha1:<hex>') as the source lists them."""
+        metadata = self.metadata(item)
+        return metadata.size, digest_from_etag(metadata.etag)
+
+    def where(self, item: WeightFile) -> str:
+        """The file as the source names it, for messages."""
+        return f"{item.repo}/{item.path}"
+
+    def checks_out(self, path: Path, item: WeightFile) -> bool:
+        """Whether a fetched file is what it must be (False: fetched again; SourcesDisagree: refused)."""
+        return intact(path, item, self.record)
+
     def fetch_json(self, item: WeightFile) -> dict:
         """A listing the hub does not size for us (the flan-T5 index): never written past METADATA_CAP."""
         target = inside(self.root, item.local, item_origin(item))
@@ -554,16 +609,21 @@ class Downloader:
             require_online(len(todo))
         sizes: dict[str, int | None] = {}
         for item in list(todo):
-            metadata = self.metadata(item)
-            if is_metadata(item.path) and metadata.size is not None and metadata.size > METADATA_CAP:
+            try:
+                size, digest = self.expectation(item)
+            except SourcesDisagree as disagreement:  # refused before any byte of it
+                todo.remove(item)
+                report.failed[item.local] = str(disagreement)
+                continue
+            if is_metadata(item.path) and size is not None and size > METADATA_CAP:
                 todo.remove(item)  # parsed whole, so never fetched past the cap: refused before any byte
                 report.failed[item.local] = (
-                    f"{self.endpoint} lists {item.repo}/{item.path} at {metadata.size:,} bytes, over the "
+                    f"{self.endpoint} lists {self.where(item)} at {size:,} bytes, over the "
                     f"{METADATA_CAP:,}-byte limit for a metadata file; not fetched"
                 )
                 continue
-            sizes[item.local] = metadata.size
-            self.record.expect(item.local, metadata.size, digest_from_etag(metadata.etag))
+            sizes[item.local] = size
+            self.record.expect(item.local, size, digest, self.source)
         needed = sum(max((sizes[i.local] or 0) - self.partial_size(i), 0) for i in todo)
         self.root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.root).free
@@ -580,7 +640,8 @@ class Downloader:
                     ok = self.fetch_verified(item, sizes[item.local], again=True)
                     if ok:
                         report.refetched.append(item.local)
-            except ServerLied as lie:  # its partial is gone; a file that was there failed before
+            except (ServerLied, SourcesDisagree) as lie:  # never kept; a file that was there failed before
+                partial_of(self.root / item.local).unlink(missing_ok=True)
                 (self.root / item.local).unlink(missing_ok=True)
                 self.record.remember(self.root, item.local, False, item.md5)
                 report.failed[item.local] = str(lie)
@@ -601,7 +662,7 @@ class Downloader:
         if again:
             partial.unlink(missing_ok=True)
         self.fetch(item, expected=size)
-        if not intact(partial, item, self.record):
+        if not self.checks_out(partial, item):
             partial.unlink()  # never leave a file that failed verification where a loader looks
             target.unlink(missing_ok=True)
             self.record.remember(self.root, item.local, False, item.md5)
@@ -635,8 +696,7 @@ class Downloader:
             except urllib.error.HTTPError as error:
                 if error.code not in (408, 429, 500, 502, 503, 504):
                     raise DownloadError(
-                        f"{self.endpoint} refused {item.repo}/{item.path} (HTTP {error.code}); "
-                        "check HF_TOKEN and that the repo is accessible"
+                        f"{self.endpoint} refused {self.where(item)} (HTTP {error.code}); {self.access_hint}"
                     ) from None
                 problem: object = error
             except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
@@ -698,6 +758,207 @@ class Downloader:
         total = getattr(self, "total", 0)
         eta = (total - self.done) / rate if rate > 0 and total else None
         self.on_progress(DownloadProgress(local, file_done, file_total, self.done, total, rate, eta))
+
+
+class ModelScopeDownloader(Downloader):
+    """Fetches the same files from ModelScope through its documented HTTP file API, with everything else the
+    hub's downloader does unchanged (resume by byte range, size caps, retries, cancel, the record):
+
+    - the file list: `GET {endpoint}/api/v1/models/{id}/repo/files?Revision=master&Recursive=true`, a JSON
+      envelope `{"Code": 200, "Data": {"Files": [{"Path", "Type", "Size", "Sha256", ...}]}}` (listed once
+      per repo, never read past METADATA_CAP); it stands in for the hub's HEAD: the size and the digest;
+    - a file: `GET {endpoint}/api/v1/models/{id}/repo?Revision=master&FilePath={path}`, with `Range`.
+
+    A file is checked as the hub's downloader checks it (the release's MD5 where it publishes one) AND against
+    ModelScope's Sha256, and against any digest another source named for it before (the hub's ETag, kept in
+    the record): bytes that match one claim and not another are refused (SourcesDisagree), never kept. No
+    Hugging Face token is ever sent here."""
+
+    source = "modelscope"
+
+    def __init__(self, root: Path, *, endpoint: str | None = None, **kwargs):
+        kwargs["token"] = ""  # HF_TOKEN is Hugging Face's: never sent to another server
+        super().__init__(root, endpoint=endpoint or settings.modelscope_endpoint(), **kwargs)
+        self.variable = (
+            settings.MODELSCOPE_ENDPOINT.name if endpoint else settings.modelscope_endpoint_variable()
+        )
+        self.access_hint = (
+            "check that the ModelScope repo exists and is public, or fetch from Hugging Face "
+            "(`landiff-engine weights download --source huggingface`)"
+        )
+        self.listings: dict[str, dict[str, dict]] = {}
+        self.listed: dict[str, str | None] = {}  # local -> ModelScope's Sha256 of it
+
+    def repo_of(self, item: WeightFile) -> str:
+        repo = MODELSCOPE_REPOS.get(item.repo)
+        if repo is None or item.revision is not None:
+            raise DownloadError(
+                f"{item.repo} has no ModelScope copy this project can check "
+                f"({'pinned to a Hugging Face commit' if item.revision else 'none is known'}): fetch "
+                f"{item.local} from Hugging Face (`landiff-engine weights download --source huggingface"
+                f"{' --clip' if item.optional else ''}`)"
+            )
+        return repo
+
+    def where(self, item: WeightFile) -> str:
+        return f"ModelScope's {MODELSCOPE_REPOS.get(item.repo) or item.repo}/{item.path}"
+
+    def url(self, item: WeightFile) -> str:
+        repo = quote(self.repo_of(item), safe="/")
+        return (
+            f"{self.endpoint}/api/v1/models/{repo}/repo?Revision={quote_plus(MODELSCOPE_REVISION)}"
+            f"&FilePath={quote_plus(item.path)}"
+        )
+
+    def unreachable(self, what: str, error: object) -> str:
+        return (
+            f"could not reach ModelScope at {self.endpoint} for {what} ({type(error).__name__}: {error}). "
+            f"Check the network, or set {self.variable} to a ModelScope server that can be reached, and run "
+            "the download again; finished files are kept."
+        )
+
+    def listing(self, repo: str) -> dict[str, dict]:
+        """{path: entry} of the repo's files (folders left out), fetched once."""
+        if repo in self.listings:
+            return self.listings[repo]
+        url = (
+            f"{self.endpoint}/api/v1/models/{quote(repo, safe='/')}/repo/files"
+            f"?Revision={quote_plus(MODELSCOPE_REVISION)}&Recursive=true"
+        )
+        what = f"the file list of {repo}"
+        request = urllib.request.Request(
+            url, headers={"Accept": "application/json", "User-Agent": "landiff-tui"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                body = response.read(METADATA_CAP + 1)
+        except urllib.error.HTTPError as error:
+            missing = " (no such repo there)" if error.code == 404 else ""
+            raise DownloadError(
+                f"ModelScope at {self.endpoint} refused {what} (HTTP {error.code}){missing}; "
+                f"{self.access_hint}"
+            ) from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+            raise DownloadError(self.unreachable(what, error)) from None
+        if len(body) > METADATA_CAP:
+            raise DownloadError(
+                f"ModelScope at {self.endpoint} sent {what} past the {METADATA_CAP:,}-byte limit for a "
+                "listing; not read"
+            )
+        self.listings[repo] = files_of_listing(body, f"{what} from {self.endpoint}")
+        return self.listings[repo]
+
+    def expectation(self, item: WeightFile) -> tuple[int | None, str | None]:
+        entry = self.listing(self.repo_of(item)).get(item.path)
+        if entry is None:
+            raise SourcesDisagree(
+                f"{self.where(item)} is not in the repo's file list at {self.endpoint}; not fetched "
+                "(`--source huggingface` fetches it)"
+            )
+        sha256 = entry.get("Sha256") or None
+        self.listed[item.local] = sha256
+        digest = f"sha256:{sha256}" if sha256 else None
+        for source, claim in self.record.claims(item.local).items():
+            if source != self.source and claim.startswith("sha256:") and digest and claim != digest:
+                raise SourcesDisagree(
+                    f"{self.where(item)}: ModelScope lists SHA-256 {sha256} but {source} named "
+                    f"{claim.partition(':')[2]} for the same file; the two sources disagree, so it is not "
+                    "fetched from ModelScope (`--source huggingface` fetches it)"
+                )
+        return entry["Size"], digest
+
+    def fetch_json(self, item: WeightFile) -> dict:
+        """The flan-T5 index, sized and checked by the file list (the hub's downloader reads it unsized)."""
+        target = inside(self.root, item.local, item_origin(item))
+        size, digest = self.expectation(item)
+        if size is not None and size > METADATA_CAP:
+            raise DownloadError(
+                f"{self.where(item)} is listed at {size:,} bytes, over the {METADATA_CAP:,}-byte limit for "
+                "an index; not fetched"
+            )
+        self.record.expect(item.local, size, digest, self.source)
+        self.fetch(item, expected=size)
+        try:
+            ok = self.checks_out(partial_of(target), item)
+        except SourcesDisagree:
+            partial_of(target).unlink()
+            raise
+        if not ok:
+            partial_of(target).unlink()
+            raise DownloadError(
+                f"{self.where(item)} does not match its listed SHA-256; run the download again"
+            )
+        os.replace(partial_of(target), target)
+        self.record.remember(self.root, item.local, True, None)
+        return read_json(target, "the index")
+
+    def checks_out(self, path: Path, item: WeightFile) -> bool:
+        """The release's MD5 (as from Hugging Face), ModelScope's Sha256, and any other source's recorded
+        digest, all from one read. Damaged in transit (no claim matches): False, fetched again."""
+        known = self.record.expected_size(item.local)
+        if known is not None and path.stat().st_size != known:
+            return False
+        claims = {"the release's published MD5": f"md5:{item.md5}"} if item.md5 else {}
+        listed = self.listed.get(item.local)
+        if listed:
+            claims["ModelScope's listed SHA-256"] = f"sha256:{listed}"
+        for source, claim in self.record.claims(item.local).items():
+            if source != self.source:
+                claims[f"the digest {source} named"] = claim
+        if not claims:
+            return True  # size-checked only, as the hub's downloader does for a file it names no digest for
+        kinds = tuple(sorted({kind_of(claim) for claim in claims.values()}))
+        found = digests_of(path, kinds)
+        matched = {name for name, claim in claims.items() if claim.partition(":")[2] == found[kind_of(claim)]}
+        if matched == set(claims):
+            return True
+        if not matched:
+            return False
+        raise SourcesDisagree(
+            f"{self.where(item)}: the bytes fetched match {', '.join(sorted(matched))} but not "
+            f"{', '.join(sorted(set(claims) - matched))}: ModelScope's copy is not the file the release "
+            "publishes; refused and removed (`--source huggingface` fetches it)"
+        )
+
+
+def kind_of(claim: str) -> str:
+    """'sha256' of 'sha256:<hex>'."""
+    return claim.partition(":")[0]
+
+
+def files_of_listing(body: bytes, what: str) -> dict[str, dict]:
+    """ModelScope's file-list envelope -> {path: entry} of its files; DownloadError when it is not one."""
+    try:
+        envelope = json.loads(body)
+    except ValueError as error:
+        raise DownloadError(f"{what} is not valid JSON ({error})") from None
+    files = envelope.get("Data", {}).get("Files") if isinstance(envelope, dict) else None
+    if isinstance(envelope, dict) and envelope.get("Code", 200) != 200:
+        raise DownloadError(f"{what} is an error: {envelope.get('Message') or envelope.get('Code')}")
+    if not isinstance(files, list):
+        raise DownloadError(f"{what} holds no Data.Files list; is that a ModelScope server?")
+    listed = {}
+    for entry in files:
+        if not isinstance(entry, dict) or entry.get("Type", "blob") == "tree":
+            continue
+        path, size, sha256 = entry.get("Path"), entry.get("Size"), entry.get("Sha256") or None
+        if (
+            not isinstance(path, str)
+            or not isinstance(size, int)
+            or isinstance(size, bool)
+            or size < 0
+            or not (sha256 is None or (isinstance(sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)))
+        ):
+            raise DownloadError(f"{what} names a file without a path, a size or a SHA-256: {entry!r:.200}")
+        listed[path] = {"Size": size, "Sha256": sha256.lower() if sha256 else None}
+    return listed
+
+
+def downloader_for(source: str, root: Path, **kwargs) -> Downloader:
+    """The downloader of `source` (layout.SOURCES): huggingface or modelscope."""
+    if source not in SOURCES:
+        raise DownloadError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
+    return (ModelScopeDownloader if source == "modelscope" else Downloader)(root, **kwargs)
 
 
 def limit_of(name: str, expected: int | None, announced: int | None) -> tuple[int, str]:

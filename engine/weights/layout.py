@@ -136,6 +136,26 @@ CLIP_FILES = (
 CLIP_HINT = "`landiff-engine weights download --clip` fetches them"
 
 
+# The sources a download may use (`weights download --source`): Hugging Face, or ModelScope, which the
+# LanDiff release's README names as its second home. Each Hugging Face repo the weights come from -> its
+# ModelScope id, or None where ModelScope holds no copy this project can use. ONE table: the downloader
+# reads only this.
+SOURCES = ("huggingface", "modelscope")
+MODELSCOPE_REVISION = "master"  # ModelScope's default branch
+MODELSCOPE_REPOS: dict[str, str | None] = {
+    # confirmed: the release's README ("or you can also download the model weights from ModelScope",
+    # https://www.modelscope.cn/models/yinaoxiong/LanDiff, `modelscope download yinaoxiong/LanDiff`)
+    RELEASE_REPO: "yinaoxiong/LanDiff",
+    # NOT confirmed from the release or ModelScope's own pages: the AI-ModelScope organisation's mirror of
+    # google/flan-t5-xxl, as third-party code maps it; whether it holds the same safetensors shards and index
+    # is unknown here. A file it does not list fails by name; `--source huggingface` fetches it instead.
+    FLAN_T5_REPO: "AI-ModelScope/flan-t5-xxl",
+    # none: the CLIP is pinned to a Hugging Face commit (its safetensors conversion), which no ModelScope
+    # copy is known to match; `--clip` with `--source modelscope` is refused in words.
+    CLIP_REPO: None,
+}
+
+
 def redownload_hint(path: Path, source: str = RELEASE_SOURCE) -> str:
     """The fix a missing or damaged weights file names: the command that fetches it, and the other ways."""
     return (

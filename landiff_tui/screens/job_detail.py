@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from textual.app import App, ComposeResult
@@ -22,7 +22,7 @@ from ..words import param_lines, status_words
 from .confirm import Confirm
 
 if TYPE_CHECKING:
-    from engine.protocol import JobSummary
+    from engine.protocol import JobSummary, QualityRecord
 
 
 @dataclass
@@ -146,7 +146,7 @@ class JobDetail(Screen):
         if self.play_at_once:
             self.action_play()
 
-    def show_quality(self, quality: dict[str, Any]) -> None:
+    def show_quality(self, quality: QualityRecord) -> None:
         """The probe's findings arrived (a job_quality event) while this job is shown."""
         if self.job is not None:
             self.job = self.job.model_copy(update={"quality": quality})

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from textual import events, on
 from textual.app import ComposeResult
@@ -29,16 +29,15 @@ from .base import View
 if TYPE_CHECKING:
     from textual.timer import Timer
 
-    from engine.protocol import JobSummary, ListJobs
+    from engine.protocol import JobSummary, ListJobs, QualityRecord
 
 
-def clip_text(quality: dict[str, Any] | None) -> str:
+def clip_text(quality: QualityRecord | None) -> str:
     """A job's mean CLIP score against its prompt, for its row: "27.5"; "-" when the probe measured the job
     without CLIP (no CLIP weights, or it failed); "" before it has measured."""
     if quality is None:
         return ""
-    clip = quality.get("clip")
-    return "-" if clip is None else f"{clip['mean']:.1f}"
+    return "-" if quality.clip is None else f"{quality.clip.mean:.1f}"
 
 
 def created_text(job: JobSummary) -> str:
@@ -156,7 +155,7 @@ class GalleryView(View):
         self.list_changed()
 
     def on_job_measured(self, message: JobMeasured) -> None:
-        quality = message.event.quality.model_dump()
+        quality = message.event.quality
         for index, row in enumerate(self.rows):
             if row.id == message.event.job_id:  # its CLIP cell, at once
                 self.rows[index] = row.model_copy(update={"quality": quality})
@@ -166,7 +165,7 @@ class GalleryView(View):
                     table.update_cell(row.id, "clip", clip_text(quality))
         for screen in self.app.screen_stack:  # a job's detail open on top of the Gallery shows it at once
             if isinstance(screen, JobDetail) and screen.job_id == message.event.job_id:
-                screen.show_quality(message.event.quality.model_dump())
+                screen.show_quality(quality)
 
     def on_job_deleted(self, message: JobDeleted) -> None:
         self.list_changed()

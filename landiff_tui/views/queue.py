@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, ProgressBar
 
-from engine.job_words import PROGRESS_STAGES, progress_words, resumed_words
+from engine.job_words import CHUNKED_STAGES, PROGRESS_STAGES, progress_words, resumed_words
 from engine.wire import RemoteError
 
 from ..keymap import bindings
@@ -26,6 +26,7 @@ from ..messages import (
     JobQueued,
     JobRequeued,
     JobStarted,
+    QueueChanged,
 )
 from ..screens.confirm import Confirm
 from ..widgets.preview import FramePreview
@@ -87,14 +88,14 @@ class QueueEntry:
     id: str
     prompt: str
     status: str  # queued or running
-    created_at: float  # the order jobs run in
+    place: int  # its place in the queue: the order queued jobs run in
     started_at: float | None = None
     worker: str | None = None  # the worker running it
 
     @classmethod
-    def of(cls, job: JobSummary) -> QueueEntry:
+    def of(cls, job: JobSummary, place: int) -> QueueEntry:
         worker = job.worker if job.status == "running" else None  # a re-queued job's is its lost one's
-        return cls(job.id, job.prompt, job.status, job.created_at, job.started_at, worker)
+        return cls(job.id, job.prompt, job.status, place, job.started_at, worker)
 
 
 class QueueView(View):
@@ -106,10 +107,12 @@ class QueueView(View):
         self.jobs: dict[str, QueueEntry] = {}
         self.last: JobProgressEvent | None = None  # the followed job's latest progress
         self.chunks_done = 0  # of the followed job
+        self.reached = 0  # the furthest of its stages (in STAGES' order) that has reported
         self.following: str | None = None  # the running job drawn live
         self.latest: dict[str, JobProgressEvent] = {}  # each running job's latest progress...
         self.latest_chunk: dict[str, ChunkFinishedEvent] = {}  # ...and latest finished chunk
         self.memory: StatusReply | None = None
+        self.paused = False  # the engine's queue starts no job until resumed
 
     def compose(self) -> ComposeResult:
         table: DataTable[str] = DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
@@ -132,7 +135,7 @@ class QueueView(View):
     @property
     def running_jobs(self) -> list[QueueEntry]:
         jobs = [job for job in self.jobs.values() if job.status == "running"]
-        return sorted(jobs, key=lambda job: job.created_at)
+        return sorted(jobs, key=lambda job: job.started_at or 0.0)
 
     @property
     def running(self) -> QueueEntry | None:
@@ -151,15 +154,16 @@ class QueueView(View):
     # engine
 
     def on_engine_connected(self, message: EngineConnected) -> None:
-        self.jobs = {job.id: QueueEntry.of(job) for job in message.active}
+        # running, then queued in the order they run
+        self.jobs = {job.id: QueueEntry.of(job, place) for place, job in enumerate(message.active)}
         running = {job.id for job in self.running_jobs}
         self.latest = {job_id: event for job_id, event in self.latest.items() if job_id in running}
         self.latest_chunk = {
             job_id: event for job_id, event in self.latest_chunk.items() if job_id in running
         }
         self.redraw()
-        if running:  # where they are now: the engine's status carries each one's last progress
-            self.run_worker(self.catch_up(), exclusive=True, group="queue-catch-up")
+        # where they are now: the engine's status carries each one's last progress, and the queue's pause
+        self.run_worker(self.catch_up(), exclusive=True, group="queue-catch-up")
 
     async def catch_up(self) -> None:
         from engine.protocol import Status
@@ -169,6 +173,7 @@ class QueueView(View):
         except RemoteError:
             return
         self.memory = status
+        self.order(status.queue, status.queue_paused)
         reports = [(worker.progress, worker.last_chunk) for worker in status.workers]
         for progress, chunk in reports or [(status.progress, status.last_chunk)]:  # [...]: an older engine
             if chunk is not None and chunk.job_id in self.jobs:
@@ -188,8 +193,20 @@ class QueueView(View):
 
     def on_job_queued(self, message: JobQueued) -> None:
         event = message.event
-        self.jobs[event.job_id] = QueueEntry(event.job_id, event.prompt, "queued", time.time())
+        last = max((job.place for job in self.jobs.values()), default=-1)
+        self.jobs[event.job_id] = QueueEntry(event.job_id, event.prompt, "queued", last + 1)
         self.redraw()
+
+    def on_queue_changed(self, message: QueueChanged) -> None:
+        self.order(message.event.queue, message.event.paused)
+        self.redraw()
+
+    def order(self, queue: list[str], paused: bool) -> None:
+        """The queued jobs' places as the engine's queue has them, and whether it is paused."""
+        self.paused = paused
+        for place, job_id in enumerate(queue):
+            if job_id in self.jobs:
+                self.jobs[job_id].place = place
 
     def on_job_started(self, message: JobStarted) -> None:
         job = self.jobs.get(message.event.job_id)
@@ -265,7 +282,7 @@ class QueueView(View):
         self.redraw()  # the live pane follows another running job, or none
 
     def clear_live(self) -> None:
-        self.last, self.chunks_done = None, 0
+        self.last, self.chunks_done, self.reached = None, 0, 0
         for bar in self.query(StageBar):
             bar.reset()
         self.query_one("#stage-chunk").display = False
@@ -289,7 +306,7 @@ class QueueView(View):
         table = self.query_one("#queue-table", DataTable)
         selected = self.selected_id()
         table.clear()
-        ordered = sorted(self.jobs.values(), key=lambda job: (job.status != "running", job.created_at))
+        ordered = sorted(self.jobs.values(), key=lambda job: (job.status != "running", job.place))
         for entry in ordered:
             table.add_row(entry.status, entry.worker or "", entry.id[:8], entry.prompt[:120], key=entry.id)
         if selected in self.jobs:  # the cursor stays on its job (the one followed live, when running)
@@ -299,7 +316,8 @@ class QueueView(View):
         job = self.running
         if job is None:
             title = self.query_one("#live-title", Label)
-            title.update("nothing is running" if not self.jobs else f"{len(self.jobs)} job(s) waiting")
+            waiting = "nothing is running" if not self.jobs else f"{len(self.jobs)} job(s) waiting"
+            title.update(f"queue paused (p resumes): {waiting}" if self.paused else waiting)
             self.query_one("#live-info", Label).update("")
         else:
             self.draw_title(job)
@@ -328,16 +346,19 @@ class QueueView(View):
 
     def show_progress(self, event: JobProgressEvent) -> None:
         """The stage at work, the stages before it done, those after it empty (a long video runs
-        denoise, decode and write again for each chunk), and the chunks done."""
+        denoise, decode and write again for each chunk), and the chunks done. A stage once reached stays
+        done when an earlier one reports again: stage 2's text encoder runs after the tokens, and its report
+        ends the text stage without emptying the tokens bar."""
         order = [stage for stage, _ in STAGES]
         at = order.index(event.stage)
+        self.reached = max(self.reached, at)
         for bar in self.query(StageBar):
             if bar.stage not in order:
                 continue
             where = order.index(bar.stage)
             if where == at:
                 bar.show(event)
-            elif where < at:
+            elif where < at or (where <= self.reached and bar.stage not in CHUNKED_STAGES):
                 bar.show_done()
             else:
                 bar.reset()
@@ -360,8 +381,14 @@ class QueueView(View):
     def update_info(self, job: QueueEntry) -> None:
         last = self.last if self.last is not None and self.last.job_id == job.id else None
         elapsed = time.time() - job.started_at if job.started_at else None
-        eta = None if last is None else progress_words(last).eta_s
-        parts = [f"elapsed {duration(elapsed)}", f"ETA {duration(eta)}"]
+        words = None if last is None else progress_words(last)
+        # the stage's own ETA is named so while the job's is unknown (before a first job's first timed step)
+        eta = (
+            "ETA -"
+            if words is None
+            else f"{'' if words.job_eta else words.title + ' '}ETA {duration(words.eta_s)}"
+        )
+        parts = [f"elapsed {duration(elapsed)}", eta]
         if last is not None:
             parts.append(f"video so far {last.video_seconds:.1f} s")
             if last.cache_skips:
@@ -399,3 +426,21 @@ class QueueView(View):
 
         question = f"Cancel the {job.status} job {job.id[:8]} ({job.prompt[:40]!r})?"
         self.app.push_screen(Confirm(question, "Cancel job"), answered)
+
+    async def action_move_job(self, to: Literal["top", "up", "down"]) -> None:
+        """Move the queued job under the cursor (up, down, top): the engine's queue_changed redraws it."""
+        job = self.jobs.get(self.selected_id() or "")
+        if job is None or job.status != "queued":
+            self.notify("choose a queued job to move (running ones have left the queue)", severity="warning")
+            return
+        from engine.protocol import MoveJob
+
+        await self.call(MoveJob(job_id=job.id, to=to))
+
+    async def action_pause_queue(self) -> None:
+        from engine.protocol import PauseQueue
+
+        reply = await self.call(PauseQueue(paused=not self.paused))
+        if reply is not None:
+            said = "paused: no queued job starts until p resumes it" if reply.paused else "resumed"
+            self.notify(f"queue {said}")

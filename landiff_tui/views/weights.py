@@ -13,13 +13,36 @@ from ..screens.confirm import Confirm
 from .base import View
 
 if TYPE_CHECKING:
-    from engine.protocol import WeightsStatusReply
+    from engine.protocol import WeightsSource, WeightsStatusReply
 
     from ..messages import TransferEndedEvent
 
 
 def mib(count: int | None) -> str:
     return "" if count is None else f"{count / 2**20:,.1f} MiB"
+
+
+def short_paths(paths: list[str], width: int) -> dict[str, str]:
+    """Each path as the table shows it in about `width` columns: whole when it fits, else its top folder,
+    "…", its file's folder and name, and as many parts between as fit; so that files of one name in
+    different folders (three special_tokens_map.json: the release's T5's, flan-T5's, CLIP's) are told
+    apart at 80 columns, where whole paths run past the table's right edge."""
+    shown = {}
+    for path in paths:
+        parts = path.split("/")
+        text = path
+        if len(path) > width and len(parts) > 3:
+            tail = "/".join(parts[-2:])
+            for part in reversed(parts[1:-2]):
+                if len(f"{parts[0]}/…/{part}/{tail}") > width:
+                    break
+                tail = f"{part}/{tail}"
+            text = f"{parts[0]}/…/{tail}"
+        shown[path] = text
+    counts: dict[str, int] = {}
+    for text in shown.values():
+        counts[text] = counts.get(text, 0) + 1
+    return {path: text if counts[text] == 1 else path for path, text in shown.items()}  # never two alike
 
 
 # the tiny model's files are written on this machine: their states in those words
@@ -117,15 +140,18 @@ class WeightsView(View):
         self.query_one("#weights-root", Static).update(f"{head}\nlooked at: {looked}")
         table = self.query_one("#weights-table", DataTable)
         table.clear()
+        # the file's column gets what the state's and the size's leave: about 44 at 80 columns
+        paths = short_paths([item.local for item in status.files], max(44, table.size.width - 34))
         for item in status.files:
             state = GENERATED_STATES.get(item.state, item.state) if status.generated else item.state
             if item.optional:  # the quality probe's CLIP: `landiff-engine weights download --clip`
                 state += " (optional)"
-            table.add_row(state, mib(item.size), item.local, key=item.local)
+            table.add_row(state, mib(item.size), paths[item.local], key=item.local)
 
-    async def action_download(self) -> None:
-        """Make the weights present: the tiny model's are generated here, the release's downloaded; either
-        asks first (a download takes long and much disk; writing files over others is not undone)."""
+    async def action_download(self, source: WeightsSource = "huggingface") -> None:
+        """Make the weights present: the tiny model's are generated here, the release's downloaded (from
+        `source`: the Hugging Face hub or ModelScope, checked against the same sums); either asks first (a
+        download takes long and much disk; writing files over others is not undone)."""
         from engine.protocol import DownloadWeights, WeightsStatus
 
         status = self.status or await self.call(WeightsStatus())
@@ -141,7 +167,7 @@ class WeightsView(View):
             return
 
         async def answered(yes: bool | None) -> None:
-            if yes and await self.call(DownloadWeights(only="all")) is not None:
+            if yes and await self.call(DownloadWeights(only="all", source=source)) is not None:
                 self.notify("the engine is downloading; it goes on if you quit the TUI")
 
         if status.random_weights:  # an engine that does not write them itself (a checksum list is set)
@@ -150,9 +176,12 @@ class WeightsView(View):
                 "`landiff-engine tiny`). Fetch them from the hub (HF_ENDPOINT) instead?"
             )
         else:
+            server = (
+                "ModelScope (MODELSCOPE_ENDPOINT)" if source == "modelscope" else "Hugging Face (HF_ENDPOINT)"
+            )
             question = (
-                f"Download the missing {status.model} weights into {status.root}? About 25 GB for the "
-                "whole release; partial files resume, and the engine goes on if you quit."
+                f"Download the missing {status.model} weights from {server} into {status.root}? About 25 GB "
+                "for the whole release; partial files resume, and the engine goes on if you quit."
             )
         self.app.push_screen(Confirm(question, "Download"), answered)
 
