@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         JobSummary,
         ProgressReport,
         QualityRecord,
+        StatusReply,
     )
 
 
@@ -124,6 +125,22 @@ def planned_chunks(model: str, params: Mapping[str, Any]) -> int | None:
         return plan_length(rules_for(model), params.get("frames"), params.get("overlap")).chunks
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def waiting_words(status: StatusReply, job_id: str) -> str:
+    """Why a queued job has not started, from the engine's status: its queue paused, no worker to run it,
+    or the jobs ahead of it."""
+    if status.queue_paused:
+        return "the queue is paused: `landiff-engine queue resume` (or p in the Queue tab) starts it again"
+    if not status.workers:
+        return f"no worker to run it: {status.no_worker or 'every one was lost'}"
+    ahead = status.queue.index(job_id) if job_id in status.queue else None
+    busy = sum(worker.job_id is not None for worker in status.workers)
+    if ahead is None:
+        return "about to start"
+    if ahead == 0:
+        return "next, as soon as a worker is free" if busy == len(status.workers) else "next"
+    return f"{ahead} job(s) ahead of it in the queue"
 
 
 def generated_words(written: int, kept: int) -> str:

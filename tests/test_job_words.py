@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine import protocol as p
+from engine.generation.lengths import limits, rules_for
 from engine.job_words import progress_words
 from engine.protocol import JobProgressEvent
 
@@ -39,3 +41,34 @@ def test_a_long_videos_bar_names_its_chunk_and_the_job_eta_wins_over_the_stages(
     assert words.name == "denoising 2/4" and words.eta_s == 90.0 and words.job_eta
     stage_only = progress_words(progress("tokens", 3, 10, 2.0, eta_s=3.5))  # no cost of the job known yet
     assert stage_only.eta_s == 3.5 and not stage_only.job_eta
+
+
+def test_a_queued_job_says_why_it_waits():
+    from engine.job_words import waiting_words
+
+    def status(**changes) -> p.StatusReply:
+        worker = p.WorkerState(label="cuda:0", device=None, state="running", job_id="r", models_loaded=[])
+        fields = {
+            "model": "tiny",
+            "engine_version": "0",
+            "pid": 1,
+            "uptime_s": 1.0,
+            "running": "r",
+            "queue": ["a", "b", "c"],
+            "models_loaded": [],
+            "downloading": False,
+            "seq": 0,
+            "limits": p.LengthLimits(**limits(rules_for("tiny"))),
+            "device": "cpu",
+            "memory_used_bytes": None,
+            "workers": [worker],
+        }
+        return p.StatusReply(**{**fields, **changes})
+
+    assert waiting_words(status(), "c") == "2 job(s) ahead of it in the queue"
+    assert waiting_words(status(), "a") == "next, as soon as a worker is free"
+    assert waiting_words(status(queue_paused=True), "a").startswith(
+        "the queue is paused: `landiff-engine queue"
+    )
+    no_gpu = status(workers=[], no_worker="no node offers the resource GPU")
+    assert waiting_words(no_gpu, "a") == "no worker to run it: no node offers the resource GPU"

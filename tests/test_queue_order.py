@@ -143,6 +143,8 @@ def test_the_cli_pauses_reorders_and_resumes_the_queue_which_stays_paused_across
             == "queue paused: no job starts until `landiff-engine queue resume`; 3 job(s) waiting"
         )
         assert [line.split()[1] for line in moved.stdout.splitlines()[1:]] == [c, a, b]
+        shown = engine.cli("show", a)
+        assert "waiting: the queue is paused: `landiff-engine queue resume`" in shown.stdout, shown.stdout
         refused = engine.cli("move", a, "--to", "0")
         assert refused.returncode == 2 and "give a place from 1 (next)" in refused.stderr
         engine.stop()

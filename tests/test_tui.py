@@ -1363,3 +1363,25 @@ async def test_the_queue_moves_the_chosen_job_and_pauses_and_resumes_with_keys()
         await pilot.press("p")
         await until(pilot, lambda: not queue.paused, what="the queue resumed")
         assert [request.paused for request in link.sent(p.PauseQueue)] == [True, False]
+
+
+async def test_a_queued_jobs_page_says_why_it_waits():
+    from landiff_tui.screens.job_detail import JobDetail
+
+    link = ScriptedLink([job(0, "running"), job(1, "queued"), job(2, "queued")])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await until(pilot, lambda: link.connected, what="the engine")
+
+        async def page(job_id: str) -> str:
+            app.push_screen(JobDetail(job_id))
+            await until(pilot, lambda: isinstance(app.screen, JobDetail) and app.screen.job, what="the page")
+            body = str(app.screen.query_one("#detail-body").render())
+            app.pop_screen()
+            await pilot.pause()
+            return body
+
+        assert "waiting: 1 job(s) ahead of it in the queue" in await page(job(2).id)
+        link.paused = True
+        assert "waiting: the queue is paused" in await page(job(1).id)
+        assert "waiting" not in await page(job(0).id)  # running

@@ -316,6 +316,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     request = GetJob(job_id=args.job)
     client = reading_engine(args)
+    waiting = None  # why a queued job waits, when an engine runs to say
     if client is None:
         from engine.cli.history import no_engine_note, open_history
 
@@ -328,12 +329,17 @@ def run_show(args: argparse.Namespace) -> int:
         with history:
             job = history.job(request.job_id)
     else:
+        from engine.job_words import waiting_words
+        from engine.protocol import Status
+
         with client:
             job = client.call(request).job
+            if job.status == "queued":
+                waiting = waiting_words(client.call(Status()), job.id)
     if args.json:
         print(json.dumps(job.model_dump(mode="json"), indent=2))
         return 0
-    for label, text in describe_job(job):
+    for label, text in [*([("waiting", waiting)] if waiting else []), *describe_job(job)]:
         print(f"{label:>12}: {text}")
     return 0
 

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from engine.job_words import quality_lines, resumed_words
+from engine.job_words import quality_lines, resumed_words, waiting_words
 from engine.params import video_fps
 
 from ..keymap import bindings, key_of
@@ -82,9 +82,12 @@ def job_actions(app: App) -> JobActions:
     return JobActions(app)
 
 
-def describe(job: JobSummary) -> str:
+def describe(job: JobSummary, waiting: str | None = None) -> str:
+    """The job's page; `waiting`: why a queued one has not started (job_words.waiting_words)."""
     status = escape(status_words(job))
     lines = [f"[b]{job.id}[/b]  {status}  ({job.model} model, engine {job.engine_version})", ""]
+    if waiting and job.status == "queued":
+        lines += [f"waiting: {escape(waiting)}", ""]
     if job.error:
         lines += [f"[red]{job.status}: {escape(job.error)}[/red]", ""]
     lines.append(escape(job.prompt))
@@ -119,6 +122,7 @@ class JobDetail(Screen):
         super().__init__()
         self.job_id, self.play_at_once = job_id, play
         self.job: JobSummary | None = None
+        self.waiting: str | None = None  # why it waits, while it is queued
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -136,7 +140,12 @@ class JobDetail(Screen):
             self.app.pop_screen()
             return
         self.job = reply.job
-        self.query_one("#detail-body", Static).update(describe(self.job))
+        if self.job.status == "queued":  # why it waits: its queue paused, no worker, the jobs ahead
+            from engine.protocol import Status
+
+            status = await engine_app(self.app).call_engine(Status())
+            self.waiting = None if status is None else waiting_words(status, self.job.id)
+        self.query_one("#detail-body", Static).update(describe(self.job, self.waiting))
         preview = self.query_one(FramePreview)
         if self.job.thumbnail_path or self.job.status in ("queued", "running"):
             preview.show_image(self.job.thumbnail_path)
@@ -150,7 +159,7 @@ class JobDetail(Screen):
         """The probe's findings arrived (a job_quality event) while this job is shown."""
         if self.job is not None:
             self.job = self.job.model_copy(update={"quality": quality})
-            self.query_one("#detail-body", Static).update(describe(self.job))
+            self.query_one("#detail-body", Static).update(describe(self.job, self.waiting))
 
     async def action_rerun(self) -> None:
         if self.job:
