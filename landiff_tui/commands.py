@@ -92,18 +92,29 @@ def entries(app: PaletteApp) -> Iterator[Entry]:
     )
     yield Entry("Gallery: past jobs", "gallery", "focus_default")
     yield Entry("Search the prompts of past jobs", "gallery", "focus_search")
-    yield Entry("Clear the gallery's search", "gallery", "clear_search")
+    gallery = view(app, "gallery")
+    marked = len(gallery.marked_jobs()) if gallery is not None else 0
+    yield Entry("Clear the gallery's marks" if marked else "Clear the gallery's search", "gallery", "clear")
+    yield Entry("Sort the gallery by its next column", "gallery", "sort")
+    yield Entry("Reverse the gallery's order", "gallery", "reverse")
+    yield Entry("Mark every job in the gallery (or none)", "gallery", "mark_all")
+    if marked:
+        yield Entry(f"Re-run the {marked} marked jobs", "gallery", "rerun")
+        yield Entry(f"Delete the {marked} marked jobs and their files", "gallery", "delete")
     job = selected_job(app)
     if job is not None:
         short = f"{job.id[:8]} ({job.prompt[:30]!r})"
         yield Entry(f"Open job {short}", "gallery", "open")
-        yield Entry(f"Re-run job {short}", "gallery", "rerun")
+        yield Entry(f"Mark or unmark job {short}", "gallery", "mark")
+        if not marked:  # with jobs marked, re-run and delete act on them
+            yield Entry(f"Re-run job {short}", "gallery", "rerun")
         yield Entry(f"Edit and re-run job {short}", "gallery", "edit")
         yield Entry(f"Copy the prompt of job {short}", "gallery", "copy_prompt")
         if job.video_path:
             yield Entry(f"Copy the video path of job {short}", "gallery", "copy_path")
             yield Entry(f"Play the video of job {short}", "gallery", "play")
-        yield Entry(f"Delete job {short} and its files", "gallery", "delete")
+        if not marked:
+            yield Entry(f"Delete job {short} and its files", "gallery", "delete")
     weights = view(app, "weights")
     generated = weights is not None and weights.status is not None and weights.status.generated
     yield Entry("Weights: status, download, verify", "weights", "focus_default")

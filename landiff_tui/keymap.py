@@ -74,12 +74,19 @@ KEYMAP: dict[str, dict[str, ActionKeys]] = {
         "move_job('top')": ActionKeys(("t",), "Run the job next", footer=False),
         "pause_queue": ActionKeys(("p",), "Pause/resume"),
     },
-    # typing always reaches the Gallery's search box: its actions take keys that text never produces, and
-    # win over the box's own ctrl+e (end) and ctrl+d (delete right), which have the end and delete keys
+    # the Gallery's search box has the keys when the tab shows, so its job actions take keys that text
+    # never produces, and win over the box's own ctrl+e (end) and ctrl+d (delete right), which have the end
+    # and delete keys; in the list (down from the box), letters move, sort and mark, and none of them
+    # changes a job: re-run and delete act on the marked jobs when some are, and delete asks first
     "gallery": {
         "open": ActionKeys(("enter",), "Details", footer=False),
         **JOB_KEYS,
-        "clear_search": ActionKeys(("escape",), "Clear the search", footer=False),
+        "focus_search": ActionKeys(("slash",), "Search", footer=False),
+        "sort": ActionKeys(("s",), "Sort by the next column", footer=False),
+        "reverse": ActionKeys(("S",), "Reverse the order", footer=False),
+        "mark": ActionKeys(("space",), "Mark/unmark the job", footer=False),
+        "mark_all": ActionKeys(("ctrl+a",), "Mark all/none", footer=False),
+        "clear": ActionKeys(("escape",), "Clear the marks, else the search", footer=False),
     },
     "weights": {
         "download": ActionKeys(("d",), "Download"),
@@ -93,6 +100,14 @@ KEYMAP: dict[str, dict[str, ActionKeys]] = {
         "stop": ActionKeys(("S",), "Stop"),
         "release": ActionKeys(("m",), "Release"),
         "refresh": ActionKeys(("r",), "Refresh"),
+    },
+    # every list (the Queue's jobs, the Gallery's), as lazygit and k9s move in theirs; bound by the lists
+    # themselves (`widgets.lists.ListTable`), so a text field beside them keeps its letters
+    "list": {
+        "row('down')": ActionKeys(("j",), "Next row", footer=False),
+        "row('up')": ActionKeys(("k",), "Previous row", footer=False),
+        "row('first')": ActionKeys(("g",), "First row", footer=False),
+        "row('last')": ActionKeys(("G",), "Last row (the Gallery loads more)", footer=False),
     },
     # a job's page: the Gallery's keys for the same actions (its footer has room for playing too)
     "detail": {
@@ -117,7 +132,14 @@ WIDGET_KEYS: dict[str, list[tuple[str, str]]] = {
         ("tab / shift+tab", "the next / previous field"),
     ],
     "queue": [("up / down", "choose a job")],
-    "gallery": [("type", "search prompts"), ("down / up", "the list / the search box")],
+    "gallery": [
+        ("type", "search prompts (the search box has the keys when the tab shows)"),
+        ("down / up", "the list / the search box (up on the first row)"),
+        (
+            "click a header",
+            "sort by it; again: the other way (created: by the engine, the rest: loaded jobs)",
+        ),
+    ],
     "engine": [("up / down / pgup / pgdn / end", "scroll the log; at its end it follows new lines")],
     "confirm": [("tab / enter", "choose a button / press it")],
 }
@@ -135,7 +157,7 @@ def bindings(scope: str) -> list[BindingType]:
     return made
 
 
-NAMES = {"question_mark": "?", "slash": "/", "escape": "esc", "delete": "del"}
+NAMES = {"question_mark": "?", "slash": "/", "escape": "esc", "delete": "del", "space": "space"}
 
 
 def key_name(key: str) -> str:

@@ -143,7 +143,7 @@ async def test_submit_watch_find_rerun_edit_and_delete(engine):
         app.query_one("#search").value = "heron"
         await until(pilot, lambda: [r.id for r in gallery.rows] == [job_id], what="the search result")
         table = app.query_one("#gallery-table")
-        assert table.get_row_at(0)[2] == "1.1 s"  # the tiny model's one clip: 9 frames at 8 fps
+        assert table.get_cell(job_id, "length") == "1.1 s"  # the tiny model's one clip: 9 frames at 8 fps
         await pilot.press("ctrl+r")
         await until(pilot, lambda: len(events.of("job_finished")) == 2, what="the re-run")
         rerun_id = events.of("job_finished")[1].job_id
@@ -527,13 +527,16 @@ async def test_typing_in_the_gallery_searches_and_no_letter_runs_an_action():
         await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, what="the gallery")
         await pilot.press(*"red")  # once the keys of re-run, edit and delete
         assert app.query_one("#search").value == "red"
-        await pilot.press("down")  # into the list: a letter typed there goes to the search box too
+        await pilot.press("down")  # into the list: its letters move, sort, mark; none runs an action
         assert app.focused.id == "gallery-table"
-        await pilot.press("d", "y")
-        assert app.query_one("#search").value == "reddy" and app.focused.id == "search"
+        await pilot.press(*"dyrex")
+        assert app.query_one("#search").value == "red" and app.focused.id == "gallery-table"
         assert type(app.screen).__name__ == "Screen" and app.query_one("#tabs").active == "gallery"
         assert not link.sent(p.Submit) and not link.sent(p.DeleteJob)
-        app.query_one("#search").value = ""
+        await pilot.press("slash", "y")  # / goes to the search box, as in lazygit and k9s
+        assert app.query_one("#search").value == "redy" and app.focused.id == "search"
+        await pilot.press("escape")  # no marks: escape clears the search
+        assert app.query_one("#search").value == ""
         await until(pilot, lambda: len(app.query_one("GalleryView").rows) == 3, what="the whole list again")
         await pilot.press("ctrl+d")  # deleting takes a chord and asks first
         assert type(app.screen).__name__ == "Confirm"
@@ -819,13 +822,13 @@ async def test_the_gallery_fits_80_columns_and_gives_the_prompt_the_room():
         shown = columns()
         assert sum(shown.values()) <= table.scrollable_content_region.width, shown  # no sideways scrolling
         assert shown["prompt"] >= 32 and shown["status"] <= 10, shown
-        statuses = [str(table.get_row_at(index)[0]) for index in range(4)]
+        statuses = [str(table.get_row_at(index)[1]) for index in range(4)]  # [0]: the marks
         assert statuses == ["kept 2/5", "done", "intr", "failed"]
-        assert str(table.get_row_at(0)[2]) == "2.1 s"  # what it kept: 17 frames at 8 fps
+        assert str(table.get_cell(jobs[0].id, "length")) == "2.1 s"  # what it kept: 17 frames at 8 fps
         count = str(app.query_one("#gallery-count").render())
         assert "kept n/m: cancelled, n of m chunks kept" in count and "intr: interrupted" in count
         await pilot.resize_terminal(120, 40)  # wider: every column, the prompt still the widest
-        await until(pilot, lambda: len(columns()) == 8, what="every column")
+        await until(pilot, lambda: len(columns()) == 9, what="every column")
         shown = columns()
         assert sum(shown.values()) <= table.scrollable_content_region.width
         assert shown["prompt"] == max(shown.values())
@@ -1027,9 +1030,11 @@ async def test_a_key_changed_in_the_keymap_changes_the_bindings_the_palette_and_
     from landiff_tui.views.generate import GenerateView
     from landiff_tui.views.queue import QueueView
     from landiff_tui.views.weights import WeightsView
+    from landiff_tui.widgets.lists import ListTable
 
     bound = {"app": LanDiffApp, "generate": GenerateView, "queue": QueueView, "gallery": GalleryView}
     bound |= {"weights": WeightsView, "engine": EngineView, "detail": JobDetail, "confirm": Confirm}
+    bound |= {"list": ListTable}
     assert set(bound) == set(keymap.KEYMAP)
     for scope, owner in bound.items():  # each binds its keys from the keymap
         assert keymap.bindings(scope) == owner.BINDINGS, scope
@@ -1385,3 +1390,126 @@ async def test_a_queued_jobs_page_says_why_it_waits():
         link.paused = True
         assert "waiting: the queue is paused" in await page(job(1).id)
         assert "waiting" not in await page(job(0).id)  # running
+
+
+# issue 28: lists as in lazygit and k9s
+
+
+async def test_j_k_g_G_move_in_both_lists_and_question_mark_opens_the_keys_outside_a_text_field():
+    link = ScriptedLink([job(0, "running"), job(1, "queued"), job(2, "queued"), job(3)])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("f2")
+        await until(pilot, lambda: (queue := mounted(app, "QueueView")) and len(queue.jobs) == 3, what="jobs")
+        table = app.query_one("#queue-table")
+        await pilot.press("j", "j")
+        assert table.cursor_row == 2
+        await pilot.press("k", "G")
+        assert table.cursor_row == 2
+        await pilot.press("g")
+        assert table.cursor_row == 0 and not link.sent(p.MoveJob)  # J / K move jobs, j / k the cursor
+        await pilot.press("question_mark")
+        assert type(app.screen).__name__ == "Keys"
+        await pilot.press("escape", "f3")
+        gallery = app.query_one("GalleryView")
+        await until(pilot, lambda: len(gallery.rows) == 4, what="the gallery")
+        await pilot.press("down", "G")
+        table = app.query_one("#gallery-table")
+        assert table.cursor_row == 3 and app.focused is table
+        await pilot.press("k", "k", "j")
+        assert table.cursor_row == 2
+        await pilot.press("g", "k")  # k on the first row stays in the list (up goes to the search box)
+        assert table.cursor_row == 0 and app.focused is table
+        await pilot.press("question_mark")
+        assert type(app.screen).__name__ == "Keys"
+        listed = str(app.screen.query_one("#keys-list").render())
+        assert "Lists (Queue, Gallery, Weights)" in listed and f"  {'G':<16} Last row" in listed
+        await pilot.press("escape", "slash", "question_mark")  # in the search box, ? is a character
+        assert app.focused.id == "search" and app.query_one("#search").value == "?"
+        assert type(app.screen).__name__ == "Screen"
+
+
+def seeded(index: int, seed: int) -> p.JobSummary:
+    return job(index, params={**job(index).params, "seed": seed})
+
+
+async def test_the_gallery_sorts_by_a_clicked_header_or_s_and_shows_the_direction():
+    jobs = [seeded(0, 5), seeded(1, 1), seeded(2, 3)]  # newest first
+    link = ScriptedLink(jobs)
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(120, 32)) as pilot:
+        await pilot.press("f3")
+        gallery = app.query_one("GalleryView")
+        await until(pilot, lambda: len(gallery.rows) == 3, what="the gallery")
+        table = app.query_one("#gallery-table")
+
+        def order() -> list[int]:
+            return [jobs.index(next(j for j in jobs if j.id == row.value)) for row in table.rows]
+
+        def headers() -> list[str]:
+            return [str(column.label) for column in table.ordered_columns]
+
+        assert order() == [0, 1, 2] and "created▼" in headers()
+        await pilot.press("down")
+        table.move_cursor(row=2)  # the cursor stays on its job through every sort
+        x = 1 + sum(c.get_render_width(table) for c in table.ordered_columns[: headers().index("seed")])
+        await pilot.click("#gallery-table", offset=(x, 0))  # seed's header: by seed, the smallest first
+        await until(pilot, lambda: order() == [1, 2, 0], what="sorted by seed")
+        assert "seed▲" in headers() and "created" in headers() and table.cursor_row == 1
+        await pilot.click("#gallery-table", offset=(x, 0))  # again: the other way
+        await until(pilot, lambda: order() == [0, 2, 1], what="sorted by seed, largest first")
+        assert "seed▼" in headers()
+        await pilot.press("S")  # the sort key's reverse
+        assert order() == [1, 2, 0] and "seed▲" in headers()
+        gallery.sort_by("length", False)
+        await pilot.press("s", "s")  # the next column, and the next: past length, fps, then seed
+        assert "seed▲" in headers() and order() == [1, 2, 0]
+        assert not link.sent(p.Submit) and not link.sent(p.DeleteJob)
+        gallery.sort_by("created", True)
+        await until(pilot, lambda: order() == [0, 1, 2], what="newest first")
+        table.move_cursor(row=0)
+        await pilot.press("S")  # created is the engine's: the oldest first, asked of it
+        await until(pilot, lambda: order() == [2, 1, 0], what="oldest first")
+        assert link.sent(p.ListJobs)[-1].sort == "oldest" and "created▲" in headers()
+        assert table.cursor_row == 2  # still on job 0
+
+
+async def test_marked_jobs_are_rerun_and_deleted_together_after_one_question():
+    jobs = [job(index) for index in range(4)]
+    link = ScriptedLink(jobs)
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("f3")
+        gallery = app.query_one("GalleryView")
+        await until(pilot, lambda: len(gallery.rows) == 4, what="the gallery")
+        table = app.query_one("#gallery-table")
+
+        def marks() -> list[str]:
+            return [str(table.get_row_at(index)[0]) for index in range(table.row_count)]
+
+        await pilot.press("down", "space", "j", "space")  # space marks and moves down: jobs 0 and 2
+        assert marks() == ["✓", "", "✓", ""] and table.cursor_row == 3
+        assert "2 marked" in str(app.query_one("#gallery-count").render())
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: "Re-run the 2 marked jobs?" in screen_text(app), what="one question")
+        await answer_yes(pilot)
+        await until(pilot, lambda: len(link.sent(p.Submit)) == 2, what="two re-runs")
+        assert [r.params.seed for r in link.sent(p.Submit)] == [
+            jobs[0].params["seed"],
+            jobs[2].params["seed"],
+        ]
+        await until(pilot, lambda: marks() == [""] * 4, what="the marks cleared")
+        await pilot.press("ctrl+a")  # every job; escape clears them, the search stays where it is
+        assert marks() == ["✓"] * 4
+        await pilot.press("escape")
+        assert marks() == [""] * 4 and app.focused is table
+        await pilot.press("g", "space", "space")
+        await pilot.press("delete")
+        await until(pilot, lambda: "Delete the 2 marked jobs and their files?" in screen_text(app))
+        await answer_yes(pilot)
+        await until(pilot, lambda: len(link.sent(p.DeleteJob)) == 2, what="two deletions")
+        assert [(r.job_id, r.delete_files) for r in link.sent(p.DeleteJob)] == [
+            (jobs[0].id, True),
+            (jobs[1].id, True),
+        ]
+        assert len(link.sent(p.Submit)) == 2 and gallery.marked == set()

@@ -191,6 +191,8 @@ class ScriptedLink:
     def on_list_jobs(self, request: p.ListJobs) -> p.JobList:
         found = [j for j in self.jobs if (request.search or "").lower() in j.prompt.lower()]
         found = [j for j in found if request.status in (None, j.status)]
+        if request.sort == "oldest":  # else as scripted: the tests list their jobs newest first
+            found.sort(key=lambda j: j.created_at)
         return p.JobList(jobs=found[request.offset : request.offset + request.limit], total=len(found))
 
     def on_get_job(self, request: p.GetJob) -> p.JobReply:

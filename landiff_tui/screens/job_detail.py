@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,15 +34,31 @@ class JobActions:
     def engine(self) -> EngineApp:
         return engine_app(self.app)
 
-    async def rerun(self, job: JobSummary) -> str | None:
+    async def rerun(self, job: JobSummary, quiet: bool = False) -> str | None:
         from engine.protocol import Submit
 
         request = checked(self.app, lambda: Submit.model_validate({"params": job.params}))
         reply = await self.engine.call_engine(request) if request is not None else None
         if reply is not None:
-            self.app.notify(f"re-run queued as {reply.job_id[:8]}")
+            if not quiet:
+                self.app.notify(f"re-run queued as {reply.job_id[:8]}")
             return reply.job_id
         return None
+
+    def rerun_all(self, jobs: list[JobSummary], after: Callable[[], None] | None = None) -> None:
+        """Several jobs re-run, once the user said yes to the count; `after`: once they are sent."""
+
+        async def answered(yes: bool | None) -> None:
+            if yes:
+                queued = [await self.rerun(job, quiet=True) for job in jobs]
+                done = sum(job_id is not None for job_id in queued)
+                self.app.notify(
+                    f"{done} of {len(jobs)} re-runs queued" if done < len(jobs) else f"{done} re-runs queued"
+                )
+                if after is not None:
+                    after()
+
+        self.app.push_screen(Confirm(f"Re-run the {len(jobs)} marked jobs?", "Re-run"), answered)
 
     def edit(self, job: JobSummary) -> None:
         from ..views.generate import GenerateView
@@ -75,6 +92,28 @@ class JobActions:
         prompt = job.prompt[:50]
         self.app.push_screen(
             Confirm(f"Delete job {job.id[:8]} ({prompt!r}) and its files?", "Delete"), answered
+        )
+
+    def delete_all(self, jobs: list[JobSummary], after: Callable[[], None] | None = None) -> None:
+        """Several jobs and their files deleted, once the user said yes to the count."""
+        from engine.protocol import DeleteJob
+
+        async def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            done = 0
+            for job in jobs:
+                request = DeleteJob(job_id=job.id, delete_files=True)
+                done += await self.engine.call_engine(request) is not None
+            self.app.notify(
+                f"{done} jobs and their files deleted"
+                + (f" ({len(jobs) - done} refused)" if done < len(jobs) else "")
+            )
+            if after is not None:
+                after()
+
+        self.app.push_screen(
+            Confirm(f"Delete the {len(jobs)} marked jobs and their files?", "Delete"), answered
         )
 
 

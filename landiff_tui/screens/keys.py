@@ -17,9 +17,22 @@ def sections() -> list[tuple[str, str, list[tuple[str, str]]]]:
 
     def rows(scope: str) -> list[tuple[str, str]]:
         bound = [*KEYMAP[scope].values(), *([PALETTE] if scope == "app" else [])]
-        return [*WIDGET_KEYS.get(scope, []), *((all_key_names(keys), keys.description) for keys in bound)]
+        notes = []
+        if scope == "gallery":  # the job keys that act on the marked jobs, when some are
+            notes.append(
+                (
+                    f"{key_of('gallery', 'rerun')} / {key_of('gallery', 'delete')}",
+                    "with jobs marked: re-run / delete all of them (asks first)",
+                )
+            )
+        return [
+            *WIDGET_KEYS.get(scope, []),
+            *((all_key_names(keys), keys.description) for keys in bound),
+            *notes,
+        ]
 
     result = [(tab, label, rows(tab)) for tab, label in TABS]
+    result.append(("list", "Lists (Queue, Gallery, Weights)", rows("list")))
     result.append(("detail", f"Job detail ({key_of('gallery', 'open')} in the Gallery)", rows("detail")))
     result.append(("confirm", "Questions (delete, download, stop, quit...)", rows("confirm")))
     result.append(("app", "Everywhere", rows("app")))

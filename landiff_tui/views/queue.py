@@ -29,6 +29,7 @@ from ..messages import (
     QueueChanged,
 )
 from ..screens.confirm import Confirm
+from ..widgets.lists import ListTable
 from ..widgets.preview import FramePreview
 from .base import View, lane_summary
 
@@ -115,7 +116,7 @@ class QueueView(View):
         self.paused = False  # the engine's queue starts no job until resumed
 
     def compose(self) -> ComposeResult:
-        table: DataTable[str] = DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
+        table = ListTable(id="queue-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("status", "worker", "job", "prompt")
         yield table
         with Vertical(id="live"):

@@ -10,6 +10,7 @@ from textual.widgets import DataTable, Label, ProgressBar, Static
 from ..keymap import bindings, key_of
 from ..messages import EngineConnected, TransferEnded, TransferProgressed, TransferStarted
 from ..screens.confirm import Confirm
+from ..widgets.lists import ListTable
 from .base import View
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class WeightsView(View):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="weights-root")
-        table: DataTable[str] = DataTable(id="weights-table", cursor_type="row", zebra_stripes=True)
+        table: DataTable[str] = ListTable(id="weights-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("state", "size", "file")
         yield table
         yield Label("", id="weights-activity")
