@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from engine.generation.resume import Checkpoint, Checkpoints, CheckpointWriter, 
 from engine.generation.speed import DiTOptions, enable_compile_cache
 from engine.generation.stage1 import SemanticStage, default_device, default_dtype
 from engine.generation.stage2 import VideoStage
+from engine.generation.verify import environment, record_hashes
 from engine.generation.video import write_thumbnail
 from engine.models.dpm_sampler import DiffusionCancelled
 from engine.models.llm_sampler import Decoding, SamplingCancelled
@@ -63,6 +64,7 @@ class Render:
     stage1: dict[str, Any]  # where its tokens were made (the sidecar's "stage1")
     checkpoints: Checkpoints | None = None  # an engine job's: checkpointed after each chunk, maybe resumed
     saving: CheckpointWriter | None = None
+    frames_sha256: list[str] = field(default_factory=list)  # each chunk's frames', for the record's `hashes`
 
 
 @dataclass
@@ -382,6 +384,7 @@ class Pipeline:
         if start is not None:
             cursor = RenderCursor(start.cursor.index, start.cursor.generator, start.cursor.prefix)
             self._resume(render, start, decoder, counts)
+            render.frames_sha256 = list(start.frames_sha256[: start.chunks_done])
 
         def on_step(index: int, step: int, total: int) -> None:
             now = time.perf_counter()
@@ -415,6 +418,7 @@ class Pipeline:
             decode = StageClock("decode", on_progress, clock)
             new = latents if index == 0 else latents[:, plan.overlap :]
             frames = stage2.frames(decoder, new).numpy()
+            render.frames_sha256.append(frames_sha256(frames))
             last = index == plan.chunks - 1
             if render.saving is not None and not last:
                 render.saving.chunk(index, new, frames)
@@ -581,7 +585,9 @@ class Pipeline:
             height, width = thumbnail.shape[:2]
             write_record(
                 result.sidecar,
-                self.sidecar_record(job, result, (writer.frames_written, height, width), render.stage1),
+                self.sidecar_record(
+                    job, result, (writer.frames_written, height, width), render.stage1, render.frames_sha256
+                ),
             )
             if render.saving is not None:  # the job has ended: nothing of it is resumed any more
                 render.saving.discard()
@@ -597,10 +603,17 @@ class Pipeline:
         return result
 
     def sidecar_record(
-        self, job: JobSpec, result: JobResult, shape: tuple[int, int, int], stage1: dict[str, Any]
+        self,
+        job: JobSpec,
+        result: JobResult,
+        shape: tuple[int, int, int],
+        stage1: dict[str, Any],
+        frames_sha256: list[str] | None = None,
     ) -> dict[str, Any]:
         """The JSON record beside the video: everything needed to reproduce it, and what it cost.
-        `stage1`: where its tokens came from (this device, an LLM lane's, or a file)."""
+        `stage1`: where its tokens came from (this device, an LLM lane's, or a file); `frames_sha256`: each
+        chunk's frames' hash (`environment` and `hashes`: what `landiff-engine verify` compares,
+        engine/generation/verify.py)."""
         return {
             "engine_version": __version__,
             "model": self.spec.name,
@@ -631,6 +644,8 @@ class Pipeline:
                 "dit_calls_skipped": result.dit_calls_skipped,
             },
             "resumed_after_chunks": result.resumes,
+            "environment": environment(self.device, self.layout.root),
+            "hashes": record_hashes(result.tokens, (frames_sha256 or [])[: result.chunks_done]),
             **result.outcome().model_dump(mode="json"),  # under the names the job's summary uses
         }
 
