@@ -17,7 +17,7 @@ from engine.wire import RemoteError
 
 from .client import ABSENT, LOST, STARTING, STOPPED, EngineLink
 from .keymap import PALETTE, TABS, bindings, key_name, key_of, tab_key
-from .messages import EngineConnected, EngineLost, JobEnded, TransferEnded, message_for
+from .messages import EngineConnected, EngineLost, JobEnded, JobQueued, TransferEnded, message_for
 from .views.base import View
 from .views.generate import GenerateView
 from .widgets.deferred import add_later_css, mount_later_view
@@ -26,6 +26,7 @@ from .widgets.tabbed import TabbedViews
 if TYPE_CHECKING:
     from engine.protocol import AnyEvent, HelloReply, R, Request, SubscribeReply
 
+    from .notify import JobEndNotices
     from .views.queue import QueueView
     from .widgets.weights_banner import WeightsBanner
 
@@ -60,13 +61,24 @@ class LanDiffApp(App):
     COMMAND_PALETTE_BINDING = PALETTE.keys[0]
 
     def __init__(
-        self, model: str | None = None, link: Any = None, autostart: bool = True, gc_paused: bool = False
+        self,
+        model: str | None = None,
+        link: Any = None,
+        autostart: bool = True,
+        gc_paused: bool = False,
+        desktop_notify: bool = True,
     ):
         """`gc_paused`: the caller disabled the garbage collector for the start-up; the app enables it
-        again once every tab is mounted (see `main`)."""
+        again once every tab is mounted (see `main`). `desktop_notify`: a job's end is also told on the
+        desktop through the terminal (landiff_tui/notify.py)."""
         super().__init__()
         self.model = model
         self.gc_paused = gc_paused
+        self.job_notices: JobEndNotices | None = None
+        if desktop_notify:
+            from .notify import JobEndNotices
+
+            self.job_notices = JobEndNotices()
         if link is None:
             link = EngineLink(
                 self.engine_event, self.engine_connected, self.engine_state, model=model, autostart=autostart
@@ -190,10 +202,22 @@ class LanDiffApp(App):
         elif state == LOST:
             self.notify(message, severity="warning")
 
+    def on_engine_connected(self, message: EngineConnected) -> None:
+        if self.job_notices is not None:  # the jobs alive now: their ends are told on the desktop
+            self.job_notices.saw_active(message.active)
+
+    def on_job_queued(self, message: JobQueued) -> None:
+        if self.job_notices is not None:
+            self.job_notices.saw(message.event.job_id, message.event.prompt)
+
     def on_job_ended(self, message: JobEnded) -> None:
         from engine.protocol import JobCancelledEvent, JobFailedEvent, JobFinishedEvent
 
         event = message.event
+        if self.job_notices is not None and (notice := self.job_notices.ended(event)):
+            from .notify import notify_desktop
+
+            notify_desktop(self, *notice)
         if isinstance(event, JobFinishedEvent):
             self.notify(f"a video is ready: see the Gallery ({tab_key('gallery')})", title="job finished")
         elif isinstance(event, JobCancelledEvent) and event.partial:
@@ -366,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-start", action="store_true", help="only connect: wait for an engine instead of starting one"
     )
+    parser.add_argument(
+        "--no-notify",
+        dest="notify",
+        action="store_false",
+        help="tell a job's end only inside the app, not on the desktop through the terminal (OSC 99, OSC 9 "
+        "or OSC 777 where the terminal takes one, else the bell)",
+    )
     args = parser.parse_args(argv)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         print(
@@ -375,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     gc.disable()  # already off when started as `landiff-tui` (see __main__.py); start_link turns it on
-    app = LanDiffApp(model=args.model, autostart=not args.no_start, gc_paused=True)
+    app = LanDiffApp(
+        model=args.model, autostart=not args.no_start, gc_paused=True, desktop_notify=args.notify
+    )
     app.run()
     if app.return_code:
         return app.return_code

@@ -17,6 +17,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -40,7 +41,16 @@ from engine.wire import LEAVES_WITHIN_S
 
 if TYPE_CHECKING:
     from engine.cli.history import History
-    from engine.protocol import JobList, JobSummary, LaneState, ListJobs, PresetList, StatusReply, WorkerState
+    from engine.protocol import (
+        JobList,
+        JobSummary,
+        LaneState,
+        ListJobs,
+        Preset,
+        PresetList,
+        StatusReply,
+        WorkerState,
+    )
 
 EXIT_FAILED = 1
 PAUSED = "; paused: none starts until `landiff-engine queue resume`"
@@ -53,6 +63,17 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
         "--preset", default=None, help="start from a saved preset (see `landiff-engine presets`)"
     )
     parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    add_notify_option(parser)
+
+
+def add_notify_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-notify",
+        dest="notify",
+        action="store_false",
+        help="when the job ends, send no desktop notification through the terminal (sent by default when "
+        "the output is a terminal; see README)",
+    )
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +169,7 @@ def run_submit(args: argparse.Namespace) -> int:
         given = check_params({"prompt": args.prompt, **given_params(args, model)}, complete=False)
         params = job_params(client, {}, given, args, model)
         try:
-            return submit_and_report(client, params, args.wait)
+            return submit_and_report(client, params, args.wait, args.notify)
         except EngineError as error:
             if error.code == "no_weights" and running is None:
                 stop_started_engine(client)
@@ -192,7 +213,7 @@ def run_rerun(args: argparse.Namespace) -> int:
             )
         params = job_params(client, dict(job.params), given_for(serving), args, serving)
         try:
-            return submit_and_report(client, params, args.wait)
+            return submit_and_report(client, params, args.wait, args.notify)
         except EngineError as error:
             if error.code == "no_weights" and started:
                 stop_started_engine(client)
@@ -218,17 +239,42 @@ def rerun_engine(args: argparse.Namespace) -> tuple[EngineClient, bool]:
     return engine_for(args, model), True
 
 
-def submit_and_report(client: EngineClient, params: dict[str, Any], wait: bool) -> int:
+def submit_and_report(client: EngineClient, params: dict[str, Any], wait: bool, notify: bool = True) -> int:
     from engine.protocol import Submit, Subscribe
 
     if wait:  # the events of what happens from now on (the reply holds the earlier ones)
         client.call(Subscribe(since=0))
     job_id = client.call(Submit.model_validate({"params": params})).job_id
-    print(job_id)
-    return follow(client, job_id) if wait else 0
+    print(job_id, flush=True)  # a script reading the id gets it before the job ends
+    if not wait:
+        return 0
+    end = follow(client, job_id)
+    if notify:
+        notify_job_end(job_id, str(params.get("prompt", "")), end)
+    return end.code
 
 
-def follow(client: EngineClient, job_id: str) -> int:
+@dataclass(frozen=True)
+class JobEnd:
+    """How a followed job ended: the exit status it gives (0 finished, 1 otherwise), its status as the
+    history names it, and the line said about it."""
+
+    code: int
+    status: str
+    said: str
+
+
+def notify_job_end(job_id: str, prompt: str, end: JobEnd) -> None:
+    """The desktop notification of a job that ended while the command waited (engine/notify.py)."""
+    from engine.cli.output import notify_terminal
+
+    title = f"LanDiff: job {end.status.replace('_', ' ')}"
+    detail = prompt if end.status == "finished" or not end.said else end.said
+    notify_terminal(title, f"{job_id[:8]} {detail}")
+
+
+def follow(client: EngineClient, job_id: str) -> JobEnd:
+    """The job's progress on stderr until it ends (the client subscribed before it could); how it ended."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     from engine import protocol as p
@@ -255,20 +301,24 @@ def follow(client: EngineClient, job_id: str) -> int:
                 progress.stop()
                 made = event.video_frames
                 rate = f" ({made} frames at {event.fps} fps)" if made else ""
-                console.print(f"finished: {event.video}{rate}")
-                return 0
+                said = f"finished: {event.video}{rate}"
+                console.print(said)
+                return JobEnd(0, "finished", said)
             elif isinstance(event, p.JobStoppedEvent | p.JobFailedEvent):
                 progress.stop()
+                status = event.event.removeprefix("job_")
                 if isinstance(event, p.JobStoppedEvent) and event.partial:
-                    console.print(
+                    said = (
                         f"{event.status}: kept the {event.chunks_done} finished chunk(s) of "
                         f"{event.chunks}, {event.frames} frames: {event.video}"
                     )
-                    return EXIT_FAILED
+                    console.print(said)
+                    return JobEnd(EXIT_FAILED, event.status or status, said)
                 error = event.error if isinstance(event, p.JobFailedEvent | p.JobInterruptedEvent) else None
-                console.print(f"{event.event.removeprefix('job_')}: {error or ''}".rstrip(": "))
-                return EXIT_FAILED
-    return EXIT_FAILED
+                said = f"{status}: {error or ''}".rstrip(": ")
+                console.print(said)
+                return JobEnd(EXIT_FAILED, status, said)
+    return JobEnd(EXIT_FAILED, "lost", "the engine's events stopped")
 
 
 def run_jobs(args: argparse.Namespace) -> int:
@@ -282,8 +332,11 @@ def run_jobs(args: argparse.Namespace) -> int:
     else:
         with client:
             result = client.call(request)
-    if args.json:
+    if args.format == "json":
         print(json.dumps(result.model_dump(mode="json"), indent=2))
+        return 0
+    if args.format == "tsv":
+        sys.stdout.write("".join("\t".join(row) + "\n" for row in [TSV_COLUMNS, *map(tsv_row, result.jobs)]))
         return 0
     table = Table("id", "status", "created", "steps", "seed", "prompt")
     for job in result.jobs:
@@ -291,6 +344,25 @@ def run_jobs(args: argparse.Namespace) -> int:
     OutputConsole().print(table)
     print(f"{len(result.jobs)} of {result.total} job(s)")
     return 0
+
+
+JOB_FORMATS = ("table", "tsv", "json")
+TSV_COLUMNS = ("id", "status", "created", "model", "steps", "seed", "frames", "video_path", "prompt")
+TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_row(job: JobSummary) -> tuple[str, ...]:
+    """A job as `jobs --format tsv`'s line: nothing cut, an absent value empty, the time in ISO 8601 with
+    its UTC offset; the prompt, the one free text, with its backslashes, tabs and line breaks escaped."""
+    from datetime import datetime
+
+    def field(value: object) -> str:
+        return "" if value is None else str(value).translate(TSV_ESCAPES)
+
+    created = datetime.fromtimestamp(job.created_at).astimezone().isoformat(timespec="seconds")
+    params = job.params
+    values = (job.id, job.status, created, job.model, params.get("steps"), params.get("seed"))
+    return (*map(field, values), field(params.get("frames")), field(job.video_path), field(job.prompt))
 
 
 def jobs_from_history(request: ListJobs) -> JobList:
@@ -500,6 +572,8 @@ def describe_lane(lane: LaneState) -> str:
 def run_presets(args: argparse.Namespace) -> int:
     from engine.protocol import DeletePreset, ListPresets, SavePreset
 
+    if args.import_file is not None:
+        return import_presets(args)
     if args.save or args.delete:  # a change: the engine makes it (started if none runs)
         with engine_for(args) as client:
             if args.save:
@@ -515,9 +589,110 @@ def run_presets(args: argparse.Namespace) -> int:
     else:
         with reading:
             presets = reading.call(ListPresets()).presets
+    if args.export is not None:
+        return export_presets(presets, args.export, args.all)
     for name, preset in presets.items():
         kind = "built in" if preset.builtin else "saved"
         print(f"{name:<24} {kind:<9} {json.dumps(preset.params)}")
+    return 0
+
+
+PRESETS_FORMAT = "landiff-presets"  # a presets file's "format", with "version" 1
+MOST_PRESET_FILE_BYTES = 2**20
+
+
+def export_presets(presets: dict[str, Preset], to: str, everything: bool) -> int:
+    """`presets --export FILE`: the saved presets (with --all the built-in ones too) as JSON, to FILE or,
+    for "-", stdout; what `--import` reads."""
+    chosen = {name: preset.params for name, preset in presets.items() if everything or not preset.builtin}
+    text = json.dumps({"format": PRESETS_FORMAT, "version": 1, "presets": chosen}, indent=2) + "\n"
+    kinds = "preset(s)" if everything else "saved preset(s)"
+    if to == "-":
+        sys.stdout.write(text)
+        print(f"exported {len(chosen)} {kinds}", file=sys.stderr)
+        return 0
+    from pathlib import Path
+
+    from engine.atomic import write_atomically
+
+    try:
+        write_atomically(Path(to), lambda partial: Path(partial).write_text(text, encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"--export {to} cannot be written: {error.strerror or error}") from None
+    print(f"exported {len(chosen)} {kinds} to {to}")
+    return 0
+
+
+def read_presets_file(source: str) -> dict[str, dict[str, Any]]:
+    """A presets file (`--export`'s; "-" is stdin) as name -> parameters, each checked as the engine checks
+    a preset it saves (engine.params.check_params, no prompt); a refusal is one line naming the preset
+    and the field."""
+    if source == "-":
+        text = sys.stdin.read(MOST_PRESET_FILE_BYTES + 1)
+    else:
+        try:
+            with open(source, encoding="utf-8") as handle:
+                text = handle.read(MOST_PRESET_FILE_BYTES + 1)
+        except (OSError, UnicodeDecodeError) as error:
+            said = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            raise ValueError(f"--import {source} cannot be read: {said or error}") from None
+    if len(text) > MOST_PRESET_FILE_BYTES:
+        raise ValueError(f"--import {source}: more than 1 MiB, not a presets file")
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"--import {source} is not JSON: {error}") from None
+    if not isinstance(data, dict) or data.get("format") != PRESETS_FORMAT or data.get("version") != 1:
+        raise ValueError(
+            f"--import {source} is not a presets file (`landiff-engine presets --export FILE` writes one: "
+            f'{{"format": "{PRESETS_FORMAT}", "version": 1, "presets": {{NAME: {{PARAMETER: VALUE}}}}}})'
+        )
+    found = data.get("presets")
+    if not isinstance(found, dict):
+        raise ValueError(f'--import {source}: its "presets" must map each name to its parameters')
+    checked = {}
+    for name, params in found.items():
+        where = f"--import {source}: preset {name!r}"
+        if not 1 <= len(name) <= 100:
+            raise ValueError(f"--import {source}: a preset's name must be 1 to 100 characters, not {name!r}")
+        if not isinstance(params, dict):
+            raise ValueError(f'{where}: its parameters must be an object ({{"steps": 20, ...}})')
+        if "prompt" in params:
+            raise ValueError(f"{where}: prompt: a preset holds every job parameter but the prompt")
+        try:
+            checked[name] = check_params(params, complete=False)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+    return checked
+
+
+def import_presets(args: argparse.Namespace) -> int:
+    """`presets --import FILE [--replace]`: every preset of the file saved, or none. A name already saved
+    with other parameters is refused unless --replace, a built-in one always; one saved the same is left."""
+    from engine.protocol import ListPresets, SavePreset
+
+    wanted = read_presets_file(args.import_file)  # checked before any engine starts
+    with engine_for(args) as client:
+        known = client.call(ListPresets()).presets
+        same = {name for name, params in wanted.items() if name in known and known[name].params == params}
+        taken = sorted(name for name in wanted if name in known and name not in same)
+        builtin = [name for name in taken if known[name].builtin]
+        if builtin:
+            raise ValueError(
+                f"--import {args.import_file}: built-in preset(s) {', '.join(map(repr, builtin))} cannot be "
+                "changed; rename them in the file"
+            )
+        if taken and not args.replace:
+            raise ValueError(
+                f"--import {args.import_file}: preset(s) {', '.join(map(repr, taken))} already saved with "
+                "other parameters; --replace overwrites them (nothing was imported)"
+            )
+        new = [name for name in wanted if name not in same]
+        for name in new:
+            client.call(SavePreset(name=name, params=wanted[name]))
+    replaced = f", {len(taken)} of them replaced" if taken else ""
+    kept = f"; {len(same)} already there the same" if same else ""
+    print(f"imported {len(new)} preset(s){replaced}{kept}")
     return 0
 
 
@@ -591,7 +766,18 @@ def add_client_commands(
     jobs.add_argument(
         "--limit", type=int, default=50, help="list at most this many, newest first (default 50)"
     )
-    jobs.add_argument("--json", action="store_true", help="the jobs in full and their total, as JSON")
+    shape = jobs.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--format",
+        choices=JOB_FORMATS,
+        default="table",
+        help="table (default: for reading), tsv (a header row, then one job a line, tab-separated, nothing "
+        "cut: " + ", ".join(TSV_COLUMNS) + "; tabs, newlines and backslashes in the prompt as \\t, \\n, "
+        "\\\\), json (the jobs in full and their total)",
+    )
+    shape.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="the same as --format json"
+    )
     add_reading_engine_options(jobs)
 
     show = commands.add_parser("show", help="one job in full")
@@ -626,6 +812,22 @@ def add_client_commands(
         "--save", metavar="NAME", default=None, help="save the job options given here as NAME"
     )
     action.add_argument("--delete", metavar="NAME", default=None, help="delete a saved preset")
+    action.add_argument(
+        "--export",
+        metavar="FILE",
+        default=None,
+        help="write the saved presets (with --all the built-in ones too) to FILE as JSON (- : stdout)",
+    )
+    action.add_argument(
+        "--import",
+        dest="import_file",
+        metavar="FILE",
+        default=None,
+        help="save the presets of FILE (--export's JSON; - : stdin), each checked as the engine checks one, "
+        "all or none; a name saved already with other parameters is refused unless --replace",
+    )
+    presets.add_argument("--all", action="store_true", help="with --export: the built-in presets too")
+    presets.add_argument("--replace", action="store_true", help="with --import: overwrite saved presets")
     add_param_options(presets, seconds=False)  # a preset is for any model: its length is in frames
     add_reading_engine_options(presets)
 

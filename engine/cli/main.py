@@ -205,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli.queue_commands import add_queue_commands
 
     client_handlers.update(add_queue_commands(commands))
+    from engine.cli.verify_commands import add_verify_commands
+
+    client_handlers.update(add_verify_commands(commands))
+    from engine.cli.script_commands import add_script_commands
+
+    client_handlers.update(add_script_commands(commands))
 
     tiny = commands.add_parser("tiny", help="write the random-weight tiny model in the release layout")
     tiny.add_argument("--force", action="store_true", help="rewrite even if the files exist")

@@ -23,6 +23,24 @@ class OutputConsole(Console):
         raise BrokenPipeError(errno.EPIPE, "the reader of the output left")
 
 
+def notify_terminal(title: str, body: str) -> bool:
+    """Tell the user's desktop through their terminal (engine/notify.py picks the escape from the
+    environment): written to stderr when it is a terminal, else to stdout when that is one, else nowhere, so
+    piped or redirected output never gets an escape in it. Whether it was written."""
+    from engine.notify import notification
+
+    for stream in (sys.stderr, sys.stdout):
+        try:
+            if not stream.isatty():
+                continue
+            stream.write(notification(os.environ, title, body))
+            stream.flush()
+        except (OSError, ValueError):  # the terminal went away (a closed stream: ValueError): no one to tell
+            return False
+        return True
+    return False
+
+
 def output_closed() -> int:
     """Stop quietly: what is still buffered goes to /dev/null, or Python's flush at exit would fail again
     and print its own complaint. Returns the status to exit with."""
