@@ -506,3 +506,99 @@ def test_tokens_made_elsewhere_reach_the_actor_as_a_given_tokens_file(tmp_path):
     codes = np.arange(7, dtype=np.int64) * 3
     (tmp_path / "given.npy").write_bytes(npy_bytes(codes))
     assert load_tokens(tmp_path / "given.npy").tolist() == codes.tolist()
+
+
+EXTRA = "landiff_extra"  # the resource of the nodes the last test adds: the module's engine never uses them
+OLD = "0.0.1-old"
+
+
+def add_node_with(local, env: dict[str, str]):
+    """A worker node offering EXTRA, its processes (and so its actors) started with `env` on top."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        return local.add_node(**{**NODE, "resources": {EXTRA: 1}})
+
+
+class ElsewhereEngine(RayEngine):
+    """An engine (and CLI) on the nodes that offer EXTRA, without --ckpts, started in a folder of its own:
+    Ray puts its driver's working folder first on its workers' sys.path, which would have every node import
+    this checkout's code."""
+
+    def __init__(self, base: Path, weights: Path, address: str):
+        RunningEngine.__init__(self, base, weights, ("--ray", address, "--ray-resource", EXTRA))
+        self.address = address
+
+    def start(self) -> ElsewhereEngine:
+        command = [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", *self.serve_args]
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.stderr = self.base / "engine.stderr"
+        with open(self.stderr, "ab") as stderr:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=self.base
+            )
+        line = self.process.stdout.readline()
+        assert line.startswith("ready"), self.stderr.read_text()
+        return self
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "engine.cli", *args]
+        return subprocess.run(
+            command, env=self.env, capture_output=True, text=True, timeout=WAIT_S, cwd=self.base
+        )
+
+
+def test_each_node_runs_the_engines_version_and_makes_its_own_weights(cluster, tmp_path, home):
+    """A node whose landiff is another version is not admitted (the log and status say why, and the fix);
+    without --ckpts each node finds its weights by its own rules ($LANDIFF_HOME there, not the engine's):
+    `weights download --ray` makes them on each node and says so per node, and the first job on a node
+    that lacks them makes them there."""
+    import engine
+
+    local, _ = cluster
+    old_code = tmp_path / "old"  # the engine's code, as another version of it (PYTHONPATH puts it first)
+    shutil.copytree(ROOT / "engine", old_code / "engine", ignore=shutil.ignore_patterns("__pycache__"))
+    init = old_code / "engine" / "__init__.py"
+    ours = f'__version__ = "{engine.__version__}"'
+    assert ours in init.read_text()
+    init.write_text(init.read_text().replace(ours, f'__version__ = "{OLD}"'))
+    python_path = os.pathsep.join([str(old_code), os.environ["PYTHONPATH"]])
+    old = add_node_with(local, {"PYTHONPATH": python_path, "LANDIFF_HOME": str(tmp_path / "old-weights")})
+    running = ElsewhereEngine(tmp_path / "engine", home, local.address).start()  # no --ckpts
+    nodes = [old]
+    try:
+        refusal = f"Ray node {old.node_id[:8]} ({LOOPBACK}) is not used: it runs landiff {OLD}, the engine "
+        wait_until(lambda: refusal in running.stderr.read_text(), "the log to refuse the old node")
+        assert f"pip install landiff-tui=={engine.__version__} on that box" in running.stderr.read_text()
+        with running.client() as client:
+            status = client.request("status")
+        assert status["workers"] == [] and status["no_worker"].startswith(refusal), status
+        fresh = tmp_path / "fresh-weights"  # this node's own weights root, empty
+        nodes.append(add_node_with(local, {"LANDIFF_HOME": str(fresh)}))
+        command = ("weights", "download", "--ray", local.address, "--model", "tiny", "--ray-resource", EXTRA)
+        done = running.cli(*command)
+        lines = sorted(line for line in done.stdout.splitlines() if line.startswith("node "))
+        assert done.returncode == 1 and len(lines) == 2, (done.stdout, done.stderr)
+        said = {line.split()[1]: line.split(": ", 1)[1] for line in lines}
+        assert said[old.node_id[:8]].startswith(f"refused: it runs landiff {OLD}, the engine")
+        assert said[nodes[1].node_id[:8]].startswith("generated ")
+        assert said[nodes[1].node_id[:8]].endswith(f"-> {fresh / 'tiny'}")
+        assert not (tmp_path / "old-weights").exists()  # the refused node fetched nothing
+        again = running.cli(*command)
+        assert f"node {nodes[1].node_id[:8]} ({LOOPBACK}): ready, all " in again.stdout, again.stdout
+        (worker,) = running.wait_for_workers(1)
+        assert worker["label"].startswith(node_label(nodes[1]))
+        shutil.rmtree(fresh)  # its first job finds no weights: it makes them on its box
+        with subscribed(running) as client:
+            job_id = client.request("submit", params={"prompt": PROMPT, "steps": 2})["job_id"]
+            wait_for(client, job_id, FINAL)
+            row = client.request("get_job", job_id=job_id)["job"]
+        assert row["status"] == "finished", row["error"]
+        assert (fresh / "tiny" / "CHECKSUM.md5").is_file()
+        log = running.stderr.read_text()
+        assert f"worker {worker['label']}, weights on its node: generated " in log
+        assert log.count(refusal) == 1  # said once
+    finally:
+        running.stop()
+        for node in nodes:
+            local.remove_node(node)

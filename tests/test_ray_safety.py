@@ -6,6 +6,7 @@ read_item), and a dead actor's scratch folders are swept."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -176,3 +177,35 @@ def test_scratch_folders_of_dead_actors_are_swept(tmp_path):
     assert not gone.exists() and alive.exists() and other.exists()
     assert sweep_scratch(tmp_path, dead_only=False, pid=os.getpid()) == [alive]
     assert sorted(path.name for path in tmp_path.iterdir()) == [other.name]
+
+
+def test_a_nodes_weights_report_is_read_as_checked_data():
+    """What a node says of its weights fetch (ray_actor.fetch_weights) is plain JSON, checked field by
+    field; a node of another landiff version is refused whatever it says it did."""
+    from engine.daemon.ray_pipeline import fetch_words, read_fetch_report
+
+    report = {
+        "ip": "10.0.0.2",
+        "landiff": "1.0",
+        "python": "3.12.1",
+        "root": "/w/tiny",
+        "outcome": "generated",
+    }
+    report.update(fetched=0, written=17, kept=3, failed={}, error="")
+    read = read_fetch_report(json.dumps(report).encode())
+    assert fetch_words(read, "1.0") == "generated 17 file(s), 3 already there -> /w/tiny"
+    assert fetch_words(read, "1.1").startswith("refused: it runs landiff 1.0, the engine 1.1: pip install")
+    for bad in (
+        {**report, "written": -1},
+        {**report, "written": "17"},
+        {**report, "outcome": "pwned"},
+        {**report, "failed": {"a": 1}},
+        {key: value for key, value in report.items() if key != "root"},
+        [report],
+    ):
+        with pytest.raises(BadItem):
+            read_fetch_report(json.dumps(bad).encode())
+    with pytest.raises(BadItem):
+        read_fetch_report(pickle.dumps(report))
+    item = read_item(pack("weights", {"report": json.dumps(report)}))
+    assert item == read

@@ -72,6 +72,26 @@ def add_weights_commands(
         help="also the quality probe's optional CLIP (openai/clip-vit-base-patch32, ~600 MB)",
     )
     download.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="on every node of this Ray cluster (auto, or HEAD:PORT) that offers --ray-resource, each into "
+        "its own weights root (or --ckpts, a path meant for every node); one line per node",
+    )
+    download.add_argument(
+        "--ray-resource",
+        default="GPU",
+        metavar="NAME",
+        help="with --ray: the nodes that offer this resource, as serve --ray uses them (default: GPU)",
+    )
+    download.add_argument(
+        "--model",
+        default="landiff",
+        help="with --ray: landiff (the release, fetched) or tiny (made on each node) (default: landiff)",
+    )
+    download.add_argument(
         "--source",
         choices=SOURCES,
         default="huggingface",
@@ -218,7 +238,52 @@ def run_verify(args: argparse.Namespace, root: Path) -> int:
     return EXIT_FAILED if bad else 0
 
 
+def run_ray_download(args: argparse.Namespace) -> int:
+    """`weights download --ray`: the cluster's nodes each make their weights complete; one line per node."""
+    from engine.daemon.ray_workers import connect, disconnect, fetch_on_nodes, resource_refusal
+    from engine.daemon.startup import StartRefused
+    from engine.specs import get_spec
+
+    console = Console(stderr=True)
+    try:
+        get_spec(args.model)
+    except (KeyError, ValueError) as error:
+        console.print(f"--model {args.model}: {error}", highlight=False)
+        return 2
+    if args.checksums is not None:
+        console.print("--checksums is not sent to the nodes: set LANDIFF_CHECKSUMS on each instead")
+        return 2
+    refusal = resource_refusal(args.ray_resource)
+    try:
+        if refusal is not None:
+            raise StartRefused(refusal)
+        connect(args.ray)
+    except StartRefused as error:
+        console.print(str(error), highlight=False, soft_wrap=True)
+        return 2
+    try:
+        complete = fetch_on_nodes(
+            args.model,
+            args.ckpts,
+            args.ray_resource,
+            lambda line: print(line, flush=True),
+            args.only,
+            args.clip,
+            args.source,
+        )
+    finally:
+        disconnect()
+    return 0 if complete else EXIT_FAILED
+
+
 def run_download(args: argparse.Namespace, root: Path) -> int:
+    if args.ray is not None:
+        return run_ray_download(args)
+    if args.model != "landiff":
+        Console(stderr=True).print(
+            f"--model {args.model}: only with --ray (the engine makes the tiny model's weights itself)"
+        )
+        return 2
     if args.ckpts is None and args.checksums is None:
         try:
             client = connect()

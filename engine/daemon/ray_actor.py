@@ -16,10 +16,16 @@ blobs. The engine reads it with `unpack` and rebuilds its own objects from check
 read_item), so nothing the actor sends becomes an object of a class it chose. A scratch folder is named after
 its actor's process: one whose process died (killed with its job) is removed by the next actor that starts on
 that box, and `tidy` removes an actor's own when the engine stops.
+
+Every box runs its own installed landiff: `hello` says which version (the engine admits no actor of another),
+and the weights are this box's, found by the engine's rules here (`weights_layout`): the first job on a box
+that lacks them fetches them (`fetch_weights`: the release downloaded and verified, the tiny model's made),
+as `landiff-engine weights download --ray` does on every node at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 import json
@@ -46,7 +52,9 @@ TIDY_WAIT_S = 10.0  # how long `tidy` waits for a running job's thread to leave 
 MAX_ITEM_BYTES = 512 << 20
 MAX_HEADER_BYTES = 4 << 20
 HEADER_LENGTH = struct.Struct(">I")
-ITEM_KINDS = ("progress", "chunk", "loaded", "outcome")
+ITEM_KINDS = ("progress", "chunk", "loaded", "weights", "outcome")
+FETCH_LOCK = ".landiff-fetch.lock"  # in a weights root: one fetch at a time on a box (an actor per GPU)
+MAX_REPORT_CHARS = 400  # of a fetch's error text, and of each failed file's reason
 
 
 class BadItem(ValueError):
@@ -245,6 +253,112 @@ def sweep_scratch(root: Path, dead_only: bool = True, pid: int | None = None) ->
     return removed
 
 
+def versions() -> dict[str, str]:
+    """This box's landiff (the engine package it imports) and Python versions; imports no torch."""
+    import platform
+
+    import engine
+
+    return {"landiff": engine.__version__, "python": platform.python_version()}
+
+
+def weights_layout(model: str, ckpts: str | None):
+    """Where `model`'s weights live on this box: the engine's --ckpts when it gave one (a path meant for
+    every node), else the engine's own rules here ($LANDIFF_HOME, ./ckpts, weights/ in the data dir)."""
+    from engine.weights.layout import layout_for
+
+    return layout_for(model, None if ckpts is None else Path(ckpts))
+
+
+def release_checksums(root: Path) -> dict[str, str] | None:
+    """The sums a fetch checks against: LANDIFF_CHECKSUMS's list when set here, else the release's own."""
+    from engine import settings
+    from engine.weights.downloads import read_checksums
+
+    configured = settings.CHECKSUMS.path()
+    return None if configured is None else read_checksums(configured)
+
+
+def lacking_weights(model: str, ckpts: str | None) -> list[str]:
+    """The files of `model` this box must still fetch or make: missing, partly fetched or damaged (the
+    release's by their state, from sizes and the verification record; none is read)."""
+    from engine.specs import get_spec
+    from engine.weights.downloads import file_states, planned_files
+    from engine.weights.tiny import lacking_tiny_files
+
+    root = weights_layout(model, ckpts).root
+    if get_spec(model).random_weights:
+        return lacking_tiny_files(root)
+    states = file_states(root, planned_files(root, "all", release_checksums(root)))
+    usable = ("verified", "present")
+    return [state.local for state in states if not state.optional and state.state not in usable]
+
+
+def weights_state(model: str, ckpts: str | None) -> str:
+    """One line for the engine's log: this box's weights root and whether it has them all."""
+    root = weights_layout(model, ckpts).root
+    try:
+        lacking = lacking_weights(model, ckpts)
+    except Exception as error:  # an unreadable root, say: the first job says more
+        return f"weights at {root}: not readable ({type(error).__name__})"
+    if not lacking:
+        return f"weights at {root}: complete"
+    return f"weights at {root}: {len(lacking)} file(s) lacking, its first job fetches them"
+
+
+def fetch_weights(
+    model: str,
+    ckpts: str | None,
+    expected: str | None = None,
+    only: str = "all",
+    clip: bool = False,
+    source: str = "huggingface",
+    should_stop=None,
+) -> bytes:
+    """Make this box's weights of `model` complete, through the project's own means: the release's
+    missing files fetched and verified (download_release), the tiny model's written (make_tiny_release).
+    One at a time on a box (a lock file in the weights root): the actors of its GPUs wait for the first,
+    then find the files there. `expected`: the landiff version of whoever asks; another one here refuses,
+    fetching nothing. Returns a JSON report (plain types): ip, landiff, root, outcome (ready, fetched,
+    generated, refused or failed), fetched, written, kept (counts), failed ({file: why}), error."""
+    import ray
+
+    from engine.specs import get_spec
+
+    report: dict[str, Any] = {"ip": ray.util.get_node_ip_address(), **versions(), "root": "", "outcome": ""}
+    report.update(fetched=0, written=0, kept=0, failed={}, error="")
+    try:
+        if expected is not None and expected != report["landiff"]:
+            report.update(outcome="refused", error=f"landiff {report['landiff']} here, {expected} asked")
+            return json.dumps(report).encode()
+        spec = get_spec(model)
+        layout = weights_layout(model, ckpts)
+        root = layout.root
+        report["root"] = str(root)
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / FETCH_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released with the file, also if this process dies
+            if spec.random_weights:
+                from engine.weights.tiny import make_tiny_release
+
+                made = make_tiny_release(layout, spec, remember=True)
+                outcome = "generated" if made.written else "ready"
+                report.update(outcome=outcome, written=len(made.written), kept=len(made.kept))
+            else:
+                from engine.weights.downloads import download_release, downloader_for
+
+                downloader = downloader_for(source, root, should_stop=should_stop)
+                _, done = download_release(downloader, only, release_checksums(root), clip)
+                failed = {name: why[:MAX_REPORT_CHARS] for name, why in done.failed.items()}
+                outcome = "failed" if failed else "fetched" if done.fetched else "ready"
+                report.update(outcome=outcome, fetched=len(done.fetched), kept=len(done.skipped))
+                report["failed"] = failed
+    except Exception as error:  # the report says it; the traceback stays in this box's log
+        log.exception("fetching the %s weights failed", model)
+        report.update(outcome="failed", error=f"{type(error).__name__}: {error}"[:MAX_REPORT_CHARS])
+    return json.dumps(report).encode()
+
+
 class PipelineHost:
     """Runs jobs on one device of one box, keeping its Pipeline (and so its models) warm between them."""
 
@@ -256,10 +370,18 @@ class PipelineHost:
         self.job_thread: threading.Thread | None = None
         self.gone = threading.Event()  # never set: `watch` waits on it for as long as the actor lives
 
+    def hello(self) -> dict[str, str]:
+        """The landiff and Python versions this box runs, and its address: asked first, before the heavy
+        imports of `ready`, so that the engine turns away an actor of another version at once."""
+        import ray
+
+        return {**versions(), "ip": ray.util.get_node_ip_address()}
+
     def ready(self) -> dict[str, str]:
-        """Where this actor runs: its node, its address and its device. The pipeline's code (torch, diffusers,
-        transformers) loads here, before the actor joins the pool; its models load with its first job.
-        The scratch folders of actors that died on this box (killed under a job) go first."""
+        """Where this actor runs: its node, its address and its device, its torch and where its weights are.
+        The pipeline's code (torch, diffusers, transformers) loads here, before the actor joins the pool; its
+        models load with its first job. The scratch folders of actors that died on this box (killed under a
+        job) go first."""
         import ray
         import torch
 
@@ -274,6 +396,9 @@ class PipelineHost:
             "ip": ray.util.get_node_ip_address(),
             "device": device,
             "pid": str(os.getpid()),
+            **versions(),
+            "torch": str(torch.__version__),  # a str subclass: the engine takes plain str only
+            "weights": weights_state(self.model, self.ckpts)[: MAX_REPORT_CHARS // 2],
         }
 
     def watch(self) -> None:
@@ -339,6 +464,22 @@ class PipelineHost:
             thread.join()
             shutil.rmtree(scratch, ignore_errors=True)
 
+    def fetch_lacking(self, items: queue.Queue) -> None:
+        """Before the pipeline loads: the weights this box lacks are fetched (made, for the tiny model),
+        and the engine is told what happened (a `weights` item); a fetch that fails fails the job."""
+        from engine.generation.job import JobCancelled
+
+        if not lacking_weights(self.model, self.ckpts):
+            return
+        report = fetch_weights(self.model, self.ckpts, should_stop=self.stop.is_set)
+        items.put(pack("weights", {"report": report.decode()}))
+        said = json.loads(report)
+        if said["outcome"] == "failed":
+            if self.stop.is_set():
+                raise JobCancelled("cancelled while its node fetched the weights")
+            failed = "; ".join(f"{name}: {why}" for name, why in said["failed"].items())
+            raise ValueError(f"the weights on {said['ip']} could not be fetched: {said['error'] or failed}")
+
     def _render(self, params, scratch: Path, out_name: str, tokens: bytes | None, items: queue.Queue) -> None:
         try:
             items.put(self._outcome(params, scratch, out_name, tokens, items))
@@ -383,6 +524,7 @@ class PipelineHost:
             items.put(chunk_item(done, tail))
 
         if self.pipeline is None:
+            self.fetch_lacking(items)
             self.pipeline = self.make_pipeline()
         try:
             result = self.pipeline.run(

@@ -11,20 +11,31 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
+import logging
 import math
 import os
 import time
 import uuid
 import weakref
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from engine.atomic import partial_path, write_atomically
-from engine.daemon.ray_actor import BadItem, ChunkSent, Loaded, Outcome, PipelineHost, SentFiles, unpack
+from engine.daemon.ray_actor import (
+    MAX_HEADER_BYTES,
+    BadItem,
+    ChunkSent,
+    Loaded,
+    Outcome,
+    PipelineHost,
+    SentFiles,
+    unpack,
+)
 from engine.daemon.worker import WorkerLost
 from engine.protocol import ProgressReport
 
@@ -35,6 +46,7 @@ if TYPE_CHECKING:
     from engine.generation.pipeline import SemanticTokens
     from engine.generation.resume import Checkpoints
 
+log = logging.getLogger(__name__)
 WAIT_S = 0.1  # how long the engine waits on the stream before it looks at should_stop again
 CANCEL_RESEND_S = 1.0  # a cancel is sent again while the job runs on (one sent before the job began is lost)
 
@@ -167,6 +179,9 @@ class RemotePipeline:
                         on_chunk(replace(item.done, partial_video=mirror.partial))
                 elif isinstance(item, Loaded):
                     self.loaded = item
+                elif isinstance(item, FetchReport):  # its node lacked weights: its first job fetched them
+                    words = fetch_words(item, item.landiff)
+                    log.info("worker %s, weights on its node: %s", self.label, words)
                 elif isinstance(item, Outcome):
                     ended = True
                     return item
@@ -253,12 +268,86 @@ class RemoteFailure(Exception):
     only; its traceback is in that actor's log)."""
 
 
-def read_item(sent: object) -> ProgressReport | ChunkSent | Loaded | Outcome:
+FETCH_OUTCOMES = ("ready", "fetched", "generated", "refused", "failed")
+FETCH_TEXTS = ("ip", "landiff", "python", "root", "outcome", "error")
+FETCH_COUNTS = ("fetched", "written", "kept")
+MAX_FETCH_TEXT = 1000
+
+
+@dataclass(frozen=True)
+class FetchReport:
+    """What a node said of its weights fetch (ray_actor.fetch_weights), checked."""
+
+    ip: str
+    landiff: str
+    root: str
+    outcome: str
+    fetched: int
+    written: int
+    kept: int
+    failed: dict[str, str]
+    error: str
+
+
+def read_fetch_report(sent: object) -> FetchReport:
+    """A node's fetch report (JSON bytes or text) as checked plain data; BadItem when it is not one."""
+    if isinstance(sent, bytes | str) and len(sent) <= MAX_HEADER_BYTES:
+        try:
+            said = json.loads(sent)
+        except ValueError:
+            said = None
+    else:
+        said = None
+    if not isinstance(said, dict):
+        raise BadItem("a weights report that is not a JSON object")
+    if not all(isinstance(said.get(key), str) and len(said[key]) <= MAX_FETCH_TEXT for key in FETCH_TEXTS):
+        raise BadItem("a weights report without its texts")
+    if not all(type(said.get(key)) is int and said[key] >= 0 for key in FETCH_COUNTS):
+        raise BadItem("a weights report without its counts")
+    failed = said.get("failed")
+    if not (
+        isinstance(failed, dict)
+        and all(isinstance(why, str) and len(why) <= MAX_FETCH_TEXT for why in failed.values())
+    ):
+        raise BadItem("a weights report's failures that are not texts")
+    if said["outcome"] not in FETCH_OUTCOMES:
+        raise BadItem(f"a weights outcome {said['outcome'][:20]!r}")
+    fields = {key: said[key] for key in (*FETCH_TEXTS, *FETCH_COUNTS) if key != "python"}
+    return FetchReport(**fields, failed={str(name)[:MAX_FETCH_TEXT]: why for name, why in failed.items()})
+
+
+def fetch_words(report: FetchReport, expected: str) -> str:
+    """What a node's fetch did, in a few words: generated, fetched, already there, or why not."""
+    if report.outcome == "refused" or report.landiff != expected:
+        return f"refused: {version_words(report.landiff, expected)}"
+    if report.outcome == "failed":
+        reasons = report.error or "; ".join(f"{name}: {why}" for name, why in report.failed.items())
+        return f"failed ({reasons[:300]}) -> {report.root}"
+    if report.outcome == "generated":
+        return f"generated {report.written} file(s), {report.kept} already there -> {report.root}"
+    if report.outcome == "fetched":
+        fetched = f"fetched {report.fetched} file(s) and verified them"
+        return f"{fetched}, {report.kept} already there -> {report.root}"
+    return f"ready, all {report.kept} file(s) already there -> {report.root}"
+
+
+def version_words(theirs: str | None, ours: str) -> str:
+    """Why a node of another landiff version is not used, and what to do."""
+    said = f"landiff {theirs}" if theirs else "a landiff that does not say its version"
+    return (
+        f"it runs {said}, the engine {ours}: pip install landiff-tui=={ours} on that box (the same version "
+        "on every box)"
+    )
+
+
+def read_item(sent: object) -> ProgressReport | ChunkSent | Loaded | FetchReport | Outcome:
     """One streamed item as the engine's own object, every field checked; BadItem when it is not one."""
     kind, fields, blobs = unpack(sent)
     try:
         if kind == "progress":
             return ProgressReport.model_validate(fields["report"])
+        if kind == "weights":
+            return read_fetch_report(fields["report"])
         if kind == "loaded":
             models, weight_bytes = fields["models"], fields["weight_bytes"]
             if not (isinstance(models, list) and all(isinstance(name, str) for name in models)):

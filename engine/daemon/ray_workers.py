@@ -8,6 +8,12 @@ job one was running goes back to the queue once (WorkerLost); one that dies idle
 `watch` call, which Ray fails, and is replaced. ray is imported only inside these calls, and only once
 `--ray` is used.
 
+Every box runs its own installed landiff (Ray brings no code: the actor class travels by name): an actor
+first says its version (`hello`), and one of another version than the engine's is not admitted (one line in
+the log, naming the node, both versions and the fix; status's no_worker while no worker is left). Its weights
+are its box's (ray_actor.weights_layout): `fetch_on_nodes` makes them complete on every node at once
+(`landiff-engine weights download --ray`), and a node's first job does it there otherwise.
+
 The engine joins only a cluster that has Ray's token authentication on (RAY_AUTH_MODE=token on its nodes):
 it needs the cluster's token here (Ray's own places: RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token or
 RAY_AUTH_TOKEN), and before it joins, a probe without the token must be turned away. Anyone who can reach
@@ -28,14 +34,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import engine
 from engine import settings
 from engine.daemon.backend import PipelineFactory
 from engine.daemon.config import RunOptions
-from engine.daemon.ray_pipeline import RemotePipeline, actor_class, control, first_line
+from engine.daemon.ray_pipeline import (
+    RemotePipeline,
+    actor_class,
+    control,
+    fetch_words,
+    first_line,
+    read_fetch_report,
+    version_words,
+)
 from engine.daemon.startup import StartRefused
 
 if TYPE_CHECKING:
@@ -50,6 +65,7 @@ CONNECT_TIMEOUT_S = 30.0  # joining a cluster that does not answer by then is re
 DISCOVERY_INTERVAL_S = 1.0  # how often the cluster's nodes are read: a joining box is used within this
 ACTOR_READY_TIMEOUT_S = 300.0  # an actor not ready by then (its resource taken elsewhere, say) is given up
 RETRY_AFTER_S = 30.0  # a node where an actor failed to start is tried again after this
+REFUSED_RETRY_S = 120.0  # a node of another landiff version is asked again after this (once reinstalled)
 TIDY_S = 20.0  # how long a stopping engine waits for its actors to remove their scratch folders
 # Ray's own resources, which an actor asks for by their own options: never by --ray-resource
 BUILTIN_RESOURCES = ("CPU", "memory", "object_store_memory")
@@ -228,6 +244,7 @@ class Starting:
     node_id: str
     slot: int
     deadline: float
+    phase: str = "hello"  # hello: its versions asked; ready: its code loading
 
 
 class RayWorkers(threading.Thread):
@@ -249,13 +266,17 @@ class RayWorkers(threading.Thread):
         `new_worker(make_pipeline, label, device)` builds a JobWorker (not started) for `pool`."""
         super().__init__(name="landiff-ray-discovery", daemon=True)
         self.resource, self.new_worker, self.pool = resource, new_worker, pool
-        self.host_args = (model, None if ckpts is None else str(ckpts), run_options)
+        # an explicit --ckpts is a path meant for every node (made absolute: an actor's working folder is
+        # Ray's); without it each actor finds its own box's weights by the engine's rules there
+        self.host_args = (model, None if ckpts is None else str(ckpts.expanduser().absolute()), run_options)
         self.workers: dict[str, list[JobWorker]] = {}  # node id -> its workers in the pool
-        self.starting: dict[Any, Starting] = {}  # the ready() call's ref -> the actor it waits for
+        self.starting: dict[Any, Starting] = {}  # its hello() or ready() call's ref -> the actor it waits for
         self.started: dict[str, int] = {}  # node id -> actors started there so far (labels stay unique)
         self.retry_at: dict[str, float] = {}  # node id -> when to try again after a failed start
+        self.refused: dict[str, str] = {}  # node id -> why its actors are not admitted (another version)
         self.watching: dict[Any, tuple[str, JobWorker, Any]] = {}  # a watch call's ref -> node, worker, actor
         self.units: int | None = None  # of the resource on the live nodes, as last read (None: not yet)
+        self.live: set[str] = set()  # the live nodes' ids, as last read
         self.stopping = threading.Event()
         self.actor_class: ActorClass[PipelineHost] | None = None
 
@@ -284,6 +305,7 @@ class RayWorkers(threading.Thread):
         self.collect_ready()
         self.collect_deaths()
         alive = {node["NodeID"]: node for node in ray.nodes() if node.get("Alive")}
+        self.live = set(alive)
         total = 0
         for node_id, node in alive.items():
             units = int(node.get("Resources", {}).get(self.resource, 0))
@@ -336,6 +358,10 @@ class RayWorkers(threading.Thread):
             return (
                 f"the Ray cluster offers no {self.resource}: queued jobs wait for a node that does ({offer})"
             )
+        refused = [why for node_id, why in self.refused.items() if node_id in self.live]
+        if refused:
+            more = f" (and {len(refused) - 1} other node(s))" if len(refused) > 1 else ""
+            return refused[0] + more
         return f"its Ray actors are starting ({len(self.starting)} on the cluster's {total} {self.resource})"
 
     def start_actor(self, node_id: str) -> None:
@@ -349,7 +375,7 @@ class RayWorkers(threading.Thread):
             **placement, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
         ).remote(*self.host_args)
         deadline = time.monotonic() + ACTOR_READY_TIMEOUT_S
-        self.starting[control(actor.ready).remote()] = Starting(actor, node_id, slot, deadline)
+        self.starting[control(actor.hello).remote()] = Starting(actor, node_id, slot, deadline)
 
     def collect_ready(self) -> None:
         """Actors that reported ready join the pool; those that failed or took too long are given up."""
@@ -361,19 +387,56 @@ class RayWorkers(threading.Thread):
         for ref in ready:
             start = self.starting.pop(ref)
             try:
-                where = checked_where(ray.get(ref))
+                said = ray.get(ref)
+                where = checked_where(said, ("landiff",) if start.phase == "hello" else ("ip", "device"))
             except Exception as error:  # it died starting (its node left, its box cannot import the engine)
                 with contextlib.suppress(Exception):
                     ray.kill(start.actor)
-                self.failed(start.node_id, first_line(error))
+                why = first_line(error)
+                if "has no attribute 'hello'" in str(error):  # a landiff from before the version check
+                    why = version_words(None, engine.__version__)
+                self.failed(start.node_id, why)
                 continue
-            self.admit(start, where)
+            if start.phase == "hello":
+                self.greet(start, where)
+            else:
+                self.admit(start, where)
         late = [ref for ref in waiting if time.monotonic() > self.starting[ref].deadline]
         self.give_up(late, f"not ready after {ACTOR_READY_TIMEOUT_S:g} s (is its resource taken elsewhere?)")
+
+    def greet(self, start: Starting, said: dict[str, str]) -> None:
+        """An actor said its versions: one of the engine's landiff version loads its code (ready); one of
+        another is stopped, and its node is not asked again for REFUSED_RETRY_S."""
+        import ray
+
+        if said.get("landiff") == engine.__version__:
+            self.refused.pop(start.node_id, None)
+            ready = control(start.actor.ready).remote()
+            self.starting[ready] = replace(start, phase="ready")
+            return
+        with contextlib.suppress(Exception):
+            ray.kill(start.actor)
+        why = f"Ray node {start.node_id[:8]} ({said.get('ip', '?')}) is not used: " + version_words(
+            said.get("landiff"), engine.__version__
+        )
+        if self.refused.get(start.node_id) != why:  # said once, not at every retry
+            log.error("%s; it is asked again every %g s", why, REFUSED_RETRY_S)
+        self.refused[start.node_id] = why
+        self.retry_at[start.node_id] = time.monotonic() + REFUSED_RETRY_S
 
     def admit(self, start: Starting, where: dict[str, str]) -> None:
         label = f"ray:{start.node_id[:8]}:{start.slot}"
         device = f"{where['ip']} {where['device']}"
+        here = torch_version()
+        if where.get("torch") not in (None, here) and here is not None:
+            log.warning(
+                "worker %s runs torch %s, the engine's box %s: the same job and seed may give slightly "
+                "different frames there (pip install torch==%s on that box for identical ones)",
+                label,
+                where["torch"],
+                here,
+                here,
+            )
         actor = start.actor
         worker = self.new_worker(lambda: RemotePipeline(actor, label), label, device)
         worker.checkpoints = False  # the actor writes the job's files in its own folder
@@ -381,7 +444,13 @@ class RayWorkers(threading.Thread):
         watch = actor.watch.options(concurrency_group="watch").remote()
         self.watching[watch] = (start.node_id, worker, actor)
         self.pool.add(worker)
-        log.info("worker %s added: an actor on %s (Ray node %s)", label, device, start.node_id[:8])
+        log.info(
+            "worker %s added: an actor on %s (Ray node %s), %s",
+            label,
+            device,
+            start.node_id[:8],
+            where.get("weights", "its weights not said"),
+        )
 
     def collect_deaths(self) -> None:
         """Workers whose actor died (Ray failed its pending watch call): an idle one leaves the pool now,
@@ -441,15 +510,87 @@ class RayWorkers(threading.Thread):
         self.pool.remove(worker)
 
 
-def checked_where(where: object) -> dict[str, str]:
-    """An actor's ready() answer, checked: a dict of short strings with ip and device."""
-    if not isinstance(where, dict) or not {"ip", "device"} <= set(where):
-        raise ValueError("its actor answered ready() with something else than where it runs")
-    if not all(type(value) is str and len(value) <= MAX_WHERE_CHARS for value in where.values()):
-        raise ValueError("its actor's ready() answer holds something else than short strings")
+def checked_where(where: object, needed: tuple[str, ...] = ("ip", "device")) -> dict[str, str]:
+    """An actor's hello() or ready() answer, checked: a dict of short strings with the `needed` keys (an
+    actor of a landiff that does not say its version passes, and is refused by it)."""
+    if needed == ("landiff",) and isinstance(where, dict):
+        where = {"landiff": "", **where}
+    if not isinstance(where, dict) or not set(needed) <= set(where):
+        raise ValueError("its actor answered with something else than where it runs")
+    for key, value in where.items():
+        if type(value) is not str or len(value) > MAX_WHERE_CHARS:
+            said = (
+                f"{type(value).__name__} of {len(value)} chars"
+                if type(value) is str
+                else type(value).__name__
+            )
+            raise ValueError(
+                f"its actor's answer holds something else than short strings ({str(key)[:40]}: {said})"
+            )
     return {str(key): value for key, value in where.items()}
 
 
 def worker_usable(worker: JobWorker) -> bool:
     """Whether a worker still takes jobs (not lost, not stopped)."""
     return worker.lost is None and not worker.stopping.is_set() and worker.is_alive()
+
+
+def torch_version() -> str | None:
+    """This box's torch version, from its installed metadata (imports nothing); None without torch."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def fetch_on_nodes(
+    model: str,
+    ckpts: Path | None,
+    resource: str,
+    say: Callable[[str], None],
+    only: str = "all",
+    clip: bool = False,
+    source: str = "huggingface",
+) -> bool:
+    """`weights download --ray`: on every live node that offers `resource` (where `serve --ray` puts its
+    actors), the weights of `model` made complete on that box (ray_actor.fetch_weights, all nodes at once),
+    one line per node as each ends; True when every node has them. A node of another landiff version is
+    refused and fetches nothing. Needs `connect` first."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from engine.daemon.ray_actor import fetch_weights
+
+    nodes = [
+        node for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get(resource, 0) > 0
+    ]
+    if not nodes:
+        say(f"no live node of the Ray cluster offers {resource}: nothing to fetch (see --ray-resource)")
+        return False
+    task = ray.remote(fetch_weights)
+    where = None if ckpts is None else str(ckpts.expanduser().absolute())
+    pending = {}
+    for node in nodes:
+        strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        options = task.options(num_cpus=0, max_retries=0, scheduling_strategy=strategy)
+        ref = options.remote(model, where, engine.__version__, only, clip, source)
+        pending[ref] = node
+    say(f"making the {model} weights complete on {len(nodes)} Ray node(s) offering {resource}")
+    complete = True
+    while pending:
+        ended, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ended:
+            node = pending.pop(ref)
+            name = f"node {node['NodeID'][:8]} ({node.get('NodeManagerAddress', '?')})"
+            try:
+                report = read_fetch_report(ray.get(ref))
+            except Exception as error:  # the node left, its landiff lacks fetch_weights, it sent nonsense
+                complete = False
+                say(f"{name}: failed ({first_line(error)[:300]})")
+                continue
+            complete = complete and report.outcome in ("ready", "fetched", "generated")
+            complete = complete and report.landiff == engine.__version__
+            say(f"{name}: {fetch_words(report, engine.__version__)}")
+    return complete
