@@ -16,7 +16,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 
 from engine.params import PARAMS, Param
 from engine.wire import JOB_STATUSES as JOB_STATUSES  # the constants are re-exported
@@ -280,6 +289,17 @@ class ProgressReport(Exact):
     job_eta_s: Annotated[float | None, rounded(2)]
     dit_calls: int = 0  # diffusion network calls so far in the job, one per CFG branch and denoising step
     cache_skips: int = 0  # of those, answered by the step cache (job parameter `cache`) instead of the blocks
+    # a denoising step's live preview, uint8 [H, W, 3] (engine.generation.latent_preview): not on the wire,
+    # the engine writes it to the job's live.png and says so with a job_preview event
+    _preview: Any = PrivateAttr(default=None)
+
+    @property
+    def preview(self) -> Any:
+        return self._preview
+
+    @preview.setter
+    def preview(self, picture: Any) -> None:
+        self._preview = picture
 
     def for_job(self, job_id: str) -> JobProgressEvent:
         return JobProgressEvent(job_id=job_id, **dict(self))
@@ -310,6 +330,20 @@ class ChunkFinishedEvent(ChunkReport, JobEvent):
     event: Literal["chunk_finished"] = "chunk_finished"
     preview: str  # a PNG of the chunk's last frame
     video_partial: str  # the growing video
+
+
+class JobPreviewEvent(JobEvent):
+    """A live preview while the job denoises (at most one a second): a rough picture of the sampler's
+    current estimate of the chunk's last latent frame, through a linear latent -> RGB map fitted to the
+    model's VAE, at latent resolution (engine.generation.latent_preview). `preview`: its PNG, the job's
+    live.png, overwritten by each preview (atomically); step of total within chunk of chunks (1-based)."""
+
+    event: Literal["job_preview"] = "job_preview"
+    preview: str
+    chunk: int
+    chunks: int
+    step: int
+    total: int
 
 
 class JobFinishedEvent(JobEvent):
@@ -461,6 +495,7 @@ AnyEvent = Annotated[
     | JobStartedEvent
     | JobProgressEvent
     | ChunkFinishedEvent
+    | JobPreviewEvent
     | JobFinishedEvent
     | JobFailedEvent
     | JobCancelledEvent

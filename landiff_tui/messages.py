@@ -94,6 +94,17 @@ class ChunkFinished(Message, bubble=False):
 
 
 @dataclass(eq=False)
+class JobPreviewed(Message, bubble=False):
+    """A live preview of a denoising step (a rough picture of the current estimate, in its PNG)."""
+
+    event: protocol.JobPreviewEvent
+
+    def can_replace(self, message: Message) -> bool:
+        """A newer preview of the same job supersedes this one (the file holds the newest anyway)."""
+        return isinstance(message, JobPreviewed) and message.event.job_id == self.event.job_id
+
+
+@dataclass(eq=False)
 class JobEnded(Message, bubble=False):
     """The job left the queue: finished, failed, cancelled (perhaps keeping a shorter video), interrupted."""
 
@@ -157,6 +168,7 @@ def message_classes() -> dict[type[protocol.Event], Callable[[Any], Message]]:
         p.JobRequeuedEvent: JobRequeued,
         p.JobProgressEvent: JobProgressed,
         p.ChunkFinishedEvent: ChunkFinished,
+        p.JobPreviewEvent: JobPreviewed,
         p.JobFinishedEvent: JobEnded,
         p.JobFailedEvent: JobEnded,
         p.JobCancelledEvent: JobEnded,

@@ -235,7 +235,7 @@ def test_jobs_options_have_help(capsys):
         main(["jobs", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "--limit LIMIT list at most this many, newest first (default 50)" in shown
-    assert "--json the jobs in full and their total, as JSON" in shown
+    assert "--format {table,tsv,json}" in shown and "--json the same as --format json" in shown
     with pytest.raises(SystemExit):
         main(["delete", "--help"])
     assert "--files" in capsys.readouterr().out

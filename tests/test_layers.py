@@ -32,6 +32,8 @@ CLIENT_SIDE = {
     "engine.errors",
     "engine.job_words",
     "engine.durations",
+    "engine.notify",  # the job-end escape sequences, standard library only
+    "engine.atomic",  # a file written whole or not at all (the TUI's remembered form)
     "engine.specs",
     "engine.generation.lengths",
     "engine.models.configs",

@@ -50,7 +50,7 @@ def test_every_request_type_has_a_reply_model_and_every_event_a_message_for_the_
     assert set(p.REPLIES) == set(p.REQUEST_MODELS)
     assert list(p.REPLY_MODELS) == [p.type_name(request) for request in p.REPLIES]
     assert set(message_classes()) == set(p.EVENT_MODELS)
-    assert len(set(p.EVENT_TYPES)) == len(p.EVENT_TYPES) == 23
+    assert len(set(p.EVENT_TYPES)) == len(p.EVENT_TYPES) == 24
     assert [stage for stage, _ in STAGES] == list(get_args(p.Stage))  # the queue draws every stage
 
 

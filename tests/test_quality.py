@@ -381,7 +381,10 @@ async def test_the_gallery_shows_each_jobs_clip_score_and_updates_it_when_measur
         table = app.query_one("#gallery-table")
 
         def clip_cells() -> list[str]:
-            return [str(table.get_row_at(index)[6]) for index in range(table.row_count)]
+            return [
+                str(table.get_cell_at((index, table.get_column_index("clip"))))
+                for index in range(table.row_count)
+            ]
 
         assert clip_cells() == ["27.5", "-", ""]  # measured; measured without CLIP; not measured yet
         link.publish("job_quality", job_id=jobs[2].id, quality=measured)

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
+from engine.cli.device_option import parse_device
 from engine.cli.output import output_closed
 from engine.cli.param_options import add_param_options, add_prompt_argument, given_params
 from engine.job_words import PROGRESS_STAGES, progress_words
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
     from rich.console import Console
 
 EXIT_USAGE = 2
@@ -274,20 +274,6 @@ def save_npy_atomically(array: np.ndarray, path: Path) -> None:
     from engine.atomic import write_atomically
 
     write_atomically(path, lambda partial: np.save(partial, array))
-
-
-def parse_device(name: str | None) -> torch.device | None:
-    import torch
-
-    if name is None:
-        return None
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name!r} is not a torch device (try cuda or cpu): {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
-    return device
 
 
 def run_serve(args: argparse.Namespace) -> int:

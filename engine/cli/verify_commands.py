@@ -46,7 +46,7 @@ def find_record(given: str) -> Path:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from engine.cli.main import parse_device
+    from engine.cli.device_option import parse_device
     from engine.generation.verify import load_record, verify_record
 
     path = find_record(args.job)

@@ -279,9 +279,11 @@ def run_ray_download(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace, root: Path) -> int:
     if args.ray is not None:
         return run_ray_download(args)
-    if args.model != "landiff":
+    from engine.specs import get_spec
+
+    if get_spec(args.model).random_weights:
         Console(stderr=True).print(
-            f"--model {args.model}: only with --ray (the engine makes the tiny model's weights itself)"
+            f"--model {args.model}: only with --ray (the engine makes this model's random weights itself)"
         )
         return 2
     if args.ckpts is None and args.checksums is None:

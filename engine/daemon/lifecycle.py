@@ -23,6 +23,7 @@ from engine.protocol import (
     JobFailedEvent,
     JobFinishedEvent,
     JobInterruptedEvent,
+    JobPreviewEvent,
     JobRequeuedEvent,
     JobStartedEvent,
     JobStoppedEvent,
@@ -44,9 +45,9 @@ def stopped(how: str, **fields: Any) -> JobStoppedEvent:
 
 
 class JobLifecycle:
-    """The transitions of one job that `worker` claimed: started, progress, chunk_recorded, then one end:
-    finished, stopped (cancelled or interrupted, with or without the kept chunks), suspended (back in the
-    queue to resume), failed or lost."""
+    """The transitions of one job that `worker` claimed: started, progress (and its live previews,
+    previewed), chunk_recorded, then one end: finished, stopped (cancelled or interrupted, with or without the
+    kept chunks), suspended (back in the queue to resume), failed or lost."""
 
     def __init__(self, store: Store, publish: Publisher, job_id: str, worker: str):
         self.store, self.publish, self.job_id, self.worker = store, publish, job_id, worker
@@ -91,6 +92,19 @@ class JobLifecycle:
     def progress(self, report: ProgressReport) -> None:
         """Not stored: the events say where a running job stands (status shows the latest)."""
         self.publish(report.for_job(self.job_id))
+
+    def previewed(self, report: ProgressReport, preview: Path) -> None:
+        """Not stored: a denoising step's live preview is in `preview` (the worker wrote it)."""
+        self.publish(
+            JobPreviewEvent(
+                job_id=self.job_id,
+                preview=str(preview),
+                chunk=report.chunk,
+                chunks=report.chunks,
+                step=report.step,
+                total=report.total,
+            )
+        )
 
     def chunk_recorded(self, done: ChunkDone, preview: Path) -> None:
         """A chunk of the video is on disk: its timing joins the row's, its event names its preview PNG."""

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # torch and the models load in the worker thread, after the s
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.1  # at most ten progress events a second per job, plus each stage's last step
+LIVE_PREVIEW = "live.png"  # a running job's live preview while it denoises (overwritten; gone when it ends)
 
 
 class ProgressThrottle:
@@ -53,6 +54,7 @@ class ProgressThrottle:
             progress.stage != self.stage
             or progress.step >= progress.total
             or now - self.last >= PROGRESS_INTERVAL_S
+            or progress.preview is not None  # at most one a second (engine.generation.latent_preview)
         ):
             self.stage, self.last = progress.stage, now
             self.publish(progress)
@@ -221,7 +223,10 @@ class JobWorker(threading.Thread):
         else:
             lifecycle.started(start.chunks_done, start.chunks, start.chunk_timings)
         try:
-            result = self.render(lifecycle, folder, params, model, start)
+            try:
+                result = self.render(lifecycle, folder, params, model, start)
+            finally:  # the live preview is of a step, not of the job's outcome
+                (folder / LIVE_PREVIEW).unlink(missing_ok=True)
         except WorkerLost as lost:
             self.lose(lifecycle, folder, lost)
         except JobSuspended as suspended:  # the engine stops: the next one resumes it
@@ -297,6 +302,11 @@ class JobWorker(threading.Thread):
             preview = folder / f"chunk-{done.report.index:03d}.png"
             lifecycle.chunk_recorded(done, write_thumbnail(done.preview, preview, width=PREVIEW_WIDTH))
 
+        def progressed(report: ProgressReport) -> None:
+            lifecycle.progress(report)
+            if report.preview is not None:
+                live_preview(lifecycle, report, folder / LIVE_PREVIEW)
+
         def should_stop() -> bool:
             return self.cancel_requested.is_set() or self.stopping.is_set()
 
@@ -306,7 +316,7 @@ class JobWorker(threading.Thread):
         if model is not None:  # before any model loads: a job that cannot fit fails now, saying so
             check_room(self.outputs, job_output_bound(model, params.frames, params.overlap, params.fps))
         pipeline = warm_pipeline(self)
-        throttle = ProgressThrottle(lifecycle.progress)
+        throttle = ProgressThrottle(progressed)
         made = {}  # stage 1 made by the LLM lane: this worker runs stage 2 only
         if self.lane is not None and start is not None:
             self.lane.drop(lifecycle.job_id)  # made ahead, maybe: the checkpoint holds its tokens
@@ -345,6 +355,19 @@ class JobWorker(threading.Thread):
         lifecycle.lost(why, ending)
         if self.on_lost is not None:
             self.on_lost(self)
+
+
+def live_preview(lifecycle: JobLifecycle, report: ProgressReport, path: Path) -> None:
+    """Write a denoising step's live preview over the job's last one (atomically) and say so; a preview
+    that cannot be written is skipped (the log says why), never the job's failure."""
+    from engine.generation.video import write_thumbnail
+
+    try:
+        write_thumbnail(report.preview, path, width=PREVIEW_WIDTH)
+    except OSError as error:
+        log.warning("job %s: live preview not written: %s", lifecycle.job_id, error)
+        return
+    lifecycle.previewed(report, path)
 
 
 def close_pipeline(pipeline: PipelineBackend) -> None:

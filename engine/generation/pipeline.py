@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from engine import __version__
@@ -27,10 +28,10 @@ from engine.generation.outputs import load_tokens, peak_memory, save_tokens, wri
 from engine.generation.progress import JobClock, StageClock, prior_costs
 from engine.generation.residency import Residency
 from engine.generation.resume import Checkpoint, Checkpoints, CheckpointWriter, fingerprint, frames_sha256
+from engine.generation.run_record import environment, record_hashes
 from engine.generation.speed import DiTOptions, enable_compile_cache
 from engine.generation.stage1 import SemanticStage, default_device, default_dtype
 from engine.generation.stage2 import VideoStage
-from engine.generation.verify import environment, record_hashes
 from engine.generation.video import write_thumbnail
 from engine.models.dpm_sampler import DiffusionCancelled
 from engine.models.llm_sampler import Decoding, SamplingCancelled
@@ -386,13 +387,18 @@ class Pipeline:
             self._resume(render, start, decoder, counts)
             render.frames_sha256 = list(start.frames_sha256[: start.chunks_done])
 
+        preview: list[np.ndarray] = []  # the live preview of the step about to be reported, if it has one
+
+        def on_preview(index: int, step: int, total: int, picture: np.ndarray) -> None:
+            preview[:] = [picture]
+
         def on_step(index: int, step: int, total: int) -> None:
             now = time.perf_counter()
             clock.denoise_s += now - step_started[0]
             clock.denoise_steps += 1
             clock.dit_calls, clock.dit_calls_skipped = counts.calls, counts.skipped
             step_started[0] = now
-            denoise(step, total)
+            denoise(step, total, preview.pop() if preview else None)
 
         chunks = stage2.render_chunks(
             text,
@@ -405,6 +411,7 @@ class Pipeline:
             cache=job.cache,
             counts=counts,
             cursor=cursor,
+            on_preview=on_preview if on_progress is not None else None,
         )
         compiled = stage2.compile_seconds()
         for index in range(cursor.index, plan.chunks):

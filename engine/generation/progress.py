@@ -30,29 +30,31 @@ class StageClock:
     def __init__(self, stage: Stage, emit: Callable[[ProgressReport], None] | None, job: JobClock):
         self.stage, self.emit, self.job, self.started = stage, emit, job, time.perf_counter()
 
-    def __call__(self, step: int, total: int) -> None:
+    def __call__(self, step: int, total: int, preview: np.ndarray | None = None) -> None:
+        """`preview`: a live preview of this step's denoised estimate (uint8 [H, W, 3]), carried by the
+        report (ProgressReport.preview, not on the wire: the engine writes it to a file)."""
         if self.emit is None:
             return
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         rate = step / elapsed
         eta = (total - step) / rate if rate > 0 else None
         job = self.job
-        self.emit(
-            ProgressReport(
-                stage=self.stage,
-                step=step,
-                total=total,
-                chunk=job.chunk + 1,
-                chunks=job.plan.chunks,
-                rate=rate,
-                eta_s=eta,
-                frames_written=job.frames_written,
-                video_seconds=job.frames_written / job.plan.fps,
-                job_eta_s=job.eta(self.stage, step, total, eta),
-                dit_calls=job.dit_calls,
-                cache_skips=job.dit_calls_skipped,
-            )
+        report = ProgressReport(
+            stage=self.stage,
+            step=step,
+            total=total,
+            chunk=job.chunk + 1,
+            chunks=job.plan.chunks,
+            rate=rate,
+            eta_s=eta,
+            frames_written=job.frames_written,
+            video_seconds=job.frames_written / job.plan.fps,
+            job_eta_s=job.eta(self.stage, step, total, eta),
+            dit_calls=job.dit_calls,
+            cache_skips=job.dit_calls_skipped,
         )
+        report.preview = preview
+        self.emit(report)
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+import numpy as np
 import torch
 
+from engine.generation import latent_preview
 from engine.generation.cursor import RenderCursor
+from engine.generation.latent_preview import (
+    PreviewClock,
+    Projection,
+    WatchedSampler,
+    fit_projection,
+)
 from engine.generation.lengths import ChunkPlan
 from engine.generation.parallel.group import ParallelGroup
 from engine.generation.parallel.render import lead_render
@@ -21,11 +31,13 @@ from engine.models.dpm_sampler import DpmSolverSampler
 from engine.models.semantic_decoder import SemanticDecoder
 from engine.models.step_cache import CacheCounts, StepCache
 from engine.models.token_layout import codes_per_video
-from engine.models.video_vae import StreamingDecoder, to_uint8_frames
+from engine.models.video_vae import StreamingDecoder, decode_latents, to_uint8_frames
 from engine.specs import ModelSpec
 from engine.weights.downloads import refuse_failed
 from engine.weights.layout import ReleaseLayout
 from engine.weights.loading import load_control_dit, load_diffusion_semantic_decoder, load_vae
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
@@ -46,6 +58,7 @@ class VideoStage(MovableStage):
     vae_tiling: bool = False  # spatial tiles: less memory, other pixels (the low profile only)
     first_calls: FirstCallTimer | None = None  # times each shape's first DiT call (the compile)
     parallel: ParallelGroup | None = None  # its ranks render with this one (engine.generation.parallel)
+    projection: Projection | None = None  # latents -> rough RGB for live previews, fitted to the VAE once
 
     @classmethod
     def load(
@@ -129,6 +142,8 @@ class VideoStage(MovableStage):
         cache: float = 0.0,
         counts: CacheCounts | None = None,
         cursor: RenderCursor | None = None,
+        on_preview: Callable[[int, int, int, np.ndarray], None] | None = None,
+        preview_interval_s: float | None = None,
     ) -> Generator[torch.Tensor, None, None]:
         """Yield each chunk's denoised window of latents [1, window, C, H, W] (float32), chunk by chunk.
 
@@ -143,6 +158,12 @@ class VideoStage(MovableStage):
 
         `cursor`: where to start (a resumed render: its next chunk, generator state and prefix) and where it
         stands after each chunk (moved on before the chunk is yielded); None: from chunk 0, not told.
+
+        `on_preview(chunk index, step, steps, picture)`: live previews (engine.generation.latent_preview),
+        at most one a `preview_interval_s` (None: latent_preview.PREVIEW_INTERVAL_S), called just before
+        `on_step` of that step: the denoised estimate's last latent frame through the VAE-fitted projection,
+        uint8 [H, W, 3] at latent resolution. Only where this rank decodes (it has the VAE); the latents are
+        the same with or without.
         """
         self.check_codes(codes, plan.segments)
         self.ready(self.decoder, self.network)
@@ -154,7 +175,11 @@ class VideoStage(MovableStage):
         if cursor.generator is not None:
             generator.set_state(cursor.generator.cpu())
         shape = (1, *self.spec.latent_shape(plan.window))
-        sampler = DpmSolverSampler()
+        wanted = on_preview is not None and self.vae is not None
+        interval = latent_preview.PREVIEW_INTERVAL_S if preview_interval_s is None else preview_interval_s
+        previews = PreviewClock(interval) if wanted else None
+        sampler = DpmSolverSampler() if previews is None else WatchedSampler()
+        projection = None if previews is None else self.preview_projection()
         prefix = None if cursor.prefix is None else cursor.prefix.to(self.device)
         if self.parallel is not None:  # every rank of the group renders these chunks, in step with rank 0
             if self.parallel.rank == 0:
@@ -174,6 +199,10 @@ class VideoStage(MovableStage):
                 return model(latents, text, timesteps, semantic)
 
             def report(step: int, total: int, index=index) -> None:
+                if previews is not None and previews.due(step, total):
+                    assert on_preview is not None and projection is not None
+                    watched = cast(WatchedSampler, sampler)
+                    on_preview(index, step, total, projection.image(watched.latest[0][0, -1]))
                 if on_step is not None:
                     on_step(index, step, total)
 
@@ -188,9 +217,28 @@ class VideoStage(MovableStage):
                 prefix=prefix,
             )
             del semantic, network, model
+            if isinstance(sampler, WatchedSampler):
+                sampler.latest.clear()
             prefix = latents[:, plan.stride :].clone() if plan.overlap else None
             cursor.index, cursor.generator, cursor.prefix = index + 1, generator.get_state(), prefix
             yield latents
+
+    @torch.no_grad()
+    def preview_projection(self) -> Projection:
+        """The live previews' latent -> RGB projection, fitted to this stage's VAE on first use (cached)."""
+        if self.projection is None:
+            vae = self.vae
+            assert vae is not None, "a helper rank's stage 2 has no VAE"
+            started = time.perf_counter()
+            _, channels, height, width = self.spec.latent_shape(self.spec.llm.frames_per_segment)
+            self.projection = fit_projection(
+                lambda latents: decode_latents(vae, latents, self.spec.vae.scale_factor),
+                channels,
+                (height, width),
+                self.device,
+            )
+            log.info("live preview projection fitted to the VAE in %.2f s", time.perf_counter() - started)
+        return self.projection
 
     def step_cache(self, threshold: float, steps: int, counts: CacheCounts | None) -> Callable:
         """A fresh step cache for one chunk's sampler run; on a parallel group, over the group's split

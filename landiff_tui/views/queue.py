@@ -22,6 +22,7 @@ from ..messages import (
     EngineLost,
     JobDeleted,
     JobEnded,
+    JobPreviewed,
     JobProgressed,
     JobQueued,
     JobRequeued,
@@ -34,7 +35,14 @@ from ..widgets.preview import FramePreview
 from .base import View, lane_summary
 
 if TYPE_CHECKING:
-    from engine.protocol import ChunkFinishedEvent, JobProgressEvent, JobSummary, StatusReply, WorkerState
+    from engine.protocol import (
+        ChunkFinishedEvent,
+        JobPreviewEvent,
+        JobProgressEvent,
+        JobSummary,
+        StatusReply,
+        WorkerState,
+    )
 
 STAGES = [(stage, title) for stage, (title, _) in PROGRESS_STAGES.items()]  # in the protocol's order
 
@@ -112,6 +120,7 @@ class QueueView(View):
         self.following: str | None = None  # the running job drawn live
         self.latest: dict[str, JobProgressEvent] = {}  # each running job's latest progress...
         self.latest_chunk: dict[str, ChunkFinishedEvent] = {}  # ...and latest finished chunk
+        self.latest_preview: dict[str, JobPreviewEvent] = {}  # ...and latest live preview while denoising
         self.memory: StatusReply | None = None
         self.paused = False  # the engine's queue starts no job until resumed
 
@@ -126,11 +135,13 @@ class QueueView(View):
             for stage, title in STAGES:
                 yield StageBar(stage, title)
             yield Label("", id="live-info")
+            yield Label("", id="preview-caption")
             yield FramePreview(id="chunk-preview", cells=(36, 6))
 
     def on_mount(self) -> None:
         self.query_one("#stage-chunk").display = False
         self.query_one("#chunk-preview").display = False
+        self.query_one("#preview-caption").display = False
         self.set_interval(1.0, self.tick)
 
     @property
@@ -161,6 +172,9 @@ class QueueView(View):
         self.latest = {job_id: event for job_id, event in self.latest.items() if job_id in running}
         self.latest_chunk = {
             job_id: event for job_id, event in self.latest_chunk.items() if job_id in running
+        }
+        self.latest_preview = {
+            job_id: event for job_id, event in self.latest_preview.items() if job_id in running
         }
         self.redraw()
         # where they are now: the engine's status carries each one's last progress, and the queue's pause
@@ -226,6 +240,7 @@ class QueueView(View):
         job.status, job.started_at, job.worker = "queued", None, None
         self.latest.pop(job.id, None)
         self.latest_chunk.pop(job.id, None)
+        self.latest_preview.pop(job.id, None)
         self.notify(
             f"job {job.id[:8]} is queued again: its worker {event.worker} was lost", severity="warning"
         )
@@ -242,6 +257,11 @@ class QueueView(View):
         if message.event.job_id == self.following:
             self.show_chunk(message.event)
 
+    def on_job_previewed(self, message: JobPreviewed) -> None:
+        self.latest_preview[message.event.job_id] = message.event
+        if message.event.job_id == self.following:
+            self.show_live_preview(message.event)
+
     def on_data_table_row_highlighted(self, message: DataTable.RowHighlighted) -> None:
         self.follow()
 
@@ -255,8 +275,11 @@ class QueueView(View):
         self.clear_live()
         if job is None:
             return
-        if job.id in self.latest_chunk:
-            self.show_chunk(self.latest_chunk[job.id])
+        chunk, live = self.latest_chunk.get(job.id), self.latest_preview.get(job.id)
+        if chunk is not None:
+            self.show_chunk(chunk)
+        if live is not None and (chunk is None or live.chunk > chunk.index + 1):  # of a later chunk: newer
+            self.show_live_preview(live)
         if job.id in self.latest:
             self.last = self.latest[job.id]
             self.show_progress(self.last)
@@ -265,10 +288,22 @@ class QueueView(View):
     def show_chunk(self, event: ChunkFinishedEvent) -> None:
         """The finished chunk's last frame, and the chunk bar counting it."""
         self.chunks_done = max(self.chunks_done, event.index + 1)
+        self.show_picture(event.preview, f"chunk {event.index + 1} of {event.chunks} done: its last frame")
+        self.draw_chunks(event.chunks, None)
+
+    def show_live_preview(self, event: JobPreviewEvent) -> None:
+        """The sampler's current estimate of the chunk being denoised, roughly (latent resolution, a linear
+        map of its channels to RGB): the finished chunk's real frame replaces it when the chunk is done."""
+        of = f" of chunk {event.chunk}/{event.chunks}" if event.chunks > 1 else ""
+        self.show_picture(event.preview, f"denoising step {event.step}/{event.total}{of} (rough preview)")
+
+    def show_picture(self, path: str, caption: str) -> None:
         preview = self.query_one("#chunk-preview", FramePreview)
         preview.display = True
-        preview.show_image(event.preview)
-        self.draw_chunks(event.chunks, None)
+        preview.show_image(path)
+        label = self.query_one("#preview-caption", Label)
+        label.display = True
+        label.update(caption)
 
     def on_job_ended(self, message: JobEnded) -> None:
         self.forget(message.event.job_id)
@@ -280,6 +315,7 @@ class QueueView(View):
         self.jobs.pop(job_id, None)
         self.latest.pop(job_id, None)
         self.latest_chunk.pop(job_id, None)
+        self.latest_preview.pop(job_id, None)
         self.redraw()  # the live pane follows another running job, or none
 
     def clear_live(self) -> None:
@@ -288,6 +324,7 @@ class QueueView(View):
             bar.reset()
         self.query_one("#stage-chunk").display = False
         self.query_one("#chunk-preview", FramePreview).display = False
+        self.query_one("#preview-caption").display = False
 
     async def tick(self) -> None:
         job = self.running
