@@ -19,6 +19,13 @@ def data_dir() -> Path:
     return settings.DATA_DIR.path() or Path(user_data_dir("landiff"))
 
 
+def config_dir() -> Path:
+    """The user's own settings (the TUI's config.toml): read, never written, by the project."""
+    from platformdirs import user_config_dir
+
+    return settings.CONFIG_DIR.path() or Path(user_config_dir("landiff"))
+
+
 def socket_path() -> Path:
     return runtime_dir() / "engine.sock"
 

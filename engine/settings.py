@@ -49,6 +49,11 @@ DATA_DIR = Variable(
     "the job history landiff.db, outputs/, the engine's log, and the weights (weights/) unless LANDIFF_HOME "
     "or ./ckpts holds them",
 )
+CONFIG_DIR = Variable(
+    "LANDIFF_CONFIG_DIR",
+    "the user config dir, e.g. ~/.config/landiff",
+    "where the TUI's config.toml lives (`landiff-tui --help` names it; see README's Configuration file)",
+)
 CACHE_DIR = Variable(
     "LANDIFF_CACHE_DIR",
     "the user cache dir, e.g. ~/.cache/landiff",
@@ -152,6 +157,7 @@ VARIABLES = (
     HOME,
     RUNTIME_DIR,
     DATA_DIR,
+    CONFIG_DIR,
     CACHE_DIR,
     CHECKSUMS,
     LOG_LEVEL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from asyncio import gather
 from typing import TYPE_CHECKING, Any, cast
@@ -16,7 +17,8 @@ from engine import __version__
 from engine.wire import RemoteError
 
 from .client import ABSENT, LOST, STARTING, STOPPED, EngineLink
-from .keymap import PALETTE, TABS, bindings, key_name, key_of, tab_key
+from .config import Config
+from .keymap import PALETTE, TABS, apply_keys, bindings, key_name, key_of, tab_key
 from .messages import EngineConnected, EngineLost, JobEnded, JobQueued, TransferEnded, message_for
 from .views.base import View
 from .views.generate import GenerateView
@@ -67,11 +69,19 @@ class LanDiffApp(App):
         autostart: bool = True,
         gc_paused: bool = False,
         desktop_notify: bool = True,
+        config: Config | None = None,
     ):
         """`gc_paused`: the caller disabled the garbage collector for the start-up; the app enables it
         again once every tab is mounted (see `main`). `desktop_notify`: a job's end is also told on the
-        desktop through the terminal (landiff_tui/notify.py)."""
+        desktop through the terminal (landiff_tui/notify.py). `config`: the user's config.toml
+        (`landiff_tui.config.load`); None: the defaults, the keymap as it is and no form kept."""
+        if config is not None:  # before Textual copies the app's bindings (and the views are made)
+            apply_keys(config.keys)
+        self.config = config or Config(state=None)
         super().__init__()
+        if self.config.theme is not None:
+            self.theme = self.config.theme
+        model = model or self.config.model
         self.model = model
         self.gc_paused = gc_paused
         self.job_notices: JobEndNotices | None = None
@@ -83,6 +93,10 @@ class LanDiffApp(App):
             link = EngineLink(
                 self.engine_event, self.engine_connected, self.engine_state, model=model, autostart=autostart
             )
+            from engine.settings import ENGINE_ARGS
+
+            if self.config.engine_options and ENGINE_ARGS.raw() is None:  # the variable wins over the file
+                link.options = list(self.config.engine_options)
         else:  # a link made elsewhere (tests) reports to this app
             link.on_event, link.on_connected, link.on_state = (
                 self.engine_event,
@@ -103,6 +117,13 @@ class LanDiffApp(App):
 
     def on_mount(self) -> None:
         self.sub_title = "connecting to the engine..."
+        if self.config.errors:
+            self.notify(
+                "\n".join(self.config.errors),
+                title="config.toml not applied: the defaults run",
+                severity="error",
+                timeout=30,
+            )
         self.call_after_refresh(self.mount_later)
         self.call_after_refresh(self.start_link)
 
@@ -379,7 +400,16 @@ def tab_title(tab: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="landiff-tui", description="LanDiff text-to-video in the terminal")
+    from engine.settings import CONFIG_DIR
+
+    from . import config as user_config
+
+    parser = argparse.ArgumentParser(
+        prog="landiff-tui",
+        description="LanDiff text-to-video in the terminal",
+        epilog=f"configuration: {user_config.config_path()} (keys, theme, the form kept between launches, "
+        f"engine options; see the README's Configuration file; {CONFIG_DIR.name} moves the folder)",
+    )
     parser.add_argument(
         "--model",
         choices=("landiff", "tiny"),
@@ -406,8 +436,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     gc.disable()  # already off when started as `landiff-tui` (see __main__.py); start_link turns it on
+    from .widgets import terminal_image
+
+    if terminal_image.graphics_hinted(os.environ):  # asked before Textual reads the keyboard; others: none
+        terminal_image.detect()
+    config = user_config.load()
+    for line in config.errors:  # said here (seen after the app quits) and in the app
+        print(f"landiff-tui: {line}; running with the defaults", file=sys.stderr)
     app = LanDiffApp(
-        model=args.model, autostart=not args.no_start, gc_paused=True, desktop_notify=args.notify
+        model=args.model,
+        autostart=not args.no_start,
+        gc_paused=True,
+        desktop_notify=args.notify,
+        config=config,
     )
     app.run()
     if app.return_code:

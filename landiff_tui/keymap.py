@@ -145,8 +145,7 @@ WIDGET_KEYS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def bindings(scope: str) -> list[BindingType]:
-    """The bindings of a scope of KEYMAP, for a class's BINDINGS."""
+def made_bindings(scope: str) -> list[BindingType]:
     made: list[BindingType] = []
     for action, keys in KEYMAP[scope].items():
         made.append(
@@ -155,6 +154,61 @@ def bindings(scope: str) -> list[BindingType]:
         if keys.also:
             made.append(Binding(",".join(keys.also), action, keys.description, show=False))
     return made
+
+
+# every list `bindings` gave a class, by scope: the user's keys (config.toml) are bound by remaking them
+BOUND: list[tuple[str, list[BindingType]]] = []
+
+
+def bindings(scope: str) -> list[BindingType]:
+    """The bindings of a scope of KEYMAP, for a class's BINDINGS."""
+    made = made_bindings(scope)
+    BOUND.append((scope, made))
+    return made
+
+
+# the keymap as written above, and the user's keys applied to it now (`apply_keys`)
+DEFAULT_KEYMAP = {scope: dict(actions) for scope, actions in KEYMAP.items()}
+DEFAULT_JOB_KEYS = dict(JOB_KEYS)
+applied: dict[str, dict[str, tuple[str, ...]]] = {}
+
+
+def apply_keys(keys: dict[str, dict[str, tuple[str, ...]]]) -> None:
+    """The user's keys (scope -> action -> keys, checked by `landiff_tui.config`) in place of the defaults:
+    they replace an action's keys, its extra ones (`also`) too; {} brings the defaults back. KEYMAP changes
+    in place, so the key list, the palette and the hints read them, and every class that bound a scope
+    with `bindings` binds them: its list is remade, and Textual's merged bindings of that class and of its
+    subclasses with it (a widget made after this takes them). A job action set in the Gallery or on the job
+    page is set in both (one key for one action)."""
+    global applied
+    if keys == applied:
+        return
+    for scope, entries in DEFAULT_KEYMAP.items():
+        KEYMAP[scope].clear()
+        KEYMAP[scope].update(entries)
+    JOB_KEYS.clear()
+    JOB_KEYS.update(DEFAULT_JOB_KEYS)
+    for scope, given in keys.items():
+        for action, names in given.items():
+            shared = ("gallery", "detail") if scope in ("gallery", "detail") and action in JOB_KEYS else ()
+            for target in shared or (scope,):
+                KEYMAP[target][action] = replace(KEYMAP[target][action], keys=names, also=())
+            if shared:
+                JOB_KEYS[action] = replace(JOB_KEYS[action], keys=names, also=())
+    applied = {scope: dict(given) for scope, given in keys.items()}
+    remade = set()
+    for scope, made in BOUND:
+        made[:] = made_bindings(scope)
+        remade.add(id(made))
+    from textual.dom import DOMNode
+
+    def rebind(cls: type[DOMNode]) -> None:
+        if any(id(base.__dict__.get("BINDINGS")) in remade for base in cls.__mro__):
+            cls._merged_bindings = cls._merge_bindings()
+        for subclass in cls.__subclasses__():
+            rebind(subclass)
+
+    rebind(DOMNode)
 
 
 NAMES = {"question_mark": "?", "slash": "/", "escape": "esc", "delete": "del", "space": "space"}

@@ -133,6 +133,10 @@ def test_the_first_frame_imports_and_mounts_only_the_generate_tab(tmp_path):
 def test_keys_typed_as_the_first_frame_shows_land_in_the_prompt(tmp_path):
     """On a real terminal, typed the moment the first frame is out, while the rest mounts after it."""
     env = {**os.environ, "LANDIFF_RUNTIME_DIR": str(short_dir()), "TERM": "xterm-256color"}
+    # its own data and config dirs: no remembered form, no user's config.toml shapes what it draws
+    env.update(LANDIFF_DATA_DIR=str(tmp_path / "data"), LANDIFF_CONFIG_DIR=str(tmp_path / "config"))
+    for name in ("KITTY_WINDOW_ID", "WEZTERM_PANE", "TERM_PROGRAM", "LC_TERMINAL"):  # no graphics queries
+        env.pop(name, None)
     env.update(COLUMNS="80", LINES="24")
     pid, fd = pty.fork()
     if pid == 0:

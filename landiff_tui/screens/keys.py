@@ -3,6 +3,7 @@ questions and the keys that work everywhere: read from the keymap, so it lists e
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -40,7 +41,13 @@ def sections() -> list[tuple[str, str, list[tuple[str, str]]]]:
 
 
 class Keys(ModalScreen[None]):
-    BINDINGS = [Binding(",".join(("escape", "q", *KEYMAP["app"]["keys"].keys)), "dismiss", "Close")]
+    BINDINGS = [Binding("escape,q", "dismiss", "Close")]
+
+    def on_key(self, event: events.Key) -> None:
+        """The key that opened the list closes it, as the keymap has it now (config.toml may move it)."""
+        if event.key in KEYMAP["app"]["keys"].keys:
+            event.stop()
+            self.dismiss()
 
     def __init__(self, tab: str = "generate"):
         super().__init__()

@@ -16,6 +16,7 @@ from textual.containers import Grid, Horizontal
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
+from ..config import Config, load_form, save_form
 from ..keymap import bindings, key_of
 from ..messages import EngineConnected, JobQueued
 from .base import View, checked
@@ -71,11 +72,13 @@ class GenerateView(View):
         self.applied: tuple[str, dict[str, str]] | None = None  # the preset shown, and what it set
         self.inputs: dict[str, Input] = {}  # each field's Input by its parameter's name (`mount_form`)
         self.check_due = False  # a check is queued for the changes seen so far
+        self.preset_due = True  # config.toml's `remember = "preset:NAME"`: applied once the presets come
 
     def compose(self) -> ComposeResult:
         # the fields (two widgets each) and the notes on them come after the prompt and the presets' box
         # before Submit, right after the first frame (`mount_form`), which shows the prompt with the focus
-        yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False)
+        self._prompt_area = PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False)
+        yield self._prompt_area
         with Horizontal(id="preset-row"):
             yield Button(f"Submit ({key_of('generate', 'submit')})", variant="primary", id="submit")
 
@@ -112,8 +115,44 @@ class GenerateView(View):
 
     @on(ParamsGrid.Ready)
     def fields_ready(self) -> None:
-        self.fill(self.pending_fill or {}, self.pending_prompt)
+        kept = load_form(self.config.state) if self.config.remember == "last" else None
+        if kept is not None and self.pending_fill is None and self.pending_prompt is None:
+            self.restore(kept["fields"], kept["prompt"])
+        else:
+            self.fill(self.pending_fill or {}, self.pending_prompt)
         self.pending_fill = self.pending_prompt = None
+
+    @property
+    def config(self) -> Config:
+        """The user's config.toml (the app's), the defaults in an app without one."""
+        return getattr(self.app, "config", None) or Config(state=None)
+
+    def restore(self, fields: dict[str, str], prompt: str) -> None:
+        """The form as the user left it at the last quit or submit (config.toml's `remember = "last"`): the
+        fields' texts as they were, checked as typed; the prompt unless one is being typed already."""
+        from ..params import defaults, form_texts
+
+        texts = {**form_texts(defaults()), **fields}
+        area = self.query_one(PromptArea)
+        with self.prevent(Input.Changed, TextArea.Changed):
+            for name, widget in self.inputs.items():
+                widget.value = texts.get(name, "")
+            if prompt and not area.text:
+                area.load_text(prompt)
+                area.move_cursor(area.document.end)
+        self.check()
+
+    def keep_form(self) -> None:
+        """Kept for the next launch (config.toml's `remember = "last"`), in the data dir."""
+        if self.config.remember == "last" and self.inputs:
+            save_form(self.config.state, self.texts(), self.prompt_area.text)
+
+    @property
+    def prompt_area(self) -> PromptArea:
+        return self._prompt_area  # queried no more once the app is closing
+
+    def on_unmount(self) -> None:
+        self.keep_form()
 
     # data from the engine
 
@@ -147,6 +186,17 @@ class GenerateView(View):
         self.presets = reply.presets
         options = [(f"{name}{' (built in)' if p.builtin else ''}", name) for name, p in self.presets.items()]
         self.query_one("#preset", Select).set_options(options)
+        preset, self.preset_due = self.config.preset if self.preset_due else None, False
+        if preset is None:
+            return
+        if preset in self.presets:  # chosen as if in the box: applied, and the box names it
+            self.query_one("#preset", Select).value = preset
+        else:
+            self.notify(
+                f"config.toml's [form] remember names the preset {preset!r}, which the engine does not have",
+                severity="warning",
+                timeout=10,
+            )
 
     def remember(self, prompt: str) -> None:
         if not self.history or self.history[-1] != prompt:
@@ -266,6 +316,7 @@ class GenerateView(View):
             self.remember(params["prompt"])
             self.draft = ""
             self.query_one(PromptArea).load_text("")  # a second ctrl+s queues nothing; up recalls it
+            self.keep_form()
             self.notify(f"job {reply.job_id[:8]} queued (up in the prompt recalls it)", title="submitted")
             self.engine_app.action_show_tab("queue")
 
