@@ -1513,3 +1513,130 @@ async def test_marked_jobs_are_rerun_and_deleted_together_after_one_question():
             (jobs[1].id, True),
         ]
         assert len(link.sent(p.Submit)) == 2 and gallery.marked == set()
+
+
+# real pixels (kitty / sixel through textual-image), the job's frame strip, OSC 8 links (issue 28, point 7)
+
+
+def test_the_renderer_is_decided_once_half_blocks_unless_the_terminal_said_kitty_or_sixel(monkeypatch):
+    from landiff_tui.widgets import terminal_image
+
+    monkeypatch.setattr(terminal_image, "_detected", None)
+    assert terminal_image.renderer() == "halfblocks"  # not asked at start: half blocks
+    assert terminal_image.detect(tty=False) == "halfblocks"  # no terminal: the library is not even asked
+    with monkeypatch.context() as missing:  # textual-image not installed
+        missing.setitem(sys.modules, "textual_image", None)
+        missing.setitem(sys.modules, "textual_image.renderable", None)
+        assert terminal_image.detect(tty=True) == "halfblocks"
+    renderable = pytest.importorskip("textual_image.renderable")
+    for answer, kind in ((renderable.TGPImage, "kitty"), (renderable.SixelImage, "sixel")):
+        monkeypatch.setattr(renderable, "Image", answer)  # what the terminal answered at import
+        assert terminal_image.detect(tty=True) == kind and terminal_image.renderer() == kind
+    monkeypatch.setattr(renderable, "Image", renderable.HalfcellImage)
+    assert terminal_image.detect(tty=True) == "halfblocks"
+
+
+async def test_a_pilot_run_draws_half_blocks_and_a_forced_renderer_draws_with_textual_image(
+    monkeypatch, tmp_path
+):
+    import importlib.util
+
+    from textual.app import App
+
+    from landiff_tui.widgets import terminal_image
+    from landiff_tui.widgets.preview import FramePreview
+
+    monkeypatch.setattr(terminal_image, "_detected", "kitty")  # the terminal said kitty at start...
+    picture = tmp_path / "frame.png"
+    Image.new("RGB", (30, 20), (200, 30, 40)).save(picture)
+
+    class Previews(App):
+        def compose(self):
+            yield FramePreview(id="auto", cells=(12, 4))
+            if importlib.util.find_spec("textual_image") is not None:
+                yield FramePreview(id="kitty", cells=(12, 4), renderer="kitty")
+                yield FramePreview(id="sixel", cells=(12, 4), renderer="sixel")
+
+    app = Previews()
+    async with app.run_test(size=(40, 20)) as pilot:
+        auto = app.query_one("#auto", FramePreview)
+        auto.show_image(picture)  # ...but a headless (Pilot) run has no terminal to draw pixels in
+        assert auto.renderer == "halfblocks" and not auto.pixels and isinstance(auto.content, HalfBlocks)
+        assert (auto.content.pixels == (200, 30, 40)).all()
+        if importlib.util.find_spec("textual_image") is None:
+            return
+        from textual_image.widget import SixelImage, TGPImage
+
+        for kind, widget in (("kitty", TGPImage), ("sixel", SixelImage)):
+            preview = app.query_one(f"#{kind}", FramePreview)
+            preview.show_image(picture)
+            await pilot.pause()
+            assert preview.pixels and isinstance(preview.image, widget)
+            assert preview.image.image.size == (30, 20) and preview.image.display
+            assert preview.image.image.getpixel((3, 3)) == (200, 30, 40)
+            preview.update("no preview yet")  # words in place of the picture
+            await pilot.pause()
+            assert not preview.image.display and preview.text.display
+
+
+async def test_the_job_detail_shows_a_strip_of_the_videos_frames_each_with_its_time(tmp_path):
+    import imageio_ffmpeg
+
+    from landiff_tui.screens.job_detail import JobDetail
+    from landiff_tui.widgets.preview import FramePreview, FrameStrip, time_words
+
+    colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0), (0, 250, 250), (250, 0, 250)]
+    colours += [(250, 250, 250), (0, 0, 0)]  # 8 frames at 4 fps, one colour each
+    path = tmp_path / "video.mp4"
+    writer = imageio_ffmpeg.write_frames(str(path), (64, 48), fps=4, macro_block_size=16)
+    writer.send(None)
+    for colour in colours:
+        writer.send(np.full((48, 64, 3), colour, np.uint8).tobytes())
+    writer.close()
+    link = ScriptedLink([job(0, video_path=str(path))])
+    app = LanDiffApp(link=link)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: mounted(app, "#param-seed"), what="the first frame")
+        app.push_screen(JobDetail(job(0).id))
+        await until(pilot, lambda: isinstance(app.screen, JobDetail) and app.screen.job, what="the detail")
+        strip = app.screen.query_one(FrameStrip)
+        await until(pilot, lambda: len(strip.query(FramePreview)) == 5, what="the strip")
+        assert strip.display and strip.shown == [0, 2, 4, 5, 7]  # first, last, evenly between: 5 at 100 wide
+        times = [str(label.render()) for label in strip.query(".strip-time")]
+        assert times == [time_words(i / 4) for i in (0, 2, 4, 5, 7)] and times[-1] == "0:01.8"
+        for picture, index in zip(strip.query(FramePreview), strip.shown, strict=True):
+            pixels = picture.content.pixels.reshape(-1, 3).astype(int)
+            assert np.abs(pixels.mean(axis=0) - colours[index]).max() < 40, index
+    assert [FrameStrip().count_for(width) for width in (20, 44, 60, 200)] == [2, 3, 4, 5]
+
+
+def test_the_job_details_paths_are_osc8_links_naming_this_host():
+    import socket
+
+    from textual.content import Content
+
+    from landiff_tui.screens.job_detail import describe
+
+    shown = job(0, tokens_path="/data/outputs/0/tokens 1.npy", sidecar_path="/data/outputs/0/job.json")
+    content = Content.from_markup(describe(shown))
+    links = {seg.text: seg.style.link for seg in content.render_segments() if seg.style and seg.style.link}
+    host = socket.gethostname()
+    assert links == {
+        "/data/outputs/00000000/video.mp4": f"file://{host}/data/outputs/00000000/video.mp4",
+        "/data/outputs/0/tokens 1.npy": f"file://{host}/data/outputs/0/tokens%201.npy",
+        "/data/outputs/0/job.json": f"file://{host}/data/outputs/0/job.json",
+    }
+
+
+def test_only_a_terminal_that_names_itself_a_graphics_one_is_asked_at_start():
+    from landiff_tui.widgets.terminal_image import graphics_hinted
+
+    for env in (
+        {"TERM": "xterm-kitty"},
+        {"KITTY_WINDOW_ID": "1"},
+        {"TERM_PROGRAM": "WezTerm"},
+        {"TERM": "foot"},
+    ):
+        assert graphics_hinted(env), env
+    for env in ({"TERM": "xterm-256color"}, {"TERM": "screen", "TERM_PROGRAM": "tmux"}, {}):
+        assert not graphics_hinted(env), env

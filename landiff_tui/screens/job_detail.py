@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from rich.markup import escape
 from textual.app import App, ComposeResult
@@ -18,7 +21,7 @@ from engine.params import video_fps
 
 from ..keymap import bindings, key_of
 from ..views.base import EngineApp, checked, engine_app
-from ..widgets.preview import FramePreview
+from ..widgets.preview import FramePreview, FrameStrip
 from ..words import param_lines, status_words
 from .confirm import Confirm
 
@@ -121,6 +124,12 @@ def job_actions(app: App) -> JobActions:
     return JobActions(app)
 
 
+def file_link(path: str) -> str:
+    """An OSC 8 hyperlink's target for a file of this machine: `file://HOST/path`, the host named so that a
+    terminal on another machine (over SSH) can tell the file is not its own (as `ls --hyperlink` does)."""
+    return f"file://{quote(socket.gethostname())}{quote(str(Path(path).absolute()))}"
+
+
 def describe(job: JobSummary, waiting: str | None = None) -> str:
     """The job's page; `waiting`: why a queued one has not started (job_words.waiting_words)."""
     status = escape(status_words(job))
@@ -150,7 +159,7 @@ def describe(job: JobSummary, waiting: str | None = None) -> str:
     lines.append(f"{'job id':>13}: {job.id}")
     for name, path in (("video", job.video_path), ("tokens", job.tokens_path), ("sidecar", job.sidecar_path)):
         if path:
-            lines.append(f"{name:>13}: {escape(path)}")
+            lines.append(f'{name:>13}: [link="{file_link(path)}"]{escape(path)}[/link]')  # quoted: no "
     return "\n".join(lines)
 
 
@@ -169,6 +178,9 @@ class JobDetail(Screen):
             with VerticalScroll(id="detail-text"):
                 yield Static("loading...", id="detail-body", markup=True)
             yield FramePreview(id="detail-preview", cells=(40, 14))
+        strip = FrameStrip(id="detail-strip")  # the video's frames along the bottom, once read
+        strip.display = False
+        yield strip
         yield Footer()
 
     async def on_mount(self) -> None:
@@ -191,6 +203,8 @@ class JobDetail(Screen):
         else:
             why = " (its error is beside)" if self.job.error else ""
             preview.update(f"no video: the job {status_words(self.job)}{why}")
+        if self.job.video_path and Path(self.job.video_path).is_file():
+            self.query_one(FrameStrip).load(self.job.video_path)
         if self.play_at_once:
             self.action_play()
 
