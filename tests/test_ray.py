@@ -308,7 +308,7 @@ def test_an_actor_killed_mid_job_leaves_no_scratch_folder(engine):
     """Its job goes back to the queue once; the folder it rendered in goes when the next actor starts on the
     box (its process is gone: the folder is named after it)."""
     engine.wait_for_workers(2)
-    assert scratch_folders() == []
+    before = set(scratch_folders())  # an earlier test's job may still be leaving its own
     with subscribed(engine) as client:
         job_id = client.request("submit", params={"prompt": PROMPT, "steps": 1000})["job_id"]
         seen = []
@@ -317,7 +317,7 @@ def test_an_actor_killed_mid_job_leaves_no_scratch_folder(engine):
                 seen.append(event)
                 if event.get("stage") == "denoise":
                     break
-        (folder,) = scratch_folders()
+        (folder,) = set(scratch_folders()) - before
         pid = int(folder.name.split("-")[3])
         os.kill(pid, signal.SIGKILL)
         requeued = False
@@ -333,7 +333,6 @@ def test_an_actor_killed_mid_job_leaves_no_scratch_folder(engine):
     assert kinds.count("job_requeued") == 1 and kinds[-1] == "job_cancelled", kinds
     engine.wait_for_workers(2)  # the killed actor's node has a new one, which swept the folder
     wait_until(lambda: not folder.exists(), f"{folder} to go")
-    wait_until(lambda: scratch_folders() == [] or None, "no job scratch folder left")
 
 
 def test_a_cluster_without_the_resource_says_so(cluster, tmp_path, home):
@@ -410,14 +409,15 @@ def test_a_node_that_leaves_idle_takes_no_job_with_it(engine, cluster):
 
 
 def test_the_engine_leaves_the_cluster_and_stops_cleanly(engine):
+    before = set(scratch_folders())  # an earlier test's job may still be leaving its own
     with subscribed(engine) as client:  # a job running as it stops: its actor's scratch folder goes too
         job_id = client.request("submit", params={"prompt": PROMPT, "steps": 1000})["job_id"]
         for event in client.events():
             if event.get("job_id") == job_id and event.get("stage") == "denoise":
                 break
-    assert len(scratch_folders()) == 1
+    (running,) = set(scratch_folders()) - before
     engine.stop()  # within its own bound (harness.ENGINE_LEAVES_S)
-    assert scratch_folders() == []
+    assert not running.exists()
     assert engine.process.returncode == 0
     log = engine.stderr.read_text()
     assert "engine stopped" in log and "local Ray instance" not in log  # it joins a cluster, never starts one

@@ -1600,7 +1600,14 @@ async def test_the_job_detail_shows_a_strip_of_the_videos_frames_each_with_its_t
         app.push_screen(JobDetail(job(0).id))
         await until(pilot, lambda: isinstance(app.screen, JobDetail) and app.screen.job, what="the detail")
         strip = app.screen.query_one(FrameStrip)
-        await until(pilot, lambda: len(strip.query(FramePreview)) == 5, what="the strip")
+        await until(
+            pilot,
+            lambda: (
+                len(pictures := strip.query(FramePreview)) == 5
+                and all(hasattr(picture.content, "pixels") for picture in pictures)
+            ),
+            what="the strip's five frames drawn",
+        )
         assert strip.display and strip.shown == [0, 2, 4, 5, 7]  # first, last, evenly between: 5 at 100 wide
         times = [str(label.render()) for label in strip.query(".strip-time")]
         assert times == [time_words(i / 4) for i in (0, 2, 4, 5, 7)] and times[-1] == "0:01.8"
