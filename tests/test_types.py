@@ -35,7 +35,12 @@ def test_engine_and_tui_type_check(tmp_path):
 def test_the_strict_modules_exist():
     """A module renamed away from the override would quietly lose its strictness."""
     overrides = tomllib.loads(CONFIG.read_text())["tool"]["mypy"]["overrides"]
-    strict = [module for override in overrides for module in override["module"]]
+    strict = [
+        module
+        for override in overrides
+        if override.get("follow_imports") != "skip"  # the third-party ones checked as Any
+        for module in override["module"]
+    ]
     wire = {"engine.protocol", "engine.params", "engine.client", "landiff_tui.client", "engine.cli.*"}
     assert wire <= set(strict)
     # a package's pattern ("engine.cli.*") names the package

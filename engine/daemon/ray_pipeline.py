@@ -59,7 +59,7 @@ def actor_class() -> ActorClass[PipelineHost]:
 
     groups = {"control": 1, "watch": 1}
     # ray's stubs type ray.remote(**options) with a remote function's options only, not an actor's
-    remote = ray.remote(concurrency_groups=groups, max_restarts=0)  # type: ignore[call-overload]
+    remote = ray.remote(concurrency_groups=groups, max_restarts=0)
     return remote(PipelineHost)
 
 

@@ -278,9 +278,9 @@ class ControlDiT(nn.Module):
         # set_processor takes any processor, though diffusers annotates it with AttnProcessor alone
         for block in cast("list[CogVideoXBlock]", self.blocks()):
             if attend is None and not getattr(block.attn1, "fused_projections", False):
-                block.attn1.set_processor(CogVideoXAttnProcessor2_0())  # type: ignore[arg-type]
+                block.attn1.set_processor(CogVideoXAttnProcessor2_0())
             else:
-                block.attn1.set_processor(JointAttentionProcessor(attend or sdpa))  # type: ignore[arg-type]
+                block.attn1.set_processor(JointAttentionProcessor(attend or sdpa))
 
     @torch.no_grad()
     def fuse_qkv(self) -> None:
@@ -294,7 +294,7 @@ class ControlDiT(nn.Module):
             attn.fuse_projections()
             del attn.to_q, attn.to_k, attn.to_v
             kernel = previous.attend if isinstance(previous, JointAttentionProcessor) else sdpa
-            attn.set_processor(JointAttentionProcessor(kernel))  # type: ignore[arg-type]  # see set_attention
+            attn.set_processor(JointAttentionProcessor(kernel))  # see set_attention
 
     def _control_input(
         self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor, semantic: torch.Tensor

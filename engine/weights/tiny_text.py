@@ -100,7 +100,7 @@ def t5_config(sizes: T5Sizes) -> T5Config:
     """The T5 v1.1 encoder's config at `sizes`: gated GELU, 32 relative-position buckets, untied
     embeddings, as the release's encoders."""
     # T5Config takes extra keyword arguments (strict(accept_kwargs=True)), which its typing does not show
-    return T5Config(  # type: ignore[call-arg]
+    return T5Config(
         **asdict(sizes),
         feed_forward_proj="gated-gelu",
         relative_attention_num_buckets=32,
