@@ -219,6 +219,7 @@ class JobSummary(JobOutcome):
     # chunks already made when it last resumed from its checkpoint (after a killed or stopped engine);
     # None: it ran in one go (or has not run)
     resumed_at_chunk: int | None = None
+    group: str | None = None  # the variations queued together share one (Submit.group); None: on its own
 
 
 class Preset(Exact):
@@ -691,6 +692,8 @@ class Hello(Request[HelloReply]):
 class Submit(Request[SubmitReply]):
     type: Literal["submit"] = "submit"
     params: JobParams
+    # the variations one command queues together share one (engine/variations.py); None: a job of its own
+    group: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class Cancel(Request[CancelReply]):

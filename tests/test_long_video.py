@@ -269,7 +269,7 @@ def test_store_migrates_to_chunk_timings_and_knows_cancelled_partial(tmp_path):
     assert old["chunk_timings"] == [] and (old["worker"], old["requeues"], old["quality"]) == (None, 0, None)
     assert old["resumed_at_chunk"] is None
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     row = store.add_job(JobParams(prompt="long", frames=241).model_dump(), "tiny", "0")
     entry = {"index": 0, "denoise_s": 1.0, "decode_s": 0.5, "write_s": 0.25}  # as older engines wrote mid-job
     store.update(row.id, status="cancelled_partial", chunk_timings=[entry])

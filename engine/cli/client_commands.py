@@ -66,6 +66,26 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
     add_notify_option(parser)
 
 
+def add_variation_options(parser: argparse.ArgumentParser) -> None:
+    from engine.variations import MAX_VARIATIONS
+
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        metavar="SEEDS",
+        help="queue one job per seed, as one group: a range (1-4), a list (3,7,11), both (1-3,10) or a "
+        f"count of random seeds (4x); at most {MAX_VARIATIONS}",
+    )
+    parser.add_argument(
+        "--sweep",
+        default=None,
+        metavar="NAME=V1,V2",
+        help="queue one job per value of one job parameter, as one group (e.g. cfg=5,7.5,10; an empty value "
+        "is unset where the parameter may be); with --seeds every seed with every value, at most "
+        f"{MAX_VARIATIONS} jobs",
+    )
+
+
 def add_notify_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-notify",
@@ -162,18 +182,96 @@ def served_model(client: EngineClient) -> str:
 
 def run_submit(args: argparse.Namespace) -> int:
     # checked before any engine starts (the length in seconds against the model that would be started)
-    check_params({"prompt": args.prompt, **given_params(args, args.model or DEFAULT_MODEL)}, complete=False)
+    given = check_params(
+        {"prompt": args.prompt, **given_params(args, args.model or DEFAULT_MODEL)}, complete=False
+    )
+    changes = submit_variations(args, given)
     running = running_engine(args.model)
     with running or engine_for(args) as client:
         model = served_model(client)
         given = check_params({"prompt": args.prompt, **given_params(args, model)}, complete=False)
         params = job_params(client, {}, given, args, model)
         try:
-            return submit_and_report(client, params, args.wait, args.notify)
+            if changes == [{}]:
+                return submit_and_report(client, params, args.wait, args.notify)
+            return submit_group(client, params, changes, model, args.wait, args.notify)
         except EngineError as error:
             if error.code == "no_weights" and running is None:
                 stop_started_engine(client)
             raise
+
+
+def submit_variations(args: argparse.Namespace, given: dict[str, Any]) -> list[dict[str, Any]]:
+    """What each job of `--seeds`/`--sweep` changes ([{}]: one job), checked before any engine starts; an
+    option the variations set as well is refused, not silently overridden."""
+    from engine.variations import parse_seeds, parse_sweep, variations
+
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    sweep = parse_sweep(args.sweep) if args.sweep is not None else None
+    if seeds is not None and "seed" in given:
+        raise ValueError("give the seed either as --seed or as --seeds, not both")
+    if sweep is not None and sweep.name in given:
+        flag = "--" + sweep.name.replace("_", "-")
+        raise ValueError(f"give {sweep.name} either as {flag} or in --sweep, not both")
+    return variations(seeds, sweep)
+
+
+def submit_group(
+    client: EngineClient,
+    params: dict[str, Any],
+    changes: list[dict[str, Any]],
+    model: str,
+    wait: bool,
+    notify: bool = True,
+) -> int:
+    """Queue one job per variation, all sharing a new group id: every job's parameters checked (as the
+    engine checks them) before the first is sent, so a refused one queues nothing. One line per job on
+    stdout (its id, then what it changes), the group on stderr; `wait`: each followed until it ends."""
+    from engine.protocol import Submit, Subscribe
+    from engine.variations import changed_words, new_group_id
+
+    group = new_group_id()
+    requests = []
+    for change in changes:
+        try:
+            checked = check_params({**params, **change}, complete=False)
+            if {"frames", "overlap"} & set(change):
+                check_length(checked, model)
+            requests.append(Submit.model_validate({"params": checked, "group": group}))
+        except ValueError as error:  # pydantic's ValidationError is one
+            raise ValueError(f"{changed_words(change)}: {error} (nothing was queued)") from None
+    if wait:
+        client.call(Subscribe(since=0))
+    job_ids = []
+    for change, request in zip(changes, requests, strict=True):
+        job_id = client.call(request).job_id
+        job_ids.append(job_id)
+        print(f"{job_id} {changed_words(change)}", flush=True)
+    print(f"group {group}: {len(job_ids)} job(s) queued", file=sys.stderr, flush=True)
+    if not wait:
+        return 0
+    ends = [wait_for_job(client, job_id, f"{n}/{len(job_ids)}") for n, job_id in enumerate(job_ids, 1)]
+    finished = sum(end.status == "finished" for end in ends)
+    if notify:
+        from engine.cli.output import notify_terminal
+
+        notify_terminal("LanDiff: variations ended", f"group {group}: {finished} of {len(ends)} finished")
+    return 0 if finished == len(ends) else EXIT_FAILED
+
+
+def wait_for_job(client: EngineClient, job_id: str, place: str) -> JobEnd:
+    """`follow` for one job of a group on a subscribed connection: the events of a later job that ended
+    while an earlier one was followed were passed over, so its row says how it ended."""
+    from engine.protocol import GetJob
+
+    print(f"job {job_id} ({place})", file=sys.stderr, flush=True)
+    job = client.call(GetJob(job_id=job_id)).job
+    if job.status in ("queued", "running"):
+        return follow(client, job_id)
+    said = f"finished: {job.video_path}" if job.status == "finished" else f"{job.status}: {job.error or ''}"
+    said = said.rstrip(": ")
+    print(said, file=sys.stderr, flush=True)
+    return JobEnd(0 if job.status == "finished" else EXIT_FAILED, job.status, said)
 
 
 def stop_started_engine(client: EngineClient) -> None:
@@ -425,6 +523,7 @@ def describe_job(job: JobSummary) -> list[tuple[str, str]]:
         "status": job.status,
         "prompt": job.prompt,
         "model": job.model,
+        "group": job.group,
         "worker": job.worker,
         "video_path": job.video_path,
         "tokens_path": job.tokens_path,
@@ -748,6 +847,7 @@ def add_client_commands(
     submit = commands.add_parser("submit", help="queue a job on the engine (starting it if needed)")
     add_prompt_argument(submit)
     add_job_options(submit)
+    add_variation_options(submit)
     add_engine_options(submit)
 
     rerun = commands.add_parser("rerun", help="queue a past job again, optionally with changed options")

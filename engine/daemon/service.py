@@ -328,7 +328,7 @@ class EngineService:
             # under the store's lock, which the worker's claim takes too: job_queued is published
             # before the worker can claim the job and publish job_started
             with self.store.lock:
-                row = self.store.add_job(params.model_dump(), self.model, __version__)
+                row = self.store.add_job(params.model_dump(), self.model, __version__, request.group)
                 self.hub.publish(JobQueuedEvent(job_id=row.id, prompt=row.prompt))
             return row
 

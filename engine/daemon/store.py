@@ -27,7 +27,7 @@ from engine.protocol import JobSummary
 if TYPE_CHECKING:
     from engine.generation.job import JobResult
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 BUILTIN_PRESETS: dict[str, dict[str, Any]] = {
     "reference defaults": {"cfg": 7.5, "motion_score": 0.1, "temperature": 1.0, "steps": 50, "seed": 42},
@@ -89,10 +89,14 @@ class JobRow(SQLModel, table=True):
     # its place in the queue: workers take the queued job of the lowest rank first; a new job's is its
     # created_at (last), a move gives it one between its new neighbours' (schema 5)
     queue_rank: float = Field(default=0.0, index=True)
+    # the variations one command queued together (engine/variations.py) share one; None: a job of its own
+    # (schema 6)
+    group_id: str | None = Field(default=None, index=True)
 
     def to_summary(self) -> JobSummary:
         """The row as the wire shows it: its JSON columns read into the summary's fields (ChunkTiming...)."""
         data = self.model_dump(exclude={"queue_rank"})  # the queue's order is its own reply's
+        data["group"] = data.pop("group_id")
         for key in JSON_FIELDS:
             data[key] = None if data[key] is None else json.loads(data[key])
         return JobSummary.model_validate(data)
@@ -213,8 +217,23 @@ def _migrate_to_5(connection) -> None:
     SQLModel.metadata.create_all(connection, tables=[EngineStateRow.__table__])  # type: ignore[attr-defined]
 
 
+def _migrate_to_6(connection) -> None:
+    """The group of variations a job was queued with (`submit --seeds/--sweep`)."""
+    columns = {row[1] for row in connection.execute(text("PRAGMA table_info(jobs)"))}
+    if "group_id" not in columns:
+        connection.execute(text("ALTER TABLE jobs ADD COLUMN group_id VARCHAR"))
+    connection.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_group_id ON jobs (group_id)"))
+
+
 # MIGRATIONS[n] takes a database at version n to version n + 1.
-MIGRATIONS: list[Callable] = [_migrate_to_1, _migrate_to_2, _migrate_to_3, _migrate_to_4, _migrate_to_5]
+MIGRATIONS: list[Callable] = [
+    _migrate_to_1,
+    _migrate_to_2,
+    _migrate_to_3,
+    _migrate_to_4,
+    _migrate_to_5,
+    _migrate_to_6,
+]
 
 
 class Store:
@@ -263,10 +282,13 @@ class Store:
 
     # jobs
 
-    def add_job(self, params: dict[str, Any], model: str, engine_version: str) -> JobRow:
+    def add_job(
+        self, params: dict[str, Any], model: str, engine_version: str, group: str | None = None
+    ) -> JobRow:
         now = time.time()
         row = JobRow(
             id=new_job_id(),
+            group_id=group,
             created_at=now,
             queue_rank=now,
             status="queued",
