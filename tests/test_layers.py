@@ -33,6 +33,7 @@ CLIENT_SIDE = {
     "engine.job_words",
     "engine.durations",
     "engine.notify",  # the job-end escape sequences, standard library only
+    "engine.variations",  # --seeds and --sweep expanded into jobs, checked by the schema
     "engine.atomic",  # a file written whole or not at all (the TUI's remembered form)
     "engine.specs",
     "engine.generation.lengths",
