@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SHORT_DIRS, TEST_LIMIT_S
+from tests.harness import ENGINE_LEAVES_S, SHORT_DIRS, TEST_LIMIT_S, RunningEngine, wait_until
 
 # The engines the tests start measure no finished job by themselves: a quality probe after every tiny job
 # would take CPU from the next test on a 2-core machine. tests/test_quality.py turns it on for its engine.
@@ -83,3 +83,12 @@ def hub_files(tmp_path_factory) -> tuple[dict[str, dict[str, bytes]], dict[str, 
     flan = {p.name: p.read_bytes() for p in flan_dir.iterdir() if p.is_file()}
     checksums = {path: hashlib.md5(content).hexdigest() for path, content in bundle.items()}
     return {RELEASE_REPO: bundle, FLAN_T5_REPO: flan}, checksums
+
+
+@pytest.fixture
+def no_engine(tmp_path, home):
+    """Runtime and data dirs where no engine runs yet; stops whatever the test started."""
+    running = RunningEngine(tmp_path / "engine", home)
+    yield running
+    running.cli("stop")
+    wait_until(lambda: not running.socket.exists(), "the engine to leave", ENGINE_LEAVES_S)

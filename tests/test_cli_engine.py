@@ -16,16 +16,7 @@ import pytest
 from engine.cli.client_commands import describe_status
 from engine.cli.main import main
 
-from .harness import ENGINE_LEAVES_S, PROMPT, RunningEngine, short_dir, wait_until
-
-
-@pytest.fixture
-def no_engine(tmp_path, home):
-    """Runtime and data dirs where no engine runs yet; stops whatever the test started."""
-    running = RunningEngine(tmp_path / "engine", home)
-    yield running
-    running.cli("stop")
-    wait_until(lambda: not running.socket.exists(), "the engine to leave", ENGINE_LEAVES_S)
+from .harness import PROMPT, RunningEngine, short_dir
 
 
 def test_every_client_command_starts_the_engine_alike_and_stop_says_when_none_runs(no_engine):

@@ -26,15 +26,6 @@ from .harness import ENGINE_LEAVES_S, PROMPT, ROOT, WAIT_S, RunningEngine, short
 START_HINT = "`landiff-engine serve` runs one here"
 
 
-@pytest.fixture
-def no_engine(tmp_path, home):
-    """Runtime and data dirs where no engine runs yet; stops whatever the test started."""
-    running = RunningEngine(tmp_path / "engine", home)
-    yield running
-    running.cli("stop")
-    wait_until(lambda: not running.socket.exists(), "the engine to leave", ENGINE_LEAVES_S)
-
-
 def database(engine: RunningEngine) -> Path:
     return Path(engine.env["LANDIFF_DATA_DIR"]) / "landiff.db"
 

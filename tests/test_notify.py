@@ -68,8 +68,9 @@ def test_the_sequences_carry_title_and_body_and_no_control_character_gets_throug
     assert len(long) < 250 and long.endswith(f"…{BEL}")
 
 
-def test_inside_tmux_the_escape_goes_through_its_passthrough_and_the_bell_as_it_is():
-    env = {"TMUX": "/tmp/tmux-0/default,1,0", "TERM": "tmux-256color", "TERM_PROGRAM": "tmux"}
+def test_inside_tmux_the_escape_goes_through_its_passthrough_and_the_bell_as_it_is(tmp_path):
+    # TMUX names the server's socket; only its presence counts, so any path stands in for it
+    env = {"TMUX": f"{tmp_path}/default,1,0", "TERM": "tmux-256color", "TERM_PROGRAM": "tmux"}
     plain = notification({"TERM_PROGRAM": "iTerm.app"}, "LanDiff", "done")
     wrapped = notification({**env, "LC_TERMINAL": "iTerm2"}, "LanDiff", "done")
     assert wrapped == f"{ESC}Ptmux;{plain.replace(ESC, ESC + ESC)}{ESC}\\"
